@@ -1,1 +1,10 @@
-//! cairn build.
+//! `cairn build` as a library: image definition -> resolved packages ->
+//! fetched and verified `.deb` files -> an assembled root tree -> fixups ->
+//! a reproducible squashfs, plus the lock and manifest that describe it.
+//!
+//! The `cairn` binary (src/main.rs) only parses arguments and calls in here.
+
+pub mod debfile;
+pub mod definition;
+pub mod fixups;
+pub mod tree;

@@ -1,0 +1,563 @@
+//! Image definitions (`images/*.yaml`): the schema, loading with errors that
+//! name file, line and key, and the checks that serde cannot express.
+//!
+//! Owns nothing but the meaning of the YAML; resolving, fetching and
+//! assembling live elsewhere.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+/// A whole image definition.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// Image name: lowercase letters, digits, `-`; used in file names and os-release ID.
+    pub name: String,
+    /// Image version, compared as systemd-boot compares versions.
+    pub version: String,
+    /// Debian suite (codename), e.g. `bookworm`.
+    pub suite: String,
+    /// Archive components.
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// Debian mirror base URL; else `--mirror` or the machine's apt sources decide.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// Security mirror base URL; else from the machine's apt sources when it has one.
+    #[serde(default)]
+    pub security_mirror: Option<String>,
+    /// Architecture (only amd64 is built and booted today).
+    #[serde(default = "default_arch")]
+    pub architecture: String,
+    /// Kernel package, e.g. `linux-image-amd64`.
+    pub kernel: String,
+    /// Packages to install (their dependencies and the Essential set come along).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Packages that must not be installed even though something pulls them in
+    /// through an alternative.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub units: Units,
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Directory of extra files copied over the tree, relative to the definition.
+    #[serde(default)]
+    pub overlay: Option<PathBuf>,
+    /// Glob patterns (absolute paths) removed from the tree after assembly.
+    #[serde(default)]
+    pub drop: Vec<String>,
+    #[serde(default)]
+    pub disk: DiskDef,
+    #[serde(default)]
+    pub initrd: InitrdDef,
+    /// Extra kernel command line for the boot entries.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+}
+
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
+}
+
+fn default_arch() -> String {
+    "amd64".into()
+}
+
+/// systemd units to enable, disable or mask beyond Debian's presets.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Units {
+    #[serde(default)]
+    pub enable: Vec<String>,
+    #[serde(default)]
+    pub disable: Vec<String>,
+    #[serde(default)]
+    pub mask: Vec<String>,
+    /// The default target (`multi-user.target` unless set).
+    #[serde(default)]
+    pub default_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: String,
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// A system group (gid allocated below 1000).
+    #[serde(default = "yes")]
+    pub system: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gecos: Option<String>,
+    #[serde(default)]
+    pub home: Option<String>,
+    #[serde(default)]
+    pub shell: Option<String>,
+    /// Supplementary groups; each must exist (from packages or `groups:`).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// `nopasswd` writes `/etc/sudoers.d/<name>` with `NOPASSWD: ALL`.
+    #[serde(default)]
+    pub sudo: Option<Sudo>,
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Sudo {
+    /// Passwordless sudo for every command.
+    Nopasswd,
+    /// sudo with the user's password.
+    Password,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskDef {
+    #[serde(default = "d_disk")]
+    pub size: Size,
+    #[serde(default = "d_esp")]
+    pub esp: Size,
+    #[serde(default = "d_slot")]
+    pub slot: Size,
+    #[serde(default = "d_state")]
+    pub state: Size,
+}
+
+fn d_disk() -> Size {
+    Size(4 << 30)
+}
+fn d_esp() -> Size {
+    Size(256 << 20)
+}
+fn d_slot() -> Size {
+    Size(1 << 30)
+}
+fn d_state() -> Size {
+    Size(64 << 20)
+}
+
+impl Default for DiskDef {
+    fn default() -> Self {
+        DiskDef {
+            size: d_disk(),
+            esp: d_esp(),
+            slot: d_slot(),
+            state: d_state(),
+        }
+    }
+}
+
+/// What goes into the initrd beyond `/init`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InitrdDef {
+    /// Kernel modules to carry (plus their dependencies) in addition to the defaults.
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+/// A byte size written as `4GiB`, `256MiB`, `512K`, `1G` or a plain number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn parse(s: &str) -> Result<Size, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit such as 4GiB or 256MiB"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KiB" | "k" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "T" | "TiB" => 1 << 40,
+            "KB" | "kB" => 1000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            u => {
+                return Err(format!(
+                    "invalid size unit {u:?} in {s:?}: expected KiB, MiB, GiB, TiB (or K, M, G, T)"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(Size)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => Size::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, m) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if n >= m && n % m == 0 {
+                return write!(f, "{}{unit}", n / m);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+/// A definition that failed to load, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        /// `key: ` prefix naming the offending key path, or empty.
+        key: String,
+        message: String,
+    },
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// A loaded definition and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub def: Definition,
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Loaded {
+    /// The directory holding the definition (overlay paths are relative to it).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// `images/default.yaml` -> `images/default.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.with_extension("lock")
+    }
+
+    /// The overlay directory, resolved against the definition's directory.
+    pub fn overlay_dir(&self) -> Option<PathBuf> {
+        self.def.overlay.as_ref().map(|o| self.dir().join(o))
+    }
+}
+
+/// 1-based line of the first `key:` (at the start of a line, after
+/// indentation or `- `) and, when `value` is given, of the first line at or
+/// after it that holds the value: for checks made after deserialisation.
+fn line_of(text: &str, key: &str, value: Option<&str>) -> usize {
+    let key_colon = format!("{key}:");
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| {
+            l.trim_start()
+                .trim_start_matches("- ")
+                .trim_start()
+                .starts_with(&key_colon)
+        })
+        .unwrap_or(0);
+    let found = match value {
+        Some(v) => lines[start..]
+            .iter()
+            .position(|l| l.contains(v))
+            .map(|i| i + start),
+        None => Some(start),
+    };
+    found.unwrap_or(start) + 1
+}
+
+/// Parse definition text (`path` is only used in messages).
+pub fn parse(path: &str, text: &str) -> Result<Definition, DefinitionError> {
+    let de = serde_norway::Deserializer::from_str(text);
+    let def: Definition = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let loc = inner.location();
+        let mut message = inner.to_string();
+        // serde_norway appends " at line L column C"; we print it up front.
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        DefinitionError::Syntax {
+            path: path.to_string(),
+            line: loc.as_ref().map_or(1, |l| l.line()),
+            column: loc.as_ref().map_or(1, |l| l.column()),
+            key: if key.is_empty() || key == "." {
+                String::new()
+            } else {
+                format!("{key}: ")
+            },
+            message,
+        }
+    })?;
+    validate(path, text, &def)?;
+    Ok(def)
+}
+
+fn invalid(path: &str, text: &str, key: &str, value: Option<&str>, message: String) -> DefinitionError {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let leaf = leaf.split('[').next().unwrap_or(leaf);
+    DefinitionError::Invalid {
+        path: path.to_string(),
+        line: line_of(text, leaf, value),
+        key: key.to_string(),
+        message,
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+}
+
+fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionError> {
+    if !is_name(&d.name) {
+        return Err(invalid(path, text, "name", None, format!("{:?} is not a valid image name: expected lowercase letters, digits and '-'", d.name)));
+    }
+    if d.version.is_empty()
+        || !d
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_~^+".contains(c))
+    {
+        return Err(invalid(path, text, "version", None, format!("{:?} is not a valid version: expected letters, digits and . - _ ~ ^ +", d.version)));
+    }
+    if d.architecture != "amd64" {
+        return Err(invalid(path, text, "architecture", None, format!("{:?} is not supported: expected amd64", d.architecture)));
+    }
+    for m in [&d.mirror, &d.security_mirror].into_iter().flatten() {
+        if !(m.starts_with("http://") || m.starts_with("https://")) {
+            return Err(invalid(path, text, "mirror", None, format!("{m:?} is not an http:// or https:// URL")));
+        }
+    }
+    for (i, p) in d.packages.iter().enumerate() {
+        if p.is_empty()
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        {
+            return Err(invalid(path, text, &format!("packages[{i}]"), Some(p), format!("{p:?} is not a Debian package name")));
+        }
+    }
+    for (i, p) in d.drop.iter().enumerate() {
+        if !p.starts_with('/') {
+            return Err(invalid(path, text, &format!("drop[{i}]"), Some(p), format!("{p:?} must be an absolute path pattern")));
+        }
+        if let Err(e) = globset::Glob::new(p) {
+            return Err(invalid(path, text, &format!("drop[{i}]"), Some(p), format!("{p:?} is not a valid glob: {e}")));
+        }
+    }
+    for list in [&d.units.enable, &d.units.disable, &d.units.mask] {
+        for u in list {
+            let ok = [".service", ".socket", ".timer", ".target", ".path", ".mount", ".automount", ".swap", ".slice"]
+                .iter()
+                .any(|s| u.ends_with(s));
+            if !ok {
+                return Err(invalid(path, text, "units", Some(u), format!("{u:?} is not a unit name: expected a suffix such as .service, .socket, .timer or .target")));
+            }
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, u) in d.users.iter().enumerate() {
+        if !names.insert(&u.name) {
+            return Err(invalid(path, text, &format!("users[{i}].name"), Some(&u.name), format!("user {:?} is defined twice", u.name)));
+        }
+        if u.uid == Some(0) {
+            return Err(invalid(path, text, &format!("users[{i}].uid"), None, "uid 0 is root's; pick another".into()));
+        }
+    }
+    let min = 8 << 20;
+    if d.disk.esp.0 < 64 << 20 {
+        return Err(invalid(path, text, "disk.esp", None, format!("{} is too small for a FAT32 ESP: expected at least 64MiB", d.disk.esp)));
+    }
+    if d.disk.slot.0 < min || d.disk.state.0 < min {
+        return Err(invalid(path, text, "disk", None, "slot and state must be at least 8MiB".into()));
+    }
+    let need = d.disk.esp.0 + 2 * d.disk.slot.0 + d.disk.state.0 + (2 << 20);
+    if d.disk.size.0 < need {
+        return Err(invalid(path, text, "disk.size", None, format!("{} cannot hold the ESP, two slots and the state partition: expected at least {}", d.disk.size, Size(need.div_ceil(1 << 20) << 20))));
+    }
+    Ok(())
+}
+
+/// Load and check a definition file.
+pub fn load(path: &Path) -> Result<Loaded, DefinitionError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let def = parse(&path.display().to_string(), &text)?;
+    if let Some(o) = &def.overlay {
+        let dir = path.parent().unwrap_or(Path::new(".")).join(o);
+        if !dir.is_dir() {
+            return Err(invalid(
+                &path.display().to_string(),
+                &text,
+                "overlay",
+                None,
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+    }
+    Ok(Loaded {
+        def,
+        path: path.to_path_buf(),
+        text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "name: t\nversion: 1.0\nsuite: bookworm\nkernel: linux-image-amd64\n";
+
+    #[test]
+    fn minimal_definition_gets_defaults() {
+        let d = parse("t.yaml", MIN).unwrap();
+        assert_eq!(d.components, ["main"]);
+        assert_eq!(d.disk.size, Size(4 << 30));
+        assert_eq!(d.disk.esp, Size(256 << 20));
+        assert!(d.packages.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = format!("{MIN}pakages:\n  - systemd\n");
+        let e = parse("images/x.yaml", &text).unwrap_err().to_string();
+        assert!(e.starts_with("images/x.yaml:5:"), "{e}");
+        assert!(e.contains("unknown field `pakages`"), "{e}");
+        assert!(e.contains("expected one of"), "{e}");
+    }
+
+    #[test]
+    fn nested_unknown_key_names_the_path() {
+        let text = format!("{MIN}users:\n  - name: core\n    shel: /bin/bash\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:7:"), "{e}");
+        assert!(e.contains("users[0]"), "{e}");
+        assert!(e.contains("unknown field `shel`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let text = format!("{MIN}packages: systemd\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.contains("x.yaml:5:"), "{e}");
+        assert!(e.contains("packages: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_key() {
+        let e = parse("x.yaml", "name: t\nversion: 1\nsuite: bookworm\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `kernel`"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse_and_errors_name_the_key() {
+        assert_eq!(Size::parse("4GiB").unwrap(), Size(4 << 30));
+        assert_eq!(Size::parse("256M").unwrap(), Size(256 << 20));
+        assert_eq!(Size::parse("1000").unwrap(), Size(1000));
+        assert!(Size::parse("4 parsecs").is_err());
+        assert_eq!(Size(256 << 20).to_string(), "256MiB");
+        let text = format!("{MIN}disk:\n  size: 4 parsecs\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.contains("x.yaml:6:") && e.contains("disk.size") && e.contains("parsecs"), "{e}");
+        let text = format!("{MIN}disk:\n  size: 1GiB\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.contains("x.yaml:6: disk.size: 1GiB cannot hold"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_point_at_their_line() {
+        let text = format!("{MIN}packages:\n  - systemd\n  - Bad_Name\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:7: packages[1]:"), "{e}");
+        let text = format!("{MIN}units:\n  enable: [docker]\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.contains("x.yaml:6:") && e.contains("not a unit name"), "{e}");
+        let text = format!("{MIN}drop:\n  - usr/share/doc\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.contains("x.yaml:6: drop[0]") && e.contains("absolute"), "{e}");
+        let e = parse("x.yaml", &MIN.replace("name: t", "name: Bad")).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:1: name:"), "{e}");
+    }
+
+    #[test]
+    fn users_and_sudo() {
+        let text = format!(
+            "{MIN}users:\n  - name: core\n    groups: [docker, sudo]\n    sudo: nopasswd\n"
+        );
+        let d = parse("x.yaml", &text).unwrap();
+        assert_eq!(d.users[0].sudo, Some(Sudo::Nopasswd));
+        let text = format!("{MIN}users:\n  - name: core\n    sudo: always\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.contains("unknown variant `always`"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_definitions_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+}
