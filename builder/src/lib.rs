@@ -6,5 +6,7 @@
 
 pub mod debfile;
 pub mod definition;
+pub mod fetch;
 pub mod fixups;
+pub mod squashfs;
 pub mod tree;

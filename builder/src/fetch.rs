@@ -1,0 +1,429 @@
+//! Downloads and the content-addressed cache: every `.deb` is stored under
+//! its SHA-256 and trusted only after its hash matched; a partial download
+//! is kept as `*.part`, resumed with a Range request and hashed in full
+//! before it is renamed into place.
+//!
+//! Owns HTTP (ureq), parallelism and progress bars for downloads. Does not
+//! know what the hashes mean: callers pass the expected ones.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: not found on the mirror (HTTP 404)")]
+    NotFound { url: String },
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: {message}")]
+    Network { url: String, message: String },
+    #[error("{label}: downloaded {url} has SHA-256 {actual}, expected {expected}; the file was deleted")]
+    HashMismatch {
+        label: String,
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{label}: cached file {path} has SHA-256 {actual}, expected {expected}: it was tampered with or damaged, so it was deleted; run the build again to download it anew")]
+    CacheCorrupt {
+        label: String,
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+    move |source| FetchError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// One file to fetch.
+#[derive(Debug, Clone)]
+pub struct Download {
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+    /// What the file is, for messages (the package name).
+    pub label: String,
+}
+
+/// The content-addressed cache directory.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("cairn");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/cairn")
+}
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+impl Cache {
+    pub fn open(root: &Path) -> Result<Cache, FetchError> {
+        for sub in ["sha256", "partial"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        Ok(Cache {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a blob with this hash lives (whether or not it is there).
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("sha256").join(&sha256[..2]).join(sha256)
+    }
+
+    fn part_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("partial").join(format!("{sha256}.part"))
+    }
+
+    /// The cached file for `sha256`, re-hashed before it is trusted. A file
+    /// whose hash does not match is deleted and reported.
+    pub fn get_verified(&self, sha256: &str, label: &str) -> Result<Option<PathBuf>, FetchError> {
+        let p = self.blob_path(sha256);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let actual = sha256_file(&p)?;
+        if actual != sha256 {
+            let _ = fs::remove_file(&p);
+            return Err(FetchError::CacheCorrupt {
+                label: label.to_string(),
+                path: p.display().to_string(),
+                expected: sha256.to_string(),
+                actual,
+            });
+        }
+        Ok(Some(p))
+    }
+
+    /// Store bytes already verified by the caller (e.g. an index checked
+    /// against InRelease) under their hash.
+    pub fn put(&self, sha256: &str, data: &[u8]) -> Result<PathBuf, FetchError> {
+        let p = self.blob_path(sha256);
+        let dir = p.parent().expect("blob has a parent");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let tmp = self.part_path(&format!("{sha256}.put"));
+        fs::write(&tmp, data).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &p).map_err(io_err(&p))?;
+        Ok(p)
+    }
+}
+
+/// An HTTP client with the settings cairn uses everywhere.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(15)))
+        .timeout_recv_body(Some(Duration::from_secs(60)))
+        .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent()
+}
+
+fn net_err(url: &str, e: ureq::Error) -> FetchError {
+    FetchError::Network {
+        url: url.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// GET a (small) URL into memory.
+pub fn get_bytes(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, FetchError> {
+    let resp = agent.get(url).call().map_err(|e| net_err(url, e))?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 => return Err(FetchError::NotFound { url: url.into() }),
+        status => {
+            return Err(FetchError::Status {
+                url: url.into(),
+                status,
+            })
+        }
+    }
+    resp.into_body()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .map_err(|e| net_err(url, e))
+}
+
+/// Fetch one file into the cache, resuming a partial download. The file is
+/// moved into place only when its SHA-256 matches.
+pub fn fetch_one(
+    agent: &ureq::Agent,
+    cache: &Cache,
+    d: &Download,
+    bar: &ProgressBar,
+) -> Result<PathBuf, FetchError> {
+    if let Some(p) = cache.get_verified(&d.sha256, &d.label)? {
+        bar.inc(d.size);
+        return Ok(p);
+    }
+    let part = cache.part_path(&d.sha256);
+    let mut have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    if have >= d.size && d.size > 0 {
+        // a complete but unverified leftover: check it below from scratch
+        have = 0;
+        let _ = fs::remove_file(&part);
+    }
+    let mut req = agent.get(&d.url);
+    if have > 0 {
+        req = req.header("Range", &format!("bytes={have}-"));
+    }
+    let resp = req.call().map_err(|e| net_err(&d.url, e))?;
+    let status = resp.status().as_u16();
+    let append = match status {
+        206 if have > 0 => true,
+        200 => false,
+        404 => {
+            return Err(FetchError::NotFound {
+                url: d.url.clone(),
+            })
+        }
+        status => {
+            return Err(FetchError::Status {
+                url: d.url.clone(),
+                status,
+            })
+        }
+    };
+    let mut out = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(&part)
+        .map_err(io_err(&part))?;
+    if append {
+        bar.inc(have);
+    }
+    let mut body = resp.into_body();
+    let mut reader = body.as_reader();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| FetchError::Network {
+            url: d.url.clone(),
+            message: e.to_string(),
+        })?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(io_err(&part))?;
+        bar.inc(n as u64);
+    }
+    out.sync_all().map_err(io_err(&part))?;
+    drop(out);
+    let actual = sha256_file(&part)?;
+    if actual != d.sha256 {
+        let _ = fs::remove_file(&part);
+        return Err(FetchError::HashMismatch {
+            label: d.label.clone(),
+            url: d.url.clone(),
+            expected: d.sha256.clone(),
+            actual,
+        });
+    }
+    let dest = cache.blob_path(&d.sha256);
+    let dir = dest.parent().expect("blob has a parent");
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    fs::rename(&part, &dest).map_err(io_err(&dest))?;
+    Ok(dest)
+}
+
+/// Fetch every download with `jobs` parallel workers; results in input
+/// order. The first error stops handing out new work and is returned.
+pub fn fetch_all(
+    cache: &Cache,
+    downloads: &[Download],
+    jobs: usize,
+    progress: &MultiProgress,
+) -> Result<Vec<PathBuf>, FetchError> {
+    let total: u64 = downloads.iter().map(|d| d.size).sum();
+    let bar = progress.add(ProgressBar::new(total));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix("fetch");
+    let agent = agent();
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<PathBuf, FetchError>>>> =
+        Mutex::new((0..downloads.len()).map(|_| None).collect());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(d) = downloads.get(i) else { break };
+                bar.set_message(d.label.clone());
+                let r = fetch_one(&agent, cache, d, &bar);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                results.lock().expect("no poisoning")[i] = Some(r);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut out = Vec::with_capacity(downloads.len());
+    for r in results.into_inner().expect("no poisoning") {
+        match r {
+            Some(Ok(p)) => out.push(p),
+            Some(Err(e)) => return Err(e),
+            None => {} // not started because another download failed
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    /// A tiny HTTP/1.1 server on loopback serving `files` (path -> body),
+    /// honouring `Range: bytes=N-`. Returns its base URL.
+    fn serve(files: Vec<(&'static str, Vec<u8>)>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut first = String::new();
+                r.read_line(&mut first).unwrap();
+                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut range = None;
+                loop {
+                    let mut l = String::new();
+                    r.read_line(&mut l).unwrap();
+                    if l.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = l.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        range = v.trim().trim_end_matches('-').parse::<usize>().ok();
+                    }
+                }
+                match files.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => {
+                        let (status, body) = match range {
+                            Some(n) => ("206 Partial Content", &body[n..]),
+                            None => ("200 OK", &body[..]),
+                        };
+                        write!(s, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+                        s.write_all(body).unwrap();
+                    }
+                    None => {
+                        write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+                    }
+                }
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn sha(d: &[u8]) -> String {
+        hex::encode(Sha256::digest(d))
+    }
+
+    #[test]
+    fn fetches_verifies_caches_and_resumes() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let base = serve(vec![("/pool/a.deb", body.clone()), ("/pool/bad.deb", b"evil".to_vec())]);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = Download {
+            url: format!("{base}/pool/a.deb"),
+            sha256: sha(&body),
+            size: body.len() as u64,
+            label: "a".into(),
+        };
+        // an interrupted earlier download left the first 1000 bytes
+        fs::write(cache.part_path(&d.sha256), &body[..1000]).unwrap();
+        let mp = MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+        let got = fetch_all(&cache, std::slice::from_ref(&d), 2, &mp).unwrap();
+        assert_eq!(fs::read(&got[0]).unwrap(), body);
+        assert!(!cache.part_path(&d.sha256).exists());
+        // warm cache: a second fetch needs no server
+        let offline = Download { url: "http://127.0.0.1:1/nowhere".into(), ..d.clone() };
+        assert_eq!(fetch_all(&cache, &[offline], 1, &mp).unwrap()[0], got[0]);
+
+        // wrong bytes from the mirror: refused and not kept
+        let bad = Download {
+            url: format!("{base}/pool/bad.deb"),
+            sha256: sha(b"good"),
+            size: 4,
+            label: "bad".into(),
+        };
+        let e = fetch_all(&cache, &[bad.clone()], 1, &mp).unwrap_err();
+        assert!(matches!(e, FetchError::HashMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("bad: downloaded"), "{e}");
+        assert!(!cache.blob_path(&bad.sha256).exists());
+        assert!(!cache.part_path(&bad.sha256).exists());
+
+        // missing on the mirror
+        let gone = Download { url: format!("{base}/pool/gone.deb"), ..bad };
+        let e = fetch_all(&cache, &[gone], 1, &mp).unwrap_err();
+        assert!(matches!(e, FetchError::NotFound { .. }), "{e}");
+    }
+
+    #[test]
+    fn tampered_cache_entry_is_refused_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let h = sha(b"hello");
+        let p = cache.put(&h, b"hello").unwrap();
+        assert_eq!(cache.get_verified(&h, "x").unwrap(), Some(p.clone()));
+        fs::write(&p, b"hellO").unwrap();
+        let e = cache.get_verified(&h, "pkg").unwrap_err();
+        assert!(e.to_string().contains("pkg: cached file"), "{e}");
+        assert!(!p.exists());
+    }
+}
