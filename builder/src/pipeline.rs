@@ -1,0 +1,273 @@
+//! `cairn build` end to end: definition -> lock -> verified `.deb` files ->
+//! tree -> fixups -> `rootfs.squashfs` + `manifest.json`.
+//!
+//! Owns the order of the steps, progress reporting and the output folder;
+//! each step's logic lives in its own module.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::debfile::{self, InstalledPackage};
+use crate::definition::{self, Loaded};
+use crate::fetch::{self, Cache, Download};
+use crate::fixups;
+use crate::lock::Lock;
+use crate::repo::{self, Mirrors};
+use crate::squashfs;
+use crate::tree::Tree;
+
+/// Everything `cairn build` takes from its command line.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub definition: PathBuf,
+    pub out: PathBuf,
+    pub mirror: Option<String>,
+    pub cache: Option<PathBuf>,
+    pub update_lock: bool,
+    pub jobs: usize,
+    pub zstd_level: u32,
+    /// Root of the filesystem whose apt sources pick the mirror (`/`).
+    pub sources_root: PathBuf,
+    /// Where the Debian archive keys are; default `<definition dir>/keys`.
+    pub keys: Option<PathBuf>,
+    pub progress: MultiProgress,
+}
+
+/// One artifact in `manifest.json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Artifact {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ManifestPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub sha256: String,
+}
+
+/// `manifest.json`: what an output folder holds and what it was made from.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub suite: String,
+    pub source_date_epoch: u64,
+    pub builder: String,
+    pub packages: Vec<ManifestPackage>,
+    pub artifacts: Vec<Artifact>,
+}
+
+/// What a build did, for the summary line and for tests.
+#[derive(Debug, Clone)]
+pub struct BuildSummary {
+    pub manifest: Manifest,
+    pub out: PathBuf,
+    pub lock_path: PathBuf,
+    pub lock_written: bool,
+    pub tree_entries: usize,
+    pub tree_bytes: u64,
+    pub fixups: Vec<fixups::Report>,
+}
+
+fn bar(mp: &MultiProgress, len: u64, prefix: &str) -> ProgressBar {
+    let b = mp.add(ProgressBar::new(len));
+    b.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b.set_prefix(prefix.to_string());
+    b
+}
+
+fn spinner(mp: &MultiProgress, prefix: &str, msg: &str) -> ProgressBar {
+    let b = mp.add(ProgressBar::new_spinner());
+    b.set_style(ProgressStyle::with_template("{prefix:>10} {spinner} {msg} {elapsed}").expect("valid template"));
+    b.set_prefix(prefix.to_string());
+    b.set_message(msg.to_string());
+    b.enable_steady_tick(std::time::Duration::from_millis(200));
+    b
+}
+
+/// The lock to build from: the existing one when it still matches the
+/// definition (and `--update-lock` was not given), else a fresh resolution.
+fn lock_for(loaded: &Loaded, mirrors: &Mirrors, opts: &BuildOptions, cache: &Cache) -> Result<(Lock, bool)> {
+    let path = loaded.lock_path();
+    if path.exists() && !opts.update_lock {
+        let lock = Lock::read(&path)?;
+        lock.check_matches(&path, &loaded.def)?;
+        tracing::info!(lock = %path.display(), packages = lock.packages.len(), "using lock");
+        return Ok((lock, false));
+    }
+    let keys = opts.keys.clone().unwrap_or_else(|| loaded.dir().join("keys"));
+    let sp = spinner(&opts.progress, "resolve", &format!("{} from {}", loaded.def.suite, mirrors.chosen_by));
+    let lock = repo::resolve_lock(&loaded.def, mirrors, &keys, cache)
+        .with_context(|| format!("resolving the packages of {}", loaded.path.display()))?;
+    sp.finish_and_clear();
+    lock.write(&path)?;
+    tracing::info!(lock = %path.display(), packages = lock.packages.len(), "wrote lock");
+    Ok((lock, true))
+}
+
+fn sha256_and_size(p: &Path) -> Result<Artifact> {
+    Ok(Artifact {
+        name: p.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+        sha256: fetch::sha256_file(p)?,
+        size: std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?.len(),
+    })
+}
+
+/// Unpack every package into a fresh merged-/usr tree. Decompression runs
+/// in parallel; insertion is sequential in lock order so the result does
+/// not depend on timing.
+pub fn assemble(lock: &Lock, debs: &[PathBuf], mp: &MultiProgress) -> Result<(Tree, Vec<InstalledPackage>)> {
+    let b = bar(mp, lock.packages.len() as u64, "unpack");
+    let members: Vec<_> = lock
+        .packages
+        .par_iter()
+        .zip(debs.par_iter())
+        .map(|(p, path)| {
+            let data = std::fs::read(path).with_context(|| format!("reading {} ({})", path.display(), p.name))?;
+            let m = debfile::read_members(&p.name, &data)?;
+            b.inc(1);
+            Ok::<_, anyhow::Error>(m)
+        })
+        .collect::<Result<_>>()?;
+    b.finish_and_clear();
+    let mut tree = Tree::new_merged_usr();
+    let mut installed = Vec::with_capacity(members.len());
+    for (p, m) in lock.packages.iter().zip(members) {
+        let mut control_files = debfile::read_control(&p.name, &m.control_tar)?;
+        let control = control_files.remove("control").unwrap_or_default();
+        let files = debfile::unpack_data(&p.name, &m.data_tar, &mut tree)?;
+        installed.push(InstalledPackage {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            architecture: p.architecture.clone(),
+            control,
+            control_files,
+            files,
+        });
+    }
+    Ok((tree, installed))
+}
+
+/// Run `cairn build`.
+pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
+    let t0 = Instant::now();
+    let loaded = definition::load(&opts.definition)?;
+    let def = &loaded.def;
+    let cache_dir = opts.cache.clone().unwrap_or_else(fetch::default_cache_dir);
+    let cache = Cache::open(&cache_dir).with_context(|| format!("opening the cache at {}", cache_dir.display()))?;
+    let mirrors = repo::choose_mirrors(opts.mirror.as_deref(), def, &opts.sources_root)?;
+    tracing::info!(mirror = %mirrors.archives[0].base, chosen_by = %mirrors.chosen_by, "mirror");
+    let (lock, lock_written) = lock_for(&loaded, &mirrors, opts, &cache)?;
+
+    let downloads: Vec<Download> = lock
+        .packages
+        .iter()
+        .map(|p| {
+            let base = mirrors.base_of(&p.archive).with_context(|| {
+                format!(
+                    "{} in {} comes from the {} archive, which this machine's apt sources do not name; \
+                     pass --mirror or run with --update-lock",
+                    p.name,
+                    loaded.lock_path().display(),
+                    p.archive
+                )
+            })?;
+            Ok(Download {
+                url: format!("{base}/{}", p.filename),
+                sha256: p.sha256.clone(),
+                size: p.size,
+                label: format!("{} {}", p.name, p.version),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let debs = match fetch::fetch_all(&cache, &downloads, opts.jobs, &opts.progress) {
+        Err(fetch::FetchError::NotFound { url }) => {
+            let pkg = downloads.iter().find(|d| d.url == url).map(|d| d.label.clone()).unwrap_or_default();
+            bail!(
+                "{pkg} from {} is gone from the mirror ({url} answers 404): mirrors drop superseded versions; \
+                 run with --update-lock to re-resolve",
+                loaded.lock_path().display()
+            );
+        }
+        r => r.context("fetching packages")?,
+    };
+    tracing::info!(packages = debs.len(), "packages verified");
+
+    let (mut tree, installed) = assemble(&lock, &debs, &opts.progress)?;
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(lock.source_date_epoch);
+    let overlay = loaded.overlay_dir();
+    let ctx = fixups::Context {
+        def,
+        packages: &installed,
+        source_date_epoch: epoch,
+        overlay: overlay.as_deref(),
+    };
+    let reports = fixups::apply_all(&mut tree, &ctx).context("applying fixups")?;
+    for r in &reports {
+        tracing::info!(fixup = r.name, "{}", r.summary);
+    }
+
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    let rootfs = opts.out.join("rootfs.squashfs");
+    let tmp = opts.out.join(".rootfs.squashfs.tmp");
+    let sp = spinner(&opts.progress, "squashfs", &format!("{} entries", tree.len()));
+    squashfs::write(
+        &tree,
+        &tmp,
+        squashfs::Options {
+            mtime: u32::try_from(epoch).unwrap_or(u32::MAX),
+            zstd_level: opts.zstd_level,
+            ..Default::default()
+        },
+    )?;
+    std::fs::rename(&tmp, &rootfs).with_context(|| format!("moving the image to {}", rootfs.display()))?;
+    sp.finish_and_clear();
+
+    let manifest = Manifest {
+        name: def.name.clone(),
+        version: def.version.clone(),
+        suite: def.suite.clone(),
+        source_date_epoch: epoch,
+        builder: concat!("cairn ", env!("CARGO_PKG_VERSION")).into(),
+        packages: lock
+            .packages
+            .iter()
+            .map(|p| ManifestPackage {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                architecture: p.architecture.clone(),
+                sha256: p.sha256.clone(),
+            })
+            .collect(),
+        artifacts: vec![sha256_and_size(&rootfs)?],
+    };
+    let mpath = opts.out.join("manifest.json");
+    std::fs::write(&mpath, serde_json::to_string_pretty(&manifest)? + "\n")
+        .with_context(|| format!("writing {}", mpath.display()))?;
+    tracing::info!(seconds = t0.elapsed().as_secs_f64(), "build done");
+    Ok(BuildSummary {
+        manifest,
+        out: opts.out.clone(),
+        lock_path: loaded.lock_path(),
+        lock_written,
+        tree_entries: tree.len(),
+        tree_bytes: tree.content_bytes(),
+        fixups: reports,
+    })
+}
