@@ -1,1 +1,307 @@
-fn main() {}
+//! `/init`: PID 1 of the cairn initramfs. In order: mount /dev (console on
+//! stdio), /proc, /sys and /run; read the kernel command line; load the
+//! modules listed in `/lib/modules/<release>/modules.order-cairn`; find
+//! the slot partition by GPT label (or attach `/rootfs.squashfs` to a loop
+//! device for `cairn.root=ram`) and mount its squashfs read-only on
+//! /sysroot; set up the writable state (the `cairn-state` partition, grown
+//! to the end of the disk and formatted on first boot, or a tmpfs) on
+//! /run/cairn/state with `var`, `home`, `root` bound into the image and an
+//! overlay on `/etc`; mount the ESP on /sysroot/efi; switch_root into
+//! `/sbin/init`.
+//!
+//! Any failure prints one `cairn-init: FATAL: ...` line, waits 10 s and
+//! reboots; so does a panic. PID 1 never exits. The options are described
+//! in `cairn_initrd::cmdline`.
+
+use std::convert::Infallible;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cairn_initrd::blockdev::{self, BlockDev, Want};
+use cairn_initrd::boot::{self, fail, Context, Failure};
+use cairn_initrd::cmdline::{self, Cmdline, RootSource, StateSource, STATE_LABEL};
+use cairn_initrd::ext4;
+use cairn_initrd::partition_table::{self as pt, Gpt};
+
+const SYSROOT: &str = "/sysroot";
+const STATE: &str = "/run/cairn/state";
+const CLASS_BLOCK: &str = "/sys/class/block";
+const DEV: &str = "/dev";
+const FATAL_DELAY: Duration = Duration::from_secs(10);
+
+/// Writes one `cairn-init: ` line to the console, ignoring errors (a PID 1
+/// without a console must not panic on `println!`).
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "cairn-init: {line}");
+}
+
+/// Prints the FATAL line, waits, reboots. Never returns.
+fn die(msg: &str) -> ! {
+    say(&format!("FATAL: {msg}"));
+    rustix::fs::sync();
+    std::thread::sleep(FATAL_DELAY);
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Time since `/init` started, for `cairn.debug`.
+struct Clock {
+    start: Instant,
+    debug: bool,
+}
+
+impl Clock {
+    fn secs(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn step(&self, what: &str) {
+        if self.debug {
+            say(&format!("{:.3}s {what}", self.secs()));
+        }
+    }
+}
+
+fn main() {
+    let start = Instant::now();
+    if std::process::id() != 1 {
+        eprintln!("cairn-init: this is the initramfs /init and must run as PID 1; not touching this system");
+        std::process::exit(1);
+    }
+    std::panic::set_hook(Box::new(|info| die(&format!("panic: {info}"))));
+    match boot_sequence(start) {
+        Ok(never) => match never {},
+        Err(f) => die(&f.0),
+    }
+}
+
+fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
+    boot::mount_dev_and_console()?;
+    boot::mount_api_filesystems()?;
+    let text = fs::read_to_string("/proc/cmdline").ctx(|| "reading /proc/cmdline".into())?;
+    let cmd = cmdline::parse(&text).map_err(|e| Failure(e.to_string()))?;
+    let clock = Clock {
+        start,
+        debug: cmd.debug,
+    };
+    if cmd.debug {
+        let uptime = fs::read_to_string("/proc/uptime").unwrap_or_default();
+        let uptime = uptime.split_whitespace().next().unwrap_or("?");
+        clock.step(&format!(
+            "started (kernel uptime {uptime}s); mounted /dev /proc /sys /run"
+        ));
+    }
+    for u in &cmd.unknown {
+        say(&format!("warning: unknown parameter {u} ignored"));
+    }
+
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let report = boot::load_modules(Path::new(&format!("/lib/modules/{release}")));
+    for (path, err) in &report.failed {
+        say(&format!("warning: loading module {path}: {err}"));
+    }
+    clock.step(&format!(
+        "loaded {} modules ({} already present, {} failed)",
+        report.loaded,
+        report.already,
+        report.failed.len()
+    ));
+
+    // The root image.
+    let (slot, root_desc) = match cmd.root {
+        RootSource::Disk => {
+            let label = cmd.slot.map(|s| s.label()).unwrap_or("cairn-a");
+            let part = wait_partition(&Want::Label(label), label, &cmd)?;
+            let node = part.node(Path::new(DEV));
+            clock.step(&format!("found {label} at {}", node.display()));
+            boot::mount_squashfs(&node, label, SYSROOT)?;
+            let desc = format!("{label} ({})", node.display());
+            (Some(part), desc)
+        }
+        RootSource::Ram => {
+            let img = PathBuf::from(format!("/{}", cairn_initrd::RAM_ROOT_IMAGE));
+            if !img.exists() {
+                return fail(
+                    "cairn.root=ram",
+                    format!("no {} in the initramfs", img.display()),
+                );
+            }
+            let (dev, fd) = boot::attach_loop(&img, cmd.timeout)?;
+            boot::mount_squashfs(&dev, cairn_initrd::RAM_ROOT_IMAGE, SYSROOT)?;
+            drop(fd);
+            (None, format!("{} on {}", img.display(), dev.display()))
+        }
+    };
+    clock.step(&format!("mounted root {root_desc} on {SYSROOT}"));
+
+    // The slot's disk and its partition table (disk boots only).
+    let disk = match &slot {
+        Some(part) => {
+            let name = part.disk.clone().ok_or_else(|| {
+                Failure(format!("cannot tell which disk {} belongs to", part.name))
+            })?;
+            let node = disk_node(&name);
+            let sector = boot::sector_size(&name)?;
+            let mut f = File::open(&node).ctx(|| format!("opening {}", node.display()))?;
+            let gpt = Gpt::read(&mut f, sector)
+                .ctx(|| format!("reading the GPT of {}", node.display()))?;
+            Some((name, node, gpt))
+        }
+        None => None,
+    };
+
+    // The writable state.
+    let state_part = match (&cmd.state, &disk) {
+        (StateSource::Tmpfs, _) | (StateSource::Auto, None) => None,
+        (StateSource::Auto, Some((name, node, gpt))) => {
+            let Some(entry) = gpt.find_by_name(STATE_LABEL) else {
+                return fail(
+                    "state",
+                    format!(
+                        "no partition labelled {STATE_LABEL} on {} (boot with cairn.state=tmpfs to run without one)",
+                        node.display()
+                    ),
+                );
+            };
+            Some(wait_partition(
+                &Want::Number(name, entry.number),
+                STATE_LABEL,
+                &cmd,
+            )?)
+        }
+        (StateSource::Label(label), _) => Some(wait_partition(&Want::Label(label), label, &cmd)?),
+    };
+    let state_desc = match &state_part {
+        None => {
+            boot::mount_tmpfs(STATE)?;
+            "tmpfs".to_owned()
+        }
+        Some(part) => {
+            prepare_state(part, &clock)?;
+            format!("{} (ext4)", part.node(Path::new(DEV)).display())
+        }
+    };
+    for dir in ["var", "home", "root"] {
+        boot::bind_state_dir(STATE, SYSROOT, dir)?;
+    }
+    boot::overlay_etc(STATE, SYSROOT)?;
+    clock.step(&format!(
+        "state {state_desc} on {STATE}: /var /home /root bound, /etc overlaid"
+    ));
+
+    // The ESP, when booting from a disk that has one. Not fatal: the system
+    // runs without it, only updates need it.
+    if let Some((name, node, gpt)) = &disk {
+        let esp = gpt
+            .partitions()
+            .into_iter()
+            .find(|p| p.name == "ESP" || p.is_esp());
+        let target = format!("{SYSROOT}/efi");
+        match esp {
+            None => say(&format!("warning: no ESP on {}", node.display())),
+            Some(_) if !Path::new(&target).is_dir() => {
+                say("warning: the image has no /efi directory; ESP not mounted")
+            }
+            Some(esp) => match wait_partition(&Want::Number(name, esp.number), "ESP", &cmd)
+                .and_then(|p| boot::mount_esp(&p.node(Path::new(DEV)), &target))
+            {
+                Ok(()) => clock.step(&format!("mounted the ESP on {target}")),
+                Err(e) => say(&format!("warning: {e}")),
+            },
+        }
+    }
+
+    say(&format!(
+        "root {root_desc}, state {state_desc}; switching to {} after {:.3}s",
+        cmd.init,
+        clock.secs()
+    ));
+    Err(boot::switch_root(SYSROOT, &cmd.init))
+}
+
+/// Waits for a partition, failing with the message the brief asks for.
+fn wait_partition(want: &Want<'_>, what: &str, cmd: &Cmdline) -> Result<BlockDev, Failure> {
+    blockdev::wait_for(Path::new(CLASS_BLOCK), Path::new(DEV), want, cmd.timeout).ok_or_else(|| {
+        let secs = cmd.timeout.as_secs_f64();
+        let where_ = match want {
+            Want::Label(_) => String::new(),
+            Want::LabelOnDisk(_, d) | Want::Number(d, _) => format!(" on {d}"),
+        };
+        Failure(format!(
+            "no partition labelled {what}{where_} appeared within {secs}s"
+        ))
+    })
+}
+
+/// `/dev/<DEVNAME>` of a disk given its sysfs name.
+fn disk_node(disk: &str) -> PathBuf {
+    let devname = fs::read_to_string(format!("{CLASS_BLOCK}/{disk}/uevent"))
+        .ok()
+        .and_then(|t| blockdev::parse_uevent(&t).devname)
+        .unwrap_or_else(|| disk.to_owned());
+    Path::new(DEV).join(devname)
+}
+
+/// Mounts the state partition on STATE; on first boot (no ext4 yet) grows
+/// it to the end of its disk and formats it.
+fn prepare_state(part: &BlockDev, clock: &Clock) -> Result<(), Failure> {
+    let node = part.node(Path::new(DEV));
+    let formatted = File::open(&node)
+        .and_then(|mut f| ext4::has_ext4_magic(&mut f))
+        .ctx(|| format!("reading {}", node.display()))?;
+    if !formatted {
+        match (&part.disk, part.uevent.partn) {
+            (Some(disk), Some(n)) => match grow(disk, n) {
+                Ok(Some(g)) => clock.step(&format!(
+                    "grew partition {n} of {disk} from {} to {} sectors",
+                    g.old_last_lba - g.first_lba + 1,
+                    g.new_last_lba - g.first_lba + 1
+                )),
+                Ok(None) => {}
+                Err(e) => say(&format!("warning: not growing {}: {e}", node.display())),
+            },
+            _ => say(&format!(
+                "warning: not growing {}: unknown disk",
+                node.display()
+            )),
+        }
+        let label = part.uevent.partname.as_deref().unwrap_or(STATE_LABEL);
+        boot::mke2fs(&node, label)?;
+        clock.step(&format!("formatted {} as ext4", node.display()));
+    }
+    boot::mount_ext4(&node, STATE)
+}
+
+/// Grows partition `n` of `disk` to the end of the disk (GPT rewrite, then
+/// BLKPG so the kernel sees the new size).
+fn grow(disk: &str, n: u32) -> Result<Option<pt::Grown>, Failure> {
+    let node = disk_node(disk);
+    let sector = boot::sector_size(disk)?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&node)
+        .ctx(|| format!("opening {}", node.display()))?;
+    let size = boot::device_size(&mut f).ctx(|| format!("sizing {}", node.display()))?;
+    let grown = pt::grow_last_partition(&mut f, sector, size, n)
+        .ctx(|| format!("growing the GPT of {}", node.display()))?;
+    if let Some(g) = grown {
+        f.sync_all().ctx(|| format!("syncing {}", node.display()))?;
+        let start = g.first_lba * sector;
+        let len = (g.new_last_lba - g.first_lba + 1) * sector;
+        boot::kernel_resize_partition(&f, n, start, len).ctx(|| {
+            format!(
+                "telling the kernel about the new size of partition {n} of {}",
+                node.display()
+            )
+        })?;
+    }
+    Ok(grown)
+}

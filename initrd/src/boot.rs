@@ -1,0 +1,689 @@
+//! The side-effecting steps of `/init`, each a small function the binary
+//! calls in order: mounting the API file systems, loading kernel modules,
+//! attaching a loop device, telling the kernel about a resized partition,
+//! formatting and seeding the state, and `switch_root`. It owns the Linux
+//! system-call details (ioctls, mount flags); the decisions live in
+//! `src/bin/init.rs` and in the pure modules. Everything returns a
+//! [`Failure`] whose text is the one line `/init` prints before rebooting.
+
+use std::ffi::CString;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{
+    chown, lchown, symlink, DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rustix::mount::{mount, mount_bind, mount_move, MountFlags};
+
+/// One line saying what failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure(pub String);
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// An error's text without the " (os error N)" that std appends.
+pub fn describe(err: impl fmt::Display) -> String {
+    let s = err.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_owned(),
+        _ => s,
+    }
+}
+
+/// `Err(Failure("<what>: <error>"))`.
+pub fn fail<T>(what: impl fmt::Display, err: impl fmt::Display) -> Result<T, Failure> {
+    Err(Failure(format!("{what}: {}", describe(err))))
+}
+
+/// Adds "what" context to an error.
+pub trait Context<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, Failure>;
+}
+
+impl<T, E: fmt::Display> Context<T> for Result<T, E> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, Failure> {
+        self.map_err(|e| Failure(format!("{}: {}", what(), describe(e))))
+    }
+}
+
+fn mkdir_p(path: &str, mode: u32) -> Result<(), Failure> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .ctx(|| format!("creating {path}"))
+}
+
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MountFlags,
+    data: &str,
+) -> Result<(), Failure> {
+    let data = CString::new(data).map_err(|e| Failure(e.to_string()))?;
+    mount(src, target, fstype, flags, Some(data.as_c_str()))
+        .ctx(|| format!("mounting {src} ({fstype}) on {target}"))
+}
+
+/// Mounts devtmpfs on /dev and makes /dev/console stdin, stdout and stderr
+/// (the kernel only opens it for us when the initramfs has the node).
+/// Done first so that every later message reaches the console.
+pub fn mount_dev_and_console() -> Result<(), Failure> {
+    mkdir_p("/dev", 0o755)?;
+    let nosuid = MountFlags::NOSUID;
+    if let Err(e) = mount_fs("devtmpfs", "/dev", "devtmpfs", nosuid, "mode=0755") {
+        // Already mounted (CONFIG_DEVTMPFS_MOUNT) is fine.
+        if !Path::new("/dev/null").exists() {
+            return Err(e);
+        }
+    }
+    let console = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/console")
+        .ctx(|| "opening /dev/console".into())?;
+    for fd in 0..3 {
+        // SAFETY: dup2 on a valid open descriptor onto 0..2; both are plain
+        // integers and the kernel validates them.
+        if unsafe { libc::dup2(console.as_raw_fd(), fd) } < 0 {
+            return fail("dup2 /dev/console", io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Mounts /proc, /sys and a tmpfs on /run.
+pub fn mount_api_filesystems() -> Result<(), Failure> {
+    let f = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mkdir_p("/proc", 0o555)?;
+    mount_fs("proc", "/proc", "proc", f, "")?;
+    mkdir_p("/sys", 0o555)?;
+    mount_fs("sysfs", "/sys", "sysfs", f, "")?;
+    mkdir_p("/run", 0o755)?;
+    mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=0755",
+    )?;
+    Ok(())
+}
+
+/// `finit_module` flag: the file is compressed and the kernel should
+/// decompress it (Linux 5.17+, needs CONFIG_MODULE_DECOMPRESS).
+pub const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
+
+/// Outcome of loading the module list.
+#[derive(Debug, Default)]
+pub struct ModuleReport {
+    pub loaded: usize,
+    pub already: usize,
+    /// `(path, error)` for each module that failed; not fatal by itself.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Loads the modules listed (relative paths) in `dir/modules.order-cairn`,
+/// in order. A missing list loads nothing. `EEXIST` (already loaded or
+/// built in) counts as success. Compressed modules (`.ko.xz`, `.ko.zst`,
+/// `.ko.gz`) are handed to the kernel with MODULE_INIT_COMPRESSED_FILE,
+/// which fails with EOPNOTSUPP/EINVAL on kernels without in-kernel module
+/// decompression: the builder must then carry uncompressed modules (Debian
+/// bookworm's are uncompressed anyway).
+pub fn load_modules(dir: &Path) -> ModuleReport {
+    let mut r = ModuleReport::default();
+    let Ok(list) = fs::read_to_string(dir.join(crate::modules::MODULES_ORDER_FILE)) else {
+        return r;
+    };
+    for rel in crate::modules::parse_order_file(&list) {
+        let compressed = [".xz", ".zst", ".gz"].iter().any(|e| rel.ends_with(e));
+        let flags = if compressed {
+            MODULE_INIT_COMPRESSED_FILE
+        } else {
+            0
+        };
+        let res = File::open(dir.join(rel))
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                rustix::system::finit_module(&f, c"", flags).map_err(|e| {
+                    if e == rustix::io::Errno::EXIST {
+                        "EEXIST".to_owned()
+                    } else {
+                        io::Error::from(e).to_string()
+                    }
+                })
+            });
+        match res {
+            Ok(()) => r.loaded += 1,
+            Err(e) if e == "EEXIST" => r.already += 1,
+            Err(e) => r.failed.push((rel.to_owned(), e)),
+        }
+    }
+    r
+}
+
+/// Mounts a squashfs read-only; `what` names it in errors
+/// ("mounting /dev/vda2 (cairn-a) as squashfs: Invalid argument").
+pub fn mount_squashfs(dev: &Path, what: &str, target: &str) -> Result<(), Failure> {
+    mkdir_p(target, 0o755)?;
+    mount(dev, target, "squashfs", MountFlags::RDONLY, None)
+        .ctx(|| format!("mounting {} ({what}) as squashfs", dev.display()))
+}
+
+// Loop device ioctls and structures (linux/loop.h).
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// Attaches `file` read-only to a free loop device (auto-clearing when its
+/// last user goes away) and returns the device path together with an open
+/// descriptor that must be kept until the device is mounted.
+pub fn attach_loop(file: &Path, timeout: Duration) -> Result<(PathBuf, File), Failure> {
+    let ctl = wait_open("/dev/loop-control", true, timeout)?;
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a number.
+    let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+    if n < 0 {
+        return fail("finding a free loop device", io::Error::last_os_error());
+    }
+    let dev = PathBuf::from(format!("/dev/loop{n}"));
+    let loopdev = wait_open(&dev.to_string_lossy(), false, timeout)?;
+    let backing = File::open(file).ctx(|| format!("opening {}", file.display()))?;
+    let mut info = LoopInfo64 {
+        lo_device: 0,
+        lo_inode: 0,
+        lo_rdevice: 0,
+        lo_offset: 0,
+        lo_sizelimit: 0,
+        lo_number: 0,
+        lo_encrypt_type: 0,
+        lo_encrypt_key_size: 0,
+        lo_flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+        lo_file_name: [0; 64],
+        lo_crypt_name: [0; 64],
+        lo_encrypt_key: [0; 32],
+        lo_init: [0; 2],
+    };
+    let name = file.as_os_str().as_encoded_bytes();
+    let len = name.len().min(63);
+    info.lo_file_name[..len].copy_from_slice(&name[..len]);
+    let config = LoopConfig {
+        fd: backing.as_raw_fd() as u32,
+        block_size: 0,
+        info,
+        reserved: [0; 8],
+    };
+    // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which LoopConfig
+    // mirrors (repr(C), same field types); it outlives the call.
+    let rc = unsafe {
+        libc::ioctl(
+            loopdev.as_raw_fd(),
+            LOOP_CONFIGURE,
+            &config as *const LoopConfig,
+        )
+    };
+    if rc < 0 {
+        // Kernels before 5.8: LOOP_SET_FD then LOOP_SET_STATUS64.
+        // SAFETY: LOOP_SET_FD takes the backing descriptor as an integer.
+        if unsafe { libc::ioctl(loopdev.as_raw_fd(), LOOP_SET_FD, backing.as_raw_fd()) } < 0 {
+            return fail(
+                format!("attaching {} to {}", file.display(), dev.display()),
+                io::Error::last_os_error(),
+            );
+        }
+        // SAFETY: LOOP_SET_STATUS64 reads a `struct loop_info64`, mirrored
+        // by LoopInfo64; it outlives the call.
+        if unsafe {
+            libc::ioctl(
+                loopdev.as_raw_fd(),
+                LOOP_SET_STATUS64,
+                &config.info as *const LoopInfo64,
+            )
+        } < 0
+        {
+            return fail(
+                format!("configuring {}", dev.display()),
+                io::Error::last_os_error(),
+            );
+        }
+    }
+    Ok((dev, loopdev))
+}
+
+/// Opens a device node, waiting for devtmpfs to create it.
+fn wait_open(path: &str, write: bool, timeout: Duration) -> Result<File, Failure> {
+    let start = Instant::now();
+    loop {
+        match OpenOptions::new().read(true).write(write).open(path) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && start.elapsed() < timeout => {
+                std::thread::sleep(crate::blockdev::POLL_INTERVAL)
+            }
+            Err(e) => return fail(format!("opening {path}"), e),
+        }
+    }
+}
+
+/// Logical sector size of a disk, from `/sys/class/block/<disk>/queue`.
+pub fn sector_size(disk: &str) -> Result<u64, Failure> {
+    let p = format!("/sys/class/block/{disk}/queue/logical_block_size");
+    let s = fs::read_to_string(&p).ctx(|| format!("reading {p}"))?;
+    s.trim().parse().ctx(|| format!("parsing {p}"))
+}
+
+/// Size in bytes of an open block device or file.
+pub fn device_size(f: &mut File) -> io::Result<u64> {
+    f.seek(SeekFrom::End(0))
+}
+
+const BLKPG: libc::c_ulong = 0x1269;
+const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
+
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut libc::c_void,
+}
+
+#[repr(C)]
+struct BlkpgPartition {
+    start: libc::c_longlong,
+    length: libc::c_longlong,
+    pno: libc::c_int,
+    devname: [libc::c_char; 64],
+    volname: [libc::c_char; 64],
+}
+
+/// Tells the kernel that partition `number` of the open disk now spans
+/// `length` bytes from `start` (BLKPG_RESIZE_PARTITION). Unlike BLKRRPART
+/// this works while other partitions of the disk are mounted.
+pub fn kernel_resize_partition(
+    disk: &File,
+    number: u32,
+    start: u64,
+    length: u64,
+) -> io::Result<()> {
+    let mut part = BlkpgPartition {
+        start: start as libc::c_longlong,
+        length: length as libc::c_longlong,
+        pno: number as libc::c_int,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let arg = BlkpgIoctlArg {
+        op: BLKPG_RESIZE_PARTITION,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+        data: (&mut part as *mut BlkpgPartition).cast(),
+    };
+    // SAFETY: BLKPG reads a `struct blkpg_ioctl_arg` whose data points to a
+    // `struct blkpg_partition`; both are mirrored by repr(C) structs that
+    // live on this stack frame for the duration of the call.
+    if unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG, &arg as *const BlkpgIoctlArg) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Where `/init` looks for mke2fs in the initramfs.
+pub const MKE2FS_PATHS: &[&str] = &["/sbin/mke2fs", "/usr/sbin/mke2fs"];
+
+/// Creates an ext4 file system labelled `label` on `dev` with the
+/// initramfs's mke2fs. Lazy inode-table and journal initialisation keep
+/// first boot fast (the kernel finishes the work in the background), and
+/// no discard, which can take minutes on large disks.
+pub fn mke2fs(dev: &Path, label: &str) -> Result<(), Failure> {
+    let Some(bin) = MKE2FS_PATHS.iter().find(|p| Path::new(p).exists()) else {
+        return fail(
+            format!("formatting {}", dev.display()),
+            "no mke2fs in the initramfs (looked for /sbin/mke2fs and /usr/sbin/mke2fs)",
+        );
+    };
+    let out = Command::new(bin)
+        .args(["-q", "-F", "-t", "ext4", "-L", label])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(dev)
+        .output()
+        .ctx(|| format!("running {bin}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        return fail(
+            format!("{bin} on {}", dev.display()),
+            format!("{} {last}", out.status),
+        );
+    }
+    Ok(())
+}
+
+/// Mounts an ext4 file system read-write.
+pub fn mount_ext4(dev: &Path, target: &str) -> Result<(), Failure> {
+    mkdir_p(target, 0o755)?;
+    mount(dev, target, "ext4", MountFlags::NOATIME, None)
+        .ctx(|| format!("mounting {} as ext4 on {target}", dev.display()))
+}
+
+/// Mounts a tmpfs (for diskless state).
+pub fn mount_tmpfs(target: &str) -> Result<(), Failure> {
+    mkdir_p(target, 0o755)?;
+    mount_fs("tmpfs", target, "tmpfs", MountFlags::empty(), "mode=0755")
+}
+
+/// Mounts the ESP (vfat) read-write, readable by root only like systemd does.
+pub fn mount_esp(dev: &Path, target: &str) -> Result<(), Failure> {
+    mount(
+        dev,
+        target,
+        "vfat",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::NOATIME,
+        Some(c"umask=0077,shortname=winnt"),
+    )
+    .ctx(|| format!("mounting {} as vfat on {target}", dev.display()))
+}
+
+/// Copies a tree (directories, regular files, symlinks) with owners and
+/// permission bits; other file types are skipped. `dst` must not exist.
+/// Used to seed the state's `var`, `home` and `root` from the image.
+pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    let md = fs::symlink_metadata(src)?;
+    let ft = md.file_type();
+    if ft.is_dir() {
+        fs::create_dir(dst)?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+    } else if ft.is_symlink() {
+        symlink(fs::read_link(src)?, dst)?;
+        lchown(dst, Some(md.uid()), Some(md.gid()))?;
+        return Ok(());
+    } else if ft.is_file() {
+        fs::copy(src, dst)?;
+    } else {
+        return Ok(());
+    }
+    // chown clears set-id bits, so the mode comes after it.
+    chown(dst, Some(md.uid()), Some(md.gid()))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777))
+}
+
+/// Makes `state/<name>` (seeded from `image/<name>` on first use, via a
+/// temporary name and a rename so an interrupted copy is redone) and
+/// bind-mounts it on `image/<name>`.
+pub fn bind_state_dir(state: &str, image: &str, name: &str) -> Result<(), Failure> {
+    let dst = format!("{state}/{name}");
+    let target = format!("{image}/{name}");
+    if !Path::new(&target).is_dir() {
+        return fail(
+            format!("binding {dst}"),
+            format!("the image has no /{name} directory"),
+        );
+    }
+    if !Path::new(&dst).exists() {
+        let tmp = format!("{state}/.{name}.seeding");
+        if Path::new(&tmp).exists() {
+            fs::remove_dir_all(&tmp).ctx(|| format!("removing {tmp}"))?;
+        }
+        copy_tree(Path::new(&target), Path::new(&tmp))
+            .ctx(|| format!("seeding {dst} from /{name}"))?;
+        fs::rename(&tmp, &dst).ctx(|| format!("renaming {tmp}"))?;
+    }
+    mount_bind(&dst, &target).ctx(|| format!("binding {dst} on {target}"))
+}
+
+/// Mounts an overlay on `image/etc`: the image's /etc below, `state/etc/upper`
+/// above (work dir `state/etc/work`), creating those on first use.
+pub fn overlay_etc(state: &str, image: &str) -> Result<(), Failure> {
+    let upper = format!("{state}/etc/upper");
+    let work = format!("{state}/etc/work");
+    mkdir_p(&upper, 0o755)?;
+    mkdir_p(&work, 0o755)?;
+    let target = format!("{image}/etc");
+    mount_fs(
+        "overlay",
+        &target,
+        "overlay",
+        MountFlags::empty(),
+        &format!("lowerdir={target},upperdir={upper},workdir={work}"),
+    )
+}
+
+/// True when `path` is on a ramfs or tmpfs (the initramfs).
+pub fn is_ram_fs(path: &str) -> bool {
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    // f_type is i64 on x86_64 but narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::statfs(path)
+        .map(|s| matches!(s.f_type as i64, RAMFS_MAGIC | TMPFS_MAGIC))
+        .unwrap_or(false)
+}
+
+/// Deletes everything under `root` that is on the same file system as
+/// `root` itself, without following symlinks or entering mount points
+/// (as busybox switch_root does). Errors are ignored: this only frees RAM.
+pub fn delete_contents(root: &Path) {
+    let Ok(md) = fs::symlink_metadata(root) else {
+        return;
+    };
+    delete_children(root, md.dev());
+}
+
+fn delete_children(dir: &Path, dev: u64) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(md) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.dev() != dev {
+            continue;
+        }
+        if md.is_dir() {
+            delete_children(&p, dev);
+            let _ = fs::remove_dir(&p);
+        } else {
+            let _ = fs::remove_file(&p);
+        }
+    }
+}
+
+/// Moves /proc, /sys, /dev and /run into `new_root`, frees the initramfs,
+/// makes `new_root` the root and executes `init` there. Returns only on
+/// failure.
+pub fn switch_root(new_root: &str, init: &str) -> Failure {
+    match switch_root_inner(new_root, init) {
+        Ok(never) => match never {},
+        Err(f) => f,
+    }
+}
+
+fn switch_root_inner(new_root: &str, init: &str) -> Result<std::convert::Infallible, Failure> {
+    if !is_ram_fs("/") {
+        return fail(
+            "switch_root",
+            "/ is not the initramfs (ramfs/tmpfs); refusing to delete it",
+        );
+    }
+    for m in ["/proc", "/sys", "/dev", "/run"] {
+        let target = format!("{new_root}{m}");
+        if !Path::new(&target).is_dir() {
+            return fail(
+                format!("moving {m}"),
+                format!("the image has no {m} directory"),
+            );
+        }
+        mount_move(m, &target).ctx(|| format!("moving {m} to {target}"))?;
+    }
+    delete_contents(Path::new("/"));
+    std::env::set_current_dir(new_root).ctx(|| format!("chdir {new_root}"))?;
+    mount_move(".", "/").ctx(|| format!("moving {new_root} to /"))?;
+    rustix::process::chroot(".").ctx(|| "chroot".into())?;
+    std::env::set_current_dir("/").ctx(|| "chdir /".into())?;
+    let c_init = CString::new(init).map_err(|e| Failure(e.to_string()))?;
+    let argv = [c_init.as_ptr(), std::ptr::null()];
+    // SAFETY: argv is a NULL-terminated array of valid C strings that
+    // outlive the call; execv only returns on failure.
+    unsafe { libc::execv(c_init.as_ptr(), argv.as_ptr()) };
+    fail(format!("executing {init}"), io::Error::last_os_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_strips_os_error() {
+        assert_eq!(
+            describe(io::Error::from_raw_os_error(22)),
+            "Invalid argument"
+        );
+        assert_eq!(
+            describe(rustix::io::Errno::NOENT),
+            "No such file or directory"
+        );
+        assert_eq!(describe("plain (text)"), "plain (text)");
+        let r: Result<(), _> = Err(rustix::io::Errno::INVAL);
+        assert_eq!(
+            r.ctx(|| "mounting /dev/vda2 (cairn-a) as squashfs".into())
+                .unwrap_err()
+                .0,
+            "mounting /dev/vda2 (cairn-a) as squashfs: Invalid argument"
+        );
+    }
+
+    #[test]
+    fn struct_layouts_match_the_kernel() {
+        // sizes from linux/loop.h and linux/blkpg.h on 64-bit Linux.
+        assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
+        assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
+        assert_eq!(std::mem::size_of::<BlkpgIoctlArg>(), 24);
+        assert_eq!(std::mem::size_of::<BlkpgPartition>(), 152);
+    }
+
+    #[test]
+    fn copy_tree_keeps_types_modes_and_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("var");
+        fs::create_dir_all(src.join("lib/thing")).unwrap();
+        fs::create_dir_all(src.join("tmp")).unwrap();
+        fs::set_permissions(src.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::write(src.join("lib/thing/state"), b"data").unwrap();
+        fs::set_permissions(
+            src.join("lib/thing/state"),
+            fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        symlink("../run", src.join("run")).unwrap();
+        symlink("/nonexistent/target", src.join("dangling")).unwrap();
+        let dst = dir.path().join("state-var");
+        copy_tree(&src, &dst).unwrap();
+        assert_eq!(fs::read(dst.join("lib/thing/state")).unwrap(), b"data");
+        let mode = |p: &str| fs::symlink_metadata(dst.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("tmp"), 0o1777);
+        assert_eq!(mode("lib/thing/state"), 0o640);
+        assert_eq!(fs::read_link(dst.join("run")).unwrap(), Path::new("../run"));
+        assert_eq!(
+            fs::read_link(dst.join("dangling")).unwrap(),
+            Path::new("/nonexistent/target")
+        );
+        let uid = fs::metadata(&src).unwrap().uid();
+        assert_eq!(fs::metadata(dst.join("lib")).unwrap().uid(), uid);
+        // dst must not exist.
+        assert!(copy_tree(&src, &dst).is_err());
+    }
+
+    #[test]
+    fn delete_contents_stays_inside() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("keep"), b"x").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("lib/modules/6.1")).unwrap();
+        fs::write(r.join("init"), b"elf").unwrap();
+        fs::write(r.join("lib/modules/6.1/a.ko"), b"ko").unwrap();
+        symlink(outside.path(), r.join("link-to-outside")).unwrap();
+        symlink(outside.path().join("keep"), r.join("file-link")).unwrap();
+        fs::create_dir(r.join("sysroot")).unwrap();
+        // A mount point inside (when we may mount: root, not in a restricted
+        // sandbox) must survive with its contents.
+        let mounted = mount(
+            "tmpfs",
+            r.join("sysroot"),
+            "tmpfs",
+            MountFlags::empty(),
+            None,
+        )
+        .is_ok();
+        if mounted {
+            fs::write(r.join("sysroot/precious"), b"p").unwrap();
+        }
+        delete_contents(r);
+        let left: Vec<_> = fs::read_dir(r)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        if mounted {
+            assert_eq!(left, ["sysroot"]);
+            assert!(r.join("sysroot/precious").exists());
+            rustix::mount::unmount(r.join("sysroot"), rustix::mount::UnmountFlags::empty())
+                .unwrap();
+        } else {
+            assert!(left.is_empty(), "{left:?}");
+        }
+        assert!(
+            outside.path().join("keep").exists(),
+            "followed a symlink out"
+        );
+    }
+}
