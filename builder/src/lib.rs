@@ -8,5 +8,8 @@ pub mod debfile;
 pub mod definition;
 pub mod fetch;
 pub mod fixups;
+pub mod lock;
+pub mod pipeline;
+pub mod repo;
 pub mod squashfs;
 pub mod tree;

@@ -163,4 +163,20 @@ fn default_image_builds_reproducibly_and_holds_a_cluster_node() {
     let s2 = build(&opts(&def, &out2, false)).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(!s2.lock_written);
     assert_eq!(s1.manifest.artifacts, s2.manifest.artifacts, "rebuild from the lock is byte-identical");
+
+    // --- a tampered .deb in the cache is refused, names the package, and is not kept
+    let lock = cairn_builder::lock::Lock::read(&def.with_extension("lock")).unwrap();
+    let victim = lock.packages.iter().find(|p| p.name == "sudo").unwrap();
+    let cache = cairn_builder::fetch::Cache::open(&test_cache()).unwrap();
+    let blob = cache.blob_path(&victim.sha256);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    std::fs::write(&blob, &bytes).unwrap();
+    let out3 = imgs.path().join("out3");
+    let e = build(&opts(&def, &out3, false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("sudo") && msg.contains("tampered"), "{msg}");
+    assert!(!blob.exists(), "the tampered file is deleted");
+    assert!(!out3.join("rootfs.squashfs").exists(), "nothing is built");
 }
