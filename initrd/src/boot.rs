@@ -134,6 +134,18 @@ pub struct ModuleReport {
     pub already: usize,
     /// `(path, error)` for each module that failed; not fatal by itself.
     pub failed: Vec<(String, String)>,
+    /// `(path, time)` for every module tried, in load order.
+    pub timings: Vec<(String, Duration)>,
+}
+
+impl ModuleReport {
+    /// The `n` modules that took longest to load, slowest first.
+    pub fn slowest(&self, n: usize) -> Vec<(String, Duration)> {
+        let mut t = self.timings.clone();
+        t.sort_by(|a, b| b.1.cmp(&a.1));
+        t.truncate(n);
+        t
+    }
 }
 
 /// Loads the modules listed (relative paths) in `dir/modules.order-cairn`,
@@ -155,6 +167,7 @@ pub fn load_modules(dir: &Path) -> ModuleReport {
         } else {
             0
         };
+        let t0 = Instant::now();
         let res = File::open(dir.join(rel))
             .map_err(|e| e.to_string())
             .and_then(|f| {
@@ -166,6 +179,7 @@ pub fn load_modules(dir: &Path) -> ModuleReport {
                     }
                 })
             });
+        r.timings.push((rel.to_owned(), t0.elapsed()));
         match res {
             Ok(()) => r.loaded += 1,
             Err(e) if e == "EEXIST" => r.already += 1,
@@ -370,10 +384,62 @@ pub fn kernel_resize_partition(
 /// Where `/init` looks for mke2fs in the initramfs.
 pub const MKE2FS_PATHS: &[&str] = &["/sbin/mke2fs", "/usr/sbin/mke2fs"];
 
+/// Fills `buf` without ever waiting for the kernel's random pool: fully
+/// seeded bytes when the pool is ready, otherwise GRND_INSECURE bytes (the
+/// same generator, seeded with what the kernel has so far: device and
+/// interrupt timing). Waiting instead (blocking getrandom or /dev/urandom,
+/// which both run the kernel's jitter entropy collector) costs about 2 s
+/// under QEMU TCG without RDRAND or virtio-rng.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    let mut flags = libc::GRND_NONBLOCK;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe the writable tail of `buf`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), flags) };
+        if n >= 0 {
+            filled += n as usize;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) if flags == libc::GRND_NONBLOCK => flags = libc::GRND_INSECURE,
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// A random (version 4) UUID; see [`random_bytes`].
+pub fn random_uuid() -> io::Result<String> {
+    let mut b = [0u8; 16];
+    random_bytes(&mut b)?;
+    Ok(format_uuid_v4(b))
+}
+
+/// Formats 16 random bytes as a version 4, variant 1 UUID.
+pub fn format_uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// Creates an ext4 file system labelled `label` on `dev` with the
 /// initramfs's mke2fs. Lazy inode-table and journal initialisation keep
 /// first boot fast (the kernel finishes the work in the background), and
-/// no discard, which can take minutes on large disks.
+/// no discard, which can take minutes on large disks. The UUID and the
+/// directory hash seed are passed in: early in boot the kernel's random
+/// pool is often not initialised yet (no RDRAND under QEMU TCG), and
+/// libuuid then retries non-blocking getrandom for seconds per UUID.
 pub fn mke2fs(dev: &Path, label: &str) -> Result<(), Failure> {
     let Some(bin) = MKE2FS_PATHS.iter().find(|p| Path::new(p).exists()) else {
         return fail(
@@ -381,9 +447,14 @@ pub fn mke2fs(dev: &Path, label: &str) -> Result<(), Failure> {
             "no mke2fs in the initramfs (looked for /sbin/mke2fs and /usr/sbin/mke2fs)",
         );
     };
+    let uuid = random_uuid().ctx(|| "getrandom".into())?;
+    let seed = random_uuid().ctx(|| "getrandom".into())?;
     let out = Command::new(bin)
-        .args(["-q", "-F", "-t", "ext4", "-L", label])
-        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .args(["-q", "-F", "-t", "ext4", "-L", label, "-U", &uuid])
+        .args([
+            "-E",
+            &format!("hash_seed={seed},lazy_itable_init=1,lazy_journal_init=1,nodiscard"),
+        ])
         .arg(dev)
         .output()
         .ctx(|| format!("running {bin}"))?;
@@ -600,6 +671,21 @@ mod tests {
                 .0,
             "mounting /dev/vda2 (cairn-a) as squashfs: Invalid argument"
         );
+    }
+
+    #[test]
+    fn uuid_v4_format() {
+        assert_eq!(
+            format_uuid_v4([0xff; 16]),
+            "ffffffff-ffff-4fff-bfff-ffffffffffff"
+        );
+        assert_eq!(
+            format_uuid_v4([0; 16]),
+            "00000000-0000-4000-8000-000000000000"
+        );
+        let a = random_uuid().unwrap();
+        assert_eq!(a.len(), 36);
+        assert_ne!(a, random_uuid().unwrap());
     }
 
     #[test]

@@ -107,12 +107,26 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
     for (path, err) in &report.failed {
         say(&format!("warning: loading module {path}: {err}"));
     }
-    clock.step(&format!(
-        "loaded {} modules ({} already present, {} failed)",
-        report.loaded,
-        report.already,
-        report.failed.len()
-    ));
+    if cmd.debug {
+        let slow: Vec<String> = report
+            .slowest(3)
+            .iter()
+            .map(|(p, t)| {
+                format!(
+                    "{} {:.3}s",
+                    p.rsplit('/').next().unwrap_or(p),
+                    t.as_secs_f64()
+                )
+            })
+            .collect();
+        clock.step(&format!(
+            "loaded {} modules ({} already present, {} failed; slowest: {})",
+            report.loaded,
+            report.already,
+            report.failed.len(),
+            slow.join(", ")
+        ));
+    }
 
     // The root image.
     let (slot, root_desc) = match cmd.root {
