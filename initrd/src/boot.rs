@@ -142,7 +142,7 @@ impl ModuleReport {
     /// The `n` modules that took longest to load, slowest first.
     pub fn slowest(&self, n: usize) -> Vec<(String, Duration)> {
         let mut t = self.timings.clone();
-        t.sort_by(|a, b| b.1.cmp(&a.1));
+        t.sort_by_key(|b| std::cmp::Reverse(b.1));
         t.truncate(n);
         t
     }
