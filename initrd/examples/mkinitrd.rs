@@ -56,12 +56,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(0);
 
     let mut w = CpioWriter::new(std::io::BufWriter::new(std::fs::File::create(&out)?), epoch);
-    w.add_file("init", 0o755, 0, 0, &std::fs::read(&init)?)?;
-    w.add_dir("dev", 0o755, 0, 0)?;
-    w.add_char_device("dev/console", 0o600, 5, 1)?;
-    for d in ["proc", "sys", "run", "sysroot"] {
-        w.add_dir(d, 0o755, 0, 0)?;
-    }
+    cairn_initrd::layout::add_skeleton(&mut w, &std::fs::read(&init)?)?;
     if let Some(dir) = mods {
         let dir = Path::new(&dir);
         let release = dir
@@ -72,7 +67,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let dep = std::fs::read_to_string(dir.join("modules.dep"))?;
         let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
         let list = closure_with_builtin(&dep, &builtin, DEFAULT_MODULES)?;
-        let base = format!("lib/modules/{release}");
+        let base = cairn_initrd::layout::modules_dir(&release);
         for rel in &list {
             w.add_file(
                 &format!("{base}/{rel}"),

@@ -1,8 +1,9 @@
 //! cairn-initrd: everything about the initramfs. The `/init` binary
 //! (`src/bin/init.rs`, PID 1 of the initramfs: find the slot, mount the
 //! root squashfs, set up the writable state, switch_root into systemd) and
-//! the pieces the builder uses to pack it: the newc [`cpio`] writer and the
-//! kernel [`modules`] closure. It does not choose packages or build images.
+//! the pieces the builder uses to pack it: the newc [`cpio`] writer, the
+//! kernel [`modules`] closure and the initramfs [`layout`] contract. It
+//! does not choose packages or build images.
 //!
 //! Modules used only by `/init` ([`cmdline`], [`blockdev`],
 //! [`partition_table`], [`ext4`], [`boot`]) are public so they can be tested
@@ -13,6 +14,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod cpio;
 pub mod ext4;
+pub mod layout;
 pub mod modules;
 pub mod partition_table;
 
