@@ -46,6 +46,9 @@ enum Command {
         /// Directory of Debian archive keys (*.asc); default: keys/ next to the definition.
         #[arg(long)]
         keys: Option<PathBuf>,
+        /// Rebuild even when the output folder is already current.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -60,6 +63,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<()> {
             jobs,
             zstd_level,
             keys,
+            force,
         } => {
             let opts = cairn_builder::pipeline::BuildOptions {
                 definition,
@@ -72,9 +76,20 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<()> {
                 sources_root: PathBuf::from("/"),
                 keys,
                 progress,
+                force,
             };
             let s = cairn_builder::pipeline::build(&opts)?;
             let root = &s.manifest.artifacts[0];
+            if s.up_to_date {
+                println!(
+                    "{} is up to date ({} {}, sha256 {}); --force rebuilds",
+                    s.out.display(),
+                    s.manifest.name,
+                    s.manifest.version,
+                    root.sha256
+                );
+                return Ok(());
+            }
             println!(
                 "built {} {}: {} packages, {} entries, {:.1} MiB of files -> {} ({:.1} MiB, sha256 {})",
                 s.manifest.name,

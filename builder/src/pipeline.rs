@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::debfile::{self, InstalledPackage};
 use crate::definition::{self, Loaded};
@@ -36,6 +37,8 @@ pub struct BuildOptions {
     /// Where the Debian archive keys are; default `<definition dir>/keys`.
     pub keys: Option<PathBuf>,
     pub progress: MultiProgress,
+    /// Rebuild even when the output folder is current.
+    pub force: bool,
 }
 
 /// One artifact in `manifest.json`.
@@ -62,6 +65,9 @@ pub struct Manifest {
     pub suite: String,
     pub source_date_epoch: u64,
     pub builder: String,
+    /// SHA-256 over everything the build read (definition, lock, overlay,
+    /// the cairn binary, options): equal inputs mean the output is current.
+    pub inputs: String,
     pub packages: Vec<ManifestPackage>,
     pub artifacts: Vec<Artifact>,
 }
@@ -76,6 +82,8 @@ pub struct BuildSummary {
     pub tree_entries: usize,
     pub tree_bytes: u64,
     pub fixups: Vec<fixups::Report>,
+    /// The output was already current: nothing was rebuilt.
+    pub up_to_date: bool,
 }
 
 fn bar(mp: &MultiProgress, len: u64, prefix: &str) -> ProgressBar {
@@ -126,6 +134,59 @@ fn sha256_and_size(p: &Path) -> Result<Artifact> {
     })
 }
 
+fn hash_dir(h: &mut Sha256, root: &Path, dir: &Path) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let meta = std::fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
+        let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+        h.update(format!("{rel}\0{:o}\0", std::os::unix::fs::PermissionsExt::mode(&meta.permissions())));
+        if meta.is_dir() {
+            hash_dir(h, root, &p)?;
+        } else if meta.file_type().is_symlink() {
+            h.update(std::fs::read_link(&p)?.as_os_str().as_encoded_bytes());
+        } else {
+            h.update(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+        }
+    }
+    Ok(())
+}
+
+/// The fingerprint of a build's inputs; see [`Manifest::inputs`].
+fn inputs_fingerprint(loaded: &Loaded, opts: &BuildOptions, epoch: u64) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(loaded.text.as_bytes());
+    let lock = loaded.lock_path();
+    h.update(std::fs::read(&lock).with_context(|| format!("reading {}", lock.display()))?);
+    if let Some(o) = loaded.overlay_dir() {
+        hash_dir(&mut h, &o, &o)?;
+    }
+    let exe = std::env::current_exe().context("finding the cairn executable")?;
+    h.update(fetch::sha256_file(&exe)?);
+    h.update(format!("zstd={} epoch={epoch}", opts.zstd_level));
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The manifest of `out` if it was built from `inputs` and its artifacts
+/// are intact.
+fn current_output(out: &Path, inputs: &str) -> Option<Manifest> {
+    let m: Manifest = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).ok()?).ok()?;
+    if m.inputs != inputs {
+        return None;
+    }
+    for a in &m.artifacts {
+        let p = out.join(&a.name);
+        if std::fs::metadata(&p).ok()?.len() != a.size || fetch::sha256_file(&p).ok()? != a.sha256 {
+            return None;
+        }
+    }
+    Some(m)
+}
+
 /// Unpack every package into a fresh merged-/usr tree. Decompression runs
 /// in parallel; insertion is sequential in lock order so the result does
 /// not depend on timing.
@@ -172,6 +233,27 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
     tracing::info!(mirror = %mirrors.archives[0].base, chosen_by = %mirrors.chosen_by, "mirror");
     let (lock, lock_written) = lock_for(&loaded, &mirrors, opts, &cache)?;
 
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(lock.source_date_epoch);
+    let inputs = inputs_fingerprint(&loaded, opts, epoch)?;
+    if !opts.force {
+        if let Some(manifest) = current_output(&opts.out, &inputs) {
+            tracing::info!(out = %opts.out.display(), "output is up to date");
+            return Ok(BuildSummary {
+                manifest,
+                out: opts.out.clone(),
+                lock_path: loaded.lock_path(),
+                lock_written,
+                tree_entries: 0,
+                tree_bytes: 0,
+                fixups: Vec::new(),
+                up_to_date: true,
+            });
+        }
+    }
+
     let downloads: Vec<Download> = lock
         .packages
         .iter()
@@ -207,10 +289,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
     tracing::info!(packages = debs.len(), "packages verified");
 
     let (mut tree, installed) = assemble(&lock, &debs, &opts.progress)?;
-    let epoch = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(lock.source_date_epoch);
     let overlay = loaded.overlay_dir();
     let ctx = fixups::Context {
         def,
@@ -245,6 +323,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
         suite: def.suite.clone(),
         source_date_epoch: epoch,
         builder: concat!("cairn ", env!("CARGO_PKG_VERSION")).into(),
+        inputs,
         packages: lock
             .packages
             .iter()
@@ -269,5 +348,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
         tree_entries: tree.len(),
         tree_bytes: tree.content_bytes(),
         fixups: reports,
+        up_to_date: false,
     })
 }

@@ -51,6 +51,7 @@ fn opts(def: &Path, out: &Path, update_lock: bool) -> BuildOptions {
         sources_root: PathBuf::from("/"),
         keys: None,
         progress: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
+        force: false,
     }
 }
 
@@ -162,7 +163,17 @@ fn default_image_builds_reproducibly_and_holds_a_cluster_node() {
     let out2 = imgs.path().join("out2");
     let s2 = build(&opts(&def, &out2, false)).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(!s2.lock_written);
+    assert!(!s2.up_to_date, "a new output folder is built");
     assert_eq!(s1.manifest.artifacts, s2.manifest.artifacts, "rebuild from the lock is byte-identical");
+
+    // --- nothing changed: the output folder is current and is not rebuilt
+    let s3 = build(&opts(&def, &out2, false)).unwrap();
+    assert!(s3.up_to_date);
+    // ...until an input changes: a new overlay file
+    std::fs::write(imgs.path().join("images/default.overlay/etc/cairn-test"), "x").unwrap();
+    let s4 = build(&opts(&def, &out2, false)).unwrap();
+    assert!(!s4.up_to_date);
+    assert_ne!(s4.manifest.artifacts, s2.manifest.artifacts);
 
     // --- a tampered .deb in the cache is refused, names the package, and is not kept
     let lock = cairn_builder::lock::Lock::read(&def.with_extension("lock")).unwrap();
