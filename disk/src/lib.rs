@@ -1,1 +1,306 @@
-//! Disk images.
+//! `cairn-disk` writes the bootable disk image (design step 7) and reads
+//! one back for `cairn inspect`: a sparse raw file with a protective MBR,
+//! primary and backup GPT, and four partitions in a fixed order: `ESP`
+//! (FAT32, systemd-boot and the BLS entries), root slots `cairn-a` and
+//! `cairn-b` (squashfs images written raw) and `cairn-state` (last, left
+//! empty so `/init` can create and grow it). All GUIDs and the FAT volume
+//! id derive from the image identity and FAT timestamps from
+//! SOURCE_DATE_EPOCH, so the same spec gives a byte-identical image.
+//!
+//! This crate owns the disk format only. It does not decide what goes into
+//! the ESP (the builder passes files; [`loader_conf`], [`bls_entry`] and
+//! [`entry_file_name`] help it write the text), build root images, or touch
+//! block devices.
+
+mod bls;
+mod error;
+mod esp;
+mod fat_fixup;
+mod guid;
+mod inspect;
+mod layout;
+mod table;
+
+use std::borrow::Cow;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use bls::{bls_entry, entry_file_name, loader_conf, BootEntry};
+pub use error::DiskError;
+pub use esp::{EspEntry, EspInfo};
+pub use guid::{derive_guid, DISK_GUID_NAME};
+pub use inspect::{inspect, DiskInfo};
+pub use layout::{
+    Layout, ALIGNMENT, ESP_LABEL, MIN_ESP_SIZE, SECTOR_SIZE, SLOT_A_LABEL, SLOT_B_LABEL,
+    STATE_LABEL,
+};
+pub use table::{type_name, PartitionInfo};
+/// The GUID type used throughout the API.
+pub use uuid::Uuid;
+
+/// Where the bytes of an ESP file come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EspSource<'a> {
+    /// Contents in memory (generated text, small binaries).
+    Bytes(Cow<'a, [u8]>),
+    /// A host file, read while the ESP is written (kernels, initrds,
+    /// systemd-boot).
+    File(Cow<'a, Path>),
+}
+
+impl From<String> for EspSource<'_> {
+    fn from(s: String) -> Self {
+        EspSource::Bytes(Cow::Owned(s.into_bytes()))
+    }
+}
+
+impl<'a> From<&'a str> for EspSource<'a> {
+    fn from(s: &'a str) -> Self {
+        EspSource::Bytes(Cow::Borrowed(s.as_bytes()))
+    }
+}
+
+impl From<Vec<u8>> for EspSource<'_> {
+    fn from(b: Vec<u8>) -> Self {
+        EspSource::Bytes(Cow::Owned(b))
+    }
+}
+
+impl<'a> From<&'a [u8]> for EspSource<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        EspSource::Bytes(Cow::Borrowed(b))
+    }
+}
+
+impl<'a> From<&'a Path> for EspSource<'a> {
+    fn from(p: &'a Path) -> Self {
+        EspSource::File(Cow::Borrowed(p))
+    }
+}
+
+impl From<PathBuf> for EspSource<'_> {
+    fn from(p: PathBuf) -> Self {
+        EspSource::File(Cow::Owned(p))
+    }
+}
+
+/// Everything that decides the bytes of a disk image.
+#[derive(Debug, Clone)]
+pub struct DiskSpec<'a> {
+    /// Disk and partition sizes.
+    pub layout: Layout,
+    /// E.g. `cairn-default 1.0.0 <sha256 of rootfs>`: the disk GUID, every
+    /// partition GUID and the FAT volume id derive from it.
+    pub identity: &'a str,
+    /// Files of the ESP: `/`-separated path (e.g. `EFI/BOOT/BOOTX64.EFI`;
+    /// parent directories are created) and contents. Written sorted by
+    /// path, so the order of this list does not matter.
+    pub esp_files: Vec<(String, EspSource<'a>)>,
+    /// Image written raw at the start of `cairn-a` (a squashfs).
+    pub slot_a: Option<&'a Path>,
+    /// Image written raw at the start of `cairn-b`.
+    pub slot_b: Option<&'a Path>,
+    /// SOURCE_DATE_EPOCH: the time stamped on every ESP file and directory.
+    pub mtime: u64,
+}
+
+impl<'a> DiskSpec<'a> {
+    /// The default layout, no files, empty slots, time 0 (stored as FAT's
+    /// earliest time, 1980-01-01).
+    pub fn new(identity: &'a str) -> Self {
+        DiskSpec {
+            layout: Layout::default(),
+            identity,
+            esp_files: Vec::new(),
+            slot_a: None,
+            slot_b: None,
+            mtime: 0,
+        }
+    }
+}
+
+/// What [`write_disk`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskReport {
+    /// Apparent size of the image in bytes.
+    pub size: u64,
+    /// Bytes the sparse image really occupies on the host file system.
+    pub allocated_bytes: u64,
+    /// The partitions, in table order.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// Writes the disk image `path` (replacing any file there) from `spec`.
+///
+/// Everything is checked before the file is created: layout, slot image
+/// sizes, ESP paths. The image is sparse: only the GPT, the FAT structures,
+/// the ESP files and the non-zero blocks of the slot images are written.
+/// On failure the partial image is removed.
+pub fn write_disk(path: &Path, spec: &DiskSpec<'_>) -> Result<DiskReport, DiskError> {
+    let started = Instant::now();
+    let plan = spec.layout.plan()?;
+    let files = esp::check_files(&spec.esp_files)?;
+    let slots = [(&plan[1], spec.slot_a), (&plan[2], spec.slot_b)];
+    for (part, image) in slots {
+        if let Some(image) = image {
+            let size = std::fs::metadata(image)
+                .map_err(|e| DiskError::io("reading slot image", image, e))?
+                .len();
+            if size > part.size() {
+                return Err(DiskError::SlotTooLarge {
+                    partition: part.name,
+                    path: image.to_path_buf(),
+                    size,
+                    capacity: part.size(),
+                });
+            }
+        }
+    }
+    let partitions: Vec<PartitionInfo> = plan
+        .iter()
+        .map(|p| table::info(p, derive_guid(spec.identity, p.name)))
+        .collect();
+
+    let result = write_image(path, spec, &plan, &files, &partitions);
+    match result {
+        Ok(allocated_bytes) => {
+            tracing::info!(
+                path = %path.display(),
+                size = spec.layout.disk_size,
+                allocated_bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "disk image written"
+            );
+            Ok(DiskReport {
+                size: spec.layout.disk_size,
+                allocated_bytes,
+                partitions,
+            })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
+    }
+}
+
+fn write_image(
+    path: &Path,
+    spec: &DiskSpec<'_>,
+    plan: &[layout::Planned; 4],
+    files: &[esp::EspFile<'_, '_>],
+    partitions: &[PartitionInfo],
+) -> Result<u64, DiskError> {
+    let image = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| DiskError::io("creating disk image", path, e))?;
+    // A fresh, all-hole file: whatever is not written below reads as zero
+    // and takes no space.
+    image
+        .set_len(spec.layout.disk_size)
+        .map_err(|e| DiskError::io("sizing disk image", path, e))?;
+
+    table::write_gpt(
+        &image,
+        path,
+        spec.layout.disk_size,
+        derive_guid(spec.identity, DISK_GUID_NAME),
+        partitions,
+    )?;
+    tracing::debug!("GPT written");
+
+    let esp_part = &plan[0];
+    let stats = esp::write_esp(
+        &image,
+        path,
+        esp_part.offset(),
+        esp_part.size(),
+        guid::volume_id(spec.identity),
+        spec.mtime,
+        files,
+    )?;
+    tracing::debug!(
+        files = files.len(),
+        cluster_size = stats.cluster_size,
+        clusters = stats.clusters,
+        free_clusters = stats.free_clusters,
+        "ESP written"
+    );
+
+    for (part, slot) in [(&plan[1], spec.slot_a), (&plan[2], spec.slot_b)] {
+        if let Some(src) = slot {
+            let n = copy_sparse(&image, path, part, src)?;
+            tracing::debug!(partition = part.name, bytes = n, "slot image written");
+        }
+    }
+    let meta = image
+        .metadata()
+        .map_err(|e| DiskError::io("reading metadata of disk image", path, e))?;
+    Ok(meta.blocks() * 512)
+}
+
+/// Copies `src` to the start of `part`, skipping blocks that are all zero
+/// (the image is a fresh sparse file, so they already read as zero).
+fn copy_sparse(
+    mut image: &File,
+    image_path: &Path,
+    part: &layout::Planned,
+    src: &Path,
+) -> Result<u64, DiskError> {
+    const BLOCK: usize = 4096;
+    let mut input = File::open(src).map_err(|e| DiskError::io("reading slot image", src, e))?;
+    let write_err = |e| DiskError::io(format!("writing partition {} of", part.name), image_path, e);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done: u64 = 0;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match input.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DiskError::io("reading slot image", src, e)),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        if done + filled as u64 > part.size() {
+            // The file grew after it was measured.
+            return Err(DiskError::SlotTooLarge {
+                partition: part.name,
+                path: src.to_path_buf(),
+                size: done + filled as u64,
+                capacity: part.size(),
+            });
+        }
+        // Write each run of non-zero blocks with one call.
+        let blocks: Vec<&[u8]> = buf[..filled].chunks(BLOCK).collect();
+        let mut i = 0;
+        while i < blocks.len() {
+            if blocks[i].iter().all(|&b| b == 0) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < blocks.len() && blocks[i].iter().any(|&b| b != 0) {
+                i += 1;
+            }
+            let from = start * BLOCK;
+            let to = (i * BLOCK).min(filled);
+            image
+                .seek(SeekFrom::Start(part.offset() + done + from as u64))
+                .map_err(write_err)?;
+            image.write_all(&buf[from..to]).map_err(write_err)?;
+        }
+        done += filled as u64;
+    }
+    Ok(done)
+}
