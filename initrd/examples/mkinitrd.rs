@@ -10,8 +10,12 @@
 //!     --init target/x86_64-unknown-linux-gnu/release/init \
 //!     --modules /tmp/k/root/lib/modules/6.1.0-56-amd64 \
 //!     --with /sbin/mke2fs --with /lib/x86_64-linux-gnu/libext2fs.so.2 ... \
-//!     [--root-image rootfs.squashfs] --out initrd.img
+//!     [--root-image rootfs.squashfs] [--load-all-modules] --out initrd.img
 //! ```
+//!
+//! Filtered `modules.dep` and `modules.alias` are carried too, so `/init`
+//! loads device drivers per device present; `--load-all-modules` leaves
+//! them out, and `/init` then loads every listed module.
 //!
 //! `--with SRC[=DEST]` copies a host file (symlinks followed) to DEST
 //! (default: the same path). `--modules DIR` is `/lib/modules/<release>`
@@ -36,6 +40,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut with = Vec::new();
     let mut root_image = None;
     let mut out = None;
+    let mut load_all = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -45,6 +50,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--with" => with.push(val()?),
             "--root-image" => root_image = Some(val()?),
             "--out" => out = Some(val()?),
+            "--load-all-modules" => load_all = true,
             _ => return Err(format!("unknown argument {a}").into()),
         }
     }
@@ -75,6 +81,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 0,
                 0,
                 &std::fs::read(dir.join(rel))?,
+            )?;
+        }
+        if !load_all {
+            // With these, /init loads device drivers only for devices present.
+            let dep = modules::filter_dep(&dep, &list);
+            w.add_file(&format!("{base}/modules.dep"), 0o644, 0, 0, dep.as_bytes())?;
+            let alias = std::fs::read_to_string(dir.join("modules.alias"))?;
+            let alias = modules::filter_alias(&alias, &list);
+            w.add_file(
+                &format!("{base}/modules.alias"),
+                0o644,
+                0,
+                0,
+                alias.as_bytes(),
             )?;
         }
         w.add_file(

@@ -129,15 +129,18 @@ pub fn find(class_block: &Path, dev_root: &Path, want: &Want<'_>) -> Option<Bloc
 }
 
 /// Polls [`find`] every [`POLL_INTERVAL`] until it succeeds or `timeout`
-/// has passed (it always looks at least once).
+/// has passed (it always looks at least once). `tick` runs before each
+/// look (`/init` loads drivers for newly appeared devices there).
 pub fn wait_for(
     class_block: &Path,
     dev_root: &Path,
     want: &Want<'_>,
     timeout: Duration,
+    tick: &mut dyn FnMut(),
 ) -> Option<BlockDev> {
     let start = Instant::now();
     loop {
+        tick();
         if let Some(d) = find(class_block, dev_root, want) {
             return Some(d);
         }
@@ -277,13 +280,16 @@ mod tests {
         f.disk("sda", "", &[(1, "cairn-b")], false);
         // Present in sysfs, but devtmpfs has not made /dev/sda1 yet.
         let start = Instant::now();
+        let mut ticks = 0;
         assert!(wait_for(
             &f.class(),
             &f.dev(),
             &Want::Label("cairn-b"),
-            Duration::from_millis(100)
+            Duration::from_millis(100),
+            &mut || ticks += 1,
         )
         .is_none());
+        assert!(ticks >= 2, "tick runs on every poll");
         assert!(start.elapsed() >= Duration::from_millis(100));
         // The node appears while we wait.
         let dev = f.dev();
@@ -296,6 +302,7 @@ mod tests {
             &f.dev(),
             &Want::Label("cairn-b"),
             Duration::from_secs(5),
+            &mut || {},
         )
         .unwrap();
         t.join().unwrap();

@@ -6,6 +6,7 @@
 //! `src/bin/init.rs` and in the pure modules. Everything returns a
 //! [`Failure`] whose text is the one line `/init` prints before rebooting.
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -19,6 +20,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rustix::mount::{mount, mount_bind, mount_move, MountFlags};
+
+use crate::modules::Hotplug;
 
 /// One line saying what failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +130,7 @@ pub fn mount_api_filesystems() -> Result<(), Failure> {
 /// decompress it (Linux 5.17+, needs CONFIG_MODULE_DECOMPRESS).
 pub const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
 
-/// Outcome of loading the module list.
+/// Outcome of loading modules so far.
 #[derive(Debug, Default)]
 pub struct ModuleReport {
     pub loaded: usize,
@@ -148,19 +151,114 @@ impl ModuleReport {
     }
 }
 
-/// Loads the modules listed (relative paths) in `dir/modules.order-cairn`,
-/// in order. A missing list loads nothing. `EEXIST` (already loaded or
-/// built in) counts as success. Compressed modules (`.ko.xz`, `.ko.zst`,
-/// `.ko.gz`) are handed to the kernel with MODULE_INIT_COMPRESSED_FILE,
-/// which fails with EOPNOTSUPP/EINVAL on kernels without in-kernel module
-/// decompression: the builder must then carry uncompressed modules (Debian
-/// bookworm's are uncompressed anyway).
-pub fn load_modules(dir: &Path) -> ModuleReport {
-    let mut r = ModuleReport::default();
-    let Ok(list) = fs::read_to_string(dir.join(crate::modules::MODULES_ORDER_FILE)) else {
-        return r;
-    };
-    for rel in crate::modules::parse_order_file(&list) {
+/// Loads the kernel modules carried in `/lib/modules/<release>`.
+///
+/// The list is `modules.order-cairn` (relative paths, dependencies first).
+/// Without `modules.dep` and `modules.alias` next to it, every listed
+/// module is loaded at start, in order. With them, [`Hotplug`] decides:
+/// modules that drive no device (file systems, loop, crc32c) at start,
+/// device drivers only once a device needing them shows up under
+/// `/sys/bus/<bus>/devices/*/modalias`; [`ModuleLoader::tick`] looks for
+/// new devices and is called while waiting for partitions, because devices
+/// behind a freshly loaded driver (USB disks, SCSI disks behind AHCI)
+/// appear asynchronously.
+///
+/// `EEXIST` (already loaded or built in) counts as success. Compressed
+/// modules (`.ko.xz`, `.ko.zst`, `.ko.gz`) are handed to the kernel with
+/// MODULE_INIT_COMPRESSED_FILE, which fails on kernels without in-kernel
+/// module decompression (CONFIG_MODULE_DECOMPRESS): the builder must then
+/// carry uncompressed modules (Debian bookworm's are uncompressed anyway).
+///
+/// [`Hotplug`]: crate::modules::Hotplug
+pub struct ModuleLoader {
+    dir: PathBuf,
+    plan: Option<Hotplug>,
+    buses: Vec<String>,
+    seen: HashSet<String>,
+    pub report: ModuleReport,
+    /// Why the device-driven mode is off, when the files exist but are bad.
+    pub plan_error: Option<String>,
+}
+
+impl ModuleLoader {
+    /// Reads the lists in `dir` and loads the modules needed at once.
+    pub fn start(dir: &Path) -> ModuleLoader {
+        let mut l = ModuleLoader {
+            dir: dir.to_owned(),
+            plan: None,
+            buses: Vec::new(),
+            seen: HashSet::new(),
+            report: ModuleReport::default(),
+            plan_error: None,
+        };
+        let Ok(list) = fs::read_to_string(dir.join(crate::modules::MODULES_ORDER_FILE)) else {
+            return l;
+        };
+        let order = crate::modules::parse_order_file(&list);
+        let dep = fs::read_to_string(dir.join("modules.dep"));
+        let alias = fs::read_to_string(dir.join("modules.alias"));
+        let first = match (dep, alias) {
+            (Ok(dep), Ok(alias)) => match Hotplug::new(&order, &dep, &alias) {
+                Ok(mut plan) => {
+                    let first = plan.initial();
+                    l.buses = plan.buses();
+                    l.plan = Some(plan);
+                    first
+                }
+                Err(e) => {
+                    l.plan_error = Some(e.to_string());
+                    order.iter().map(|s| (*s).to_owned()).collect()
+                }
+            },
+            _ => order.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        for rel in &first {
+            l.load(rel);
+        }
+        l
+    }
+
+    /// True when drivers are loaded per device (see the type's doc).
+    pub fn device_driven(&self) -> bool {
+        self.plan.is_some()
+    }
+
+    /// Loads the drivers of devices that appeared since the last call,
+    /// repeating while that makes new devices appear.
+    pub fn tick(&mut self) {
+        let Some(mut plan) = self.plan.take() else {
+            return;
+        };
+        loop {
+            let mut fresh = Vec::new();
+            for bus in &self.buses {
+                let Ok(rd) = fs::read_dir(format!("/sys/bus/{bus}/devices")) else {
+                    continue;
+                };
+                for e in rd.flatten() {
+                    if let Ok(a) = fs::read_to_string(e.path().join("modalias")) {
+                        let a = a.trim().to_owned();
+                        if self.seen.insert(a.clone()) {
+                            fresh.push(a);
+                        }
+                    }
+                }
+            }
+            if fresh.is_empty() {
+                break;
+            }
+            let mods = plan.for_modaliases(&fresh);
+            if mods.is_empty() {
+                break;
+            }
+            for rel in &mods {
+                self.load(rel);
+            }
+        }
+        self.plan = Some(plan);
+    }
+
+    fn load(&mut self, rel: &str) {
         let compressed = [".xz", ".zst", ".gz"].iter().any(|e| rel.ends_with(e));
         let flags = if compressed {
             MODULE_INIT_COMPRESSED_FILE
@@ -168,25 +266,15 @@ pub fn load_modules(dir: &Path) -> ModuleReport {
             0
         };
         let t0 = Instant::now();
-        let res = File::open(dir.join(rel))
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                rustix::system::finit_module(&f, c"", flags).map_err(|e| {
-                    if e == rustix::io::Errno::EXIST {
-                        "EEXIST".to_owned()
-                    } else {
-                        io::Error::from(e).to_string()
-                    }
-                })
-            });
-        r.timings.push((rel.to_owned(), t0.elapsed()));
+        let res = File::open(self.dir.join(rel))
+            .and_then(|f| rustix::system::finit_module(&f, c"", flags).map_err(io::Error::from));
+        self.report.timings.push((rel.to_owned(), t0.elapsed()));
         match res {
-            Ok(()) => r.loaded += 1,
-            Err(e) if e == "EEXIST" => r.already += 1,
-            Err(e) => r.failed.push((rel.to_owned(), e)),
+            Ok(()) => self.report.loaded += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.report.already += 1,
+            Err(e) => self.report.failed.push((rel.to_owned(), describe(e))),
         }
     }
-    r
 }
 
 /// Mounts a squashfs read-only; `what` names it in errors

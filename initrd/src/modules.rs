@@ -3,7 +3,10 @@
 //! written by `depmod`), skipping modules that are built into the kernel
 //! (`modules.builtin`), in load order. It owns the names (`DEFAULT_MODULES`,
 //! `MODULES_ORDER_FILE`) shared by the builder, which writes the order file,
-//! and `/init`, which reads it. It does not read files or load modules.
+//! and `/init`, which reads it, and the [`Hotplug`] planner with which
+//! `/init` loads only the drivers of devices that are present when the
+//! builder also carries (filtered) `modules.dep` and `modules.alias`. It
+//! does not read files or load modules.
 
 use std::collections::{HashMap, HashSet};
 
@@ -109,38 +112,19 @@ pub fn closure_with_builtin(
     modules_builtin: &str,
     wanted: &[&str],
 ) -> Result<Vec<String>, ModulesError> {
-    // path -> its dependencies, and module name -> path.
-    let mut deps: HashMap<&str, Vec<&str>> = HashMap::new();
-    let mut by_name: HashMap<String, &str> = HashMap::new();
-    for (i, line) in modules_dep.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((path, rest)) = line.split_once(':') else {
-            return Err(ModulesError::Parse {
-                line: i + 1,
-                text: line.to_owned(),
-            });
-        };
-        let path = path.trim();
-        deps.insert(path, rest.split_whitespace().collect());
-        by_name.entry(module_name(path)).or_insert(path);
-    }
+    let index = DepIndex::parse(modules_dep)?;
     let builtin: HashSet<String> = modules_builtin
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(module_name)
         .collect();
-
     let mut out = Vec::new();
-    let mut done: HashSet<&str> = HashSet::new();
-    let mut visiting: HashSet<&str> = HashSet::new();
+    let mut done = HashSet::new();
     for name in wanted {
         let name = normalize(name.trim());
-        match by_name.get(&name) {
-            Some(path) => visit(path, &deps, &mut done, &mut visiting, &mut out)?,
+        match index.by_name.get(&name) {
+            Some(path) => index.visit(path, &mut done, &mut HashSet::new(), &mut out)?,
             None if builtin.contains(&name) => {}
             None => return Err(ModulesError::Unknown(name)),
         }
@@ -148,18 +132,63 @@ pub fn closure_with_builtin(
     Ok(out)
 }
 
+/// `modules.dep` parsed: path -> dependencies, module name -> path.
+#[derive(Debug, Clone, Default)]
+struct DepIndex {
+    deps: HashMap<String, Vec<String>>,
+    by_name: HashMap<String, String>,
+}
+
+impl DepIndex {
+    fn parse(modules_dep: &str) -> Result<DepIndex, ModulesError> {
+        let mut ix = DepIndex::default();
+        for (i, line) in modules_dep.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((path, rest)) = line.split_once(':') else {
+                return Err(ModulesError::Parse {
+                    line: i + 1,
+                    text: line.to_owned(),
+                });
+            };
+            let path = path.trim();
+            ix.deps.insert(
+                path.to_owned(),
+                rest.split_whitespace().map(str::to_owned).collect(),
+            );
+            ix.by_name
+                .entry(module_name(path))
+                .or_insert_with(|| path.to_owned());
+        }
+        Ok(ix)
+    }
+
+    /// Appends `path` and (first) its dependencies to `out`, skipping `done`.
+    fn visit(
+        &self,
+        path: &str,
+        done: &mut HashSet<String>,
+        visiting: &mut HashSet<String>,
+        out: &mut Vec<String>,
+    ) -> Result<(), ModulesError> {
+        visit(path, &self.deps, done, visiting, out)
+    }
+}
+
 /// Depth-first post-order: a module comes after everything it needs.
-fn visit<'a>(
-    path: &'a str,
-    deps: &HashMap<&'a str, Vec<&'a str>>,
-    done: &mut HashSet<&'a str>,
-    visiting: &mut HashSet<&'a str>,
+fn visit(
+    path: &str,
+    deps: &HashMap<String, Vec<String>>,
+    done: &mut HashSet<String>,
+    visiting: &mut HashSet<String>,
     out: &mut Vec<String>,
 ) -> Result<(), ModulesError> {
     if done.contains(path) {
         return Ok(());
     }
-    if !visiting.insert(path) {
+    if !visiting.insert(path.to_owned()) {
         return Err(ModulesError::Cycle(path.to_owned()));
     }
     // depmod lists the deepest dependencies last; visiting in reverse gives
@@ -168,13 +197,13 @@ fn visit<'a>(
         if !deps.contains_key(dep) {
             return Err(ModulesError::MissingDependency {
                 module: path.to_owned(),
-                dep: (*dep).to_owned(),
+                dep: dep.clone(),
             });
         }
         visit(dep, deps, done, visiting, out)?;
     }
     visiting.remove(path);
-    done.insert(path);
+    done.insert(path.to_owned());
     out.push(path.to_owned());
     Ok(())
 }
@@ -196,6 +225,216 @@ pub fn parse_order_file(text: &str) -> Vec<&str> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect()
+}
+
+/// `modules.dep` restricted to the `carried` paths, for the initramfs.
+pub fn filter_dep(modules_dep: &str, carried: &[String]) -> String {
+    let keep: HashSet<&str> = carried.iter().map(String::as_str).collect();
+    let mut out = String::new();
+    for line in modules_dep.lines() {
+        if let Some((path, _)) = line.split_once(':') {
+            if keep.contains(path.trim()) {
+                out.push_str(line.trim());
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// `modules.alias` restricted to the modules among the `carried` paths.
+pub fn filter_alias(modules_alias: &str, carried: &[String]) -> String {
+    let keep: HashSet<String> = carried.iter().map(|p| module_name(p)).collect();
+    let mut out = String::new();
+    for line in modules_alias.lines() {
+        let mut w = line.split_whitespace();
+        if let (Some("alias"), Some(_), Some(m)) = (w.next(), w.next(), w.next()) {
+            if keep.contains(&normalize(m)) {
+                out.push_str(line.trim());
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// `fnmatch(3)` without flags, as modprobe matches a device's modalias
+/// against alias patterns: `*`, `?`, `[...]` (ranges, `!`/`^` negation),
+/// `\` escapes.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Iterative matcher with backtracking to the last `*`.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(pi + 1),
+            Some('[') => match class_match(&p, pi, t[ti]) {
+                Some((true, next)) => Some(next),
+                Some((false, _)) => None,
+                // An unclosed `[` is an ordinary character.
+                None => (t[ti] == '[').then_some(pi + 1),
+            },
+            Some('\\') if pi + 1 < p.len() => (p[pi + 1] == t[ti]).then_some(pi + 2),
+            Some(&c) => (c == t[ti]).then_some(pi + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                pi = next;
+                ti += 1;
+            }
+            (None, Some((sp, st))) => {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Matches `c` against the bracket expression at `p[start]`; returns
+/// whether it matched and the index after the `]`, or `None` if unclosed.
+fn class_match(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = matches!(p.get(i), Some('!' | '^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let lo = *p.get(i)?;
+        if lo == ']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|&h| h != ']') {
+            let hi = p[i + 2];
+            matched |= lo <= c && c <= hi;
+            i += 3;
+        } else {
+            matched |= lo == c;
+            i += 1;
+        }
+    }
+}
+
+/// Decides which carried modules `/init` loads: modules that drive no
+/// device (file systems, `loop`, crypto; any module with no `bus:` alias
+/// that no other carried module depends on) at once, and each device
+/// driver with its dependencies only when a device whose `modalias`
+/// matches one of its aliases shows up in sysfs, as udev would. The
+/// result keeps the dependency order of the order file, and every module
+/// is returned once.
+#[derive(Debug, Clone)]
+pub struct Hotplug {
+    order: Vec<String>,
+    index: DepIndex,
+    /// (pattern, module path) for device aliases.
+    aliases: Vec<(String, String)>,
+    done: HashSet<String>,
+}
+
+impl Hotplug {
+    /// `order` is the order file's list; `modules_dep` and `modules_alias`
+    /// the (filtered) files the builder carried next to it.
+    pub fn new(
+        order: &[&str],
+        modules_dep: &str,
+        modules_alias: &str,
+    ) -> Result<Hotplug, ModulesError> {
+        let index = DepIndex::parse(modules_dep)?;
+        let mut aliases = Vec::new();
+        for line in modules_alias.lines() {
+            let mut w = line.split_whitespace();
+            if let (Some("alias"), Some(pattern), Some(m)) = (w.next(), w.next(), w.next()) {
+                // Bus aliases look like `pci:...`, `virtio:...`; `devname:`
+                // names a /dev node, not a device.
+                if pattern.contains(':') && !pattern.starts_with("devname:") {
+                    if let Some(path) = index.by_name.get(&normalize(m)) {
+                        aliases.push((pattern.to_owned(), path.clone()));
+                    }
+                }
+            }
+        }
+        for p in order {
+            if !index.deps.contains_key(*p) {
+                return Err(ModulesError::Unknown(module_name(p)));
+            }
+        }
+        Ok(Hotplug {
+            order: order.iter().map(|s| (*s).to_owned()).collect(),
+            index,
+            aliases,
+            done: HashSet::new(),
+        })
+    }
+
+    /// The bus names (`pci`, `virtio`, ...) whose devices can need a driver.
+    pub fn buses(&self) -> Vec<String> {
+        let mut b: Vec<String> = self
+            .aliases
+            .iter()
+            .filter_map(|(p, _)| p.split_once(':').map(|(bus, _)| bus.to_owned()))
+            .collect();
+        b.sort();
+        b.dedup();
+        b
+    }
+
+    /// Modules to load at once: those without device aliases that nothing
+    /// else carried depends on, with their dependencies.
+    pub fn initial(&mut self) -> Vec<String> {
+        let is_dep: HashSet<&String> = self.index.deps.values().flatten().collect();
+        let drivers: HashSet<&String> = self.aliases.iter().map(|(_, m)| m).collect();
+        let roots: Vec<String> = self
+            .order
+            .iter()
+            .filter(|p| !is_dep.contains(p) && !drivers.contains(p))
+            .cloned()
+            .collect();
+        self.take(&roots)
+    }
+
+    /// Modules newly needed for devices with these modaliases.
+    pub fn for_modaliases(&mut self, modaliases: &[String]) -> Vec<String> {
+        let wanted: Vec<String> = self
+            .aliases
+            .iter()
+            .filter(|(_, m)| !self.done.contains(m))
+            .filter(|(pat, _)| modaliases.iter().any(|a| glob_match(pat, a)))
+            .map(|(_, m)| m.clone())
+            .collect();
+        self.take(&wanted)
+    }
+
+    /// Closes `roots` over dependencies, drops what was already returned,
+    /// and sorts by the order file.
+    fn take(&mut self, roots: &[String]) -> Vec<String> {
+        let mut need = Vec::new();
+        let mut seen = self.done.clone();
+        for r in roots {
+            // The index was checked for cycles and missing entries when the
+            // builder computed the closure; a broken one loads what it can.
+            let _ = self
+                .index
+                .visit(r, &mut seen, &mut HashSet::new(), &mut need);
+        }
+        let rank: HashMap<&String, usize> =
+            self.order.iter().enumerate().map(|(i, p)| (p, i)).collect();
+        need.sort_by_key(|p| rank.get(p).copied().unwrap_or(usize::MAX));
+        self.done.extend(need.iter().cloned());
+        need
+    }
 }
 
 #[cfg(test)]
@@ -342,6 +581,146 @@ kernel/drivers/nvme/host/nvme.ko.xz: kernel/drivers/nvme/host/nvme-core.ko.xz
         assert_eq!(parse_order_file(&format!("# made by cairn\n\n{text}")), c);
     }
 
+    #[test]
+    fn globs_like_fnmatch() {
+        assert!(glob_match(
+            "pci:v00001AF4d*sv*sd*bc*sc*i*",
+            "pci:v00001AF4d00001042sv00001AF4sd00001042bc01sc80i00"
+        ));
+        assert!(!glob_match(
+            "pci:v00001AF4d*sv*sd*bc*sc*i*",
+            "pci:v00008086d00000D57sv00000000sd00000000bc06sc00i00"
+        ));
+        assert!(glob_match(
+            "pci:v*d*sv*sd*bc01sc06i01*",
+            "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+        ));
+        assert!(glob_match(
+            "virtio:d00000002v*",
+            "virtio:d00000002v00001AF4"
+        ));
+        assert!(!glob_match(
+            "virtio:d00000002v*",
+            "virtio:d00000012v00001AF4"
+        ));
+        assert!(glob_match("scsi:t-0x00*", "scsi:t-0x00"));
+        assert!(glob_match("mmc:block", "mmc:block"));
+        assert!(!glob_match("mmc:block", "mmc:blockx"));
+        // Brackets, as in usb-storage's quirk aliases.
+        let usb = "usb:v13FDp3940d0[0-2]*dc*dsc*dp*ic*isc*ip*in*";
+        assert!(glob_match(
+            usb,
+            "usb:v13FDp3940d0100dc00dsc00dp00ic08isc06ip50in00"
+        ));
+        assert!(!glob_match(
+            usb,
+            "usb:v13FDp3940d0300dc00dsc00dp00ic08isc06ip50in00"
+        ));
+        assert!(glob_match("a[!b]c", "axc"));
+        assert!(!glob_match("a[!b]c", "abc"));
+        assert!(glob_match("a[]]c", "a]c"));
+        assert!(glob_match("a?c*", "abcdef"));
+        assert!(glob_match("a\\*", "a*"));
+        assert!(!glob_match("a\\*", "ab"));
+        assert!(glob_match("a[b", "a[b"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("?", ""));
+        assert!(glob_match("*a*a*a", "aaaa"));
+    }
+
+    const ALIAS: &str = "\
+# Aliases extracted from modules themselves.
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias virtio:d00000002v* virtio_blk
+alias virtio:d00000008v* virtio_scsi
+alias fs-squashfs squashfs
+alias fs-ext4 ext4
+alias crypto-crc32c crc32c_intel
+alias pci:v*d*sv*sd*bc01sc08i02* nvme
+alias devname:nvme-fabrics nvme_core
+";
+
+    #[test]
+    fn hotplug_loads_drivers_for_present_devices_only() {
+        let all = closure(
+            DEP,
+            &[
+                "virtio_pci",
+                "virtio_blk",
+                "virtio_scsi",
+                "squashfs",
+                "ext4",
+                "nvme",
+                "crc32c_intel",
+            ],
+        )
+        .unwrap();
+        let order: Vec<&str> = all.iter().map(String::as_str).collect();
+        let dep = filter_dep(DEP, &all);
+        let alias = filter_alias(ALIAS, &all);
+        let mut h = Hotplug::new(&order, &dep, &alias).unwrap();
+        assert_eq!(h.buses(), ["pci", "virtio"]);
+        // No device aliases, nothing depends on them: file systems, crc32c.
+        assert_eq!(
+            h.initial(),
+            [
+                "kernel/fs/squashfs/squashfs.ko",
+                "kernel/fs/jbd2/jbd2.ko",
+                "kernel/fs/mbcache.ko",
+                "kernel/lib/crc16.ko",
+                "kernel/fs/ext4/ext4.ko",
+                "kernel/arch/x86/crypto/crc32c-intel.ko",
+            ]
+            .map(|s| s.to_owned())
+            .iter()
+            .filter(|p| all.contains(p))
+            .cloned()
+            .collect::<Vec<_>>()
+        );
+        // A virtio-pci device: virtio_pci and its dependencies.
+        let pci = ["pci:v00001AF4d00001042sv00001AF4sd00001042bc01sc80i00".to_owned()];
+        assert_eq!(
+            h.for_modaliases(&pci),
+            [
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+                "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+                "kernel/drivers/virtio/virtio_pci.ko",
+            ]
+        );
+        // Seen again: nothing new.
+        assert!(h.for_modaliases(&pci).is_empty());
+        // Then the virtio block device appears: only virtio_blk is new.
+        let blk = ["virtio:d00000002v00001AF4".to_owned(), pci[0].clone()];
+        assert_eq!(
+            h.for_modaliases(&blk),
+            ["kernel/drivers/block/virtio_blk.ko"]
+        );
+        // Never loaded: virtio_scsi, nvme, scsi_mod, nvme-core.
+        assert!(h.for_modaliases(&["usb:v1234p5678".to_owned()]).is_empty());
+    }
+
+    #[test]
+    fn hotplug_rejects_order_entries_without_dep_lines() {
+        assert_eq!(
+            Hotplug::new(&["kernel/x/missing.ko"], DEP, ALIAS).unwrap_err(),
+            ModulesError::Unknown("missing".into())
+        );
+    }
+
+    #[test]
+    fn filters_keep_only_carried() {
+        let carried = closure(DEP, &["virtio_blk"]).unwrap();
+        let dep = filter_dep(DEP, &carried);
+        assert_eq!(dep.lines().count(), 3);
+        assert!(dep.contains("kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko"));
+        assert_eq!(
+            filter_alias(ALIAS, &carried),
+            "alias virtio:d00000002v* virtio_blk\n"
+        );
+    }
+
     /// DEFAULT_MODULES resolve against a real Debian kernel when one is
     /// unpacked (with `depmod` run) at CAIRN_TEST_KERNEL_MODULES, e.g.
     /// `/tmp/k/root/lib/modules/6.1.0-56-amd64`.
@@ -355,5 +734,40 @@ kernel/drivers/nvme/host/nvme.ko.xz: kernel/drivers/nvme/host/nvme-core.ko.xz
         let c = closure_with_builtin(&dep, &builtin, DEFAULT_MODULES).unwrap();
         assert!(c.iter().any(|p| p.ends_with("/squashfs.ko")));
         assert!(c.iter().any(|p| p.ends_with("/crc32c_generic.ko")));
+        let alias = std::fs::read_to_string(format!("{dir}/modules.alias")).unwrap();
+        let order: Vec<&str> = c.iter().map(String::as_str).collect();
+        let mut h = Hotplug::new(&order, &filter_dep(&dep, &c), &filter_alias(&alias, &c)).unwrap();
+        let first: Vec<String> = h.initial().iter().map(|p| module_name(p)).collect();
+        for m in [
+            "squashfs",
+            "overlay",
+            "ext4",
+            "vfat",
+            "loop",
+            "crc32c_generic",
+            "nls_cp437",
+        ] {
+            assert!(
+                first.iter().any(|f| f == m),
+                "{m} not loaded at once: {first:?}"
+            );
+        }
+        assert!(
+            !first
+                .iter()
+                .any(|f| f == "ahci" || f == "libata" || f == "virtio_blk"),
+            "{first:?}"
+        );
+        // QEMU's virtio disk behind virtio-pci.
+        let m = h.for_modaliases(&["pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00".into()]);
+        assert_eq!(
+            m.last().map(|p| module_name(p)).as_deref(),
+            Some("virtio_pci")
+        );
+        let m = h.for_modaliases(&["virtio:d00000002v00001AF4".into()]);
+        assert_eq!(
+            m.iter().map(|p| module_name(p)).collect::<Vec<_>>(),
+            ["virtio_blk"]
+        );
     }
 }

@@ -52,6 +52,8 @@ fn die(msg: &str) -> ! {
 struct Clock {
     start: Instant,
     debug: bool,
+    /// Modules tried when progress was last printed.
+    modules_reported: std::cell::Cell<usize>,
 }
 
 impl Clock {
@@ -87,6 +89,7 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
     let clock = Clock {
         start,
         debug: cmd.debug,
+        modules_reported: std::cell::Cell::new(usize::MAX),
     };
     if cmd.debug {
         let uptime = fs::read_to_string("/proc/uptime").unwrap_or_default();
@@ -103,36 +106,21 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
         .release()
         .to_string_lossy()
         .into_owned();
-    let report = boot::load_modules(Path::new(&format!("/lib/modules/{release}")));
-    for (path, err) in &report.failed {
-        say(&format!("warning: loading module {path}: {err}"));
-    }
-    if cmd.debug {
-        let slow: Vec<String> = report
-            .slowest(3)
-            .iter()
-            .map(|(p, t)| {
-                format!(
-                    "{} {:.3}s",
-                    p.rsplit('/').next().unwrap_or(p),
-                    t.as_secs_f64()
-                )
-            })
-            .collect();
-        clock.step(&format!(
-            "loaded {} modules ({} already present, {} failed; slowest: {})",
-            report.loaded,
-            report.already,
-            report.failed.len(),
-            slow.join(", ")
+    let mut modules = boot::ModuleLoader::start(Path::new(&format!("/lib/modules/{release}")));
+    if let Some(e) = &modules.plan_error {
+        say(&format!(
+            "warning: modules.dep/modules.alias unusable ({e}); loading every module"
         ));
     }
+    modules.tick();
+    report_modules(&mut modules, &clock, "for the devices present");
 
     // The root image.
     let (slot, root_desc) = match cmd.root {
         RootSource::Disk => {
             let label = cmd.slot.map(|s| s.label()).unwrap_or("cairn-a");
-            let part = wait_partition(&Want::Label(label), label, &cmd)?;
+            let part = wait_partition(&Want::Label(label), label, &cmd, &mut modules)?;
+            report_modules(&mut modules, &clock, &format!("while waiting for {label}"));
             let node = part.node(Path::new(DEV));
             clock.step(&format!("found {label} at {}", node.display()));
             boot::mount_squashfs(&node, label, SYSROOT)?;
@@ -188,9 +176,15 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
                 &Want::Number(name, entry.number),
                 STATE_LABEL,
                 &cmd,
+                &mut modules,
             )?)
         }
-        (StateSource::Label(label), _) => Some(wait_partition(&Want::Label(label), label, &cmd)?),
+        (StateSource::Label(label), _) => Some(wait_partition(
+            &Want::Label(label),
+            label,
+            &cmd,
+            &mut modules,
+        )?),
     };
     let state_desc = match &state_part {
         None => {
@@ -223,15 +217,18 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
             Some(_) if !Path::new(&target).is_dir() => {
                 say("warning: the image has no /efi directory; ESP not mounted")
             }
-            Some(esp) => match wait_partition(&Want::Number(name, esp.number), "ESP", &cmd)
-                .and_then(|p| boot::mount_esp(&p.node(Path::new(DEV)), &target))
-            {
-                Ok(()) => clock.step(&format!("mounted the ESP on {target}")),
-                Err(e) => say(&format!("warning: {e}")),
-            },
+            Some(esp) => {
+                match wait_partition(&Want::Number(name, esp.number), "ESP", &cmd, &mut modules)
+                    .and_then(|p| boot::mount_esp(&p.node(Path::new(DEV)), &target))
+                {
+                    Ok(()) => clock.step(&format!("mounted the ESP on {target}")),
+                    Err(e) => say(&format!("warning: {e}")),
+                }
+            }
         }
     }
 
+    report_modules(&mut modules, &clock, "in all");
     say(&format!(
         "root {root_desc}, state {state_desc}; switching to {} after {:.3}s",
         cmd.init,
@@ -240,9 +237,56 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
     Err(boot::switch_root(SYSROOT, &cmd.init))
 }
 
-/// Waits for a partition, failing with the message the brief asks for.
-fn wait_partition(want: &Want<'_>, what: &str, cmd: &Cmdline) -> Result<BlockDev, Failure> {
-    blockdev::wait_for(Path::new(CLASS_BLOCK), Path::new(DEV), want, cmd.timeout).ok_or_else(|| {
+/// Prints module load failures (always) and, with `cairn.debug`, a
+/// progress line with the three slowest modules when more were loaded.
+fn report_modules(m: &mut boot::ModuleLoader, clock: &Clock, when: &str) {
+    for (path, err) in m.report.failed.drain(..) {
+        say(&format!("warning: loading module {path}: {err}"));
+    }
+    let tried = m.report.timings.len();
+    if clock.debug && tried != clock.modules_reported.replace(tried) {
+        let r = &m.report;
+        let slow: Vec<String> = r
+            .slowest(3)
+            .iter()
+            .map(|(p, t)| {
+                format!(
+                    "{} {:.3}s",
+                    p.rsplit('/').next().unwrap_or(p),
+                    t.as_secs_f64()
+                )
+            })
+            .collect();
+        let mode = if m.device_driven() {
+            "per device"
+        } else {
+            "all listed"
+        };
+        clock.step(&format!(
+            "modules ({mode}) {when}: {} loaded, {} already present; slowest: {}",
+            r.loaded,
+            r.already,
+            slow.join(", ")
+        ));
+    }
+}
+
+/// Waits for a partition (loading drivers for devices as they appear),
+/// failing with one line naming what did not appear.
+fn wait_partition(
+    want: &Want<'_>,
+    what: &str,
+    cmd: &Cmdline,
+    modules: &mut boot::ModuleLoader,
+) -> Result<BlockDev, Failure> {
+    blockdev::wait_for(
+        Path::new(CLASS_BLOCK),
+        Path::new(DEV),
+        want,
+        cmd.timeout,
+        &mut || modules.tick(),
+    )
+    .ok_or_else(|| {
         let secs = cmd.timeout.as_secs_f64();
         let where_ = match want {
             Want::Label(_) => String::new(),
