@@ -100,6 +100,13 @@ pub enum DiskError {
         source: io::Error,
     },
 
+    /// An input file (slot image or ESP source) is the image being written.
+    #[error("{path} is both an input and the disk image being written")]
+    InputIsOutput {
+        /// The file.
+        path: PathBuf,
+    },
+
     /// The GPT could not be written or read.
     #[error("{path}: GPT: {source}")]
     Gpt {

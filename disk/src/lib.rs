@@ -42,13 +42,24 @@ pub use table::{type_name, PartitionInfo};
 pub use uuid::Uuid;
 
 /// Where the bytes of an ESP file come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum EspSource<'a> {
     /// Contents in memory (generated text, small binaries).
     Bytes(Cow<'a, [u8]>),
     /// A host file, read while the ESP is written (kernels, initrds,
     /// systemd-boot).
     File(Cow<'a, Path>),
+}
+
+/// Shows the length of in-memory contents, not the bytes (an initrd would
+/// fill the screen).
+impl std::fmt::Debug for EspSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EspSource::Bytes(b) => write!(f, "Bytes(<{} bytes>)", b.len()),
+            EspSource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
 }
 
 impl From<String> for EspSource<'_> {
@@ -156,6 +167,26 @@ pub fn write_disk(path: &Path, spec: &DiskSpec<'_>) -> Result<DiskReport, DiskEr
                     size,
                     capacity: part.size(),
                 });
+            }
+        }
+    }
+    // Creating the image truncates it: refuse if it is one of the inputs.
+    if let Ok(out) = std::fs::metadata(path) {
+        let esp_inputs = spec.esp_files.iter().filter_map(|(_, s)| match s {
+            EspSource::File(p) => Some(p.as_ref()),
+            EspSource::Bytes(_) => None,
+        });
+        for input in [spec.slot_a, spec.slot_b]
+            .into_iter()
+            .flatten()
+            .chain(esp_inputs)
+        {
+            if let Ok(m) = std::fs::metadata(input) {
+                if (m.dev(), m.ino()) == (out.dev(), out.ino()) {
+                    return Err(DiskError::InputIsOutput {
+                        path: input.to_path_buf(),
+                    });
+                }
             }
         }
     }
@@ -303,4 +334,35 @@ fn copy_sparse(
         done += filled as u64;
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esp_source_conversions_and_short_debug() {
+        let s: EspSource<'_> = "text".into();
+        assert_eq!(s, EspSource::Bytes(Cow::Borrowed(b"text")));
+        let s: EspSource<'_> = vec![0u8; 5 << 20].into();
+        assert_eq!(format!("{s:?}"), "Bytes(<5242880 bytes>)");
+        let s: EspSource<'_> = PathBuf::from("/x/vmlinuz").into();
+        assert_eq!(format!("{s:?}"), "File(\"/x/vmlinuz\")");
+        let s: EspSource<'_> = String::from("a").into();
+        assert!(matches!(s, EspSource::Bytes(Cow::Owned(_))));
+    }
+
+    #[test]
+    fn refuses_to_overwrite_an_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = dir.path().join("root.squashfs");
+        std::fs::write(&slot, b"hsqs").unwrap();
+        let mut spec = DiskSpec::new("x");
+        spec.slot_b = Some(&slot);
+        match write_disk(&slot, &spec) {
+            Err(DiskError::InputIsOutput { path }) => assert_eq!(path, slot),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(&slot).unwrap(), b"hsqs");
+    }
 }

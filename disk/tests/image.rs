@@ -163,6 +163,16 @@ fn spec<'a>(inp: &'a Inputs, layout: Layout) -> DiskSpec<'a> {
     }
 }
 
+/// The smallest sensible layout, for tests that write many images.
+fn tiny_layout() -> Layout {
+    Layout {
+        disk_size: 192 * MIB,
+        esp_size: cairn_disk::MIN_ESP_SIZE,
+        slot_size: 64 * MIB,
+        state_size: 8 * MIB,
+    }
+}
+
 fn small_layout() -> Layout {
     Layout {
         disk_size: 512 * MIB,
@@ -390,23 +400,23 @@ fn same_spec_gives_identical_bytes() {
     let inp = inputs();
     let one = inp.dir.join("one.raw");
     let two = inp.dir.join("two.raw");
-    write_disk(&one, &spec(&inp, small_layout())).unwrap();
+    write_disk(&one, &spec(&inp, tiny_layout())).unwrap();
     // A different file order must not matter either.
-    let mut s = spec(&inp, small_layout());
+    let mut s = spec(&inp, tiny_layout());
     s.esp_files.reverse();
     write_disk(&two, &s).unwrap();
     let h1 = sha256_file(&one);
     assert_eq!(h1, sha256_file(&two));
     // Writing over an existing image gives the same bytes again.
-    write_disk(&two, &spec(&inp, small_layout())).unwrap();
+    write_disk(&two, &spec(&inp, tiny_layout())).unwrap();
     assert_eq!(h1, sha256_file(&two));
 
     // Identity and time are inputs: changing them changes the image.
-    let mut s = spec(&inp, small_layout());
+    let mut s = spec(&inp, tiny_layout());
     s.identity = "cairn-default 1.0.1 other";
     write_disk(&two, &s).unwrap();
     assert_ne!(h1, sha256_file(&two));
-    let mut s = spec(&inp, small_layout());
+    let mut s = spec(&inp, tiny_layout());
     s.mtime += 2;
     write_disk(&two, &s).unwrap();
     assert_ne!(h1, sha256_file(&two));
@@ -509,6 +519,18 @@ fn inspect_reports_table_files_and_loader_text() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+
+    // A damaged backup header is reported, not fatal.
+    {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.seek(SeekFrom::Start(512 * MIB - 512 + 16)).unwrap();
+        f.write_all(&[0xff; 4]).unwrap();
+    }
+    let info = inspect(&disk).unwrap();
+    assert!(info.primary_gpt_ok && !info.backup_gpt_ok);
+    assert!(info.to_string().contains("backup GPT INVALID"));
+    assert_eq!(info.partitions.len(), 4);
 }
 
 #[test]
@@ -548,6 +570,28 @@ fn default_4gib_disk_is_sparse() {
     eprintln!("4 GiB disk: {} bytes allocated", report.allocated_bytes);
     let info = inspect(&disk).unwrap();
     assert_eq!(info.esp.unwrap().cluster_size, 2048);
+    // The default 256 MiB ESP is clean FAT32 too.
+    let esp = inp.dir.join("esp.img");
+    run_ok(
+        "dd",
+        "coreutils",
+        &[
+            &format!("if={}", disk.display()),
+            &format!("of={}", esp.display()),
+            "bs=1M",
+            "skip=1",
+            "count=256",
+            "conv=sparse",
+            "status=none",
+        ],
+    );
+    let o = run("fsck.fat", "dosfstools", &["-n", esp.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "fsck.fat -n: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out = run_ok("sgdisk", "gdisk", &["-v", disk.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out).contains("No problems found"));
 }
@@ -624,7 +668,14 @@ fn large_slot_image_is_copied_exactly() {
     let inp = inputs();
     let disk = inp.dir.join("disk.raw");
     let slot = inp.dir.join("root-100m.squashfs");
-    let data = noise(5, 100 * MIB as usize);
+    // 100 MiB: 1 MiB of noise repeated, each copy marked with its index.
+    let block = noise(5, MIB as usize);
+    let mut data = Vec::with_capacity(100 * MIB as usize);
+    for i in 0..100u8 {
+        data.extend_from_slice(&block);
+        let n = data.len();
+        data[n - 1] = i;
+    }
     fs::write(&slot, &data).unwrap();
     let mut s = spec(&inp, Layout::default());
     s.slot_a = Some(&slot);
