@@ -169,6 +169,12 @@ pub(crate) fn check_files<'s, 'a>(
                     "contains a character FAT does not allow (control, \\ : * ? \" < > |)",
                 ));
             }
+            if c.chars().any(|ch| u32::from(ch) > 0xffff) {
+                return Err(bad(
+                    raw,
+                    "contains a character outside the Basic Multilingual Plane",
+                ));
+            }
             if c.ends_with('.') || c.ends_with(' ') {
                 return Err(bad(raw, "a component ends with a dot or a space"));
             }
@@ -563,6 +569,7 @@ mod tests {
             (&["EFI/a", "efi/A"], "efi/A"),
             (&["EFI", "EFI/BOOT/x"], "EFI"),
             (&["dir./x"], "dir./x"),
+            (&["EFI/\u{1F600}.efi"], "EFI/\u{1F600}.efi"),
         ] {
             match check_files(&files(list)) {
                 Err(DiskError::EspPath { path, .. }) => assert_eq!(path, culprit, "{list:?}"),

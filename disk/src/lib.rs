@@ -195,8 +195,16 @@ pub fn write_disk(path: &Path, spec: &DiskSpec<'_>) -> Result<DiskReport, DiskEr
         .map(|p| table::info(p, derive_guid(spec.identity, p.name)))
         .collect();
 
-    let result = write_image(path, spec, &plan, &files, &partitions);
-    match result {
+    // Truncate to nothing first: the image then starts as one big hole and
+    // whatever is not written below reads as zero and takes no space.
+    let image = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| DiskError::io("creating disk image", path, e))?;
+    match write_image(&image, path, spec, &plan, &files, &partitions) {
         Ok(allocated_bytes) => {
             tracing::info!(
                 path = %path.display(),
@@ -219,27 +227,19 @@ pub fn write_disk(path: &Path, spec: &DiskSpec<'_>) -> Result<DiskReport, DiskEr
 }
 
 fn write_image(
+    image: &File,
     path: &Path,
     spec: &DiskSpec<'_>,
     plan: &[layout::Planned; 4],
     files: &[esp::EspFile<'_, '_>],
     partitions: &[PartitionInfo],
 ) -> Result<u64, DiskError> {
-    let image = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| DiskError::io("creating disk image", path, e))?;
-    // A fresh, all-hole file: whatever is not written below reads as zero
-    // and takes no space.
     image
         .set_len(spec.layout.disk_size)
         .map_err(|e| DiskError::io("sizing disk image", path, e))?;
 
     table::write_gpt(
-        &image,
+        image,
         path,
         spec.layout.disk_size,
         derive_guid(spec.identity, DISK_GUID_NAME),
@@ -249,7 +249,7 @@ fn write_image(
 
     let esp_part = &plan[0];
     let stats = esp::write_esp(
-        &image,
+        image,
         path,
         esp_part.offset(),
         esp_part.size(),
@@ -267,7 +267,7 @@ fn write_image(
 
     for (part, slot) in [(&plan[1], spec.slot_a), (&plan[2], spec.slot_b)] {
         if let Some(src) = slot {
-            let n = copy_sparse(&image, path, part, src)?;
+            let n = copy_sparse(image, path, part, src)?;
             tracing::debug!(partition = part.name, bytes = n, "slot image written");
         }
     }
