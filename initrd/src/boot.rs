@@ -639,19 +639,24 @@ pub fn bind_state_dir(state: &str, image: &str, name: &str) -> Result<(), Failur
 }
 
 /// Mounts an overlay on `image/etc`: the image's /etc below, `state/etc/upper`
-/// above (work dir `state/etc/work`), creating those on first use.
-pub fn overlay_etc(state: &str, image: &str) -> Result<(), Failure> {
+/// above (work dir `state/etc/work`), creating those on first use. The
+/// image's /etc is first bound on `pristine` (under /run), which is the
+/// lower layer's name in /proc/mounts, so the path stays valid after
+/// switch_root and shows the image's own /etc next to the local changes.
+pub fn overlay_etc(state: &str, image: &str, pristine: &str) -> Result<(), Failure> {
     let upper = format!("{state}/etc/upper");
     let work = format!("{state}/etc/work");
     mkdir_p(&upper, 0o755)?;
     mkdir_p(&work, 0o755)?;
     let target = format!("{image}/etc");
+    mkdir_p(pristine, 0o755)?;
+    mount_bind(&target, pristine).ctx(|| format!("binding {target} on {pristine}"))?;
     mount_fs(
         "overlay",
         &target,
         "overlay",
         MountFlags::empty(),
-        &format!("lowerdir={target},upperdir={upper},workdir={work}"),
+        &format!("lowerdir={pristine},upperdir={upper},workdir={work}"),
     )
 }
 

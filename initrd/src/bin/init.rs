@@ -6,7 +6,8 @@
 //! /sysroot; set up the writable state (the `cairn-state` partition, grown
 //! to the end of the disk and formatted on first boot, or a tmpfs) on
 //! /run/cairn/state with `var`, `home`, `root` bound into the image and an
-//! overlay on `/etc`; mount the ESP on /sysroot/efi; switch_root into
+//! overlay on `/etc` (lower layer: the image's /etc, visible afterwards at
+//! /run/cairn/image-etc); mount the ESP on /sysroot/efi; switch_root into
 //! `/sbin/init`.
 //!
 //! Any failure prints one `cairn-init: FATAL: ...` line, waits 10 s and
@@ -27,6 +28,8 @@ use cairn_initrd::partition_table::{self as pt, Gpt};
 
 const SYSROOT: &str = "/sysroot";
 const STATE: &str = "/run/cairn/state";
+/// The image's own /etc, the overlay's lower layer.
+const IMAGE_ETC: &str = "/run/cairn/image-etc";
 const CLASS_BLOCK: &str = "/sys/class/block";
 const DEV: &str = "/dev";
 const FATAL_DELAY: Duration = Duration::from_secs(10);
@@ -199,7 +202,7 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
     for dir in ["var", "home", "root"] {
         boot::bind_state_dir(STATE, SYSROOT, dir)?;
     }
-    boot::overlay_etc(STATE, SYSROOT)?;
+    boot::overlay_etc(STATE, SYSROOT, IMAGE_ETC)?;
     clock.step(&format!(
         "state {state_desc} on {STATE}: /var /home /root bound, /etc overlaid"
     ));
