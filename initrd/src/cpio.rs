@@ -140,6 +140,20 @@ impl<W: Write> CpioWriter<W> {
         self.insert_leaf(path, Kind::File(data.to_vec()), mode & 0o7777, uid, gid)
     }
 
+    /// [`CpioWriter::add_file`] taking ownership of the contents, which
+    /// saves a copy of large files (the root squashfs of a network-boot
+    /// initramfs).
+    pub fn add_file_owned(
+        &mut self,
+        path: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        data: Vec<u8>,
+    ) -> io::Result<()> {
+        self.insert_leaf(path, Kind::File(data), mode & 0o7777, uid, gid)
+    }
+
     /// Adds a symbolic link `path` -> `target` (owner 0:0, mode 0777).
     pub fn add_symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
         if target.is_empty() || target.contains('\0') {
@@ -456,7 +470,8 @@ mod tests {
         let mut w2 = CpioWriter::new(Vec::new(), 7);
         w2.add_symlink("z", "a/b/c").unwrap();
         w2.add_dir("a", 0o700, 0, 0).unwrap();
-        w2.add_file("a/b/c", 0o644, 0, 0, b"1").unwrap();
+        w2.add_file_owned("a/b/c", 0o644, 0, 0, b"1".to_vec())
+            .unwrap();
         assert_eq!(w1.finish().unwrap(), w2.finish().unwrap());
     }
 
