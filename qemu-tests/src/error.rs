@@ -33,12 +33,14 @@ pub enum VmError {
     },
     #[error("qemu-img could not create an overlay of {}: {stderr}", base.display())]
     Overlay { base: PathBuf, stderr: String },
-    /// QEMU stopped before its QMP socket answered.
-    #[error("QEMU exited during startup ({status})\ncommand: {command}\nstderr:\n{stderr}")]
+    /// QEMU stopped before its QMP socket answered. `dir` (the VM
+    /// directory, with `qemu.cmdline` and `qemu.stderr`) is kept.
+    #[error("QEMU exited during startup ({status}); files kept in {}\ncommand: {command}\nstderr:\n{stderr}", dir.display())]
     EarlyExit {
         status: ExitStatus,
         command: String,
         stderr: String,
+        dir: PathBuf,
     },
     #[error("QMP: {0}")]
     Qmp(#[from] QmpError),

@@ -8,7 +8,8 @@
 //! so `"Press ESC in"` matches even where the firmware coloured `ESC`.
 //! A line is the text between two `\n`; a trailing `\r` is dropped. The
 //! unfinished last line of the log (a prompt such as `Shell> ` or `login: `)
-//! is matched too. After a match the position moves past the matched line, so
+//! is matched too, once the log has stopped growing for [`SETTLE`] (so a
+//! line that is still being written is returned whole). After a match the position moves past the matched line, so
 //! the next wait only sees newer output. This module owns no process: the
 //! caller passes a closure that says whether the writer has exited.
 
@@ -24,6 +25,9 @@ use std::time::{Duration, Instant};
 pub const TAIL_LINES: usize = 40;
 
 const POLL: Duration = Duration::from_millis(50);
+
+/// How long an unfinished last line must stay unchanged before it counts.
+pub const SETTLE: Duration = Duration::from_millis(200);
 
 /// A wait on the serial console that did not see its text.
 ///
@@ -81,6 +85,8 @@ pub struct LogWatcher {
     path: PathBuf,
     /// Byte offset of the first line not yet consumed.
     pos: u64,
+    /// An unfinished last line matched: the file length then, and since when.
+    partial: Option<(u64, Instant)>,
 }
 
 impl LogWatcher {
@@ -89,6 +95,7 @@ impl LogWatcher {
         LogWatcher {
             path: path.into(),
             pos: 0,
+            partial: None,
         }
     }
 
@@ -108,6 +115,7 @@ impl LogWatcher {
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
+        self.partial = None;
         Ok(())
     }
 
@@ -141,7 +149,7 @@ impl LogWatcher {
             // Check for exit before scanning, so output written just before
             // the exit is still seen by this scan.
             let status = exited();
-            if let Some(found) = self.scan(patterns)? {
+            if let Some(found) = self.scan(patterns, status.is_some())? {
                 return Ok(found);
             }
             let waited = start.elapsed();
@@ -167,8 +175,13 @@ impl LogWatcher {
         }
     }
 
-    /// One pass over the unread part of the log.
-    fn scan(&mut self, patterns: &[&str]) -> Result<Option<(usize, String)>, WaitError> {
+    /// One pass over the unread part of the log. `last` (the writer has
+    /// exited): an unfinished line counts without settling.
+    fn scan(
+        &mut self,
+        patterns: &[&str],
+        last: bool,
+    ) -> Result<Option<(usize, String)>, WaitError> {
         let io_err = |source| WaitError::Io {
             log_path: self.path.clone(),
             source,
@@ -186,6 +199,7 @@ impl LogWatcher {
         file.seek(SeekFrom::Start(self.pos)).map_err(io_err)?;
         let mut buf = Vec::new();
         file.read_to_end(&mut buf).map_err(io_err)?;
+        let end = self.pos + buf.len() as u64;
 
         let mut consumed = 0usize;
         while consumed < buf.len() {
@@ -196,6 +210,19 @@ impl LogWatcher {
             };
             let line = clean_line(raw);
             if let Some(idx) = patterns.iter().position(|p| line.contains(p)) {
+                if !complete && !last {
+                    // Accept a prompt only once it stopped growing.
+                    match self.partial {
+                        Some((seen_len, since)) if seen_len == end && since.elapsed() >= SETTLE => {
+                        }
+                        Some((seen_len, _)) if seen_len == end => break,
+                        _ => {
+                            self.partial = Some((end, Instant::now()));
+                            break;
+                        }
+                    }
+                }
+                self.partial = None;
                 self.pos += next as u64;
                 return Ok(Some((idx, line)));
             }
@@ -206,6 +233,9 @@ impl LogWatcher {
             consumed = next;
         }
         self.pos += consumed as u64;
+        if consumed == buf.len() {
+            self.partial = None;
+        }
         Ok(None)
     }
 
@@ -342,10 +372,32 @@ mod tests {
         let path = dir.path().join("serial.log");
         std::fs::write(&path, "banner\r\n\x1b[1mShell> \x1b[0m").unwrap();
         let mut w = LogWatcher::new(&path);
-        let line = w
-            .wait_for("Shell>", Duration::from_millis(100), never)
-            .unwrap();
+        let start = Instant::now();
+        let line = w.wait_for("Shell>", Duration::from_secs(2), never).unwrap();
         assert_eq!(line, "Shell> ");
+        assert!(start.elapsed() >= SETTLE);
+    }
+
+    #[test]
+    fn unfinished_line_still_growing_is_returned_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        std::fs::write(&path, "<INITRD> : 43 bytes [s").unwrap();
+        let writer_path = path.clone();
+        let writer = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&writer_path)
+                .unwrap();
+            f.write_all(b"cript]\r\n").unwrap();
+        });
+        let mut w = LogWatcher::new(&path);
+        let line = w
+            .wait_for("<INITRD>", Duration::from_secs(5), never)
+            .unwrap();
+        assert_eq!(line, "<INITRD> : 43 bytes [script]");
+        writer.join().unwrap();
     }
 
     #[test]

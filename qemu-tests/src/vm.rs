@@ -409,6 +409,7 @@ impl Vm {
                     status,
                     command: line,
                     stderr: fs::read_to_string(&stderr_path).unwrap_or_default(),
+                    dir: dir.to_owned(),
                 });
             }
             match UnixStream::connect(&qmp_path) {
