@@ -168,15 +168,23 @@ impl PackageIndex {
         origin: usize,
         label: &str,
     ) -> Result<usize, IndexError> {
-        let paragraphs = deb822::parse(text).map_err(|e| IndexError::Syntax {
-            label: label.to_string(),
-            line: e.line,
-            message: e.message,
-        })?;
-        let parsed = paragraphs
-            .iter()
-            .map(|p| parse_paragraph(p, origin, label))
-            .collect::<Result<Vec<_>, _>>()?;
+        // One paragraph at a time: a full `Packages` file is tens of MB, and
+        // holding every field of every paragraph at once costs ten times that.
+        let mut parsed = Vec::new();
+        for (first_line, chunk) in paragraph_chunks(text) {
+            let syntax = |e: deb822::SyntaxError| IndexError::Syntax {
+                label: label.to_string(),
+                line: e.line + first_line - 1,
+                message: e.message,
+            };
+            for mut p in deb822::parse(chunk).map_err(syntax)? {
+                p.line += first_line - 1;
+                for f in &mut p.fields {
+                    f.line += first_line - 1;
+                }
+                parsed.push(parse_paragraph(&p, origin, label)?);
+            }
+        }
         let count = parsed.len();
         for pkg in parsed {
             self.insert(pkg);
@@ -269,6 +277,40 @@ impl PackageIndex {
     pub fn is_empty(&self) -> bool {
         self.packages.is_empty()
     }
+}
+
+/// Splits `text` at blank lines (the deb822 paragraph separator) into
+/// chunks, each with the 1-based line number it starts on.
+fn paragraph_chunks(text: &str) -> impl Iterator<Item = (usize, &str)> + '_ {
+    let mut rest = text;
+    let mut line = 1;
+    std::iter::from_fn(move || {
+        // Skip blank lines.
+        loop {
+            if rest.is_empty() {
+                return None;
+            }
+            let end = rest.find('\n').map_or(rest.len(), |i| i + 1);
+            if !rest[..end].trim().is_empty() {
+                break;
+            }
+            rest = &rest[end..];
+            line += 1;
+        }
+        let start_line = line;
+        let mut len = 0;
+        while len < rest.len() {
+            let end = rest[len..].find('\n').map_or(rest.len(), |i| len + i + 1);
+            if rest[len..end].trim().is_empty() {
+                break;
+            }
+            len = end;
+            line += 1;
+        }
+        let chunk = &rest[..len];
+        rest = &rest[len..];
+        Some((start_line, chunk))
+    })
 }
 
 /// Parses one paragraph; errors carry the label, the line of the offending
@@ -622,6 +664,40 @@ mod tests {
             "P:2: expected `Field: value`, found \"no colon\""
         );
         assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn line_numbers_survive_blank_lines_and_comments() {
+        // Paragraphs are parsed one at a time; lines must still count from
+        // the top of the file.
+        let text = format!(
+            "# comment\n\n\n{}\n  \n\r\n{}",
+            para("first", "1.0", ""),
+            para("second", "2.0", "Depends: x (>>)\n")
+        );
+        let mut idx = PackageIndex::new();
+        let e = idx.add_packages_file(&text, 0, "P").unwrap_err();
+        // The reference: line numbers from parsing the whole text at once.
+        let whole = deb822::parse(&text).unwrap();
+        let depends_line = whole[1].field("Depends").unwrap().line;
+        assert_eq!((whole[0].line, whole[1].line, depends_line), (4, 14, 17));
+        let (field, line, _) = bad_field(&e);
+        assert_eq!((field, line), ("Depends", 17));
+        let ok = text.replace("x (>>)", "x (>> 1)");
+        idx.add_packages_file(&ok, 0, "P").unwrap();
+        assert_eq!(idx.get(idx.versions("second")[0]).line, 14);
+        assert_eq!(idx.get(idx.versions("first")[0]).line, 4);
+        let e = idx
+            .add_packages_file(&format!("{ok}\n\nPackage: z\nnot a field\n"), 0, "P")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            IndexError::Syntax {
+                label: "P".into(),
+                line: 25,
+                message: "expected `Field: value`, found \"not a field\"".into(),
+            }
+        );
     }
 
     #[test]

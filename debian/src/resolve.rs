@@ -40,11 +40,18 @@
 //!   Dependency cycles are normal and need nothing special.
 //! * When a choice leads to a dead end (a dependency that cannot be
 //!   satisfied, or a conflict with what is already chosen), the resolver
-//!   backtracks chronologically to the latest choice with untried options.
-//!   The search is bounded ([`MAX_BACKTRACKS`]); the error reported is the
-//!   first dead end met, which is the one the preferred choices lead to.
+//!   goes back on a choice: not simply the latest one, but the latest one
+//!   the dead end depends on (the choices that brought in the unsatisfied
+//!   package and the packages it clashes with; conflict-directed
+//!   backjumping), so unrelated choices made in between are kept. The
+//!   search is bounded ([`MAX_BACKTRACKS`]); the error reported is the first
+//!   dead end met, which is the one the preferred choices lead to.
+//! * The result is not always what apt would pick. apt keeps packages it
+//!   marked on a path it later abandoned, and looks at alternative groups in
+//!   a different order; here a group whose later alternative ends up chosen
+//!   anyway adds nothing more.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 pub use crate::index::PackageId;
@@ -336,10 +343,15 @@ struct Obligation<'a> {
     soft: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Pick {
     id: PackageId,
     via: Via,
+    /// The choice point this pick was one option of, if there was a choice.
+    choice: Option<usize>,
+    /// Chosen packages that ruled out the other candidates when this pick
+    /// was the only one left (the pick depends on them being there).
+    narrowed_by: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -356,6 +368,10 @@ struct ChoicePoint {
     options: Vec<Option<PackageId>>,
     tried: usize,
     saved: Snapshot,
+    /// Picks that ruled out further candidates of this obligation.
+    narrowed_by: Vec<usize>,
+    /// Earlier choice points blamed by the dead ends met under this one.
+    blamed: BTreeSet<usize>,
 }
 
 /// Why one relation has no usable candidate.
@@ -384,8 +400,10 @@ struct ConflictInfo<'a> {
 
 enum Eval<'a> {
     Satisfied,
-    Options(Vec<Option<PackageId>>),
-    Fail(Vec<(&'a Relation, Why<'a>)>),
+    /// Candidates in preference order, and the picks that ruled out others.
+    Options(Vec<Option<PackageId>>, Vec<usize>),
+    /// Why each alternative failed, and the picks that ruled candidates out.
+    Fail(Vec<(&'a Relation, Why<'a>)>, Vec<usize>),
 }
 
 struct Solver<'a> {
@@ -434,7 +452,7 @@ impl<'a> Solver<'a> {
             let ob = self.queues[q][pos];
             match self.evaluate(&ob) {
                 Eval::Satisfied => self.next[q] += 1,
-                Eval::Options(options) => {
+                Eval::Options(options, narrowed_by) => {
                     let first = options[0];
                     if options.len() > 1 {
                         let saved = self.snapshot();
@@ -444,27 +462,51 @@ impl<'a> Solver<'a> {
                             options,
                             tried: 1,
                             saved,
+                            narrowed_by,
+                            blamed: BTreeSet::new(),
                         });
+                        self.take(q, first, ob.via, Some(self.choices.len() - 1), Vec::new());
+                    } else {
+                        self.take(q, first, ob.via, None, narrowed_by);
                     }
-                    self.take(q, first, ob.via);
                 }
-                Eval::Fail(whys) => {
-                    let fatal = matches!(ob.via, Via::Root(_))
-                        && whys.iter().all(|(_, w)| {
-                            matches!(w, Why::Missing | Why::NoVersion | Why::Virtual { .. })
-                        });
+                Eval::Fail(whys, mut culprits) => {
+                    // The choices that can make a difference: those that
+                    // brought the obligation in, and those that brought in
+                    // the packages its candidates clash or conflict with.
+                    if let Via::Pick(pi) = ob.via {
+                        culprits.push(pi);
+                    }
+                    let blamed = self.blame(&culprits);
                     if self.first_error.is_none() {
                         self.first_error = Some(self.error(&ob, whys));
                     }
-                    if fatal {
-                        // Nothing chosen so far can change a request that
-                        // names no installable package.
-                        return Err(self.first_error.take().expect("error recorded"));
-                    }
-                    self.backtrack()?;
+                    self.backjump(blamed)?;
                 }
             }
         }
+    }
+
+    /// The choice points that `picks` depend on: where each was chosen, and
+    /// recursively what brought it in and what narrowed its candidates.
+    fn blame(&self, picks: &[usize]) -> BTreeSet<usize> {
+        let mut seen = vec![false; self.picks.len()];
+        let mut stack: Vec<usize> = picks.to_vec();
+        let mut out = BTreeSet::new();
+        while let Some(pi) = stack.pop() {
+            if std::mem::replace(&mut seen[pi], true) {
+                continue;
+            }
+            let pick = &self.picks[pi];
+            if let Some(c) = pick.choice {
+                out.insert(c);
+            }
+            if let Via::Pick(parent) = pick.via {
+                stack.push(parent);
+            }
+            stack.extend(pick.narrowed_by.iter().copied());
+        }
+        out
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -484,46 +526,71 @@ impl<'a> Solver<'a> {
         self.next = s.next;
     }
 
-    /// Goes back to the latest choice with an untried option and takes it.
-    fn backtrack(&mut self) -> Result<(), ResolveError> {
+    /// Conflict-directed backjumping: goes back to the latest choice point
+    /// in `blamed` (skipping later ones, which cannot help) and takes its
+    /// next option. A choice point out of options passes the blame it
+    /// collected, plus its own causes, further back.
+    fn backjump(&mut self, mut blamed: BTreeSet<usize>) -> Result<(), ResolveError> {
         loop {
-            let Some(cp) = self.choices.last_mut() else {
+            let Some(target) = blamed.pop_last() else {
+                // No choice made so far has anything to do with the dead end.
                 return Err(self.first_error.take().expect("error recorded"));
             };
-            if cp.tried == cp.options.len() {
-                self.choices.pop();
-                continue;
+            self.choices.truncate(target + 1);
+            let cp = &mut self.choices[target];
+            cp.blamed.extend(blamed.iter().copied());
+            if cp.tried < cp.options.len() {
+                let option = cp.options[cp.tried];
+                cp.tried += 1;
+                let (saved, q, pos) = (cp.saved, cp.queue, cp.pos);
+                self.backtracks += 1;
+                if self.backtracks > MAX_BACKTRACKS {
+                    let first = self.first_error.take().expect("error recorded");
+                    return Err(ResolveError::GaveUp {
+                        steps: MAX_BACKTRACKS,
+                        first: Box::new(first),
+                    });
+                }
+                self.restore(saved);
+                debug_assert_eq!(self.next[q], pos);
+                let via = self.queues[q][pos].via;
+                self.take(q, option, via, Some(target), Vec::new());
+                return Ok(());
             }
-            let option = cp.options[cp.tried];
-            cp.tried += 1;
-            let (saved, q, pos) = (cp.saved, cp.queue, cp.pos);
-            self.backtracks += 1;
-            if self.backtracks > MAX_BACKTRACKS {
-                let first = self.first_error.take().expect("error recorded");
-                return Err(ResolveError::GaveUp {
-                    steps: MAX_BACKTRACKS,
-                    first: Box::new(first),
-                });
+            let cp = self.choices.pop().expect("target choice point");
+            let mut causes = cp.narrowed_by;
+            if let Via::Pick(pi) = self.queues[cp.queue][cp.pos].via {
+                causes.push(pi);
             }
-            self.restore(saved);
-            debug_assert_eq!(self.next[q], pos);
-            let via = self.queues[q][pos].via;
-            self.take(q, option, via);
-            return Ok(());
+            blamed = cp.blamed;
+            blamed.extend(self.blame(&causes));
         }
     }
 
-    fn take(&mut self, q: usize, option: Option<PackageId>, via: Via) {
+    fn take(
+        &mut self,
+        q: usize,
+        option: Option<PackageId>,
+        via: Via,
+        choice: Option<usize>,
+        narrowed_by: Vec<usize>,
+    ) {
         self.next[q] += 1;
         if let Some(id) = option {
-            self.push_pick(id, via);
+            self.push_pick(Pick {
+                id,
+                via,
+                choice,
+                narrowed_by,
+            });
         }
     }
 
-    fn push_pick(&mut self, id: PackageId, via: Via) {
+    fn push_pick(&mut self, pick: Pick) {
+        let id = pick.id;
         let pkg = self.pkg(id);
         let pi = self.picks.len();
-        self.picks.push(Pick { id, via });
+        self.picks.push(pick);
         self.chosen.insert(&pkg.name, pi);
         for (name, _) in &pkg.provides {
             self.provided.entry(name).or_default().push(pi);
@@ -604,8 +671,9 @@ impl<'a> Solver<'a> {
         }
         let mut options: Vec<Option<PackageId>> = Vec::new();
         let mut whys = Vec::new();
+        let mut narrowed_by = Vec::new();
         for rel in rels {
-            let (candidates, why) = self.candidates(rel, ob);
+            let (candidates, why) = self.candidates(rel, ob, &mut narrowed_by);
             for id in candidates {
                 if !options.contains(&Some(id)) {
                     options.push(Some(id));
@@ -615,21 +683,25 @@ impl<'a> Solver<'a> {
                 whys.push((rel, why));
             }
         }
+        narrowed_by.sort_unstable();
+        narrowed_by.dedup();
         if options.is_empty() && !ob.soft {
-            return Eval::Fail(whys);
+            return Eval::Fail(whys, narrowed_by);
         }
         if ob.soft {
             options.push(None);
         }
-        Eval::Options(options)
+        Eval::Options(options, narrowed_by)
     }
 
     /// The installable candidates for `rel` in preference order, or why
-    /// there are none.
+    /// there are none. Picks that ruled candidates out are added to
+    /// `narrowed_by`.
     fn candidates(
         &self,
         rel: &'a Relation,
         ob: &Obligation<'a>,
+        narrowed_by: &mut Vec<usize>,
     ) -> (Vec<PackageId>, Option<Why<'a>>) {
         let name = rel.name.as_str();
         let mut raw: Vec<PackageId> = Vec::new();
@@ -637,6 +709,7 @@ impl<'a> Solver<'a> {
         if let Some(&pi) = self.chosen.get(name) {
             // Chosen at a version that does not fit (else it is satisfied).
             clash = Some(pi);
+            narrowed_by.push(pi);
         } else {
             raw.extend(self.index.versions(name).iter().copied().filter(|&id| {
                 let p = self.pkg(id);
@@ -650,9 +723,17 @@ impl<'a> Solver<'a> {
             .copied()
             .filter(|&id| {
                 let p = self.pkg(id);
-                self.arch_ok(p)
-                    && Self::provides_match(p, rel)
-                    && !self.chosen.contains_key(p.name.as_str())
+                if !self.arch_ok(p) || !Self::provides_match(p, rel) {
+                    return false;
+                }
+                match self.chosen.get(p.name.as_str()) {
+                    // Another version of the provider is chosen.
+                    Some(&pi) => {
+                        narrowed_by.push(pi);
+                        false
+                    }
+                    None => true,
+                }
             })
             .collect();
         providers.sort_by(|&a, &b| {
@@ -681,6 +762,7 @@ impl<'a> Solver<'a> {
             .filter(|&id| match self.conflict(id) {
                 None => true,
                 Some(info) => {
+                    narrowed_by.push(info.other);
                     first_conflict.get_or_insert(info);
                     false
                 }
@@ -917,11 +999,12 @@ impl<'a> Solver<'a> {
 /// Up to three names close to `name` (edit distance, then prefix matches),
 /// followed by the providers of `name` if it is a virtual package.
 fn suggestions(index: &PackageIndex, name: &str) -> Vec<String> {
-    let limit = (name.chars().count() / 3).clamp(1, 3);
+    let len = name.len();
+    let limit = (len / 4).clamp(1, 3);
     let mut scored: Vec<(usize, &str)> = index
         .names()
         .chain(index.virtual_names())
-        .filter(|&n| n != name)
+        .filter(|&n| n != name && n.len().abs_diff(len) <= limit)
         .filter_map(|n| {
             let d = strsim::osa_distance(name, n);
             (d <= limit).then_some((d, n))

@@ -464,38 +464,46 @@ fn deterministic() {
     }
 }
 
-#[test]
-fn search_is_bounded() {
-    // Fourteen packages with two versions each, then two requests that
-    // conflict whatever versions are chosen: exhausting the 2^14
-    // combinations would take long, so the resolver gives up and reports the
-    // first conflict.
+/// The pigeonhole problem as packages: `pigeons` requests, each needing one
+/// of `holes` packages, where two packages for the same hole conflict
+/// (through a provided name). Unsatisfiable when pigeons > holes, and every
+/// dead end depends on every earlier choice.
+fn pigeonhole(pigeons: usize, holes: usize) -> (PackageIndex, Vec<Request>) {
     let sha = "ab".repeat(32);
-    let para = |name: &str, version: &str, extra: &str| {
-        format!(
-            "Package: {name}\nVersion: {version}\nArchitecture: amd64\n{extra}Filename: pool/{name}_{version}.deb\nSize: 1\nSHA256: {sha}\n\n"
-        )
-    };
     let mut text = String::new();
     let mut roots = Vec::new();
-    for i in 0..14 {
-        text += &para(&format!("p{i}"), "1.0", "");
-        text += &para(&format!("p{i}"), "2.0", "");
-        roots.push(req(&format!("p{i}")));
+    for p in 0..pigeons {
+        let alts: Vec<String> = (0..holes).map(|h| format!("p{p}-in-h{h}")).collect();
+        text += &format!(
+            "Package: pigeon{p}\nVersion: 1.0\nArchitecture: all\nDepends: {}\nFilename: pool/pigeon{p}.deb\nSize: 1\nSHA256: {sha}\n\n",
+            alts.join(" | ")
+        );
+        for h in 0..holes {
+            text += &format!(
+                "Package: p{p}-in-h{h}\nVersion: 1.0\nArchitecture: all\nConflicts: hole{h}\nProvides: hole{h}\nFilename: pool/p{p}h{h}.deb\nSize: 1\nSHA256: {sha}\n\n"
+            );
+        }
+        roots.push(req(&format!("pigeon{p}")));
     }
-    text += &para("xx", "1.0", "Conflicts: yy\n");
-    text += &para("yy", "1.0", "");
-    roots.push(req("xx"));
-    roots.push(req("yy"));
     let mut idx = PackageIndex::new();
     idx.add_packages_file(&text, 0, "generated").unwrap();
+    (idx, roots)
+}
+
+#[test]
+fn search_is_bounded() {
+    // 9 pigeons, 8 holes: 8! arrangements to rule out, more than the bound.
+    let (idx, roots) = pigeonhole(9, 8);
     let started = std::time::Instant::now();
     let e = resolve(&idx, &roots, &no_essential()).unwrap_err();
     assert!(started.elapsed().as_secs() < 10);
     match &e {
         ResolveError::GaveUp { steps, first } => {
             assert_eq!(*steps, cairn_debian::resolve::MAX_BACKTRACKS);
-            assert!(matches!(**first, ResolveError::Conflict { .. }), "{first}");
+            assert!(
+                matches!(**first, ResolveError::Alternatives { .. }),
+                "{first}"
+            );
         }
         other => panic!("{other}"),
     }
@@ -504,9 +512,55 @@ fn search_is_bounded() {
             .ends_with("(gave up looking for another combination after 5000 attempts)"),
         "{e}"
     );
-    // With fewer combinations the search is exhaustive and ends on the
-    // conflict itself.
-    let few: Vec<Request> = roots[10..].to_vec();
-    let e = resolve(&idx, &few, &no_essential()).unwrap_err();
-    assert!(matches!(e, ResolveError::Conflict { .. }), "{e}");
+    // Small enough to search exhaustively: the first dead end is reported.
+    let (idx, roots) = pigeonhole(4, 3);
+    let e = resolve(&idx, &roots, &no_essential()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no alternative of p3-in-h0 | p3-in-h1 | p3-in-h2 can be installed (wanted by images/test.yaml: packages -> pigeon3): \
+         p3-in-h0 1.0 conflicts with p0-in-h0 1.0 (p3-in-h0 Conflicts: hole0); \
+         p3-in-h1 1.0 conflicts with p1-in-h1 1.0 (p3-in-h1 Conflicts: hole1); \
+         p3-in-h2 1.0 conflicts with p2-in-h2 1.0 (p3-in-h2 Conflicts: hole2)"
+    );
+    // Solvable: as many pigeons as holes.
+    let (idx, roots) = pigeonhole(5, 5);
+    let r = resolve(&idx, &roots, &no_essential()).unwrap();
+    assert_eq!(r.packages.len(), 10);
+}
+
+#[test]
+fn backjumps_over_unrelated_choices() {
+    // Many unrelated choices (two versions each) made before a dead end that
+    // only one early choice can fix: chronological backtracking would try
+    // 2^14 combinations of the unrelated ones first.
+    let sha = "ab".repeat(32);
+    let para = |name: &str, version: &str, extra: &str| {
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: amd64\n{extra}Filename: pool/{name}_{version}.deb\nSize: 1\nSHA256: {sha}\n\n"
+        )
+    };
+    let mut text = String::new();
+    // tool 2.0 (preferred) needs late-lib, which conflicts with blocker.
+    text += &para("tool", "2.0", "Depends: late-lib\n");
+    text += &para("tool", "1.0", "");
+    text += &para("late-lib", "1.0", "Conflicts: blocker\n");
+    text += &para("blocker", "1.0", "");
+    let mut roots = vec![req("tool")];
+    for i in 0..14 {
+        text += &para(&format!("p{i}"), "1.0", "");
+        text += &para(&format!("p{i}"), "2.0", "");
+        roots.push(req(&format!("p{i}")));
+    }
+    roots.push(req("blocker"));
+    let mut idx = PackageIndex::new();
+    idx.add_packages_file(&text, 0, "generated").unwrap();
+    let r = resolve(&idx, &roots, &no_essential()).unwrap();
+    assert_eq!(r.get("tool").unwrap().version.to_string(), "1.0");
+    assert!(r.get("late-lib").is_none());
+    // The unrelated choices keep their preferred (newest) versions.
+    assert!(r
+        .packages
+        .iter()
+        .filter(|p| p.name.starts_with('p'))
+        .all(|p| p.version.to_string() == "2.0"));
 }
