@@ -45,6 +45,12 @@ fn uefi_reaches_shell_on_serial_resets_and_quits() -> anyhow::Result<()> {
         vm.wait_for("BdsDxe: starting Boot", SECS(60))
     })?;
 
+    // The ACPI power button is pressed (QEMU confirms with POWERDOWN); the
+    // firmware ignores it, so the machine keeps running.
+    vm.powerdown()?;
+    vm.wait_event("POWERDOWN", SECS(10))?;
+    assert!(vm.query_status()?.running);
+
     vm.quit()?;
     let exit = vm.wait_exit(SECS(10))?;
     assert!(exit.success(), "{exit}");
