@@ -168,23 +168,7 @@ impl PackageIndex {
         origin: usize,
         label: &str,
     ) -> Result<usize, IndexError> {
-        // One paragraph at a time: a full `Packages` file is tens of MB, and
-        // holding every field of every paragraph at once costs ten times that.
-        let mut parsed = Vec::new();
-        for (first_line, chunk) in paragraph_chunks(text) {
-            let syntax = |e: deb822::SyntaxError| IndexError::Syntax {
-                label: label.to_string(),
-                line: e.line + first_line - 1,
-                message: e.message,
-            };
-            for mut p in deb822::parse(chunk).map_err(syntax)? {
-                p.line += first_line - 1;
-                for f in &mut p.fields {
-                    f.line += first_line - 1;
-                }
-                parsed.push(parse_paragraph(&p, origin, label)?);
-            }
-        }
+        let parsed = parse_packages(text, origin, label)?;
         let count = parsed.len();
         for pkg in parsed {
             self.insert(pkg);
@@ -203,12 +187,20 @@ impl PackageIndex {
 
     fn insert(&mut self, pkg: BinaryPackage) -> PackageId {
         let id = self.packages.len();
-        self.by_name.entry(pkg.name.clone()).or_default().push(id);
+        match self.by_name.get_mut(pkg.name.as_str()) {
+            Some(ids) => ids.push(id),
+            None => {
+                self.by_name.insert(pkg.name.clone(), vec![id]);
+            }
+        }
         for (provided, _) in &pkg.provides {
-            let list = self.providers.entry(provided.clone()).or_default();
-            // A package listing the same name twice provides it once.
-            if list.last() != Some(&id) {
-                list.push(id);
+            match self.providers.get_mut(provided.as_str()) {
+                // A package listing the same name twice provides it once.
+                Some(ids) if ids.last() == Some(&id) => {}
+                Some(ids) => ids.push(id),
+                None => {
+                    self.providers.insert(provided.clone(), vec![id]);
+                }
             }
         }
         self.packages.push(pkg);
@@ -276,6 +268,110 @@ impl PackageIndex {
 
     pub fn is_empty(&self) -> bool {
         self.packages.is_empty()
+    }
+}
+
+/// Files larger than this are parsed by several threads (small in unit
+/// tests, so that they exercise the parallel path cheaply).
+const PARALLEL_THRESHOLD: usize = if cfg!(test) { 64 << 10 } else { 4 << 20 };
+
+/// Parses every paragraph of a `Packages` file, in file order. Large files
+/// are cut at paragraph boundaries and the parts parsed on several threads;
+/// the result (and the error reported: the first in file order) is the same
+/// as a sequential parse.
+fn parse_packages(
+    text: &str,
+    origin: usize,
+    label: &str,
+) -> Result<Vec<BinaryPackage>, IndexError> {
+    let threads = if text.len() < PARALLEL_THRESHOLD {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
+    };
+    if threads == 1 {
+        return parse_part(text, origin, label).0;
+    }
+    // Cut points just after an empty line ("\n\n"), near equal sizes.
+    let mut parts = Vec::with_capacity(threads);
+    let mut start = 0;
+    for i in 1..threads {
+        let target = (text.len() * i / threads).max(start);
+        let Some(found) = text[target..].find("\n\n") else {
+            break;
+        };
+        let cut = target + found + 2;
+        parts.push(&text[start..cut]);
+        start = cut;
+    }
+    parts.push(&text[start..]);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .iter()
+            .map(|part| scope.spawn(move || parse_part(part, origin, label)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("Packages parser thread panicked"))
+            .collect()
+    });
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for (result, lines) in results {
+        let mut packages = result.map_err(|e| e.shifted(offset))?;
+        for p in &mut packages {
+            p.line += offset;
+        }
+        out.append(&mut packages);
+        offset += lines;
+    }
+    Ok(out)
+}
+
+/// Parses one part of a file with line numbers counted from its start;
+/// also returns how many lines the part has.
+fn parse_part(
+    text: &str,
+    origin: usize,
+    label: &str,
+) -> (Result<Vec<BinaryPackage>, IndexError>, usize) {
+    let lines = text.bytes().filter(|&b| b == b'\n').count();
+    // One paragraph at a time: a full `Packages` file is tens of MB, and
+    // holding every field of every paragraph at once costs ten times that.
+    let mut parsed = Vec::new();
+    for (first_line, chunk) in paragraph_chunks(text) {
+        let syntax = |e: deb822::SyntaxError| IndexError::Syntax {
+            label: label.to_string(),
+            line: e.line + first_line - 1,
+            message: e.message,
+        };
+        let paragraphs = match deb822::parse(chunk) {
+            Ok(ps) => ps,
+            Err(e) => return (Err(syntax(e)), lines),
+        };
+        for mut p in paragraphs {
+            p.line += first_line - 1;
+            for f in &mut p.fields {
+                f.line += first_line - 1;
+            }
+            match parse_paragraph(&p, origin, label) {
+                Ok(pkg) => parsed.push(pkg),
+                Err(e) => return (Err(e), lines),
+            }
+        }
+    }
+    (Ok(parsed), lines)
+}
+
+impl IndexError {
+    /// The same error `by` lines further down.
+    fn shifted(mut self, by: usize) -> Self {
+        match &mut self {
+            IndexError::Syntax { line, .. }
+            | IndexError::MissingField { line, .. }
+            | IndexError::BadField { line, .. } => *line += by,
+        }
+        self
     }
 }
 
@@ -697,6 +793,62 @@ mod tests {
                 line: 25,
                 message: "expected `Field: value`, found \"not a field\"".into(),
             }
+        );
+    }
+
+    #[test]
+    fn large_files_parse_in_parts_with_the_same_result() {
+        // Above the threshold the file is cut into parts parsed on threads;
+        // order, line numbers and the error reported must not change.
+        let mut text = String::new();
+        let mut n = 0;
+        while text.len() <= PARALLEL_THRESHOLD + PARALLEL_THRESHOLD / 2 {
+            text += &para(
+                &format!("pkg{n}"),
+                "1.0",
+                "Description: filler filler filler\n",
+            );
+            n += 1;
+        }
+        let mut idx = PackageIndex::new();
+        assert_eq!(idx.add_packages_file(&text, 0, "big").unwrap(), n);
+        let whole = deb822::parse(&text).unwrap();
+        for (id, p) in idx.iter() {
+            assert_eq!(p.name, format!("pkg{id}"));
+            assert_eq!(p.line, whole[id].line);
+        }
+        // Errors near the start and the end: the first one is reported.
+        let late = n - 3;
+        let broken = text
+            .replace(
+                &format!("Package: pkg{late}\nVersion: 1.0"),
+                &format!("Package: pkg{late}\nVersion: x"),
+            )
+            .replace("Package: pkg5\nVersion: 1.0", "Package: pkg5\nVersion: y");
+        let e = PackageIndex::new()
+            .add_packages_file(&broken, 0, "big")
+            .unwrap_err();
+        let (field, line, _) = bad_field(&e);
+        assert_eq!((field, line), ("Version", whole[5].line + 1));
+        let broken = text.replace(
+            &format!("Package: pkg{late}\nVersion: 1.0"),
+            &format!("Package: pkg{late}\nVersion: x"),
+        );
+        let e = PackageIndex::new()
+            .add_packages_file(&broken, 0, "big")
+            .unwrap_err();
+        let (field, line, _) = bad_field(&e);
+        assert_eq!((field, line), ("Version", whole[late].line + 1));
+        let broken = text.replace(
+            &format!("Package: pkg{late}\n"),
+            &format!("Package: pkg{late}\nbad line\n"),
+        );
+        let e = PackageIndex::new()
+            .add_packages_file(&broken, 0, "big")
+            .unwrap_err();
+        assert!(
+            matches!(e, IndexError::Syntax { line, .. } if line == whole[late].line + 1),
+            "{e:?}"
         );
     }
 

@@ -199,25 +199,25 @@ pub fn valid_package_name(name: &str) -> bool {
 /// newlines may appear anywhere between tokens; a trailing comma and an
 /// all-blank field are accepted.
 pub fn parse_relations(field: &str) -> Result<Vec<AltGroup>, RelationError> {
-    let mut out = Vec::new();
-    let parts: Vec<&str> = field.split(',').collect();
-    let last = parts.len() - 1;
-    for (i, part) in parts.iter().enumerate() {
+    let empty = || RelationError::Empty {
+        field: field.trim().to_string(),
+    };
+    // Sized exactly: an index holds hundreds of thousands of these.
+    let groups = field.bytes().filter(|&b| b == b',').count() + 1;
+    let mut out = Vec::with_capacity(groups);
+    for (i, part) in field.split(',').enumerate() {
         if part.trim().is_empty() {
             // "" (empty field) and "a, b," are fine; "a,,b" and ", a" are not.
-            if i == last && (i > 0 || out.is_empty()) {
+            if i + 1 == groups && (i > 0 || out.is_empty()) {
                 continue;
             }
-            return Err(RelationError::Empty {
-                field: field.trim().to_string(),
-            });
+            return Err(empty());
         }
-        let mut group = Vec::new();
+        let alternatives = part.bytes().filter(|&b| b == b'|').count() + 1;
+        let mut group = Vec::with_capacity(alternatives);
         for alt in part.split('|') {
             if alt.trim().is_empty() {
-                return Err(RelationError::Empty {
-                    field: field.trim().to_string(),
-                });
+                return Err(empty());
             }
             group.push(parse_relation(alt)?);
         }
