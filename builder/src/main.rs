@@ -50,10 +50,98 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Boot an image in QEMU with its serial console on this terminal
+    /// (Ctrl-a x quits). The image is not changed unless --persist.
+    Vm {
+        /// An output folder (boots its disk.raw) or a disk image.
+        target: PathBuf,
+        /// Memory in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Networking: `user` (QEMU user networking, SSH forwarded) or `none`.
+        #[arg(long, default_value = "user", value_parser = ["user", "none"])]
+        net: String,
+        /// Host port on 127.0.0.1 forwarded to the guest's SSH port (default: a free one).
+        #[arg(long)]
+        ssh_port: Option<u16>,
+        /// UEFI firmware (OVMF); the default. disk.raw boots only under UEFI.
+        #[arg(long, conflicts_with = "bios")]
+        uefi: bool,
+        /// Legacy BIOS firmware (SeaBIOS).
+        #[arg(long)]
+        bios: bool,
+        /// Write changes into the image instead of a throwaway overlay.
+        #[arg(long)]
+        persist: bool,
+    },
+    /// Show what a build produced: the manifest of an output folder, and the
+    /// partition table, ESP contents and boot entries of a disk image.
+    Inspect {
+        /// An output folder (with manifest.json and disk.raw) or a disk image.
+        path: PathBuf,
+    },
+}
+
+fn inspect(path: &std::path::Path) -> Result<()> {
+    use anyhow::Context;
+    let disk = if path.is_dir() {
+        let m = path.join("manifest.json");
+        let text = std::fs::read_to_string(&m).with_context(|| format!("reading {}", m.display()))?;
+        let man: cairn_builder::pipeline::Manifest =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", m.display()))?;
+        println!(
+            "{} {} ({} packages from {}, kernel {}, SOURCE_DATE_EPOCH {})",
+            man.name,
+            man.version,
+            man.packages.len(),
+            man.suite,
+            man.kernel_release,
+            man.source_date_epoch
+        );
+        for a in &man.artifacts {
+            println!("  {:<16} {:>12} bytes  sha256 {}", a.name, a.size, a.sha256);
+        }
+        println!();
+        path.join("disk.raw")
+    } else {
+        path.to_path_buf()
+    };
+    let info = cairn_disk::inspect(&disk).with_context(|| format!("inspecting {}", disk.display()))?;
+    print!("{info}");
+    Ok(())
 }
 
 fn run(cli: Cli, progress: MultiProgress) -> Result<()> {
     match cli.command {
+        Command::Inspect { path } => inspect(&path),
+        Command::Vm {
+            target,
+            memory,
+            cpus,
+            net,
+            ssh_port,
+            uefi: _,
+            bios,
+            persist,
+        } => {
+            let mut o = cairn_qemu::InteractiveOptions::new(target);
+            o.memory_mib = memory;
+            o.cpus = cpus;
+            o.net = net == "user";
+            o.ssh_port = ssh_port;
+            o.persist = persist;
+            if bios {
+                o.firmware = cairn_qemu::Firmware::Bios;
+            }
+            let status = cairn_qemu::run_interactive(&o)?;
+            if !status.success() {
+                anyhow::bail!("QEMU exited with {status}");
+            }
+            Ok(())
+        }
         Command::Build {
             definition,
             out,

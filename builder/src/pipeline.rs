@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::artifacts;
 use crate::debfile::{self, InstalledPackage};
 use crate::definition::{self, Loaded};
 use crate::fetch::{self, Cache, Download};
@@ -66,8 +67,10 @@ pub struct Manifest {
     pub source_date_epoch: u64,
     pub builder: String,
     /// SHA-256 over everything the build read (definition, lock, overlay,
-    /// the cairn binary, options): equal inputs mean the output is current.
+    /// options) and the builder's own sources: equal inputs mean the output is current.
     pub inputs: String,
+    /// `uname -r` of the image's kernel.
+    pub kernel_release: String,
     pub packages: Vec<ManifestPackage>,
     pub artifacts: Vec<Artifact>,
 }
@@ -126,6 +129,14 @@ fn lock_for(loaded: &Loaded, mirrors: &Mirrors, opts: &BuildOptions, cache: &Cac
     Ok((lock, true))
 }
 
+fn write_artifact(out: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let p = out.join(name);
+    let tmp = out.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, data)
+        .and_then(|_| std::fs::rename(&tmp, &p))
+        .with_context(|| format!("writing {}", p.display()))
+}
+
 fn sha256_and_size(p: &Path) -> Result<Artifact> {
     Ok(Artifact {
         name: p.file_name().unwrap_or_default().to_string_lossy().into_owned(),
@@ -165,8 +176,8 @@ fn inputs_fingerprint(loaded: &Loaded, opts: &BuildOptions, epoch: u64) -> Resul
     if let Some(o) = loaded.overlay_dir() {
         hash_dir(&mut h, &o, &o)?;
     }
-    let exe = std::env::current_exe().context("finding the cairn executable")?;
-    h.update(fetch::sha256_file(&exe)?);
+    // the code that turns these inputs into bytes (see build.rs)
+    h.update(env!("CAIRN_SOURCE_HASH"));
     h.update(format!("zstd={} epoch={epoch}", opts.zstd_level));
     Ok(hex::encode(h.finalize()))
 }
@@ -301,6 +312,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
         tracing::info!(fixup = r.name, "{}", r.summary);
     }
 
+    let kernel = artifacts::take_kernel(&mut tree)?;
+    artifacts::ensure_mount_points(&mut tree)?;
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let rootfs = opts.out.join("rootfs.squashfs");
     let tmp = opts.out.join(".rootfs.squashfs.tmp");
@@ -315,6 +328,24 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
         },
     )?;
     std::fs::rename(&tmp, &rootfs).with_context(|| format!("moving the image to {}", rootfs.display()))?;
+    sp.finish_and_clear();
+
+    let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
+    let sp = spinner(&opts.progress, "initrd", &format!("kernel {}", kernel.release));
+    let cpio = artifacts::initramfs_cpio(&tree, &kernel, def, mtime)?;
+    let initrd = artifacts::compress(&cpio)?;
+    write_artifact(&opts.out, "vmlinuz", &kernel.image)?;
+    write_artifact(&opts.out, "initrd.img", &initrd)?;
+    let pxe = artifacts::pxe_initramfs(&initrd, &rootfs, mtime)?;
+    write_artifact(&opts.out, "pxe-initrd.img", &pxe)?;
+    drop(pxe);
+    sp.finish_and_clear();
+    let root_art = sha256_and_size(&rootfs)?;
+    let sp = spinner(&opts.progress, "disk", &format!("{} GPT, ESP + A/B", def.disk.size));
+    let disk = opts.out.join("disk.raw");
+    let _ = std::fs::remove_file(&disk);
+    let report = artifacts::write_disk(&disk, &tree, def, &kernel.image, &initrd, &rootfs, &root_art.sha256, epoch)?;
+    tracing::info!(size = report.size, allocated = report.allocated_bytes, "wrote disk.raw");
     sp.finish_and_clear();
 
     let manifest = Manifest {
@@ -334,7 +365,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
                 sha256: p.sha256.clone(),
             })
             .collect(),
-        artifacts: vec![sha256_and_size(&rootfs)?],
+        kernel_release: kernel.release.clone(),
+        artifacts: vec![
+            root_art,
+            sha256_and_size(&opts.out.join("vmlinuz"))?,
+            sha256_and_size(&opts.out.join("initrd.img"))?,
+            sha256_and_size(&opts.out.join("pxe-initrd.img"))?,
+            sha256_and_size(&disk)?,
+        ],
     };
     let mpath = opts.out.join("manifest.json");
     std::fs::write(&mpath, serde_json::to_string_pretty(&manifest)? + "\n")

@@ -1,0 +1,78 @@
+//! Builds the static `/init` (crate `cairn-initrd`) that `cairn build` puts
+//! into every initramfs, and hands its path to the builder through
+//! `CAIRN_INIT_PATH` so the `cairn` binary carries it (include_bytes!).
+//!
+//! A nested cargo with its own target directory: `/init` must be linked with
+//! `-C target-feature=+crt-static`, which cannot apply to the rest of the
+//! workspace (proc-macros cannot be static).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// FNV-1a over a file, or every file below a directory (path and content,
+/// sorted): a cheap, stable fingerprint of the sources a build's output
+/// depends on.
+fn hash_tree(h: &mut u64, path: &Path) {
+    if path.is_dir() {
+        let Ok(rd) = std::fs::read_dir(path) else { return };
+        let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths {
+            hash_tree(h, &p);
+        }
+    } else if let Ok(data) = std::fs::read(path) {
+        for b in path.to_string_lossy().bytes().chain(data) {
+            *h ^= u64::from(b);
+            *h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.parent().unwrap().to_path_buf();
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    println!("cargo:rerun-if-changed={}", root.join("initrd/src").display());
+    println!("cargo:rerun-if-changed={}", root.join("initrd/Cargo.toml").display());
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    let target = "x86_64-unknown-linux-gnu";
+    let target_dir = out.join("init-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--offline", "--release", "-p", "cairn-initrd", "--bin", "init", "--target", target])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=symbols",
+        )
+        // do not inherit the outer build's settings meant for the host
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("running cargo to build the static /init");
+    assert!(status.success(), "building the static /init (cairn-initrd) failed");
+    let init = target_dir.join(target).join("release/init");
+    assert!(init.exists(), "{} was not built", init.display());
+    println!("cargo:rustc-env=CAIRN_INIT_PATH={}", init.display());
+
+    // What the image bytes depend on besides the definition and the lock:
+    // the code of the builder and the crates it packs with, and the lock of
+    // their dependencies. Part of the output's up-to-date fingerprint.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for d in ["builder/src", "debian/src", "initrd/src", "disk/src"] {
+        println!("cargo:rerun-if-changed={}", root.join(d).display());
+        hash_tree(&mut h, &root.join(d));
+    }
+    hash_tree(&mut h, &root.join("Cargo.lock"));
+    if let Ok(bin) = std::fs::read(&init) {
+        for b in bin {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    println!("cargo:rustc-env=CAIRN_SOURCE_HASH={h:016x}");
+}

@@ -1,0 +1,204 @@
+//! The boot artifacts made from an assembled tree: the kernel (`vmlinuz`),
+//! the initramfs (`initrd.img`: the static `/init`, the kernel modules it
+//! needs and mke2fs), the network-boot initramfs (`pxe-initrd.img`, the same
+//! plus the root image), and the GPT disk (`disk.raw`: ESP with
+//! systemd-boot and a Boot Loader Specification entry, slot A holding the
+//! root image, an empty slot B, and the state partition).
+//!
+//! Owns which files go into the initramfs and the ESP and the boot entry's
+//! command line; the cpio format belongs to `cairn-initrd`, the disk format
+//! to `cairn-disk`.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use cairn_disk::{BootEntry, DiskSpec, EspSource, Layout};
+use cairn_initrd::{layout, modules, CpioWriter};
+
+use crate::definition::Definition;
+use crate::tree::{Node, Tree};
+
+/// The static `/init`, built by build.rs.
+pub static INIT_BINARY: &[u8] = include_bytes!(env!("CAIRN_INIT_PATH"));
+
+/// Where Debian's systemd-boot-efi package puts the UEFI boot loader.
+pub const SYSTEMD_BOOT_EFI: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+/// The kernel found in the tree: its release (`uname -r`) and image.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub release: String,
+    pub image: Vec<u8>,
+}
+
+/// Find the one kernel in `boot/vmlinuz-*` and take it out of the tree (it
+/// lives on the ESP and in the network-boot files, not in the root image).
+pub fn take_kernel(tree: &mut Tree) -> Result<Kernel> {
+    let found: Vec<String> = tree
+        .children("boot")
+        .filter(|(p, _)| p.starts_with("boot/vmlinuz-"))
+        .map(|(p, _)| p.clone())
+        .collect();
+    let path = match found.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("the tree has no kernel (boot/vmlinuz-*): is the definition's kernel package a linux-image?"),
+        many => bail!("the tree has several kernels ({}); install exactly one", many.join(", ")),
+    };
+    let release = path.trim_start_matches("boot/vmlinuz-").to_string();
+    let image = tree
+        .read(&path)
+        .with_context(|| format!("{path} is not a regular file"))?
+        .to_vec();
+    tree.remove_all(&path);
+    if !tree.contains(&format!("usr/lib/modules/{release}")) {
+        bail!("kernel {release} has no module directory usr/lib/modules/{release}");
+    }
+    Ok(Kernel { release, image })
+}
+
+/// The directories `/init` mounts on, which the image must provide.
+pub const MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "run", "var", "home", "root", "etc", "efi", "tmp"];
+
+/// Create the mount points `/init` and systemd need (root-owned; `/root`
+/// 0700, `/tmp` 1777).
+pub fn ensure_mount_points(tree: &mut Tree) -> Result<()> {
+    let origin: std::sync::Arc<str> = std::sync::Arc::from("cairn:mount-points");
+    for d in MOUNT_POINTS {
+        if !tree.contains(d) {
+            let mode = match *d {
+                "root" => 0o700,
+                "tmp" => 0o1777,
+                _ => 0o755,
+            };
+            tree.insert(d, crate::tree::Entry::dir(mode, &origin))?;
+        }
+    }
+    Ok(())
+}
+
+fn file_of<'a>(tree: &'a Tree, path: &str) -> Result<&'a [u8]> {
+    tree.read(path)
+        .with_context(|| format!("/{path} is missing from the image tree (needed in the initramfs)"))
+}
+
+/// The initramfs as a plain (uncompressed) cpio archive.
+pub fn initramfs_cpio(tree: &Tree, kernel: &Kernel, def: &Definition, mtime: u32) -> Result<Vec<u8>> {
+    let mut w = CpioWriter::new(Vec::new(), mtime);
+    layout::add_skeleton(&mut w, INIT_BINARY).context("writing the initramfs skeleton")?;
+    let kdir = format!("usr/lib/modules/{}", kernel.release);
+    let dep = tree
+        .read_text(&format!("{kdir}/modules.dep"))
+        .with_context(|| format!("/{kdir}/modules.dep is missing (made by the kernel-modules fixup)"))?;
+    let builtin = tree.read_text(&format!("{kdir}/modules.builtin")).unwrap_or_default();
+    let wanted: Vec<&str> = modules::DEFAULT_MODULES
+        .iter()
+        .copied()
+        .chain(def.initrd.modules.iter().map(String::as_str))
+        .collect();
+    let closure = modules::closure_with_builtin(&dep, &builtin, &wanted)
+        .with_context(|| format!("computing the initramfs module closure of kernel {}", kernel.release))?;
+    let idir = layout::modules_dir(&kernel.release);
+    for m in &closure {
+        let data = file_of(tree, &format!("{kdir}/{m}"))?;
+        w.add_file(&format!("{idir}/{m}"), 0o644, 0, 0, data)?;
+    }
+    w.add_file(&format!("{idir}/{}", modules::MODULES_ORDER_FILE), 0o644, 0, 0, modules::order_file(&closure).as_bytes())?;
+    w.add_file(&format!("{idir}/modules.dep"), 0o644, 0, 0, modules::filter_dep(&dep, &closure).as_bytes())?;
+    if let Some(alias) = tree.read_text(&format!("{kdir}/modules.alias")) {
+        w.add_file(&format!("{idir}/modules.alias"), 0o644, 0, 0, modules::filter_alias(&alias, &closure).as_bytes())?;
+    }
+    for f in layout::MKE2FS_FILES {
+        let data = file_of(tree, f.path).with_context(|| format!("from package {}", f.package))?;
+        let mode = if f.path.ends_with("mke2fs") { 0o755 } else { 0o644 };
+        w.add_file(f.path, mode, 0, 0, data)?;
+    }
+    if let Some(conf) = tree.read("etc/mke2fs.conf") {
+        w.add_file("etc/mke2fs.conf", 0o644, 0, 0, conf)?;
+    }
+    Ok(w.finish()?)
+}
+
+/// zstd-compress an initramfs (Debian's kernels have CONFIG_RD_ZSTD).
+pub fn compress(cpio: &[u8]) -> Result<Vec<u8>> {
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 19).context("starting zstd")?;
+    enc.write_all(cpio)?;
+    Ok(enc.finish()?)
+}
+
+/// The network-boot initramfs: the compressed initramfs followed by an
+/// uncompressed cpio holding the (already compressed) root image; the
+/// kernel unpacks concatenated archives in order.
+pub fn pxe_initramfs(initrd: &[u8], rootfs: &Path, mtime: u32) -> Result<Vec<u8>> {
+    let image = std::fs::read(rootfs).with_context(|| format!("reading {}", rootfs.display()))?;
+    let mut w = CpioWriter::new(Vec::new(), mtime);
+    w.add_file(cairn_initrd::RAM_ROOT_IMAGE, 0o444, 0, 0, &image)?;
+    let mut out = initrd.to_vec();
+    out.extend_from_slice(&w.finish()?);
+    Ok(out)
+}
+
+/// The kernel command line of a slot's boot entry. The serial console is
+/// named last so that it is `/dev/console`: systemd's status output and
+/// the `/init` messages reach the serial log the tests read.
+pub fn cmdline(def: &Definition, slot: char) -> String {
+    let mut c = format!("cairn.slot={slot} console=tty0 console=ttyS0,115200 panic=10");
+    if let Some(extra) = def.cmdline.as_deref().filter(|s| !s.trim().is_empty()) {
+        c.push(' ');
+        c.push_str(extra.trim());
+    }
+    c
+}
+
+/// Write `disk.raw` with slot A holding `rootfs`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_disk(
+    out: &Path,
+    tree: &Tree,
+    def: &Definition,
+    kernel: &[u8],
+    initrd: &[u8],
+    rootfs: &Path,
+    rootfs_sha256: &str,
+    mtime: u64,
+) -> Result<cairn_disk::DiskReport> {
+    let boot = match tree.resolve(SYSTEMD_BOOT_EFI).and_then(|p| tree.get(&p)) {
+        Some(e) => match &e.node {
+            Node::File(d) => d.clone(),
+            _ => bail!("/{SYSTEMD_BOOT_EFI} is not a file"),
+        },
+        None => bail!("/{SYSTEMD_BOOT_EFI} is missing: add the systemd-boot package to the definition"),
+    };
+    let v = &def.version;
+    let entry = BootEntry {
+        title: format!("{} {v} (slot a)", def.name),
+        version: v.clone(),
+        machine_id: None,
+        linux: format!("/cairn/{v}/vmlinuz"),
+        initrd: format!("/cairn/{v}/initrd.img"),
+        options: cmdline(def, 'a'),
+        sort_key: Some(def.name.clone()),
+    };
+    let identity = format!("{} {} {}", def.name, v, rootfs_sha256);
+    let mut spec = DiskSpec::new(&identity);
+    spec.layout = Layout {
+        disk_size: def.disk.size.0,
+        esp_size: def.disk.esp.0,
+        slot_size: def.disk.slot.0,
+        state_size: def.disk.state.0,
+    };
+    spec.mtime = mtime;
+    spec.slot_a = Some(rootfs);
+    spec.esp_files = vec![
+        ("EFI/BOOT/BOOTX64.EFI".into(), EspSource::from(boot.as_slice())),
+        ("EFI/systemd/systemd-bootx64.efi".into(), EspSource::from(boot.as_slice())),
+        ("loader/loader.conf".into(), EspSource::from(cairn_disk::loader_conf())),
+        (
+            format!("loader/entries/{}", cairn_disk::entry_file_name(v, None)),
+            EspSource::from(cairn_disk::bls_entry(&entry)),
+        ),
+        (format!("cairn/{v}/vmlinuz"), EspSource::from(kernel)),
+        (format!("cairn/{v}/initrd.img"), EspSource::from(initrd)),
+    ];
+    cairn_disk::write_disk(out, &spec).with_context(|| format!("writing {}", out.display()))
+}
