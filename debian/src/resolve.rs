@@ -286,6 +286,11 @@ pub fn resolve(
         });
     }
     solver.run()?;
+    tracing::debug!(
+        packages = solver.picks.len(),
+        backtracks = solver.backtracks,
+        "resolved"
+    );
     let mut packages: Vec<Resolved> = (0..solver.picks.len())
         .map(|pi| {
             let id = solver.picks[pi].id;
