@@ -4,14 +4,27 @@
 //!
 //! Owns only the translation from [`Tree`] to squashfs; the tree's content
 //! is decided before it gets here.
+//!
+//! backhand compresses one block after another. To use every core, the
+//! full data blocks of every file are compressed beforehand in parallel
+//! (rayon) and handed to backhand through a custom [`CompressionAction`]
+//! that looks each block up by its SHA-256; fragments and metadata, a small
+//! share of the work, are compressed as backhand asks. The bytes are the
+//! same as backhand's own zstd path would give (same library, same level).
 
 use std::fs::File;
 use std::io::{BufWriter, Read};
 use std::path::Path;
 use std::sync::Arc;
 
-use backhand::compression::Compressor;
-use backhand::{FilesystemCompressor, FilesystemWriter, NodeHeader};
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
+use backhand::kind::Kind;
+use backhand::{BackhandError, FilesystemCompressor, FilesystemWriter, NodeHeader};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 
 use crate::tree::{Node, Tree};
 
@@ -28,6 +41,75 @@ impl Read for ArcReader {
         buf[..n].copy_from_slice(&rest[..n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// zstd with data blocks compressed ahead of time, in parallel.
+struct ParallelZstd {
+    blocks: RwLock<HashMap<[u8; 32], Vec<u8>>>,
+}
+
+fn block_key(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+impl ParallelZstd {
+    /// Compress every full `block_size` block of every file in `tree`.
+    fn precompress(&self, tree: &Tree, block_size: usize, level: i32) -> std::io::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        let mut blocks: Vec<&[u8]> = Vec::new();
+        for (_, e) in tree.iter() {
+            if let Node::File(d) = &e.node {
+                if !seen.insert(Arc::as_ptr(d)) {
+                    continue;
+                }
+                blocks.extend(d.chunks_exact(block_size));
+            }
+        }
+        let done: Vec<([u8; 32], Vec<u8>)> = blocks
+            .par_iter()
+            .map_init(
+                || zstd::bulk::Compressor::new(level),
+                |c, b| {
+                    let c = c.as_mut().map_err(|e| std::io::Error::other(e.to_string()))?;
+                    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(b.len()));
+                    c.compress_to_buffer(b, &mut out)?;
+                    Ok((block_key(b), out))
+                },
+            )
+            .collect::<std::io::Result<_>>()?;
+        let mut map = self.blocks.write().expect("no poisoning");
+        map.extend(done);
+        Ok(())
+    }
+}
+
+impl CompressionAction for ParallelZstd {
+    type Error = BackhandError;
+    type Compressor = Compressor;
+    type FilesystemCompressor = FilesystemCompressor;
+    type SuperBlock = backhand::SuperBlock;
+
+    fn decompress(&self, bytes: &[u8], out: &mut Vec<u8>, c: Compressor) -> Result<(), BackhandError> {
+        DefaultCompressor.decompress(bytes, out, c)
+    }
+
+    fn compress(&self, bytes: &[u8], fc: FilesystemCompressor, block_size: u32) -> Result<Vec<u8>, BackhandError> {
+        if bytes.len() == block_size as usize {
+            if let Some(c) = self.blocks.read().expect("no poisoning").get(&block_key(bytes)) {
+                return Ok(c.clone());
+            }
+        }
+        DefaultCompressor.compress(bytes, fc, block_size)
+    }
+
+    fn compression_options(
+        &self,
+        superblock: &mut backhand::SuperBlock,
+        kind: &Kind,
+        fc: FilesystemCompressor,
+    ) -> Result<Option<Vec<u8>>, BackhandError> {
+        DefaultCompressor.compression_options(superblock, kind, fc)
     }
 }
 
@@ -73,7 +155,25 @@ impl Default for Options {
 
 /// Write `tree` to `out` as a squashfs 4.0 image. Returns the image size.
 pub fn write(tree: &Tree, out: &Path, opts: Options) -> Result<u64, SquashfsError> {
+    // backhand wants a `&'static` compressor: one small struct per image is
+    // leaked; its block map is emptied once the image is written.
+    let comp: &'static ParallelZstd = Box::leak(Box::new(ParallelZstd {
+        blocks: RwLock::new(HashMap::new()),
+    }));
+    comp.precompress(tree, opts.block_size as usize, opts.zstd_level as i32)
+        .map_err(|source| SquashfsError::Create {
+            path: out.display().to_string(),
+            source,
+        })?;
+    let result = write_with(tree, out, opts, comp);
+    comp.blocks.write().expect("no poisoning").clear();
+    comp.blocks.write().expect("no poisoning").shrink_to_fit();
+    result
+}
+
+fn write_with(tree: &Tree, out: &Path, opts: Options, comp: &'static ParallelZstd) -> Result<u64, SquashfsError> {
     let mut fs = FilesystemWriter::default();
+    fs.set_kind(Kind::new_v4(comp));
     fs.set_time(opts.mtime);
     fs.set_block_size(opts.block_size);
     fs.set_no_duplicate_files(true);
