@@ -1298,7 +1298,7 @@ mod tests {
         let k = test_keyring();
         let r = verify_inrelease(fixture!("InRelease.subkey"), &k, "x", fixture_now()).unwrap();
         let subkey = k.keys().nth(1).unwrap();
-        assert_eq!(r.signed_by, [subkey.fingerprint.clone()]);
+        assert_eq!(r.signed_by, std::slice::from_ref(&subkey.fingerprint));
         assert_eq!(r.origin.as_deref(), Some("Cairn Test"));
         assert_eq!(r.suite.as_deref(), Some("stable"));
         assert_eq!(r.version.as_deref(), Some("1.0"));

@@ -405,3 +405,410 @@ pub fn choose_mirror(entries: &[SourceEntry], suite: &str) -> Option<MirrorChoic
         security: find(entries, |s| security_suites.iter().any(|w| w == s)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This machine's /etc/apt/sources.list.d/debian.sources, host replaced.
+    const MACHINE: &str = "\
+Types: deb
+# http://snapshot.example/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+# http://snapshot.example/archive/debian-security/20250520T000000Z
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+";
+
+    fn entry(types: &[&str], uris: &[&str], suites: &[&str], enabled: bool) -> SourceEntry {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect();
+        SourceEntry {
+            types: v(types),
+            uris: v(uris),
+            suites: v(suites),
+            components: vec!["main".into()],
+            architectures: vec![],
+            enabled,
+            signed_by: None,
+            file: "test.sources".into(),
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn machine_layout() {
+        let es = parse_deb822_sources("debian.sources", MACHINE).unwrap();
+        assert_eq!(es.len(), 2);
+        assert_eq!(es[0].types, ["deb"]);
+        assert_eq!(es[0].uris, ["http://mirror.example/debian"]);
+        assert_eq!(es[0].suites, ["bookworm", "bookworm-updates"]);
+        assert_eq!(es[0].components, ["main"]);
+        assert!(es[0].enabled);
+        assert_eq!(
+            es[0].signed_by.as_deref(),
+            Some("/usr/share/keyrings/debian-archive-keyring.gpg")
+        );
+        assert_eq!((es[0].file.as_str(), es[0].line), ("debian.sources", 1));
+        assert_eq!(es[1].line, 8);
+        assert_eq!(
+            choose_mirror(&es, "bookworm"),
+            Some(MirrorChoice {
+                main: "http://mirror.example/debian".into(),
+                updates: Some((
+                    "http://mirror.example/debian".into(),
+                    "bookworm-updates".into()
+                )),
+                security: Some((
+                    "http://mirror.example/debian-security".into(),
+                    "bookworm-security".into()
+                )),
+            })
+        );
+        assert_eq!(choose_mirror(&es, "trixie"), None);
+    }
+
+    #[test]
+    fn deb822_fields_multiple_values_and_disabled_stanzas() {
+        let text = "\
+# A comment before the first stanza
+X-Repolib-Name: ignored, as apt ignores unknown fields
+Types: deb deb-src
+URIs: mirror+file:/etc/apt/mirrors.txt https://mirror.example/debian/
+Suites: trixie
+ trixie-updates
+Components: main contrib
+Architectures: amd64 arm64
+Enabled: yes
+Signed-By:
+ -----BEGIN PGP PUBLIC KEY BLOCK-----
+ .
+ mDMEZ...
+ -----END PGP PUBLIC KEY BLOCK-----
+
+Types: deb
+URIs: http://old.example/debian
+Enabled: no
+
+Types: deb
+URIs: http://flat.example/repo
+Suites: ./
+";
+        let es = parse_deb822_sources("x.sources", text).unwrap();
+        assert_eq!(es.len(), 3);
+        let a = &es[0];
+        assert_eq!(a.line, 2);
+        assert_eq!(a.types, ["deb", "deb-src"]);
+        assert_eq!(a.uris.len(), 2);
+        assert_eq!(a.suites, ["trixie", "trixie-updates"]);
+        assert_eq!(a.components, ["main", "contrib"]);
+        assert_eq!(a.architectures, ["amd64", "arm64"]);
+        let key = a.signed_by.as_deref().unwrap();
+        assert!(
+            key.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ"),
+            "{key:?}"
+        );
+        // Disabled: kept, not validated (no Suites), not chosen.
+        assert!(!es[1].enabled);
+        assert!(es[1].suites.is_empty());
+        assert_eq!(es[1].line, 16);
+        assert!(es[2].components.is_empty() && es[2].suites == ["./"]);
+
+        let m = choose_mirror(&es, "trixie").unwrap();
+        // mirror+file: is skipped; the https URI loses its trailing slash.
+        assert_eq!(m.main, "https://mirror.example/debian");
+        assert_eq!(
+            m.updates,
+            Some((
+                "https://mirror.example/debian".into(),
+                "trixie-updates".into()
+            ))
+        );
+        assert_eq!(m.security, None);
+    }
+
+    fn deb822_err(text: &str) -> SourcesError {
+        parse_deb822_sources("e.sources", text).unwrap_err()
+    }
+
+    #[test]
+    fn deb822_errors_name_file_line_and_field() {
+        let e = deb822_err("Types: deb\nSuites: x\nComponents: main\n\nTypes: deb\nSuites: y\n");
+        assert!(
+            matches!(&e, SourcesError::MissingField { file, line: 1, field } if file == "e.sources" && field == "URIs"),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), "e.sources:1: missing field URIs");
+        let e = deb822_err("\n\nTypes: deb\nURIs: http://m.example/d\nSuites: x\n");
+        assert!(
+            matches!(&e, SourcesError::MissingField { line: 3, field, .. } if field == "Components"),
+            "{e}"
+        );
+        let e = deb822_err("Types: rpm\nURIs: u\nSuites: x\nComponents: c\n");
+        assert!(
+            matches!(&e, SourcesError::InvalidField { line: 1, field, .. } if field == "Types"),
+            "{e}"
+        );
+        let e = deb822_err("Types: deb\nURIs: u\nSuites: x\nComponents: c\nEnabled: maybe\n");
+        assert!(
+            matches!(&e, SourcesError::InvalidField { line: 5, field, .. } if field == "Enabled"),
+            "{e}"
+        );
+        let e = deb822_err("Types: deb\nURIs: u\nSuites: ./\nComponents: c\n");
+        assert!(
+            matches!(&e, SourcesError::InvalidField { line: 4, field, .. } if field == "Components"),
+            "{e}"
+        );
+        let e = deb822_err("Types: deb\nURIs: u\nSuites: ./ x\nComponents: c\n");
+        assert!(
+            matches!(&e, SourcesError::InvalidField { line: 3, field, .. } if field == "Suites"),
+            "{e}"
+        );
+        let e = deb822_err("Types: deb\nthis is not a field\n");
+        assert!(matches!(&e, SourcesError::Syntax { line: 2, .. }), "{e}");
+        assert!(e.to_string().starts_with("e.sources:2: "));
+        // A disabled stanza is not validated.
+        let disabled = parse_deb822_sources("d", "Types: rpm\nEnabled: no\n").unwrap();
+        assert!(!disabled[0].enabled);
+    }
+
+    #[test]
+    fn one_line_format() {
+        let text = "\
+# deb cdrom:[Debian GNU/Linux 12]/ bookworm main
+deb [arch=amd64,arm64 signed-by=/usr/share/keyrings/k.gpg] http://mirror.example/debian bookworm main contrib # trailing comment
+deb-src http://mirror.example/debian bookworm main
+
+deb [ arch=amd64 arch+=i386 arch-=amd64 trusted=yes ] https://mirror.example/debian-security bookworm-security main
+deb file:/srv/repo ./
+\tdeb http://mirror.example/debian bookworm-updates main
+";
+        let es = parse_one_line_list("sources.list", text).unwrap();
+        assert_eq!(es.len(), 5);
+        let a = &es[0];
+        assert_eq!(a.line, 2);
+        assert_eq!(a.types, ["deb"]);
+        assert_eq!(a.uris, ["http://mirror.example/debian"]);
+        assert_eq!(a.suites, ["bookworm"]);
+        assert_eq!(a.components, ["main", "contrib"]);
+        assert_eq!(a.architectures, ["amd64", "arm64"]);
+        assert_eq!(a.signed_by.as_deref(), Some("/usr/share/keyrings/k.gpg"));
+        assert!(a.enabled);
+        assert_eq!((es[1].types[0].as_str(), es[1].line), ("deb-src", 3));
+        assert_eq!(es[2].architectures, ["i386"]);
+        assert_eq!(es[2].line, 5);
+        assert_eq!(es[3].suites, ["./"]);
+        assert!(es[3].components.is_empty());
+        assert_eq!(es[4].line, 7);
+
+        let m = choose_mirror(&es, "bookworm").unwrap();
+        assert_eq!(m.main, "http://mirror.example/debian");
+        assert_eq!(
+            m.security,
+            Some((
+                "https://mirror.example/debian-security".into(),
+                "bookworm-security".into()
+            ))
+        );
+        assert_eq!(m.updates.unwrap().1, "bookworm-updates");
+    }
+
+    #[test]
+    fn one_line_errors() {
+        let err = |t: &str| parse_one_line_list("l.list", t).unwrap_err();
+        for (text, line, needle) in [
+            ("\nrpm http://m.example/x y z\n", 2, "not known"),
+            ("deb http://m.example/x\n", 1, "URI SUITE"),
+            (
+                "deb [arch=amd64 http://m.example/x bookworm main\n",
+                1,
+                "unterminated",
+            ),
+            (
+                "deb [arch] http://m.example/x bookworm main\n",
+                1,
+                "key=value",
+            ),
+            ("deb http://m.example/x bookworm\n", 1, "no components"),
+            ("deb http://m.example/x ./ main\n", 1, "exact path"),
+        ] {
+            let e = err(text);
+            assert!(
+                matches!(&e, SourcesError::Syntax { file, line: l, message }
+                    if file == "l.list" && *l == line && message.contains(needle)),
+                "{text:?}: {e}"
+            );
+        }
+        let e = err("deb [signed-by=] http://m.example/x b main\n");
+        assert!(matches!(&e, SourcesError::InvalidField { field, .. } if field == "signed-by"));
+    }
+
+    #[test]
+    fn choose_mirror_rules() {
+        let only_security = parse_deb822_sources(
+            "security.sources",
+            "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n",
+        )
+        .unwrap();
+        assert_eq!(choose_mirror(&only_security, "bookworm"), None);
+
+        let es = vec![
+            entry(
+                &["deb"],
+                &["http://disabled.example/d"],
+                &["bookworm"],
+                false,
+            ),
+            entry(&["deb-src"], &["http://src.example/d"], &["bookworm"], true),
+            entry(
+                &["deb"],
+                &["cdrom:[Debian]/", "file:/media"],
+                &["bookworm"],
+                true,
+            ),
+            entry(
+                &["deb"],
+                &["http://old.example/sec/"],
+                &["bookworm/updates"],
+                true,
+            ),
+            entry(
+                &["deb"],
+                &["HTTPS://main.example/debian"],
+                &["bookworm"],
+                true,
+            ),
+            entry(
+                &["deb"],
+                &["http://second.example/debian"],
+                &["bookworm"],
+                true,
+            ),
+            entry(
+                &["deb"],
+                &["http://new.example/sec"],
+                &["bookworm-security"],
+                true,
+            ),
+        ];
+        let m = choose_mirror(&es, "bookworm").unwrap();
+        assert_eq!(m.main, "HTTPS://main.example/debian");
+        assert_eq!(m.updates, None);
+        // The first entry in list order wins, old `/updates` form included.
+        assert_eq!(
+            m.security,
+            Some(("http://old.example/sec".into(), "bookworm/updates".into()))
+        );
+        // Only a non-http main: nothing usable.
+        assert_eq!(choose_mirror(&es[..3], "bookworm"), None);
+    }
+
+    /// A scratch root under the system temp dir, removed on drop.
+    struct Root(PathBuf);
+
+    impl Root {
+        fn new(name: &str) -> Root {
+            let p =
+                std::env::temp_dir().join(format!("cairn-sources-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            Root(p)
+        }
+
+        fn write(&self, rel: &str, text: &str) {
+            let p = self.0.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+    }
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn read_system_sources_like_apt() {
+        let root = Root::new("system");
+        let d = "etc/apt/sources.list.d";
+        root.write(
+            "etc/apt/sources.list",
+            "# main list\ndeb http://one.example/debian bookworm main\n",
+        );
+        root.write(&format!("{d}/b.sources"), MACHINE);
+        root.write(
+            &format!("{d}/a.list"),
+            "deb http://two.example/debian bookworm main\n",
+        );
+        // Names apt skips: other extensions, backups, invalid characters.
+        let bad = "deb http://never.example/d bookworm main\n";
+        root.write(&format!("{d}/google-cloud-sdk.list.disabled-by-farm"), bad);
+        root.write(
+            &format!("{d}/nodesource.sources.disabled-by-farm"),
+            "garbage",
+        );
+        root.write(&format!("{d}/backup.list~"), bad);
+        root.write(&format!("{d}/with space.list"), bad);
+        root.write(&format!("{d}/notes.txt"), bad);
+        fs::create_dir_all(root.0.join(format!("{d}/dir.list"))).unwrap();
+
+        let es = read_system_sources(&root.0).unwrap();
+        let summary: Vec<(String, String, usize)> = es
+            .iter()
+            .map(|e| {
+                let file = Path::new(&e.file).file_name().unwrap().to_str().unwrap();
+                (file.to_string(), e.uris[0].clone(), e.line)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("sources.list".into(), "http://one.example/debian".into(), 2),
+                ("a.list".into(), "http://two.example/debian".into(), 1),
+                ("b.sources".into(), "http://mirror.example/debian".into(), 1),
+                (
+                    "b.sources".into(),
+                    "http://mirror.example/debian-security".into(),
+                    8
+                ),
+            ]
+        );
+        assert!(es[0].file.starts_with(root.0.to_str().unwrap()));
+        let m = choose_mirror(&es, "bookworm").unwrap();
+        assert_eq!(m.main, "http://one.example/debian");
+        assert_eq!(
+            m.security.unwrap().0,
+            "http://mirror.example/debian-security"
+        );
+
+        // Errors name the file.
+        root.write(&format!("{d}/c.list"), "deb http://x.example/d\n");
+        let e = read_system_sources(&root.0).unwrap_err();
+        assert!(e.to_string().ends_with("c.list:1: expected `deb [options] URI SUITE [COMPONENT...]`, found \"deb http://x.example/d\""), "{e}");
+    }
+
+    #[test]
+    fn read_system_sources_empty_root() {
+        let root = Root::new("empty");
+        assert!(read_system_sources(&root.0).unwrap().is_empty());
+        root.write(
+            "etc/apt/sources.list.d/only.sources",
+            "Types: deb\nURIs: http://m.example/d\nSuites: s\nComponents: main\n",
+        );
+        assert_eq!(read_system_sources(&root.0).unwrap().len(), 1);
+        root.write("etc/apt/sources.list.d/bin.list", "");
+        fs::write(root.0.join("etc/apt/sources.list.d/bin.list"), [0xff, 0xfe]).unwrap();
+        let e = read_system_sources(&root.0).unwrap_err();
+        assert!(
+            matches!(&e, SourcesError::Io { path, .. } if path.ends_with("bin.list")),
+            "{e}"
+        );
+    }
+}
