@@ -110,7 +110,11 @@ pub fn initramfs_cpio(tree: &Tree, kernel: &Kernel, def: &Definition, mtime: u32
     }
     for f in layout::MKE2FS_FILES {
         let data = file_of(tree, f.path).with_context(|| format!("from package {}", f.package))?;
-        let mode = if f.path.ends_with("mke2fs") { 0o755 } else { 0o644 };
+        // keep the packaged mode: the dynamic loader must stay executable
+        let mode = tree
+            .resolve(f.path)
+            .and_then(|p| tree.get(&p))
+            .map_or(0o755, |e| e.mode);
         w.add_file(f.path, mode, 0, 0, data)?;
     }
     if let Some(conf) = tree.read("etc/mke2fs.conf") {
@@ -142,7 +146,9 @@ pub fn pxe_initramfs(initrd: &[u8], rootfs: &Path, mtime: u32) -> Result<Vec<u8>
 /// named last so that it is `/dev/console`: systemd's status output and
 /// the `/init` messages reach the serial log the tests read.
 pub fn cmdline(def: &Definition, slot: char) -> String {
-    let mut c = format!("cairn.slot={slot} console=tty0 console=ttyS0,115200 panic=10");
+    // systemd.gpt_auto=0: /init mounts the ESP and the state itself; the
+    // generator's automounts would only collide with those mounts.
+    let mut c = format!("cairn.slot={slot} console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0");
     if let Some(extra) = def.cmdline.as_deref().filter(|s| !s.trim().is_empty()) {
         c.push(' ');
         c.push_str(extra.trim());

@@ -185,32 +185,6 @@ fn load_archive(
     Ok(rel)
 }
 
-/// Parse `Sat, 11 Jul 2026 10:16:37 UTC` into seconds since the epoch.
-pub fn parse_release_date(s: &str) -> Option<u64> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let (day, mon, year, time) = match parts.as_slice() {
-        [_, d, m, y, t, ..] => (d, m, y, t),
-        _ => return None,
-    };
-    let day: u64 = day.parse().ok()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| m == mon)? as u64
-        + 1;
-    let year: i64 = year.parse().ok()?;
-    let hms: Vec<u64> = time.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    let [h, mi, se] = hms[..] else { return None };
-    // days from civil (Howard Hinnant's algorithm)
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp as i64 + 2) / 5 + day as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(days as u64 * 86400 + h * 3600 + mi * 60 + se)
-}
-
 /// Resolve `def` against the archives and produce a lock.
 pub fn resolve_lock(def: &Definition, mirrors: &Mirrors, keys_dir: &Path, cache: &Cache) -> Result<Lock> {
     let keyring = load_keyring(keys_dir)?;
@@ -219,8 +193,8 @@ pub fn resolve_lock(def: &Definition, mirrors: &Mirrors, keys_dir: &Path, cache:
     let mut epoch = 0;
     for (origin, a) in mirrors.archives.iter().enumerate() {
         let rel = load_archive(&agent, cache, &keyring, a, &def.components, &def.architecture, origin, &mut index)?;
-        if let Some(d) = rel.date.as_deref().and_then(parse_release_date) {
-            epoch = epoch.max(d);
+        if let Some(d) = rel.date_time().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+            epoch = epoch.max(d.as_secs());
         }
     }
     let wanted_by = "the definition's packages".to_string();
@@ -269,14 +243,6 @@ pub fn resolve_lock(def: &Definition, mirrors: &Mirrors, keys_dir: &Path, cache:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn release_dates() {
-        assert_eq!(parse_release_date("Thu, 01 Jan 1970 00:00:00 UTC"), Some(0));
-        assert_eq!(parse_release_date("Sat, 11 Jul 2026 10:16:37 UTC"), Some(1_783_764_997));
-        assert_eq!(parse_release_date("Sat, 29 Feb 2020 23:59:59 UTC"), Some(1_583_020_799));
-        assert_eq!(parse_release_date("garbage"), None);
-    }
 
     fn def() -> Definition {
         crate::definition::parse("t.yaml", "name: t\nversion: 1\nsuite: bookworm\nkernel: k\n").unwrap()

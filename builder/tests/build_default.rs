@@ -111,7 +111,7 @@ fn default_image_builds_reproducibly_and_holds_a_cluster_node() {
     // --- what is in the tree
     let image = out1.join("rootfs.squashfs");
     let img = read_image(&image);
-    for p in ["/usr/lib/systemd/systemd", "/usr/bin/dockerd", "/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/sbin/sshd", "/usr/bin/sudo"] {
+    for p in ["/usr/lib/systemd/systemd", "/usr/sbin/dockerd", "/usr/bin/docker", "/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/sbin/sshd", "/usr/bin/sudo"] {
         assert!(matches!(img.get(p).map(|n| &n.kind), Some(Kind::File(_))), "{p} missing");
     }
     assert!(matches!(img.get("/bin").map(|n| &n.kind), Some(Kind::Link(t)) if t == "usr/bin"));
