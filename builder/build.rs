@@ -14,7 +14,9 @@ use std::process::Command;
 /// depends on.
 fn hash_tree(h: &mut u64, path: &Path) {
     if path.is_dir() {
-        let Ok(rd) = std::fs::read_dir(path) else { return };
+        let Ok(rd) = std::fs::read_dir(path) else {
+            return;
+        };
         let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for p in paths {
@@ -32,15 +34,34 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    println!("cargo:rerun-if-changed={}", root.join("initrd/src").display());
-    println!("cargo:rerun-if-changed={}", root.join("initrd/Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("initrd/src").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("initrd/Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
     let target = "x86_64-unknown-linux-gnu";
     let target_dir = out.join("init-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--offline", "--release", "-p", "cairn-initrd", "--bin", "init", "--target", target])
+        .args([
+            "build",
+            "--offline",
+            "--release",
+            "-p",
+            "cairn-initrd",
+            "--bin",
+            "init",
+            "--target",
+            target,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env(
@@ -54,7 +75,10 @@ fn main() {
         .env_remove("CARGO_TARGET_DIR")
         .status()
         .expect("running cargo to build the static /init");
-    assert!(status.success(), "building the static /init (cairn-initrd) failed");
+    assert!(
+        status.success(),
+        "building the static /init (cairn-initrd) failed"
+    );
     let init = target_dir.join(target).join("release/init");
     assert!(init.exists(), "{} was not built", init.display());
     println!("cargo:rustc-env=CAIRN_INIT_PATH={}", init.display());

@@ -58,7 +58,9 @@ pub fn take_kernel(tree: &mut Tree) -> Result<Kernel> {
 }
 
 /// The directories `/init` mounts on, which the image must provide.
-pub const MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "run", "var", "home", "root", "etc", "efi", "tmp"];
+pub const MOUNT_POINTS: &[&str] = &[
+    "proc", "sys", "dev", "run", "var", "home", "root", "etc", "efi", "tmp",
+];
 
 /// Create the mount points `/init` and systemd need (root-owned; `/root`
 /// 0700, `/tmp` 1777).
@@ -78,35 +80,67 @@ pub fn ensure_mount_points(tree: &mut Tree) -> Result<()> {
 }
 
 fn file_of<'a>(tree: &'a Tree, path: &str) -> Result<&'a [u8]> {
-    tree.read(path)
-        .with_context(|| format!("/{path} is missing from the image tree (needed in the initramfs)"))
+    tree.read(path).with_context(|| {
+        format!("/{path} is missing from the image tree (needed in the initramfs)")
+    })
 }
 
 /// The initramfs as a plain (uncompressed) cpio archive.
-pub fn initramfs_cpio(tree: &Tree, kernel: &Kernel, def: &Definition, mtime: u32) -> Result<Vec<u8>> {
+pub fn initramfs_cpio(
+    tree: &Tree,
+    kernel: &Kernel,
+    def: &Definition,
+    mtime: u32,
+) -> Result<Vec<u8>> {
     let mut w = CpioWriter::new(Vec::new(), mtime);
     layout::add_skeleton(&mut w, INIT_BINARY).context("writing the initramfs skeleton")?;
     let kdir = format!("usr/lib/modules/{}", kernel.release);
     let dep = tree
         .read_text(&format!("{kdir}/modules.dep"))
-        .with_context(|| format!("/{kdir}/modules.dep is missing (made by the kernel-modules fixup)"))?;
-    let builtin = tree.read_text(&format!("{kdir}/modules.builtin")).unwrap_or_default();
+        .with_context(|| {
+            format!("/{kdir}/modules.dep is missing (made by the kernel-modules fixup)")
+        })?;
+    let builtin = tree
+        .read_text(&format!("{kdir}/modules.builtin"))
+        .unwrap_or_default();
     let wanted: Vec<&str> = modules::DEFAULT_MODULES
         .iter()
         .copied()
         .chain(def.initrd.modules.iter().map(String::as_str))
         .collect();
-    let closure = modules::closure_with_builtin(&dep, &builtin, &wanted)
-        .with_context(|| format!("computing the initramfs module closure of kernel {}", kernel.release))?;
+    let closure = modules::closure_with_builtin(&dep, &builtin, &wanted).with_context(|| {
+        format!(
+            "computing the initramfs module closure of kernel {}",
+            kernel.release
+        )
+    })?;
     let idir = layout::modules_dir(&kernel.release);
     for m in &closure {
         let data = file_of(tree, &format!("{kdir}/{m}"))?;
         w.add_file(&format!("{idir}/{m}"), 0o644, 0, 0, data)?;
     }
-    w.add_file(&format!("{idir}/{}", modules::MODULES_ORDER_FILE), 0o644, 0, 0, modules::order_file(&closure).as_bytes())?;
-    w.add_file(&format!("{idir}/modules.dep"), 0o644, 0, 0, modules::filter_dep(&dep, &closure).as_bytes())?;
+    w.add_file(
+        &format!("{idir}/{}", modules::MODULES_ORDER_FILE),
+        0o644,
+        0,
+        0,
+        modules::order_file(&closure).as_bytes(),
+    )?;
+    w.add_file(
+        &format!("{idir}/modules.dep"),
+        0o644,
+        0,
+        0,
+        modules::filter_dep(&dep, &closure).as_bytes(),
+    )?;
     if let Some(alias) = tree.read_text(&format!("{kdir}/modules.alias")) {
-        w.add_file(&format!("{idir}/modules.alias"), 0o644, 0, 0, modules::filter_alias(&alias, &closure).as_bytes())?;
+        w.add_file(
+            &format!("{idir}/modules.alias"),
+            0o644,
+            0,
+            0,
+            modules::filter_alias(&alias, &closure).as_bytes(),
+        )?;
     }
     for f in layout::MKE2FS_FILES {
         let data = file_of(tree, f.path).with_context(|| format!("from package {}", f.package))?;
@@ -148,7 +182,8 @@ pub fn pxe_initramfs(initrd: &[u8], rootfs: &Path, mtime: u32) -> Result<Vec<u8>
 pub fn cmdline(def: &Definition, slot: char) -> String {
     // systemd.gpt_auto=0: /init mounts the ESP and the state itself; the
     // generator's automounts would only collide with those mounts.
-    let mut c = format!("cairn.slot={slot} console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0");
+    let mut c =
+        format!("cairn.slot={slot} console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0");
     if let Some(extra) = def.cmdline.as_deref().filter(|s| !s.trim().is_empty()) {
         c.push(' ');
         c.push_str(extra.trim());
@@ -173,7 +208,9 @@ pub fn write_disk(
             Node::File(d) => d.clone(),
             _ => bail!("/{SYSTEMD_BOOT_EFI} is not a file"),
         },
-        None => bail!("/{SYSTEMD_BOOT_EFI} is missing: add the systemd-boot package to the definition"),
+        None => {
+            bail!("/{SYSTEMD_BOOT_EFI} is missing: add the systemd-boot package to the definition")
+        }
     };
     let v = &def.version;
     let entry = BootEntry {
@@ -196,9 +233,18 @@ pub fn write_disk(
     spec.mtime = mtime;
     spec.slot_a = Some(rootfs);
     spec.esp_files = vec![
-        ("EFI/BOOT/BOOTX64.EFI".into(), EspSource::from(boot.as_slice())),
-        ("EFI/systemd/systemd-bootx64.efi".into(), EspSource::from(boot.as_slice())),
-        ("loader/loader.conf".into(), EspSource::from(cairn_disk::loader_conf())),
+        (
+            "EFI/BOOT/BOOTX64.EFI".into(),
+            EspSource::from(boot.as_slice()),
+        ),
+        (
+            "EFI/systemd/systemd-bootx64.efi".into(),
+            EspSource::from(boot.as_slice()),
+        ),
+        (
+            "loader/loader.conf".into(),
+            EspSource::from(cairn_disk::loader_conf()),
+        ),
         (
             format!("loader/entries/{}", cairn_disk::entry_file_name(v, None)),
             EspSource::from(cairn_disk::bls_entry(&entry)),

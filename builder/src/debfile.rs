@@ -46,10 +46,7 @@ pub enum DebError {
     #[error("{package}: {member}: unsupported compression (expected .xz, .zst, .gz or none)")]
     Compression { package: String, member: String },
     #[error("{package}: {source}")]
-    Tree {
-        package: String,
-        source: TreeError,
-    },
+    Tree { package: String, source: TreeError },
 }
 
 /// The members of a `.deb`, decompressed.
@@ -137,7 +134,10 @@ pub fn read_members(package: &str, deb: &[u8]) -> Result<DebMembers, DebError> {
 }
 
 /// Read the control archive: the `control` paragraph and every other member.
-pub fn read_control(package: &str, control_tar: &[u8]) -> Result<BTreeMap<String, String>, DebError> {
+pub fn read_control(
+    package: &str,
+    control_tar: &[u8],
+) -> Result<BTreeMap<String, String>, DebError> {
     let mut out = BTreeMap::new();
     let mut tar = tar::Archive::new(Cursor::new(control_tar));
     let io = |source| DebError::Io {
@@ -160,7 +160,11 @@ pub fn read_control(package: &str, control_tar: &[u8]) -> Result<BTreeMap<String
 }
 
 /// Unpack a data archive into `tree`. Returns the canonical paths written.
-pub fn unpack_data(package: &str, data_tar: &[u8], tree: &mut Tree) -> Result<Vec<String>, DebError> {
+pub fn unpack_data(
+    package: &str,
+    data_tar: &[u8],
+    tree: &mut Tree,
+) -> Result<Vec<String>, DebError> {
     let origin: Arc<str> = Arc::from(package);
     let io = |source| DebError::Io {
         package: package.to_string(),
@@ -251,13 +255,21 @@ pub fn unpack_data(package: &str, data_tar: &[u8], tree: &mut Tree) -> Result<Ve
 pub fn install(package: &str, deb: &[u8], tree: &mut Tree) -> Result<InstalledPackage, DebError> {
     let members = read_members(package, deb)?;
     let mut control_files = read_control(package, &members.control_tar)?;
-    let control = control_files.remove("control").ok_or_else(|| DebError::Format {
-        package: package.to_string(),
-        reason: "control.tar has no control file".into(),
-    })?;
+    let control = control_files
+        .remove("control")
+        .ok_or_else(|| DebError::Format {
+            package: package.to_string(),
+            reason: "control.tar has no control file".into(),
+        })?;
     let para = cairn_debian::deb822::parse(&control)
         .ok()
-        .and_then(|mut v| if v.is_empty() { None } else { Some(v.remove(0)) })
+        .and_then(|mut v| {
+            if v.is_empty() {
+                None
+            } else {
+                Some(v.remove(0))
+            }
+        })
         .ok_or_else(|| DebError::Format {
             package: package.to_string(),
             reason: "unreadable control paragraph".into(),
@@ -348,8 +360,7 @@ pub mod testing {
             }
             "zst" => ("data.tar.zst", zstd::encode_all(&dtar[..], 1).unwrap()),
             "gz" => {
-                let mut e =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 e.write_all(&dtar).unwrap();
                 ("data.tar.gz", e.finish().unwrap())
             }
@@ -378,7 +389,10 @@ mod tests {
     fn sample(compression: &str) -> Vec<u8> {
         make_deb(
             "hello",
-            &[("postinst", "#!/bin/sh\nupdate-alternatives --install /usr/bin/x x /usr/bin/y 10\n")],
+            &[(
+                "postinst",
+                "#!/bin/sh\nupdate-alternatives --install /usr/bin/x x /usr/bin/y 10\n",
+            )],
             &[
                 Item::Dir("./", 0o755),
                 Item::Dir("./bin/", 0o755),
@@ -409,13 +423,21 @@ mod tests {
             assert_eq!(t.read("usr/bin/hi").unwrap(), b"#!/bin/sh\necho hi\n");
             assert_eq!(&*t.get("usr/bin/hello").unwrap().origin, "hello");
             // hard link shares content
-            match (&t.get("usr/share/hello/data").unwrap().node, &t.get("usr/share/hello/data2").unwrap().node) {
+            match (
+                &t.get("usr/share/hello/data").unwrap().node,
+                &t.get("usr/share/hello/data2").unwrap().node,
+            ) {
                 (Node::File(a), Node::File(b)) => assert!(Arc::ptr_eq(a, b)),
                 other => panic!("{other:?}"),
             }
             assert_eq!(
                 p.files,
-                ["usr/bin/hello", "usr/share/hello/data", "usr/share/hello/data2", "usr/bin/hi"]
+                [
+                    "usr/bin/hello",
+                    "usr/share/hello/data",
+                    "usr/share/hello/data2",
+                    "usr/bin/hi"
+                ]
             );
         }
     }

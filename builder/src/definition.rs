@@ -183,9 +183,7 @@ pub struct Size(pub u64);
 impl Size {
     pub fn parse(s: &str) -> Result<Size, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: u64 = num
             .parse()
@@ -229,7 +227,12 @@ impl<'de> Deserialize<'de> for Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        for (unit, m) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        for (unit, m) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
             if n >= m && n % m == 0 {
                 return write!(f, "{}{unit}", n / m);
             }
@@ -342,7 +345,13 @@ pub fn parse(path: &str, text: &str) -> Result<Definition, DefinitionError> {
     Ok(def)
 }
 
-fn invalid(path: &str, text: &str, key: &str, value: Option<&str>, message: String) -> DefinitionError {
+fn invalid(
+    path: &str,
+    text: &str,
+    key: &str,
+    value: Option<&str>,
+    message: String,
+) -> DefinitionError {
     let leaf = key.rsplit('.').next().unwrap_or(key);
     let leaf = leaf.split('[').next().unwrap_or(leaf);
     DefinitionError::Invalid {
@@ -362,7 +371,16 @@ fn is_name(s: &str) -> bool {
 
 fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionError> {
     if !is_name(&d.name) {
-        return Err(invalid(path, text, "name", None, format!("{:?} is not a valid image name: expected lowercase letters, digits and '-'", d.name)));
+        return Err(invalid(
+            path,
+            text,
+            "name",
+            None,
+            format!(
+                "{:?} is not a valid image name: expected lowercase letters, digits and '-'",
+                d.name
+            ),
+        ));
     }
     if d.version.is_empty()
         || !d
@@ -370,14 +388,35 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ".-_~^+".contains(c))
     {
-        return Err(invalid(path, text, "version", None, format!("{:?} is not a valid version: expected letters, digits and . - _ ~ ^ +", d.version)));
+        return Err(invalid(
+            path,
+            text,
+            "version",
+            None,
+            format!(
+                "{:?} is not a valid version: expected letters, digits and . - _ ~ ^ +",
+                d.version
+            ),
+        ));
     }
     if d.architecture != "amd64" {
-        return Err(invalid(path, text, "architecture", None, format!("{:?} is not supported: expected amd64", d.architecture)));
+        return Err(invalid(
+            path,
+            text,
+            "architecture",
+            None,
+            format!("{:?} is not supported: expected amd64", d.architecture),
+        ));
     }
     for m in [&d.mirror, &d.security_mirror].into_iter().flatten() {
         if !(m.starts_with("http://") || m.starts_with("https://")) {
-            return Err(invalid(path, text, "mirror", None, format!("{m:?} is not an http:// or https:// URL")));
+            return Err(invalid(
+                path,
+                text,
+                "mirror",
+                None,
+                format!("{m:?} is not an http:// or https:// URL"),
+            ));
         }
     }
     for (i, p) in d.packages.iter().enumerate() {
@@ -386,22 +425,50 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
         {
-            return Err(invalid(path, text, &format!("packages[{i}]"), Some(p), format!("{p:?} is not a Debian package name")));
+            return Err(invalid(
+                path,
+                text,
+                &format!("packages[{i}]"),
+                Some(p),
+                format!("{p:?} is not a Debian package name"),
+            ));
         }
     }
     for (i, p) in d.drop.iter().enumerate() {
         if !p.starts_with('/') {
-            return Err(invalid(path, text, &format!("drop[{i}]"), Some(p), format!("{p:?} must be an absolute path pattern")));
+            return Err(invalid(
+                path,
+                text,
+                &format!("drop[{i}]"),
+                Some(p),
+                format!("{p:?} must be an absolute path pattern"),
+            ));
         }
         if let Err(e) = globset::Glob::new(p) {
-            return Err(invalid(path, text, &format!("drop[{i}]"), Some(p), format!("{p:?} is not a valid glob: {e}")));
+            return Err(invalid(
+                path,
+                text,
+                &format!("drop[{i}]"),
+                Some(p),
+                format!("{p:?} is not a valid glob: {e}"),
+            ));
         }
     }
     for list in [&d.units.enable, &d.units.disable, &d.units.mask] {
         for u in list {
-            let ok = [".service", ".socket", ".timer", ".target", ".path", ".mount", ".automount", ".swap", ".slice"]
-                .iter()
-                .any(|s| u.ends_with(s));
+            let ok = [
+                ".service",
+                ".socket",
+                ".timer",
+                ".target",
+                ".path",
+                ".mount",
+                ".automount",
+                ".swap",
+                ".slice",
+            ]
+            .iter()
+            .any(|s| u.ends_with(s));
             if !ok {
                 return Err(invalid(path, text, "units", Some(u), format!("{u:?} is not a unit name: expected a suffix such as .service, .socket, .timer or .target")));
             }
@@ -410,22 +477,59 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
     let mut names = std::collections::HashSet::new();
     for (i, u) in d.users.iter().enumerate() {
         if !names.insert(&u.name) {
-            return Err(invalid(path, text, &format!("users[{i}].name"), Some(&u.name), format!("user {:?} is defined twice", u.name)));
+            return Err(invalid(
+                path,
+                text,
+                &format!("users[{i}].name"),
+                Some(&u.name),
+                format!("user {:?} is defined twice", u.name),
+            ));
         }
         if u.uid == Some(0) {
-            return Err(invalid(path, text, &format!("users[{i}].uid"), None, "uid 0 is root's; pick another".into()));
+            return Err(invalid(
+                path,
+                text,
+                &format!("users[{i}].uid"),
+                None,
+                "uid 0 is root's; pick another".into(),
+            ));
         }
     }
     let min = 8 << 20;
     if d.disk.esp.0 < 64 << 20 {
-        return Err(invalid(path, text, "disk.esp", None, format!("{} is too small for a FAT32 ESP: expected at least 64MiB", d.disk.esp)));
+        return Err(invalid(
+            path,
+            text,
+            "disk.esp",
+            None,
+            format!(
+                "{} is too small for a FAT32 ESP: expected at least 64MiB",
+                d.disk.esp
+            ),
+        ));
     }
     if d.disk.slot.0 < min || d.disk.state.0 < min {
-        return Err(invalid(path, text, "disk", None, "slot and state must be at least 8MiB".into()));
+        return Err(invalid(
+            path,
+            text,
+            "disk",
+            None,
+            "slot and state must be at least 8MiB".into(),
+        ));
     }
     let need = d.disk.esp.0 + 2 * d.disk.slot.0 + d.disk.state.0 + (2 << 20);
     if d.disk.size.0 < need {
-        return Err(invalid(path, text, "disk.size", None, format!("{} cannot hold the ESP, two slots and the state partition: expected at least {}", d.disk.size, Size(need.div_ceil(1 << 20) << 20))));
+        return Err(invalid(
+            path,
+            text,
+            "disk.size",
+            None,
+            format!(
+                "{} cannot hold the ESP, two slots and the state partition: expected at least {}",
+                d.disk.size,
+                Size(need.div_ceil(1 << 20) << 20)
+            ),
+        ));
     }
     Ok(())
 }
@@ -514,7 +618,10 @@ mod tests {
         assert_eq!(Size(256 << 20).to_string(), "256MiB");
         let text = format!("{MIN}disk:\n  size: 4 parsecs\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
-        assert!(e.contains("x.yaml:6:") && e.contains("disk.size") && e.contains("parsecs"), "{e}");
+        assert!(
+            e.contains("x.yaml:6:") && e.contains("disk.size") && e.contains("parsecs"),
+            "{e}"
+        );
         let text = format!("{MIN}disk:\n  size: 1GiB\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
         assert!(e.contains("x.yaml:6: disk.size: 1GiB cannot hold"), "{e}");
@@ -527,11 +634,19 @@ mod tests {
         assert!(e.starts_with("x.yaml:7: packages[1]:"), "{e}");
         let text = format!("{MIN}units:\n  enable: [docker]\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
-        assert!(e.contains("x.yaml:6:") && e.contains("not a unit name"), "{e}");
+        assert!(
+            e.contains("x.yaml:6:") && e.contains("not a unit name"),
+            "{e}"
+        );
         let text = format!("{MIN}drop:\n  - usr/share/doc\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
-        assert!(e.contains("x.yaml:6: drop[0]") && e.contains("absolute"), "{e}");
-        let e = parse("x.yaml", &MIN.replace("name: t", "name: Bad")).unwrap_err().to_string();
+        assert!(
+            e.contains("x.yaml:6: drop[0]") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = parse("x.yaml", &MIN.replace("name: t", "name: Bad"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("x.yaml:1: name:"), "{e}");
     }
 

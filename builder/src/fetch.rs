@@ -24,7 +24,9 @@ pub enum FetchError {
     Status { url: String, status: u16 },
     #[error("{url}: {message}")]
     Network { url: String, message: String },
-    #[error("{label}: downloaded {url} has SHA-256 {actual}, expected {expected}; the file was deleted")]
+    #[error(
+        "{label}: downloaded {url} has SHA-256 {actual}, expected {expected}; the file was deleted"
+    )]
     HashMismatch {
         label: String,
         url: String,
@@ -215,11 +217,7 @@ pub fn fetch_one(
     let append = match status {
         206 if have > 0 => true,
         200 => false,
-        404 => {
-            return Err(FetchError::NotFound {
-                url: d.url.clone(),
-            })
-        }
+        404 => return Err(FetchError::NotFound { url: d.url.clone() }),
         status => {
             return Err(FetchError::Status {
                 url: d.url.clone(),
@@ -357,7 +355,12 @@ mod tests {
                             Some(n) => ("206 Partial Content", &body[n..]),
                             None => ("200 OK", &body[..]),
                         };
-                        write!(s, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+                        write!(
+                            s,
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .unwrap();
                         s.write_all(body).unwrap();
                     }
                     None => {
@@ -376,7 +379,10 @@ mod tests {
     #[test]
     fn fetches_verifies_caches_and_resumes() {
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let base = serve(vec![("/pool/a.deb", body.clone()), ("/pool/bad.deb", b"evil".to_vec())]);
+        let base = serve(vec![
+            ("/pool/a.deb", body.clone()),
+            ("/pool/bad.deb", b"evil".to_vec()),
+        ]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let d = Download {
@@ -392,7 +398,10 @@ mod tests {
         assert_eq!(fs::read(&got[0]).unwrap(), body);
         assert!(!cache.part_path(&d.sha256).exists());
         // warm cache: a second fetch needs no server
-        let offline = Download { url: "http://127.0.0.1:1/nowhere".into(), ..d.clone() };
+        let offline = Download {
+            url: "http://127.0.0.1:1/nowhere".into(),
+            ..d.clone()
+        };
         assert_eq!(fetch_all(&cache, &[offline], 1, &mp).unwrap()[0], got[0]);
 
         // wrong bytes from the mirror: refused and not kept
@@ -402,14 +411,17 @@ mod tests {
             size: 4,
             label: "bad".into(),
         };
-        let e = fetch_all(&cache, &[bad.clone()], 1, &mp).unwrap_err();
+        let e = fetch_all(&cache, std::slice::from_ref(&bad), 1, &mp).unwrap_err();
         assert!(matches!(e, FetchError::HashMismatch { .. }), "{e}");
         assert!(e.to_string().contains("bad: downloaded"), "{e}");
         assert!(!cache.blob_path(&bad.sha256).exists());
         assert!(!cache.part_path(&bad.sha256).exists());
 
         // missing on the mirror
-        let gone = Download { url: format!("{base}/pool/gone.deb"), ..bad };
+        let gone = Download {
+            url: format!("{base}/pool/gone.deb"),
+            ..bad
+        };
         let e = fetch_all(&cache, &[gone], 1, &mp).unwrap_err();
         assert!(matches!(e, FetchError::NotFound { .. }), "{e}");
     }

@@ -58,7 +58,9 @@ pub enum LockError {
         line: usize,
         message: String,
     },
-    #[error("{path}: lock format {found} is not supported (expected {FORMAT}); run with --update-lock")]
+    #[error(
+        "{path}: lock format {found} is not supported (expected {FORMAT}); run with --update-lock"
+    )]
     Format { path: String, found: u32 },
     #[error("{path} is stale: {what}; run with --update-lock to re-resolve")]
     Stale { path: String, what: String },
@@ -118,14 +120,36 @@ impl Lock {
         }
         let want = requested(def);
         if self.requested != want {
-            let added: Vec<_> = want.iter().filter(|w| !self.requested.contains(w)).collect();
-            let removed: Vec<_> = self.requested.iter().filter(|w| !want.contains(w)).collect();
-            let mut what = String::from("the definition's package list changed since it was written");
+            let added: Vec<_> = want
+                .iter()
+                .filter(|w| !self.requested.contains(w))
+                .collect();
+            let removed: Vec<_> = self
+                .requested
+                .iter()
+                .filter(|w| !want.contains(w))
+                .collect();
+            let mut what =
+                String::from("the definition's package list changed since it was written");
             if !added.is_empty() {
-                what += &format!(" (added: {})", added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+                what += &format!(
+                    " (added: {})",
+                    added
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             if !removed.is_empty() {
-                what += &format!(" (removed: {})", removed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+                what += &format!(
+                    " (removed: {})",
+                    removed
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             return Err(stale(what));
         }
@@ -152,7 +176,9 @@ mod tests {
     use super::*;
 
     fn def(pkgs: &[&str]) -> Definition {
-        let mut text = String::from("name: t\nversion: 1\nsuite: bookworm\nkernel: linux-image-amd64\npackages:\n");
+        let mut text = String::from(
+            "name: t\nversion: 1\nsuite: bookworm\nkernel: linux-image-amd64\npackages:\n",
+        );
         for p in pkgs {
             text += &format!("  - {p}\n");
         }
@@ -198,7 +224,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("images/t.lock is stale"), "{e}");
-        assert!(e.contains("added: sudo") && e.contains("removed: bash"), "{e}");
+        assert!(
+            e.contains("added: sudo") && e.contains("removed: bash"),
+            "{e}"
+        );
         assert!(e.contains("--update-lock"), "{e}");
     }
 

@@ -10,7 +10,11 @@ use indicatif::MultiProgress;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "cairn", version, about = "Build, serve and boot minimal immutable Linux images")]
+#[command(
+    name = "cairn",
+    version,
+    about = "Build, serve and boot minimal immutable Linux images"
+)]
 struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -89,7 +93,8 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     use anyhow::Context;
     let disk = if path.is_dir() {
         let m = path.join("manifest.json");
-        let text = std::fs::read_to_string(&m).with_context(|| format!("reading {}", m.display()))?;
+        let text =
+            std::fs::read_to_string(&m).with_context(|| format!("reading {}", m.display()))?;
         let man: cairn_builder::pipeline::Manifest =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", m.display()))?;
         println!(
@@ -109,7 +114,8 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     } else {
         path.to_path_buf()
     };
-    let info = cairn_disk::inspect(&disk).with_context(|| format!("inspecting {}", disk.display()))?;
+    let info =
+        cairn_disk::inspect(&disk).with_context(|| format!("inspecting {}", disk.display()))?;
     print!("{info}");
     Ok(())
 }
@@ -210,7 +216,9 @@ fn main() -> ExitCode {
         move || LogWriter(p.clone())
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+        )
         .with_writer(writer)
         .with_target(false)
         .init();

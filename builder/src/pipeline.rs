@@ -102,7 +102,10 @@ fn bar(mp: &MultiProgress, len: u64, prefix: &str) -> ProgressBar {
 
 fn spinner(mp: &MultiProgress, prefix: &str, msg: &str) -> ProgressBar {
     let b = mp.add(ProgressBar::new_spinner());
-    b.set_style(ProgressStyle::with_template("{prefix:>10} {spinner} {msg} {elapsed}").expect("valid template"));
+    b.set_style(
+        ProgressStyle::with_template("{prefix:>10} {spinner} {msg} {elapsed}")
+            .expect("valid template"),
+    );
     b.set_prefix(prefix.to_string());
     b.set_message(msg.to_string());
     b.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -111,7 +114,12 @@ fn spinner(mp: &MultiProgress, prefix: &str, msg: &str) -> ProgressBar {
 
 /// The lock to build from: the existing one when it still matches the
 /// definition (and `--update-lock` was not given), else a fresh resolution.
-fn lock_for(loaded: &Loaded, mirrors: &Mirrors, opts: &BuildOptions, cache: &Cache) -> Result<(Lock, bool)> {
+fn lock_for(
+    loaded: &Loaded,
+    mirrors: &Mirrors,
+    opts: &BuildOptions,
+    cache: &Cache,
+) -> Result<(Lock, bool)> {
     let path = loaded.lock_path();
     if path.exists() && !opts.update_lock {
         let lock = Lock::read(&path)?;
@@ -119,8 +127,15 @@ fn lock_for(loaded: &Loaded, mirrors: &Mirrors, opts: &BuildOptions, cache: &Cac
         tracing::info!(lock = %path.display(), packages = lock.packages.len(), "using lock");
         return Ok((lock, false));
     }
-    let keys = opts.keys.clone().unwrap_or_else(|| loaded.dir().join("keys"));
-    let sp = spinner(&opts.progress, "resolve", &format!("{} from {}", loaded.def.suite, mirrors.chosen_by));
+    let keys = opts
+        .keys
+        .clone()
+        .unwrap_or_else(|| loaded.dir().join("keys"));
+    let sp = spinner(
+        &opts.progress,
+        "resolve",
+        &format!("{} from {}", loaded.def.suite, mirrors.chosen_by),
+    );
     let lock = repo::resolve_lock(&loaded.def, mirrors, &keys, cache)
         .with_context(|| format!("resolving the packages of {}", loaded.path.display()))?;
     sp.finish_and_clear();
@@ -139,9 +154,15 @@ fn write_artifact(out: &Path, name: &str, data: &[u8]) -> Result<()> {
 
 fn sha256_and_size(p: &Path) -> Result<Artifact> {
     Ok(Artifact {
-        name: p.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+        name: p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
         sha256: fetch::sha256_file(p)?,
-        size: std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?.len(),
+        size: std::fs::metadata(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .len(),
     })
 }
 
@@ -153,9 +174,13 @@ fn hash_dir(h: &mut Sha256, root: &Path, dir: &Path) -> Result<()> {
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
-        let meta = std::fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
+        let meta =
+            std::fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
         let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
-        h.update(format!("{rel}\0{:o}\0", std::os::unix::fs::PermissionsExt::mode(&meta.permissions())));
+        h.update(format!(
+            "{rel}\0{:o}\0",
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions())
+        ));
         if meta.is_dir() {
             hash_dir(h, root, &p)?;
         } else if meta.file_type().is_symlink() {
@@ -185,7 +210,8 @@ fn inputs_fingerprint(loaded: &Loaded, opts: &BuildOptions, epoch: u64) -> Resul
 /// The manifest of `out` if it was built from `inputs` and its artifacts
 /// are intact.
 fn current_output(out: &Path, inputs: &str) -> Option<Manifest> {
-    let m: Manifest = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).ok()?).ok()?;
+    let m: Manifest =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).ok()?).ok()?;
     if m.inputs != inputs {
         return None;
     }
@@ -201,14 +227,19 @@ fn current_output(out: &Path, inputs: &str) -> Option<Manifest> {
 /// Unpack every package into a fresh merged-/usr tree. Decompression runs
 /// in parallel; insertion is sequential in lock order so the result does
 /// not depend on timing.
-pub fn assemble(lock: &Lock, debs: &[PathBuf], mp: &MultiProgress) -> Result<(Tree, Vec<InstalledPackage>)> {
+pub fn assemble(
+    lock: &Lock,
+    debs: &[PathBuf],
+    mp: &MultiProgress,
+) -> Result<(Tree, Vec<InstalledPackage>)> {
     let b = bar(mp, lock.packages.len() as u64, "unpack");
     let members: Vec<_> = lock
         .packages
         .par_iter()
         .zip(debs.par_iter())
         .map(|(p, path)| {
-            let data = std::fs::read(path).with_context(|| format!("reading {} ({})", path.display(), p.name))?;
+            let data = std::fs::read(path)
+                .with_context(|| format!("reading {} ({})", path.display(), p.name))?;
             let m = debfile::read_members(&p.name, &data)?;
             b.inc(1);
             Ok::<_, anyhow::Error>(m)
@@ -239,7 +270,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
     let loaded = definition::load(&opts.definition)?;
     let def = &loaded.def;
     let cache_dir = opts.cache.clone().unwrap_or_else(fetch::default_cache_dir);
-    let cache = Cache::open(&cache_dir).with_context(|| format!("opening the cache at {}", cache_dir.display()))?;
+    let cache = Cache::open(&cache_dir)
+        .with_context(|| format!("opening the cache at {}", cache_dir.display()))?;
     let mirrors = repo::choose_mirrors(opts.mirror.as_deref(), def, &opts.sources_root)?;
     tracing::info!(mirror = %mirrors.archives[0].base, chosen_by = %mirrors.chosen_by, "mirror");
     let (lock, lock_written) = lock_for(&loaded, &mirrors, opts, &cache)?;
@@ -288,7 +320,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
         .collect::<Result<_>>()?;
     let debs = match fetch::fetch_all(&cache, &downloads, opts.jobs, &opts.progress) {
         Err(fetch::FetchError::NotFound { url }) => {
-            let pkg = downloads.iter().find(|d| d.url == url).map(|d| d.label.clone()).unwrap_or_default();
+            let pkg = downloads
+                .iter()
+                .find(|d| d.url == url)
+                .map(|d| d.label.clone())
+                .unwrap_or_default();
             bail!(
                 "{pkg} from {} is gone from the mirror ({url} answers 404): mirrors drop superseded versions; \
                  run with --update-lock to re-resolve",
@@ -314,10 +350,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
 
     let kernel = artifacts::take_kernel(&mut tree)?;
     artifacts::ensure_mount_points(&mut tree)?;
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
     let rootfs = opts.out.join("rootfs.squashfs");
     let tmp = opts.out.join(".rootfs.squashfs.tmp");
-    let sp = spinner(&opts.progress, "squashfs", &format!("{} entries", tree.len()));
+    let sp = spinner(
+        &opts.progress,
+        "squashfs",
+        &format!("{} entries", tree.len()),
+    );
     squashfs::write(
         &tree,
         &tmp,
@@ -327,11 +368,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
             ..Default::default()
         },
     )?;
-    std::fs::rename(&tmp, &rootfs).with_context(|| format!("moving the image to {}", rootfs.display()))?;
+    std::fs::rename(&tmp, &rootfs)
+        .with_context(|| format!("moving the image to {}", rootfs.display()))?;
     sp.finish_and_clear();
 
     let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
-    let sp = spinner(&opts.progress, "initrd", &format!("kernel {}", kernel.release));
+    let sp = spinner(
+        &opts.progress,
+        "initrd",
+        &format!("kernel {}", kernel.release),
+    );
     let cpio = artifacts::initramfs_cpio(&tree, &kernel, def, mtime)?;
     let initrd = artifacts::compress(&cpio)?;
     write_artifact(&opts.out, "vmlinuz", &kernel.image)?;
@@ -341,11 +387,28 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
     drop(pxe);
     sp.finish_and_clear();
     let root_art = sha256_and_size(&rootfs)?;
-    let sp = spinner(&opts.progress, "disk", &format!("{} GPT, ESP + A/B", def.disk.size));
+    let sp = spinner(
+        &opts.progress,
+        "disk",
+        &format!("{} GPT, ESP + A/B", def.disk.size),
+    );
     let disk = opts.out.join("disk.raw");
     let _ = std::fs::remove_file(&disk);
-    let report = artifacts::write_disk(&disk, &tree, def, &kernel.image, &initrd, &rootfs, &root_art.sha256, epoch)?;
-    tracing::info!(size = report.size, allocated = report.allocated_bytes, "wrote disk.raw");
+    let report = artifacts::write_disk(
+        &disk,
+        &tree,
+        def,
+        &kernel.image,
+        &initrd,
+        &rootfs,
+        &root_art.sha256,
+        epoch,
+    )?;
+    tracing::info!(
+        size = report.size,
+        allocated = report.allocated_bytes,
+        "wrote disk.raw"
+    );
     sp.finish_and_clear();
 
     let manifest = Manifest {

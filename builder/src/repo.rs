@@ -56,8 +56,12 @@ fn trim(u: &str) -> String {
 /// machine's apt sources under `root` (`/` in production). Updates and
 /// security suites come from the apt sources when they list them.
 pub fn choose_mirrors(flag: Option<&str>, def: &Definition, root: &Path) -> Result<Mirrors> {
-    let system = sources::read_system_sources(root)
-        .with_context(|| format!("reading apt sources under {}", root.join("etc/apt").display()))?;
+    let system = sources::read_system_sources(root).with_context(|| {
+        format!(
+            "reading apt sources under {}",
+            root.join("etc/apt").display()
+        )
+    })?;
     let sys = sources::choose_mirror(&system, &def.suite);
     let (main, chosen_by) = if let Some(m) = flag {
         (trim(m), "--mirror".to_string())
@@ -81,37 +85,66 @@ pub fn choose_mirrors(flag: Option<&str>, def: &Definition, root: &Path) -> Resu
     if let Some(c) = &sys {
         if let Some((uri, suite)) = &c.updates {
             // the updates suite lives on the main mirror when one was given
-            let base = if chosen_by.starts_with("this machine") { trim(uri) } else { main.clone() };
-            archives.push(Archive { name: "updates".into(), base, suite: suite.clone() });
+            let base = if chosen_by.starts_with("this machine") {
+                trim(uri)
+            } else {
+                main.clone()
+            };
+            archives.push(Archive {
+                name: "updates".into(),
+                base,
+                suite: suite.clone(),
+            });
         }
     }
-    let security = match (&def.security_mirror, sys.as_ref().and_then(|c| c.security.clone())) {
-        (Some(m), sys_sec) => Some((trim(m), sys_sec.map(|s| s.1).unwrap_or_else(|| format!("{}-security", def.suite)))),
+    let security = match (
+        &def.security_mirror,
+        sys.as_ref().and_then(|c| c.security.clone()),
+    ) {
+        (Some(m), sys_sec) => Some((
+            trim(m),
+            sys_sec
+                .map(|s| s.1)
+                .unwrap_or_else(|| format!("{}-security", def.suite)),
+        )),
         (None, Some((uri, suite))) => Some((trim(&uri), suite)),
         (None, None) => None,
     };
     if let Some((base, suite)) = security {
-        archives.push(Archive { name: "security".into(), base, suite });
+        archives.push(Archive {
+            name: "security".into(),
+            base,
+            suite,
+        });
     }
-    Ok(Mirrors { archives, chosen_by })
+    Ok(Mirrors {
+        archives,
+        chosen_by,
+    })
 }
 
 /// Load every `*.asc` key under `dir`.
 pub fn load_keyring(dir: &Path) -> Result<Keyring> {
     let mut keys = Vec::new();
-    let rd = std::fs::read_dir(dir).with_context(|| format!("reading archive keys from {}", dir.display()))?;
+    let rd = std::fs::read_dir(dir)
+        .with_context(|| format!("reading archive keys from {}", dir.display()))?;
     let mut paths: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for p in paths {
         if p.extension().is_some_and(|e| e == "asc") {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             keys.push((p.display().to_string(), text));
         }
     }
     if keys.is_empty() {
-        bail!("no archive keys (*.asc) in {}: the Debian archive keys are needed to verify InRelease", dir.display());
+        bail!(
+            "no archive keys (*.asc) in {}: the Debian archive keys are needed to verify InRelease",
+            dir.display()
+        );
     }
-    Keyring::from_armored(&keys).with_context(|| format!("loading archive keys from {}", dir.display()))
+    Keyring::from_armored(&keys)
+        .with_context(|| format!("loading archive keys from {}", dir.display()))
 }
 
 fn decompress(path: &str, data: &[u8]) -> Result<String> {
@@ -135,25 +168,32 @@ fn load_archive(
     cache: &Cache,
     keyring: &Keyring,
     archive: &Archive,
-    components: &[String],
-    arch: &str,
+    def: &Definition,
     origin: usize,
     index: &mut PackageIndex,
 ) -> Result<Release> {
+    let (components, arch) = (&def.components, def.architecture.as_str());
     let url = format!("{}/dists/{}/InRelease", archive.base, archive.suite);
-    let data = fetch::get_bytes(agent, &url).with_context(|| format!("fetching the {} archive's InRelease", archive.name))?;
+    let data = fetch::get_bytes(agent, &url)
+        .with_context(|| format!("fetching the {} archive's InRelease", archive.name))?;
     let rel = release::verify_inrelease(&data, keyring, &url, SystemTime::now())
         .with_context(|| format!("verifying {url}"))?;
     for comp in components {
         let mut done = false;
         for ext in [".xz", ".gz", ""] {
             let path = format!("{comp}/binary-{arch}/Packages{ext}");
-            let Some(entry) = rel.files.get(&path) else { continue };
+            let Some(entry) = rel.files.get(&path) else {
+                continue;
+            };
             let text = match cache.get_verified(&entry.sha256, &path)? {
                 Some(p) => std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
                 None => {
                     let by_hash = format!("{comp}/binary-{arch}/by-hash/SHA256/{}", entry.sha256);
-                    let rel_path = if rel.acquire_by_hash { by_hash } else { path.clone() };
+                    let rel_path = if rel.acquire_by_hash {
+                        by_hash
+                    } else {
+                        path.clone()
+                    };
                     let u = format!("{}/dists/{}/{}", archive.base, archive.suite, rel_path);
                     let body = match fetch::get_bytes(agent, &u) {
                         Err(fetch::FetchError::NotFound { .. }) if rel.acquire_by_hash => {
@@ -162,14 +202,18 @@ fn load_archive(
                         }
                         r => r?,
                     };
-                    rel.check(&path, &body).with_context(|| format!("checking {path} of {} against its InRelease", archive.suite))?;
+                    rel.check(&path, &body).with_context(|| {
+                        format!("checking {path} of {} against its InRelease", archive.suite)
+                    })?;
                     cache.put(&entry.sha256, &body)?;
                     body
                 }
             };
             let label = format!("{}/{}", archive.suite, path);
             let text = decompress(&label, &text)?;
-            let n = index.add_packages_file(&text, origin, &label).with_context(|| format!("parsing {label}"))?;
+            let n = index
+                .add_packages_file(&text, origin, &label)
+                .with_context(|| format!("parsing {label}"))?;
             tracing::info!(archive = %archive.name, index = %label, packages = n, "loaded index");
             done = true;
             break;
@@ -186,14 +230,22 @@ fn load_archive(
 }
 
 /// Resolve `def` against the archives and produce a lock.
-pub fn resolve_lock(def: &Definition, mirrors: &Mirrors, keys_dir: &Path, cache: &Cache) -> Result<Lock> {
+pub fn resolve_lock(
+    def: &Definition,
+    mirrors: &Mirrors,
+    keys_dir: &Path,
+    cache: &Cache,
+) -> Result<Lock> {
     let keyring = load_keyring(keys_dir)?;
     let agent = fetch::agent();
     let mut index = PackageIndex::new();
     let mut epoch = 0;
     for (origin, a) in mirrors.archives.iter().enumerate() {
-        let rel = load_archive(&agent, cache, &keyring, a, &def.components, &def.architecture, origin, &mut index)?;
-        if let Some(d) = rel.date_time().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+        let rel = load_archive(&agent, cache, &keyring, a, def, origin, &mut index)?;
+        if let Some(d) = rel
+            .date_time()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        {
             epoch = epoch.max(d.as_secs());
         }
     }
@@ -201,9 +253,17 @@ pub fn resolve_lock(def: &Definition, mirrors: &Mirrors, keys_dir: &Path, cache:
     let mut roots: Vec<Request> = def
         .packages
         .iter()
-        .map(|p| Request { name: p.clone(), constraint: None, wanted_by: wanted_by.clone() })
+        .map(|p| Request {
+            name: p.clone(),
+            constraint: None,
+            wanted_by: wanted_by.clone(),
+        })
         .collect();
-    roots.push(Request { name: def.kernel.clone(), constraint: None, wanted_by: "the definition's kernel".into() });
+    roots.push(Request {
+        name: def.kernel.clone(),
+        constraint: None,
+        wanted_by: "the definition's kernel".into(),
+    });
     let opts = ResolveOptions {
         architectures: vec![def.architecture.clone(), "all".into()],
         include_essential: true,
@@ -245,13 +305,21 @@ mod tests {
     use super::*;
 
     fn def() -> Definition {
-        crate::definition::parse("t.yaml", "name: t\nversion: 1\nsuite: bookworm\nkernel: k\n").unwrap()
+        crate::definition::parse(
+            "t.yaml",
+            "name: t\nversion: 1\nsuite: bookworm\nkernel: k\n",
+        )
+        .unwrap()
     }
 
     fn root_with(sources: &str) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("etc/apt/sources.list.d")).unwrap();
-        std::fs::write(d.path().join("etc/apt/sources.list.d/debian.sources"), sources).unwrap();
+        std::fs::write(
+            d.path().join("etc/apt/sources.list.d/debian.sources"),
+            sources,
+        )
+        .unwrap();
         d
     }
 
@@ -265,9 +333,21 @@ mod tests {
         assert_eq!(
             m.archives,
             [
-                Archive { name: "main".into(), base: "http://mirror.example/debian".into(), suite: "bookworm".into() },
-                Archive { name: "updates".into(), base: "http://mirror.example/debian".into(), suite: "bookworm-updates".into() },
-                Archive { name: "security".into(), base: "http://security.example/debian-security".into(), suite: "bookworm-security".into() },
+                Archive {
+                    name: "main".into(),
+                    base: "http://mirror.example/debian".into(),
+                    suite: "bookworm".into()
+                },
+                Archive {
+                    name: "updates".into(),
+                    base: "http://mirror.example/debian".into(),
+                    suite: "bookworm-updates".into()
+                },
+                Archive {
+                    name: "security".into(),
+                    base: "http://security.example/debian-security".into(),
+                    suite: "bookworm-security".into()
+                },
             ]
         );
     }
@@ -279,7 +359,10 @@ mod tests {
         d.mirror = Some("http://def.example/debian/".into());
         let m = choose_mirrors(None, &d, root.path()).unwrap();
         assert_eq!(m.archives[0].base, "http://def.example/debian");
-        assert_eq!(m.archives[1].base, "http://def.example/debian", "updates follow the chosen mirror");
+        assert_eq!(
+            m.archives[1].base, "http://def.example/debian",
+            "updates follow the chosen mirror"
+        );
         let m = choose_mirrors(Some("http://flag.example/debian"), &d, root.path()).unwrap();
         assert_eq!(m.archives[0].base, "http://flag.example/debian");
         assert_eq!(m.chosen_by, "--mirror");
@@ -287,8 +370,15 @@ mod tests {
 
     #[test]
     fn no_mirror_anywhere_is_a_clear_error() {
-        let root = root_with("Types: deb\nURIs: http://mirror.example/debian\nSuites: trixie\nComponents: main\n");
-        let e = choose_mirrors(None, &def(), root.path()).unwrap_err().to_string();
-        assert!(e.contains("no Debian mirror for suite bookworm") && e.contains("--mirror"), "{e}");
+        let root = root_with(
+            "Types: deb\nURIs: http://mirror.example/debian\nSuites: trixie\nComponents: main\n",
+        );
+        let e = choose_mirrors(None, &def(), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no Debian mirror for suite bookworm") && e.contains("--mirror"),
+            "{e}"
+        );
     }
 }

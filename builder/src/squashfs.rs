@@ -71,7 +71,9 @@ impl ParallelZstd {
             .map_init(
                 || zstd::bulk::Compressor::new(level),
                 |c, b| {
-                    let c = c.as_mut().map_err(|e| std::io::Error::other(e.to_string()))?;
+                    let c = c
+                        .as_mut()
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
                     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(b.len()));
                     c.compress_to_buffer(b, &mut out)?;
                     Ok((block_key(b), out))
@@ -90,13 +92,28 @@ impl CompressionAction for ParallelZstd {
     type FilesystemCompressor = FilesystemCompressor;
     type SuperBlock = backhand::SuperBlock;
 
-    fn decompress(&self, bytes: &[u8], out: &mut Vec<u8>, c: Compressor) -> Result<(), BackhandError> {
+    fn decompress(
+        &self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        c: Compressor,
+    ) -> Result<(), BackhandError> {
         DefaultCompressor.decompress(bytes, out, c)
     }
 
-    fn compress(&self, bytes: &[u8], fc: FilesystemCompressor, block_size: u32) -> Result<Vec<u8>, BackhandError> {
+    fn compress(
+        &self,
+        bytes: &[u8],
+        fc: FilesystemCompressor,
+        block_size: u32,
+    ) -> Result<Vec<u8>, BackhandError> {
         if bytes.len() == block_size as usize {
-            if let Some(c) = self.blocks.read().expect("no poisoning").get(&block_key(bytes)) {
+            if let Some(c) = self
+                .blocks
+                .read()
+                .expect("no poisoning")
+                .get(&block_key(bytes))
+            {
                 return Ok(c.clone());
             }
         }
@@ -171,7 +188,12 @@ pub fn write(tree: &Tree, out: &Path, opts: Options) -> Result<u64, SquashfsErro
     result
 }
 
-fn write_with(tree: &Tree, out: &Path, opts: Options, comp: &'static ParallelZstd) -> Result<u64, SquashfsError> {
+fn write_with(
+    tree: &Tree,
+    out: &Path,
+    opts: Options,
+    comp: &'static ParallelZstd,
+) -> Result<u64, SquashfsError> {
     let mut fs = FilesystemWriter::default();
     fs.set_kind(Kind::new_v4(comp));
     fs.set_time(opts.mtime);
@@ -206,9 +228,11 @@ fn write_with(tree: &Tree, out: &Path, opts: Options, comp: &'static ParallelZst
                 h,
             ),
             Node::Symlink(t) => fs.push_symlink(t.as_str(), &p, h),
-            Node::CharDevice(major, minor) => {
-                fs.push_char_device((major << 8) | (minor & 0xff) | ((minor & !0xff) << 12), &p, h)
-            }
+            Node::CharDevice(major, minor) => fs.push_char_device(
+                (major << 8) | (minor & 0xff) | ((minor & !0xff) << 12),
+                &p,
+                h,
+            ),
             Node::Fifo => fs.push_fifo(&p, h),
         };
         res.map_err(|source| SquashfsError::Add {
@@ -258,8 +282,11 @@ mod tests {
         d.uid = 107;
         d.gid = 112;
         t.insert("var/lib/etcd", d).unwrap();
-        t.insert("etc/os-release", Entry::symlink("../usr/lib/os-release", &o))
-            .unwrap();
+        t.insert(
+            "etc/os-release",
+            Entry::symlink("../usr/lib/os-release", &o),
+        )
+        .unwrap();
         t
     }
 
@@ -267,7 +294,16 @@ mod tests {
     fn round_trips_through_a_reader() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("root.squashfs");
-        let size = write(&sample(), &out, Options { mtime: 1234, zstd_level: 3, ..Default::default() }).unwrap();
+        let size = write(
+            &sample(),
+            &out,
+            Options {
+                mtime: 1234,
+                zstd_level: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(size, std::fs::metadata(&out).unwrap().len());
         let r = BufReader::new(File::open(&out).unwrap());
         let fs = FilesystemReader::from_reader(r).unwrap();
@@ -304,7 +340,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
         let b = dir.path().join("b");
-        let o = Options { mtime: 1, zstd_level: 3, ..Default::default() };
+        let o = Options {
+            mtime: 1,
+            zstd_level: 3,
+            ..Default::default()
+        };
         write(&sample(), &a, o).unwrap();
         write(&sample(), &b, o).unwrap();
         let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());

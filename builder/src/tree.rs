@@ -293,7 +293,8 @@ impl Tree {
             let dir = &path[..idx + pos];
             match self.entries.get(dir) {
                 None => {
-                    self.entries.insert(dir.to_string(), Entry::dir(0o755, origin));
+                    self.entries
+                        .insert(dir.to_string(), Entry::dir(0o755, origin));
                 }
                 Some(e) if e.is_dir() => {}
                 Some(e) => {
@@ -435,7 +436,10 @@ mod tests {
             .unwrap();
         assert_eq!(p, "usr/bin/bash");
         let p = t
-            .insert("./lib/x86_64-linux-gnu/libc.so.6", Entry::file(b"y".to_vec(), 0o644, &o()))
+            .insert(
+                "./lib/x86_64-linux-gnu/libc.so.6",
+                Entry::file(b"y".to_vec(), 0o644, &o()),
+            )
             .unwrap();
         assert_eq!(p, "usr/lib/x86_64-linux-gnu/libc.so.6");
         assert_eq!(t.get("bin").unwrap().node, Node::Symlink("usr/bin".into()));
@@ -449,8 +453,11 @@ mod tests {
     #[test]
     fn parents_are_created_and_dirs_merge() {
         let mut t = Tree::new();
-        t.insert("etc/ssh/sshd_config", Entry::file(b"a".to_vec(), 0o644, &o()))
-            .unwrap();
+        t.insert(
+            "etc/ssh/sshd_config",
+            Entry::file(b"a".to_vec(), 0o644, &o()),
+        )
+        .unwrap();
         assert!(t.get("etc").unwrap().is_dir());
         assert!(t.get("etc/ssh").unwrap().is_dir());
         let mut d = Entry::dir(0o700, &o());
@@ -464,9 +471,13 @@ mod tests {
     fn parent_symlinks_are_followed() {
         let mut t = Tree::new();
         t.insert("usr/lib/real", Entry::dir(0o755, &o())).unwrap();
-        t.insert("usr/lib/alias", Entry::symlink("real", &o())).unwrap();
+        t.insert("usr/lib/alias", Entry::symlink("real", &o()))
+            .unwrap();
         let p = t
-            .insert("usr/lib/alias/file", Entry::file(b"z".to_vec(), 0o644, &o()))
+            .insert(
+                "usr/lib/alias/file",
+                Entry::file(b"z".to_vec(), 0o644, &o()),
+            )
             .unwrap();
         assert_eq!(p, "usr/lib/real/file");
         t.insert("etc/abs", Entry::symlink("/usr/lib/real", &o()))

@@ -35,7 +35,12 @@ fn test_cache() -> PathBuf {
 
 /// Build images/test.yaml (resolved afresh, in a copy of images/).
 fn build_test_image(work: &Path) -> PathBuf {
-    let status = Command::new("cp").arg("-a").arg(repo_root().join("images")).arg(work).status().unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(repo_root().join("images"))
+        .arg(work)
+        .status()
+        .unwrap();
     assert!(status.success());
     let _ = std::fs::remove_file(work.join("images/test.lock"));
     let out = work.join("out");
@@ -91,14 +96,25 @@ fn failed_units(vm: &mut Vm) -> String {
 fn check_running_system(vm: &mut Vm) {
     let state = wait_running(vm);
     let failed = failed_units(vm);
-    assert_eq!(state, "running", "systemd state; failed units:\n{failed}\njournal:\n{}", sh(vm, "journalctl -b -p warning --no-pager | tail -60"));
+    assert_eq!(
+        state,
+        "running",
+        "systemd state; failed units:\n{failed}\njournal:\n{}",
+        sh(vm, "journalctl -b -p warning --no-pager | tail -60")
+    );
     assert!(failed.trim().is_empty(), "failed units:\n{failed}");
 
     let root = sh(vm, "findmnt -n -o FSTYPE,OPTIONS /");
-    assert!(root.starts_with("squashfs") && root.contains("ro"), "/ is {root}");
+    assert!(
+        root.starts_with("squashfs") && root.contains("ro"),
+        "/ is {root}"
+    );
 
     // the cluster daemons
-    let health = sh(vm, "for i in $(seq 60); do etcdctl endpoint health 2>&1 && exit 0; sleep 1; done; exit 1");
+    let health = sh(
+        vm,
+        "for i in $(seq 60); do etcdctl endpoint health 2>&1 && exit 0; sleep 1; done; exit 1",
+    );
     assert!(health.contains("is healthy"), "{health}");
     let info = sh(vm, "docker info --format '{{.ServerVersion}} {{.Driver}}'");
     assert!(!info.trim().is_empty(), "docker info: {info}");
@@ -107,7 +123,10 @@ fn check_running_system(vm: &mut Vm) {
     assert!(ss.contains(":22"), "sshd is not listening: {ss}");
     sh(vm, "test -s /etc/ssh/ssh_host_ed25519_key");
     let core = sh(vm, "id core");
-    assert!(core.contains("uid=500(core)") && core.contains("(docker)") && core.contains("(sudo)"), "{core}");
+    assert!(
+        core.contains("uid=500(core)") && core.contains("(docker)") && core.contains("(sudo)"),
+        "{core}"
+    );
     let os = sh(vm, ". /etc/os-release; echo $ID $VERSION_ID");
     assert_eq!(os.trim(), "cairn 0.1.0");
 }
@@ -122,15 +141,31 @@ fn test_image_boots_from_disk_and_diskless() {
 
     // --- 1. first boot from disk.raw under UEFI (persisted, so boot 2 sees it)
     let t = Instant::now();
-    let mut vm = Vm::start(VmConfig::new("disk-boot").uefi().disk(&disk).persist(true).memory_mib(2048).cpus(2).forward_ssh())
-        .expect("starting QEMU");
-    vm.wait_for("cairn-init: root cairn-a", BOOT).expect("/init found slot A");
+    let mut vm = Vm::start(
+        VmConfig::new("disk-boot")
+            .uefi()
+            .disk(&disk)
+            .persist(true)
+            .memory_mib(2048)
+            .cpus(2)
+            .forward_ssh(),
+    )
+    .expect("starting QEMU");
+    vm.wait_for("cairn-init: root cairn-a", BOOT)
+        .expect("/init found slot A");
     check_running_system(&mut vm);
     eprintln!("disk boot 1: running after {:.0?}", t.elapsed());
     let var = sh(&mut vm, "findmnt -n -o FSTYPE,SOURCE /var");
     assert!(var.starts_with("ext4"), "/var is {var}");
     // a bind mount of the state's var directory: SOURCE is `/dev/vda4[/var]`
-    let dev = var.split_whitespace().nth(1).unwrap().split('[').next().unwrap().to_string();
+    let dev = var
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .split('[')
+        .next()
+        .unwrap()
+        .to_string();
     let label = sh(&mut vm, &format!("lsblk -n -o PARTLABEL {dev}"));
     assert_eq!(label.trim(), "cairn-state");
     // grown to the end of the 4 GiB disk: it ends within 1 MiB of the
@@ -139,29 +174,56 @@ fn test_image_boots_from_disk_and_diskless() {
     let geo = sh(&mut vm, &format!("cat /sys/class/block/vda/size /sys/class/block/{part}/start /sys/class/block/{part}/size"));
     let g: Vec<u64> = geo.split_whitespace().map(|x| x.parse().unwrap()).collect();
     let (disk_sectors, start, len) = (g[0], g[1], g[2]);
-    assert!(start + len >= disk_sectors - 2048 && start + len <= disk_sectors - 33, "cairn-state was not grown to the disk's end: {geo}");
+    assert!(
+        start + len >= disk_sectors - 2048 && start + len <= disk_sectors - 33,
+        "cairn-state was not grown to the disk's end: {geo}"
+    );
     let fs_size = sh(&mut vm, "df -B1 --output=size /var | tail -1");
-    assert!(fs_size.trim().parse::<u64>().unwrap() > 1 << 30, "the ext4 on cairn-state is {fs_size} bytes");
+    assert!(
+        fs_size.trim().parse::<u64>().unwrap() > 1 << 30,
+        "the ext4 on cairn-state is {fs_size} bytes"
+    );
     let efi = sh(&mut vm, "findmnt -n -o FSTYPE /efi");
     assert_eq!(efi.trim(), "vfat");
-    sh(&mut vm, "echo kept > /var/lib/cairn-test-mark && echo kept > /etc/cairn-test-mark && sync");
+    sh(
+        &mut vm,
+        "echo kept > /var/lib/cairn-test-mark && echo kept > /etc/cairn-test-mark && sync",
+    );
     let host_key = sh(&mut vm, "cat /etc/ssh/ssh_host_ed25519_key.pub");
     vm.powerdown().unwrap();
-    vm.wait_exit(Duration::from_secs(120)).expect("the guest powers off");
+    vm.wait_exit(Duration::from_secs(120))
+        .expect("the guest powers off");
     drop(vm);
 
     // --- 2. second boot of the same disk keeps /var, /etc and the host keys
-    let mut vm = Vm::start(VmConfig::new("disk-boot-2").uefi().disk(&disk).persist(true).memory_mib(2048).cpus(2).user_net())
-        .expect("starting QEMU");
+    let mut vm = Vm::start(
+        VmConfig::new("disk-boot-2")
+            .uefi()
+            .disk(&disk)
+            .persist(true)
+            .memory_mib(2048)
+            .cpus(2)
+            .user_net(),
+    )
+    .expect("starting QEMU");
     check_running_system(&mut vm);
-    assert_eq!(sh(&mut vm, "cat /var/lib/cairn-test-mark /etc/cairn-test-mark"), "kept\nkept\n");
-    assert_eq!(sh(&mut vm, "cat /etc/ssh/ssh_host_ed25519_key.pub"), host_key, "host keys are kept");
+    assert_eq!(
+        sh(&mut vm, "cat /var/lib/cairn-test-mark /etc/cairn-test-mark"),
+        "kept\nkept\n"
+    );
+    assert_eq!(
+        sh(&mut vm, "cat /etc/ssh/ssh_host_ed25519_key.pub"),
+        host_key,
+        "host keys are kept"
+    );
     vm.powerdown().unwrap();
-    vm.wait_exit(Duration::from_secs(120)).expect("the guest powers off");
+    vm.wait_exit(Duration::from_secs(120))
+        .expect("the guest powers off");
     drop(vm);
 
     // --- 3. kernel + initrd directly, diskless
-    let cmdline = "cairn.slot=a cairn.state=tmpfs console=ttyS0,115200 cairn.debug systemd.gpt_auto=0";
+    let cmdline =
+        "cairn.slot=a cairn.state=tmpfs console=ttyS0,115200 cairn.debug systemd.gpt_auto=0";
     let mut vm = Vm::start(
         VmConfig::new("diskless")
             .kernel(out.join("vmlinuz"), Some(out.join("initrd.img")), cmdline)
@@ -171,7 +233,9 @@ fn test_image_boots_from_disk_and_diskless() {
             .user_net(),
     )
     .expect("starting QEMU");
-    let line = vm.wait_for("switching to /sbin/init", BOOT).expect("/init hands over");
+    let line = vm
+        .wait_for("switching to /sbin/init", BOOT)
+        .expect("/init hands over");
     eprintln!("diskless: {line}");
     check_running_system(&mut vm);
     let var = sh(&mut vm, "findmnt -n -o FSTYPE /var");
@@ -183,23 +247,40 @@ fn test_image_boots_from_disk_and_diskless() {
     let broken = work.path().join("broken.raw");
     std::fs::copy(&disk, &broken).unwrap();
     let info = cairn_disk::inspect(&broken).unwrap();
-    let slot = info.partitions.iter().find(|p| p.name == "cairn-a").unwrap();
+    let slot = info
+        .partitions
+        .iter()
+        .find(|p| p.name == "cairn-a")
+        .unwrap();
     {
         use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new().write(true).open(&broken).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&broken)
+            .unwrap();
         f.seek(SeekFrom::Start(slot.offset())).unwrap();
         f.write_all(&[0u8; 1 << 20]).unwrap(); // the squashfs superblock is gone
     }
     let mut vm = Vm::start(
         VmConfig::new("broken-slot")
-            .kernel(out.join("vmlinuz"), Some(out.join("initrd.img")), "cairn.slot=a console=ttyS0,115200")
+            .kernel(
+                out.join("vmlinuz"),
+                Some(out.join("initrd.img")),
+                "cairn.slot=a console=ttyS0,115200",
+            )
             .disk(&broken)
             .memory_mib(1024)
             .no_reboot(true),
     )
     .expect("starting QEMU");
-    let fatal = vm.wait_for("cairn-init: FATAL:", BOOT).expect("/init reports the damaged slot");
-    assert!(fatal.contains("cairn-a") && fatal.contains("squashfs"), "{fatal}");
+    let fatal = vm
+        .wait_for("cairn-init: FATAL:", BOOT)
+        .expect("/init reports the damaged slot");
+    assert!(
+        fatal.contains("cairn-a") && fatal.contains("squashfs"),
+        "{fatal}"
+    );
     // with -no-reboot, the reboot /init asks for makes QEMU exit
-    vm.wait_exit(Duration::from_secs(60)).expect("/init reboots after the FATAL line");
+    vm.wait_exit(Duration::from_secs(60))
+        .expect("/init reboots after the FATAL line");
 }

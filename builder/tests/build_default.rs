@@ -87,7 +87,13 @@ fn read_image(path: &Path) -> BTreeMap<String, Node> {
             InnerNode::Dir(_) => Kind::Dir,
             _ => Kind::Other,
         };
-        out.insert(p, Node { kind, mode: n.header.permissions });
+        out.insert(
+            p,
+            Node {
+                kind,
+                mode: n.header.permissions,
+            },
+        );
     }
     out
 }
@@ -111,66 +117,131 @@ fn default_image_builds_reproducibly_and_holds_a_cluster_node() {
     // --- what is in the tree
     let image = out1.join("rootfs.squashfs");
     let img = read_image(&image);
-    for p in ["/usr/lib/systemd/systemd", "/usr/sbin/dockerd", "/usr/bin/docker", "/usr/bin/etcd", "/usr/bin/etcdctl", "/usr/sbin/sshd", "/usr/bin/sudo"] {
-        assert!(matches!(img.get(p).map(|n| &n.kind), Some(Kind::File(_))), "{p} missing");
+    for p in [
+        "/usr/lib/systemd/systemd",
+        "/usr/sbin/dockerd",
+        "/usr/bin/docker",
+        "/usr/bin/etcd",
+        "/usr/bin/etcdctl",
+        "/usr/sbin/sshd",
+        "/usr/bin/sudo",
+    ] {
+        assert!(
+            matches!(img.get(p).map(|n| &n.kind), Some(Kind::File(_))),
+            "{p} missing"
+        );
     }
     assert!(matches!(img.get("/bin").map(|n| &n.kind), Some(Kind::Link(t)) if t == "usr/bin"));
     assert!(matches!(img.get("/sbin").map(|n| &n.kind), Some(Kind::Link(t)) if t == "usr/sbin"));
     assert!(matches!(img.get("/lib").map(|n| &n.kind), Some(Kind::Link(t)) if t == "usr/lib"));
-    assert_eq!(img["/usr/bin/sudo"].mode & 0o4000, 0o4000, "sudo keeps its setuid bit");
+    assert_eq!(
+        img["/usr/bin/sudo"].mode & 0o4000,
+        0o4000,
+        "sudo keeps its setuid bit"
+    );
     let passwd = text(&img, "/etc/passwd");
     for user in ["root", "etcd", "messagebus", "core", "sshd"] {
-        assert!(passwd.lines().any(|l| l.starts_with(&format!("{user}:"))), "{user} not in /etc/passwd:\n{passwd}");
+        assert!(
+            passwd.lines().any(|l| l.starts_with(&format!("{user}:"))),
+            "{user} not in /etc/passwd:\n{passwd}"
+        );
     }
     let group = text(&img, "/etc/group");
-    let docker = group.lines().find(|l| l.starts_with("docker:")).expect("docker group");
-    assert!(docker.ends_with(":core") || docker.contains("core"), "{docker}");
+    let docker = group
+        .lines()
+        .find(|l| l.starts_with("docker:"))
+        .expect("docker group");
+    assert!(
+        docker.ends_with(":core") || docker.contains("core"),
+        "{docker}"
+    );
     let wants = "/etc/systemd/system/multi-user.target.wants";
     for unit in ["docker.service", "etcd.service", "ssh.service"] {
-        assert!(img.contains_key(&format!("{wants}/{unit}")), "{unit} not enabled");
+        assert!(
+            img.contains_key(&format!("{wants}/{unit}")),
+            "{unit} not enabled"
+        );
     }
-    for gone in ["/usr/bin/apt", "/usr/bin/apt-get", "/usr/bin/dpkg", "/var/lib/dpkg/status"] {
+    for gone in [
+        "/usr/bin/apt",
+        "/usr/bin/apt-get",
+        "/usr/bin/dpkg",
+        "/var/lib/dpkg/status",
+    ] {
         assert!(!img.contains_key(gone), "{gone} should not be in the image");
     }
-    assert!(!img.keys().any(|k| k.starts_with("/usr/share/doc/") || k.starts_with("/usr/share/man/")));
-    assert!(!img.keys().any(|k| k.starts_with("/etc/ssh/ssh_host_")), "host keys must not be baked");
+    assert!(!img
+        .keys()
+        .any(|k| k.starts_with("/usr/share/doc/") || k.starts_with("/usr/share/man/")));
+    assert!(
+        !img.keys().any(|k| k.starts_with("/etc/ssh/ssh_host_")),
+        "host keys must not be baked"
+    );
     let os = text(&img, "/usr/lib/os-release");
-    assert!(os.contains("ID=cairn") && os.contains("VERSION_ID=0.1.0"), "{os}");
+    assert!(
+        os.contains("ID=cairn") && os.contains("VERSION_ID=0.1.0"),
+        "{os}"
+    );
     assert_eq!(text(&img, "/etc/machine-id"), "");
     assert!(text(&img, "/etc/sudoers.d/core").contains("NOPASSWD"));
     let kver = img
         .keys()
-        .find_map(|k| k.strip_prefix("/usr/lib/modules/").filter(|r| !r.contains('/')))
+        .find_map(|k| {
+            k.strip_prefix("/usr/lib/modules/")
+                .filter(|r| !r.contains('/'))
+        })
         .expect("a kernel module tree")
         .to_string();
     let dep = text(&img, &format!("/usr/lib/modules/{kver}/modules.dep"));
-    assert!(dep.lines().any(|l| l.contains("squashfs.ko")), "modules.dep lists squashfs");
+    assert!(
+        dep.lines().any(|l| l.contains("squashfs.ko")),
+        "modules.dep lists squashfs"
+    );
 
     // --- an independent reader agrees the image is a zstd squashfs
-    let o = Command::new("unsquashfs").arg("-s").arg(&image).output().expect("unsquashfs (squashfs-tools) installed");
+    let o = Command::new("unsquashfs")
+        .arg("-s")
+        .arg(&image)
+        .output()
+        .expect("unsquashfs (squashfs-tools) installed");
     let info = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && info.contains("zstd"), "{info}");
 
     // --- manifest
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out1.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out1.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["name"], "cairn");
     let art = &m["artifacts"][0];
     assert_eq!(art["name"], "rootfs.squashfs");
-    assert_eq!(art["size"].as_u64().unwrap(), std::fs::metadata(&image).unwrap().len());
-    assert!(m["packages"].as_array().unwrap().iter().any(|p| p["name"] == "docker.io"));
+    assert_eq!(
+        art["size"].as_u64().unwrap(),
+        std::fs::metadata(&image).unwrap().len()
+    );
+    assert!(m["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "docker.io"));
 
     // --- a second build from the lock gives the same bytes
     let out2 = imgs.path().join("out2");
     let s2 = build(&opts(&def, &out2, false)).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(!s2.lock_written);
     assert!(!s2.up_to_date, "a new output folder is built");
-    assert_eq!(s1.manifest.artifacts, s2.manifest.artifacts, "rebuild from the lock is byte-identical");
+    assert_eq!(
+        s1.manifest.artifacts, s2.manifest.artifacts,
+        "rebuild from the lock is byte-identical"
+    );
 
     // --- nothing changed: the output folder is current and is not rebuilt
     let s3 = build(&opts(&def, &out2, false)).unwrap();
     assert!(s3.up_to_date);
     // ...until an input changes: a new overlay file
-    std::fs::write(imgs.path().join("images/default.overlay/etc/cairn-test"), "x").unwrap();
+    std::fs::write(
+        imgs.path().join("images/default.overlay/etc/cairn-test"),
+        "x",
+    )
+    .unwrap();
     let s4 = build(&opts(&def, &out2, false)).unwrap();
     assert!(!s4.up_to_date);
     assert_ne!(s4.manifest.artifacts, s2.manifest.artifacts);

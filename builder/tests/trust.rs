@@ -56,11 +56,18 @@ fn serve(files: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Vec<String>>>) {
             log2.lock().unwrap().push(path.clone());
             match files.iter().find(|(p, _)| format!("/debian/{p}") == path) {
                 Some((_, body)) => {
-                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
                     let _ = s.write_all(body);
                 }
                 None => {
-                    let _ = write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
                 }
             }
         }
@@ -78,7 +85,11 @@ fn def() -> cairn_builder::definition::Definition {
 
 fn mirrors(base: &str) -> Mirrors {
     Mirrors {
-        archives: vec![Archive { name: "main".into(), base: base.into(), suite: "bookworm".into() }],
+        archives: vec![Archive {
+            name: "main".into(),
+            base: base.into(),
+            suite: "bookworm".into(),
+        }],
         chosen_by: "test".into(),
     }
 }
@@ -91,12 +102,17 @@ fn keys() -> PathBuf {
 fn tampered_packages_index_is_refused() {
     let real = real_mirror();
     let inrelease = get(&format!("{real}/dists/bookworm/InRelease"));
-    let mut packages = get(&format!("{real}/dists/bookworm/main/binary-amd64/Packages.xz"));
+    let mut packages = get(&format!(
+        "{real}/dists/bookworm/main/binary-amd64/Packages.xz"
+    ));
     let n = packages.len();
     packages[n / 2] ^= 0x01;
     let files = vec![
         ("dists/bookworm/InRelease".to_string(), inrelease),
-        ("dists/bookworm/main/binary-amd64/Packages.xz".to_string(), packages.clone()),
+        (
+            "dists/bookworm/main/binary-amd64/Packages.xz".to_string(),
+            packages.clone(),
+        ),
     ];
     // serve the tampered index both by name and under any by-hash path
     let by_hash_files: Vec<(String, Vec<u8>)> = files.clone();
@@ -108,10 +124,18 @@ fn tampered_packages_index_is_refused() {
     // either the by-hash URL 404s and the named one is fetched, or it is
     // served: both end at the hash check against InRelease
     assert!(msg.contains("main/binary-amd64/Packages.xz"), "{msg}");
-    assert!(msg.to_lowercase().contains("sha-256") || msg.to_lowercase().contains("sha256") || msg.contains("hash"), "{msg}");
+    assert!(
+        msg.to_lowercase().contains("sha-256")
+            || msg.to_lowercase().contains("sha256")
+            || msg.contains("hash"),
+        "{msg}"
+    );
     assert!(log.lock().unwrap().iter().any(|p| p.ends_with("InRelease")));
     // nothing was kept
-    let kept: Vec<_> = walk(cache_dir.path()).into_iter().filter(|p| p.is_file()).collect();
+    let kept: Vec<_> = walk(cache_dir.path())
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
     assert!(kept.is_empty(), "cache kept {kept:?}");
 }
 
@@ -124,7 +148,11 @@ fn tampered_or_unsigned_inrelease_is_refused() {
     let pos = text.find("main/binary-amd64/Packages.xz").unwrap();
     let line_start = text[..pos].rfind('\n').unwrap() + 2;
     let mut bytes = text.into_bytes();
-    bytes[line_start] = if bytes[line_start] == b'0' { b'1' } else { b'0' };
+    bytes[line_start] = if bytes[line_start] == b'0' {
+        b'1'
+    } else {
+        b'0'
+    };
     let (base, _) = serve(vec![("dists/bookworm/InRelease".into(), bytes)]);
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(cache_dir.path()).unwrap();
@@ -134,7 +162,10 @@ fn tampered_or_unsigned_inrelease_is_refused() {
     assert!(msg.to_lowercase().contains("signature"), "{msg}");
 
     // a Release file without any signature
-    let (base, _) = serve(vec![("dists/bookworm/InRelease".into(), b"Origin: Debian\nSuite: stable\nCodename: bookworm\n".to_vec())]);
+    let (base, _) = serve(vec![(
+        "dists/bookworm/InRelease".into(),
+        b"Origin: Debian\nSuite: stable\nCodename: bookworm\n".to_vec(),
+    )]);
     let e = repo::resolve_lock(&def(), &mirrors(&base), &keys(), &cache).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.to_lowercase().contains("sign"), "{msg}");

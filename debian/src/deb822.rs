@@ -134,7 +134,8 @@ mod tests {
 
     #[test]
     fn paragraphs_fields_and_continuations() {
-        let text = "Package: a\nVersion: 1.0\nDescription: short\n long line\n .\n more\n\n\nPackage: b\n";
+        let text =
+            "Package: a\nVersion: 1.0\nDescription: short\n long line\n .\n more\n\n\nPackage: b\n";
         let ps = parse(text).unwrap();
         assert_eq!(ps.len(), 2);
         assert_eq!(ps[0].get("package"), Some("a"));

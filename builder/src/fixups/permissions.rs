@@ -228,7 +228,7 @@ pub fn apply(tree: &mut Tree, ctx: &Context<'_>) -> Result<Report, FixupError> {
             };
             // chmod/chown only on what this package shipped (not on files
             // the script creates at run time, which the image does not have).
-            if !pkg.files.iter().any(|f| *f == real) && !statoverride {
+            if !pkg.files.contains(&real) && !statoverride {
                 tracing::debug!(
                     package = pkg.name,
                     path,

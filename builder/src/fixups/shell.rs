@@ -363,7 +363,7 @@ pub fn commands(script: &str, vars: &Vars) -> Vec<Vec<Option<String>>> {
                 cmd[start..]
                     .iter()
                     .map(|t| (t, expand_word(t, vars)))
-                    .filter(|(t, w)| !(w.as_deref() == Some("") && !t.contains(['"', '\''])))
+                    .filter(|(t, w)| w.as_deref() != Some("") || t.contains(['"', '\'']))
                     .map(|(_, w)| w)
                     .collect(),
             );

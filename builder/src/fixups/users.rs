@@ -267,7 +267,8 @@ impl Db {
     }
 
     /// A system user with its own group (`useradd -r -U`, `adduser --system
-    /// --group`, sysusers `u name -`): uid == gid when possible.
+    /// --group`, sysusers `u name -`): uid == gid when possible; password
+    /// and group password locked (`!`), as adduser does.
     fn add_system_user_with_group(
         &mut self,
         name: &str,
@@ -275,9 +276,8 @@ impl Db {
         gecos: &str,
         home: &str,
         shell: &str,
-        shadow_pw: &str,
-        gshadow_pw: &str,
     ) -> Result<bool, FixupError> {
+        let (shadow_pw, gshadow_pw) = ("!", "!");
         if self.user(name).is_some() {
             return Ok(false);
         }
@@ -992,9 +992,7 @@ fn apply_postinst(
                 let gecos_s = gecos.clone().unwrap_or_default();
                 let had_group = db.group(name).is_some();
                 let added = if *own_group {
-                    db.add_system_user_with_group(
-                        name, *uid, &gecos_s, &home_s, &shell_s, "!", "!",
-                    )?
+                    db.add_system_user_with_group(name, *uid, &gecos_s, &home_s, &shell_s)?
                 } else {
                     let gid = match group {
                         None => NOGROUP,
