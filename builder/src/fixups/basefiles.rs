@@ -10,6 +10,9 @@
 //! * [`shells`]: `/etc/shells` as debianutils' `update-shells` writes it;
 //! * [`machine_id`]: empty `/etc/machine-id` (systemd fills it on first
 //!   boot), dbus' `var/lib/dbus/machine-id` link, no `/etc/hostname`;
+//! * [`first_boot`]: `/etc/locale.conf` and `/etc/localtime` (UTC), so that
+//!   `systemd-firstboot.service`, which runs on that first boot, has
+//!   nothing to ask on the console;
 //! * [`network_files`]: `/etc/fstab` (a comment: `/init` mounts everything),
 //!   netbase's `/etc/hosts` and `/etc/networks`, systemd-resolved's
 //!   `/etc/resolv.conf` link;
@@ -287,6 +290,26 @@ pub fn machine_id(tree: &mut Tree, ctx: &Context<'_>) -> Result<(), FixupError> 
     Ok(())
 }
 
+/// An empty machine-id makes the first boot a systemd "first boot", and
+/// `systemd-firstboot.service` then prompts on the console for a locale and
+/// a time zone that are not configured (Debian's own units do). Configure
+/// both: `C.UTF-8` (built into glibc) and UTC. `/etc/localtime` points at
+/// `Etc/UTC` even without tzdata: glibc reads a missing zone file as UTC.
+pub fn first_boot(tree: &mut Tree) -> Result<usize, FixupError> {
+    let mut n = usize::from(write_if_absent(
+        tree,
+        "etc/locale.conf",
+        "LANG=C.UTF-8\n",
+        0o644,
+        (0, 0),
+    )?);
+    if !exists(tree, "etc/localtime") {
+        put_symlink(tree, NAME, "etc/localtime", "/usr/share/zoneinfo/Etc/UTC")?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// `/etc/fstab`, netbase's `/etc/hosts` and `/etc/networks`, and the
 /// resolv.conf link systemd-resolved's postinst makes.
 pub fn network_files(tree: &mut Tree, ctx: &Context<'_>) -> Result<(), FixupError> {
@@ -413,6 +436,7 @@ pub fn apply(tree: &mut Tree, ctx: &Context<'_>) -> Result<Report, FixupError> {
     let ns = nsswitch(tree)?;
     let nshells = shells(tree)?;
     machine_id(tree, ctx)?;
+    let fb = first_boot(tree)?;
     network_files(tree, ctx)?;
     let small = small_files(tree, ctx)?;
     let odd = library_path_check(tree);
@@ -424,7 +448,7 @@ pub fn apply(tree: &mut Tree, ctx: &Context<'_>) -> Result<Report, FixupError> {
         "base files"
     );
     let mut summary = format!(
-        "os-release for {} {}, {created} base-files paths, {nshells} shells, {small} small files, empty machine-id",
+        "os-release for {} {}, {created} base-files paths, {nshells} shells, {small} small files, {fb} first-boot files, empty machine-id",
         ctx.def.name, ctx.def.version
     );
     if !odd.is_empty() {
@@ -581,6 +605,13 @@ mod tests {
             .unwrap()
             .starts_with("# /etc/modules"));
         assert_eq!(t.read_text("etc/nsswitch.conf").unwrap(), "passwd: files\n");
+        assert_eq!(first_boot(&mut t).unwrap(), 2);
+        assert_eq!(t.read_text("etc/locale.conf").unwrap(), "LANG=C.UTF-8\n");
+        assert_eq!(
+            target(&t, "etc/localtime").as_deref(),
+            Some("/usr/share/zoneinfo/Etc/UTC")
+        );
+        assert_eq!(first_boot(&mut t).unwrap(), 0, "kept when present");
     }
 
     #[test]
