@@ -59,6 +59,27 @@ pub struct Definition {
     /// Extra kernel command line for the boot entries.
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// Container images made from files of the tree and preloaded into
+    /// Docker at boot (no registry, no network).
+    #[serde(default)]
+    pub container_images: Vec<ContainerImage>,
+}
+
+/// A container image built from files of the image tree.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerImage {
+    /// `NAME:TAG`, as `docker run` will know it.
+    pub name: String,
+    /// Path in the container -> path in the image tree.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
+    /// Symlinks in the container: path -> target.
+    #[serde(default)]
+    pub links: std::collections::BTreeMap<String, String>,
+    /// The default command.
+    #[serde(default)]
+    pub cmd: Vec<String>,
 }
 
 fn default_components() -> Vec<String> {

@@ -5,6 +5,7 @@
 //! The `cairn` binary (src/main.rs) only parses arguments and calls in here.
 
 pub mod artifacts;
+pub mod containers;
 pub mod debfile;
 pub mod definition;
 pub mod fetch;

@@ -348,6 +348,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
         tracing::info!(fixup = r.name, "{}", r.summary);
     }
 
+    crate::containers::add_all(&mut tree, &def.container_images, epoch)
+        .context("making the preloaded container images")?;
     let kernel = artifacts::take_kernel(&mut tree)?;
     artifacts::ensure_mount_points(&mut tree)?;
     std::fs::create_dir_all(&opts.out)

@@ -4,7 +4,7 @@
 //! 1. disk.raw under OVMF: systemd reaches a running system with no failed
 //!    unit, `/` is the read-only squashfs from slot A, `/var` is ext4 on
 //!    `cairn-state` grown to the end of the disk, etcd is healthy, Docker
-//!    answers, sshd listens with host keys made on this boot, `core` exists;
+//!    answers and runs a container from the preloaded busybox image, sshd listens with host keys made on this boot, `core` exists;
 //! 2. the same disk again: what was written under `/var` and `/etc`, and
 //!    the SSH host keys, are still there;
 //! 3. vmlinuz + initrd.img booted directly with `cairn.state=tmpfs`:
@@ -118,6 +118,13 @@ fn check_running_system(vm: &mut Vm) {
     assert!(health.contains("is healthy"), "{health}");
     let info = sh(vm, "docker info --format '{{.ServerVersion}} {{.Driver}}'");
     assert!(!info.trim().is_empty(), "docker info: {info}");
+    // a container from the image's preloaded busybox, with no network at all
+    sh(vm, "systemctl is-active cairn-preload-images.service");
+    let hello = sh(
+        vm,
+        "docker run --rm --network none busybox:latest /bin/sh -c 'echo hello from busybox'",
+    );
+    assert_eq!(hello.trim(), "hello from busybox");
     // sshd listens with host keys made on this machine
     let ss = sh(vm, "for i in $(seq 30); do ss -ltnH 'sport = :22' | grep -q . && break; sleep 1; done; ss -ltnH 'sport = :22'");
     assert!(ss.contains(":22"), "sshd is not listening: {ss}");
