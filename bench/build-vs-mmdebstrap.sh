@@ -15,7 +15,7 @@ for p in mmdebstrap squashfs-tools; do
 done
 
 cargo build --release -q
-cairn=target/release/cairn
+cairn=${CARGO_TARGET_DIR:-target}/release/cairn
 
 # Warm cairn's cache and make sure the lock exists.
 $cairn build images/default.yaml -o "$work/cairn-warmup" >/dev/null
@@ -25,7 +25,7 @@ pkgs=$(python3 - <<'PY'
 import re
 text = open("images/default.yaml").read()
 m = re.search(r"^packages:\n((?:  - .*\n)+)", text, re.M)
-pk = [l.strip()[2:] for l in m.group(1).splitlines()]
+pk = [l.strip()[2:].split("#")[0].strip() for l in m.group(1).splitlines()]
 k = re.search(r"^kernel: (\S+)", text, re.M).group(1)
 print(",".join(pk + [k]))
 PY

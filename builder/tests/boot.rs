@@ -16,48 +16,19 @@
 //! parallel on a 2-core machine.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cairn_builder::pipeline::{build, BuildOptions};
+use cairn_builder::pipeline::build;
 use cairn_qemu::{Vm, VmConfig};
-use indicatif::{MultiProgress, ProgressDrawTarget};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn test_cache() -> PathBuf {
-    std::env::var_os("CAIRN_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/cairn-test-cache"))
-}
+mod common;
+use common::{images_copy, opts};
 
 /// Build images/test.yaml (resolved afresh, in a copy of images/).
 fn build_test_image(work: &Path) -> PathBuf {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(repo_root().join("images"))
-        .arg(work)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = std::fs::remove_file(work.join("images/test.lock"));
     let out = work.join("out");
-    let opts = BuildOptions {
-        definition: work.join("images/test.yaml"),
-        out: out.clone(),
-        mirror: None,
-        cache: Some(test_cache()),
-        update_lock: true,
-        jobs: 8,
-        zstd_level: 3,
-        sources_root: PathBuf::from("/"),
-        keys: None,
-        progress: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
-        force: false,
-    };
-    build(&opts).unwrap_or_else(|e| panic!("building images/test.yaml: {e:#}"));
+    build(&opts(&work.join("images/test.yaml"), &out, true))
+        .unwrap_or_else(|e| panic!("building images/test.yaml: {e:#}"));
     out
 }
 
@@ -140,7 +111,7 @@ fn check_running_system(vm: &mut Vm) {
 
 #[test]
 fn test_image_boots_from_disk_and_diskless() {
-    let work = tempfile::tempdir().unwrap();
+    let work = images_copy();
     let t0 = Instant::now();
     let out = build_test_image(work.path());
     eprintln!("built the test image in {:.0?}", t0.elapsed());

@@ -7,53 +7,14 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use backhand::{FilesystemReader, InnerNode};
-use cairn_builder::pipeline::{build, BuildOptions};
-use indicatif::{MultiProgress, ProgressDrawTarget};
+use cairn_builder::pipeline::build;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn test_cache() -> PathBuf {
-    std::env::var_os("CAIRN_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/cairn-test-cache"))
-}
-
-/// Copy `images/` into a temp dir so the test's lock file does not touch
-/// the repository's.
-fn images_copy() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(repo_root().join("images"))
-        .arg(tmp.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = std::fs::remove_file(tmp.path().join("images/default.lock"));
-    tmp
-}
-
-fn opts(def: &Path, out: &Path, update_lock: bool) -> BuildOptions {
-    BuildOptions {
-        definition: def.to_path_buf(),
-        out: out.to_path_buf(),
-        mirror: None,
-        cache: Some(test_cache()),
-        update_lock,
-        jobs: 8,
-        zstd_level: 3,
-        sources_root: PathBuf::from("/"),
-        keys: None,
-        progress: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
-        force: false,
-    }
-}
+mod common;
+use common::{images_copy, opts, test_cache};
 
 enum Kind {
     File(Vec<u8>),

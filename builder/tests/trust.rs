@@ -13,9 +13,8 @@ use cairn_builder::fetch::Cache;
 use cairn_builder::repo::{self, Archive, Mirrors};
 use cairn_debian::sources;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod common;
+use common::repo_root;
 
 /// The real mirror this machine's apt sources name for bookworm.
 fn real_mirror() -> String {

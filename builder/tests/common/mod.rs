@@ -1,0 +1,58 @@
+//! Helpers shared by the builder's integration tests: where the repository
+//! and the shared package cache are, a scratch copy of `images/`, and the
+//! build options the tests use.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_builder::pipeline::BuildOptions;
+use indicatif::{MultiProgress, ProgressDrawTarget};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The package cache shared by test runs (`CAIRN_TEST_CACHE` overrides).
+pub fn test_cache() -> PathBuf {
+    std::env::var_os("CAIRN_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/cairn-test-cache"))
+}
+
+/// Copy `images/` into a temp dir, without its lock files, so that tests
+/// resolve against the mirror as it is today and never touch the
+/// repository's locks.
+pub fn images_copy() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(repo_root().join("images"))
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for lock in ["default.lock", "test.lock"] {
+        let _ = std::fs::remove_file(tmp.path().join("images").join(lock));
+    }
+    tmp
+}
+
+/// Build options for `def` into `out`: the shared cache, fast compression,
+/// no progress bars.
+pub fn opts(def: &Path, out: &Path, update_lock: bool) -> BuildOptions {
+    BuildOptions {
+        definition: def.to_path_buf(),
+        out: out.to_path_buf(),
+        mirror: None,
+        cache: Some(test_cache()),
+        update_lock,
+        jobs: 8,
+        zstd_level: 3,
+        sources_root: PathBuf::from("/"),
+        keys: None,
+        progress: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
+        force: false,
+    }
+}
