@@ -152,18 +152,8 @@ pub fn archive(tree: &Tree, img: &ContainerImage, mtime: u64) -> Result<Vec<u8>>
 }
 
 fn created_rfc3339(t: u64) -> String {
-    let days = (t / 86400) as i64;
+    let (y, m, d) = cairn_debian::release::civil_from_days((t / 86400) as i64);
     let secs = t % 86400;
-    // civil from days (Howard Hinnant)
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         secs / 3600,
