@@ -1,0 +1,1 @@
+//! cairn-cloudconfig (being written).

@@ -1,0 +1,1 @@
+//! cairn-cloudinit (being written).
