@@ -10,7 +10,9 @@
 //! 3. vmlinuz + initrd.img booted directly with `cairn.state=tmpfs`:
 //!    the same running system, diskless;
 //! 4. a disk whose slot A is damaged: `/init` says why on the console and
-//!    reboots instead of hanging.
+//!    reboots instead of hanging;
+//! 5. a machine whose disk has no slot partition at all: `/init` waits
+//!    `cairn.timeout`, names the label it waited for, and reboots.
 //!
 //! One test function: the phases share one build and must not run VMs in
 //! parallel on a 2-core machine.
@@ -259,6 +261,36 @@ fn test_image_boots_from_disk_and_diskless() {
         "{fatal}"
     );
     // with -no-reboot, the reboot /init asks for makes QEMU exit
+    vm.wait_exit(Duration::from_secs(60))
+        .expect("/init reboots after the FATAL line");
+
+    drop(vm);
+
+    // --- 5. no slot partition: /init names what it waited for and reboots
+    let blank = work.path().join("blank.raw");
+    std::fs::File::create(&blank)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut vm = Vm::start(
+        VmConfig::new("missing-slot")
+            .kernel(
+                out.join("vmlinuz"),
+                Some(out.join("initrd.img")),
+                "cairn.slot=b cairn.timeout=5 console=ttyS0,115200",
+            )
+            .disk(&blank)
+            .memory_mib(1024)
+            .no_reboot(true),
+    )
+    .expect("starting QEMU");
+    let fatal = vm
+        .wait_for("cairn-init: FATAL:", BOOT)
+        .expect("/init reports the missing slot");
+    assert!(
+        fatal.contains("no partition labelled cairn-b") && fatal.contains("5s"),
+        "{fatal}"
+    );
     vm.wait_exit(Duration::from_secs(60))
         .expect("/init reboots after the FATAL line");
 }
