@@ -105,8 +105,9 @@ fn layer(tree: &Tree, img: &ContainerImage, mtime: u64) -> Result<Vec<u8>> {
     Ok(b.into_inner()?)
 }
 
-/// The `docker save` archive for one image.
-pub fn archive(tree: &Tree, img: &ContainerImage, mtime: u64) -> Result<Vec<u8>> {
+/// The `docker save` archive for one image, and the image ID Docker will
+/// give it (`sha256:` + the config's digest).
+pub fn archive(tree: &Tree, img: &ContainerImage, mtime: u64) -> Result<(Vec<u8>, String)> {
     let (repo, tag) = match img.name.rsplit_once(':') {
         Some((r, t)) if !r.is_empty() && !t.is_empty() && !t.contains('/') => (r, t),
         _ => bail!("container image name {:?} must be NAME:TAG", img.name),
@@ -148,7 +149,7 @@ pub fn archive(tree: &Tree, img: &ContainerImage, mtime: u64) -> Result<Vec<u8>>
     add(&format!("{config_id}.json"), &config)?;
     add(&format!("{layer_id}/layer.tar"), &layer)?;
     add("manifest.json", &manifest)?;
-    Ok(b.into_inner()?)
+    Ok((b.into_inner()?, format!("sha256:{config_id}")))
 }
 
 fn created_rfc3339(t: u64) -> String {
@@ -162,13 +163,21 @@ fn created_rfc3339(t: u64) -> String {
     )
 }
 
-/// Write every definition image into the tree.
+/// Write every definition image into the tree: `NAME_TAG.tar` (the
+/// archive) and `NAME_TAG.id` (`IMAGE_ID NAME:TAG`), which lets
+/// `cairn-preload-images.service` skip an image Docker already has under
+/// that name (every boot after the first, when `/var` persists).
 pub fn add_all(tree: &mut Tree, images: &[ContainerImage], mtime: u64) -> Result<usize> {
     let origin: Arc<str> = Arc::from("cairn:container-images");
     for img in images {
-        let data = archive(tree, img, mtime)?;
-        let file = format!("{IMAGES_DIR}/{}.tar", img.name.replace([':', '/'], "_"));
-        tree.insert(&file, Entry::file(data, 0o644, &origin))?;
+        let (data, id) = archive(tree, img, mtime)?;
+        let base = format!("{IMAGES_DIR}/{}", img.name.replace([':', '/'], "_"));
+        tree.insert(&format!("{base}.tar"), Entry::file(data, 0o644, &origin))?;
+        let idline = format!("{id} {}\n", img.name);
+        tree.insert(
+            &format!("{base}.id"),
+            Entry::file(idline.into_bytes(), 0o644, &origin),
+        )?;
     }
     Ok(images.len())
 }
@@ -213,7 +222,7 @@ mod tests {
 
     #[test]
     fn docker_save_layout_with_matching_digests() {
-        let a = archive(&tree(), &img(), 1_700_000_000).unwrap();
+        let (a, id) = archive(&tree(), &img(), 1_700_000_000).unwrap();
         let m = members(&a);
         let manifest: serde_json::Value = serde_json::from_slice(&m["manifest.json"]).unwrap();
         assert_eq!(manifest[0]["RepoTags"][0], "busybox:latest");
@@ -222,6 +231,10 @@ mod tests {
         let cfg = &m[cfg_name];
         assert_eq!(
             format!("{}.json", hex::encode(Sha256::digest(cfg))),
+            cfg_name
+        );
+        assert_eq!(
+            format!("{}.json", id.trim_start_matches("sha256:")),
             cfg_name
         );
         let layer = &m[layer_name];
@@ -236,7 +249,7 @@ mod tests {
         assert!(files.contains_key("bin/sh"));
         assert!(files.contains_key("tmp/"));
         // deterministic
-        assert_eq!(a, archive(&tree(), &img(), 1_700_000_000).unwrap());
+        assert_eq!(a, archive(&tree(), &img(), 1_700_000_000).unwrap().0);
     }
 
     #[test]

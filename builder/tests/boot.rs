@@ -196,6 +196,15 @@ fn test_image_boots_from_disk_and_diskless() {
         host_key,
         "host keys are kept"
     );
+    // Docker kept the preloaded image in /var: it is not loaded again
+    let preload = sh(
+        &mut vm,
+        "journalctl -b -u cairn-preload-images --no-pager -o cat",
+    );
+    assert!(
+        preload.contains("busybox:latest: already loaded (sha256:"),
+        "cairn-preload-images on the second boot:\n{preload}"
+    );
     vm.powerdown().unwrap();
     vm.wait_exit(Duration::from_secs(120))
         .expect("the guest powers off");
