@@ -17,22 +17,12 @@
 //! One test function: the phases share one build and must not run VMs in
 //! parallel on a 2-core machine.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cairn_builder::pipeline::build;
 use cairn_qemu::{Vm, VmConfig};
 
 mod common;
-use common::{images_copy, opts};
-
-/// Build images/test.yaml (resolved afresh, in a copy of images/).
-fn build_test_image(work: &Path) -> PathBuf {
-    let out = work.join("out");
-    build(&opts(&work.join("images/test.yaml"), &out, true))
-        .unwrap_or_else(|e| panic!("building images/test.yaml: {e:#}"));
-    out
-}
+use common::test_image;
 
 const BOOT: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(60);
@@ -113,11 +103,10 @@ fn check_running_system(vm: &mut Vm) {
 
 #[test]
 fn test_image_boots_from_disk_and_diskless() {
-    let work = images_copy();
-    let t0 = Instant::now();
-    let out = build_test_image(work.path());
-    eprintln!("built the test image in {:.0?}", t0.elapsed());
-    let disk = out.join("disk.raw");
+    let work = tempfile::tempdir().unwrap();
+    let out = test_image();
+    let disk = work.path().join("disk.raw");
+    std::fs::copy(out.join("disk.raw"), &disk).expect("copying disk.raw");
 
     // --- 1. first boot from disk.raw under UEFI (persisted, so boot 2 sees it)
     let t = Instant::now();

@@ -56,3 +56,24 @@ pub fn opts(def: &Path, out: &Path, update_lock: bool) -> BuildOptions {
         force: false,
     }
 }
+
+/// Build `images/test.yaml` (the default image plus the QEMU guest agent),
+/// resolved afresh in a copy of `images/`, into one folder shared by the
+/// QEMU test binaries (`target/cairn-test-image`, `CAIRN_TEST_IMAGE`
+/// overrides): the first binary builds it, the others find it current and
+/// skip the build (cargo runs test binaries one after another).
+pub fn test_image() -> PathBuf {
+    let out = std::env::var_os("CAIRN_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/cairn-test-image"));
+    let work = images_copy();
+    let t0 = std::time::Instant::now();
+    cairn_builder::pipeline::build(&opts(&work.path().join("images/test.yaml"), &out, true))
+        .unwrap_or_else(|e| panic!("building images/test.yaml: {e:#}"));
+    eprintln!(
+        "test image ready in {:.0?}: {}",
+        t0.elapsed(),
+        out.display()
+    );
+    out
+}
