@@ -322,6 +322,30 @@ impl VmConfig {
         self.forward(22)
     }
 
+    /// Enables user networking (if not yet) and lets the guest reach
+    /// `127.0.0.1:host_port` as `10.0.2.100:guest_port`
+    /// ([`GUEST_FORWARD_ADDR`]; TCP only). Works with `restrict=on`.
+    pub fn guest_forward(mut self, guest_port: u16, host_port: u16) -> Self {
+        self.net
+            .get_or_insert_with(UserNet::default)
+            .guest_forwards
+            .push(GuestForward {
+                guest_port,
+                host_port,
+            });
+        self
+    }
+
+    /// Enables user networking (if not yet) without `restrict=on`: the
+    /// guest may then open connections out of the virtual network, and
+    /// slirp maps `10.0.2.2` to the host's loopback for TCP and UDP alike
+    /// (how a guest reaches a host UDP service such as a TFTP server on a
+    /// non-standard port; slirp answers port 69 itself).
+    pub fn unrestricted_net(mut self) -> Self {
+        self.net.get_or_insert_with(UserNet::default).restrict = false;
+        self
+    }
+
     /// Enables user networking with a NIC and no forwards.
     pub fn user_net(mut self) -> Self {
         self.net.get_or_insert_with(UserNet::default);
@@ -775,6 +799,19 @@ mod tests {
             values(&args, "-netdev"),
             ["user,id=net0,restrict=on,tftp=/t,bootfile=x.efi"]
         );
+    }
+
+    #[test]
+    fn guest_forward_and_unrestricted_builders() {
+        let c = base("fwd").guest_forward(80, 8080);
+        let args = qemu_args(&c, &layout("/v")).unwrap();
+        assert_eq!(
+            values(&args, "-netdev"),
+            ["user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8080"]
+        );
+        let c = base("open").unrestricted_net();
+        let args = qemu_args(&c, &layout("/v")).unwrap();
+        assert_eq!(values(&args, "-netdev"), ["user,id=net0"]);
     }
 
     #[test]
