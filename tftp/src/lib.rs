@@ -1,1 +1,25 @@
-//! cairn-tftp (being written).
+//! cairn-tftp: a read-only TFTP server for network boot, async on tokio, serving files and generated content.
+//!
+//! RFC 1350 read requests (write requests get error 2), option negotiation (RFC 2347) with blksize
+//! (RFC 2348), timeout and tsize (RFC 2349) and windowsize (RFC 7440). Each transfer runs in its own task on
+//! its own ephemeral UDP socket. See `README.md` for the behaviour in detail.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use cairn_tftp::{Config, DirHandler, Server};
+//! let handler = Arc::new(DirHandler::new("/srv/tftp")?);
+//! let server = Server::bind("0.0.0.0:69".parse().unwrap(), handler, Config::default()).await?;
+//! server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+pub mod block;
+mod handler;
+pub mod options;
+pub mod packet;
+mod server;
+
+pub use handler::{Content, DirHandler, Handler, Outcome, TftpError};
+pub use packet::error_code;
+pub use server::{Config, Server, MAX_BLKSIZE};

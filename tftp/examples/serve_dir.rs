@@ -1,0 +1,53 @@
+//! Serves a directory over TFTP (used by bench/tftp-vs-tftpd-hpa.sh and for manual tests).
+//!
+//! `cargo run --release -p cairn-tftp --example serve_dir -- ADDR DIR [MAX_BLKSIZE] [MAX_WINDOWSIZE]`
+//! MAX_BLKSIZE defaults to 65464 (the RFC maximum, for loopback), MAX_WINDOWSIZE to 64.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cairn_tftp::{Config, DirHandler, Server};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [addr, dir, rest @ ..] = args.as_slice() else {
+        anyhow::bail!("usage: serve_dir ADDR DIR [MAX_BLKSIZE] [MAX_WINDOWSIZE]");
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("parsing listen address {addr:?}"))?;
+    let mut config = Config {
+        max_blksize: cairn_tftp::MAX_BLKSIZE,
+        max_windowsize: 64,
+        ..Config::default()
+    };
+    if let Some(b) = rest.first() {
+        config.max_blksize = b.parse().with_context(|| format!("parsing MAX_BLKSIZE {b:?}"))?;
+    }
+    if let Some(w) = rest.get(1) {
+        config.max_windowsize = w
+            .parse()
+            .with_context(|| format!("parsing MAX_WINDOWSIZE {w:?}"))?;
+    }
+    let handler = Arc::new(DirHandler::new(dir).with_context(|| format!("opening TFTP root {dir}"))?);
+    let server = Server::bind(addr, handler, config)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    println!("listening on {}", server.local_addr());
+    server
+        .serve(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving TFTP")?;
+    Ok(())
+}
