@@ -1,0 +1,374 @@
+//! A YAML document tree with 1-based line numbers, read with saphyr-parser and resolved with YAML 1.1 rules as goyaml
+//! (coreos-cloudinit's parser) had them: `on`/`off`/`yes`/`no`/`y`/`n` are booleans, `0644` is octal, `<<` merges.
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span, Tag};
+
+use crate::decode;
+
+/// A YAML syntax error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SyntaxError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// A resolved YAML value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str,
+    /// A `!!binary` scalar: the decoded bytes (a string to coreos-cloudinit).
+    Binary(Vec<u8>),
+    Seq(Vec<Node>),
+    Map(Vec<Entry>),
+}
+
+/// One node of the document.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Node {
+    /// 1-based line where the node starts.
+    pub line: usize,
+    /// A scalar's text as written (after quote and block processing); empty for collections.
+    pub text: String,
+    pub value: Value,
+}
+
+/// One key of a mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    /// The key with `-` replaced by `_`, as coreos-cloudinit compares keys.
+    pub key: String,
+    /// 1-based line of the key.
+    pub line: usize,
+    pub value: Node,
+}
+
+/// The Go kind coreos-cloudinit's validator sees for a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Invalid,
+    Bool,
+    Int,
+    Float,
+    String,
+    Slice,
+    Map,
+}
+
+impl Node {
+    pub(crate) fn kind(&self) -> Kind {
+        match self.value {
+            Value::Null => Kind::Invalid,
+            Value::Bool(_) => Kind::Bool,
+            Value::Int(_) => Kind::Int,
+            Value::Float(_) => Kind::Float,
+            Value::Str | Value::Binary(_) => Kind::String,
+            Value::Seq(_) => Kind::Slice,
+            Value::Map(_) => Kind::Map,
+        }
+    }
+
+    /// The first entry of a mapping with this (normalised) key.
+    pub(crate) fn get(&self, key: &str) -> Option<&Entry> {
+        match &self.value {
+            Value::Map(entries) => entries.iter().find(|e| e.key == key),
+            _ => None,
+        }
+    }
+
+    /// The value as a Go string field would receive it: the text as written, the bytes of a `!!binary`.
+    pub(crate) fn string_bytes(&self) -> Option<Vec<u8>> {
+        match &self.value {
+            Value::Binary(bytes) => Some(bytes.clone()),
+            Value::Str | Value::Bool(_) | Value::Int(_) | Value::Float(_) => {
+                Some(self.text.as_bytes().to_vec())
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Node::string_bytes`] as text (invalid UTF-8 replaced).
+    pub(crate) fn string(&self) -> Option<String> {
+        self.string_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+}
+
+/// Parse the first document of `text`. An empty document is an empty mapping at line 1.
+pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let mut builder = Builder {
+        parser: Parser::new_from_str(text),
+        anchors: HashMap::new(),
+    };
+    builder.document().map_err(|e| match e {
+        BuildError::Scan(e) => SyntaxError {
+            line: e.marker().line().max(1),
+            message: e.info().to_string(),
+        },
+        BuildError::Other(line, message) => SyntaxError { line, message },
+    })
+}
+
+enum BuildError {
+    Scan(ScanError),
+    Other(usize, String),
+}
+
+impl From<ScanError> for BuildError {
+    fn from(e: ScanError) -> Self {
+        BuildError::Scan(e)
+    }
+}
+
+struct Builder<'a> {
+    parser: Parser<'a, saphyr_parser::StrInput<'a>>,
+    anchors: HashMap<usize, Node>,
+}
+
+impl<'a> Builder<'a> {
+    fn next(&mut self) -> Result<(Event<'a>, Span), BuildError> {
+        match self.parser.next_event() {
+            Some(r) => Ok(r?),
+            None => Ok((Event::StreamEnd, Span::default())),
+        }
+    }
+
+    fn document(&mut self) -> Result<Node, BuildError> {
+        let empty = Node {
+            line: 1,
+            text: String::new(),
+            value: Value::Map(Vec::new()),
+        };
+        loop {
+            let (ev, _) = self.next()?;
+            match ev {
+                Event::StreamStart | Event::Nothing => continue,
+                Event::DocumentStart(_) => break,
+                _ => return Ok(empty),
+            }
+        }
+        let (ev, span) = self.next()?;
+        let root = match ev {
+            Event::DocumentEnd => return Ok(empty),
+            ev => self.node(ev, span)?,
+        };
+        // Scan to the end of this document so that a syntax error inside it is reported.
+        loop {
+            match self.next()?.0 {
+                Event::DocumentEnd | Event::StreamEnd => break,
+                _ => continue,
+            }
+        }
+        Ok(match root.value {
+            Value::Null => empty,
+            _ => root,
+        })
+    }
+
+    fn node(&mut self, ev: Event<'a>, span: Span) -> Result<Node, BuildError> {
+        let line = span.start.line().max(1);
+        match ev {
+            Event::Scalar(text, style, anchor, tag) => {
+                let node = scalar(text.into_owned(), style, tag.as_deref(), line)?;
+                self.remember(anchor, &node);
+                Ok(node)
+            }
+            Event::Alias(id) => {
+                let mut node = self.anchors.get(&id).cloned().ok_or_else(|| {
+                    BuildError::Other(line, "unknown anchor referenced".to_string())
+                })?;
+                node.line = line;
+                Ok(node)
+            }
+            Event::SequenceStart(anchor, _) => {
+                let mut items = Vec::new();
+                loop {
+                    let (ev, span) = self.next()?;
+                    match ev {
+                        Event::SequenceEnd => break,
+                        Event::StreamEnd => {
+                            return Err(BuildError::Other(line, "unexpected end of input".into()))
+                        }
+                        ev => items.push(self.node(ev, span)?),
+                    }
+                }
+                let node = Node {
+                    line,
+                    text: String::new(),
+                    value: Value::Seq(items),
+                };
+                self.remember(anchor, &node);
+                Ok(node)
+            }
+            Event::MappingStart(anchor, _) => {
+                let mut entries: Vec<Entry> = Vec::new();
+                let mut merged: Vec<Entry> = Vec::new();
+                loop {
+                    let (ev, kspan) = self.next()?;
+                    let key = match ev {
+                        Event::MappingEnd => break,
+                        Event::StreamEnd => {
+                            return Err(BuildError::Other(line, "unexpected end of input".into()))
+                        }
+                        ev => self.node(ev, kspan)?,
+                    };
+                    let (ev, vspan) = self.next()?;
+                    let value = self.node(ev, vspan)?;
+                    if key.text == "<<" && key.value == Value::Str {
+                        merge_into(&mut merged, &value);
+                        continue;
+                    }
+                    let name = match key.value {
+                        Value::Seq(_) | Value::Map(_) => {
+                            return Err(BuildError::Other(
+                                key.line,
+                                "mapping keys must be scalars".to_string(),
+                            ))
+                        }
+                        Value::Binary(ref b) => String::from_utf8_lossy(b).into_owned(),
+                        _ => key.text.clone(),
+                    };
+                    entries.push(Entry {
+                        key: name.replace('-', "_"),
+                        line: key.line,
+                        value,
+                    });
+                }
+                for m in merged {
+                    if !entries.iter().any(|e| e.key == m.key) {
+                        entries.push(m);
+                    }
+                }
+                let node = Node {
+                    line,
+                    text: String::new(),
+                    value: Value::Map(entries),
+                };
+                self.remember(anchor, &node);
+                Ok(node)
+            }
+            Event::StreamEnd | Event::DocumentEnd => Ok(Node {
+                line,
+                text: String::new(),
+                value: Value::Null,
+            }),
+            _ => Err(BuildError::Other(line, "unexpected YAML event".to_string())),
+        }
+    }
+
+    fn remember(&mut self, anchor: usize, node: &Node) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+    }
+}
+
+/// `<<: *anchor` or `<<: [*a, *b]`: keys of the merged mappings that the mapping does not set itself.
+fn merge_into(merged: &mut Vec<Entry>, value: &Node) {
+    match &value.value {
+        Value::Map(entries) => {
+            for e in entries {
+                if !merged.iter().any(|m| m.key == e.key) {
+                    merged.push(e.clone());
+                }
+            }
+        }
+        Value::Seq(items) => {
+            for item in items {
+                merge_into(merged, item);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn scalar(
+    text: String,
+    style: ScalarStyle,
+    tag: Option<&Tag>,
+    line: usize,
+) -> Result<Node, BuildError> {
+    let core_suffix = tag
+        .filter(|t| t.is_yaml_core_schema())
+        .map(|t| t.suffix.as_str());
+    let value = match core_suffix {
+        Some("str") => Value::Str,
+        Some("binary") => match decode::decode_base64(text.as_bytes()) {
+            Ok(bytes) => Value::Binary(bytes),
+            Err(_) => {
+                return Err(BuildError::Other(
+                    line,
+                    "!!binary value contains invalid base64 data".to_string(),
+                ))
+            }
+        },
+        Some("null") => Value::Null,
+        Some(_) => resolve(&text),
+        None if tag.is_some() => Value::Str,
+        None if style == ScalarStyle::Plain => resolve(&text),
+        None => Value::Str,
+    };
+    Ok(Node { line, text, value })
+}
+
+/// goyaml's implicit typing of a plain scalar (YAML 1.1).
+pub(crate) fn resolve(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "y" | "Y" | "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => {
+            return Value::Bool(true)
+        }
+        "n" | "N" | "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
+            return Value::Bool(false)
+        }
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        _ => {}
+    }
+    let first = text.as_bytes()[0];
+    if !(first.is_ascii_digit() || matches!(first, b'+' | b'-' | b'.')) {
+        return Value::Str;
+    }
+    let plain = text.replace('_', "");
+    if let Some(i) = parse_go_int(&plain) {
+        return Value::Int(i);
+    }
+    if plain.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) {
+        if let Ok(f) = plain.parse::<f64>() {
+            return Value::Float(f);
+        }
+    }
+    Value::Str
+}
+
+/// Go's `strconv.ParseInt(s, 0, 64)`: optional sign, then `0x` hex, `0b` binary, `0o`/leading `0` octal or decimal.
+fn parse_go_int(s: &str) -> Option<i64> {
+    let (neg, body) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (radix, digits) = if let Some(d) = body.strip_prefix("0x").or(body.strip_prefix("0X")) {
+        (16, d)
+    } else if let Some(d) = body.strip_prefix("0b").or(body.strip_prefix("0B")) {
+        (2, d)
+    } else if let Some(d) = body.strip_prefix("0o").or(body.strip_prefix("0O")) {
+        (8, d)
+    } else if body.len() > 1 && body.starts_with('0') {
+        (8, &body[1..])
+    } else {
+        (10, body)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let magnitude = i128::from_str_radix(digits, radix).ok()?;
+    let v = if neg { -magnitude } else { magnitude };
+    i64::try_from(v).ok()
+}
