@@ -54,7 +54,9 @@ pub(crate) fn decode_bytes(content: &[u8], encoding: &str) -> Result<Vec<u8>, De
         "" => Ok(content.to_vec()),
         "base64" | "b64" => decode_base64(content),
         "gz" | "gzip" => decode_gzip(content),
-        "gz+base64" | "gzip+base64" | "gz+b64" | "gzip+b64" => decode_gzip(&decode_base64(content)?),
+        "gz+base64" | "gzip+base64" | "gz+b64" | "gzip+b64" => {
+            decode_gzip(&decode_base64(content)?)
+        }
         other => Err(DecodeError::UnsupportedEncoding(other.to_string())),
     }
 }

@@ -145,7 +145,9 @@ impl Unit {
     /// A systemd-networkd unit (`.network`, `.netdev`, `.link`): written under /etc/systemd/network, not /etc/systemd/system.
     pub fn is_network_unit(&self) -> bool {
         matches!(
-            std::path::Path::new(&self.name).extension().and_then(|e| e.to_str()),
+            std::path::Path::new(&self.name)
+                .extension()
+                .and_then(|e| e.to_str()),
             Some("network" | "netdev" | "link")
         )
     }

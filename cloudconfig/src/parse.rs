@@ -259,7 +259,10 @@ fn string(node: &Node, key: &str) -> Option<String> {
 }
 
 fn boolean(node: &Node, key: &str) -> bool {
-    matches!(node.get(key).map(|e| &e.value.value), Some(Value::Bool(true)))
+    matches!(
+        node.get(key).map(|e| &e.value.value),
+        Some(Value::Bool(true))
+    )
 }
 
 fn strings(node: &Node, key: &str) -> Vec<String> {

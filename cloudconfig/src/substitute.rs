@@ -12,7 +12,12 @@ pub struct Addresses {
 }
 
 /// The four names that are substituted, with their `$`.
-pub const VARIABLES: [&str; 4] = ["$public_ipv4", "$private_ipv4", "$public_ipv6", "$private_ipv6"];
+pub const VARIABLES: [&str; 4] = [
+    "$public_ipv4",
+    "$private_ipv4",
+    "$public_ipv6",
+    "$private_ipv6",
+];
 
 /// Replace `$public_ipv4`, `$private_ipv4`, `$public_ipv6` and `$private_ipv6` with the addresses (empty when unknown).
 /// `\$name` stands for a literal `$name` (the backslash is dropped); any other text, `$unknown` included, is left as it is.

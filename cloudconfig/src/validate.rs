@@ -187,7 +187,13 @@ fn check_structure(root: &Node, report: &mut Report) {
         );
         return;
     }
-    structure(root, "", root.line, Ty::Struct(schema::CLOUD_CONFIG), report);
+    structure(
+        root,
+        "",
+        root.line,
+        Ty::Struct(schema::CLOUD_CONFIG),
+        report,
+    );
 }
 
 fn structure(node: &Node, name: &str, line: usize, ty: Ty, report: &mut Report) {
@@ -417,7 +423,10 @@ fn valid_authority(authority: &str) -> bool {
 }
 
 fn valid_port(port: &str) -> bool {
-    port.is_empty() || port.strip_prefix(':').is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+    port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn valid_escapes(s: &str) -> bool {
@@ -437,4 +446,483 @@ fn valid_escapes(s: &str) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Validate `#cloud-config\n` + `body` and compare with `want`, whose lines count from the body's first line
+    /// (as in coreos-cloudinit's own tests, which have no header line): the header shifts each by one.
+    fn check(body: &str, want: &[(Kind, &str, usize)]) {
+        let report = validate(&format!("#cloud-config\n{body}"));
+        let got: Vec<(Kind, &str, usize)> = report
+            .findings
+            .iter()
+            .map(|f| (f.kind, f.message.as_str(), f.line - 1))
+            .collect();
+        assert_eq!(got, want, "findings for {body:?}");
+    }
+
+    use Kind::{Error as E, Info as I, Warning as W};
+
+    const DEP_ETCD2: (Kind, &str, usize) = (
+        W,
+        "deprecated key \"etcd2\" (etcd2 is no longer shipped in Container Linux)",
+        2,
+    );
+
+    #[test]
+    fn header_kinds() {
+        assert!(validate("").is_empty());
+        assert!(validate("#!/bin/bash\necho hey").is_empty());
+        assert!(validate(r#"{"ignitionVersion":1}"#).is_empty());
+        assert!(validate(r#"{"ignition":{"version":"2.0.0"}}"#).is_empty());
+        assert!(validate("#cloud-config").is_empty());
+        assert!(validate("#cloud-config  \r\nhostname: a").is_empty());
+        for bad in [
+            "{}",
+            " ",
+            "#cloud-config-x\n",
+            "hostname: a\n#cloud-config",
+            r#"{"ignitionVersion":"1"}"#,
+        ] {
+            let r = validate(bad);
+            assert_eq!(
+                r.findings,
+                vec![Finding {
+                    kind: E,
+                    message: BAD_HEADER.into(),
+                    line: 1
+                }],
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_syntax_errors_carry_their_line() {
+        check("a:\na", &[(E, "could not find expected ':'", 2)]);
+        check("#hello\na:\na", &[(E, "could not find expected ':'", 3)]);
+        check(
+            "a: `b",
+            &[(E, "found character that cannot start any token", 1)],
+        );
+        check(
+            "hostname: a\noem:\n  id: @@OEM_ID@@\n",
+            &[(E, "found character that cannot start any token", 3)],
+        );
+        check(
+            "a: b\n c: d",
+            &[(E, "mapping values are not allowed in this context", 2)],
+        );
+        check(
+            "coreos:\n  etcd2:\n    name: {{NAME}}\n",
+            &[(
+                E,
+                "invalid map key: a mapping key must be a scalar, not a collection",
+                3,
+            )],
+        );
+    }
+
+    #[test]
+    fn permissions_and_strategy_as_goyaml_reads_them() {
+        check("write_files:\n  - permissions: 0744", &[]);
+        check("write_files:\n  - permissions: '0744'", &[]);
+        check("write_files:\n  - permissions: 744", &[]);
+        check("write_files:\n  - permissions: '744'", &[]);
+        check(
+            "write_files:\n  - permissions: 0744a",
+            &[(E, "invalid value 0744a", 2)],
+        );
+        check(
+            "write_files:\n  - permissions: 077777",
+            &[(E, "invalid value 077777", 2)],
+        );
+        check("coreos:\n  update:\n    reboot-strategy: off", &[]);
+        check("coreos:\n  update:\n    reboot-strategy: \"off\"", &[]);
+        check(
+            "coreos:\n  update:\n    reboot-strategy: false",
+            &[(E, "invalid value false", 3)],
+        );
+        check(
+            "coreos:\n  update:\n    reboot-strategy: best-effort",
+            &[(E, "invalid value best-effort", 3)],
+        );
+        check(
+            "coreos:\n  update:\n    reboot-strategy: ${strategy}",
+            &[(E, "invalid value ${strategy}", 3)],
+        );
+    }
+
+    #[test]
+    fn discovery_url() {
+        check("coreos:\n  etcd2:\n    discovery: https://discovery.example/00000000000000000000000000000000", &[DEP_ETCD2]);
+        check(
+            "coreos:\n  etcd2:\n    discovery: http://custom.domain/mytoken",
+            &[DEP_ETCD2],
+        );
+        check(
+            "coreos:\n  etcd2:\n    discovery: /relative/is/a/request/uri",
+            &[DEP_ETCD2],
+        );
+        check(
+            "coreos:\n  etcd2:\n    discovery: disco",
+            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+        );
+        check(
+            "coreos:\n  etcd2:\n    discovery: ${url}",
+            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+        );
+        check(
+            "coreos:\n  etcd2:\n    discovery: \"http://[::1/x\"",
+            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+        );
+        check(
+            "coreos:\n  etcd2:\n    discovery: http://host:port/x",
+            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+        );
+        check(
+            "coreos:\n  etcd2:\n    discovery: http://host/%zz",
+            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+        );
+        check(
+            "coreos:\n  etcd2:\n    discovery: \":nope\"",
+            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+        );
+        check(
+            "coreos:\n  etcd:\n    discovery: disco",
+            &[
+                (
+                    W,
+                    "deprecated key \"etcd\" (etcd is no longer shipped in Container Linux)",
+                    2,
+                ),
+                (W, "discovery URL is not valid", 3),
+            ],
+        );
+    }
+
+    #[test]
+    fn encodings() {
+        let gz = "H4sIAOC3tVQAA8tIzcnJ5wIAIDA6NgYAAAA=";
+        check(
+            "write_files:\n  - encoding: base64\n    content: aGVsbG8K",
+            &[],
+        );
+        check("write_files:\n  - content: !!binary aGVsbG8K", &[]);
+        check(
+            "write_files:\n  - encoding: base64\n    content: !!binary aGVsbG8K",
+            &[(E, "content cannot be decoded as \"base64\"", 3)],
+        );
+        check(
+            "write_files:\n  - encoding: base64\n    content: !!binary YUdWc2JHOEsK",
+            &[],
+        );
+        check(
+            &format!("write_files:\n  - encoding: gzip\n    content: !!binary {gz}"),
+            &[],
+        );
+        for enc in ["gz+base64", "gzip+base64", "gz+b64", "gzip+b64"] {
+            check(
+                &format!("write_files:\n  - encoding: {enc}\n    content: {gz}"),
+                &[],
+            );
+        }
+        check(
+            "write_files:\n  - encoding: custom\n    content: hello",
+            &[
+                (E, "invalid value custom", 2),
+                (E, "content cannot be decoded as \"custom\"", 3),
+            ],
+        );
+        check(
+            "write_files:\n  - encoding: b64\n    content: \"not base64!\"",
+            &[(E, "content cannot be decoded as \"b64\"", 3)],
+        );
+        check(
+            "write_files:\n  - encoding: gz\n    content: plain text",
+            &[(E, "content cannot be decoded as \"gz\"", 3)],
+        );
+        check(
+            "write_files:\n  - path: /x\n    encoding: gzip",
+            &[(E, "content cannot be decoded as \"gzip\"", 3)],
+        );
+    }
+
+    #[test]
+    fn structure() {
+        check("test:", &[(W, "unrecognized key \"test\"", 1)]);
+        check("foo-bar: 1", &[(W, "unrecognized key \"foo_bar\"", 1)]);
+        check(
+            "coreos:\n  flannel:\n    bad:",
+            &[(W, "unrecognized key \"bad\"", 3)],
+        );
+        check("coreos:\n  flannel:\n    interface: good", &[]);
+        check(
+            "coreos:\n  etcd:\n    proxy: hi",
+            &[
+                (
+                    W,
+                    "deprecated key \"etcd\" (etcd is no longer shipped in Container Linux)",
+                    2,
+                ),
+                (
+                    W,
+                    "deprecated key \"proxy\" (etcd2 options no longer work for etcd)",
+                    3,
+                ),
+            ],
+        );
+        check(
+            "coreos:\n  units:\n    - hello\n    - goodbye",
+            &[
+                (W, "incorrect type for \"units[0]\" (want struct)", 3),
+                (W, "incorrect type for \"units[1]\" (want struct)", 4),
+            ],
+        );
+        check("coreos:\n  units:\n    - enable: true", &[]);
+        for v in ["4", "bad", "\n        bad:", "\n      - bad", "\"true\""] {
+            check(
+                &format!("coreos:\n  units:\n    - enable: {v}"),
+                &[(W, "incorrect type for \"enable\" (want bool)", 3)],
+            );
+        }
+        for v in ["true", "4", "host", "4.5", "'quoted'"] {
+            check(&format!("hostname: {v}"), &[]);
+        }
+        check(
+            "hostname:\n  name:",
+            &[(W, "incorrect type for \"hostname\" (want string)", 1)],
+        );
+        check(
+            "hostname:\n  - name",
+            &[(W, "incorrect type for \"hostname\" (want string)", 1)],
+        );
+        check(
+            "hostname:",
+            &[(W, "incorrect type for \"hostname\" (want string)", 1)],
+        );
+        for v in ["true", "4", "hello", "\n  - hello"] {
+            check(
+                &format!("coreos: {v}"),
+                &[(W, "incorrect type for \"coreos\" (want struct)", 1)],
+            );
+        }
+        for v in ["true", "4", "key", "\n  key: value"] {
+            check(
+                &format!("ssh_authorized_keys: {v}"),
+                &[(
+                    W,
+                    "incorrect type for \"ssh_authorized_keys\" (want []string)",
+                    1,
+                )],
+            );
+        }
+        check("ssh_authorized_keys:\n  - key", &[]);
+        check(
+            "ssh_authorized_keys:\n  - key: value",
+            &[(
+                W,
+                "incorrect type for \"ssh_authorized_keys[0]\" (want string)",
+                2,
+            )],
+        );
+        for v in ["true", "4", "bad", "bad:"] {
+            check(
+                &format!("users:\n  {v}"),
+                &[(W, "incorrect type for \"users\" (want []struct)", 1)],
+            );
+        }
+        check("users:\n  - name: good", &[]);
+        for v in ["true", "4", "bad", "- bad"] {
+            check(
+                &format!("users:\n  - {v}"),
+                &[(W, "incorrect type for \"users[0]\" (want struct)", 2)],
+            );
+        }
+        check(
+            "users:\n  - name: hi\n  - true",
+            &[(W, "incorrect type for \"users[1]\" (want struct)", 3)],
+        );
+        check(
+            "coreos:\n  fleet:\n    verbosity: 2",
+            &[(
+                W,
+                "deprecated key \"fleet\" (fleet is no longer shipped in Container Linux)",
+                2,
+            )],
+        );
+        check(
+            "coreos:\n  locksmith:\n    group: x\n  etcd2:\n    snapshot-count: 1.5\n    heartbeat-interval: 100",
+            &[
+                (W, "deprecated key \"etcd2\" (etcd2 is no longer shipped in Container Linux)", 4),
+                (W, "incorrect type for \"snapshot_count\" (want int)", 5),
+            ],
+        );
+        check(
+            "users:\n  - name: core\n    coreos-ssh-import-github: someone",
+            &[(W, "deprecated key \"coreos_ssh_import_github\" (trying to fetch from a remote endpoint introduces too many intermittent errors)", 3)],
+        );
+        check(
+            "- a\n- b",
+            &[(W, "incorrect type for the document (want struct)", 1)],
+        );
+    }
+
+    #[test]
+    fn yaml11_booleans_for_bool_fields_and_text_for_string_fields() {
+        for v in ["yes", "no", "on", "off", "y", "n", "True", "FALSE"] {
+            check(&format!("coreos:\n  units:\n    - name: a.service\n      mask: {v}\n      runtime: {v}\n      enable: {v}"), &[]);
+        }
+        check("coreos:\n  etcd2:\n    proxy: on \n", &[DEP_ETCD2]);
+        check("coreos:\n  etcd2:\n    proxy: readonly", &[DEP_ETCD2]);
+        check(
+            "coreos:\n  etcd2:\n    proxy: yes",
+            &[DEP_ETCD2, (E, "invalid value yes", 3)],
+        );
+    }
+
+    #[test]
+    fn validity() {
+        check("hostname: test", &[]);
+        check(
+            "coreos:\n  units:\n    - command: start\n    - name: stop",
+            &[],
+        );
+        check(
+            "coreos:\n  units:\n    - command: lol",
+            &[(E, "invalid value lol", 3)],
+        );
+        check("coreos:\n  units:\n    - command: \"\"", &[]);
+        for cmd in [
+            "start",
+            "stop",
+            "restart",
+            "reload",
+            "try-restart",
+            "reload-or-restart",
+            "reload-or-try-restart",
+        ] {
+            check(&format!("coreos:\n  units:\n    - command: {cmd}"), &[]);
+        }
+        check(
+            "coreos:\n  update:\n    reboot_strategy: always",
+            &[(E, "invalid value always", 3)],
+        );
+        for s in ["etcd-lock", "reboot", "off"] {
+            check(
+                &format!("coreos:\n  update:\n    reboot_strategy: {s}"),
+                &[],
+            );
+        }
+        check("unknown: hi", &[(W, "unrecognized key \"unknown\"", 1)]);
+        check(
+            "coreos:\n  locksmith:\n    window-start: Thu 04:00\n    window-length: 1h30m",
+            &[],
+        );
+        check(
+            "coreos:\n  locksmith:\n    window-start: 23:59\n    window-length: 1h",
+            &[],
+        );
+        check(
+            "coreos:\n  locksmith:\n    window-start: Someday 04:00\n    window-length: 1 hour",
+            &[
+                (E, "invalid value Someday 04:00", 3),
+                (E, "invalid value 1 hour", 4),
+            ],
+        );
+        check("write_files:\n  - encoding: gzip+base64\n    content: H4sIAOC3tVQAA8tIzcnJ5wIAIDA6NgYAAAA=", &[]);
+    }
+
+    #[test]
+    fn write_files_paths() {
+        check("write_files:\n  - path: /valid", &[]);
+        check("write_files:\n  - path: /tmp/usr/valid", &[]);
+        check("write_files:\n  - path: /usrlocal/valid", &[]);
+        check(
+            "write_files:\n  - path: /usr/invalid",
+            &[(E, "file cannot be written to a read-only filesystem", 2)],
+        );
+        check(
+            "write_files:\n  - path: /usr/share/a/b",
+            &[(E, "file cannot be written to a read-only filesystem", 2)],
+        );
+        check(
+            "write-files:\n  - path: /tmp/../usr/invalid",
+            &[(E, "file cannot be written to a read-only filesystem", 2)],
+        );
+        check(
+            "write_files:\n  - path: /etc/a\n  - path: /usr/b",
+            &[(E, "file cannot be written to a read-only filesystem", 3)],
+        );
+    }
+
+    #[test]
+    fn write_files_under_coreos() {
+        check("write_files:\n  - path: /hi", &[]);
+        for key in ["write_files", "write-files"] {
+            check(
+                &format!("coreos:\n  {key}:\n    - path: /hi"),
+                &[
+                    (W, "unrecognized key \"write_files\"", 2),
+                    (I, "write_files doesn't belong under coreos", 2),
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn findings_are_ordered_by_line() {
+        check(
+            "zzz: 1\ncoreos:\n  units:\n    - command: lol\naaa: 2",
+            &[
+                (W, "unrecognized key \"zzz\"", 1),
+                (E, "invalid value lol", 4),
+                (W, "unrecognized key \"aaa\"", 5),
+            ],
+        );
+    }
+
+    #[test]
+    fn go_path_helpers() {
+        for (path, dir) in [
+            ("/usr/invalid", "/usr"),
+            ("/tmp/../usr/invalid", "/usr"),
+            ("/usr", "/"),
+            ("relative/x", "relative"),
+            ("x", "."),
+            ("//a//b/", "/a/b"),
+        ] {
+            assert_eq!(go_dir(path), dir, "{path}");
+        }
+    }
+
+    #[test]
+    fn report_json_and_text() {
+        let report = validate("#cloud-config\ncoreos:\n  units:\n    - command: lol\nfoo: 1\n");
+        assert_eq!(
+            serde_json::to_string(&report).unwrap(),
+            r#"[{"kind":"error","message":"invalid value lol","line":4},{"kind":"warning","message":"unrecognized key \"foo\"","line":5}]"#
+        );
+        assert_eq!(
+            format_findings("user-data", &report),
+            "user-data:4: error: invalid value lol\nuser-data:5: warning: unrecognized key \"foo\"\n"
+        );
+        assert_eq!(
+            report.findings[0].to_string(),
+            "line 4: error: invalid value lol"
+        );
+        assert!(report.has_errors());
+        assert!(!report.is_empty());
+        assert_eq!(serde_json::to_string(&Report::default()).unwrap(), "[]");
+        assert_eq!(format_findings("f", &Report::default()), "");
+        let info_only = validate("#cloud-config\ncoreos:\n  write_files: []\n");
+        assert!(!info_only.has_errors());
+        assert_eq!(
+            serde_json::to_value(&info_only.findings[1]).unwrap()["kind"],
+            "info"
+        );
+    }
 }

@@ -105,13 +105,35 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
         parser: Parser::new_from_str(text),
         anchors: HashMap::new(),
     };
-    builder.document().map_err(|e| match e {
-        BuildError::Scan(e) => SyntaxError {
-            line: e.marker().line().max(1),
-            message: e.info().to_string(),
-        },
-        BuildError::Other(line, message) => SyntaxError { line, message },
+    builder.document().map_err(|e| {
+        let (line, message) = match e {
+            BuildError::Scan(e) => (e.marker().line(), libyaml_wording(e.info())),
+            BuildError::Other(line, message) => (line, message),
+        };
+        // At the end of the input the scanner's position has moved past the last line; name the last written line.
+        let last = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, _)| i + 1)
+            .last()
+            .unwrap_or(1);
+        SyntaxError {
+            line: line.clamp(1, last),
+            message,
+        }
     })
+}
+
+/// libyaml's (and so goyaml's and coreos-cloudinit's) words for the scanner errors whose saphyr wording differs.
+fn libyaml_wording(info: &str) -> String {
+    if info == "simple key expected" {
+        "could not find expected ':'".to_string()
+    } else if info.starts_with("unexpected character: ") {
+        "found character that cannot start any token".to_string()
+    } else {
+        info.to_string()
+    }
 }
 
 enum BuildError {
@@ -223,16 +245,16 @@ impl<'a> Builder<'a> {
                         merge_into(&mut merged, &value);
                         continue;
                     }
-                    let name = match key.value {
-                        Value::Seq(_) | Value::Map(_) => {
-                            return Err(BuildError::Other(
+                    let name =
+                        match key.value {
+                            Value::Seq(_) | Value::Map(_) => return Err(BuildError::Other(
                                 key.line,
-                                "mapping keys must be scalars".to_string(),
-                            ))
-                        }
-                        Value::Binary(ref b) => String::from_utf8_lossy(b).into_owned(),
-                        _ => key.text.clone(),
-                    };
+                                "invalid map key: a mapping key must be a scalar, not a collection"
+                                    .to_string(),
+                            )),
+                            Value::Binary(ref b) => String::from_utf8_lossy(b).into_owned(),
+                            _ => key.text.clone(),
+                        };
                     entries.push(Entry {
                         key: name.replace('-', "_"),
                         line: key.line,
@@ -327,7 +349,9 @@ pub(crate) fn resolve(text: &str) -> Value {
             return Value::Bool(false)
         }
         ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY)
+        }
         "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
         _ => {}
     }
@@ -339,7 +363,10 @@ pub(crate) fn resolve(text: &str) -> Value {
     if let Some(i) = parse_go_int(&plain) {
         return Value::Int(i);
     }
-    if plain.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) {
+    if plain
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+    {
         if let Ok(f) = plain.parse::<f64>() {
             return Value::Float(f);
         }
