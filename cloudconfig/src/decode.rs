@@ -81,3 +81,123 @@ pub fn parse_mode(text: &str) -> Result<u32, ModeError> {
     }
     Ok(mode)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn b64(data: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(data)
+    }
+
+    #[test]
+    fn every_encoding_round_trips() {
+        let plain = b"[Unit]\nDescription=hello \xe2\x9c\x93\n\x00\xff binary tail";
+        let gz = gzip(plain);
+        for enc in ["base64", "b64"] {
+            assert_eq!(
+                decode_bytes(b64(plain).as_bytes(), enc).unwrap(),
+                plain,
+                "{enc}"
+            );
+        }
+        for enc in ["gz", "gzip"] {
+            assert_eq!(decode_bytes(&gz, enc).unwrap(), plain, "{enc}");
+        }
+        for enc in ["gz+base64", "gzip+base64", "gz+b64", "gzip+b64"] {
+            assert_eq!(decode_content(&b64(&gz), enc).unwrap(), plain, "{enc}");
+        }
+        assert_eq!(decode_content("as is", "").unwrap(), b"as is");
+        assert_eq!(ENCODINGS.len(), 8);
+        for enc in ENCODINGS {
+            let input = match *enc {
+                "gz" | "gzip" => gz.clone(),
+                "base64" | "b64" => b64(plain).into_bytes(),
+                _ => b64(&gz).into_bytes(),
+            };
+            assert_eq!(decode_bytes(&input, enc).unwrap(), plain, "{enc}");
+        }
+    }
+
+    #[test]
+    fn base64_like_go() {
+        // Newlines (block scalars) are ignored, padding is required, trailing bits are tolerated.
+        assert_eq!(
+            decode_content("aGVs\nbG8K\r\n", "base64").unwrap(),
+            b"hello\n"
+        );
+        assert!(matches!(
+            decode_content("aGVsbG8", "base64"),
+            Err(DecodeError::Base64(_))
+        ));
+        assert_eq!(decode_content("aGVsbG9=", "b64").unwrap(), b"hello");
+        assert!(matches!(
+            decode_content("not base64!", "b64"),
+            Err(DecodeError::Base64(_))
+        ));
+        assert_eq!(decode_content("", "base64").unwrap(), b"");
+    }
+
+    #[test]
+    fn gzip_errors_and_multiple_members() {
+        assert!(matches!(
+            decode_content("plain", "gzip"),
+            Err(DecodeError::Gzip(_))
+        ));
+        assert!(matches!(
+            decode_content("", "gz"),
+            Err(DecodeError::Gzip(_))
+        ));
+        let mut two = gzip(b"one ");
+        two.extend(gzip(b"two"));
+        assert_eq!(decode_bytes(&two, "gzip").unwrap(), b"one two");
+        let gz = gzip(b"truncated member body");
+        assert!(decode_bytes(&gz[..gz.len() - 6], "gzip").is_err());
+    }
+
+    #[test]
+    fn unsupported_encoding() {
+        assert_eq!(
+            decode_content("x", "custom"),
+            Err(DecodeError::UnsupportedEncoding("custom".into()))
+        );
+        assert!(decode_content("x", "BASE64").is_err());
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        for (text, mode) in [
+            ("0644", 0o644),
+            ("644", 0o644),
+            ("0755", 0o755),
+            ("420", 0o420),
+            ("1777", 0o1777),
+            ("0", 0),
+            ("+600", 0o600),
+        ] {
+            assert_eq!(parse_mode(text), Ok(mode), "{text}");
+        }
+        for bad in ["", "0x1ff", "rw-r--r--", "0644 ", "888", "-644", "77777"] {
+            assert_eq!(
+                parse_mode(bad),
+                Err(ModeError { text: bad.into() }),
+                "{bad:?}"
+            );
+        }
+        let f = |p: Option<&str>| crate::WriteFile {
+            permissions: p.map(Into::into),
+            ..Default::default()
+        };
+        assert_eq!(f(None).mode(), Ok(None));
+        assert_eq!(f(Some("")).mode(), Ok(None));
+        assert_eq!(f(Some("0600")).mode(), Ok(Some(0o600)));
+        assert!(f(Some("abc")).mode().is_err());
+    }
+}

@@ -283,3 +283,265 @@ fn maps<'n>(node: &'n Node, key: &str) -> impl Iterator<Item = &'n Node> {
     };
     items.iter().filter(|i| i.kind() == Kind::Map)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cc(text: &str) -> CloudConfig {
+        match parse_user_data(text) {
+            Ok(UserData::CloudConfig(c)) => c,
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kinds_of_user_data() {
+        assert_eq!(parse_user_data(""), Ok(UserData::Empty));
+        assert_eq!(
+            parse_user_data("#!/bin/sh\necho hi\n"),
+            Ok(UserData::Script("#!/bin/sh\necho hi\n".into()))
+        );
+        let ign = r#"{"ignition":{"version":"2.1.0"}}"#;
+        assert_eq!(parse_user_data(ign), Ok(UserData::Ignition(ign.into())));
+        assert_eq!(
+            parse_user_data("#cloud-config"),
+            Ok(UserData::CloudConfig(CloudConfig::default()))
+        );
+        assert_eq!(
+            parse_user_data("#cloud-config \t\n"),
+            Ok(UserData::CloudConfig(CloudConfig::default()))
+        );
+        assert_eq!(
+            parse_user_data("hostname: x\n"),
+            Err(ParseError {
+                line: 1,
+                message: BAD_HEADER.into()
+            })
+        );
+        assert_eq!(
+            parse_user_data("#cloud-config\nhostname: x\n  bad: indent\n"),
+            Err(ParseError {
+                line: 3,
+                message: "mapping values are not allowed in this context".into()
+            })
+        );
+        assert_eq!(
+            parse_user_data("#cloud-config\na:\na")
+                .unwrap_err()
+                .to_string(),
+            "line 3: could not find expected ':'"
+        );
+    }
+
+    #[test]
+    fn full_model() {
+        let c = cc(r#"#cloud-config
+hostname: core-01
+manage-etc-hosts: localhost
+ssh_authorized_keys:
+  - ssh-ed25519 AAAA one
+  - {not: a key}
+users:
+  - name: elroy
+    passwd: $6$hash
+    gecos: Elroy Jetson
+    homedir: /home/elroy
+    no-create-home: yes
+    primary-group: users
+    groups: [sudo, docker]
+    no_user_group: on
+    system: false
+    no_log_init: true
+    shell: /bin/bash
+    ssh-authorized-keys: [ssh-rsa BBBB]
+  - not a user
+write_files:
+  - path: /etc/motd
+    content: |
+      hello
+    owner: root:root
+    permissions: 0644
+  - path: /etc/bin
+    encoding: gzip
+    content: !!binary H4sIAOC3tVQAA8tIzcnJ5wIAIDA6NgYAAAA=
+coreos:
+  units:
+    - name: etcd2.service
+      command: start
+      enable: yes
+      runtime: no
+      mask: off
+      drop-ins:
+        - name: 50-x.conf
+          content: "[Service]\n"
+    - name: 10-eth.network
+      content: "[Match]\n"
+  etcd2:
+    name: n1
+    listen-client-urls: http://0.0.0.0:2379
+    debug: true
+    heartbeat_interval: 0x64
+    proxy: off
+    bogus: ignored
+    election_timeout: notanumber
+  etcd:
+    addr: $public_ipv4:4001
+    cluster_remove_delay: 5
+  fleet:
+    public-ip: 10.0.0.1
+    engine_reconcile_interval: 0.5
+    metadata: region=us
+  flannel:
+    interface: eth0
+  locksmith:
+    window-start: Thu 04:00
+  update:
+    reboot-strategy: off
+    group: stable
+    server: http://127.0.0.1/update
+  oem:
+    id: qemu
+    version-id: 1.0
+"#);
+        assert_eq!(c.hostname.as_deref(), Some("core-01"));
+        assert_eq!(c.manage_etc_hosts.as_deref(), Some("localhost"));
+        assert_eq!(c.ssh_authorized_keys, vec!["ssh-ed25519 AAAA one"]);
+        assert_eq!(c.users.len(), 1);
+        let u = &c.users[0];
+        assert_eq!(
+            u,
+            &User {
+                name: "elroy".into(),
+                passwd: Some("$6$hash".into()),
+                gecos: Some("Elroy Jetson".into()),
+                homedir: Some("/home/elroy".into()),
+                no_create_home: true,
+                primary_group: Some("users".into()),
+                groups: vec!["sudo".into(), "docker".into()],
+                no_user_group: true,
+                system: false,
+                no_log_init: true,
+                shell: Some("/bin/bash".into()),
+                ssh_authorized_keys: vec!["ssh-rsa BBBB".into()],
+            }
+        );
+        assert_eq!(c.write_files.len(), 2);
+        let motd = &c.write_files[0];
+        assert_eq!(
+            (motd.path.as_str(), motd.content.as_str()),
+            ("/etc/motd", "hello\n")
+        );
+        assert_eq!(motd.permissions.as_deref(), Some("0644"));
+        assert_eq!(motd.mode(), Ok(Some(0o644)));
+        assert_eq!(motd.owner.as_deref(), Some("root:root"));
+        let bin = &c.write_files[1];
+        // !!binary gzip bytes are not UTF-8: kept as base64 text with the encoding widened to gzip+base64.
+        assert_eq!(bin.encoding.as_deref(), Some("gzip+base64"));
+        assert_eq!(bin.decoded_content().unwrap(), b"hello\n");
+        let units = &c.coreos.units;
+        assert_eq!(units.len(), 2);
+        assert_eq!(
+            units[0],
+            Unit {
+                name: "etcd2.service".into(),
+                runtime: false,
+                enable: true,
+                content: None,
+                command: Some("start".into()),
+                mask: false,
+                drop_ins: vec![DropIn {
+                    name: "50-x.conf".into(),
+                    content: "[Service]\n".into()
+                }],
+            }
+        );
+        assert!(!units[0].is_network_unit());
+        assert!(units[1].is_network_unit());
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            c.coreos.etcd2,
+            m(&[
+                ("name", "n1"),
+                ("listen_client_urls", "http://0.0.0.0:2379"),
+                ("debug", "true"),
+                ("heartbeat_interval", "100"),
+                ("proxy", "off"),
+            ])
+        );
+        assert_eq!(
+            c.coreos.etcd,
+            m(&[("addr", "$public_ipv4:4001"), ("cluster_remove_delay", "5")])
+        );
+        assert_eq!(
+            c.coreos.fleet,
+            m(&[
+                ("public_ip", "10.0.0.1"),
+                ("engine_reconcile_interval", "0.5"),
+                ("metadata", "region=us")
+            ])
+        );
+        assert_eq!(c.coreos.flannel, m(&[("interface", "eth0")]));
+        assert_eq!(c.coreos.locksmith, m(&[("window_start", "Thu 04:00")]));
+        assert_eq!(
+            c.coreos.update,
+            Update {
+                reboot_strategy: Some("off".into()),
+                group: Some("stable".into()),
+                server: Some("http://127.0.0.1/update".into()),
+            }
+        );
+        assert_eq!(c.coreos.oem, m(&[("id", "qemu"), ("version_id", "1.0")]));
+        assert_eq!(
+            crate::environment("etcd2", &c.coreos.etcd2),
+            vec![
+                ("ETCD_DEBUG".to_string(), "true".to_string()),
+                ("ETCD_HEARTBEAT_INTERVAL".into(), "100".into()),
+                (
+                    "ETCD_LISTEN_CLIENT_URLS".into(),
+                    "http://0.0.0.0:2379".into()
+                ),
+                ("ETCD_NAME".into(), "n1".into()),
+                ("ETCD_PROXY".into(), "off".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn dashes_and_underscores_are_the_same_key() {
+        let a = cc("#cloud-config\nwrite-files:\n  - path: /a\ncoreos:\n  units:\n    - name: x\n      drop-ins:\n        - name: d\n");
+        let b = cc("#cloud-config\nwrite_files:\n  - path: /a\ncoreos:\n  units:\n    - name: x\n      drop_ins:\n        - name: d\n");
+        assert_eq!(a, b);
+        assert_eq!(a.write_files[0].path, "/a");
+        assert_eq!(a.coreos.units[0].drop_ins[0].name, "d");
+    }
+
+    #[test]
+    fn wrong_types_are_left_out_as_coreos_cloudinit_does() {
+        let c = cc("#cloud-config\nhostname: [a]\nusers: bad\ncoreos:\n  units:\n    - name: 42\n      enable: \"true\"\n  etcd2: nope\n");
+        assert_eq!(c.hostname, None);
+        assert!(c.users.is_empty());
+        assert_eq!(c.coreos.units[0].name, "42");
+        assert!(!c.coreos.units[0].enable);
+        assert!(c.coreos.etcd2.is_empty());
+    }
+
+    #[test]
+    fn go_float_formatting() {
+        for (f, s) in [
+            (0.5, "0.5"),
+            (5.0, "5"),
+            (1e21, "1e+21"),
+            (0.00001, "1e-05"),
+            (-2.25, "-2.25"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(go_float(f), s);
+        }
+    }
+}

@@ -54,3 +54,48 @@ pub fn substitute(text: &str, addrs: &Addresses) -> String {
     out.push_str(rest);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Addresses {
+        Addresses {
+            public_ipv4: Some("192.0.2.3".parse().unwrap()),
+            private_ipv4: Some("192.0.2.203".parse().unwrap()),
+            public_ipv6: Some("fe00:1234::".parse().unwrap()),
+            private_ipv6: Some("fe00:5678::".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn substitution_table() {
+        let private_only = Addresses {
+            private_ipv4: Some("127.0.0.1".parse().unwrap()),
+            ..Default::default()
+        };
+        let cases: &[(&Addresses, &str, &str)] = &[
+            (
+                &all(),
+                "[Service]\nExecStart=/usr/bin/echo \"$public_ipv4 $public_ipv6\"\nExecStop=/usr/bin/echo $private_ipv4 $private_ipv6\nExecStop=/usr/bin/echo $unknown",
+                "[Service]\nExecStart=/usr/bin/echo \"192.0.2.3 fe00:1234::\"\nExecStop=/usr/bin/echo 192.0.2.203 fe00:5678::\nExecStop=/usr/bin/echo $unknown",
+            ),
+            (&private_only, "$private_ipv4\n$public_ipv4", "127.0.0.1\n"),
+            (&Addresses::default(), "$private_ipv4\nfoobar", "\nfoobar"),
+            (
+                &private_only,
+                "\\$private_ipv4\n$private_ipv4\naddr: \\$private_ipv4\n\\\\$private_ipv4",
+                "$private_ipv4\n127.0.0.1\naddr: $private_ipv4\n\\$private_ipv4",
+            ),
+            (&Addresses::default(), "\\$test\n$test", "\\$test\n$test"),
+            (&all(), "http://$public_ipv4:2379,http://$private_ipv4:4001", "http://192.0.2.3:2379,http://192.0.2.203:4001"),
+            (&all(), "$private_ipv4$private_ipv4", "192.0.2.203192.0.2.203"),
+            (&all(), "$public_ipv4x $", "192.0.2.3x $"),
+            (&all(), "[$public_ipv6]:2379 ünïcødé \\", "[fe00:1234::]:2379 ünïcødé \\"),
+            (&all(), "", ""),
+        ];
+        for (addrs, input, want) in cases {
+            assert_eq!(substitute(input, addrs), *want, "{input:?}");
+        }
+    }
+}

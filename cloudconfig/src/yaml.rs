@@ -399,3 +399,131 @@ fn parse_go_int(s: &str) -> Option<i64> {
     let v = if neg { -magnitude } else { magnitude };
     i64::try_from(v).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml11_resolution_like_goyaml() {
+        let cases: &[(&str, Value)] = &[
+            ("yes", Value::Bool(true)),
+            ("Yes", Value::Bool(true)),
+            ("on", Value::Bool(true)),
+            ("ON", Value::Bool(true)),
+            ("y", Value::Bool(true)),
+            ("true", Value::Bool(true)),
+            ("no", Value::Bool(false)),
+            ("off", Value::Bool(false)),
+            ("n", Value::Bool(false)),
+            ("False", Value::Bool(false)),
+            ("~", Value::Null),
+            ("null", Value::Null),
+            ("0744", Value::Int(0o744)),
+            ("744", Value::Int(744)),
+            ("0x1F", Value::Int(31)),
+            ("-12", Value::Int(-12)),
+            ("+7", Value::Int(7)),
+            ("1_000", Value::Int(1000)),
+            ("0b101", Value::Int(5)),
+            ("1.5", Value::Float(1.5)),
+            ("08", Value::Float(8.0)),
+            ("1e3", Value::Float(1000.0)),
+            (".inf", Value::Float(f64::INFINITY)),
+            ("-.inf", Value::Float(f64::NEG_INFINITY)),
+            ("off2", Value::Str),
+            ("yes please", Value::Str),
+            ("1.2.3.4", Value::Str),
+            ("-", Value::Str),
+            ("$public_ipv4:2379", Value::Str),
+            ("12:30", Value::Str),
+        ];
+        for (text, want) in cases {
+            assert_eq!(resolve(text), *want, "{text}");
+        }
+        assert!(matches!(resolve(".nan"), Value::Float(f) if f.is_nan()));
+    }
+
+    fn doc(text: &str) -> Node {
+        parse(text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"))
+    }
+
+    #[test]
+    fn quoting_and_tags_decide_the_type() {
+        let n = doc("a: 'on'\nb: \"0644\"\nc: !!str yes\nd: !!binary aGVsbG8K\ne: |\n  on\nf: on\ng: !!int 12\nh: !custom on\n");
+        let kind = |k: &str| n.get(k).unwrap().value.kind();
+        assert_eq!(kind("a"), Kind::String);
+        assert_eq!(kind("b"), Kind::String);
+        assert_eq!(kind("c"), Kind::String);
+        assert_eq!(
+            n.get("d").unwrap().value.value,
+            Value::Binary(b"hello\n".to_vec())
+        );
+        assert_eq!(n.get("d").unwrap().value.string().unwrap(), "hello\n");
+        assert_eq!(kind("e"), Kind::String);
+        assert_eq!(n.get("e").unwrap().value.text, "on\n");
+        assert_eq!(kind("f"), Kind::Bool);
+        assert_eq!(n.get("f").unwrap().value.string().unwrap(), "on");
+        assert_eq!(n.get("g").unwrap().value.value, Value::Int(12));
+        assert_eq!(kind("h"), Kind::String);
+        let e = parse("a: !!binary '%%%'\n").unwrap_err();
+        assert_eq!(
+            e,
+            SyntaxError {
+                line: 1,
+                message: "!!binary value contains invalid base64 data".into()
+            }
+        );
+    }
+
+    #[test]
+    fn lines_keys_and_normalisation() {
+        let n = doc("#cloud-config\n\ncoreos:\n  etcd2:\n    listen-client-urls: x\n  units:\n    - name: a\n\n    -\n      name: b\n");
+        let coreos = n.get("coreos").unwrap();
+        assert_eq!(coreos.line, 3);
+        let etcd2 = coreos.value.get("etcd2").unwrap();
+        assert_eq!(etcd2.line, 4);
+        let url = etcd2.value.get("listen_client_urls").unwrap();
+        assert_eq!((url.line, url.value.text.as_str()), (5, "x"));
+        let Value::Seq(units) = &coreos.value.get("units").unwrap().value.value else {
+            panic!("units is a sequence")
+        };
+        assert_eq!(units[0].line, 7);
+        assert_eq!(units[0].get("name").unwrap().line, 7);
+        assert_eq!(units[1].get("name").unwrap().line, 10);
+    }
+
+    #[test]
+    fn anchors_merges_and_documents() {
+        let n = doc("base: &b\n  enable: true\n  name: x\nunit:\n  <<: *b\n  name: y\nref: *b\n---\nsecond: document\n");
+        let unit = &n.get("unit").unwrap().value;
+        assert_eq!(unit.get("name").unwrap().value.text, "y");
+        assert_eq!(unit.get("enable").unwrap().value.value, Value::Bool(true));
+        assert_eq!(
+            n.get("ref").unwrap().value.get("name").unwrap().value.text,
+            "x"
+        );
+        assert!(n.get("second").is_none());
+        assert_eq!(doc("---\n").value, Value::Map(Vec::new()));
+        assert_eq!(doc("").value, Value::Map(Vec::new()));
+        assert_eq!(doc("# only a comment\n").value, Value::Map(Vec::new()));
+        assert_eq!(doc("--- \nhostname: a\n").get("hostname").unwrap().line, 2);
+    }
+
+    #[test]
+    fn syntax_error_lines() {
+        for (text, line) in [
+            ("a:\na", 2),
+            ("a:\na\n\n\n", 2),
+            ("x: 1\ny: [1, 2\n", 2),
+            ("x: 1\ny: \"open\n", 2),
+            ("a: 1\n  b: 2\n", 2),
+            ("a: @x", 1),
+            ("a: *nope", 1),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, line, "{text:?}: {e:?}");
+            assert!(!e.message.is_empty());
+        }
+    }
+}
