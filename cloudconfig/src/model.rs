@@ -6,6 +6,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// What a user-data file is.
+// One value per boot, matched by callers: no Box, so that `UserData::CloudConfig(c)` patterns stay plain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum UserData {
     /// First line is `#cloud-config` (trailing white space allowed).

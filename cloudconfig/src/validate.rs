@@ -110,7 +110,7 @@ fn entry_value<'n>(node: &'n Node, key: &str) -> Option<(usize, &'n Node)> {
     node.get(key).map(|e| (e.line, &e.value))
 }
 
-fn seq_items<'n>(node: Option<(usize, &'n Node)>) -> &'n [Node] {
+fn seq_items(node: Option<(usize, &Node)>) -> &[Node] {
     match node.map(|(_, n)| &n.value) {
         Some(Value::Seq(items)) => items,
         _ => &[],
