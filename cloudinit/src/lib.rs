@@ -1,1 +1,9 @@
-//! cairn-cloudinit (being written).
+//! cairn-cloudinit: the on-host agent that finds this machine's cloud-config (kernel command line URL, state partition, config drive), validates it and applies it at every boot, like CoreOS's coreos-cloudinit. It owns what it writes under the target root; it never touches the image's /usr.
+
+pub mod addrs;
+pub mod cmdline;
+pub mod envfile;
+pub mod fetch;
+pub mod fsutil;
+pub mod ssh;
+pub mod units;

@@ -1,0 +1,199 @@
+//! The machine's addresses for $private_ipv4 & co: the interface of the default route (/proc/net/route, /proc/net/ipv6_route) and its first addresses (getifaddrs).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// What substitution gets; `None` becomes the empty string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineAddresses {
+    pub public_ipv4: Option<Ipv4Addr>,
+    pub private_ipv4: Option<Ipv4Addr>,
+    pub public_ipv6: Option<Ipv6Addr>,
+    pub private_ipv6: Option<Ipv6Addr>,
+}
+
+const RTF_UP: u32 = 0x0001;
+const RTF_REJECT: u32 = 0x0200;
+
+/// The interface holding the IPv4 default route (lowest metric) in the text
+/// of /proc/net/route.
+pub fn default_route_v4(proc_net_route: &str) -> Option<String> {
+    let mut best: Option<(u32, String)> = None;
+    for line in proc_net_route.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 {
+            continue;
+        }
+        let (iface, dest, flags, metric, mask) = (f[0], f[1], f[3], f[6], f[7]);
+        let flags = u32::from_str_radix(flags, 16).unwrap_or(0);
+        if dest != "00000000"
+            || mask != "00000000"
+            || flags & RTF_UP == 0
+            || flags & RTF_REJECT != 0
+        {
+            continue;
+        }
+        let metric: u32 = metric.parse().unwrap_or(u32::MAX);
+        if best.as_ref().is_none_or(|(m, _)| metric < *m) {
+            best = Some((metric, iface.to_string()));
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+/// The interface holding the IPv6 default route (::/0, lowest metric, not
+/// `lo`, not a reject route) in the text of /proc/net/ipv6_route.
+pub fn default_route_v6(proc_net_ipv6_route: &str) -> Option<String> {
+    let mut best: Option<(u32, String)> = None;
+    for line in proc_net_ipv6_route.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 {
+            continue;
+        }
+        let (dest, plen, metric, flags, iface) = (f[0], f[1], f[5], f[8], f[9]);
+        let flags = u32::from_str_radix(flags, 16).unwrap_or(0);
+        if dest.bytes().any(|b| b != b'0')
+            || plen != "00"
+            || iface == "lo"
+            || flags & RTF_UP == 0
+            || flags & RTF_REJECT != 0
+        {
+            continue;
+        }
+        let metric = u32::from_str_radix(metric, 16).unwrap_or(u32::MAX);
+        if best.as_ref().is_none_or(|(m, _)| metric < *m) {
+            best = Some((metric, iface.to_string()));
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+/// The addresses of every interface, in getifaddrs order.
+pub fn interface_addresses() -> Vec<(String, IpAddr)> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        tracing::warn!("getifaddrs failed: no addresses for substitution");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for a in addrs {
+        let Some(sa) = a.address else { continue };
+        if let Some(v4) = sa.as_sockaddr_in() {
+            out.push((a.interface_name.clone(), IpAddr::V4(v4.ip())));
+        } else if let Some(v6) = sa.as_sockaddr_in6() {
+            out.push((a.interface_name.clone(), IpAddr::V6(v6.ip())));
+        }
+    }
+    out
+}
+
+/// Picks the first IPv4 and the first global IPv6 address of the
+/// default-route interfaces. Public is the same as private: the data sources
+/// cairn reads (kernel command line, state file, config drive) do not tell a
+/// public address apart.
+pub fn pick(
+    v4_iface: Option<&str>,
+    v6_iface: Option<&str>,
+    addrs: &[(String, IpAddr)],
+) -> MachineAddresses {
+    let private_ipv4 = v4_iface.and_then(|i| {
+        addrs.iter().find_map(|(n, a)| match a {
+            IpAddr::V4(v4) if n == i => Some(*v4),
+            _ => None,
+        })
+    });
+    let private_ipv6 = v6_iface.and_then(|i| {
+        addrs.iter().find_map(|(n, a)| match a {
+            // skip link-local fe80::/10
+            IpAddr::V6(v6) if n == i && (v6.segments()[0] & 0xffc0) != 0xfe80 => Some(*v6),
+            _ => None,
+        })
+    });
+    MachineAddresses {
+        public_ipv4: private_ipv4,
+        private_ipv4,
+        public_ipv6: private_ipv6,
+        private_ipv6,
+    }
+}
+
+/// The running machine's addresses (empty fields where unknown).
+pub fn detect() -> MachineAddresses {
+    let v4 = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|t| default_route_v4(&t));
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route")
+        .ok()
+        .and_then(|t| default_route_v6(&t));
+    let found = pick(v4.as_deref(), v6.as_deref(), &interface_addresses());
+    tracing::info!(
+        "addresses: default route IPv4 via {}, IPv6 via {}; private_ipv4={} private_ipv6={}",
+        v4.as_deref().unwrap_or("(none)"),
+        v6.as_deref().unwrap_or("(none)"),
+        found
+            .private_ipv4
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        found
+            .private_ipv6
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    );
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth1\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0
+eth0\t00000000\t0202000A\t0003\t0\t0\t100\t00000000\t0\t0\t0
+eth0\t0002000A\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
+";
+    const ROUTE6: &str = "\
+fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000002 00000400 00000001 00000000 00000003     eth1
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000064 00000001 00000000 00000003     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+";
+
+    #[test]
+    fn default_route_interfaces() {
+        assert_eq!(default_route_v4(ROUTE).as_deref(), Some("eth0"));
+        assert_eq!(default_route_v6(ROUTE6).as_deref(), Some("eth0"));
+        assert_eq!(default_route_v4("Iface\tDestination\n"), None);
+        // only a non-default route
+        let lan = "h\neth0\t0002000A\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(default_route_v4(lan), None);
+        // the lo reject route alone is no default route
+        assert_eq!(default_route_v6(ROUTE6.lines().last().unwrap()), None);
+    }
+
+    #[test]
+    fn pick_first_address_of_the_route_interface() {
+        let addrs: Vec<(String, IpAddr)> = vec![
+            ("lo".into(), "127.0.0.1".parse().unwrap()),
+            ("eth1".into(), "192.168.1.5".parse().unwrap()),
+            ("eth0".into(), "fe80::1".parse().unwrap()),
+            ("eth0".into(), "10.0.2.15".parse().unwrap()),
+            ("eth0".into(), "10.0.2.16".parse().unwrap()),
+            ("eth0".into(), "fd00::15".parse().unwrap()),
+        ];
+        let got = pick(Some("eth0"), Some("eth0"), &addrs);
+        assert_eq!(got.private_ipv4, Some("10.0.2.15".parse().unwrap()));
+        assert_eq!(got.public_ipv4, got.private_ipv4);
+        assert_eq!(got.private_ipv6, Some("fd00::15".parse().unwrap()));
+        assert_eq!(pick(None, None, &addrs), MachineAddresses::default());
+        assert_eq!(pick(Some("eth9"), None, &addrs).private_ipv4, None);
+    }
+
+    #[test]
+    fn getifaddrs_sees_loopback() {
+        let all = interface_addresses();
+        assert!(
+            all.iter()
+                .any(|(n, a)| n == "lo" && *a == IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{all:?}"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! Kernel command line parsing: finds `cloud-config-url=` the way coreos-cloudinit's proc_cmdline data source does.
+
+/// The kernel command line parameter naming the cloud-config URL.
+pub const CLOUD_CONFIG_URL: &str = "cloud-config-url";
+
+/// Splits a kernel command line into parameters. Double quotes group words
+/// (`key="a b"`) and are removed, as the kernel itself does.
+pub fn split(cmdline: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut any = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                in_quotes = !in_quotes;
+                any = true;
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+/// The value of `cloud-config-url` (also spelled `cloud_config_url`) on a
+/// kernel command line. Given more than once, the last one with a value wins,
+/// as in coreos-cloudinit; a bare `cloud-config-url` without `=` is ignored
+/// (logged).
+pub fn cloud_config_url(cmdline: &str) -> Option<String> {
+    let mut found = None;
+    for param in split(cmdline) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (param.as_str(), None),
+        };
+        if key.replace('_', "-") != CLOUD_CONFIG_URL {
+            continue;
+        }
+        match value {
+            Some(v) if !v.is_empty() => found = Some(v.to_string()),
+            _ => tracing::warn!(
+                "{CLOUD_CONFIG_URL} on the kernel command line has no value, ignoring it"
+            ),
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_config_url_table() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("", None),
+            ("console=ttyS0 root=/dev/sda", None),
+            (
+                "cloud-config-url=http://10.0.2.100/good",
+                Some("http://10.0.2.100/good"),
+            ),
+            ("a=1 cloud_config_url=http://x/y b=2\n", Some("http://x/y")),
+            // more than once: the last one wins (coreos-cloudinit overwrites)
+            (
+                "cloud-config-url=http://a/1 cloud-config-url=http://b/2",
+                Some("http://b/2"),
+            ),
+            // no value: ignored, an earlier one stays
+            (
+                "cloud-config-url=http://a/1 cloud-config-url",
+                Some("http://a/1"),
+            ),
+            ("cloud-config-url", None),
+            ("cloud-config-url=", None),
+            // '=' inside the value is kept
+            (
+                "cloud-config-url=http://h/c?a=1&b=2 quiet",
+                Some("http://h/c?a=1&b=2"),
+            ),
+            // quoted
+            ("x \"cloud-config-url=http://h/p\" y", Some("http://h/p")),
+            // similar names are not it
+            ("cloud-config-urls=http://no", None),
+            ("mycloud-config-url=http://no", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(cloud_config_url(line).as_deref(), *want, "cmdline {line:?}");
+        }
+    }
+
+    #[test]
+    fn split_keeps_quoted_spaces() {
+        assert_eq!(split(" a  b=\"c d\"\te "), vec!["a", "b=c d", "e"]);
+    }
+}
