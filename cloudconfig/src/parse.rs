@@ -203,9 +203,6 @@ fn settings(node: &Node, fields: &'static [Field]) -> BTreeMap<String, String> {
         let Some(field) = schema::field(fields, &entry.key) else {
             continue;
         };
-        if out.contains_key(field.name) {
-            continue;
-        }
         let v = &entry.value;
         let text = match (field.ty, &v.value) {
             (Ty::Str, _) if is_stringish(v) => v.string(),
@@ -215,6 +212,7 @@ fn settings(node: &Node, fields: &'static [Field]) -> BTreeMap<String, String> {
             (Ty::Float, Value::Float(f)) => Some(go_float(*f)),
             _ => None,
         };
+        // A repeated key: the last usable one wins, as goyaml decodes (a value of the wrong type leaves the field alone).
         if let Some(text) = text {
             out.insert(field.name.to_string(), text);
         }
@@ -529,6 +527,13 @@ coreos:
         assert_eq!(c.coreos.units[0].name, "42");
         assert!(!c.coreos.units[0].enable);
         assert!(c.coreos.etcd2.is_empty());
+    }
+
+    #[test]
+    fn repeated_keys_last_wins() {
+        let c = cc("#cloud-config\nhostname: a\nhostname: b\ncoreos:\n  etcd2:\n    name: x\n    name: y\n");
+        assert_eq!(c.hostname.as_deref(), Some("b"));
+        assert_eq!(c.coreos.etcd2.get("name").map(String::as_str), Some("y"));
     }
 
     #[test]

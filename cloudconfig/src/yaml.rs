@@ -73,10 +73,10 @@ impl Node {
         }
     }
 
-    /// The first entry of a mapping with this (normalised) key.
+    /// The entry of a mapping with this (normalised) key; the last one when repeated, as goyaml decodes.
     pub(crate) fn get(&self, key: &str) -> Option<&Entry> {
         match &self.value {
-            Value::Map(entries) => entries.iter().find(|e| e.key == key),
+            Value::Map(entries) => entries.iter().rev().find(|e| e.key == key),
             _ => None,
         }
     }
