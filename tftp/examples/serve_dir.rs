@@ -9,8 +9,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use cairn_tftp::{Config, DirHandler, Server};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let mut rt = if std::env::var_os("SERVE_DIR_CURRENT_THREAD").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    rt.enable_all().build().context("starting tokio")?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
-use tokio::time::{timeout_at, Instant};
+use std::pin::Pin;
+
+use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
 use crate::block;
@@ -281,6 +283,7 @@ struct Transfer {
     retries: u32,
     out: Vec<u8>,
     rbuf: Vec<u8>,
+    timer: Pin<Box<Sleep>>,
 }
 
 impl Transfer {
@@ -312,6 +315,7 @@ impl Transfer {
             retries: config.retries,
             out: Vec::with_capacity(4 + usize::from(n.blksize)),
             rbuf: vec![0u8; 2048],
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
     }
 
@@ -322,9 +326,9 @@ impl Transfer {
             let mut attempts = 0;
             'oack: loop {
                 self.send(&oack).await;
-                let deadline = Instant::now() + self.timeout;
+                self.arm(Instant::now() + self.timeout);
                 loop {
-                    match self.wait(deadline).await {
+                    match self.wait().await {
                         Event::Ack(0) => break 'oack,
                         Event::Ack(other) => debug!(peer = %self.peer, "ignoring ACK {other} before ACK 0 of the OACK"),
                         Event::ClientError { code, message } => {
@@ -358,7 +362,6 @@ impl Transfer {
         let mut next: u64 = 1; // next block to send
         let mut attempts: u32 = 0; // timeouts in a row
         let mut rewound_at: Option<u64> = None;
-        let mut deadline = Instant::now();
         loop {
             let limit = (acked + self.window).min(self.blocks);
             let mut sent = false;
@@ -368,9 +371,9 @@ impl Transfer {
                 sent = true;
             }
             if sent {
-                deadline = Instant::now() + self.timeout;
+                self.arm(Instant::now() + self.timeout);
             }
-            match self.wait(deadline).await {
+            match self.wait().await {
                 Event::Timeout => {
                     attempts += 1;
                     if attempts > self.retries {
@@ -470,12 +473,23 @@ impl Transfer {
         }
     }
 
-    /// Waits for a packet from the client until `deadline`. Packets from other ports get error 5
+    /// Sets the retransmission deadline. One timer per transfer is re-armed instead of creating one
+    /// per wait: that is measurably cheaper per block.
+    fn arm(&mut self, deadline: Instant) {
+        self.timer.as_mut().reset(deadline);
+    }
+
+    /// Waits for a packet from the client until the armed deadline. Packets from other ports get error 5
     /// (unknown transfer ID) and do not disturb the transfer; anything but ACK and ERROR is ignored.
-    async fn wait(&mut self, deadline: Instant) -> Event {
+    async fn wait(&mut self) -> Event {
         loop {
-            let received = match timeout_at(deadline, self.socket.recv_from(&mut self.rbuf)).await {
-                Err(_) => return Event::Timeout,
+            let received = tokio::select! {
+                biased;
+                r = self.socket.recv_from(&mut self.rbuf) => Ok(r),
+                () = &mut self.timer => Err(()),
+            };
+            let received = match received {
+                Err(()) => return Event::Timeout,
                 Ok(Err(e)) => {
                     debug!(peer = %self.peer, "receiving: {e}");
                     // An error returns at once; do not spin until the deadline.

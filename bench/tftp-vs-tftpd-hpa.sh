@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# cairn-tftp against Debian's tftpd-hpa on loopback.
+#  1. Throughput: a 64 MiB file fetched with the same client (atftp) and the same options
+#     (blksize 512, 1468, 8192; windowsize 1 and 16) from each server; median of RUNS (default 3)
+#     runs, alternating servers so machine load affects all alike. tftpd-hpa 5.2 does not know
+#     windowsize (RFC 7440): it leaves the option out of its OACK and atftp falls back to 1.
+#     cairn caps windowsize at 64 KiB in flight (8192 x 16 is granted as 8 x 8192).
+#     cairn runs twice: on tokio's multi-thread runtime (as inside `cairn serve`) and on a
+#     current-thread runtime (SERVE_DIR_CURRENT_THREAD=1), to show the scheduler's share.
+#  2. Concurrency: CLIENTS (default 200) curl processes started at once fetch a 10 MiB file
+#     (blksize 1468) from each server: how many got the exact file, total wall time, and the
+#     server's peak RSS (sum over its processes: tftpd-hpa forks one child per transfer).
+# Servers: cairn's `serve_dir` example (release build) and `in.tftpd -L -s DIR -a 127.0.0.1:PORT`
+# in the foreground. Usage: bash bench/tftp-vs-tftpd-hpa.sh  (as root; installs atftp, curl and
+# tftpd-hpa if missing). Ports: CAIRN_PORT (16901), HPA_PORT (16902), CAIRN1_PORT (16903).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${BENCH_DIR:-/tmp/cairn-bench-tftp}
+runs=${RUNS:-3}
+clients=${CLIENTS:-200}
+cport=${CAIRN_PORT:-16901}
+hport=${HPA_PORT:-16902}
+c1port=${CAIRN1_PORT:-16903}
+for p in atftp curl tftpd-hpa; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+    { apt-get update -q && apt-get install -y -q --no-install-recommends "$p"; }
+done
+
+cargo build --release -q -p cairn-tftp --example serve_dir
+serve_dir=${CARGO_TARGET_DIR:-target}/release/examples/serve_dir
+
+rm -rf "$work"
+mkdir -p "$work/root" "$work/out"
+chmod 755 "$work" "$work/root"
+head -c $((64 << 20)) /dev/urandom > "$work/root/big.bin"
+head -c $((10 << 20)) /dev/urandom > "$work/root/ten.bin"
+chmod 644 "$work/root/"*
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+"$serve_dir" "127.0.0.1:$cport" "$work/root" > "$work/cairn.log" 2>&1 &
+cairn_pid=$!
+pids+=("$cairn_pid")
+SERVE_DIR_CURRENT_THREAD=1 "$serve_dir" "127.0.0.1:$c1port" "$work/root" > "$work/cairn1.log" 2>&1 &
+cairn1_pid=$!
+pids+=("$cairn1_pid")
+# tftpd-hpa: foreground (-L), chroot to the root (-s), runs as nobody, any blksize up to 65464.
+in.tftpd -L -s "$work/root" -a "127.0.0.1:$hport" > "$work/hpa.log" 2>&1 &
+hpa_pid=$!
+pids+=("$hpa_pid")
+sleep 0.5
+kill -0 "$cairn_pid" && kill -0 "$cairn1_pid" && kill -0 "$hpa_pid"
+
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+fetch_atftp() { # port blksize windowsize out
+  local opts=(--option "blksize $2")
+  [ "$3" -gt 1 ] && opts+=(--option "windowsize $3")
+  atftp "${opts[@]}" -g -r big.bin -l "$4" 127.0.0.1 "$1" > /dev/null 2>&1
+}
+
+echo "cairn-tftp vs tftpd-hpa $(dpkg-query -W -f='${Version}' tftpd-hpa), atftp $(dpkg-query -W -f='${Version}' atftp), 64 MiB file, loopback, median of $runs runs, $(nproc) CPUs"
+printf '%-8s %-6s %12s %12s %12s %8s %8s\n' blksize window "cairn MiB/s" "cairn1 MiB/s" "hpa MiB/s" ratio ratio1
+port_of() { case $1 in cairn) echo "$cport" ;; cairn1) echo "$c1port" ;; hpa) echo "$hport" ;; esac; }
+for bs in 512 1468 8192; do
+  for win in 1 16; do
+    ct=(); c1t=(); ht=()
+    for ((i = 0; i < runs; i++)); do
+      for srv in cairn cairn1 hpa; do
+        port=$(port_of $srv)
+        out=/dev/null; [ "$i" = 0 ] && out="$work/out/$srv-$bs-$win"
+        t0=$(now); fetch_atftp "$port" "$bs" "$win" "$out"; t1=$(now)
+        if [ "$i" = 0 ]; then
+          cmp -s "$out" "$work/root/big.bin" || { echo "$srv blksize $bs window $win: file differs" >&2; exit 1; }
+          rm -f "$out"
+        fi
+        d=$(echo "$t1 - $t0" | bc -l)
+        case $srv in cairn) ct+=("$d") ;; cairn1) c1t+=("$d") ;; hpa) ht+=("$d") ;; esac
+      done
+    done
+    cm=$(printf '%s\n' "${ct[@]}" | median); c1m=$(printf '%s\n' "${c1t[@]}" | median); hm=$(printf '%s\n' "${ht[@]}" | median)
+    printf '%-8s %-6s %12.1f %12.1f %12.1f %7.2fx %7.2fx\n' "$bs" "$win" "$(echo "64 / $cm" | bc -l)" "$(echo "64 / $c1m" | bc -l)" "$(echo "64 / $hm" | bc -l)" "$(echo "$hm / $cm" | bc -l)" "$(echo "$hm / $c1m" | bc -l)"
+  done
+done
+echo "(cairn: multi-thread runtime; cairn1: current-thread runtime; ratio = cairn / tftpd-hpa throughput,"
+echo " ratio1 = cairn1 / tftpd-hpa; tftpd-hpa ignores windowsize, so its window-16 rows run with 1)"
+
+rss_kb() { # sum of VmRSS over a process and its children
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+echo
+printf '%-7s %8s %10s %10s %14s\n' server clients complete "time s" "peak RSS MiB"
+for srv in cairn cairn1 hpa; do
+  port=$(port_of $srv)
+  case $srv in cairn) pid=$cairn_pid ;; cairn1) pid=$cairn1_pid ;; hpa) pid=$hpa_pid ;; esac
+  rm -f "$work/out/"*
+  peak=0
+  t0=$(now)
+  cpids=()
+  for ((i = 0; i < clients; i++)); do
+    curl -s --max-time 600 --tftp-blksize 1468 -o "$work/out/$i" "tftp://127.0.0.1:$port/ten.bin" &
+    cpids+=($!)
+  done
+  while :; do
+    r=$(rss_kb "$pid"); [ "$r" -gt "$peak" ] && peak=$r
+    running=0
+    for c in "${cpids[@]}"; do kill -0 "$c" 2>/dev/null && { running=1; break; }; done
+    [ $running = 0 ] && break
+    sleep 0.05
+  done
+  wait "${cpids[@]}" 2>/dev/null || true
+  t1=$(now)
+  ok=0
+  for ((i = 0; i < clients; i++)); do cmp -s "$work/out/$i" "$work/root/ten.bin" && ok=$((ok + 1)); done
+  printf '%-7s %8d %10d %10.1f %14.1f\n' "$srv" "$clients" "$ok" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$peak / 1024" | bc -l)"
+done
+for p in "$cairn_pid" "$cairn1_pid"; do
+  if [ -r "/proc/$p/status" ]; then echo "cairn serve_dir pid $p VmHWM (peak RSS over the whole run): $(awk '/^VmHWM/ {print $2 / 1024 " MiB"}' "/proc/$p/status")"; fi
+done
