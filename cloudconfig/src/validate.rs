@@ -502,6 +502,14 @@ mod tests {
 
     #[test]
     fn yaml_syntax_errors_carry_their_line() {
+        check(
+            "\t",
+            &[(E, "found character that cannot start any token", 1)],
+        );
+        check(
+            "hostname: a\n\t# note",
+            &[(E, "found character that cannot start any token", 2)],
+        );
         check("a:\na", &[(E, "could not find expected ':'", 2)]);
         check("#hello\na:\na", &[(E, "could not find expected ':'", 3)]);
         check(

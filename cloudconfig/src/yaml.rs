@@ -104,8 +104,10 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut builder = Builder {
         parser: Parser::new_from_str(text),
         anchors: HashMap::new(),
+        multiline: Vec::new(),
+        last_line: 0,
     };
-    builder.document().map_err(|e| {
+    let result = builder.document().map_err(|e| {
         let (line, message) = match e {
             BuildError::Scan(e) => (e.marker().line(), libyaml_wording(e.info())),
             BuildError::Other(line, message) => (line, message),
@@ -122,7 +124,35 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
             line: line.clamp(1, last),
             message,
         }
-    })
+    });
+    let limit = match &result {
+        Ok(_) => builder.last_line,
+        Err(e) => e.line.saturating_sub(1),
+    };
+    match tab_led_line(text, &builder.multiline, limit) {
+        Some(line) => Err(SyntaxError {
+            line,
+            message: "found character that cannot start any token".to_string(),
+        }),
+        None => result,
+    }
+}
+
+/// libyaml refuses a tab at the start of a line in block context, even on a blank or comment-only line, which YAML 1.2
+/// (and saphyr) allow. Lines inside a multi-line scalar (`multiline`: first and last line of each) are content.
+/// Returns the first such line up to `limit`.
+fn tab_led_line(text: &str, multiline: &[(usize, usize)], limit: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .take_while(|(n, _)| *n <= limit)
+        .find(|(n, l)| {
+            let rest = l.trim_start_matches(' ');
+            rest.starts_with('\t')
+                && matches!(rest.trim_start().chars().next(), None | Some('#'))
+                && !multiline.iter().any(|(a, b)| a < n && n <= b)
+        })
+        .map(|(n, _)| n)
 }
 
 /// libyaml's (and so goyaml's and coreos-cloudinit's) words for the scanner errors whose saphyr wording differs.
@@ -150,12 +180,23 @@ impl From<ScanError> for BuildError {
 struct Builder<'a> {
     parser: Parser<'a, saphyr_parser::StrInput<'a>>,
     anchors: HashMap<usize, Node>,
+    /// First and last line of each scalar that spans lines.
+    multiline: Vec<(usize, usize)>,
+    /// Line of the last event read.
+    last_line: usize,
 }
 
 impl<'a> Builder<'a> {
     fn next(&mut self) -> Result<(Event<'a>, Span), BuildError> {
         match self.parser.next_event() {
-            Some(r) => Ok(r?),
+            Some(r) => {
+                let (ev, span) = r?;
+                self.last_line = self.last_line.max(span.end.line());
+                if matches!(ev, Event::Scalar(..)) && span.end.line() > span.start.line() {
+                    self.multiline.push((span.start.line(), span.end.line()));
+                }
+                Ok((ev, span))
+            }
             None => Ok((Event::StreamEnd, Span::default())),
         }
     }
@@ -508,6 +549,19 @@ mod tests {
         assert_eq!(doc("").value, Value::Map(Vec::new()));
         assert_eq!(doc("# only a comment\n").value, Value::Map(Vec::new()));
         assert_eq!(doc("--- \nhostname: a\n").get("hostname").unwrap().line, 2);
+        // Tabs inside scalars and after tokens are content or separation, not indentation.
+        assert_eq!(
+            doc("a: |\n  x\n  \ty\nb: \"p\n  \t\n  q\"\n")
+                .get("a")
+                .unwrap()
+                .value
+                .text,
+            "x\n\ty\n"
+        );
+        assert_eq!(
+            doc("a: 1 \t# comment\n").get("a").unwrap().value.value,
+            Value::Int(1)
+        );
     }
 
     #[test]
@@ -520,6 +574,10 @@ mod tests {
             ("a: 1\n  b: 2\n", 2),
             ("a: @x", 1),
             ("a: *nope", 1),
+            ("a: 1\n\t# tab-led comment\n", 2),
+            ("a:\n  b: 1\n\t\n  c: 2\n", 3),
+            ("\t\n", 1),
+            ("  \t\nx: [\n", 1),
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!(e.line, line, "{text:?}: {e:?}");
