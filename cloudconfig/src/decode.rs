@@ -66,6 +66,16 @@ pub fn decode_content(content: &str, encoding: &str) -> Result<Vec<u8>, DecodeEr
     decode_bytes(content.as_bytes(), encoding)
 }
 
+/// User-data as fetched may be gzip-compressed (coreos-cloudinit checks the magic bytes `1f 8b`): decompress it then,
+/// otherwise return it as it is.
+pub fn decompress_user_data(data: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
+    if data.starts_with(&[0x1f, 0x8b]) {
+        decode_gzip(data).map(std::borrow::Cow::Owned)
+    } else {
+        Ok(std::borrow::Cow::Borrowed(data))
+    }
+}
+
 /// Parse `permissions` as octal like Go's `strconv.ParseInt(s, 8, 32)`.
 pub fn parse_mode(text: &str) -> Result<u32, ModeError> {
     let err = || ModeError {
@@ -160,6 +170,17 @@ mod tests {
         assert_eq!(decode_bytes(&two, "gzip").unwrap(), b"one two");
         let gz = gzip(b"truncated member body");
         assert!(decode_bytes(&gz[..gz.len() - 6], "gzip").is_err());
+    }
+
+    #[test]
+    fn gzip_user_data() {
+        let text = b"#cloud-config\nhostname: a\n";
+        assert_eq!(&*decompress_user_data(&gzip(text)).unwrap(), text);
+        assert!(matches!(
+            decompress_user_data(text).unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(decompress_user_data(&[0x1f, 0x8b, 0, 0]).is_err());
     }
 
     #[test]
