@@ -15,14 +15,16 @@ fn main() -> anyhow::Result<()> {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    rt.enable_all().build().context("starting tokio")?.block_on(run())
+    rt.enable_all()
+        .build()
+        .context("starting tokio")?
+        .block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -39,14 +41,17 @@ async fn run() -> anyhow::Result<()> {
         ..Config::default()
     };
     if let Some(b) = rest.first() {
-        config.max_blksize = b.parse().with_context(|| format!("parsing MAX_BLKSIZE {b:?}"))?;
+        config.max_blksize = b
+            .parse()
+            .with_context(|| format!("parsing MAX_BLKSIZE {b:?}"))?;
     }
     if let Some(w) = rest.get(1) {
         config.max_windowsize = w
             .parse()
             .with_context(|| format!("parsing MAX_WINDOWSIZE {w:?}"))?;
     }
-    let handler = Arc::new(DirHandler::new(dir).with_context(|| format!("opening TFTP root {dir}"))?);
+    let handler =
+        Arc::new(DirHandler::new(dir).with_context(|| format!("opening TFTP root {dir}"))?);
     let server = Server::bind(addr, handler, config)
         .await
         .with_context(|| format!("binding {addr}"))?;

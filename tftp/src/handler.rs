@@ -120,9 +120,9 @@ impl DirHandler {
     /// A handler for the directory `root` (canonicalized now; it must exist and be a directory).
     pub fn new(root: impl Into<PathBuf>) -> io::Result<DirHandler> {
         let root = root.into();
-        let canonical = root.canonicalize().map_err(|e| {
-            io::Error::new(e.kind(), format!("TFTP root {}: {e}", root.display()))
-        })?;
+        let canonical = root
+            .canonicalize()
+            .map_err(|e| io::Error::new(e.kind(), format!("TFTP root {}: {e}", root.display())))?;
         if !canonical.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -151,10 +151,14 @@ impl DirHandler {
             match c {
                 Component::Normal(_) | Component::CurDir => {}
                 Component::ParentDir => {
-                    return Err(TftpError::access_violation("'..' is not allowed in file names"))
+                    return Err(TftpError::access_violation(
+                        "'..' is not allowed in file names",
+                    ))
                 }
                 Component::RootDir | Component::Prefix(_) => {
-                    return Err(TftpError::access_violation("absolute file names are not allowed"))
+                    return Err(TftpError::access_violation(
+                        "absolute file names are not allowed",
+                    ))
                 }
             }
         }
@@ -229,8 +233,16 @@ mod tests {
     #[test]
     fn serves_files_with_and_without_leading_slash() {
         let (_d, h) = setup();
-        for name in ["pxelinux.0", "/pxelinux.0", "./pxelinux.0", "sub//a..b", "in"] {
-            let c = h.open(name, peer()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for name in [
+            "pxelinux.0",
+            "/pxelinux.0",
+            "./pxelinux.0",
+            "sub//a..b",
+            "in",
+        ] {
+            let c = h
+                .open(name, peer())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(c.len() == 4, "{name}");
         }
     }
@@ -238,11 +250,22 @@ mod tests {
     #[test]
     fn refuses_traversal_and_outside_paths() {
         let (_d, h) = setup();
-        for name in ["../secret", "/../secret", "sub/../../secret", "a/../../x", "//etc/passwd", ".."] {
+        for name in [
+            "../secret",
+            "/../secret",
+            "sub/../../secret",
+            "a/../../x",
+            "//etc/passwd",
+            "..",
+        ] {
             assert_eq!(code(h.open(name, peer())), 2, "{name}");
         }
         assert_eq!(code(h.open("out", peer())), 2, "symlink out of root");
-        assert_eq!(code(h.open("/etc/passwd", peer())), 1, "root-relative /etc/passwd");
+        assert_eq!(
+            code(h.open("/etc/passwd", peer())),
+            1,
+            "root-relative /etc/passwd"
+        );
         assert_eq!(code(h.open("missing", peer())), 1);
         assert_eq!(code(h.open("pxelinux.0/x", peer())), 1);
         assert_eq!(code(h.open("", peer())), 1);

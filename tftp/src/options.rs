@@ -117,7 +117,12 @@ mod tests {
 
     #[test]
     fn ipxe_style_request_is_accepted_in_order() {
-        let n = negotiate(&opts(&[("blksize", "1432"), ("tsize", "0")]), 12_345, 1468, 16);
+        let n = negotiate(
+            &opts(&[("blksize", "1432"), ("tsize", "0")]),
+            12_345,
+            1468,
+            16,
+        );
         assert_eq!(n.blksize, 1432);
         assert_eq!(n.oack, oack(&[("blksize", "1432"), ("tsize", "12345")]));
     }
@@ -125,7 +130,10 @@ mod tests {
     #[test]
     fn blksize_is_capped_by_config_and_protocol_maximum() {
         let n = negotiate(&opts(&[("blksize", "8192")]), 0, 1468, 16);
-        assert_eq!((n.blksize, n.oack.clone()), (1468, oack(&[("blksize", "1468")])));
+        assert_eq!(
+            (n.blksize, n.oack.clone()),
+            (1468, oack(&[("blksize", "1468")]))
+        );
         let n = negotiate(&opts(&[("blksize", "65535")]), 0, u16::MAX, 16);
         assert_eq!(n.blksize, MAX_BLKSIZE);
         let n = negotiate(&opts(&[("blksize", "99999999999")]), 0, 65464, 16);
@@ -155,7 +163,12 @@ mod tests {
         assert_eq!(n.windowsize, 1);
         assert_eq!(n.timeout, None);
         assert!(n.oack.is_empty());
-        let n = negotiate(&opts(&[("timeout", "256"), ("windowsize", "65536")]), 0, 1468, 16);
+        let n = negotiate(
+            &opts(&[("timeout", "256"), ("windowsize", "65536")]),
+            0,
+            1468,
+            16,
+        );
         assert!(n.oack.is_empty());
     }
 
@@ -171,7 +184,11 @@ mod tests {
         assert_eq!(n.windowsize, 4);
         assert_eq!(
             n.oack,
-            oack(&[("timeout", "3"), ("windowsize", "4"), ("tsize", "1099511627776")])
+            oack(&[
+                ("timeout", "3"),
+                ("windowsize", "4"),
+                ("tsize", "1099511627776")
+            ])
         );
         let n = negotiate(&opts(&[("windowsize", "64")]), 0, 1468, 16);
         assert_eq!((n.windowsize, n.oack), (16, oack(&[("windowsize", "16")])));
@@ -179,12 +196,27 @@ mod tests {
 
     #[test]
     fn window_is_capped_to_64_kib_in_flight() {
-        let n = negotiate(&opts(&[("windowsize", "16"), ("blksize", "8192")]), 0, 65464, 64);
+        let n = negotiate(
+            &opts(&[("windowsize", "16"), ("blksize", "8192")]),
+            0,
+            65464,
+            64,
+        );
         assert_eq!((n.blksize, n.windowsize), (8192, 8));
         assert_eq!(n.oack, oack(&[("windowsize", "8"), ("blksize", "8192")]));
-        let n = negotiate(&opts(&[("blksize", "65464"), ("windowsize", "4")]), 0, 65464, 64);
+        let n = negotiate(
+            &opts(&[("blksize", "65464"), ("windowsize", "4")]),
+            0,
+            65464,
+            64,
+        );
         assert_eq!(n.windowsize, 1);
-        let n = negotiate(&opts(&[("blksize", "1468"), ("windowsize", "64")]), 0, 65464, 64);
+        let n = negotiate(
+            &opts(&[("blksize", "1468"), ("windowsize", "64")]),
+            0,
+            65464,
+            64,
+        );
         assert_eq!(n.windowsize, 44);
         let n = negotiate(&opts(&[("windowsize", "64")]), 0, 65464, 64);
         assert_eq!(n.windowsize, 64, "64 x 512 bytes fit");

@@ -385,7 +385,10 @@ mod tests {
                 block: 65535,
                 data: &payload,
             },
-            Packet::Data { block: 0, data: &[] },
+            Packet::Data {
+                block: 0,
+                data: &[],
+            },
             Packet::Ack(0),
             Packet::Ack(4242),
             Packet::Error {

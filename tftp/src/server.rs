@@ -4,15 +4,15 @@
 use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::pin::Pin;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
-use std::pin::Pin;
 
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
@@ -71,9 +71,9 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: Config,
     ) -> io::Result<Server> {
-        let socket = UdpSocket::bind(addr).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("binding TFTP socket {addr}: {e}"))
-        })?;
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("binding TFTP socket {addr}: {e}")))?;
         let local_addr = socket.local_addr()?;
         Ok(Server {
             socket,
@@ -139,18 +139,10 @@ impl Server {
     }
 }
 
-/// Binds the transfer's own socket: the server's address, an ephemeral port (RFC 1350 TID).
-async fn transfer_socket(local_ip: IpAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
-    let ip = if local_ip.is_unspecified() {
-        // Bound to the wildcard address: let routing pick the source, in the request socket's family.
-        match (local_ip, peer) {
-            (IpAddr::V4(_), _) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            (IpAddr::V6(_), _) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        }
-    } else {
-        local_ip
-    };
-    UdpSocket::bind(SocketAddr::new(ip, 0)).await
+/// Binds the transfer's own socket: the server's address, an ephemeral port (RFC 1350 TID). When the
+/// server is bound to the wildcard address, so is the transfer socket, and routing picks the source.
+async fn transfer_socket(local_ip: IpAddr) -> io::Result<UdpSocket> {
+    UdpSocket::bind(SocketAddr::new(local_ip, 0)).await
 }
 
 async fn send_error(socket: &UdpSocket, peer: SocketAddr, err: &TftpError) {
@@ -187,15 +179,20 @@ async fn handle_request(
             debug!(%peer, "ignoring {other:?} sent to the request port");
             return;
         }
-        Err(e @ (DecodeError::Unterminated(_) | DecodeError::NotUtf8(_) | DecodeError::UnknownMode(_))) => {
-            Err((String::new(), TftpError::new(error_code::ILLEGAL_OPERATION, e.to_string())))
-        }
+        Err(
+            e @ (DecodeError::Unterminated(_)
+            | DecodeError::NotUtf8(_)
+            | DecodeError::UnknownMode(_)),
+        ) => Err((
+            String::new(),
+            TftpError::new(error_code::ILLEGAL_OPERATION, e.to_string()),
+        )),
         Err(e) => {
             debug!(%peer, "ignoring malformed datagram on the request port: {e}");
             return;
         }
     };
-    let socket = match transfer_socket(local_ip, peer).await {
+    let socket = match transfer_socket(local_ip).await {
         Ok(s) => s,
         Err(e) => {
             warn!(%peer, "binding a TFTP transfer socket on {local_ip}: {e}");
@@ -229,7 +226,11 @@ async fn handle_request(
             let err = TftpError::new(error_code::NOT_DEFINED, "internal error");
             warn!(%peer, path, "TFTP handler panicked: {join}");
             send_error(&socket, peer, &err).await;
-            handler.finished(&path, peer, &Outcome::Failed(format!("handler panicked: {join}")));
+            handler.finished(
+                &path,
+                peer,
+                &Outcome::Failed(format!("handler panicked: {join}")),
+            );
             return;
         }
     };
@@ -246,7 +247,9 @@ async fn handle_request(
             %peer, path, bytes, blksize = negotiated.blksize, windowsize = negotiated.windowsize,
             ms = elapsed.as_millis() as u64, "TFTP transfer complete"
         ),
-        other => info!(%peer, path, ms = elapsed.as_millis() as u64, "TFTP transfer ended: {other:?}"),
+        other => {
+            info!(%peer, path, ms = elapsed.as_millis() as u64, "TFTP transfer ended: {other:?}")
+        }
     }
     handler.finished(&path, peer, &outcome);
 }
@@ -330,7 +333,9 @@ impl Transfer {
                 loop {
                     match self.wait().await {
                         Event::Ack(0) => break 'oack,
-                        Event::Ack(other) => debug!(peer = %self.peer, "ignoring ACK {other} before ACK 0 of the OACK"),
+                        Event::Ack(other) => {
+                            debug!(peer = %self.peer, "ignoring ACK {other} before ACK 0 of the OACK")
+                        }
                         Event::ClientError { code, message } => {
                             return Outcome::ClientError { code, message }
                         }
@@ -395,12 +400,13 @@ impl Transfer {
                         // Duplicate of the previous ACK. With windowsize 1 it is ignored: answering it
                         // would double every later block (Sorcerer's Apprentice). With a window it means
                         // the client saw a gap; resend the window once per position.
-                        Some(0) => {
-                            if self.window > 1 && in_flight > 0 && rewound_at != Some(acked) {
-                                rewound_at = Some(acked);
-                                next = acked + 1;
-                            }
+                        Some(0)
+                            if self.window > 1 && in_flight > 0 && rewound_at != Some(acked) =>
+                        {
+                            rewound_at = Some(acked);
+                            next = acked + 1;
                         }
+                        Some(0) => {}
                         Some(d) => {
                             acked += d;
                             attempts = 0;

@@ -66,14 +66,21 @@ fn setup(with_huge: bool) -> Setup {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     out
 }
 
 fn assert_same(got: &Path, want: &Path, what: &str) {
     let g = std::fs::read(got).unwrap_or_else(|e| panic!("{what}: reading {}: {e}", got.display()));
     let w = std::fs::read(want).unwrap();
-    assert!(g.len() == w.len() && g == w, "{what}: {} bytes received, {} expected or content differs", g.len(), w.len());
+    assert!(
+        g.len() == w.len() && g == w,
+        "{what}: {} bytes received, {} expected or content differs",
+        g.len(),
+        w.len()
+    );
 }
 
 fn names(with_huge: bool) -> Vec<&'static str> {
@@ -97,11 +104,19 @@ fn curl(s: &Setup, name: &str, extra: &[&str], out: &Path) -> Output {
 fn curl_fetches_files_byte_exact() {
     require("curl", "curl");
     let s = setup(true);
-    for extra in [&[][..], &["--tftp-blksize", "1468"][..], &["--tftp-blksize", "8192"][..]] {
+    for extra in [
+        &[][..],
+        &["--tftp-blksize", "1468"][..],
+        &["--tftp-blksize", "8192"][..],
+    ] {
         for name in names(extra.is_empty()) {
             let out = s.out.join(format!("curl-{name}"));
             let o = curl(&s, name, extra, &out);
-            assert!(o.status.success(), "curl {extra:?} {name}: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "curl {extra:?} {name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             assert_same(&out, &s.root.join(name), &format!("curl {extra:?} {name}"));
         }
     }
@@ -111,12 +126,22 @@ fn curl_fetches_files_byte_exact() {
 fn curl_traversal_fails() {
     require("curl", "curl");
     let s = setup(false);
-    for name in ["../secret", "a/../../secret", "escape", "%2Fetc/passwd", "/etc/passwd"] {
+    for name in [
+        "../secret",
+        "a/../../secret",
+        "escape",
+        "%2Fetc/passwd",
+        "/etc/passwd",
+    ] {
         let out = s.out.join("leak");
         let o = curl(&s, name, &[], &out);
         // curl exits 68 (file not found) or 69 (access violation) on a TFTP error packet.
         let code = o.status.code();
-        assert!(matches!(code, Some(68 | 69)), "curl {name}: exit {code:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            matches!(code, Some(68 | 69)),
+            "curl {name}: exit {code:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let leaked = std::fs::read(&out).unwrap_or_default();
         assert!(leaked.is_empty(), "curl {name}: got {} bytes", leaked.len());
     }
@@ -148,8 +173,17 @@ fn atftp_fetches_files_byte_exact() {
         for name in names(i == 0) {
             let out = s.out.join(format!("atftp-{i}-{name}"));
             let o = atftp(&s, name, options, &out);
-            assert!(o.status.success(), "atftp {options:?} {name}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-            assert_same(&out, &s.root.join(name), &format!("atftp {options:?} {name}"));
+            assert!(
+                o.status.success(),
+                "atftp {options:?} {name}: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_same(
+                &out,
+                &s.root.join(name),
+                &format!("atftp {options:?} {name}"),
+            );
         }
     }
 }
@@ -158,12 +192,22 @@ fn atftp_fetches_files_byte_exact() {
 fn atftp_traversal_fails() {
     require("atftp", "atftp");
     let s = setup(false);
-    for name in ["../secret", "/../secret", "a/../../secret", "escape", "/etc/passwd"] {
+    for name in [
+        "../secret",
+        "/../secret",
+        "a/../../secret",
+        "escape",
+        "/etc/passwd",
+    ] {
         let out = s.out.join("leak");
         let o = atftp(&s, name, &["tsize 0"], &out);
         assert!(!o.status.success(), "atftp {name} succeeded");
         let leaked = std::fs::read(&out).unwrap_or_default();
-        assert!(leaked.is_empty(), "atftp {name}: got {} bytes", leaked.len());
+        assert!(
+            leaked.is_empty(),
+            "atftp {name}: got {} bytes",
+            leaked.len()
+        );
     }
 }
 
@@ -185,8 +229,15 @@ fn tftp_hpa_fetches_files_byte_exact() {
     for name in names(true) {
         let out = s.out.join(format!("hpa-{name}"));
         let o = tftp_hpa(&s, name, &out);
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(o.status.success() && text.contains("Received"), "tftp {name}: {text}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.status.success() && text.contains("Received"),
+            "tftp {name}: {text}"
+        );
         assert_same(&out, &s.root.join(name), &format!("tftp-hpa {name}"));
     }
 }
@@ -195,12 +246,25 @@ fn tftp_hpa_fetches_files_byte_exact() {
 fn tftp_hpa_traversal_fails() {
     require("tftp", "tftp-hpa");
     let s = setup(false);
-    for (name, code) in [("../secret", 2), ("/../secret", 2), ("a/../../secret", 2), ("escape", 2), ("/etc/passwd", 1)] {
+    for (name, code) in [
+        ("../secret", 2),
+        ("/../secret", 2),
+        ("a/../../secret", 2),
+        ("escape", 2),
+        ("/etc/passwd", 1),
+    ] {
         let out = s.out.join("leak");
         let o = tftp_hpa(&s, name, &out);
         // tftp-hpa exits 0 even on an error packet; it prints the code.
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(text.contains(&format!("Error code {code}")), "tftp {name}: {text}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            text.contains(&format!("Error code {code}")),
+            "tftp {name}: {text}"
+        );
         let leaked = std::fs::read(&out).unwrap_or_default();
         assert!(leaked.is_empty(), "tftp {name}: got {} bytes", leaked.len());
     }

@@ -59,7 +59,11 @@ fn oack_reports_real_tsize_and_client_error_ends_transfer() {
     c.send(&error(8, "tsize probe done"));
     // The server must stop at once: no retransmitted OACK, no DATA, transfer freed well before a timeout.
     let outcome = h.rec.wait("/pxelinux.0", Duration::from_secs(5)).unwrap();
-    assert!(t.elapsed() < Duration::from_millis(900), "freed after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "freed after {:?}",
+        t.elapsed()
+    );
     assert_eq!(
         outcome,
         Outcome::ClientError {
@@ -71,7 +75,11 @@ fn oack_reports_real_tsize_and_client_error_ends_transfer() {
     // The real download that follows works.
     let mut c2 = Client::new(h.addr);
     let got = c2
-        .fetch("/pxelinux.0", &[("blksize", "1432"), ("tsize", "0")], Loss::default())
+        .fetch(
+            "/pxelinux.0",
+            &[("blksize", "1432"), ("tsize", "0")],
+            Loss::default(),
+        )
         .unwrap();
     assert_eq!(got.data, content(&dir, "pxelinux.0"));
 }
@@ -95,7 +103,10 @@ fn client_error_mid_transfer_stops_the_server() {
     }
     c.send(&error(0, "user abort"));
     let outcome = h.rec.wait("big", Duration::from_secs(5)).unwrap();
-    assert!(matches!(outcome, Outcome::ClientError { code: 0, .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, Outcome::ClientError { code: 0, .. }),
+        "{outcome:?}"
+    );
     c.assert_silent(Duration::from_millis(2500));
 }
 
@@ -123,7 +134,7 @@ fn windowsize_4_transfer_is_byte_exact() {
     let blocks = 1_048_576 / 1024 + 1;
     assert_eq!(got.data_packets, blocks, "no retransmissions without loss");
     // One ACK for the OACK plus one per window of 4.
-    assert_eq!(got.acks_sent, 1 + (blocks as u64).div_ceil(4));
+    assert_eq!(got.acks_sent, 1 + blocks.div_ceil(4));
 }
 
 #[test]
@@ -142,7 +153,10 @@ fn lossy_client_lockstep_gets_exact_file() {
         )
         .unwrap();
     assert_eq!(got.data, content(&dir, "lossy.bin"));
-    assert!(got.data_packets > 301, "loss must have caused retransmissions");
+    assert!(
+        got.data_packets > 301,
+        "loss must have caused retransmissions"
+    );
 }
 
 #[test]
@@ -155,10 +169,17 @@ fn lossy_client_windowed_gets_exact_file() {
             .fetch(
                 "lossy.bin",
                 &[("blksize", "1000"), ("windowsize", "8")],
-                Loss { drop_data, drop_ack },
+                Loss {
+                    drop_data,
+                    drop_ack,
+                },
             )
             .unwrap_or_else(|e| panic!("loss {drop_data}/{drop_ack}: {e}"));
-        assert_eq!(got.data, content(&dir, "lossy.bin"), "loss {drop_data}/{drop_ack}");
+        assert_eq!(
+            got.data,
+            content(&dir, "lossy.bin"),
+            "loss {drop_data}/{drop_ack}"
+        );
     }
 }
 
@@ -212,12 +233,18 @@ fn vanished_client_is_given_up_after_retries() {
     assert_eq!(copies, 4);
     let outcome = h.rec.wait("gone.bin", Duration::from_secs(5)).unwrap();
     assert_eq!(outcome, Outcome::TimedOut { acked_blocks: 0 });
-    assert!(t.elapsed() >= Duration::from_millis(400), "gave up too early: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "gave up too early: {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
 fn fifty_concurrent_clients() {
-    let files: Vec<(String, usize)> = (0..5).map(|i| (format!("f{i}.bin"), 150_000 + i * 1111)).collect();
+    let files: Vec<(String, usize)> = (0..5)
+        .map(|i| (format!("f{i}.bin"), 150_000 + i * 1111))
+        .collect();
     let refs: Vec<(&str, usize)> = files.iter().map(|(n, l)| (n.as_str(), *l)).collect();
     let dir = root_with(&refs);
     let h = Harness::dir(dir.path(), Config::default());
@@ -230,7 +257,11 @@ fn fifty_concurrent_clients() {
             std::thread::spawn(move || {
                 let mut c = Client::new(addr);
                 barrier.wait();
-                let opts: &[(&str, &str)] = if i % 2 == 0 { &[("blksize", "1468")] } else { &[] };
+                let opts: &[(&str, &str)] = if i % 2 == 0 {
+                    &[("blksize", "1468")]
+                } else {
+                    &[]
+                };
                 (name.clone(), c.fetch(&name, opts, Loss::default()))
             })
         })
@@ -263,16 +294,26 @@ impl Handler for Generated {
 fn generated_content_and_block_number_rollover() {
     // More than 65535 blocks of 512 bytes: block numbers wrap to 0 and the file is still exact.
     let len = 65_535 * 512 + 5_000;
-    let h = Harness::start(Arc::new(Generated {
-        big: Bytes::from(pattern(len, 9)),
-    }), Config::default());
+    let h = Harness::start(
+        Arc::new(Generated {
+            big: Bytes::from(pattern(len, 9)),
+        }),
+        Config::default(),
+    );
     for window in ["1", "16"] {
         let mut c = Client::new(h.addr);
         let got = c
-            .fetch("big", &[("windowsize", window), ("tsize", "0")], Loss::default())
+            .fetch(
+                "big",
+                &[("windowsize", window), ("tsize", "0")],
+                Loss::default(),
+            )
             .unwrap();
         assert_eq!(got.data.len(), len);
-        assert!(got.data == pattern(len, 9), "content differs (windowsize {window})");
+        assert!(
+            got.data == pattern(len, 9),
+            "content differs (windowsize {window})"
+        );
         assert_eq!(got.data_packets, (len / 512 + 1) as u64);
     }
     let mut c = Client::new(h.addr);
@@ -316,7 +357,10 @@ fn path_traversal_attempts_get_error_packets() {
         c.assert_silent(Duration::from_millis(200));
     }
     let mut c = Client::new(h.addr);
-    assert_eq!(c.fetch("/ok", &[], Loss::default()).unwrap().data, b"inside");
+    assert_eq!(
+        c.fetch("/ok", &[], Loss::default()).unwrap().data,
+        b"inside"
+    );
 }
 
 #[test]

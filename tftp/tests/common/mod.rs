@@ -84,7 +84,9 @@ impl Harness {
                     .unwrap();
             });
         });
-        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("server did not start");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server did not start");
         Harness {
             addr,
             rec,
@@ -216,7 +218,8 @@ pub struct Client {
 impl Client {
     pub fn new(server: SocketAddr) -> Client {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         Client {
             sock,
             server,
@@ -225,7 +228,9 @@ impl Client {
     }
 
     pub fn send_rrq(&self, name: &str, options: &[(&str, &str)]) {
-        self.sock.send_to(&rrq(name, "octet", options), self.server).unwrap();
+        self.sock
+            .send_to(&rrq(name, "octet", options), self.server)
+            .unwrap();
     }
 
     /// Next packet (from anyone), or None after the read timeout.
@@ -233,7 +238,14 @@ impl Client {
         let mut buf = vec![0u8; 70000];
         match self.sock.recv_from(&mut buf) {
             Ok((n, from)) => Some((parse(&buf[..n]), from)),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
             Err(e) => panic!("recv: {e}"),
         }
     }
@@ -244,7 +256,10 @@ impl Client {
         if let Some(tid) = self.tid {
             assert_eq!(from, tid, "packet from a second server port");
         } else {
-            assert_ne!(from, self.server, "reply must come from a new port, not the request port");
+            assert_ne!(
+                from, self.server,
+                "reply must come from a new port, not the request port"
+            );
             assert_eq!(from.ip(), self.server.ip(), "reply from another address");
             self.tid = Some(from);
         }
@@ -252,12 +267,19 @@ impl Client {
     }
 
     pub fn send(&self, datagram: &[u8]) {
-        self.sock.send_to(datagram, self.tid.expect("no transfer yet")).unwrap();
+        self.sock
+            .send_to(datagram, self.tid.expect("no transfer yet"))
+            .unwrap();
     }
 
     /// Fetches `name` like an RFC 7440 client: ACK after each window (or the last block), ACK the last
     /// in-order block on a gap or a timeout.
-    pub fn fetch(&mut self, name: &str, options: &[(&str, &str)], loss: Loss) -> Result<Fetched, String> {
+    pub fn fetch(
+        &mut self,
+        name: &str,
+        options: &[(&str, &str)],
+        loss: Loss,
+    ) -> Result<Fetched, String> {
         self.send_rrq(name, options);
         let mut got = Fetched::default();
         let mut blksize = 512usize;
