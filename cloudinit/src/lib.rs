@@ -1,9 +1,13 @@
 //! cairn-cloudinit: the on-host agent that finds this machine's cloud-config (kernel command line URL, state partition, config drive), validates it and applies it at every boot, like CoreOS's coreos-cloudinit. It owns what it writes under the target root; it never touches the image's /usr.
 
 pub mod addrs;
+pub mod apply;
 pub mod cmdline;
 pub mod envfile;
 pub mod fetch;
 pub mod fsutil;
+pub mod services;
+pub mod source;
 pub mod ssh;
 pub mod units;
+pub mod users;

@@ -1,1 +1,159 @@
-fn main() {}
+//! The `cairn-cloudinit` binary: parses flags, finds the user-data, applies it, writes the status file. With no flags it does the boot behaviour.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cairn_cloudinit::apply::{self, Options, Outcome, Status};
+use cairn_cloudinit::{addrs, fetch::RetryPolicy, fsutil, source};
+use clap::Parser;
+
+/// Find this machine's cloud-config (cloud-config-url= on the kernel command
+/// line, /run/cairn/state/user-data, a config-2 config drive), validate it
+/// and apply it. Run at every boot by cairn-cloudinit.service.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Use this user-data file instead of looking for a data source.
+    #[arg(long, value_name = "PATH")]
+    from_file: Option<PathBuf>,
+    /// Apply under this directory instead of the running system: files are
+    /// written there, `useradd --root`/`systemctl --root` are used, and
+    /// nothing is started.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// Read the kernel command line from this file.
+    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+    cmdline: PathBuf,
+    /// The state partition's user-data file.
+    #[arg(long, value_name = "FILE", default_value = source::STATE_USER_DATA)]
+    state_user_data: PathBuf,
+    /// An already mounted config drive (instead of looking for label config-2).
+    #[arg(long, value_name = "DIR")]
+    config_drive: Option<PathBuf>,
+    /// Do not look for a config drive.
+    #[arg(long)]
+    no_config_drive: bool,
+    /// Where to write the status (JSON); default ROOT/run/cairn/cloudinit.status.
+    #[arg(long, value_name = "FILE")]
+    status_file: Option<PathBuf>,
+    /// Tries for a URL data source (network errors and 5xx are retried).
+    #[arg(long, default_value_t = 15)]
+    fetch_tries: u32,
+    /// Addresses for substitution instead of the detected ones.
+    #[arg(long)]
+    private_ipv4: Option<Ipv4Addr>,
+    #[arg(long)]
+    public_ipv4: Option<Ipv4Addr>,
+    #[arg(long)]
+    private_ipv6: Option<Ipv6Addr>,
+    #[arg(long)]
+    public_ipv6: Option<Ipv6Addr>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let code = match run(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: &Args) -> anyhow::Result<i32> {
+    let live = args.root == std::path::Path::new("/");
+    let status_path = match &args.status_file {
+        Some(p) => p.clone(),
+        None => fsutil::under(&args.root, apply::STATUS_FILE)?,
+    };
+    let found = match &args.from_file {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(Some(source::Found {
+                source: p.display().to_string(),
+                bytes,
+            }))
+        }
+        None => source::find(&source::Sources {
+            cmdline: args.cmdline.clone(),
+            state_user_data: args.state_user_data.clone(),
+            config_drive_dir: args.config_drive.clone(),
+            config_drive: !args.no_config_drive,
+            policy: RetryPolicy {
+                max_tries: args.fetch_tries,
+                ..Default::default()
+            },
+        }),
+    };
+    let outcome = match found {
+        Err(e) => {
+            tracing::error!("{e}: nothing applied");
+            let mut o = Outcome::new(Status::SourceFailed, None);
+            o.failures.push(e.to_string());
+            o
+        }
+        Ok(None) => {
+            tracing::info!(
+                "no user-data found (kernel command line, {}, config drive): nothing to do",
+                args.state_user_data.display()
+            );
+            Outcome::new(Status::NoConfig, None)
+        }
+        Ok(Some(found)) => match source::maybe_gunzip(found.bytes).map(String::from_utf8) {
+            Err(e) => outcome_error(Status::SourceFailed, &found.source, format!("{e:#}")),
+            Ok(Err(_)) => outcome_error(
+                Status::Invalid,
+                &found.source,
+                "user-data is not UTF-8 text".into(),
+            ),
+            Ok(Ok(text)) => {
+                let mut detected =
+                    if args.private_ipv4.is_some() || args.private_ipv6.is_some() || !live {
+                        addrs::MachineAddresses::default()
+                    } else {
+                        addrs::detect()
+                    };
+                if let Some(a) = args.private_ipv4 {
+                    detected.private_ipv4 = Some(a);
+                    detected.public_ipv4 = Some(a);
+                }
+                if let Some(a) = args.private_ipv6 {
+                    detected.private_ipv6 = Some(a);
+                    detected.public_ipv6 = Some(a);
+                }
+                detected.public_ipv4 = args.public_ipv4.or(detected.public_ipv4);
+                detected.public_ipv6 = args.public_ipv6.or(detected.public_ipv6);
+                let opts = Options {
+                    root: args.root.clone(),
+                    live,
+                    addresses: detected,
+                };
+                apply::run(&text, &found.source, &opts)
+            }
+        },
+    };
+    if let Err(e) = apply::write_status(&status_path, &outcome) {
+        tracing::error!("{e:#}");
+    }
+    Ok(outcome.status.exit_code())
+}
+
+fn outcome_error(status: Status, source: &str, msg: String) -> Outcome {
+    tracing::error!("{source}: {msg}: nothing applied");
+    let mut o = Outcome::new(status, Some(source.to_string()));
+    o.failures.push(msg);
+    o
+}

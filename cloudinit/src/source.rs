@@ -1,0 +1,256 @@
+//! Where the user-data comes from, first found wins: `cloud-config-url=` on the kernel command line, the state partition's `user-data`, a `config-2` config drive.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::cmdline;
+use crate::fetch::{self, FetchError, RetryPolicy};
+
+/// The state partition's user-data file (the image's /init mounts the state partition at /run/cairn/state).
+pub const STATE_USER_DATA: &str = "/run/cairn/state/user-data";
+/// The file system label of an OpenStack-style config drive.
+pub const CONFIG_DRIVE_LABEL: &str = "config-2";
+/// The user-data file inside a config drive.
+pub const CONFIG_DRIVE_USER_DATA: &str = "openstack/latest/user_data";
+/// Where a config drive is mounted (read-only) while it is read.
+pub const CONFIG_DRIVE_MOUNT: &str = "/run/cairn/configdrive";
+
+/// Where to look.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub cmdline: PathBuf,
+    pub state_user_data: PathBuf,
+    /// An already mounted config drive directory; `None`: look for a block
+    /// device labelled config-2 and mount it.
+    pub config_drive_dir: Option<PathBuf>,
+    pub config_drive: bool,
+    pub policy: RetryPolicy,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources {
+            cmdline: "/proc/cmdline".into(),
+            state_user_data: STATE_USER_DATA.into(),
+            config_drive_dir: None,
+            config_drive: true,
+            policy: RetryPolicy::default(),
+        }
+    }
+}
+
+/// User-data and where it came from.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub source: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The first source that holds user-data is the one used; a URL that
+/// cannot be fetched is an error (not a fall-through to a stale file).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("fetching the cloud-config from the kernel command line: {0}")]
+    Fetch(#[from] FetchError),
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+/// Gunzips user-data that starts with the gzip magic (coreos-cloudinit
+/// accepted compressed user-data too).
+pub fn maybe_gunzip(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .context("decompressing gzip user-data")?;
+        Ok(out)
+    } else {
+        Ok(bytes)
+    }
+}
+
+fn read_if_exists(p: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+/// Finds the user-data.
+pub fn find(s: &Sources) -> Result<Option<Found>, SourceError> {
+    let line = std::fs::read_to_string(&s.cmdline)
+        .with_context(|| format!("reading {}", s.cmdline.display()))
+        .map_err(SourceError::Other)?;
+    if let Some(url) = cmdline::cloud_config_url(&line) {
+        tracing::info!(
+            "data source: {} on the kernel command line: {url}",
+            cmdline::CLOUD_CONFIG_URL
+        );
+        let bytes = fetch::fetch(&url, &s.policy)?;
+        return Ok(Some(Found {
+            source: format!("{}={url}", cmdline::CLOUD_CONFIG_URL),
+            bytes,
+        }));
+    }
+    if let Some(bytes) = read_if_exists(&s.state_user_data).map_err(SourceError::Other)? {
+        tracing::info!("data source: {}", s.state_user_data.display());
+        return Ok(Some(Found {
+            source: s.state_user_data.display().to_string(),
+            bytes,
+        }));
+    }
+    if !s.config_drive {
+        return Ok(None);
+    }
+    if let Some(dir) = &s.config_drive_dir {
+        let p = dir.join(CONFIG_DRIVE_USER_DATA);
+        return Ok(read_if_exists(&p)
+            .map_err(SourceError::Other)?
+            .map(|bytes| {
+                tracing::info!("data source: config drive {}", p.display());
+                Found {
+                    source: format!("config drive {}", p.display()),
+                    bytes,
+                }
+            }));
+    }
+    match config_drive_device() {
+        None => Ok(None),
+        Some(dev) => {
+            tracing::info!("data source: config drive {}", dev.display());
+            read_config_drive(&dev)
+                .map_err(SourceError::Other)
+                .map(|b| {
+                    b.map(|bytes| Found {
+                        source: format!("config drive {}", dev.display()),
+                        bytes,
+                    })
+                })
+        }
+    }
+}
+
+/// The block device labelled config-2: udev's by-label link, else blkid.
+pub fn config_drive_device() -> Option<PathBuf> {
+    let link = Path::new("/dev/disk/by-label").join(CONFIG_DRIVE_LABEL);
+    if link.exists() {
+        return Some(link);
+    }
+    let out = std::process::Command::new("blkid")
+        .args(["-l", "-o", "device", "-t"])
+        .arg(format!("LABEL={CONFIG_DRIVE_LABEL}"))
+        .output()
+        .ok()?;
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !dev.is_empty()).then(|| PathBuf::from(dev))
+}
+
+/// Mounts `dev` read-only, reads openstack/latest/user_data, unmounts.
+fn read_config_drive(dev: &Path) -> Result<Option<Vec<u8>>> {
+    use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
+    let target = Path::new(CONFIG_DRIVE_MOUNT);
+    std::fs::create_dir_all(target).with_context(|| format!("creating {CONFIG_DRIVE_MOUNT}"))?;
+    let mut last = None;
+    let mut mounted = false;
+    for fstype in ["iso9660", "vfat", "udf", "ext4"] {
+        match mount(
+            dev,
+            target,
+            fstype,
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            None,
+        ) {
+            Ok(()) => {
+                mounted = true;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    if !mounted {
+        anyhow::bail!(
+            "mounting config drive {} read-only on {CONFIG_DRIVE_MOUNT}: {}",
+            dev.display(),
+            last.map(|e| e.to_string()).unwrap_or_default()
+        );
+    }
+    let data = read_if_exists(&target.join(CONFIG_DRIVE_USER_DATA));
+    if let Err(e) = unmount(target, UnmountFlags::DETACH) {
+        tracing::warn!("unmounting {CONFIG_DRIVE_MOUNT}: {e}");
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn sources(dir: &Path, cmdline: &str) -> Sources {
+        std::fs::write(dir.join("cmdline"), cmdline).unwrap();
+        Sources {
+            cmdline: dir.join("cmdline"),
+            state_user_data: dir.join("state/user-data"),
+            config_drive_dir: Some(dir.join("cd")),
+            config_drive: true,
+            policy: RetryPolicy {
+                max_tries: 2,
+                initial_backoff: std::time::Duration::from_millis(1),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn first_found_wins() {
+        let t = tempfile::tempdir().unwrap();
+        let s = sources(t.path(), "console=ttyS0\n");
+        assert!(find(&s).unwrap().is_none());
+        std::fs::create_dir_all(t.path().join("cd/openstack/latest")).unwrap();
+        std::fs::write(
+            t.path().join("cd/openstack/latest/user_data"),
+            "#cloud-config\n",
+        )
+        .unwrap();
+        assert!(find(&s)
+            .unwrap()
+            .unwrap()
+            .source
+            .starts_with("config drive"));
+        std::fs::create_dir_all(t.path().join("state")).unwrap();
+        std::fs::write(t.path().join("state/user-data"), "#!/bin/sh\n").unwrap();
+        let f = find(&s).unwrap().unwrap();
+        assert!(f.source.ends_with("state/user-data"), "{}", f.source);
+        assert_eq!(f.bytes, b"#!/bin/sh\n");
+        // a URL on the command line comes first, and its failure is final
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = sources(
+            t.path(),
+            &format!("cloud-config-url=http://127.0.0.1:{port}/x"),
+        );
+        assert!(matches!(
+            find(&s),
+            Err(SourceError::Fetch(FetchError::GaveUp { tries: 2, .. }))
+        ));
+    }
+
+    #[test]
+    fn gzip_user_data_is_decompressed() {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b"#cloud-config\nhostname: z\n").unwrap();
+        assert_eq!(
+            maybe_gunzip(e.finish().unwrap()).unwrap(),
+            b"#cloud-config\nhostname: z\n"
+        );
+        assert_eq!(maybe_gunzip(b"plain".to_vec()).unwrap(), b"plain");
+        assert!(maybe_gunzip(vec![0x1f, 0x8b, 0, 1]).is_err());
+    }
+}
