@@ -392,3 +392,52 @@ fn write_requests_are_refused_and_strangers_get_unknown_tid() {
     }
     assert_eq!(blocks, 10);
 }
+
+#[test]
+fn shutdown_stops_accepting_and_lets_transfers_finish() {
+    let dir = root_with(&[("f", 3000)]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let handler = Arc::new(cairn_tftp::DirHandler::new(dir.path()).unwrap());
+    let server = rt
+        .block_on(cairn_tftp::Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            handler,
+            Config::default(),
+        ))
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = rt.spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    let mut c = Client::new(addr);
+    c.send_rrq("f", &[]);
+    assert!(matches!(c.recv(), Some(Pkt::Data(1, _))));
+    stop.send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !serving.is_finished(),
+        "serve returned with a transfer in flight"
+    );
+    let mut late = Client::new(addr);
+    late.send_rrq("f", &[]);
+    assert_eq!(late.recv(), None, "a request after shutdown was answered");
+    let mut data = pattern(3000, 1)[..512].to_vec();
+    c.send(&ack(1));
+    while let Some(Pkt::Data(b, d)) = c.recv() {
+        data.extend_from_slice(&d);
+        c.send(&ack(b));
+        if d.len() < 512 {
+            break;
+        }
+    }
+    assert_eq!(data, content(&dir, "f"));
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), serving).await })
+        .expect("serve did not return after the last transfer")
+        .unwrap()
+        .unwrap();
+}
