@@ -441,3 +441,20 @@ fn shutdown_stops_accepting_and_lets_transfers_finish() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn serves_over_ipv6_loopback() {
+    let dir = root_with(&[("six.bin", 70_000)]);
+    let handler = Arc::new(cairn_tftp::DirHandler::new(dir.path()).unwrap());
+    let h = Harness::start_on("[::1]:0".parse().unwrap(), handler, Config::default());
+    let mut c = Client::new(h.addr);
+    let got = c
+        .fetch(
+            "six.bin",
+            &[("blksize", "1432"), ("tsize", "0"), ("windowsize", "4")],
+            Loss::default(),
+        )
+        .unwrap();
+    assert_eq!(got.data, content(&dir, "six.bin"));
+    assert!(c.tid.unwrap().is_ipv6());
+}

@@ -57,6 +57,10 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(handler: Arc<dyn Handler>, config: Config) -> Harness {
+        Harness::start_on("127.0.0.1:0".parse().unwrap(), handler, config)
+    }
+
+    pub fn start_on(bind: SocketAddr, handler: Arc<dyn Handler>, config: Config) -> Harness {
         let rec = Arc::new(Recorder {
             inner: handler,
             done: Mutex::new(Vec::new()),
@@ -72,9 +76,7 @@ impl Harness {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let server = Server::bind("127.0.0.1:0".parse().unwrap(), rec2, config)
-                    .await
-                    .unwrap();
+                let server = Server::bind(bind, rec2, config).await.unwrap();
                 tx.send(server.local_addr()).unwrap();
                 server
                     .serve(async {
@@ -217,7 +219,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: SocketAddr) -> Client {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local: SocketAddr = if server.is_ipv6() {
+            "[::1]:0".parse().unwrap()
+        } else {
+            "127.0.0.1:0".parse().unwrap()
+        };
+        let sock = UdpSocket::bind(local).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         Client {
