@@ -536,12 +536,11 @@ mod tests {
             out.failures,
             out.findings
         );
-        for i in 0..encodings.len() {
+        for (i, enc) in encodings.iter().enumerate() {
             assert_eq!(
                 std::fs::read(t.path().join(format!("srv/enc{i}"))).unwrap(),
                 b"hello\n",
-                "{}",
-                encodings[i]
+                "{enc}"
             );
         }
         let plain = std::fs::metadata(t.path().join("srv/plain")).unwrap();

@@ -74,10 +74,13 @@ fn main() {
 }
 
 fn run(args: &Args) -> anyhow::Result<i32> {
-    let live = args.root == std::path::Path::new("/");
+    // useradd --root and systemctl --root want an absolute path
+    let root = std::fs::canonicalize(&args.root)
+        .with_context(|| format!("--root {}", args.root.display()))?;
+    let live = root == std::path::Path::new("/");
     let status_path = match &args.status_file {
         Some(p) => p.clone(),
-        None => fsutil::under(&args.root, apply::STATUS_FILE)?,
+        None => fsutil::under(&root, apply::STATUS_FILE)?,
     };
     let found = match &args.from_file {
         Some(p) => {
@@ -137,7 +140,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 detected.public_ipv4 = args.public_ipv4.or(detected.public_ipv4);
                 detected.public_ipv6 = args.public_ipv6.or(detected.public_ipv6);
                 let opts = Options {
-                    root: args.root.clone(),
+                    root: root.clone(),
                     live,
                     addresses: detected,
                 };

@@ -305,6 +305,7 @@ impl Systemd {
             } else {
                 self.enable(&u.name, u.runtime)
                     .with_context(|| format!("enabling {}", u.name))?;
+                tracing::info!("enabled {}", u.name);
                 out.actions.push(format!("enable {}", u.name));
                 changed = true;
             }

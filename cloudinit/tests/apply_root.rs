@@ -9,14 +9,19 @@ use std::process::{Command, Output};
 const BIN: &str = env!("CARGO_BIN_EXE_cairn-cloudinit");
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn require_tool(tool: &str, package: &str) {
     let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         .iter()
         .any(|d| Path::new(d).join(tool).exists());
-    assert!(found, "{tool} is missing: install the Debian package {package}");
+    assert!(
+        found,
+        "{tool} is missing: install the Debian package {package}"
+    );
 }
 
 /// A minimal root: accounts (root, core, docker group), the units the image
@@ -28,17 +33,37 @@ fn seed(root: &Path) {
         fs::write(&p, s).unwrap();
         fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     };
-    w("etc/passwd", "root:x:0:0:root:/root:/bin/sh\ncore:x:500:500:Core:/home/core:/bin/bash\n", 0o644);
-    w("etc/group", "root:x:0:\ncore:x:500:\ndocker:x:999:core\n", 0o644);
-    w("etc/shadow", "root:*:19000:0:99999:7:::\ncore:*:19000:0:99999:7:::\n", 0o640);
+    w(
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\ncore:x:500:500:Core:/home/core:/bin/bash\n",
+        0o644,
+    );
+    w(
+        "etc/group",
+        "root:x:0:\ncore:x:500:\ndocker:x:999:core\n",
+        0o644,
+    );
+    w(
+        "etc/shadow",
+        "root:*:19000:0:99999:7:::\ncore:*:19000:0:99999:7:::\n",
+        0o640,
+    );
     w("etc/gshadow", "root:*::\ncore:!::\ndocker:!::core\n", 0o640);
     w(
         "usr/lib/systemd/system/etcd.service",
         "[Unit]\nDescription=etcd\n[Service]\nEnvironment=ETCD_NAME=%H\nEnvironmentFile=-/etc/default/%p\nExecStart=/usr/bin/etcd\n[Install]\nWantedBy=multi-user.target\nAlias=etcd2.service\n",
         0o644,
     );
-    w("usr/lib/systemd/system/docker.service", "[Service]\nExecStart=/usr/bin/dockerd\n", 0o644);
-    w("usr/lib/systemd/system/multi-user.target", "[Unit]\nDescription=Multi-User\n", 0o644);
+    w(
+        "usr/lib/systemd/system/docker.service",
+        "[Service]\nExecStart=/usr/bin/dockerd\n",
+        0o644,
+    );
+    w(
+        "usr/lib/systemd/system/multi-user.target",
+        "[Unit]\nDescription=Multi-User\n",
+        0o644,
+    );
     fs::create_dir_all(root.join("home/core")).unwrap();
     std::os::unix::fs::chown(root.join("home/core"), Some(500), Some(500)).unwrap();
 }
@@ -73,16 +98,25 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
                 stack.push(p.clone());
                 "dir".to_string()
             } else {
-                format!("file {:?} mtime {}.{}", fs::read(&p).unwrap(), m.mtime(), m.mtime_nsec())
+                format!(
+                    "file {:?} mtime {}.{}",
+                    fs::read(&p).unwrap(),
+                    m.mtime(),
+                    m.mtime_nsec()
+                )
             };
-            out.insert(rel, format!("{:o} {}:{} {what}", m.mode() & 0o7777, m.uid(), m.gid()));
+            out.insert(
+                rel,
+                format!("{:o} {}:{} {what}", m.mode() & 0o7777, m.uid(), m.gid()),
+            );
         }
     }
     out
 }
 
 fn status(root: &Path) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(root.join("run/cairn/cloudinit.status")).unwrap()).unwrap()
+    serde_json::from_str(&fs::read_to_string(root.join("run/cairn/cloudinit.status")).unwrap())
+        .unwrap()
 }
 
 fn read(root: &Path, p: &str) -> String {
@@ -111,24 +145,49 @@ fn deis_sized_config_applied_under_root_twice_gives_the_same_tree() {
     assert_eq!(st["status"], "failed", "{st}");
     let failures = st["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{st}");
-    assert!(failures[0].as_str().unwrap().contains("fleet.service"), "{st}");
     assert!(
-        st["findings"].as_array().unwrap().iter().all(|f| f["kind"] != "error"),
+        failures[0].as_str().unwrap().contains("fleet.service"),
+        "{st}"
+    );
+    assert!(
+        st["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["kind"] != "error"),
         "{st}"
     );
 
     // hostname, /etc/hosts, /etc/environment
     assert_eq!(read(root, "etc/hostname"), "deis-1\n");
     assert!(read(root, "etc/hosts").contains("127.0.0.1 deis-1\n"));
-    assert_eq!(read(root, "etc/environment"), "COREOS_PRIVATE_IPV4=10.0.2.15\nCOREOS_PUBLIC_IPV4=10.0.2.15\n");
+    assert_eq!(
+        read(root, "etc/environment"),
+        "COREOS_PRIVATE_IPV4=10.0.2.15\nCOREOS_PUBLIC_IPV4=10.0.2.15\n"
+    );
 
     // users: created by useradd --root, hash set, groups, home, keys
     let passwd = read(root, "etc/passwd");
-    let deis = passwd.lines().find(|l| l.starts_with("deis:")).expect("deis created");
-    assert!(deis.contains(":Deis Platform:/home/deis:/bin/bash"), "{deis}");
-    assert!(passwd.lines().any(|l| l.starts_with("builder:") && l.contains(":/var/lib/builder:")), "{passwd}");
-    assert!(read(root, "etc/shadow").lines().any(|l| l.starts_with("deis:$6$rounds=4096$saltsalt$")));
-    assert!(read(root, "etc/group").lines().any(|l| l.starts_with("docker:") && l.contains("deis")));
+    let deis = passwd
+        .lines()
+        .find(|l| l.starts_with("deis:"))
+        .expect("deis created");
+    assert!(
+        deis.contains(":Deis Platform:/home/deis:/bin/bash"),
+        "{deis}"
+    );
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with("builder:") && l.contains(":/var/lib/builder:")),
+        "{passwd}"
+    );
+    assert!(read(root, "etc/shadow")
+        .lines()
+        .any(|l| l.starts_with("deis:$6$rounds=4096$saltsalt$")));
+    assert!(read(root, "etc/group")
+        .lines()
+        .any(|l| l.starts_with("docker:") && l.contains("deis")));
     let deis_uid: u32 = deis.split(':').nth(2).unwrap().parse().unwrap();
     assert!(!root.join("var/lib/builder").exists(), "no_create_home");
     assert_eq!(
@@ -136,32 +195,59 @@ fn deis_sized_config_applied_under_root_twice_gives_the_same_tree() {
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeisUserKey00000000000000000000000000000003 deis@cairn\n"
     );
     assert_eq!(mode_owner(root, "home/deis/.ssh").0, 0o700);
-    assert_eq!(mode_owner(root, "home/deis/.ssh/authorized_keys").1, deis_uid);
+    assert_eq!(
+        mode_owner(root, "home/deis/.ssh/authorized_keys").1,
+        deis_uid
+    );
     // core: the top-level keys
     let core_keys = read(root, "home/core/.ssh/authorized_keys");
     assert_eq!(core_keys.lines().count(), 2, "{core_keys}");
-    assert_eq!(core_keys, read(root, "home/core/.ssh/authorized_keys.d/cairn-cloudinit"));
-    assert_eq!(mode_owner(root, "home/core/.ssh/authorized_keys"), (0o600, 500, 500));
-    assert_eq!(mode_owner(root, "home/core/.ssh/authorized_keys.d"), (0o700, 500, 500));
+    assert_eq!(
+        core_keys,
+        read(root, "home/core/.ssh/authorized_keys.d/cairn-cloudinit")
+    );
+    assert_eq!(
+        mode_owner(root, "home/core/.ssh/authorized_keys"),
+        (0o600, 500, 500)
+    );
+    assert_eq!(
+        mode_owner(root, "home/core/.ssh/authorized_keys.d"),
+        (0o700, 500, 500)
+    );
 
     // write_files: modes, owners, encodings
     assert_eq!(mode_owner(root, "etc/deis-release"), (0o644, 0, 0));
     assert_eq!(mode_owner(root, "opt/bin/preseed"), (0o755, deis_uid, 999));
     assert_eq!(mode_owner(root, "etc/environment_proxy"), (0o644, 500, 500));
-    assert_eq!(mode_owner(root, "etc/deis/compressed.txt"), (0o600, 500, 500));
+    assert_eq!(
+        mode_owner(root, "etc/deis/compressed.txt"),
+        (0o600, 500, 500)
+    );
     assert_eq!(read(root, "etc/deis/compressed.txt"), "hello world");
     assert_eq!(read(root, "etc/deis/encoded.txt"), "hello base64\n");
     assert!(read(root, "etc/motd").contains("\u{1b}[31m"));
     assert_eq!(mode_owner(root, "opt/bin").0, 0o755);
 
     // units: persistent, runtime, network, drop-ins, mask, enable
-    assert!(read(root, "etc/systemd/system/install-deisctl.service").contains("Install deisctl utility"));
-    assert!(read(root, "run/systemd/system/load-overlay-module.service").contains("modprobe overlay"));
+    assert!(read(root, "etc/systemd/system/install-deisctl.service")
+        .contains("Install deisctl utility"));
+    assert!(
+        read(root, "run/systemd/system/load-overlay-module.service").contains("modprobe overlay")
+    );
     assert!(read(root, "etc/systemd/network/10-static.network").contains("192.168.100.10/24"));
     assert!(read(root, "run/systemd/network/br0.netdev").contains("Kind=bridge"));
-    assert!(read(root, "etc/systemd/system/docker.service.d/50-insecure-registry.conf").contains("DOCKER_OPTS"));
-    assert!(root.join("etc/systemd/system/docker.service.d/10-require-flannel.conf").is_file());
-    assert_eq!(fs::read_link(root.join("etc/systemd/system/update-engine.service")).unwrap(), Path::new("/dev/null"));
+    assert!(read(
+        root,
+        "etc/systemd/system/docker.service.d/50-insecure-registry.conf"
+    )
+    .contains("DOCKER_OPTS"));
+    assert!(root
+        .join("etc/systemd/system/docker.service.d/10-require-flannel.conf")
+        .is_file());
+    assert_eq!(
+        fs::read_link(root.join("etc/systemd/system/update-engine.service")).unwrap(),
+        Path::new("/dev/null")
+    );
     for (wants, unit) in [
         ("multi-user.target.wants", "install-deisctl.service"),
         ("sockets.target.wants", "docker-tcp.socket"),
@@ -169,23 +255,49 @@ fn deis_sized_config_applied_under_root_twice_gives_the_same_tree() {
         ("shutdown.target.wants", "graceful-deis-shutdown.service"),
     ] {
         let link = root.join("etc/systemd/system").join(wants).join(unit);
-        assert!(fs::symlink_metadata(&link).is_ok(), "{} not enabled", link.display());
+        assert!(
+            fs::symlink_metadata(&link).is_ok(),
+            "{} not enabled",
+            link.display()
+        );
     }
     // settings drop-ins with substituted addresses
     let etcd = read(root, "run/systemd/system/etcd.service.d/20-cloudinit.conf");
-    assert!(etcd.contains("Environment=\"ETCD_NAME=deis-1\"\n"), "{etcd}");
-    assert!(etcd.contains("Environment=\"ETCD_INITIAL_CLUSTER=deis-1=http://10.0.2.15:2380\"\n"), "{etcd}");
+    assert!(
+        etcd.contains("Environment=\"ETCD_NAME=deis-1\"\n"),
+        "{etcd}"
+    );
+    assert!(
+        etcd.contains("Environment=\"ETCD_INITIAL_CLUSTER=deis-1=http://10.0.2.15:2380\"\n"),
+        "{etcd}"
+    );
     assert!(etcd.contains("Environment=\"ETCD_ADVERTISE_CLIENT_URLS=http://10.0.2.15:2379,http://10.0.2.15:4001\"\n"), "{etcd}");
     let fleet = read(root, "run/systemd/system/fleet.service.d/20-cloudinit.conf");
-    assert!(fleet.contains("Environment=\"FLEET_PUBLIC_IP=10.0.2.15\"\n"), "{fleet}");
-    assert!(root.join("run/systemd/system/locksmithd.service.d/20-cloudinit.conf").is_file());
+    assert!(
+        fleet.contains("Environment=\"FLEET_PUBLIC_IP=10.0.2.15\"\n"),
+        "{fleet}"
+    );
+    assert!(root
+        .join("run/systemd/system/locksmithd.service.d/20-cloudinit.conf")
+        .is_file());
     assert_eq!(
         read(root, "etc/cairn/update.conf"),
         "REBOOT_STRATEGY=etcd-lock\nGROUP=stable\nREBOOT_WINDOW_START=Sun 04:00\nREBOOT_WINDOW_LENGTH=2h\n"
     );
-    let actions: Vec<&str> = st["actions"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert!(actions.contains(&"start etcd.service (skipped under --root)"), "{actions:?}");
-    assert!(actions.contains(&"daemon-reload (skipped under --root)"), "{actions:?}");
+    let actions: Vec<&str> = st["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"start etcd.service (skipped under --root)"),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&"daemon-reload (skipped under --root)"),
+        "{actions:?}"
+    );
     eprintln!(
         "deis-sized config: {} files changed, applied in {} ms (start of application to the last unit written)",
         st["changed"].as_array().unwrap().len(),
@@ -195,7 +307,12 @@ fn deis_sized_config_applied_under_root_twice_gives_the_same_tree() {
     // the second run: the same tree, nothing changed
     let before = snapshot(root);
     let out2 = run(root, &fixture("deis.yaml"));
-    assert_eq!(out2.status.code(), Some(1), "{}", String::from_utf8_lossy(&out2.stderr));
+    assert_eq!(
+        out2.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out2.stderr)
+    );
     let after = snapshot(root);
     for (k, v) in &before {
         assert_eq!(after.get(k), Some(v), "{k} changed on the second run");
@@ -203,7 +320,12 @@ fn deis_sized_config_applied_under_root_twice_gives_the_same_tree() {
     for k in after.keys() {
         assert!(before.contains_key(k), "{k} appeared on the second run");
     }
-    assert_eq!(status(root)["changed"].as_array().unwrap().len(), 0, "{}", status(root));
+    assert_eq!(
+        status(root)["changed"].as_array().unwrap().len(),
+        0,
+        "{}",
+        status(root)
+    );
 }
 
 #[test]
@@ -217,7 +339,10 @@ fn a_config_with_an_error_applies_nothing_and_says_where() {
     let out = run(root, &bad);
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{log}");
-    assert!(log.contains("line 5: error: invalid value sometimes"), "{log}");
+    assert!(
+        log.contains("line 5: error: invalid value sometimes"),
+        "{log}"
+    );
     assert!(log.contains("nothing applied"), "{log}");
     let mut after = snapshot(root);
     after.retain(|k, _| !k.starts_with("run") && k != "bad.yaml");
@@ -240,7 +365,12 @@ fn no_data_source_is_not_a_failure() {
         .arg("--no-config-drive")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(status(t.path())["status"], "no-config");
 }
 
@@ -260,13 +390,25 @@ fn url_source_404_is_final_and_reported() {
                 l.clear();
             }
             seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = c.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = c.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
         }
     });
     let t = tempfile::tempdir().unwrap();
     let cmdline = t.path().join("cmdline");
-    fs::write(&cmdline, format!("ro cloud-config-url=http://127.0.0.1:{port}/missing\n")).unwrap();
-    let out = Command::new(BIN).arg("--root").arg(t.path()).arg("--cmdline").arg(&cmdline).output().unwrap();
+    fs::write(
+        &cmdline,
+        format!("ro cloud-config-url=http://127.0.0.1:{port}/missing\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--root")
+        .arg(t.path())
+        .arg("--cmdline")
+        .arg(&cmdline)
+        .output()
+        .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{log}");
     assert!(log.contains("HTTP status 404"), "{log}");
