@@ -18,6 +18,7 @@ pub mod block;
 mod handler;
 pub mod options;
 pub mod packet;
+mod pktinfo;
 mod server;
 
 pub use handler::{Content, DirHandler, Handler, Outcome, TftpError};

@@ -21,6 +21,7 @@ use crate::block;
 use crate::handler::{Content, Handler, Outcome, TftpError};
 use crate::options::{self, negotiate, Negotiated};
 use crate::packet::{encode_data, encode_error, error_code, DecodeError, Mode, Packet};
+use crate::pktinfo;
 
 /// Server settings. `Default`: 1 s timeout, 5 retries, blksize up to 1468, windowsize up to 16.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub struct Server {
     local_addr: SocketAddr,
     handler: Arc<dyn Handler>,
     config: Arc<Config>,
+    /// Bound to the wildcard address and the kernel reports each request's destination address.
+    pktinfo: bool,
 }
 
 impl std::fmt::Debug for Server {
@@ -75,11 +78,20 @@ impl Server {
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("binding TFTP socket {addr}: {e}")))?;
         let local_addr = socket.local_addr()?;
+        let pktinfo = local_addr.ip().is_unspecified()
+            && match pktinfo::enable(&socket) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(%local_addr, "cannot learn request destination addresses (IP_PKTINFO): {e}; replies leave from the routing source address");
+                    false
+                }
+            };
         Ok(Server {
             socket,
             local_addr,
             handler,
             config: Arc::new(config),
+            pktinfo,
         })
     }
 
@@ -96,6 +108,7 @@ impl Server {
             local_addr,
             handler,
             config,
+            pktinfo,
         } = self;
         info!(%local_addr, "TFTP server listening");
         let mut tasks = JoinSet::new();
@@ -109,8 +122,8 @@ impl Server {
                         warn!("TFTP transfer task failed: {e}");
                     }
                 }
-                received = socket.recv_from(&mut buf) => {
-                    let (len, peer) = match received {
+                received = recv_request(&socket, &mut buf, pktinfo) => {
+                    let (len, peer, local_ip) = match received {
                         Ok(r) => r,
                         Err(e) => {
                             debug!("TFTP request socket {local_addr}: {e}");
@@ -121,7 +134,7 @@ impl Server {
                     tasks.spawn(handle_request(
                         datagram,
                         peer,
-                        local_addr.ip(),
+                        reply_ip(local_ip.unwrap_or(local_addr.ip()), peer),
                         handler.clone(),
                         config.clone(),
                     ));
@@ -139,10 +152,45 @@ impl Server {
     }
 }
 
-/// Binds the transfer's own socket: the server's address, an ephemeral port (RFC 1350 TID). When the
-/// server is bound to the wildcard address, so is the transfer socket, and routing picks the source.
+/// The address to answer from, in the peer's family: a dual-stack socket reports IPv4 destinations
+/// (IP_PKTINFO) for peers it shows as IPv4-mapped IPv6 addresses.
+fn reply_ip(local: IpAddr, peer: SocketAddr) -> IpAddr {
+    match (local, peer) {
+        (IpAddr::V4(v4), SocketAddr::V6(_)) => IpAddr::V6(v4.to_ipv6_mapped()),
+        (ip, _) => ip,
+    }
+}
+
+/// Receives a request; with `pktinfo`, also the local address it was sent to.
+async fn recv_request(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    pktinfo: bool,
+) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+    if pktinfo {
+        pktinfo::recv(socket, buf).await
+    } else {
+        let (len, peer) = socket.recv_from(buf).await?;
+        Ok((len, peer, None))
+    }
+}
+
+/// Binds the transfer's own socket: an ephemeral port (RFC 1350 TID) on the address the request was sent
+/// to, so the client sees the answer come from the server it asked. Falls back to the wildcard address
+/// (routing picks the source) if that address cannot be bound.
 async fn transfer_socket(local_ip: IpAddr) -> io::Result<UdpSocket> {
-    UdpSocket::bind(SocketAddr::new(local_ip, 0)).await
+    match UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
+        Ok(s) => Ok(s),
+        Err(e) if !local_ip.is_unspecified() => {
+            debug!("binding a transfer socket on {local_ip}: {e}; using the wildcard address");
+            let any = match local_ip {
+                IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            };
+            UdpSocket::bind(SocketAddr::new(any, 0)).await
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn send_error(socket: &UdpSocket, peer: SocketAddr, err: &TftpError) {

@@ -458,3 +458,40 @@ fn serves_over_ipv6_loopback() {
     assert_eq!(got.data, content(&dir, "six.bin"));
     assert!(c.tid.unwrap().is_ipv6());
 }
+
+#[test]
+fn wildcard_server_answers_from_the_address_the_client_asked() {
+    // Bound to 0.0.0.0; the client talks to 127.0.0.2. Routing alone would answer from 127.0.0.1, which
+    // PXE firmware (and the client's check in `Client::recv`) rejects.
+    let dir = root_with(&[("w.bin", 5_000)]);
+    let handler = Arc::new(cairn_tftp::DirHandler::new(dir.path()).unwrap());
+    let h = Harness::start_on("0.0.0.0:0".parse().unwrap(), handler, Config::default());
+    let target: SocketAddr = format!("127.0.0.2:{}", h.addr.port()).parse().unwrap();
+    let mut c = Client::new(target);
+    let got = c
+        .fetch("w.bin", &[("tsize", "0")], Loss::default())
+        .unwrap();
+    assert_eq!(got.data, content(&dir, "w.bin"));
+    assert_eq!(c.tid.unwrap().ip().to_string(), "127.0.0.2");
+    let mut c = Client::new(target);
+    c.send_rrq("missing", &[]);
+    assert!(
+        matches!(c.recv(), Some(Pkt::Error(1, _))),
+        "error packets too"
+    );
+}
+
+#[test]
+fn dual_stack_server_answers_ipv4_and_ipv6() {
+    let dir = root_with(&[("d.bin", 3_000)]);
+    let handler = Arc::new(cairn_tftp::DirHandler::new(dir.path()).unwrap());
+    let h = Harness::start_on("[::]:0".parse().unwrap(), handler, Config::default());
+    for target in [
+        format!("[::1]:{}", h.addr.port()),
+        format!("127.0.0.1:{}", h.addr.port()),
+    ] {
+        let mut c = Client::new(target.parse().unwrap());
+        let got = c.fetch("d.bin", &[], Loss::default()).unwrap();
+        assert_eq!(got.data, content(&dir, "d.bin"), "{target}");
+    }
+}
