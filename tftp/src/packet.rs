@@ -135,9 +135,6 @@ pub enum DecodeError {
     /// The mode is not netascii, octet or mail.
     #[error("unknown transfer mode {0:?} (expected octet or netascii)")]
     UnknownMode(String),
-    /// ACK packet with extra bytes.
-    #[error("ACK packet has {0} bytes, expected 4")]
-    BadAckLength(usize),
 }
 
 /// Splits off one NUL-terminated string.
@@ -212,9 +209,7 @@ impl<'a> Packet<'a> {
                 if body.len() < 2 {
                     return Err(too_short());
                 }
-                if body.len() > 2 {
-                    return Err(DecodeError::BadAckLength(buf.len()));
-                }
+                // Trailing bytes are ignored, as tftp-hpa does: some firmware pads its ACKs.
                 Ok(Packet::Ack(u16::from_be_bytes([body[0], body[1]])))
             }
             opcode::ERROR => {
@@ -364,8 +359,9 @@ mod tests {
             Err(DecodeError::TooShort { opcode: 4, len: 3 })
         );
         assert_eq!(
-            Packet::decode(b"\x00\x04\x00\x01\x00"),
-            Err(DecodeError::BadAckLength(5))
+            Packet::decode(b"\x00\x04\x00\x01\x00\x00"),
+            Ok(Packet::Ack(1)),
+            "padded ACK"
         );
     }
 
