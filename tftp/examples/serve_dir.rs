@@ -2,6 +2,8 @@
 //!
 //! `cargo run --release -p cairn-tftp --example serve_dir -- ADDR DIR [MAX_BLKSIZE] [MAX_WINDOWSIZE]`
 //! MAX_BLKSIZE defaults to 65464 (the RFC maximum, for loopback), MAX_WINDOWSIZE to 64.
+//! Runs on tokio's multi-thread runtime (as inside `cairn serve`); SERVE_DIR_CURRENT_THREAD=1 selects
+//! a current-thread runtime instead. RUST_LOG=cairn_tftp=info logs every transfer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
