@@ -1,0 +1,298 @@
+//! Files of image folders (`assets/<image>/<file>`) and of the iPXE directory: path-safe resolution, and
+//! HTTP responses with single-range requests, strong ETags, conditional requests, streamed bodies.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::inventory::Inventory;
+
+/// Why a file cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssetError {
+    /// The name is malformed or tries to leave its folder (`..`, absolute, symlink out).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// No such image or file.
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+/// Checks that `name` is one plain file name: not empty, no `/`, not `.`/`..`, not hidden, no NUL.
+fn plain_name(name: &str) -> Result<(), AssetError> {
+    if name.is_empty() {
+        return Err(AssetError::NotFound("empty file name".into()));
+    }
+    if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(AssetError::Refused(format!(
+            "{name:?} is not a plain file name"
+        )));
+    }
+    if name.starts_with('.') {
+        return Err(AssetError::NotFound(format!("{name:?}")));
+    }
+    Ok(())
+}
+
+/// Opens `dir/name` where `dir` is canonical, refusing anything whose canonical path is not directly in
+/// `dir` (symlinks pointing elsewhere) and anything that is not a regular file.
+pub fn open_in(dir: &Path, name: &str) -> Result<(File, PathBuf), AssetError> {
+    plain_name(name)?;
+    let candidate = dir.join(name);
+    let canonical = match candidate.canonicalize() {
+        Ok(c) => c,
+        Err(_) => return Err(AssetError::NotFound(name.to_string())),
+    };
+    if canonical.parent() != Some(dir) {
+        return Err(AssetError::Refused(format!(
+            "{name:?} resolves outside its folder"
+        )));
+    }
+    let file = File::open(&canonical).map_err(|_| AssetError::NotFound(name.to_string()))?;
+    let meta = file
+        .metadata()
+        .map_err(|_| AssetError::NotFound(name.to_string()))?;
+    if !meta.is_file() {
+        return Err(AssetError::NotFound(format!("{name:?} is not a file")));
+    }
+    Ok((file, canonical))
+}
+
+/// Resolves `IMAGE/FILE` (the part after `assets/`) against the inventory's image folders.
+pub fn open_asset(inv: &Inventory, rel: &str) -> Result<(File, PathBuf), AssetError> {
+    let mut parts = rel.split('/');
+    let (Some(image), Some(file), None) = (parts.next(), parts.next(), parts.next()) else {
+        if rel.split('/').any(|p| p == ".." || p == ".") {
+            return Err(AssetError::Refused(format!(
+                "{rel:?}: '..' is not allowed"
+            )));
+        }
+        return Err(AssetError::NotFound(format!(
+            "{rel:?}: expected IMAGE/FILE"
+        )));
+    };
+    plain_name(image)?;
+    plain_name(file)?;
+    let Some(img) = inv.images.get(image) else {
+        return Err(AssetError::NotFound(format!("no image {image:?}")));
+    };
+    open_in(&img.dir, file)
+}
+
+/// The strong validator of a file: size, mtime (ns) and inode.
+pub fn etag(meta: &std::fs::Metadata) -> String {
+    format!(
+        "\"{:x}-{:x}{:08x}-{:x}\"",
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ino()
+    )
+}
+
+/// A parsed `Range` header against a length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// Serve everything (no header, a malformed or a multi-range header: RFC 9110 allows ignoring it).
+    Full,
+    /// Serve bytes `start..=end`.
+    Part(u64, u64),
+    /// 416.
+    Unsatisfiable,
+}
+
+/// Parses `bytes=a-b`, `bytes=a-`, `bytes=-n` for a representation of `len` bytes.
+pub fn parse_range(value: &str, len: u64) -> RangeSpec {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Full;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse::<u64>().ok()
+        }
+    };
+    if a.is_empty() {
+        let Some(n) = num(b) else {
+            return RangeSpec::Full;
+        };
+        if n == 0 || len == 0 {
+            return RangeSpec::Unsatisfiable;
+        }
+        return RangeSpec::Part(len.saturating_sub(n), len - 1);
+    }
+    let Some(start) = num(a) else {
+        return RangeSpec::Full;
+    };
+    let end = if b.is_empty() {
+        u64::MAX
+    } else {
+        match num(b) {
+            Some(e) if e >= start => e,
+            _ => return RangeSpec::Full,
+        }
+    };
+    if start >= len {
+        return RangeSpec::Unsatisfiable;
+    }
+    RangeSpec::Part(start, end.min(len - 1))
+}
+
+fn etag_matches(list: &str, tag: &str) -> bool {
+    let weakless = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    list.split(',')
+        .any(|t| t.trim() == "*" || weakless(t) == weakless(tag))
+}
+
+/// The HTTP response for a file: 200, 206, 304 or 416, streamed.
+pub async fn file_response(file: File, headers: &HeaderMap) -> Response<Body> {
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    let len = meta.len();
+    let tag = etag(&meta);
+    let modified = meta
+        .modified()
+        .unwrap_or(UNIX_EPOCH + Duration::from_secs(meta.mtime().max(0) as u64));
+    let last_modified = httpdate::fmt_http_date(modified);
+    let mut builder = Response::builder()
+        .header(header::ETAG, &tag)
+        .header(header::LAST_MODIFIED, &last_modified)
+        .header(header::ACCEPT_RANGES, "bytes");
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if etag_matches(inm, &tag) {
+            return builder
+                .status(StatusCode::NOT_MODIFIED)
+                .body(Body::empty())
+                .expect("static response parts");
+        }
+    }
+    let mut range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map_or(RangeSpec::Full, |v| parse_range(v, len));
+    if let Some(ir) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        let ir = ir.trim();
+        // Only a strong ETag or the exact Last-Modified date keeps the range valid.
+        if ir != tag && ir != last_modified {
+            range = RangeSpec::Full;
+        }
+    }
+    let (start, count) = match range {
+        RangeSpec::Full => {
+            builder = builder.status(StatusCode::OK);
+            (0, len)
+        }
+        RangeSpec::Part(s, e) => {
+            builder = builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {s}-{e}/{len}"));
+            (s, e - s + 1)
+        }
+        RangeSpec::Unsatisfiable => {
+            return builder
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Body::from(format!(
+                    "range not satisfiable: the file has {len} bytes\n"
+                )))
+                .expect("static response parts");
+        }
+    };
+    let mut f = tokio::fs::File::from_std(file);
+    if start > 0 {
+        if let Err(e) = f.seek(std::io::SeekFrom::Start(start)).await {
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
+        }
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(count), 256 * 1024);
+    builder
+        .header(header::CONTENT_LENGTH, HeaderValue::from(count))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from_stream(stream))
+        .expect("static response parts")
+}
+
+/// A `text/plain` response.
+pub fn plain(status: StatusCode, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(body))
+        .expect("static response parts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_table() {
+        use RangeSpec::*;
+        let table: &[(&str, u64, RangeSpec)] = &[
+            ("bytes=0-9", 100, Part(0, 9)),
+            ("bytes=10-19", 100, Part(10, 19)),
+            ("bytes=90-200", 100, Part(90, 99)),
+            ("bytes=95-", 100, Part(95, 99)),
+            ("bytes=-10", 100, Part(90, 99)),
+            ("bytes=-1000", 100, Part(0, 99)),
+            ("bytes=100-", 100, Unsatisfiable),
+            ("bytes=-0", 100, Unsatisfiable),
+            ("bytes=0-", 0, Unsatisfiable),
+            ("bytes=5-2", 100, Full),
+            ("bytes=0-1,5-6", 100, Full),
+            ("items=0-1", 100, Full),
+            ("bytes=a-b", 100, Full),
+            ("bytes=+1-2", 100, Full),
+        ];
+        for (h, len, want) in table {
+            assert_eq!(parse_range(h, *len), *want, "{h} of {len}");
+        }
+    }
+
+    #[test]
+    fn names_are_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let inner = root.join("img");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::write(inner.join("ok"), b"1").unwrap();
+        std::fs::write(root.join("secret"), b"2").unwrap();
+        std::os::unix::fs::symlink("../secret", inner.join("link")).unwrap();
+        std::os::unix::fs::symlink("ok", inner.join("alias")).unwrap();
+        std::fs::create_dir(inner.join("sub")).unwrap();
+        assert!(open_in(&inner, "ok").is_ok());
+        assert!(open_in(&inner, "alias").is_ok());
+        assert!(matches!(open_in(&inner, "link"), Err(AssetError::Refused(_))));
+        assert!(matches!(open_in(&inner, ".."), Err(AssetError::Refused(_))));
+        assert!(matches!(open_in(&inner, "../secret"), Err(AssetError::Refused(_))));
+        assert!(matches!(open_in(&inner, "sub"), Err(AssetError::NotFound(_))));
+        assert!(matches!(open_in(&inner, "none"), Err(AssetError::NotFound(_))));
+    }
+
+    #[test]
+    fn etag_lists() {
+        assert!(etag_matches("\"a\", \"b\"", "\"b\""));
+        assert!(etag_matches("W/\"b\"", "\"b\""));
+        assert!(etag_matches("*", "\"b\""));
+        assert!(!etag_matches("\"c\"", "\"b\""));
+    }
+}

@@ -1,0 +1,197 @@
+//! The text the server generates: the `/boot.ipxe` chain script, per-machine iPXE scripts (HTTP or TFTP
+//! transport), the no-match retry script, and `/metadata` env files.
+
+use std::collections::BTreeMap;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::facts::Facts;
+use crate::inventory::{Group, Inventory, Transport};
+
+/// Seconds the no-match script waits before asking again.
+pub const RETRY_SECONDS: u32 = 30;
+
+/// Characters kept as-is in query values: unreserved (RFC 3986).
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The query iPXE fills in with what it knows about the machine (Matchbox's, plus `platform`).
+pub const FACTS_QUERY: &str = "mac=${mac:hexhyp}&uuid=${uuid}&hostname=${hostname:uristring}&serial=${serial:uristring}&arch=${buildarch:uristring}&platform=${platform:uristring}";
+
+/// `#!ipxe` script chaining to `BASE/ipxe?FACTS`. `base` is an absolute URL without a trailing `/`.
+pub fn boot_script(base: &str) -> String {
+    format!("#!ipxe\nchain {base}/ipxe?{FACTS_QUERY}\n")
+}
+
+/// Where iPXE fetches kernel and initrd from.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// `http://host:port` as machines reach the HTTP server.
+    pub public_url: String,
+    /// `host:port` of the TFTP server as machines reach it, when TFTP runs.
+    pub tftp: Option<String>,
+}
+
+/// The machine's boot script for its group.
+pub fn machine_script(
+    inv: &Inventory,
+    group: &Group,
+    facts: &Facts,
+    ep: &Endpoints,
+) -> Result<String, String> {
+    let profile = inv.profile_of(group);
+    let base = match profile.transport {
+        Transport::Http => format!("{}/assets/{}", ep.public_url, profile.image),
+        Transport::Tftp => match &ep.tftp {
+            Some(t) => format!("tftp://{t}/assets/{}", profile.image),
+            None => {
+                return Err(format!(
+                    "profile {:?} uses transport: tftp but the TFTP server is off",
+                    profile.name
+                ))
+            }
+        },
+    };
+    let mut kernel = format!("kernel {base}/vmlinuz");
+    for a in profile.cmdline_args() {
+        kernel.push(' ');
+        kernel.push_str(&escape_ipxe(&a));
+    }
+    if profile.cloud_config.is_some() {
+        kernel.push_str(&format!(
+            " cloud-config-url={}/cloud-config?{}",
+            ep.public_url,
+            escape_ipxe(&facts_query(facts))
+        ));
+    }
+    Ok(format!(
+        "#!ipxe\necho cairn: {} (group {}, profile {}, image {})\n{kernel}\ninitrd --name {} {base}/{}\nboot\n",
+        sanitize(&facts.describe()),
+        group.name,
+        profile.name,
+        profile.image,
+        profile.initrd_file(),
+        profile.initrd_file(),
+    ))
+}
+
+/// The script for a machine no group matches: says so, waits, and starts over at `/boot.ipxe`.
+pub fn no_match_script(facts: &Facts, boot_url: &str) -> String {
+    format!(
+        "#!ipxe\necho cairn: no group matches {}\necho cairn: add a group to the inventory (or a default group); retrying in {RETRY_SECONDS} seconds\nsleep {RETRY_SECONDS}\nchain --replace --autofree {boot_url}\n",
+        sanitize(&facts.describe())
+    )
+}
+
+/// The facts a machine sent, as a query string for its cloud-config URL (so the same group is selected).
+pub fn facts_query(facts: &Facts) -> String {
+    facts
+        .labels
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "arch" | "platform"))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, QUERY),
+                utf8_percent_encode(v, QUERY)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Keeps only characters that cannot start iPXE expansions or break the line.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " :._-/()\"=,".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// iPXE expands `${...}` in command lines; a literal `$` is written `${}`-free by doubling nothing, so
+/// refuse to pass it through: replace `$` with its percent form in URLs and drop it elsewhere.
+fn escape_ipxe(s: &str) -> String {
+    s.replace('$', "%24")
+}
+
+/// Flat `KEY=value` lines like Matchbox: facts then metadata (nested keys joined with `_`), upper case, sorted.
+pub fn metadata_env(group: &Group, facts: &Facts) -> String {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in &facts.labels {
+        out.insert(k.to_ascii_uppercase(), v.clone());
+    }
+    for (k, v) in &group.metadata {
+        flatten(&k.to_ascii_uppercase(), v, &mut out);
+    }
+    out.insert("GROUP".into(), group.name.clone());
+    out.iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect()
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    let key: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                flatten(&format!("{key}_{}", k.to_ascii_uppercase()), v, out);
+            }
+        }
+        serde_json::Value::String(s) => {
+            out.insert(key, s.replace('\n', "\\n"));
+        }
+        serde_json::Value::Null => {
+            out.insert(key, String::new());
+        }
+        serde_json::Value::Array(a) => {
+            let items: Vec<String> = a
+                .iter()
+                .map(|x| match x {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            out.insert(key, items.join(","));
+        }
+        other => {
+            out.insert(key, other.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_match_script_retries_and_is_inert() {
+        let f = Facts::from_query("mac=52:54:00:00:00:09&hostname=a${b}");
+        let s = no_match_script(&f, "http://h:1/boot.ipxe");
+        assert!(s.starts_with("#!ipxe\necho cairn: no group matches mac 52:54:00:00:00:09 hostname a??b?\n"), "{s}");
+        assert!(s.contains("\nsleep 30\nchain --replace --autofree http://h:1/boot.ipxe\n"), "{s}");
+        assert!(!s.contains("kernel"));
+    }
+
+    #[test]
+    fn facts_query_round_trips() {
+        let f = Facts::from_query("mac=52-54-00-00-00-09&serial=a b&arch=x86_64&rack=r%261");
+        let q = facts_query(&f);
+        assert_eq!(q, "mac=52%3A54%3A00%3A00%3A00%3A09&rack=r%261&serial=a%20b");
+        assert_eq!(Facts::from_query(&q).labels, {
+            let mut l = f.labels.clone();
+            l.remove("arch");
+            l
+        });
+    }
+}

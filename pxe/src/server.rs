@@ -1,0 +1,643 @@
+//! The running server: shared state (inventory behind an atomic swap, status table), the HTTP routes
+//! (axum), the TFTP handler (cairn-tftp), reload, and start/stop of both listeners.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path as UrlPath, Request, State};
+use axum::http::{header, HeaderMap, Response, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::assets::{self, AssetError};
+use crate::facts::Facts;
+use crate::inventory::{Inventory, InventoryError, RenderContext};
+use crate::ipxe::{self, Endpoints};
+use crate::status::{Machine, Sighting, Stage, StatusTable};
+
+/// The iPXE binaries served at the TFTP root when present in the iPXE directory.
+pub const IPXE_FILES: [&str; 4] = ["undionly.kpxe", "undionly.kkpxe", "ipxe.efi", "snponly.efi"];
+
+/// How to run a [`Server`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The inventory file.
+    pub config: PathBuf,
+    /// HTTP listen address (port 0: any free port).
+    pub http_addr: SocketAddr,
+    /// TFTP listen address; None: no TFTP.
+    pub tftp_addr: Option<SocketAddr>,
+    /// Directory with `undionly.kpxe`, `ipxe.efi`, ... (Debian's `ipxe` package: /usr/lib/ipxe).
+    pub ipxe_dir: PathBuf,
+    /// Base URL machines reach the HTTP server at; None: from each request's Host header.
+    pub public_url: Option<String>,
+    /// Reload the inventory on SIGHUP.
+    pub reload_on_sighup: bool,
+}
+
+/// Shared by every request.
+pub(crate) struct Shared {
+    inventory: ArcSwap<Inventory>,
+    config_path: PathBuf,
+    public_url: Option<String>,
+    http_port: u16,
+    tftp_port: std::sync::OnceLock<u16>,
+    ipxe_dir: PathBuf,
+    status: StatusTable,
+}
+
+impl Shared {
+    fn reload(&self) -> Result<(), InventoryError> {
+        let new = Inventory::load(&self.config_path)?;
+        check_transports(&new, self.tftp_port.get().is_some()).map_err(|m| InventoryError::Invalid {
+            path: self.config_path.display().to_string(),
+            line: 1,
+            key: "profiles".into(),
+            message: m,
+        })?;
+        tracing::info!(
+            config = %self.config_path.display(),
+            profiles = new.profiles.len(),
+            groups = new.groups.len(),
+            "inventory reloaded"
+        );
+        self.inventory.store(Arc::new(new));
+        Ok(())
+    }
+
+    /// Base URL for a request: `--public-url`, else `http://` + Host header, else the listener's port on
+    /// the address the request came in on.
+    fn base_url(&self, headers: &HeaderMap, local: Option<SocketAddr>) -> String {
+        if let Some(u) = &self.public_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        if let Some(h) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+            if !h.is_empty() && !h.contains(['/', ' ', '$']) {
+                return format!("http://{h}");
+            }
+        }
+        match local {
+            Some(a) => format!("http://{a}"),
+            None => format!("http://127.0.0.1:{}", self.http_port),
+        }
+    }
+
+    fn endpoints(&self, base: &str) -> Endpoints {
+        let host = host_of(base);
+        Endpoints {
+            public_url: base.to_string(),
+            tftp: self.tftp_port.get().map(|p| format!("{host}:{p}")),
+        }
+    }
+}
+
+/// `host` (or `[v6]`) of `http://host:port/...`.
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if let Some(end) = authority.find(']') {
+        return authority[..=end].to_string();
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .to_string()
+}
+
+fn check_transports(inv: &Inventory, tftp: bool) -> Result<(), String> {
+    if tftp {
+        return Ok(());
+    }
+    match inv
+        .profiles
+        .iter()
+        .find(|p| p.transport == crate::inventory::Transport::Tftp)
+    {
+        Some(p) => Err(format!(
+            "profile {:?} has transport: tftp but the TFTP server is off (--no-tftp)",
+            p.name
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Who a response was for; read by the request logger.
+#[derive(Clone)]
+struct MachineTag(String);
+
+fn tagged(mut r: Response<Body>, who: String) -> Response<Body> {
+    r.extensions_mut().insert(MachineTag(who));
+    r
+}
+
+type AppState = Arc<Shared>;
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    assets::plain(status, body)
+}
+
+fn sighting(facts: &Facts, ip: &str, group: Option<(&str, &str)>) -> Sighting {
+    let l = |k: &str| facts.labels.get(k).cloned();
+    Sighting {
+        key: facts.machine_key(ip),
+        mac: l("mac"),
+        uuid: l("uuid"),
+        hostname: l("hostname"),
+        serial: l("serial"),
+        ip: ip.to_string(),
+        group: group.map(|g| g.0.to_string()),
+        profile: group.map(|g| g.1.to_string()),
+    }
+}
+
+async fn boot_ipxe(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let base = s.base_url(&headers, None);
+    let ip = peer.ip().to_string();
+    let who = s.status.key_for_ip(&ip).unwrap_or_else(|| ip.clone());
+    tagged(text(StatusCode::OK, ipxe::boot_script(&base)), who)
+}
+
+async fn machine_ipxe(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response<Body> {
+    let facts = Facts::from_query(uri.query().unwrap_or(""));
+    let ip = peer.ip().to_string();
+    let base = s.base_url(&headers, None);
+    let inv = s.inventory.load();
+    let who = facts.machine_key(&ip);
+    let Some(group) = inv.select(&facts) else {
+        tracing::warn!(machine = %who, "no group matches {}", facts.describe());
+        s.status.record(sighting(&facts, &ip, None), Stage::Seen);
+        let script = ipxe::no_match_script(&facts, &format!("{base}/boot.ipxe"));
+        return tagged(text(StatusCode::OK, script), who);
+    };
+    let profile = inv.profile_of(group);
+    match ipxe::machine_script(&inv, group, &facts, &s.endpoints(&base)) {
+        Ok(script) => {
+            s.status.record(
+                sighting(&facts, &ip, Some((&group.name, &profile.name))),
+                Stage::Script,
+            );
+            tagged(text(StatusCode::OK, script), who)
+        }
+        Err(m) => tagged(text(StatusCode::INTERNAL_SERVER_ERROR, m + "\n"), who),
+    }
+}
+
+async fn cloud_config(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response<Body> {
+    let facts = Facts::from_query(uri.query().unwrap_or(""));
+    let ip = peer.ip().to_string();
+    let who = facts.machine_key(&ip);
+    let inv = s.inventory.load();
+    let Some(group) = inv.select(&facts) else {
+        return tagged(
+            text(
+                StatusCode::NOT_FOUND,
+                format!("cairn: no group matches {}\n", facts.describe()),
+            ),
+            who,
+        );
+    };
+    let profile = inv.profile_of(group);
+    if profile.cloud_config.is_none() {
+        return tagged(
+            text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "cairn: group {:?} (profile {:?}) has no cloud_config\n",
+                    group.name, profile.name
+                ),
+            ),
+            who,
+        );
+    }
+    let ctx = RenderContext {
+        facts: facts.clone(),
+        ip: ip.clone(),
+        public_url: s.base_url(&headers, None),
+    };
+    match inv.render_cloud_config(group, &ctx) {
+        Ok(body) => {
+            s.status.record(
+                sighting(&facts, &ip, Some((&group.name, &profile.name))),
+                Stage::CloudConfig,
+            );
+            tagged(text(StatusCode::OK, body), who)
+        }
+        Err(e) => {
+            tracing::error!(machine = %who, group = %group.name, "rendering cloud-config: {e:#}");
+            tagged(
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "cairn: rendering the cloud-config of group {:?}: {e}\n",
+                        group.name
+                    ),
+                ),
+                who,
+            )
+        }
+    }
+}
+
+async fn metadata(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+) -> Response<Body> {
+    let facts = Facts::from_query(uri.query().unwrap_or(""));
+    let who = facts.machine_key(&peer.ip().to_string());
+    let inv = s.inventory.load();
+    match inv.select(&facts) {
+        Some(group) => tagged(
+            text(StatusCode::OK, ipxe::metadata_env(group, &facts)),
+            who,
+        ),
+        None => tagged(
+            text(
+                StatusCode::NOT_FOUND,
+                format!("cairn: no group matches {}\n", facts.describe()),
+            ),
+            who,
+        ),
+    }
+}
+
+async fn asset(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    UrlPath(rel): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let ip = peer.ip().to_string();
+    let inv = s.inventory.load();
+    let opened = assets::open_asset(&inv, &rel);
+    let who = s.status.key_for_ip(&ip).unwrap_or_else(|| ip.clone());
+    match opened {
+        Ok((file, path)) => {
+            let stage = match path.file_name().and_then(|n| n.to_str()) {
+                Some("vmlinuz") => Some(Stage::Kernel),
+                Some("initrd.img" | "pxe-initrd.img") => Some(Stage::Initrd),
+                _ => None,
+            };
+            if let Some(stage) = stage {
+                s.status.record_by_ip(&ip, stage);
+            }
+            tagged(assets::file_response(file, &headers).await, who)
+        }
+        Err(AssetError::Refused(m)) => {
+            tracing::warn!(machine = %who, "asset {rel:?} refused: {m}");
+            tagged(text(StatusCode::FORBIDDEN, format!("cairn: {m}\n")), who)
+        }
+        Err(AssetError::NotFound(m)) => tagged(
+            text(StatusCode::NOT_FOUND, format!("cairn: not found: {m}\n")),
+            who,
+        ),
+    }
+}
+
+async fn machines(State(s): State<AppState>) -> Response<Body> {
+    let body = serde_json::to_string_pretty(&s.status.snapshot()).unwrap_or_else(|_| "[]".into());
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body + "\n"))
+        .expect("static response parts")
+}
+
+async fn log_requests(req: Request, next: Next) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let resp = next.run(req).await;
+    let machine = resp
+        .extensions()
+        .get::<MachineTag>()
+        .map_or("-".to_string(), |m| m.0.clone());
+    tracing::info!(
+        %peer,
+        %machine,
+        %method,
+        uri = %uri,
+        status = resp.status().as_u16(),
+        range = range.as_deref().unwrap_or("-"),
+        ms = start.elapsed().as_millis() as u64,
+        "http request"
+    );
+    resp
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/boot.ipxe", get(boot_ipxe))
+        .route("/ipxe", get(machine_ipxe))
+        .route("/cloud-config", get(cloud_config))
+        .route("/cloud", get(cloud_config))
+        .route("/metadata", get(metadata))
+        .route("/assets/{*rel}", get(asset))
+        .route("/machines", get(machines))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|uri: Uri| async move {
+            text(
+                StatusCode::NOT_FOUND,
+                format!("cairn: no such endpoint {}\n", uri.path()),
+            )
+        })
+        .layer(middleware::from_fn(log_requests))
+        .with_state(state)
+}
+
+/// TFTP: iPXE binaries at the root, `boot.ipxe` generated, `assets/IMAGE/FILE` from image folders.
+struct TftpHandler {
+    shared: Arc<Shared>,
+    ipxe_dir: Option<PathBuf>,
+}
+
+impl cairn_tftp::Handler for TftpHandler {
+    fn open(
+        &self,
+        path: &str,
+        peer: SocketAddr,
+    ) -> Result<cairn_tftp::Content, cairn_tftp::TftpError> {
+        use cairn_tftp::{Content, TftpError};
+        let rel = path.trim_start_matches('/');
+        let ip = peer.ip().to_string();
+        let refuse = |e: AssetError| match e {
+            AssetError::Refused(m) => {
+                tracing::warn!(%peer, "TFTP {path:?} refused: {m}");
+                TftpError::access_violation(m)
+            }
+            AssetError::NotFound(m) => TftpError::not_found(m),
+        };
+        if rel == "boot.ipxe" {
+            let base = match &self.shared.public_url {
+                Some(u) => u.trim_end_matches('/').to_string(),
+                // The machine reaches the HTTP server at the address it got iPXE from.
+                None => format!("http://${{next-server}}:{}", self.shared.http_port),
+            };
+            self.shared.status.record(
+                Sighting {
+                    key: self.shared.status.key_for_ip(&ip).unwrap_or(ip.clone()),
+                    ip: ip.clone(),
+                    ..Sighting::default()
+                },
+                Stage::Seen,
+            );
+            return Ok(Content::Bytes(Bytes::from(ipxe::boot_script(&base))));
+        }
+        let (file, _) = if let Some(asset) = rel.strip_prefix("assets/") {
+            let inv = self.shared.inventory.load();
+            assets::open_asset(&inv, asset).map_err(refuse)?
+        } else if IPXE_FILES.contains(&rel) {
+            let dir = self
+                .ipxe_dir
+                .as_deref()
+                .ok_or_else(|| TftpError::not_found("no iPXE directory"))?;
+            assets::open_in(dir, rel).map_err(refuse)?
+        } else if rel.split('/').any(|c| c == "..") {
+            return Err(refuse(AssetError::Refused("'..' is not allowed".into())));
+        } else {
+            return Err(TftpError::not_found(format!("no file {rel:?}")));
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| TftpError::new(0, e.to_string()))?
+            .len();
+        Ok(Content::File { file, len })
+    }
+
+    fn finished(&self, path: &str, peer: SocketAddr, outcome: &cairn_tftp::Outcome) {
+        let ip = peer.ip().to_string();
+        tracing::info!(%peer, machine = %self.shared.status.key_for_ip(&ip).unwrap_or(ip.clone()), path, ?outcome, "tftp transfer");
+        if let cairn_tftp::Outcome::Completed { .. } = outcome {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            let stage = match name {
+                "vmlinuz" => Some(Stage::Kernel),
+                "initrd.img" | "pxe-initrd.img" => Some(Stage::Initrd),
+                _ => None,
+            };
+            if let Some(stage) = stage {
+                self.shared.status.record_by_ip(&ip, stage);
+            }
+        }
+    }
+}
+
+/// Bound addresses of a running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddrs {
+    /// The HTTP listener.
+    pub http: SocketAddr,
+    /// The TFTP socket, when TFTP runs.
+    pub tftp: Option<SocketAddr>,
+}
+
+/// A running `cairn serve`: HTTP and (optionally) TFTP in the current tokio runtime.
+pub struct Server {
+    shared: Arc<Shared>,
+    addrs: LocalAddrs,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    /// Loads the inventory (refusing to start on any error), binds the listeners and starts serving.
+    /// Must be called inside a tokio runtime.
+    pub async fn start(cfg: ServerConfig) -> anyhow::Result<Server> {
+        let inventory = Inventory::load(&cfg.config)?;
+        check_transports(&inventory, cfg.tftp_addr.is_some())
+            .map_err(|m| anyhow::anyhow!("{}: {m}", cfg.config.display()))?;
+        tracing::info!(
+            config = %cfg.config.display(),
+            profiles = inventory.profiles.len(),
+            groups = inventory.groups.len(),
+            images = inventory.images.len(),
+            "inventory loaded"
+        );
+        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener on {}", cfg.http_addr))?;
+        let http = listener.local_addr().context("reading the HTTP address")?;
+        let ipxe_dir = match cfg.ipxe_dir.canonicalize() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                if cfg.tftp_addr.is_some() {
+                    tracing::warn!(
+                        "iPXE directory {}: {e}; TFTP serves no iPXE binaries (install Debian's ipxe package or pass --ipxe-dir)",
+                        cfg.ipxe_dir.display()
+                    );
+                }
+                None
+            }
+        };
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let shared = Arc::new(Shared {
+            inventory: ArcSwap::from_pointee(inventory),
+            config_path: cfg.config.clone(),
+            public_url: cfg.public_url.clone(),
+            http_port: http.port(),
+            tftp_port: std::sync::OnceLock::new(),
+            ipxe_dir: cfg.ipxe_dir.clone(),
+            status: StatusTable::default(),
+        });
+        let tftp = match cfg.tftp_addr {
+            Some(addr) => {
+                let handler = Arc::new(TftpHandler {
+                    shared: shared.clone(),
+                    ipxe_dir,
+                });
+                let server = cairn_tftp::Server::bind(addr, handler, cairn_tftp::Config::default())
+                    .await
+                    .with_context(|| format!("binding the TFTP server on {addr}"))?;
+                let bound = server.local_addr();
+                let _ = shared.tftp_port.set(bound.port());
+                let mut rx = stopped.clone();
+                tasks.push(tokio::spawn(async move {
+                    server
+                        .serve(async move {
+                            let _ = rx.wait_for(|s| *s).await;
+                        })
+                        .await
+                        .context("serving TFTP")
+                }));
+                Some(bound)
+            }
+            None => None,
+        };
+        let app = router(shared.clone());
+        let mut rx = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            .context("serving HTTP")
+        }));
+        if cfg.reload_on_sighup {
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing the SIGHUP handler")?;
+            let sh = shared.clone();
+            let mut rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        got = hup.recv() => {
+                            if got.is_none() { break; }
+                            tracing::info!("SIGHUP: reloading {}", sh.config_path.display());
+                            if let Err(e) = sh.reload() {
+                                tracing::error!("reloading the inventory failed, keeping the old one: {e}");
+                            }
+                        }
+                        _ = rx.wait_for(|s| *s) => break,
+                    }
+                }
+                Ok(())
+            }));
+        }
+        tracing::info!(
+            http = %http,
+            tftp = %tftp.map_or("off".to_string(), |a| a.to_string()),
+            ipxe_dir = %shared.ipxe_dir.display(),
+            "cairn serve listening"
+        );
+        Ok(Server {
+            shared,
+            addrs: LocalAddrs { http, tftp },
+            stop,
+            tasks,
+        })
+    }
+
+    /// Where the listeners are bound.
+    pub fn local_addrs(&self) -> LocalAddrs {
+        self.addrs
+    }
+
+    /// Re-reads the inventory file; on error the old inventory stays in place and the error is returned.
+    /// Requests in flight keep the inventory they started with.
+    pub fn reload(&self) -> Result<(), InventoryError> {
+        self.shared.reload().inspect_err(|e| {
+            tracing::error!("reloading the inventory failed, keeping the old one: {e}");
+        })
+    }
+
+    /// The machine status table.
+    pub fn machines(&self) -> Vec<Machine> {
+        self.shared.status.snapshot()
+    }
+
+    /// The inventory in use.
+    pub fn inventory(&self) -> Arc<Inventory> {
+        self.shared.inventory.load_full()
+    }
+
+    /// Stops accepting, lets transfers in flight finish, and returns the first listener error.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.wait().await
+    }
+
+    /// Runs until a listener fails (or [`Server::shutdown`] is called from elsewhere).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let mut first = Ok(());
+        for t in self.tasks {
+            let r = t.await.context("server task panicked").and_then(|r| r);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// A handle that stops the server when `stop()` is called.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+}
+
+/// Stops a [`Server`] from another task (Ctrl-C handler).
+#[derive(Clone)]
+pub struct Stopper(watch::Sender<bool>);
+
+impl Stopper {
+    /// Asks the server to stop.
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+

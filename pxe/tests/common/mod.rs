@@ -1,0 +1,164 @@
+//! Shared helpers: fixture image folders, an in-process server on 127.0.0.1 port 0, an HTTP client that
+//! does not turn 4xx into errors, and a raw HTTP/1.1 GET that sends the path exactly as given.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+
+use cairn_pxe::{Server, ServerConfig};
+
+/// A fixture image folder `dir/name` with deterministic contents of the given sizes.
+pub fn image(dir: &Path, name: &str, version: &str, kernel_len: usize) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("manifest.json"),
+        format!(r#"{{"name":"{name}","version":"{version}"}}"#),
+    )
+    .unwrap();
+    std::fs::write(d.join("vmlinuz"), pattern(kernel_len, 7)).unwrap();
+    std::fs::write(d.join("pxe-initrd.img"), pattern(kernel_len / 2 + 3, 11)).unwrap();
+    d
+}
+
+/// Bytes that differ at every offset (so a wrong range shows).
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+pub struct TestServer {
+    pub rt: tokio::runtime::Runtime,
+    pub server: Option<Server>,
+    pub http: SocketAddr,
+    pub tftp: Option<SocketAddr>,
+}
+
+impl TestServer {
+    pub fn start(config: &Path, tftp: bool, ipxe_dir: &Path) -> TestServer {
+        Self::try_start(config, tftp, ipxe_dir, None).unwrap()
+    }
+
+    pub fn try_start(
+        config: &Path,
+        tftp: bool,
+        ipxe_dir: &Path,
+        public_url: Option<&str>,
+    ) -> anyhow::Result<TestServer> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt.block_on(Server::start(ServerConfig {
+            config: config.to_path_buf(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            tftp_addr: tftp.then(|| "127.0.0.1:0".parse().unwrap()),
+            ipxe_dir: ipxe_dir.to_path_buf(),
+            public_url: public_url.map(String::from),
+            reload_on_sighup: false,
+        }))?;
+        let addrs = server.local_addrs();
+        Ok(TestServer {
+            rt,
+            server: Some(server),
+            http: addrs.http,
+            tftp: addrs.tftp,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown()).unwrap();
+        }
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// GET with extra headers through ureq (4xx/5xx are returned, not errors).
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A raw GET: the request target goes on the wire exactly as given (no client-side normalisation).
+pub fn raw_get(addr: SocketAddr, target: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response head");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: buf[split + 4..].to_vec(),
+    }
+}
