@@ -57,6 +57,49 @@ pub fn take_kernel(tree: &mut Tree) -> Result<Kernel> {
     Ok(Kernel { release, image })
 }
 
+/// iPXE network-boot programs (from Debian's `ipxe` package) and the name
+/// each gets in the output folder's `ipxe/`: `undionly.kpxe` for legacy
+/// BIOS PXE, `ipxe.efi` (all NIC drivers) and `snponly.efi` (the
+/// firmware's own network driver) for UEFI.
+pub const IPXE_FILES: &[(&str, &str)] = &[
+    ("usr/lib/ipxe/undionly.kpxe", "undionly.kpxe"),
+    ("boot/ipxe.efi", "ipxe.efi"),
+    ("usr/lib/ipxe/snponly.efi", "snponly.efi"),
+];
+
+/// Paths of the `ipxe` package that must not stay in the root image.
+const IPXE_LEFTOVERS: &[&str] = &[
+    "usr/lib/ipxe",
+    "boot/ipxe.efi",
+    "boot/ipxe.lkrn",
+    "etc/grub.d/20_ipxe",
+    "usr/share/doc/ipxe",
+];
+
+/// When the definition installs Debian's `ipxe` package, take its
+/// network-boot programs out of the tree (like the kernel: they are served
+/// to other machines by `cairn serve`, not used by this one) and return
+/// them as `(file name, bytes)`. Empty when the package is absent.
+pub fn take_ipxe(tree: &mut Tree) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    if !IPXE_FILES.iter().any(|(p, _)| tree.contains(p)) {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (path, name) in IPXE_FILES {
+        let data = tree
+            .read(path)
+            .with_context(|| {
+                format!("the ipxe package is installed but /{path} is missing or not a file")
+            })?
+            .to_vec();
+        out.push((*name, data));
+    }
+    for p in IPXE_LEFTOVERS {
+        tree.remove_all(p);
+    }
+    Ok(out)
+}
+
 /// The directories `/init` mounts on, which the image must provide.
 pub const MOUNT_POINTS: &[&str] = &[
     "proc", "sys", "dev", "run", "var", "home", "root", "etc", "efi", "tmp",
@@ -253,4 +296,55 @@ pub fn write_disk(
         (format!("cairn/{v}/initrd.img"), EspSource::from(initrd)),
     ];
     cairn_disk::write_disk(out, &spec).with_context(|| format!("writing {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Entry;
+
+    fn tree_with(paths: &[&str]) -> Tree {
+        let o: std::sync::Arc<str> = std::sync::Arc::from("t");
+        let mut t = Tree::new_merged_usr();
+        for p in paths {
+            t.insert(p, Entry::file(p.as_bytes().to_vec(), 0o644, &o))
+                .unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn ipxe_programs_leave_the_tree() {
+        let mut t = tree_with(&[
+            "usr/lib/ipxe/undionly.kpxe",
+            "usr/lib/ipxe/snponly.efi",
+            "usr/lib/ipxe/ipxe.iso",
+            "boot/ipxe.efi",
+            "boot/ipxe.lkrn",
+            "etc/grub.d/20_ipxe",
+            "usr/bin/keep",
+        ]);
+        let got = take_ipxe(&mut t).unwrap();
+        let names: Vec<_> = got.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["undionly.kpxe", "ipxe.efi", "snponly.efi"]);
+        assert_eq!(got[1].1, b"boot/ipxe.efi");
+        for gone in [
+            "usr/lib/ipxe",
+            "boot/ipxe.efi",
+            "boot/ipxe.lkrn",
+            "etc/grub.d/20_ipxe",
+        ] {
+            assert!(!t.contains(gone), "{gone} is still in the tree");
+        }
+        assert!(t.contains("usr/bin/keep"));
+    }
+
+    #[test]
+    fn no_ipxe_package_means_nothing_and_a_partial_one_is_an_error() {
+        let mut t = tree_with(&["usr/bin/keep"]);
+        assert!(take_ipxe(&mut t).unwrap().is_empty());
+        let mut t = tree_with(&["usr/lib/ipxe/undionly.kpxe"]);
+        let e = format!("{:#}", take_ipxe(&mut t).unwrap_err());
+        assert!(e.contains("/boot/ipxe.efi is missing"), "{e}");
+    }
 }

@@ -81,6 +81,17 @@ enum Command {
         #[arg(long)]
         persist: bool,
     },
+    /// Check cloud-config files as `coreos-cloudinit -validate` does: one
+    /// line per finding (`FILE:LINE: error|warning|info: MESSAGE`); exits
+    /// non-zero when there is any finding.
+    Validate {
+        /// cloud-config files (`-` reads standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print the findings as JSON, `[{"kind", "message", "line"}]` (one file only).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a build produced: the manifest of an output folder, and the
     /// partition table, ESP contents and boot entries of a disk image.
     Inspect {
@@ -120,9 +131,49 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli, progress: MultiProgress) -> Result<()> {
+/// `cairn validate`: true when no file has any finding.
+fn validate(files: &[PathBuf], json: bool) -> Result<bool> {
+    use anyhow::Context;
+    use std::io::Read;
+    if json && files.len() != 1 {
+        anyhow::bail!("--json takes exactly one file ({} given)", files.len());
+    }
+    let mut clean = true;
+    for f in files {
+        let (name, data) = if f.as_os_str() == "-" {
+            let mut t = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut t)
+                .context("reading standard input")?;
+            ("-".to_string(), t)
+        } else {
+            let t = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            (f.display().to_string(), t)
+        };
+        // gzip-compressed user-data is accepted, as coreos-cloudinit does
+        let data = cairn_cloudconfig::decompress_user_data(&data)
+            .with_context(|| format!("{name}: decompressing gzip user-data"))?;
+        let text = std::str::from_utf8(&data)
+            .with_context(|| format!("{name}: user-data is not UTF-8 text"))?;
+        let report = cairn_cloudconfig::validate(text);
+        clean &= report.is_empty();
+        if json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{}", cairn_cloudconfig::format_findings(&name, &report));
+        }
+    }
+    Ok(clean)
+}
+
+fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
     match cli.command {
-        Command::Inspect { path } => inspect(&path),
+        Command::Validate { files, json } => Ok(if validate(&files, json)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        Command::Inspect { path } => inspect(&path).map(|()| ExitCode::SUCCESS),
         Command::Vm {
             target,
             memory,
@@ -146,7 +197,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<()> {
             if !status.success() {
                 anyhow::bail!("QEMU exited with {status}");
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Build {
             definition,
@@ -182,7 +233,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<()> {
                     s.manifest.version,
                     root.sha256
                 );
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             }
             println!(
                 "built {} {}: {} packages, {} entries, {:.1} MiB of files -> {} ({:.1} MiB, sha256 {})",
@@ -198,7 +249,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<()> {
             if s.lock_written {
                 println!("wrote {}", s.lock_path.display());
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -223,7 +274,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     match run(cli, progress) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -351,9 +351,20 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
     crate::containers::add_all(&mut tree, &def.container_images, epoch)
         .context("making the preloaded container images")?;
     let kernel = artifacts::take_kernel(&mut tree)?;
+    let ipxe = artifacts::take_ipxe(&mut tree)?;
     artifacts::ensure_mount_points(&mut tree)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
+    let ipxe_dir = opts.out.join("ipxe");
+    if ipxe.is_empty() {
+        let _ = std::fs::remove_dir_all(&ipxe_dir);
+    } else {
+        std::fs::create_dir_all(&ipxe_dir)
+            .with_context(|| format!("creating {}", ipxe_dir.display()))?;
+        for (name, data) in &ipxe {
+            write_artifact(&ipxe_dir, name, data)?;
+        }
+    }
     let rootfs = opts.out.join("rootfs.squashfs");
     let tmp = opts.out.join(".rootfs.squashfs.tmp");
     let sp = spinner(
@@ -439,6 +450,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
             sha256_and_size(&disk)?,
         ],
     };
+    let mut manifest = manifest;
+    for (name, _) in &ipxe {
+        let mut a = sha256_and_size(&ipxe_dir.join(name))?;
+        a.name = format!("ipxe/{name}");
+        manifest.artifacts.push(a);
+    }
     let mpath = opts.out.join("manifest.json");
     std::fs::write(&mpath, serde_json::to_string_pretty(&manifest)? + "\n")
         .with_context(|| format!("writing {}", mpath.display()))?;

@@ -134,6 +134,28 @@ fn default_image_builds_reproducibly_and_holds_a_cluster_node() {
     assert!(!img
         .keys()
         .any(|k| k.starts_with("/usr/share/doc/") || k.starts_with("/usr/share/man/")));
+    // Debian's ipxe package: its network-boot programs are next to the
+    // image (for cairn serve), not in it
+    assert!(!img
+        .keys()
+        .any(|k| k.starts_with("/usr/lib/ipxe") || k.starts_with("/boot/ipxe")));
+    for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi"] {
+        let data =
+            std::fs::read(out1.join("ipxe").join(f)).unwrap_or_else(|e| panic!("ipxe/{f}: {e}"));
+        assert!(data.len() > 50_000, "ipxe/{f} is only {} bytes", data.len());
+        assert!(
+            s1.manifest
+                .artifacts
+                .iter()
+                .any(|a| a.name == format!("ipxe/{f}")),
+            "ipxe/{f} is not in the manifest"
+        );
+    }
+    // the UEFI programs are PE files, undionly.kpxe a PXE NBP
+    assert_eq!(
+        &std::fs::read(out1.join("ipxe/ipxe.efi")).unwrap()[..2],
+        b"MZ"
+    );
     assert!(
         !img.keys().any(|k| k.starts_with("/etc/ssh/ssh_host_")),
         "host keys must not be baked"

@@ -361,18 +361,17 @@ pub(crate) const FILE: &[Field] = &[
 ];
 
 pub(crate) const COREOS: &[Field] = &[
+    // cairn ships etcd 3 (Debian's etcd-server) and configures it from
+    // `etcd2`; the etcd 0.4 options of the legacy section do not work there.
     deprecated(
         f("etcd", Ty::Struct(ETCD)),
-        "etcd is no longer shipped in Container Linux",
+        "etcd 0.4 options; cairn runs etcd 3, configure it with etcd2",
     ),
-    deprecated(
-        f("etcd2", Ty::Struct(ETCD2)),
-        "etcd2 is no longer shipped in Container Linux",
-    ),
+    f("etcd2", Ty::Struct(ETCD2)),
     f("flannel", Ty::Struct(FLANNEL)),
     deprecated(
         f("fleet", Ty::Struct(FLEET)),
-        "fleet is no longer shipped in Container Linux",
+        "fleet is not part of cairn images: its settings are written but nothing runs them",
     ),
     f("locksmith", Ty::Struct(LOCKSMITH)),
     f("oem", Ty::Struct(OEM)),

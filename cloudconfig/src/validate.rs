@@ -466,12 +466,6 @@ mod tests {
 
     use Kind::{Error as E, Info as I, Warning as W};
 
-    const DEP_ETCD2: (Kind, &str, usize) = (
-        W,
-        "deprecated key \"etcd2\" (etcd2 is no longer shipped in Container Linux)",
-        2,
-    );
-
     #[test]
     fn header_kinds() {
         assert!(validate("").is_empty());
@@ -566,45 +560,45 @@ mod tests {
 
     #[test]
     fn discovery_url() {
-        check("coreos:\n  etcd2:\n    discovery: https://discovery.example/00000000000000000000000000000000", &[DEP_ETCD2]);
+        check("coreos:\n  etcd2:\n    discovery: https://discovery.example/00000000000000000000000000000000", &[]);
         check(
             "coreos:\n  etcd2:\n    discovery: http://custom.domain/mytoken",
-            &[DEP_ETCD2],
+            &[],
         );
         check(
             "coreos:\n  etcd2:\n    discovery: /relative/is/a/request/uri",
-            &[DEP_ETCD2],
+            &[],
         );
         check(
             "coreos:\n  etcd2:\n    discovery: disco",
-            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+            &[(W, "discovery URL is not valid", 3)],
         );
         check(
             "coreos:\n  etcd2:\n    discovery: ${url}",
-            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+            &[(W, "discovery URL is not valid", 3)],
         );
         check(
             "coreos:\n  etcd2:\n    discovery: \"http://[::1/x\"",
-            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+            &[(W, "discovery URL is not valid", 3)],
         );
         check(
             "coreos:\n  etcd2:\n    discovery: http://host:port/x",
-            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+            &[(W, "discovery URL is not valid", 3)],
         );
         check(
             "coreos:\n  etcd2:\n    discovery: http://host/%zz",
-            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+            &[(W, "discovery URL is not valid", 3)],
         );
         check(
             "coreos:\n  etcd2:\n    discovery: \":nope\"",
-            &[DEP_ETCD2, (W, "discovery URL is not valid", 3)],
+            &[(W, "discovery URL is not valid", 3)],
         );
         check(
             "coreos:\n  etcd:\n    discovery: disco",
             &[
                 (
                     W,
-                    "deprecated key \"etcd\" (etcd is no longer shipped in Container Linux)",
+                    "deprecated key \"etcd\" (etcd 0.4 options; cairn runs etcd 3, configure it with etcd2)",
                     2,
                 ),
                 (W, "discovery URL is not valid", 3),
@@ -673,7 +667,7 @@ mod tests {
             &[
                 (
                     W,
-                    "deprecated key \"etcd\" (etcd is no longer shipped in Container Linux)",
+                    "deprecated key \"etcd\" (etcd 0.4 options; cairn runs etcd 3, configure it with etcd2)",
                     2,
                 ),
                 (
@@ -758,14 +752,13 @@ mod tests {
             "coreos:\n  fleet:\n    verbosity: 2",
             &[(
                 W,
-                "deprecated key \"fleet\" (fleet is no longer shipped in Container Linux)",
+                "deprecated key \"fleet\" (fleet is not part of cairn images: its settings are written but nothing runs them)",
                 2,
             )],
         );
         check(
             "coreos:\n  locksmith:\n    group: x\n  etcd2:\n    snapshot-count: 1.5\n    heartbeat-interval: 100",
             &[
-                (W, "deprecated key \"etcd2\" (etcd2 is no longer shipped in Container Linux)", 4),
                 (W, "incorrect type for \"snapshot_count\" (want int)", 5),
             ],
         );
@@ -784,11 +777,11 @@ mod tests {
         for v in ["yes", "no", "on", "off", "y", "n", "True", "FALSE"] {
             check(&format!("coreos:\n  units:\n    - name: a.service\n      mask: {v}\n      runtime: {v}\n      enable: {v}"), &[]);
         }
-        check("coreos:\n  etcd2:\n    proxy: on \n", &[DEP_ETCD2]);
-        check("coreos:\n  etcd2:\n    proxy: readonly", &[DEP_ETCD2]);
+        check("coreos:\n  etcd2:\n    proxy: on \n", &[]);
+        check("coreos:\n  etcd2:\n    proxy: readonly", &[]);
         check(
             "coreos:\n  etcd2:\n    proxy: yes",
-            &[DEP_ETCD2, (E, "invalid value yes", 3)],
+            &[(E, "invalid value yes", 3)],
         );
     }
 

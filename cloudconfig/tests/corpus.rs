@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use cairn_cloudconfig::{parse_user_data, substitute, validate, Addresses, Kind, UserData};
 
-const DEP_ETCD2: &str = "deprecated key \"etcd2\" (etcd2 is no longer shipped in Container Linux)";
-const DEP_ETCD: &str = "deprecated key \"etcd\" (etcd is no longer shipped in Container Linux)";
-const DEP_FLEET: &str = "deprecated key \"fleet\" (fleet is no longer shipped in Container Linux)";
+const DEP_ETCD: &str =
+    "deprecated key \"etcd\" (etcd 0.4 options; cairn runs etcd 3, configure it with etcd2)";
+const DEP_FLEET: &str = "deprecated key \"fleet\" (fleet is not part of cairn images: its settings are written but nothing runs them)";
 const NOT_A_TOKEN: &str = "found character that cannot start any token";
 const MAP_KEY: &str = "invalid map key: a mapping key must be a scalar, not a collection";
 
@@ -19,7 +19,7 @@ fn expected() -> BTreeMap<&'static str, Vec<(Kind, usize, &'static str)>> {
     BTreeMap::from([
         (
             "coreos+coreos-vagrant__user-data.sample",
-            vec![(W, 4, DEP_ETCD2), (W, 14, DEP_FLEET)],
+            vec![(W, 14, DEP_FLEET)],
         ),
         (
             "jimmycuadra+rust-fleet__user-data",
@@ -28,7 +28,7 @@ fn expected() -> BTreeMap<&'static str, Vec<(Kind, usize, &'static str)>> {
         (
             // ${etcd_discovery_url} is not an absolute URI.
             "maxenglander+etcd-terraform-example__etcd_cloud_config.yaml.tpl",
-            vec![(W, 4, DEP_ETCD2), (W, 6, "discovery URL is not valid")],
+            vec![(W, 6, "discovery URL is not valid")],
         ),
         (
             // line 8: `name: {{ETCD_NODE_NAME}}` is a flow mapping used as a key.
@@ -42,22 +42,21 @@ fn expected() -> BTreeMap<&'static str, Vec<(Kind, usize, &'static str)>> {
         ),
         (
             "poseidon+matchbox__examples_etcd-large_cloud_etcd1.yaml",
-            vec![(W, 3, DEP_ETCD2)],
+            vec![],
         ),
         (
             // `proxy: on ` is the text "on" for the string field: valid.
             "poseidon+matchbox__examples_etcd-large_cloud_worker.yaml",
-            vec![(W, 3, DEP_ETCD2), (W, 7, DEP_FLEET)],
+            vec![(W, 7, DEP_FLEET)],
         ),
         (
             "poseidon+matchbox__examples_kubernetes_cloud_etcd.yaml",
-            vec![(W, 3, DEP_ETCD2)],
+            vec![],
         ),
         (
             // line 6: `discovery: #DISCOVERY_URL` is an empty (null) value.
             "deis+deis__contrib_coreos_user-data.example",
             vec![
-                (W, 4, DEP_ETCD2),
                 (W, 6, "incorrect type for \"discovery\" (want string)"),
                 (W, 15, DEP_FLEET),
             ],
@@ -76,15 +75,11 @@ fn expected() -> BTreeMap<&'static str, Vec<(Kind, usize, &'static str)>> {
             "coreos+coreos-overlay__coreos-base_oem-ec2-compat_files_cloud-config.yml",
             vec![(E, 39, NOT_A_TOKEN)],
         ),
-        (
-            "coreos+fleet__functional_user-data",
-            vec![(W, 5, DEP_ETCD2)],
-        ),
+        ("coreos+fleet__functional_user-data", vec![]),
         (
             // line 117: `reboot-strategy: ${coreos_reboot_strategy}`.
             "samsung-cnct+kraken-lib__terraform_local_templates_etcd.yaml.tpl",
             vec![
-                (W, 21, DEP_ETCD2),
                 (W, 29, DEP_FLEET),
                 (E, 117, "invalid value ${coreos_reboot_strategy}"),
             ],
