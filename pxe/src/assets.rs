@@ -68,9 +68,7 @@ pub fn open_asset(inv: &Inventory, rel: &str) -> Result<(File, PathBuf), AssetEr
     let mut parts = rel.split('/');
     let (Some(image), Some(file), None) = (parts.next(), parts.next(), parts.next()) else {
         if rel.split('/').any(|p| p == ".." || p == ".") {
-            return Err(AssetError::Refused(format!(
-                "{rel:?}: '..' is not allowed"
-            )));
+            return Err(AssetError::Refused(format!("{rel:?}: '..' is not allowed")));
         }
         return Err(AssetError::NotFound(format!(
             "{rel:?}: expected IMAGE/FILE"
@@ -281,11 +279,23 @@ mod tests {
         std::fs::create_dir(inner.join("sub")).unwrap();
         assert!(open_in(&inner, "ok").is_ok());
         assert!(open_in(&inner, "alias").is_ok());
-        assert!(matches!(open_in(&inner, "link"), Err(AssetError::Refused(_))));
+        assert!(matches!(
+            open_in(&inner, "link"),
+            Err(AssetError::Refused(_))
+        ));
         assert!(matches!(open_in(&inner, ".."), Err(AssetError::Refused(_))));
-        assert!(matches!(open_in(&inner, "../secret"), Err(AssetError::Refused(_))));
-        assert!(matches!(open_in(&inner, "sub"), Err(AssetError::NotFound(_))));
-        assert!(matches!(open_in(&inner, "none"), Err(AssetError::NotFound(_))));
+        assert!(matches!(
+            open_in(&inner, "../secret"),
+            Err(AssetError::Refused(_))
+        ));
+        assert!(matches!(
+            open_in(&inner, "sub"),
+            Err(AssetError::NotFound(_))
+        ));
+        assert!(matches!(
+            open_in(&inner, "none"),
+            Err(AssetError::NotFound(_))
+        ));
     }
 
     #[test]

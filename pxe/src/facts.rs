@@ -167,7 +167,9 @@ mod tests {
 
     #[test]
     fn query_facts_decode_and_drop_empty() {
-        let f = Facts::from_query("mac=52%3A54%3A00%3A00%3A00%3A01&uuid=ABC-D&hostname=&serial=x+y&rack=r1");
+        let f = Facts::from_query(
+            "mac=52%3A54%3A00%3A00%3A00%3A01&uuid=ABC-D&hostname=&serial=x+y&rack=r1",
+        );
         assert_eq!(f.get("mac"), "52:54:00:00:00:01");
         assert_eq!(f.get("uuid"), "abc-d");
         assert!(!f.labels.contains_key("hostname"));

@@ -120,12 +120,14 @@ fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
         One(String),
         Many(Vec<String>),
     }
-    Ok(match OneOrMany::deserialize(d).map_err(|_| {
-        serde::de::Error::custom("expected a string or a list of strings (kernel arguments)")
-    })? {
-        OneOrMany::One(s) => s.split_whitespace().map(String::from).collect(),
-        OneOrMany::Many(v) => v,
-    })
+    Ok(
+        match OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a string or a list of strings (kernel arguments)")
+        })? {
+            OneOrMany::One(s) => s.split_whitespace().map(String::from).collect(),
+            OneOrMany::Many(v) => v,
+        },
+    )
 }
 
 fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
@@ -302,6 +304,13 @@ impl Inventory {
             let mut message = inner.to_string();
             if let Some(i) = message.find(" at line ") {
                 message.truncate(i);
+            }
+            // serde_norway prefixes the path of the map it was in ("profiles[0]: unknown field"); the
+            // full key path is printed already.
+            if let Some((head, rest)) = message.split_once(": ") {
+                if !head.contains(' ') && key.starts_with(head) {
+                    message = rest.to_string();
+                }
             }
             InventoryError::Syntax {
                 path: shown.clone(),
@@ -686,8 +695,12 @@ fn read_image(dir: &Path) -> Result<Image, String> {
         name: String,
         version: String,
     }
-    let m: Manifest = serde_json::from_str(&text)
-        .map_err(|e| format!("{}: {e} (expected \"name\" and \"version\")", manifest.display()))?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: {e} (expected \"name\" and \"version\")",
+            manifest.display()
+        )
+    })?;
     if !is_name(&m.name) || !is_name(&m.version) {
         return Err(format!(
             "{}: name {:?} / version {:?} are not usable in URLs",
@@ -825,7 +838,7 @@ mod tests {
                 "  - name: default\n    profile: p\n\
                  \x20 - name: rack1\n    profile: p\n    selector: {rack: r1}\n\
                  \x20 - name: rack1-node\n    profile: p\n    selector: {rack: r1, mac: \"52-54-00-00-00-01\"}\n\
-                 \x20 - name: by-uuid\n    profile: p\n    selector: {uuid: 0A-B}\n",
+                 \x20 - name: by-uuid\n    profile: p\n    selector: {uuid: 0A-B, rack: r9}\n",
             ),
         )
         .unwrap();
@@ -836,13 +849,19 @@ mod tests {
             ("rack=r2", Some("default")),
             ("rack=r1&mac=52:54:00:00:00:01", Some("rack1-node")),
             ("rack=r1&mac=52-54-00-00-00-01", Some("rack1-node")),
-            ("rack=r1&mac=52%3A54%3A00%3A00%3A00%3A01", Some("rack1-node")),
+            (
+                "rack=r1&mac=52%3A54%3A00%3A00%3A00%3A01",
+                Some("rack1-node"),
+            ),
             ("rack=r1&mac=52:54:00:00:00:02", Some("rack1")),
-            ("uuid=0a-b", Some("by-uuid")),
-            ("uuid=0A-B&mac=52:54:00:00:00:01", Some("by-uuid")),
+            ("uuid=0a-b", Some("default")),
+            ("uuid=0a-b&rack=r9", Some("by-uuid")),
+            ("uuid=0A-B&rack=r9&mac=52:54:00:00:00:01", Some("by-uuid")),
         ];
         for (query, want) in table {
-            let got = inv.select(&Facts::from_query(query)).map(|g| g.name.as_str());
+            let got = inv
+                .select(&Facts::from_query(query))
+                .map(|g| g.name.as_str());
             assert_eq!(got, *want, "query {query:?}");
         }
         // Without a default group, an unknown machine matches nothing.
@@ -851,7 +870,9 @@ mod tests {
             &with_groups("  - name: one\n    profile: p\n    selector: {mac: 52:54:00:00:00:01}\n"),
         )
         .unwrap();
-        assert!(inv.select(&Facts::from_query("mac=52:54:00:00:00:02")).is_none());
+        assert!(inv
+            .select(&Facts::from_query("mac=52:54:00:00:00:02"))
+            .is_none());
     }
 
     #[test]
@@ -905,7 +926,7 @@ mod tests {
         let table: &[(&str, &str)] = &[
             (
                 "profiles:\n  - name: p\n    image: img\n    kernel: x\n",
-                "inv.yaml:4:5: profiles[0]: unknown field `kernel`",
+                "inv.yaml:4:5: profiles[0].kernel: unknown field `kernel`, expected one of `name`, `image`",
             ),
             (
                 "profiles:\n  - name: p\n    image: img\n    boot: disk\n",

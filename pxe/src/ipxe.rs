@@ -132,9 +132,7 @@ pub fn metadata_env(group: &Group, facts: &Facts) -> String {
         flatten(&k.to_ascii_uppercase(), v, &mut out);
     }
     out.insert("GROUP".into(), group.name.clone());
-    out.iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect()
+    out.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
 
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
@@ -178,8 +176,16 @@ mod tests {
     fn no_match_script_retries_and_is_inert() {
         let f = Facts::from_query("mac=52:54:00:00:00:09&hostname=a${b}");
         let s = no_match_script(&f, "http://h:1/boot.ipxe");
-        assert!(s.starts_with("#!ipxe\necho cairn: no group matches mac 52:54:00:00:00:09 hostname a??b?\n"), "{s}");
-        assert!(s.contains("\nsleep 30\nchain --replace --autofree http://h:1/boot.ipxe\n"), "{s}");
+        assert!(
+            s.starts_with(
+                "#!ipxe\necho cairn: no group matches mac 52:54:00:00:00:09 hostname a??b?\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("\nsleep 30\nchain --replace --autofree http://h:1/boot.ipxe\n"),
+            "{s}"
+        );
         assert!(!s.contains("kernel"));
     }
 

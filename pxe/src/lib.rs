@@ -20,7 +20,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 pub use facts::{Facts, Mac};
-pub use inventory::{BootMode, Group, Inventory, InventoryError, Profile, RenderContext, Transport};
+pub use inventory::{
+    BootMode, Group, Inventory, InventoryError, Profile, RenderContext, Transport,
+};
 pub use server::{LocalAddrs, Server, ServerConfig, Stopper, IPXE_FILES};
 pub use status::{Machine, Stage};
 
@@ -52,8 +54,12 @@ impl ServeArgs {
     /// The server configuration these arguments describe.
     pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
         if let Some(u) = &self.public_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(char::is_whitespace) {
-                anyhow::bail!("--public-url {u:?}: expected an http:// URL such as http://10.0.0.1:8080");
+            if !(u.starts_with("http://") || u.starts_with("https://"))
+                || u.contains(char::is_whitespace)
+            {
+                anyhow::bail!(
+                    "--public-url {u:?}: expected an http:// URL such as http://10.0.0.1:8080"
+                );
             }
         }
         Ok(ServerConfig {

@@ -58,11 +58,13 @@ pub(crate) struct Shared {
 impl Shared {
     fn reload(&self) -> Result<(), InventoryError> {
         let new = Inventory::load(&self.config_path)?;
-        check_transports(&new, self.tftp_port.get().is_some()).map_err(|m| InventoryError::Invalid {
-            path: self.config_path.display().to_string(),
-            line: 1,
-            key: "profiles".into(),
-            message: m,
+        check_transports(&new, self.tftp_port.get().is_some()).map_err(|m| {
+            InventoryError::Invalid {
+                path: self.config_path.display().to_string(),
+                line: 1,
+                key: "profiles".into(),
+                message: m,
+            }
         })?;
         tracing::info!(
             config = %self.config_path.display(),
@@ -270,10 +272,7 @@ async fn metadata(
     let who = facts.machine_key(&peer.ip().to_string());
     let inv = s.inventory.load();
     match inv.select(&facts) {
-        Some(group) => tagged(
-            text(StatusCode::OK, ipxe::metadata_env(group, &facts)),
-            who,
-        ),
+        Some(group) => tagged(text(StatusCode::OK, ipxe::metadata_env(group, &facts)), who),
         None => tagged(
             text(
                 StatusCode::NOT_FOUND,
@@ -640,4 +639,3 @@ impl Stopper {
         let _ = self.0.send(true);
     }
 }
-

@@ -96,17 +96,17 @@ impl StatusTable {
         let m = t.entry(s.key.clone()).or_insert_with(|| {
             is_new = true;
             Machine {
-            key: s.key.clone(),
-            mac: None,
-            uuid: None,
-            hostname: None,
-            serial: None,
-            ip: s.ip.clone(),
-            group: None,
-            profile: None,
-            stage,
-            last_seen: now.clone(),
-        }
+                key: s.key.clone(),
+                mac: None,
+                uuid: None,
+                hostname: None,
+                serial: None,
+                ip: s.ip.clone(),
+                group: None,
+                profile: None,
+                stage,
+                last_seen: now.clone(),
+            }
         });
         let changed = is_new || m.stage != stage || (s.group.is_some() && m.group != s.group);
         m.mac = s.mac.or(m.mac.take());
@@ -138,7 +138,10 @@ impl StatusTable {
     pub fn record_by_ip(&self, ip: &str, stage: Stage) -> Option<String> {
         let s = {
             let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            let m = t.values().filter(|m| m.ip == ip).max_by(|a, b| a.last_seen.cmp(&b.last_seen))?;
+            let m = t
+                .values()
+                .filter(|m| m.ip == ip)
+                .max_by(|a, b| a.last_seen.cmp(&b.last_seen))?;
             Sighting {
                 key: m.key.clone(),
                 ip: ip.to_string(),
@@ -181,7 +184,10 @@ mod tests {
             },
             Stage::Script,
         );
-        assert_eq!(t.record_by_ip("10.0.0.1", Stage::Kernel).as_deref(), Some("52:54:00:00:00:01"));
+        assert_eq!(
+            t.record_by_ip("10.0.0.1", Stage::Kernel).as_deref(),
+            Some("52:54:00:00:00:01")
+        );
         assert_eq!(t.record_by_ip("10.0.0.2", Stage::Kernel), None);
         let rows = t.snapshot();
         assert_eq!(rows.len(), 1);

@@ -27,7 +27,7 @@ groups:
     metadata: {hostname: node1, role: etcd, nested: {a: 1, b: x}}
   - name: rack2
     profile: state
-    selector: {rack: r2}
+    selector: {rack: r2, row: 7}
 ";
 
 struct Fixture {
@@ -91,7 +91,12 @@ fn machine_script_http_transport_and_mac_forms() {
         "52%3a54%3a00%3a12%3a34%3a56",
         "52-54-00-12-34-56".to_uppercase().as_str(),
     ] {
-        let r = get(&s.url(&format!("/ipxe?mac={mac}&uuid=&hostname=&serial=&arch=x86_64&platform=efi")), &[]);
+        let r = get(
+            &s.url(&format!(
+                "/ipxe?mac={mac}&uuid=&hostname=&serial=&arch=x86_64&platform=efi"
+            )),
+            &[],
+        );
         assert_eq!(r.status, 200, "{mac}");
         let t = r.text();
         assert!(t.starts_with("#!ipxe\n"), "{t}");
@@ -106,17 +111,27 @@ fn machine_script_http_transport_and_mac_forms() {
     }
     // The cloud-config URL in the script selects the same group and renders.
     let t = get(&s.url("/ipxe?mac=52-54-00-12-34-56"), &[]).text();
-    let url = t.split("cloud-config-url=").nth(1).unwrap().split_whitespace().next().unwrap();
+    let url = t
+        .split("cloud-config-url=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
     let cc = get(url, &[]);
     assert_eq!(cc.status, 200);
-    assert!(cc.text().starts_with("#cloud-config\nhostname: node1\n"), "{}", cc.text());
+    assert!(
+        cc.text().starts_with("#cloud-config\nhostname: node1\n"),
+        "{}",
+        cc.text()
+    );
 }
 
 #[test]
 fn machine_script_tftp_transport_and_disk_state() {
     let f = fixture(1000);
     let s = start(&f);
-    let t = get(&s.url("/ipxe?mac=52:54:00:00:00:77&rack=r2"), &[]).text();
+    let t = get(&s.url("/ipxe?mac=52:54:00:00:00:77&rack=r2&row=7"), &[]).text();
     let tftp = format!("tftp://127.0.0.1:{}", s.tftp.unwrap().port());
     let lines: Vec<&str> = t.lines().collect();
     assert_eq!(
@@ -129,15 +144,25 @@ fn machine_script_tftp_transport_and_disk_state() {
         format!("initrd --name pxe-initrd.img {tftp}/assets/lab-1.0/pxe-initrd.img")
     );
     // --public-url decides the host of both HTTP and TFTP URLs.
-    let s2 = TestServer::try_start(&f.config, true, &f.ipxe, Some("http://10.9.8.7:8080/")).unwrap();
-    let t = get(&s2.url("/ipxe?rack=r2"), &[]).text();
+    let s2 =
+        TestServer::try_start(&f.config, true, &f.ipxe, Some("http://10.9.8.7:8080/")).unwrap();
+    let t = get(&s2.url("/ipxe?rack=r2&row=7"), &[]).text();
     assert!(
-        t.contains(&format!("kernel tftp://10.9.8.7:{}/assets/lab-1.0/vmlinuz", s2.tftp.unwrap().port())),
+        t.contains(&format!(
+            "kernel tftp://10.9.8.7:{}/assets/lab-1.0/vmlinuz",
+            s2.tftp.unwrap().port()
+        )),
         "{t}"
     );
     let t = get(&s2.url("/ipxe?mac=52:54:00:12:34:56"), &[]).text();
-    assert!(t.contains("kernel http://10.9.8.7:8080/assets/lab-1.0/vmlinuz "), "{t}");
-    assert!(t.contains(" cloud-config-url=http://10.9.8.7:8080/cloud-config?mac="), "{t}");
+    assert!(
+        t.contains("kernel http://10.9.8.7:8080/assets/lab-1.0/vmlinuz "),
+        "{t}"
+    );
+    assert!(
+        t.contains(" cloud-config-url=http://10.9.8.7:8080/cloud-config?mac="),
+        "{t}"
+    );
 }
 
 #[test]
@@ -157,7 +182,10 @@ fn tftp_profiles_need_tftp() {
 fn unknown_machines_get_a_retry_script_and_no_image() {
     let f = fixture(100);
     let s = start(&f);
-    let r = get(&s.url("/ipxe?mac=52:54:00:99:99:99&uuid=1234-AB&hostname=&serial="), &[]);
+    let r = get(
+        &s.url("/ipxe?mac=52:54:00:99:99:99&uuid=1234-AB&hostname=&serial="),
+        &[],
+    );
     assert_eq!(r.status, 200, "iPXE runs only 2xx scripts");
     let t = r.text();
     assert_eq!(
@@ -171,11 +199,17 @@ fn unknown_machines_get_a_retry_script_and_no_image() {
     let cc = get(&s.url("/cloud-config?mac=52:54:00:99:99:99"), &[]);
     assert_eq!(cc.status, 404);
     assert_eq!(cc.text(), "cairn: no group matches mac 52:54:00:99:99:99\n");
-    assert_eq!(get(&s.url("/metadata?mac=52:54:00:99:99:99"), &[]).status, 404);
+    assert_eq!(
+        get(&s.url("/metadata?mac=52:54:00:99:99:99"), &[]).status,
+        404
+    );
     // A group whose profile has no template: 404 naming it.
-    let r = get(&s.url("/cloud-config?rack=r2"), &[]);
+    let r = get(&s.url("/cloud-config?rack=r2&row=7"), &[]);
     assert_eq!(r.status, 404);
-    assert_eq!(r.text(), "cairn: group \"rack2\" (profile \"state\") has no cloud_config\n");
+    assert_eq!(
+        r.text(),
+        "cairn: group \"rack2\" (profile \"state\") has no cloud_config\n"
+    );
 }
 
 #[test]
@@ -217,11 +251,17 @@ fn ranges_etags_and_conditionals() {
     let url = s.url("/assets/lab-1.0/vmlinuz");
     let full = get(&url, &[]);
     assert_eq!(full.status, 200);
-    assert_eq!(full.header("content-length"), Some(len.to_string().as_str()));
+    assert_eq!(
+        full.header("content-length"),
+        Some(len.to_string().as_str())
+    );
     assert_eq!(full.header("accept-ranges"), Some("bytes"));
     assert!(full.body == data, "full body differs");
     let tag = full.header("etag").unwrap().to_string();
-    assert!(tag.starts_with('"') && !tag.starts_with("W/"), "strong ETag: {tag}");
+    assert!(
+        tag.starts_with('"') && !tag.starts_with("W/"),
+        "strong ETag: {tag}"
+    );
     let l = len as u64;
     // (Range, expected start, expected end inclusive)
     let table: &[(String, u64, u64)] = &[
@@ -235,14 +275,31 @@ fn ranges_etags_and_conditionals() {
     for (range, a, b) in table {
         let r = get(&url, &[("Range", range)]);
         assert_eq!(r.status, 206, "{range}");
-        assert_eq!(r.header("content-range"), Some(format!("bytes {a}-{b}/{l}").as_str()), "{range}");
-        assert_eq!(r.header("content-length"), Some((b - a + 1).to_string().as_str()));
-        assert!(r.body == data[*a as usize..=*b as usize], "{range}: body differs");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {a}-{b}/{l}").as_str()),
+            "{range}"
+        );
+        assert_eq!(
+            r.header("content-length"),
+            Some((b - a + 1).to_string().as_str())
+        );
+        assert!(
+            r.body == data[*a as usize..=*b as usize],
+            "{range}: body differs"
+        );
     }
-    for range in [format!("bytes={l}-"), "bytes=-0".to_string(), format!("bytes={}-{}", l + 5, l + 9)] {
+    for range in [
+        format!("bytes={l}-"),
+        "bytes=-0".to_string(),
+        format!("bytes={}-{}", l + 5, l + 9),
+    ] {
         let r = get(&url, &[("Range", &range)]);
         assert_eq!(r.status, 416, "{range}");
-        assert_eq!(r.header("content-range"), Some(format!("bytes */{l}").as_str()));
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes */{l}").as_str())
+        );
     }
     // Conditional requests.
     let r = get(&url, &[("If-None-Match", &tag)]);
@@ -263,7 +320,10 @@ fn ranges_etags_and_conditionals() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"new kernel");
     // HEAD: headers, no body.
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let h = agent.head(&url).call().unwrap();
     assert_eq!(h.headers().get("content-length").unwrap(), "10");
 }
@@ -305,7 +365,10 @@ fn traversal_is_refused_and_nothing_outside_is_served() {
         assert!(!r.text().contains("TOP SECRET"), "{t} leaked the file");
     }
     assert_eq!(raw_get(s.http, "/assets/lab-1.0/escape").status, 403);
-    assert_eq!(raw_get(s.http, "/assets/lab-1.0/%2e%2e/%2e%2e/secret").status, 403);
+    assert_eq!(
+        raw_get(s.http, "/assets/lab-1.0/%2e%2e/%2e%2e/secret").status,
+        403
+    );
     // A symlink inside the folder is fine.
     let r = raw_get(s.http, "/assets/lab-1.0/kernel-link");
     assert_eq!(r.status, 200);
@@ -316,7 +379,10 @@ fn traversal_is_refused_and_nothing_outside_is_served() {
 fn machine_table_follows_the_boot() {
     let f = fixture(100);
     let s = start(&f);
-    get(&s.url("/ipxe?mac=52:54:00:12:34:56&uuid=U1&hostname=&serial="), &[]);
+    get(
+        &s.url("/ipxe?mac=52:54:00:12:34:56&uuid=U1&hostname=&serial="),
+        &[],
+    );
     let m = s.server().machines();
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].stage, cairn_pxe::Stage::Script);
@@ -348,28 +414,38 @@ fn machine_table_follows_the_boot() {
 fn reload_swaps_valid_inventories_and_keeps_the_old_on_error() {
     let f = fixture(100);
     let s = start(&f);
-    let g = |q: &str| get(&s.url(&format!("/metadata?{q}")), &[]);
+    let g = |q: &str| get(&s.url(&format!("/metadata?{q}&row=7")), &[]);
     assert_eq!(g("rack=r3").status, 404);
     // A download in flight keeps going across a reload.
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
     let mut inflight = agent.get(&s.url("/assets/lab-1.0/vmlinuz")).call().unwrap();
     // Valid: rack r3 now has a group.
-    std::fs::write(
-        &f.config,
-        INVENTORY.replace("rack: r2", "rack: r3"),
-    )
-    .unwrap();
+    std::fs::write(&f.config, INVENTORY.replace("rack: r2", "rack: r3")).unwrap();
     s.server().reload().unwrap();
     assert_eq!(g("rack=r3").status, 200);
     assert_eq!(g("rack=r2").status, 404);
     // Invalid (unknown key): refused, old inventory stays.
-    std::fs::write(&f.config, INVENTORY.replace("rack: r2", "rack: r4").replace("    boot: disk-state\n", "    boot: disk-state\n    colour: red\n")).unwrap();
+    std::fs::write(
+        &f.config,
+        INVENTORY.replace("rack: r2", "rack: r4").replace(
+            "    boot: disk-state\n",
+            "    boot: disk-state\n    colour: red\n",
+        ),
+    )
+    .unwrap();
     let e = s.server().reload().unwrap_err().to_string();
-    assert!(e.contains("inventory.yaml:10:5: profiles[1]: unknown field `colour`"), "{e}");
+    assert!(
+        e.contains("inventory.yaml:9:5: profiles[1].colour: unknown field `colour`"),
+        "{e}"
+    );
     assert_eq!(g("rack=r3").status, 200);
     assert_eq!(g("rack=r4").status, 404);
     // Invalid template: refused too.
-    std::fs::write(f.root.join("t.yaml.j2"), "#cloud-config\nhostname: {{ metadata.missing }}\n").unwrap();
+    std::fs::write(
+        f.root.join("t.yaml.j2"),
+        "#cloud-config\nhostname: {{ metadata.missing }}\n",
+    )
+    .unwrap();
     std::fs::write(&f.config, INVENTORY).unwrap();
     let e = s.server().reload().unwrap_err().to_string();
     assert!(e.contains("t.yaml.j2:2: groups[0] (node1)"), "{e}");
@@ -383,18 +459,29 @@ fn invalid_templates_refuse_to_start() {
     let f = fixture(100);
     std::fs::write(
         f.root.join("t.yaml.j2"),
-        "#cloud-config\nhostname: {{ metadata.hostname }}\nusers:\n  - name: core\n    groups: nope\n",
+        "#cloud-config\nhostname: {{ metadata.hostname }}\ncoreos:\n  units:\n    - name: a.service\n      command: lol\n",
     )
     .unwrap();
-    let e = TestServer::try_start(&f.config, true, &f.ipxe, None).err().unwrap();
+    let e = TestServer::try_start(&f.config, true, &f.ipxe, None)
+        .err()
+        .unwrap();
     let e = format!("{e:#}");
     assert!(e.contains("t.yaml.j2:"), "{e}");
-    assert!(e.contains("groups[0] (node1): rendered cloud-config for group \"node1\" (line 11 of"), "{e}");
+    assert!(
+        e.contains("groups[0] (node1): rendered cloud-config for group \"node1\" (line 11 of"),
+        "{e}"
+    );
 }
 
 fn curl() -> &'static str {
-    let ok = Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(ok, "this test needs curl with TFTP support (Debian package curl)");
+    let ok = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "this test needs curl with TFTP support (Debian package curl)"
+    );
     "curl"
 }
 
@@ -409,7 +496,11 @@ fn tftp_serves_ipxe_binaries_assets_and_boot_script() {
             .arg(format!("tftp://{tftp}/{path}"))
             .output()
             .unwrap();
-        (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, body, err) = fetch("undionly.kpxe");
     assert!(ok, "{err}");
@@ -421,10 +512,18 @@ fn tftp_serves_ipxe_binaries_assets_and_boot_script() {
     assert!(ok);
     let text = String::from_utf8(body).unwrap();
     assert!(
-        text.starts_with(&format!("#!ipxe\nchain http://${{next-server}}:{}/ipxe?mac=${{mac:hexhyp}}", s.http.port())),
+        text.starts_with(&format!(
+            "#!ipxe\nchain http://${{next-server}}:{}/ipxe?mac=${{mac:hexhyp}}",
+            s.http.port()
+        )),
         "{text}"
     );
-    for bad in ["assets/lab-1.0/../../secret", "assets/../inventory.yaml", "inventory.yaml", "ipxe/undionly.kpxe"] {
+    for bad in [
+        "assets/lab-1.0/../../secret",
+        "assets/../inventory.yaml",
+        "inventory.yaml",
+        "ipxe/undionly.kpxe",
+    ] {
         let (ok, body, _) = fetch(bad);
         assert!(!ok && body.is_empty(), "{bad} was served");
     }
@@ -439,7 +538,11 @@ fn example_inventory_loads() {
     std::fs::create_dir_all(ex.join("cloud")).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     std::fs::copy(src.join("lab.yaml"), ex.join("lab.yaml")).unwrap();
-    std::fs::copy(src.join("cloud/node.yaml.j2"), ex.join("cloud/node.yaml.j2")).unwrap();
+    std::fs::copy(
+        src.join("cloud/node.yaml.j2"),
+        ex.join("cloud/node.yaml.j2"),
+    )
+    .unwrap();
     image(dir.path(), "out", "1.0", 10);
     std::fs::write(
         dir.path().join("out/manifest.json"),
@@ -449,14 +552,35 @@ fn example_inventory_loads() {
     let inv = cairn_pxe::Inventory::load(&ex.join("lab.yaml")).unwrap();
     assert_eq!(inv.profiles.len(), 2);
     assert_eq!(inv.groups.len(), 3);
+    assert_eq!(
+        inv.select(&cairn_pxe::Facts::from_query(
+            "mac=52-54-00-12-34-56&platform=efi"
+        ))
+        .unwrap()
+        .name,
+        "node1"
+    );
     let s = TestServer::start(&ex.join("lab.yaml"), true, dir.path());
     let cc = get(&s.url("/cloud-config?mac=52:54:00:12:34:56"), &[]).text();
-    assert!(cc.starts_with("#cloud-config\nhostname: node1\nssh_authorized_keys:\n  - ssh-ed25519 "), "{cc}");
+    assert!(
+        cc.starts_with("#cloud-config\nhostname: node1\nssh_authorized_keys:\n  - ssh-ed25519 "),
+        "{cc}"
+    );
     let report = cairn_cloudconfig::validate(&cc);
     assert!(!report.has_errors(), "{cc}\n{report:?}");
     let cc = get(&s.url("/cloud-config?mac=52:54:00:aa:bb:cc"), &[]).text();
-    assert!(cc.starts_with("#cloud-config\nhostname: node-525400aabbcc\nssh_authorized_keys: []\n"), "{cc}");
+    assert!(
+        cc.starts_with("#cloud-config\nhostname: node-525400aabbcc\nssh_authorized_keys: []\n"),
+        "{cc}"
+    );
     assert!(!cairn_cloudconfig::validate(&cc).has_errors(), "{cc}");
-    let t = get(&s.url("/ipxe?mac=52:54:00:aa:bb:cc&rack=r1"), &[]).text();
-    assert!(t.contains("cairn.state=label:cairn-state console=ttyS0,115200"), "{t}");
+    let t = get(
+        &s.url("/ipxe?mac=52:54:00:aa:bb:cc&rack=r1&platform=efi"),
+        &[],
+    )
+    .text();
+    assert!(
+        t.contains("cairn.state=label:cairn-state console=ttyS0,115200"),
+        "{t}"
+    );
 }
