@@ -334,7 +334,7 @@ fn traversal_is_refused_and_nothing_outside_is_served() {
     std::fs::write(f.root.join("secret"), b"TOP SECRET").unwrap();
     std::fs::write(f.root.join("images/secret"), b"TOP SECRET").unwrap();
     std::os::unix::fs::symlink("../../secret", f.root.join("images/lab/escape")).unwrap();
-    std::os::unix::fs::symlink(&f.root.join("secret"), f.root.join("images/lab/absolute")).unwrap();
+    std::os::unix::fs::symlink(f.root.join("secret"), f.root.join("images/lab/absolute")).unwrap();
     std::os::unix::fs::symlink("vmlinuz", f.root.join("images/lab/kernel-link")).unwrap();
     let s = start(&f);
     let targets = [
