@@ -1,10 +1,13 @@
-//! Builds the static `/init` (crate `cairn-initrd`) that `cairn build` puts
-//! into every initramfs, and hands its path to the builder through
-//! `CAIRN_INIT_PATH` so the `cairn` binary carries it (include_bytes!).
+//! Builds the static programs `cairn build` puts into images: `/init`
+//! (crate `cairn-initrd`, in every initramfs) and the on-host agent
+//! `cairn-cloudinit` (in every root image), and hands their paths to the
+//! builder through `CAIRN_INIT_PATH` and `CAIRN_CLOUDINIT_PATH` so the
+//! `cairn` binary carries them (include_bytes!).
 //!
-//! A nested cargo with its own target directory: `/init` must be linked with
-//! `-C target-feature=+crt-static`, which cannot apply to the rest of the
-//! workspace (proc-macros cannot be static).
+//! A nested cargo with its own target directory: they must be linked with
+//! `-C target-feature=+crt-static` (an image's glibc need not match the
+//! workstation's), which cannot apply to the rest of the workspace
+//! (proc-macros cannot be static).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,6 +62,10 @@ fn main() {
             "cairn-initrd",
             "--bin",
             "init",
+            "-p",
+            "cairn-cloudinit",
+            "--bin",
+            "cairn-cloudinit",
             "--target",
             target,
         ])
@@ -77,25 +84,41 @@ fn main() {
         .expect("running cargo to build the static /init");
     assert!(
         status.success(),
-        "building the static /init (cairn-initrd) failed"
+        "building the static /init (cairn-initrd) and cairn-cloudinit failed"
     );
     let init = target_dir.join(target).join("release/init");
     assert!(init.exists(), "{} was not built", init.display());
     println!("cargo:rustc-env=CAIRN_INIT_PATH={}", init.display());
+    let cloudinit = target_dir.join(target).join("release/cairn-cloudinit");
+    assert!(cloudinit.exists(), "{} was not built", cloudinit.display());
+    println!(
+        "cargo:rustc-env=CAIRN_CLOUDINIT_PATH={}",
+        cloudinit.display()
+    );
 
     // What the image bytes depend on besides the definition and the lock:
     // the code of the builder and the crates it packs with, and the lock of
     // their dependencies. Part of the output's up-to-date fingerprint.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for d in ["builder/src", "debian/src", "initrd/src", "disk/src"] {
+    for d in [
+        "builder/src",
+        "debian/src",
+        "initrd/src",
+        "disk/src",
+        "cloudinit/src",
+        "cloudinit/units",
+        "cloudconfig/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(d).display());
         hash_tree(&mut h, &root.join(d));
     }
     hash_tree(&mut h, &root.join("Cargo.lock"));
-    if let Ok(bin) = std::fs::read(&init) {
-        for b in bin {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100_0000_01b3);
+    for bin in [&init, &cloudinit] {
+        if let Ok(bin) = std::fs::read(bin) {
+            for b in bin {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x100_0000_01b3);
+            }
         }
     }
     println!("cargo:rustc-env=CAIRN_SOURCE_HASH={h:016x}");

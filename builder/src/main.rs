@@ -81,6 +81,9 @@ enum Command {
         #[arg(long)]
         persist: bool,
     },
+    /// Netboot machines: TFTP and HTTP (iPXE scripts, image assets,
+    /// per-machine cloud-config) from an inventory of profiles and groups.
+    Serve(cairn_pxe::ServeArgs),
     /// Check cloud-config files as `coreos-cloudinit -validate` does: one
     /// line per finding (`FILE:LINE: error|warning|info: MESSAGE`); exits
     /// non-zero when there is any finding.
@@ -173,6 +176,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
+        Command::Serve(args) => cairn_pxe::run(args).map(|()| ExitCode::SUCCESS),
         Command::Inspect { path } => inspect(&path).map(|()| ExitCode::SUCCESS),
         Command::Vm {
             target,

@@ -17,6 +17,7 @@ use crate::debfile::InstalledPackage;
 use crate::definition::Definition;
 use crate::tree::{Entry, Tree, TreeError};
 
+pub mod agents;
 pub mod alternatives;
 pub mod basefiles;
 pub mod ca;
@@ -201,7 +202,8 @@ pub(crate) fn exists(tree: &Tree, path: &str) -> bool {
 /// 12. `cleanup`: the package manager, dangling unit links, the definition's `drop` globs.
 pub fn apply_all(tree: &mut Tree, ctx: &Context<'_>) -> Result<Vec<Report>, FixupError> {
     type Fixup = fn(&mut Tree, &Context<'_>) -> Result<Report, FixupError>;
-    let fixups: [Fixup; 12] = [
+    let fixups: [Fixup; 13] = [
+        agents::apply,
         overlay::apply,
         users::apply,
         permissions::apply,
@@ -318,6 +320,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "agents",
                 "overlay",
                 "users",
                 "permissions",

@@ -504,9 +504,11 @@ pub fn apply(tree: &mut Tree, ctx: &Context<'_>) -> Result<Report, FixupError> {
         }
     }
     // 3. cairn's units
-    if find_unit(tree, KEYGEN_UNIT).is_some() {
-        if let Err(e) = en.enable(tree, KEYGEN_UNIT)? {
-            tracing::warn!(unit = KEYGEN_UNIT, ?e, "not enabled");
+    for unit in std::iter::once(KEYGEN_UNIT).chain(super::agents::AGENT_UNITS.iter().copied()) {
+        if find_unit(tree, unit).is_some() {
+            if let Err(e) = en.enable(tree, unit)? {
+                tracing::warn!(unit, ?e, "not enabled");
+            }
         }
     }
     // 4. the definition
