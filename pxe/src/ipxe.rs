@@ -86,12 +86,12 @@ pub fn no_match_script(facts: &Facts, boot_url: &str) -> String {
     )
 }
 
-/// The facts a machine sent, as a query string for its cloud-config URL (so the same group is selected).
+/// The facts a machine sent, as a query string for its cloud-config URL: all of them, so that the same
+/// group is selected (a group may select on `platform` or any label).
 pub fn facts_query(facts: &Facts) -> String {
     facts
         .labels
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "arch" | "platform"))
         .map(|(k, v)| {
             format!(
                 "{}={}",
@@ -193,11 +193,10 @@ mod tests {
     fn facts_query_round_trips() {
         let f = Facts::from_query("mac=52-54-00-00-00-09&serial=a b&arch=x86_64&rack=r%261");
         let q = facts_query(&f);
-        assert_eq!(q, "mac=52%3A54%3A00%3A00%3A00%3A09&rack=r%261&serial=a%20b");
-        assert_eq!(Facts::from_query(&q).labels, {
-            let mut l = f.labels.clone();
-            l.remove("arch");
-            l
-        });
+        assert_eq!(
+            q,
+            "arch=x86_64&mac=52%3A54%3A00%3A00%3A00%3A09&rack=r%261&serial=a%20b"
+        );
+        assert_eq!(Facts::from_query(&q).labels, f.labels);
     }
 }

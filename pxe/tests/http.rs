@@ -82,7 +82,7 @@ fn machine_script_http_transport_and_mac_forms() {
     let s = start(&f);
     let base = format!("http://{}", s.http);
     let want_kernel = format!(
-        "kernel {base}/assets/lab-1.0/vmlinuz initrd=pxe-initrd.img cairn.root=ram console=ttyS0 cloud-config-url={base}/cloud-config?mac=52%3A54%3A00%3A12%3A34%3A56"
+        "kernel {base}/assets/lab-1.0/vmlinuz initrd=pxe-initrd.img cairn.root=ram console=ttyS0 cloud-config-url={base}/cloud-config?arch=x86_64&mac=52%3A54%3A00%3A12%3A34%3A56&platform=efi"
     );
     for mac in [
         "52:54:00:12:34:56",
