@@ -240,10 +240,13 @@ coreos:
     assert!(hello.contains("Hello World"));
 
     // etcd with the name and URLs from coreos.etcd2 ($private_ipv4 = slirp's 10.0.2.15)
-    let members = sh(
+    sh(
         &mut vm,
-        "for i in $(seq 60); do etcdctl member list 2>/dev/null | grep -q node1 && break; sleep 1; done; etcdctl member list",
+        "e='etcdctl --dial-timeout=1s --command-timeout=2s'; \
+         for i in $(seq 25); do $e member list 2>/dev/null | grep -q node1 && exit 0; sleep 1; done; \
+         systemctl status etcd --no-pager; cat /run/systemd/system/etcd.service.d/20-cloudinit.conf; exit 1",
     );
+    let members = sh(&mut vm, "etcdctl member list");
     assert!(
         members.contains("node1")
             && members.contains("http://10.0.2.15:2380")

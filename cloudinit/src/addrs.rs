@@ -115,8 +115,14 @@ pub fn pick(
     }
 }
 
-/// The running machine's addresses (empty fields where unknown).
-pub fn detect() -> MachineAddresses {
+/// Which address families a user-data text substitutes: `(ipv4, ipv6)`.
+pub fn wanted_families(text: &str) -> (bool, bool) {
+    let has =
+        |v: &str| text.contains(&format!("$public_{v}")) || text.contains(&format!("$private_{v}"));
+    (has("ipv4"), has("ipv6"))
+}
+
+fn detect_once() -> (Option<String>, Option<String>, MachineAddresses) {
     let v4 = std::fs::read_to_string("/proc/net/route")
         .ok()
         .and_then(|t| default_route_v4(&t));
@@ -124,6 +130,47 @@ pub fn detect() -> MachineAddresses {
         .ok()
         .and_then(|t| default_route_v6(&t));
     let found = pick(v4.as_deref(), v6.as_deref(), &interface_addresses());
+    (v4, v6, found)
+}
+
+/// The running machine's addresses, waiting up to `timeout` for those the
+/// user-data substitutes: `network-online.target` can be reached on an
+/// IPv6 address before DHCPv4 has answered, and an empty `$private_ipv4`
+/// would give etcd an unusable URL.
+pub fn detect_for(text: &str, timeout: std::time::Duration) -> MachineAddresses {
+    let (want4, want6) = wanted_families(text);
+    let start = std::time::Instant::now();
+    loop {
+        let (v4, v6, found) = detect_once();
+        let ok =
+            (!want4 || found.private_ipv4.is_some()) && (!want6 || found.private_ipv6.is_some());
+        if ok || start.elapsed() >= timeout {
+            if !ok {
+                tracing::warn!(
+                    "no {} address after {:.0?}: its variables substitute as empty",
+                    if want4 && found.private_ipv4.is_none() {
+                        "IPv4"
+                    } else {
+                        "IPv6"
+                    },
+                    timeout
+                );
+            }
+            log_found(v4, v6, &found);
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The running machine's addresses (empty fields where unknown).
+pub fn detect() -> MachineAddresses {
+    let (v4, v6, found) = detect_once();
+    log_found(v4, v6, &found);
+    found
+}
+
+fn log_found(v4: Option<String>, v6: Option<String>, found: &MachineAddresses) {
     tracing::info!(
         "addresses: default route IPv4 via {}, IPv6 via {}; private_ipv4={} private_ipv6={}",
         v4.as_deref().unwrap_or("(none)"),
@@ -137,12 +184,24 @@ pub fn detect() -> MachineAddresses {
             .map(|a| a.to_string())
             .unwrap_or_default(),
     );
-    found
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wanted_families_follow_the_variables() {
+        for (text, want) in [
+            ("etcd: http://$private_ipv4:2379", (true, false)),
+            ("a: $public_ipv4\nb: $private_ipv6", (true, true)),
+            ("a: $public_ipv6", (false, true)),
+            ("hostname: x", (false, false)),
+            ("a: private_ipv4", (false, false)),
+        ] {
+            assert_eq!(wanted_families(text), want, "{text}");
+        }
+    }
 
     const ROUTE: &str =
         "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT

@@ -127,7 +127,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                     if args.private_ipv4.is_some() || args.private_ipv6.is_some() || !live {
                         addrs::MachineAddresses::default()
                     } else {
-                        addrs::detect()
+                        addrs::detect_for(&text, std::time::Duration::from_secs(60))
                     };
                 if let Some(a) = args.private_ipv4 {
                     detected.private_ipv4 = Some(a);
