@@ -86,27 +86,53 @@ pub fn interface_addresses() -> Vec<(String, IpAddr)> {
 }
 
 /// Picks the first IPv4 and the first global IPv6 address of the
-/// default-route interfaces. Public is the same as private: the data sources
-/// cairn reads (kernel command line, state file, config drive) do not tell a
-/// public address apart.
+/// default-route interfaces. An interface without a default route of one
+/// family (a network with no gateway: QEMU's restricted user networking, an
+/// isolated cluster LAN) falls back to the other family's default-route
+/// interface, then to the first non-loopback interface with such an address.
+/// Public is the same as private: the data sources cairn reads (kernel
+/// command line, state file, config drive) do not tell a public address
+/// apart.
 pub fn pick(
     v4_iface: Option<&str>,
     v6_iface: Option<&str>,
     addrs: &[(String, IpAddr)],
 ) -> MachineAddresses {
-    let private_ipv4 = v4_iface.and_then(|i| {
+    let usable4 = |a: &Ipv4Addr| !a.is_loopback() && !a.is_link_local();
+    // skip loopback and link-local fe80::/10
+    let usable6 = |a: &Ipv6Addr| !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80;
+    let on = |iface: Option<&str>, want4: bool| -> Option<IpAddr> {
+        let i = iface?;
         addrs.iter().find_map(|(n, a)| match a {
-            IpAddr::V4(v4) if n == i => Some(*v4),
+            IpAddr::V4(v4) if want4 && n == i && usable4(v4) => Some(*a),
+            IpAddr::V6(v6) if !want4 && n == i && usable6(v6) => Some(*a),
             _ => None,
         })
-    });
-    let private_ipv6 = v6_iface.and_then(|i| {
+    };
+    let any = |want4: bool| -> Option<IpAddr> {
         addrs.iter().find_map(|(n, a)| match a {
-            // skip link-local fe80::/10
-            IpAddr::V6(v6) if n == i && (v6.segments()[0] & 0xffc0) != 0xfe80 => Some(*v6),
+            _ if n == "lo" => None,
+            IpAddr::V4(v4) if want4 && usable4(v4) => Some(*a),
+            IpAddr::V6(v6) if !want4 && usable6(v6) => Some(*a),
             _ => None,
         })
-    });
+    };
+    let v4 = |a: IpAddr| match a {
+        IpAddr::V4(x) => Some(x),
+        IpAddr::V6(_) => None,
+    };
+    let v6 = |a: IpAddr| match a {
+        IpAddr::V6(x) => Some(x),
+        IpAddr::V4(_) => None,
+    };
+    let private_ipv4 = on(v4_iface, true)
+        .or_else(|| on(v6_iface, true))
+        .or_else(|| any(true))
+        .and_then(v4);
+    let private_ipv6 = on(v6_iface, false)
+        .or_else(|| on(v4_iface, false))
+        .or_else(|| any(false))
+        .and_then(v6);
     MachineAddresses {
         public_ipv4: private_ipv4,
         private_ipv4,
@@ -242,8 +268,24 @@ fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
         assert_eq!(got.private_ipv4, Some("10.0.2.15".parse().unwrap()));
         assert_eq!(got.public_ipv4, got.private_ipv4);
         assert_eq!(got.private_ipv6, Some("fd00::15".parse().unwrap()));
-        assert_eq!(pick(None, None, &addrs), MachineAddresses::default());
-        assert_eq!(pick(Some("eth9"), None, &addrs).private_ipv4, None);
+        // no IPv4 default route (no gateway): the IPv6 route's interface
+        let got = pick(None, Some("eth0"), &addrs);
+        assert_eq!(got.private_ipv4, Some("10.0.2.15".parse().unwrap()));
+        // no route at all: the first non-loopback interface with an address
+        let got = pick(None, None, &addrs);
+        assert_eq!(got.private_ipv4, Some("192.168.1.5".parse().unwrap()));
+        assert_eq!(got.private_ipv6, Some("fd00::15".parse().unwrap()));
+        assert_eq!(
+            pick(Some("eth9"), None, &addrs).private_ipv4,
+            Some("192.168.1.5".parse().unwrap())
+        );
+        // only loopback and link-local: nothing
+        let lo: Vec<(String, IpAddr)> = vec![
+            ("lo".into(), "127.0.0.1".parse().unwrap()),
+            ("eth0".into(), "fe80::1".parse().unwrap()),
+            ("eth0".into(), "169.254.3.4".parse().unwrap()),
+        ];
+        assert_eq!(pick(None, None, &lo), MachineAddresses::default());
     }
 
     #[test]
