@@ -1,5 +1,5 @@
 //! `cairn serve` without the rest of the CLI, for benchmarks and manual tests:
-//! `cargo run -p cairn-pxe --example serve -- --config pxe/examples/lab.yaml --no-tftp`.
+//! `cargo run -p cairn-pxe --example serve -- --config examples/lab.yaml --no-tftp`.
 
 use clap::Parser;
 

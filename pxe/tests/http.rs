@@ -532,20 +532,20 @@ fn tftp_serves_ipxe_binaries_assets_and_boot_script() {
 
 #[test]
 fn example_inventory_loads() {
-    // The example refers to ../../out (the default `cairn build` output folder seen from pxe/examples/).
+    // The example refers to ../out/default (the README's `cairn build` output folder seen from examples/).
     let dir = tempfile::tempdir().unwrap();
-    let ex = dir.path().join("pxe/examples");
+    let ex = dir.path().join("examples");
     std::fs::create_dir_all(ex.join("cloud")).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     std::fs::copy(src.join("lab.yaml"), ex.join("lab.yaml")).unwrap();
     std::fs::copy(
         src.join("cloud/node.yaml.j2"),
         ex.join("cloud/node.yaml.j2"),
     )
     .unwrap();
-    image(dir.path(), "out", "1.0", 10);
+    image(dir.path(), "out/default", "1.0", 10);
     std::fs::write(
-        dir.path().join("out/manifest.json"),
+        dir.path().join("out/default/manifest.json"),
         r#"{"name":"cairn","version":"0.1.0"}"#,
     )
     .unwrap();
