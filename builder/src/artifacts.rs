@@ -207,15 +207,19 @@ pub fn compress(cpio: &[u8]) -> Result<Vec<u8>> {
     Ok(enc.finish()?)
 }
 
-/// The network-boot initramfs: the compressed initramfs followed by an
-/// uncompressed cpio holding the (already compressed) root image; the
-/// kernel unpacks concatenated archives in order.
+/// The network-boot initramfs: an uncompressed cpio holding the (already
+/// compressed) root image, padded to 512 bytes, followed by the compressed
+/// initramfs. The kernel unpacks concatenated archives in order, but only
+/// the last one may be compressed: after a zstd frame, Linux 6.1 does not
+/// find the next archive ("invalid magic at start of compressed archive"),
+/// so the uncompressed part comes first, as early microcode does.
 pub fn pxe_initramfs(initrd: &[u8], rootfs: &Path, mtime: u32) -> Result<Vec<u8>> {
     let image = std::fs::read(rootfs).with_context(|| format!("reading {}", rootfs.display()))?;
     let mut w = CpioWriter::new(Vec::new(), mtime);
     w.add_file(cairn_initrd::RAM_ROOT_IMAGE, 0o444, 0, 0, &image)?;
-    let mut out = initrd.to_vec();
-    out.extend_from_slice(&w.finish()?);
+    let mut out = w.finish()?;
+    out.resize(out.len().next_multiple_of(512), 0);
+    out.extend_from_slice(initrd);
     Ok(out)
 }
 
@@ -311,6 +315,30 @@ mod tests {
                 .unwrap();
         }
         t
+    }
+
+    #[test]
+    fn pxe_initramfs_puts_the_uncompressed_root_first_and_the_compressed_initrd_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs.squashfs");
+        std::fs::write(&root, b"hsqs root image").unwrap();
+        let initrd = compress(b"070701 not really a cpio").unwrap();
+        let pxe = pxe_initramfs(&initrd, &root, 0).unwrap();
+        assert!(
+            pxe.starts_with(b"070701"),
+            "an uncompressed newc archive first"
+        );
+        let split = pxe.len() - initrd.len();
+        assert_eq!(split % 512, 0, "the compressed archive starts 512-aligned");
+        assert_eq!(&pxe[split..], &initrd[..]);
+        assert_eq!(&pxe[split..split + 4], b"\x28\xb5\x2f\xfd", "zstd magic");
+        let cpio = &pxe[..split];
+        let trailer = cpio.windows(10).rposition(|w| w == b"TRAILER!!!").unwrap();
+        assert!(
+            cpio[trailer + 10..].iter().all(|&b| b == 0),
+            "only padding after the trailer"
+        );
+        assert!(cpio.windows(15).any(|w| w == b"hsqs root image"));
     }
 
     #[test]
