@@ -36,7 +36,7 @@ pub fn apply(tree: &mut Tree, _ctx: &Context<'_>) -> Result<Report, FixupError> 
     let files = files();
     for (path, data, mode) in &files {
         tree.insert(path, Entry::file(data.to_vec(), *mode, &origin))
-            .map_err(FixupError::tree(NAME, *path))?;
+            .map_err(FixupError::tree(NAME, path))?;
     }
     Ok(Report::new(
         NAME,
