@@ -22,24 +22,13 @@ use std::time::{Duration, Instant};
 use cairn_qemu::{Vm, VmConfig};
 
 mod common;
-use common::test_image;
+use common::{guest_sh, test_image};
 
 const BOOT: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(60);
 
-/// Run a command in the guest; panic with its output unless it succeeds.
 fn sh(vm: &mut Vm, script: &str) -> String {
-    let out = vm
-        .guest_exec(&["/bin/sh", "-c", script], CMD)
-        .unwrap_or_else(|e| panic!("running {script:?} in the guest: {e}"));
-    let stdout = out.stdout_str();
-    assert!(
-        out.success(),
-        "{script:?} failed ({:?}):\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    guest_sh(vm, script, CMD)
 }
 
 /// Wait until systemd has finished starting up; return `is-system-running`.

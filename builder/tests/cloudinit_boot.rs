@@ -24,7 +24,7 @@ use std::time::Duration;
 use cairn_qemu::{Vm, VmConfig};
 
 mod common;
-use common::test_image;
+use common::{guest_sh, test_image};
 
 const BOOT: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(90);
@@ -71,17 +71,7 @@ fn serve(files: BTreeMap<String, String>) -> Served {
 }
 
 fn sh(vm: &mut Vm, script: &str) -> String {
-    let out = vm
-        .guest_exec(&["/bin/sh", "-c", script], CMD)
-        .unwrap_or_else(|e| panic!("running {script:?} in the guest: {e}"));
-    let stdout = out.stdout_str();
-    assert!(
-        out.success(),
-        "{script:?} failed ({:?}):\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    guest_sh(vm, script, CMD)
 }
 
 fn boot(name: &str, out: &Path, disk: &Path, url: &str, http_port: u16) -> Vm {
@@ -189,7 +179,13 @@ coreos:
     // the missing fleet unit is reported, the rest applied
     assert!(journal.contains("fleet.service"), "{journal}");
 
-    // core logs in over SSH with the key from the config
+    // core logs in over SSH with the key from the config (once sshd,
+    // started after its first-boot host keys, listens)
+    sh(
+        &mut vm,
+        "for i in $(seq 60); do ss -ltnH 'sport = :22' | grep -q . && exit 0; sleep 1; done; \
+         systemctl status ssh --no-pager; exit 1",
+    );
     let port = vm.ssh_port().unwrap();
     let ssh = Command::new("ssh")
         .args([

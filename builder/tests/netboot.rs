@@ -17,24 +17,14 @@ use cairn_pxe::{Server, ServerConfig, Stage};
 use cairn_qemu::{Vm, VmConfig};
 
 mod common;
-use common::test_image;
+use common::{guest_sh, test_image};
 
 const BOOT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(60);
 const GUEST_HTTP: u16 = 8080;
 
 fn sh(vm: &mut Vm, script: &str) -> String {
-    let out = vm
-        .guest_exec(&["/bin/sh", "-c", script], CMD)
-        .unwrap_or_else(|e| panic!("running {script:?} in the guest: {e}"));
-    let stdout = out.stdout_str();
-    assert!(
-        out.success(),
-        "{script:?} failed ({:?}):\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    guest_sh(vm, script, CMD)
 }
 
 #[test]

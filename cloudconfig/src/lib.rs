@@ -14,7 +14,7 @@ pub use decode::{decode_content, decompress_user_data, parse_mode, ENCODINGS};
 pub use env::environment;
 pub use model::{
     CloudConfig, Coreos, DecodeError, DropIn, ModeError, ParseError, Unit, Update, User, UserData,
-    WriteFile,
+    WriteFile, UNIT_COMMANDS,
 };
 pub use parse::parse_user_data;
 pub use substitute::{substitute, Addresses, VARIABLES};

@@ -130,6 +130,17 @@ pub struct Update {
     pub server: Option<String>,
 }
 
+/// The systemctl commands a unit's `command:` may ask for.
+pub const UNIT_COMMANDS: [&str; 7] = [
+    "start",
+    "stop",
+    "restart",
+    "reload",
+    "try-restart",
+    "reload-or-restart",
+    "reload-or-try-restart",
+];
+
 /// One entry of `coreos.units`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Unit {

@@ -797,15 +797,7 @@ mod tests {
             &[(E, "invalid value lol", 3)],
         );
         check("coreos:\n  units:\n    - command: \"\"", &[]);
-        for cmd in [
-            "start",
-            "stop",
-            "restart",
-            "reload",
-            "try-restart",
-            "reload-or-restart",
-            "reload-or-try-restart",
-        ] {
+        for cmd in crate::UNIT_COMMANDS {
             check(&format!("coreos:\n  units:\n    - command: {cmd}"), &[]);
         }
         check(

@@ -4,35 +4,9 @@
 pub const CLOUD_CONFIG_URL: &str = "cloud-config-url";
 
 /// Splits a kernel command line into parameters. Double quotes group words
-/// (`key="a b"`) and are removed, as the kernel itself does.
-pub fn split(cmdline: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_quotes = false;
-    let mut any = false;
-    for c in cmdline.chars() {
-        match c {
-            '"' => {
-                in_quotes = !in_quotes;
-                any = true;
-            }
-            c if c.is_whitespace() && !in_quotes => {
-                if any {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        out.push(cur);
-    }
-    out
-}
+/// (`key="a b"`) and are removed, as the kernel itself does (the same
+/// splitting `/init` uses).
+pub use cairn_initrd::cmdline::split_words as split;
 
 /// The value of `cloud-config-url` (also spelled `cloud_config_url`) on a
 /// kernel command line. Given more than once, the last one with a value wins,

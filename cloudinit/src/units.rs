@@ -8,15 +8,7 @@ use anyhow::{bail, Context, Result};
 use crate::fsutil::{self, Written};
 
 /// The commands `command:` may ask for.
-pub const COMMANDS: [&str; 7] = [
-    "start",
-    "stop",
-    "restart",
-    "reload",
-    "try-restart",
-    "reload-or-restart",
-    "reload-or-try-restart",
-];
+pub use cairn_cloudconfig::UNIT_COMMANDS as COMMANDS;
 
 /// One unit to process: coreos.units entries and the units cairn-cloudinit
 /// makes itself (settings drop-ins).

@@ -77,3 +77,19 @@ pub fn test_image() -> PathBuf {
     );
     out
 }
+
+/// Run a shell command in a QEMU guest through its guest agent; panic with
+/// its output unless it succeeds. Returns its standard output.
+pub fn guest_sh(vm: &mut cairn_qemu::Vm, script: &str, timeout: std::time::Duration) -> String {
+    let out = vm
+        .guest_exec(&["/bin/sh", "-c", script], timeout)
+        .unwrap_or_else(|e| panic!("running {script:?} in the guest: {e}"));
+    let stdout = out.stdout_str();
+    assert!(
+        out.success(),
+        "{script:?} failed ({:?}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
