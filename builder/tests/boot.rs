@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_qemu::{Vm, VmConfig};
+use cairn_qemu::{DiskFormat, Vm, VmConfig};
 
 mod common;
 use common::{guest_sh, test_image};
@@ -94,8 +94,11 @@ fn check_running_system(vm: &mut Vm) {
 fn test_image_boots_from_disk_and_diskless() {
     let work = tempfile::tempdir().unwrap();
     let out = test_image();
-    let disk = work.path().join("disk.raw");
-    std::fs::copy(out.join("disk.raw"), &disk).expect("copying disk.raw");
+    // boots 1 and 2 share this disk: a qcow2 file over the test image
+    // (a copy of the 4 GiB raw image would not stay sparse)
+    let disk = work.path().join("disk.qcow2");
+    cairn_qemu::vm::create_overlay(&out.join("disk.raw"), DiskFormat::Raw, &disk)
+        .expect("qcow2 overlay over disk.raw");
 
     // --- 1. first boot from disk.raw under UEFI (persisted, so boot 2 sees it)
     let t = Instant::now();
@@ -211,23 +214,23 @@ fn test_image_boots_from_disk_and_diskless() {
     drop(vm);
 
     // --- 4. a damaged slot: /init explains and reboots
-    let broken = work.path().join("broken.raw");
-    std::fs::copy(&disk, &broken).unwrap();
-    let info = cairn_disk::inspect(&broken).unwrap();
+    let info = cairn_disk::inspect(&out.join("disk.raw")).unwrap();
     let slot = info
         .partitions
         .iter()
         .find(|p| p.name == "cairn-a")
         .unwrap();
-    {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&broken)
-            .unwrap();
-        f.seek(SeekFrom::Start(slot.offset())).unwrap();
-        f.write_all(&[0u8; 1 << 20]).unwrap(); // the squashfs superblock is gone
-    }
+    let broken = work.path().join("broken.qcow2");
+    cairn_qemu::vm::create_overlay(&out.join("disk.raw"), DiskFormat::Raw, &broken)
+        .expect("qcow2 overlay over disk.raw");
+    // the squashfs superblock is gone
+    let zero = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -z {} 1M", slot.offset()))
+        .arg(&broken)
+        .output()
+        .expect("running qemu-io (Debian package qemu-utils)");
+    assert!(zero.status.success(), "qemu-io: {zero:?}");
     let mut vm = Vm::start(
         VmConfig::new("broken-slot")
             .kernel(

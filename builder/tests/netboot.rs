@@ -8,8 +8,11 @@
 //!    mounts the root image from RAM (diskless); `cairn-cloudinit` fetches
 //!    the machine's rendered cloud-config from the server: its hostname and
 //!    file are there; the server's machine table followed every stage.
-//! 2. Legacy BIOS (SeaBIOS), a MAC no group matches: the console shows the
-//!    server's message and iPXE retries; no kernel is ever served to it.
+//! 2. Legacy BIOS (SeaBIOS), another known MAC: the same path to a running
+//!    system; each of the two machines has its own hostname and SSH key from
+//!    its own group, checked inside each VM.
+//! 3. Legacy BIOS, a MAC no group matches: the console shows the server's
+//!    message and iPXE retries; no kernel is ever served to it.
 
 use std::time::Duration;
 
@@ -27,6 +30,50 @@ fn sh(vm: &mut Vm, script: &str) -> String {
     guest_sh(vm, script, CMD)
 }
 
+/// Public halves of two throwaway ed25519 keys (`ssh-keygen -t ed25519`).
+const KEY_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAICX5qoqdSrprZZQOxMfpmUG1hoKVTD5zAM5lelsJIUav";
+const KEY_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIMdHFZLt67LHrYrSdIV4SsSAqLBdfFVl+FOFncX5mnPx";
+
+/// A machine the inventory knows came up diskless from the network with
+/// its own group's cloud-config applied.
+fn check_known_machine(vm: &mut Vm, mac: &str, host: &str, role: &str, key: &str) {
+    vm.wait_for("cairn-init:", BOOT)
+        .expect("the kernel and /init came over the network");
+    vm.wait_guest_agent(BOOT).expect("the guest agent answers");
+    sh(
+        vm,
+        "for i in $(seq 50); do s=$(systemctl show -P ActiveState cairn-cloudinit.service); \
+         [ \"$s\" = active ] || [ \"$s\" = failed ] && exit 0; sleep 1; done; exit 1",
+    );
+    let journal = sh(vm, "journalctl -b -u cairn-cloudinit --no-pager -o cat");
+    assert_eq!(sh(vm, "hostname").trim(), host, "{journal}");
+    assert_eq!(
+        sh(vm, "cat /etc/cairn/role"),
+        format!("role={role} group={host} mac={mac}\n")
+    );
+    let keys = sh(vm, "cat /home/core/.ssh/authorized_keys");
+    assert!(keys.contains(key), "{host}'s authorized_keys: {keys}");
+    for other in [KEY_A, KEY_B].into_iter().filter(|k| *k != key) {
+        assert!(!keys.contains(other), "{host} got another machine's key");
+    }
+    let root = sh(vm, "findmnt -n -o FSTYPE,SOURCE /");
+    assert!(
+        root.starts_with("squashfs") && root.contains("loop"),
+        "/ is {root}"
+    );
+    assert_eq!(sh(vm, "findmnt -n -o FSTYPE /var").trim(), "tmpfs");
+    assert!(sh(vm, "cat /proc/cmdline").contains("cairn.root=ram"));
+    let state = vm
+        .guest_exec(&["systemctl", "is-system-running", "--wait"], BOOT)
+        .unwrap();
+    assert_eq!(
+        state.stdout_str().trim(),
+        "running",
+        "{}",
+        sh(vm, "systemctl --failed --no-legend")
+    );
+}
+
 #[test]
 fn netboot_through_cairn_serve() {
     let out = test_image();
@@ -34,11 +81,11 @@ fn netboot_through_cairn_serve() {
     let dir = work.path();
     std::fs::write(
         dir.join("node.yaml.j2"),
-        "#cloud-config\nhostname: {{ metadata.hostname }}\nwrite_files:\n  - path: /etc/cairn/role\n    content: |\n      role={{ metadata.role }} group={{ group }} mac={{ mac }}\n",
+        "#cloud-config\nhostname: {{ metadata.hostname }}\nssh_authorized_keys:\n  - {{ metadata.ssh_key }}\nwrite_files:\n  - path: /etc/cairn/role\n    content: |\n      role={{ metadata.role }} group={{ group }} mac={{ mac }}\n",
     )
     .unwrap();
     let inventory = format!(
-        "profiles:\n  - name: diskless\n    image: {}\n    boot: ram\n    kernel_args: console=ttyS0,115200 panic=10\n    cloud_config: node.yaml.j2\ngroups:\n  - name: node-a\n    profile: diskless\n    selector:\n      mac: 52:54:00:00:0a:01\n    metadata:\n      hostname: node-a\n      role: etcd\n",
+        "profiles:\n  - name: diskless\n    image: {}\n    boot: ram\n    kernel_args: console=ttyS0,115200 panic=10\n    cloud_config: node.yaml.j2\ngroups:\n  - name: node-a\n    profile: diskless\n    selector:\n      mac: 52:54:00:00:0a:01\n    metadata:\n      hostname: node-a\n      role: etcd\n      ssh_key: ssh-ed25519 {KEY_A} a@test\n  - name: node-b\n    profile: diskless\n    selector:\n      mac: 52:54:00:00:0a:02\n    metadata:\n      hostname: node-b\n      role: worker\n      ssh_key: ssh-ed25519 {KEY_B} b@test\n",
         out.display()
     );
     let inv_path = dir.join("lab.yaml");
@@ -65,61 +112,36 @@ fn netboot_through_cairn_serve() {
     std::fs::create_dir(&tftp_root).unwrap();
     let bootfile = format!("http://10.0.2.100:{GUEST_HTTP}/boot.ipxe");
 
-    // --- 1. UEFI, a known MAC: diskless boot with its own cloud-config
-    let mut vm = Vm::start(
-        VmConfig::new("netboot-uefi")
-            .uefi()
+    // --- 1. UEFI and 2. BIOS, two known MACs: diskless, each with its own config
+    for (firmware, mac, host, role, key) in [
+        ("uefi", "52:54:00:00:0a:01", "node-a", "etcd", KEY_A),
+        ("bios", "52:54:00:00:0a:02", "node-b", "worker", KEY_B),
+    ] {
+        let config = VmConfig::new(format!("netboot-{host}"))
             .netboot(&tftp_root, &bootfile)
-            .mac("52:54:00:00:0a:01")
+            .mac(mac)
             .guest_forward(GUEST_HTTP, http)
             .memory_mib(3072)
-            .cpus(2),
-    )
-    .expect("starting QEMU");
-    vm.wait_for("cairn-init:", BOOT)
-        .expect("the kernel and /init came over the network");
-    vm.wait_guest_agent(BOOT).expect("the guest agent answers");
-    sh(
-        &mut vm,
-        "for i in $(seq 50); do s=$(systemctl show -P ActiveState cairn-cloudinit.service); \
-         [ \"$s\" = active ] || [ \"$s\" = failed ] && exit 0; sleep 1; done; exit 1",
-    );
-    let journal = sh(
-        &mut vm,
-        "journalctl -b -u cairn-cloudinit --no-pager -o cat",
-    );
-    assert_eq!(sh(&mut vm, "hostname").trim(), "node-a", "{journal}");
-    assert_eq!(
-        sh(&mut vm, "cat /etc/cairn/role"),
-        "role=etcd group=node-a mac=52:54:00:00:0a:01\n"
-    );
-    let root = sh(&mut vm, "findmnt -n -o FSTYPE,SOURCE /");
-    assert!(
-        root.starts_with("squashfs") && root.contains("loop"),
-        "/ is {root}"
-    );
-    assert_eq!(sh(&mut vm, "findmnt -n -o FSTYPE /var").trim(), "tmpfs");
-    assert!(sh(&mut vm, "cat /proc/cmdline").contains("cairn.root=ram"));
-    let state = vm
-        .guest_exec(&["systemctl", "is-system-running", "--wait"], BOOT)
-        .unwrap();
-    assert_eq!(
-        state.stdout_str().trim(),
-        "running",
-        "{}",
-        sh(&mut vm, "systemctl --failed --no-legend")
-    );
-    vm.kill().unwrap();
-    drop(vm);
-    let machines = server.machines();
-    let m = machines
-        .iter()
-        .find(|m| m.mac.as_deref() == Some("52:54:00:00:0a:01"))
-        .unwrap_or_else(|| panic!("the server never saw the machine: {machines:?}"));
-    assert_eq!(m.group.as_deref(), Some("node-a"));
-    assert_eq!(m.stage, Stage::CloudConfig, "{m:?}");
+            .cpus(2);
+        let config = if firmware == "uefi" {
+            config.uefi()
+        } else {
+            config.bios()
+        };
+        let mut vm = Vm::start(config).expect("starting QEMU");
+        check_known_machine(&mut vm, mac, host, role, key);
+        vm.kill().unwrap();
+        drop(vm);
+        let machines = server.machines();
+        let m = machines
+            .iter()
+            .find(|m| m.mac.as_deref() == Some(mac))
+            .unwrap_or_else(|| panic!("the server never saw {mac}: {machines:?}"));
+        assert_eq!(m.group.as_deref(), Some(host));
+        assert_eq!(m.stage, Stage::CloudConfig, "{m:?}");
+    }
 
-    // --- 2. BIOS, a MAC no group matches: a message and a retry, no image
+    // --- 3. BIOS, a MAC no group matches: a message and a retry, no image
     let mut vm = Vm::start(
         VmConfig::new("netboot-unknown")
             .bios()

@@ -105,6 +105,9 @@ pub enum Boot {
     Disk,
     Kernel(KernelBoot),
     Network(NetBoot),
+    /// The NIC first, with whatever DHCP and TFTP the attached network has
+    /// (a tap device: [`VmConfig::tap`]); slirp's own server is not used.
+    Pxe,
 }
 
 /// A TCP forward from `127.0.0.1:host_port` to the guest's `guest_port`.
@@ -184,6 +187,12 @@ pub struct VmConfig {
     pub cpu_model: Option<String>,
     /// `None`: no NIC at all (unless [`Boot::Network`], which implies one).
     pub net: Option<UserNet>,
+    /// Attach the NIC to this existing tap device instead of slirp (the
+    /// MAC of `net` still applies; forwards are refused).
+    pub tap: Option<String>,
+    /// Run QEMU inside this network namespace (`ip netns exec NAME`), e.g.
+    /// where the test made the tap device and a bridge.
+    pub netns: Option<String>,
     /// i6300esb watchdog; on expiry QEMU resets the machine.
     pub watchdog: bool,
     /// virtio-serial port for qemu-ga (default true).
@@ -223,6 +232,8 @@ impl VmConfig {
             accel: Accel::from_env(),
             cpu_model: None,
             net: None,
+            tap: None,
+            netns: None,
             watchdog: false,
             guest_agent: true,
             rng: true,
@@ -343,6 +354,27 @@ impl VmConfig {
     /// non-standard port; slirp answers port 69 itself).
     pub fn unrestricted_net(mut self) -> Self {
         self.net.get_or_insert_with(UserNet::default).restrict = false;
+        self
+    }
+
+    /// The NIC on tap device `ifname` (made beforehand, e.g. on a bridge in
+    /// a network namespace: see [`VmConfig::netns`]) instead of slirp.
+    pub fn tap(mut self, ifname: impl Into<String>) -> Self {
+        self.tap = Some(ifname.into());
+        self.net.get_or_insert_with(UserNet::default);
+        self
+    }
+
+    /// Run QEMU under `ip netns exec NAME`.
+    pub fn netns(mut self, name: impl Into<String>) -> Self {
+        self.netns = Some(name.into());
+        self
+    }
+
+    /// Boot from the NIC with the attached network's DHCP ([`Boot::Pxe`]).
+    pub fn pxe(mut self) -> Self {
+        self.boot = Boot::Pxe;
+        self.net.get_or_insert_with(UserNet::default);
         self
     }
 
@@ -546,7 +578,7 @@ pub fn qemu_args(config: &VmConfig, layout: &Layout) -> Result<Vec<String>, VmEr
                 push(&["-append", &k.cmdline]);
             }
         }
-        Boot::Network(_) => push(&["-boot", "n"]),
+        Boot::Network(_) | Boot::Pxe => push(&["-boot", "n"]),
         Boot::Default | Boot::Disk => {}
     }
 
@@ -563,7 +595,25 @@ pub fn qemu_args(config: &VmConfig, layout: &Layout) -> Result<Vec<String>, VmEr
         }
         (None, None) => None,
     };
-    if let Some(net) = net {
+    if let (Some(tap), Some(net)) = (&config.tap, net) {
+        if !net.forwards.is_empty() || !net.guest_forwards.is_empty() || netboot.is_some() {
+            return Err(VmError::Config(format!(
+                "tap device {tap}: port forwards and slirp netboot need user networking"
+            )));
+        }
+        let netdev = format!(
+            "tap,id=net0,ifname={},script=no,downscript=no",
+            escape_opt(tap)
+        );
+        let mut dev = format!(
+            "virtio-net-pci,netdev=net0,mac={}",
+            net.mac.as_deref().unwrap_or(DEFAULT_MAC)
+        );
+        if config.boot == Boot::Pxe {
+            dev.push_str(",bootindex=1");
+        }
+        push(&["-netdev", &netdev, "-device", &dev]);
+    } else if let Some(net) = net {
         let mut netdev = String::from("user,id=net0");
         if net.restrict {
             netdev.push_str(",restrict=on");
@@ -588,7 +638,7 @@ pub fn qemu_args(config: &VmConfig, layout: &Layout) -> Result<Vec<String>, VmEr
             "virtio-net-pci,netdev=net0,mac={}",
             net.mac.as_deref().unwrap_or(DEFAULT_MAC)
         );
-        if netboot.is_some() {
+        if netboot.is_some() || config.boot == Boot::Pxe {
             dev.push_str(",bootindex=1");
         }
         push(&["-netdev", &netdev, "-device", &dev]);
@@ -812,6 +862,29 @@ mod tests {
         let c = base("open").unrestricted_net();
         let args = qemu_args(&c, &layout("/v")).unwrap();
         assert_eq!(values(&args, "-netdev"), ["user,id=net0"]);
+    }
+
+    #[test]
+    fn tap_nic_with_pxe_boot() {
+        let c = base("bare").tap("tap0").pxe().mac("52:54:00:00:0c:01");
+        let args = qemu_args(&c, &layout("/v")).unwrap();
+        assert_eq!(
+            values(&args, "-netdev"),
+            ["tap,id=net0,ifname=tap0,script=no,downscript=no"]
+        );
+        assert_eq!(
+            values(&args, "-device")
+                .into_iter()
+                .filter(|d| d.starts_with("virtio-net"))
+                .collect::<Vec<_>>(),
+            ["virtio-net-pci,netdev=net0,mac=52:54:00:00:0c:01,bootindex=1"]
+        );
+        assert_eq!(values(&args, "-boot"), ["n"]);
+        let bad = base("bare").tap("tap0").forward_ssh();
+        assert!(matches!(
+            qemu_args(&bad, &layout("/v")),
+            Err(VmError::Config(m)) if m.contains("tap0")
+        ));
     }
 
     #[test]

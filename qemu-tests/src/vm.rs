@@ -357,7 +357,10 @@ impl Vm {
     fn launch(config: &VmConfig, dir: &Path, layout: Layout) -> Result<Vm, VmError> {
         let args = config::qemu_args(config, &layout)?;
         let program = config.qemu.to_string_lossy().into_owned();
-        let line = config::shell_line(&program, &args);
+        let mut line = config::shell_line(&program, &args);
+        if let Some(ns) = &config.netns {
+            line = format!("ip netns exec {ns} {line}");
+        }
         tracing::info!(vm = %config.name, "starting: {line}");
         let cmd_file = dir.join(files::COMMAND);
         fs::write(&cmd_file, format!("{line}\n")).map_err(VmError::io(&cmd_file))?;
@@ -370,7 +373,14 @@ impl Vm {
             let _ = fs::remove_file(sock);
         }
 
-        let mut cmd = Command::new(&config.qemu);
+        let mut cmd = match &config.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str()]).arg(&config.qemu);
+                c
+            }
+            None => Command::new(&config.qemu),
+        };
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
