@@ -1,0 +1,947 @@
+//! The etcd v2 keys model of one discovery token: nodes, events, errors and the event history,
+//! with the semantics of etcd 3.4's v2 store (`etcdserver/api/v2store`, `v2error`).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// Where discovery.etcd.io keeps tokens in its etcd; keys and error causes carry this prefix.
+pub const KEY_PREFIX: &str = "/_etcd/registry";
+/// Events kept per token for `waitIndex` (etcd keeps 1000 for the whole store).
+pub const HISTORY_CAPACITY: usize = 1000;
+/// Nodes a token may hold (registrations, directories, `_config`); more is refused with error 103.
+pub const MAX_NODES_PER_TOKEN: usize = 1000;
+/// Size of a token's `_config/size`: at least 1, at most this.
+pub const MAX_CLUSTER_SIZE: u32 = 1000;
+
+/// etcd v2 error codes used here (`v2error/error.go`).
+pub mod code {
+    pub const KEY_NOT_FOUND: u32 = 100;
+    pub const TEST_FAILED: u32 = 101;
+    pub const NOT_FILE: u32 = 102;
+    pub const NO_MORE_PEER: u32 = 103;
+    pub const NOT_DIR: u32 = 104;
+    pub const NODE_EXIST: u32 = 105;
+    pub const ROOT_RONLY: u32 = 107;
+    pub const DIR_NOT_EMPTY: u32 = 108;
+    pub const PREV_VALUE_REQUIRED: u32 = 201;
+    pub const TTL_NAN: u32 = 202;
+    pub const INDEX_NAN: u32 = 203;
+    pub const INVALID_FIELD: u32 = 209;
+    pub const INVALID_FORM: u32 = 210;
+    pub const RAFT_INTERNAL: u32 = 300;
+    pub const EVENT_INDEX_CLEARED: u32 = 401;
+}
+
+/// An etcd v2 error as the keys API returns it: `{"errorCode":..,"message":..,"cause":..,"index":..}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct V2Error {
+    #[serde(rename = "errorCode")]
+    pub code: u32,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cause: String,
+    pub index: u64,
+}
+
+impl V2Error {
+    pub fn new(code: u32, cause: impl Into<String>, index: u64) -> V2Error {
+        V2Error {
+            code,
+            message: message(code).to_string(),
+            cause: cause.into(),
+            index,
+        }
+    }
+
+    /// The HTTP status etcd answers this error with (`Error.StatusCode`).
+    pub fn status(&self) -> u16 {
+        match self.code {
+            code::KEY_NOT_FOUND => 404,
+            code::NOT_FILE | code::DIR_NOT_EMPTY => 403,
+            110 => 401,
+            code::TEST_FAILED | code::NODE_EXIST => 412,
+            300 | 301 => 500,
+            _ => 400,
+        }
+    }
+}
+
+impl std::fmt::Display for V2Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.cause)
+    }
+}
+
+/// etcd's message for an error code.
+pub fn message(code: u32) -> &'static str {
+    match code {
+        100 => "Key not found",
+        101 => "Compare failed",
+        102 => "Not a file",
+        103 => "Reached the max number of peers in the cluster",
+        104 => "Not a directory",
+        105 => "Key already exists",
+        106 => "The prefix of given key is a keyword in etcd",
+        107 => "Root is read only",
+        108 => "Directory not empty",
+        110 => "The request requires user authentication",
+        200 => "Value is Required in POST form",
+        201 => "PrevValue is Required in POST form",
+        202 => "The given TTL in POST form is not a number",
+        203 => "The given index in POST form is not a number",
+        209 => "Invalid field",
+        210 => "Invalid POST form",
+        300 => "Raft Internal Error",
+        301 => "During Leader Election",
+        400 => "watcher is cleared due to etcd recovery",
+        401 => "The event in requested index is outdated and cleared",
+        _ => "Client Internal Error",
+    }
+}
+
+/// A node as the v2 API shows it (`NodeExtern`): empty fields are left out as etcd's `omitempty` does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeJson {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dir: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeJson>,
+    pub modified_index: u64,
+    pub created_index: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A change (or a read) as the v2 API reports it: `action`, `node`, `prevNode`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub action: String,
+    pub node: NodeJson,
+    #[serde(rename = "prevNode", default, skip_serializing_if = "Option::is_none")]
+    pub prev_node: Option<NodeJson>,
+}
+
+impl Event {
+    /// The index of the change (`node.modifiedIndex`).
+    pub fn index(&self) -> u64 {
+        self.node.modified_index
+    }
+
+    /// Whether etcd answers this change with 201 Created.
+    pub fn is_created(&self) -> bool {
+        self.action == "create" || (self.action == "set" && self.prev_node.is_none())
+    }
+}
+
+/// One stored node of a token; the key is its path relative to the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredNode {
+    pub dir: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub created_index: u64,
+    pub modified_index: u64,
+}
+
+/// Everything kept about one discovery token: what a [`crate::Store`] persists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// Record format version (1).
+    pub format: u32,
+    /// 32 lowercase hex digits.
+    pub token: String,
+    /// The inventory group this token was made for (`Discovery::ensure_group_token`).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The highest index this token's changes used.
+    pub last_index: u64,
+    /// Events with an index up to this one were dropped from `history` (waits before it get error 401).
+    #[serde(default)]
+    pub cleared_through: u64,
+    /// Nodes by path relative to the token: `""` is the token's directory, `_config/size` its size.
+    pub nodes: BTreeMap<String, StoredNode>,
+    /// The last [`HISTORY_CAPACITY`] changes, oldest first.
+    pub history: VecDeque<Event>,
+}
+
+/// What a PUT asks for (the form fields etcd's `parseKeyRequest` reads).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutRequest {
+    pub value: String,
+    pub dir: bool,
+    pub prev_exist: Option<bool>,
+    pub prev_value: Option<String>,
+    pub prev_index: u64,
+}
+
+/// What a DELETE asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteRequest {
+    pub dir: bool,
+    pub recursive: bool,
+    pub prev_value: Option<String>,
+    pub prev_index: u64,
+}
+
+fn parent(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+fn base(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or(rel, |(_, b)| b)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Hidden as etcd hides it: a name starting with `_`.
+fn hidden(name: &str) -> bool {
+    name.starts_with('_')
+}
+
+/// The full key of `rel` under `token`: `/_etcd/registry/<token>[/<rel>]`.
+pub fn full_key(token: &str, rel: &str) -> String {
+    if rel.is_empty() {
+        format!("{KEY_PREFIX}/{token}")
+    } else {
+        format!("{KEY_PREFIX}/{token}/{rel}")
+    }
+}
+
+/// Whether writes to `rel` are refused: the token's directory and its `_config`.
+fn read_only(rel: &str) -> bool {
+    rel.is_empty() || rel == "_config" || rel.starts_with("_config/")
+}
+
+impl TokenRecord {
+    /// A new token of `size` members created at `index`: the token directory, `_config` and
+    /// `_config/size` all get that index, as etcd's `Create` of `<token>/_config/size` gives them.
+    pub fn new(token: &str, size: u32, group: Option<String>, index: u64) -> TokenRecord {
+        let dir = |i| StoredNode {
+            dir: true,
+            value: None,
+            created_index: i,
+            modified_index: i,
+        };
+        let mut nodes = BTreeMap::new();
+        nodes.insert(String::new(), dir(index));
+        nodes.insert("_config".to_string(), dir(index));
+        nodes.insert(
+            "_config/size".to_string(),
+            StoredNode {
+                dir: false,
+                value: Some(size.to_string()),
+                created_index: index,
+                modified_index: index,
+            },
+        );
+        let mut rec = TokenRecord {
+            format: 1,
+            token: token.to_string(),
+            group,
+            last_index: index,
+            cleared_through: 0,
+            nodes,
+            history: VecDeque::new(),
+        };
+        let ev = Event {
+            action: "create".into(),
+            node: rec.repr("_config/size", false, false, false),
+            prev_node: None,
+        };
+        rec.push_history(ev);
+        rec
+    }
+
+    /// The size written at creation (`_config/size`).
+    pub fn size(&self) -> Option<u32> {
+        self.nodes
+            .get("_config/size")
+            .and_then(|n| n.value.as_deref())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Registered members (visible children of the token) as (id, value), by creation index.
+    pub fn members(&self) -> Vec<(String, String)> {
+        let mut kids: Vec<(&String, &StoredNode)> = self
+            .nodes
+            .iter()
+            .filter(|(k, n)| !k.is_empty() && !k.contains('/') && !hidden(k) && !n.dir)
+            .collect();
+        kids.sort_by_key(|(k, n)| (n.created_index, (*k).clone()));
+        kids.into_iter()
+            .map(|(k, n)| (k.clone(), n.value.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    fn key(&self, rel: &str) -> String {
+        full_key(&self.token, rel)
+    }
+
+    /// Appends a change to the history, dropping the oldest beyond [`HISTORY_CAPACITY`].
+    pub fn push_history(&mut self, ev: Event) {
+        self.last_index = self.last_index.max(ev.index());
+        self.history.push_back(ev);
+        while self.history.len() > HISTORY_CAPACITY {
+            if let Some(old) = self.history.pop_front() {
+                self.cleared_through = self.cleared_through.max(old.index());
+            }
+        }
+    }
+
+    fn children(&self, rel: &str) -> Vec<(&String, &StoredNode)> {
+        let prefix = if rel.is_empty() {
+            String::new()
+        } else {
+            format!("{rel}/")
+        };
+        self.nodes
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| {
+                !k.is_empty() && k.len() > prefix.len() && !k[prefix.len()..].contains('/')
+            })
+            .collect()
+    }
+
+    /// The external form of a stored node. `list` lists a directory's visible children (as `Get`
+    /// does, one level unless `recursive`); without it a directory shows no children (`Repr`).
+    fn repr(&self, rel: &str, list: bool, recursive: bool, sorted: bool) -> NodeJson {
+        let n = &self.nodes[rel];
+        let mut out = NodeJson {
+            key: self.key(rel),
+            value: None,
+            dir: n.dir,
+            nodes: Vec::new(),
+            modified_index: n.modified_index,
+            created_index: n.created_index,
+        };
+        if !n.dir {
+            out.value = Some(n.value.clone().unwrap_or_default());
+            return out;
+        }
+        if !list {
+            return out;
+        }
+        let mut kids: Vec<(&String, &StoredNode)> = self
+            .children(rel)
+            .into_iter()
+            .filter(|(k, _)| !hidden(base(k)))
+            .collect();
+        if sorted {
+            kids.sort_by(|a, b| a.0.cmp(b.0));
+        } else {
+            // etcd lists in map order; creation order is what the discovery client sorts by anyway.
+            kids.sort_by_key(|(k, n)| (n.created_index, (*k).clone()));
+        }
+        out.nodes = kids
+            .into_iter()
+            .map(|(k, _)| self.repr(k, recursive, recursive, sorted))
+            .collect();
+        out
+    }
+
+    /// Walks to `rel` as etcd's `internalGet`: 104 through a file, 100 at the first missing component.
+    fn walk(&self, rel: &str, current: u64) -> Result<&StoredNode, V2Error> {
+        let mut cur = String::new();
+        if !rel.is_empty() {
+            for comp in rel.split('/') {
+                if !self.nodes[&cur].dir {
+                    return Err(V2Error::new(code::NOT_DIR, self.key(&cur), current));
+                }
+                let next = join(&cur, comp);
+                if !self.nodes.contains_key(&next) {
+                    return Err(V2Error::new(code::KEY_NOT_FOUND, self.key(&next), current));
+                }
+                cur = next;
+            }
+        }
+        Ok(&self.nodes[&cur])
+    }
+
+    /// `GET <token>/<rel>`.
+    pub fn get(
+        &self,
+        rel: &str,
+        recursive: bool,
+        sorted: bool,
+        current: u64,
+    ) -> Result<Event, V2Error> {
+        self.walk(rel, current)?;
+        Ok(Event {
+            action: "get".into(),
+            node: self.repr(rel, true, recursive, sorted),
+            prev_node: None,
+        })
+    }
+
+    /// Creates the missing directories above `rel` (etcd's `checkDir` walk); 104 when one is a file.
+    fn make_parents(&mut self, rel: &str, next: u64, current: u64) -> Result<(), V2Error> {
+        let dir = parent(rel);
+        let mut cur = String::new();
+        if dir.is_empty() {
+            return Ok(());
+        }
+        for comp in dir.split('/') {
+            let p = join(&cur, comp);
+            match self.nodes.get(&p) {
+                Some(n) if n.dir => {}
+                Some(_) => return Err(V2Error::new(code::NOT_DIR, self.key(&p), current)),
+                None => {
+                    self.nodes.insert(
+                        p.clone(),
+                        StoredNode {
+                            dir: true,
+                            value: None,
+                            created_index: next,
+                            modified_index: next,
+                        },
+                    );
+                }
+            }
+            cur = p;
+        }
+        Ok(())
+    }
+
+    fn compare(&self, n: &StoredNode, prev_value: Option<&str>, prev_index: u64) -> Option<String> {
+        let value = n.value.clone().unwrap_or_default();
+        let index_ok = prev_index == 0 || n.modified_index == prev_index;
+        let value_ok = prev_value.is_none_or(|p| p == value);
+        match (value_ok, index_ok) {
+            (true, true) => None,
+            (true, false) => Some(format!("[{prev_index} != {}]", n.modified_index)),
+            (false, true) => Some(format!("[{} != {value}]", prev_value.unwrap_or_default())),
+            (false, false) => Some(format!(
+                "[{} != {value}] [{prev_index} != {}]",
+                prev_value.unwrap_or_default(),
+                n.modified_index
+            )),
+        }
+    }
+
+    /// `PUT <token>/<rel>` as etcd's v2 apply maps it: `prevExist=false` creates, `prevExist=true`
+    /// updates, `prevValue`/`prevIndex` compare-and-swap, otherwise set. `current` is the store's
+    /// index; the change gets `current + 1`.
+    pub fn put(&mut self, rel: &str, req: &PutRequest, current: u64) -> Result<Event, V2Error> {
+        let next = current + 1;
+        if read_only(rel) {
+            return Err(V2Error::new(code::ROOT_RONLY, self.key(rel), current));
+        }
+        let cas = req.prev_index > 0 || req.prev_value.is_some();
+        match (req.prev_exist, cas) {
+            (Some(false), _) => self.create(rel, req, next, current, false),
+            (Some(true), false) => self.update(rel, req, next, current),
+            (_, true) => self.compare_and_swap(rel, req, next, current),
+            (None, false) => self.create(rel, req, next, current, true),
+        }
+    }
+
+    fn create(
+        &mut self,
+        rel: &str,
+        req: &PutRequest,
+        next: u64,
+        current: u64,
+        replace: bool,
+    ) -> Result<Event, V2Error> {
+        self.make_parents(rel, next, current)?;
+        let mut prev = None;
+        if let Some(n) = self.nodes.get(rel) {
+            if !replace {
+                return Err(V2Error::new(code::NODE_EXIST, self.key(rel), current));
+            }
+            if n.dir {
+                return Err(V2Error::new(code::NOT_FILE, self.key(rel), current));
+            }
+            prev = Some(self.repr(rel, false, false, false));
+        } else if self.nodes.len() >= MAX_NODES_PER_TOKEN {
+            return Err(V2Error::new(
+                code::NO_MORE_PEER,
+                format!(
+                    "{}: a token holds at most {MAX_NODES_PER_TOKEN} keys",
+                    self.key("")
+                ),
+                current,
+            ));
+        }
+        self.nodes.insert(
+            rel.to_string(),
+            StoredNode {
+                dir: req.dir,
+                value: (!req.dir).then(|| req.value.clone()),
+                created_index: next,
+                modified_index: next,
+            },
+        );
+        Ok(Event {
+            action: if replace { "set" } else { "create" }.into(),
+            node: self.repr(rel, false, false, false),
+            prev_node: prev,
+        })
+    }
+
+    fn update(
+        &mut self,
+        rel: &str,
+        req: &PutRequest,
+        next: u64,
+        current: u64,
+    ) -> Result<Event, V2Error> {
+        let n = self.walk(rel, current)?.clone();
+        if n.dir && !req.value.is_empty() {
+            return Err(V2Error::new(code::NOT_FILE, self.key(rel), current));
+        }
+        let prev = self.repr(rel, false, false, false);
+        let node = self.nodes.get_mut(rel).expect("walked");
+        node.modified_index = next;
+        if !node.dir {
+            node.value = Some(req.value.clone());
+        }
+        Ok(Event {
+            action: "update".into(),
+            node: self.repr(rel, false, false, false),
+            prev_node: Some(prev),
+        })
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        rel: &str,
+        req: &PutRequest,
+        next: u64,
+        current: u64,
+    ) -> Result<Event, V2Error> {
+        let n = self.walk(rel, current)?.clone();
+        if n.dir {
+            return Err(V2Error::new(code::NOT_FILE, self.key(rel), current));
+        }
+        if let Some(cause) = self.compare(&n, req.prev_value.as_deref(), req.prev_index) {
+            return Err(V2Error::new(code::TEST_FAILED, cause, current));
+        }
+        let prev = self.repr(rel, false, false, false);
+        let node = self.nodes.get_mut(rel).expect("walked");
+        node.modified_index = next;
+        node.value = Some(req.value.clone());
+        Ok(Event {
+            action: "compareAndSwap".into(),
+            node: self.repr(rel, false, false, false),
+            prev_node: Some(prev),
+        })
+    }
+
+    /// `DELETE <token>/<rel>`: compare-and-delete with `prevValue`/`prevIndex`, else delete
+    /// (`dir=true` for an empty directory, `recursive=true` for any).
+    pub fn delete(
+        &mut self,
+        rel: &str,
+        req: &DeleteRequest,
+        current: u64,
+    ) -> Result<Event, V2Error> {
+        let next = current + 1;
+        if read_only(rel) {
+            return Err(V2Error::new(code::ROOT_RONLY, self.key(rel), current));
+        }
+        let n = self.walk(rel, current)?.clone();
+        let prev = self.repr(rel, false, false, false);
+        let action = if req.prev_index > 0 || req.prev_value.is_some() {
+            if n.dir {
+                return Err(V2Error::new(code::NOT_FILE, self.key(rel), current));
+            }
+            if let Some(cause) = self.compare(&n, req.prev_value.as_deref(), req.prev_index) {
+                return Err(V2Error::new(code::TEST_FAILED, cause, current));
+            }
+            "compareAndDelete"
+        } else {
+            if n.dir {
+                if !(req.dir || req.recursive) {
+                    return Err(V2Error::new(code::NOT_FILE, self.key(rel), current));
+                }
+                if !req.recursive && !self.children(rel).is_empty() {
+                    return Err(V2Error::new(code::DIR_NOT_EMPTY, self.key(rel), current));
+                }
+            }
+            "delete"
+        };
+        let under = format!("{rel}/");
+        self.nodes.retain(|k, _| k != rel && !k.starts_with(&under));
+        Ok(Event {
+            action: action.into(),
+            node: NodeJson {
+                key: self.key(rel),
+                value: None,
+                dir: n.dir,
+                nodes: Vec::new(),
+                modified_index: next,
+                created_index: n.created_index,
+            },
+            prev_node: Some(prev),
+        })
+    }
+
+    /// The first kept change at or after `since` that a watch of `key` sees, as etcd's
+    /// `EventHistory.scan` finds it (hidden keys included, as there); 401 when `since` was dropped.
+    pub fn scan(
+        &self,
+        key: &str,
+        recursive: bool,
+        since: u64,
+        current: u64,
+    ) -> Result<Option<&Event>, V2Error> {
+        if since <= self.cleared_through {
+            return Err(V2Error::new(
+                code::EVENT_INDEX_CLEARED,
+                format!(
+                    "the requested history has been cleared [{}/{since}]",
+                    self.cleared_through + 1
+                ),
+                current,
+            ));
+        }
+        Ok(self
+            .history
+            .iter()
+            .filter(|e| e.index() >= since)
+            .find(|e| history_match(key, recursive, e)))
+    }
+}
+
+fn under(key: &str, prefix: &str) -> bool {
+    let p = prefix.trim_end_matches('/');
+    key.len() > p.len() && key.starts_with(p) && key.as_bytes()[p.len()] == b'/'
+}
+
+fn history_match(key: &str, recursive: bool, e: &Event) -> bool {
+    let k = &e.node.key;
+    k == key
+        || (recursive && under(k, key))
+        || (matches!(e.action.as_str(), "delete" | "expire")
+            && e.prev_node
+                .as_ref()
+                .is_some_and(|p| p.dir && (key == p.key || under(key, &p.key))))
+}
+
+/// Whether a watch on `key` that is already waiting is told about `e` (etcd's `notifyWatchers`):
+/// the key itself; with `recursive`, keys below it unless a hidden (`_`) component lies between;
+/// and anything under a directory that was deleted.
+pub fn live_match(key: &str, recursive: bool, e: &Event) -> bool {
+    let k = &e.node.key;
+    if k == key {
+        return true;
+    }
+    if recursive && under(k, key) {
+        let rest = &k[key.trim_end_matches('/').len()..];
+        return !rest.contains("/_");
+    }
+    e.action == "delete" && e.prev_node.as_ref().is_some_and(|p| p.dir) && under(key, k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "0123456789abcdef0123456789abcdef";
+
+    fn put(
+        rec: &mut TokenRecord,
+        rel: &str,
+        req: PutRequest,
+        cur: &mut u64,
+    ) -> Result<Event, V2Error> {
+        let ev = rec.put(rel, &req, *cur)?;
+        *cur = ev.index();
+        rec.push_history(ev.clone());
+        Ok(ev)
+    }
+
+    fn create(value: &str) -> PutRequest {
+        PutRequest {
+            value: value.into(),
+            prev_exist: Some(false),
+            ..PutRequest::default()
+        }
+    }
+
+    #[test]
+    fn new_token_has_size_and_hides_config() {
+        let rec = TokenRecord::new(T, 3, None, 7);
+        assert_eq!(rec.size(), Some(3));
+        let ev = rec.get("", false, false, 7).unwrap();
+        assert!(ev.node.dir);
+        assert!(ev.node.nodes.is_empty());
+        assert_eq!(ev.node.key, format!("/_etcd/registry/{T}"));
+        assert_eq!((ev.node.created_index, ev.node.modified_index), (7, 7));
+        let size = rec.get("_config/size", false, false, 7).unwrap();
+        assert_eq!(size.node.value.as_deref(), Some("3"));
+        assert_eq!(size.node.key, format!("/_etcd/registry/{T}/_config/size"));
+    }
+
+    #[test]
+    fn create_twice_is_node_exist_and_listing_is_by_creation() {
+        let mut rec = TokenRecord::new(T, 3, None, 1);
+        let mut cur = 1;
+        put(&mut rec, "b", create("b=http://b"), &mut cur).unwrap();
+        put(&mut rec, "a", create("a=http://a"), &mut cur).unwrap();
+        let err = put(&mut rec, "b", create("x"), &mut cur).unwrap_err();
+        assert_eq!((err.code, err.status(), err.index), (105, 412, 3));
+        assert_eq!(err.cause, format!("/_etcd/registry/{T}/b"));
+        let ev = rec.get("", false, false, cur).unwrap();
+        let keys: Vec<_> = ev
+            .node
+            .nodes
+            .iter()
+            .map(|n| base(&n.key).to_string())
+            .collect();
+        assert_eq!(keys, ["b", "a"]);
+        let ev = rec.get("", false, true, cur).unwrap();
+        let keys: Vec<_> = ev
+            .node
+            .nodes
+            .iter()
+            .map(|n| base(&n.key).to_string())
+            .collect();
+        assert_eq!(keys, ["a", "b"]);
+    }
+
+    #[test]
+    fn errors_match_etcd() {
+        let mut rec = TokenRecord::new(T, 3, None, 1);
+        let mut cur = 1;
+        let e = rec.get("nope", false, false, cur).unwrap_err();
+        assert_eq!((e.code, e.status()), (100, 404));
+        put(&mut rec, "f", create("v"), &mut cur).unwrap();
+        let e = rec.get("f/x", false, false, cur).unwrap_err();
+        assert_eq!(
+            (e.code, e.status(), e.cause.as_str()),
+            (104, 400, &*format!("/_etcd/registry/{T}/f"))
+        );
+        let e = put(&mut rec, "f/x", create("v"), &mut cur).unwrap_err();
+        assert_eq!(e.code, 104);
+        put(
+            &mut rec,
+            "d",
+            PutRequest {
+                dir: true,
+                prev_exist: Some(false),
+                ..Default::default()
+            },
+            &mut cur,
+        )
+        .unwrap();
+        let e = put(
+            &mut rec,
+            "d",
+            PutRequest {
+                value: "v".into(),
+                ..Default::default()
+            },
+            &mut cur,
+        )
+        .unwrap_err();
+        assert_eq!((e.code, e.status()), (102, 403));
+        let e = put(
+            &mut rec,
+            "f",
+            PutRequest {
+                value: "n".into(),
+                prev_value: Some("old".into()),
+                ..Default::default()
+            },
+            &mut cur,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.status(), e.cause.as_str()),
+            (101, 412, "[old != v]")
+        );
+        let e = put(
+            &mut rec,
+            "f",
+            PutRequest {
+                value: "n".into(),
+                prev_index: 99,
+                prev_value: Some("old".into()),
+                ..Default::default()
+            },
+            &mut cur,
+        )
+        .unwrap_err();
+        assert_eq!(e.cause, "[old != v] [99 != 2]");
+        let e = put(
+            &mut rec,
+            "_config/size",
+            PutRequest {
+                value: "5".into(),
+                ..Default::default()
+            },
+            &mut cur,
+        )
+        .unwrap_err();
+        assert_eq!((e.code, e.status()), (107, 400));
+        put(&mut rec, "d/x", create("1"), &mut cur).unwrap();
+        let e = rec.delete("d", &DeleteRequest::default(), cur).unwrap_err();
+        assert_eq!(e.code, 102);
+        let e = rec
+            .delete(
+                "d",
+                &DeleteRequest {
+                    dir: true,
+                    ..Default::default()
+                },
+                cur,
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.status()), (108, 403));
+        let ev = rec
+            .delete(
+                "d",
+                &DeleteRequest {
+                    recursive: true,
+                    ..Default::default()
+                },
+                cur,
+            )
+            .unwrap();
+        assert!(ev.node.dir && ev.prev_node.as_ref().unwrap().dir);
+        assert!(!rec.nodes.contains_key("d/x"));
+    }
+
+    #[test]
+    fn set_update_cas() {
+        let mut rec = TokenRecord::new(T, 3, None, 1);
+        let mut cur = 1;
+        let ev = put(
+            &mut rec,
+            "k",
+            PutRequest {
+                value: "1".into(),
+                ..Default::default()
+            },
+            &mut cur,
+        )
+        .unwrap();
+        assert!(ev.is_created() && ev.action == "set");
+        let ev = put(
+            &mut rec,
+            "k",
+            PutRequest {
+                value: "2".into(),
+                ..Default::default()
+            },
+            &mut cur,
+        )
+        .unwrap();
+        assert!(!ev.is_created());
+        assert_eq!(ev.prev_node.unwrap().value.as_deref(), Some("1"));
+        let ev = put(
+            &mut rec,
+            "k",
+            PutRequest {
+                value: "3".into(),
+                prev_exist: Some(true),
+                ..Default::default()
+            },
+            &mut cur,
+        )
+        .unwrap();
+        assert_eq!(ev.action, "update");
+        assert_eq!(
+            ev.node.created_index, 3,
+            "set replaces the node, update keeps it"
+        );
+        let ev = put(
+            &mut rec,
+            "k",
+            PutRequest {
+                value: "4".into(),
+                prev_value: Some("3".into()),
+                ..Default::default()
+            },
+            &mut cur,
+        )
+        .unwrap();
+        assert_eq!(
+            (ev.action.as_str(), ev.node.modified_index),
+            ("compareAndSwap", 5)
+        );
+        let e = put(
+            &mut rec,
+            "missing",
+            PutRequest {
+                value: "4".into(),
+                prev_exist: Some(true),
+                ..Default::default()
+            },
+            &mut cur,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 100);
+    }
+
+    #[test]
+    fn history_scan_and_clearing() {
+        let mut rec = TokenRecord::new(T, 3, None, 1);
+        let mut cur = 1;
+        for i in 0..(HISTORY_CAPACITY + 5) {
+            put(
+                &mut rec,
+                "k",
+                PutRequest {
+                    value: i.to_string(),
+                    ..Default::default()
+                },
+                &mut cur,
+            )
+            .unwrap();
+        }
+        assert_eq!(rec.history.len(), HISTORY_CAPACITY);
+        let root = full_key(T, "");
+        let e = rec.scan(&root, true, 3, cur).unwrap_err();
+        assert_eq!((e.code, e.status()), (401, 400));
+        let found = rec.scan(&root, true, cur, cur).unwrap().unwrap();
+        assert_eq!(found.index(), cur);
+        assert!(rec.scan(&root, true, cur + 1, cur).unwrap().is_none());
+        assert!(rec.scan(&root, false, cur, cur).unwrap().is_none());
+    }
+
+    #[test]
+    fn live_match_hides_hidden_below_the_watch() {
+        let mk = |key: &str, action: &str| Event {
+            action: action.into(),
+            node: NodeJson {
+                key: key.into(),
+                value: None,
+                dir: false,
+                nodes: vec![],
+                modified_index: 1,
+                created_index: 1,
+            },
+            prev_node: None,
+        };
+        assert!(live_match("/a", true, &mk("/a/b", "create")));
+        assert!(!live_match("/a", false, &mk("/a/b", "create")));
+        assert!(!live_match("/a", true, &mk("/a/_config/size", "create")));
+        assert!(live_match(
+            "/a/_config/size",
+            false,
+            &mk("/a/_config/size", "set")
+        ));
+        assert!(!live_match("/a", true, &mk("/ab", "create")));
+        assert!(history_match("/a", true, &mk("/a/_config/size", "create")));
+    }
+}
