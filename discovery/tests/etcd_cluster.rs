@@ -1,0 +1,256 @@
+//! Real etcd 3.4 processes (Debian's etcd-server and etcd-client) bootstrap through the discovery
+//! service on 127.0.0.1: three form one cluster across a restart of the server, a fourth is turned away.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, TestServer};
+
+const ETCD: &str = "/usr/bin/etcd";
+const ETCDCTL: &str = "/usr/bin/etcdctl";
+
+fn require_tools() {
+    assert!(
+        Path::new(ETCD).exists(),
+        "{ETCD} is missing: install Debian's etcd-server package (apt-get install etcd-server)"
+    );
+    assert!(
+        Path::new(ETCDCTL).exists(),
+        "{ETCDCTL} is missing: install Debian's etcd-client package (apt-get install etcd-client)"
+    );
+}
+
+struct Etcd {
+    name: String,
+    child: Child,
+    client_url: String,
+    log: PathBuf,
+}
+
+impl Etcd {
+    fn start(dir: &Path, name: &str, discovery: &str, extra: &[&str]) -> Etcd {
+        let (cp, pp) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{cp}");
+        let peer_url = format!("http://127.0.0.1:{pp}");
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log).unwrap();
+        let child = Command::new(ETCD)
+            .args(["--name", name])
+            .arg("--data-dir")
+            .arg(dir.join(format!("{name}.etcd")))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--discovery", discovery])
+            .args(extra)
+            .env_remove("ETCD_DISCOVERY")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {ETCD}: {e}"));
+        Etcd {
+            name: name.to_string(),
+            child,
+            client_url,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn wait_log(&mut self, needle: &str, limit: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(ETCDCTL)
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoints, "--command-timeout", "5s"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {ETCDCTL}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn logs(es: &[&Etcd]) -> String {
+    es.iter()
+        .map(|e| format!("--- {} ---\n{}", e.name, e.log()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn wait_members(server: &TestServer, token: &str, n: usize, es: &[&Etcd]) {
+    let t = Instant::now();
+    while server.discovery.token(token).unwrap().members().len() < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "fewer than {n} registrations after 60 s\n{}",
+            logs(es)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_away() {
+    require_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let port = free_port();
+    let server = TestServer::start(&state, port, Duration::from_secs(30));
+    let token = server.discovery.create(3).unwrap();
+    let url = format!("{}/{token}", server.base());
+
+    let e1 = Etcd::start(tmp.path(), "e1", &url, &[]);
+    let e2 = Etcd::start(tmp.path(), "e2", &url, &[]);
+    wait_members(&server, &token, 2, &[&e1, &e2]);
+    // Both now wait (long-poll) for the third; restart the server under them.
+    let (mut e1, mut e2) = (e1, e2);
+    for e in [&mut e1, &mut e2] {
+        assert!(
+            e.wait_log(
+                "found 2 peer(s), waiting for 1 more",
+                Duration::from_secs(30)
+            ),
+            "{} is not waiting for the third member:\n{}",
+            e.name,
+            e.log()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = server.discovery.token(&token).unwrap();
+    let index_before = server.discovery.index();
+    server.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let server = TestServer::start(&state, port, Duration::from_secs(30));
+    assert_eq!(
+        server.discovery.token(&token).unwrap(),
+        before,
+        "the token survives the restart"
+    );
+    assert_eq!(server.discovery.index(), index_before);
+
+    let e3 = Etcd::start(tmp.path(), "e3", &url, &[]);
+    let e3_started = Instant::now();
+    wait_members(&server, &token, 3, &[&e1, &e2, &e3]);
+    let all = [&e1, &e2, &e3];
+    let endpoints = all
+        .iter()
+        .map(|e| e.client_url.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let t = Instant::now();
+    loop {
+        let (ok, out) = etcdctl(&endpoints, &["member", "list"]);
+        let started = out.lines().filter(|l| l.contains(", started, ")).count();
+        if ok && started == 3 {
+            eprintln!(
+                "three started members {:?} after e3 started",
+                e3_started.elapsed()
+            );
+            for e in all {
+                assert!(out.contains(&format!(", started, {}, ", e.name)), "{out}");
+            }
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "no cluster of three started members after 90 s: {out}\n{}",
+            logs(&all)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for e in [&e1, &e2] {
+        // The wait broke with the restart and the client asked again (etcd's retry path).
+        assert!(
+            e.log()
+                .contains("waiting for other nodes: error connecting to"),
+            "{}",
+            e.log()
+        );
+    }
+    let (ok, out) = etcdctl(&e1.client_url, &["put", "cairn/discovery", "formed"]);
+    assert!(ok, "put through e1: {out}");
+    let (ok, out) = etcdctl(
+        &e3.client_url,
+        &["get", "cairn/discovery", "--print-value-only"],
+    );
+    assert!(ok && out.trim() == "formed", "get through e3: {out}");
+    let (ok, out) = etcdctl(&e2.client_url, &["endpoint", "health", "--cluster"]);
+    assert!(ok, "cluster health: {out}");
+
+    // A fourth member with the same token: etcd 3.4 checks before registering and stops with
+    // "discovery: cluster is full" (with --discovery-fallback=exit) ...
+    let mut e4 = Etcd::start(tmp.path(), "e4", &url, &["--discovery-fallback", "exit"]);
+    let status = e4.wait_exit(Duration::from_secs(60));
+    let log4 = e4.log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "e4 did not fail: {status:?}\n{log4}"
+    );
+    assert!(log4.contains("discovery: cluster is full"), "{log4}");
+    for l in log4.lines().filter(|l| l.contains("cluster is full")) {
+        eprintln!("e4: {l}");
+    }
+    // ... or, by default (--discovery-fallback=proxy), becomes a proxy.
+    let mut e5 = Etcd::start(tmp.path(), "e5", &url, &[]);
+    assert!(
+        e5.wait_log(
+            "discovery cluster full, falling back to proxy",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        e5.log()
+    );
+    let rec = server.discovery.token(&token).unwrap();
+    assert_eq!(
+        rec.members().len(),
+        3,
+        "neither e4 nor e5 registered: {:?}",
+        rec.members()
+    );
+    let (ok, out) = etcdctl(&endpoints, &["member", "list"]);
+    assert!(ok && out.lines().count() == 3, "{out}");
+}
