@@ -152,3 +152,25 @@ pub async fn finish(r: Response<Incoming>) -> Answer {
 pub async fn call(c: &HttpClient, method: Method, url: &str, form: Option<&str>) -> Answer {
     finish(start(c, method, url, form).await).await
 }
+
+/// A [`cairn_discovery::Store`] in memory, for tests that make many changes (no fsync).
+#[derive(Debug, Default)]
+pub struct MemStore(
+    std::sync::Mutex<std::collections::BTreeMap<String, cairn_discovery::v2::TokenRecord>>,
+);
+
+impl cairn_discovery::Store for MemStore {
+    fn load(&self) -> Result<Vec<cairn_discovery::v2::TokenRecord>, cairn_discovery::StoreError> {
+        Ok(self.0.lock().unwrap().values().cloned().collect())
+    }
+    fn save(
+        &self,
+        record: &cairn_discovery::v2::TokenRecord,
+    ) -> Result<(), cairn_discovery::StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(record.token.clone(), record.clone());
+        Ok(())
+    }
+}
