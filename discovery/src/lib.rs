@@ -370,7 +370,8 @@ impl Discovery {
             key,
             recursive,
             since,
-            seen: st.index,
+            // The token's changes are published in index order; later ones are checked live.
+            seen: e.record.last_index,
             start_index: st.index,
             found,
             rx: e.changed.subscribe(),
