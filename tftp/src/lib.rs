@@ -1,8 +1,8 @@
 //! cairn-tftp: a read-only TFTP server for network boot, async on tokio, serving files and generated content.
 //!
 //! RFC 1350 read requests (write requests get error 2), option negotiation (RFC 2347) with blksize
-//! (RFC 2348), timeout and tsize (RFC 2349) and windowsize (RFC 7440). Each transfer runs in its own task on
-//! its own ephemeral UDP socket. See `README.md` for the behaviour in detail.
+//! (RFC 2348), timeout and tsize (RFC 2349) and windowsize (RFC 7440). Requests arrive on an async socket;
+//! each transfer runs on its own small-stack thread with its own blocking ephemeral UDP socket. See `README.md` for the behaviour in detail.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -20,6 +20,7 @@ pub mod options;
 pub mod packet;
 mod pktinfo;
 mod server;
+mod transfer;
 
 pub use handler::{Content, DirHandler, Handler, Outcome, TftpError};
 pub use packet::error_code;

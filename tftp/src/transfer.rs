@@ -1,0 +1,347 @@
+//! The transfer engine: one read transfer (OACK, windowed DATA, retransmission, ACK/ERROR handling) on its own
+//! OS thread with a blocking UDP socket, so each lockstep block costs a `sendto` and a blocking `recvfrom`
+//! instead of a wake-up of an async runtime worker.
+//!
+//! The retransmission timer is the socket's receive timeout (`SO_RCVTIMEO`), changed only when the time
+//! left differs from the one set (after a packet that did not advance the transfer); file blocks are read
+//! with positional reads into a small chunk buffer.
+
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::debug;
+
+use crate::block;
+use crate::handler::{Content, Outcome, TftpError};
+use crate::options::Negotiated;
+use crate::packet::{encode_data, encode_error, error_code, Packet};
+
+/// Stack reserved for each transfer thread. Only touched pages count towards RSS; the engine itself needs
+/// a few KiB (measured: transfers with `RUST_LOG=trace` formatting run in 32 KiB), the rest is margin
+/// for the tracing subscriber the embedding program installs.
+pub const STACK_SIZE: usize = 128 * 1024;
+
+/// File bytes read at once (rounded down to whole blocks, at least one block).
+const CHUNK: u64 = 16 * 1024;
+
+/// SO_RCVTIMEO is left alone while it exceeds the time left by at most this much (Linux counts it in
+/// jiffies anyway); otherwise it is set to the time left.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
+/// Sends a TFTP error packet; failures are only logged (the client times out instead).
+pub fn send_error(socket: &UdpSocket, peer: SocketAddr, err: &TftpError) {
+    let mut out = Vec::with_capacity(5 + err.message.len());
+    encode_error(&mut out, err.code, &err.message);
+    if let Err(e) = socket.send_to(&out, peer) {
+        debug!(%peer, "sending TFTP error: {e}");
+    }
+}
+
+/// Where DATA payloads come from.
+enum Source {
+    Bytes(Bytes),
+    File {
+        file: File,
+        /// File bytes from `chunk_start`; refilled from the block asked for when it is not inside.
+        chunk: Vec<u8>,
+        chunk_start: u64,
+        chunk_cap: usize,
+    },
+}
+
+/// What waiting for the client produced.
+enum Event {
+    Ack(u16),
+    ClientError { code: u16, message: String },
+    Timeout,
+}
+
+/// One read transfer on a blocking socket; [`Transfer::run`] drives it to its [`Outcome`].
+pub struct Transfer {
+    socket: UdpSocket,
+    peer: SocketAddr,
+    source: Source,
+    len: u64,
+    blksize: u64,
+    window: u64,
+    blocks: u64,
+    timeout: Duration,
+    retries: u32,
+    oack: Option<Vec<(String, String)>>,
+    out: Vec<u8>,
+    rbuf: Vec<u8>,
+    deadline: Instant,
+    /// The receive timeout currently set on the socket.
+    rcvtimeo: Option<Duration>,
+}
+
+impl Transfer {
+    /// A transfer of `content` to `peer` over `socket` (blocking mode) with the negotiated options;
+    /// `timeout` is the retransmission timeout when the client did not negotiate one.
+    pub fn new(
+        socket: UdpSocket,
+        peer: SocketAddr,
+        content: Content,
+        n: &Negotiated,
+        timeout: Duration,
+        retries: u32,
+    ) -> Transfer {
+        let len = content.len();
+        let blksize = u64::from(n.blksize);
+        let source = match content {
+            Content::Bytes(b) => Source::Bytes(b),
+            Content::File { file, .. } => Source::File {
+                file,
+                chunk: Vec::new(),
+                chunk_start: 0,
+                chunk_cap: (CHUNK / blksize).max(1).saturating_mul(blksize) as usize,
+            },
+        };
+        Transfer {
+            socket,
+            peer,
+            source,
+            len,
+            blksize,
+            window: u64::from(n.windowsize.max(1)),
+            blocks: block::count(len, n.blksize),
+            timeout: n.timeout.unwrap_or(timeout).max(Duration::from_millis(1)),
+            retries,
+            oack: (!n.oack.is_empty()).then(|| n.oack.clone()),
+            out: Vec::with_capacity(4 + usize::from(n.blksize)),
+            rbuf: vec![0u8; 1024],
+            deadline: Instant::now(),
+            rcvtimeo: None,
+        }
+    }
+
+    /// Runs the transfer to its end: completion, client error, timeout or a local error.
+    pub fn run(mut self) -> Outcome {
+        if let Some(opts) = self.oack.take() {
+            let mut oack = Vec::new();
+            Packet::Oack(opts).encode(&mut oack);
+            let mut attempts = 0;
+            'oack: loop {
+                self.send(&oack);
+                self.arm();
+                loop {
+                    match self.wait() {
+                        Event::Ack(0) => break 'oack,
+                        Event::Ack(other) => {
+                            debug!(peer = %self.peer, "ignoring ACK {other} before ACK 0 of the OACK")
+                        }
+                        Event::ClientError { code, message } => {
+                            return Outcome::ClientError { code, message }
+                        }
+                        Event::Timeout => {
+                            attempts += 1;
+                            if attempts > self.retries {
+                                return Outcome::TimedOut { acked_blocks: 0 };
+                            }
+                            continue 'oack;
+                        }
+                    }
+                }
+            }
+        }
+        match self.send_data() {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let err = TftpError::new(error_code::NOT_DEFINED, "error reading file");
+                send_error(&self.socket, self.peer, &err);
+                Outcome::Failed(format!("reading the content for {}: {e}", self.peer))
+            }
+        }
+    }
+
+    /// The DATA phase: windows of blocks, ACK handling, retransmission.
+    fn send_data(&mut self) -> io::Result<Outcome> {
+        let mut acked: u64 = 0; // last block acknowledged by the client
+        let mut next: u64 = 1; // next block to send
+        let mut attempts: u32 = 0; // timeouts in a row
+        let mut rewound_at: Option<u64> = None;
+        loop {
+            let limit = (acked + self.window).min(self.blocks);
+            let mut sent = false;
+            while next <= limit {
+                self.send_block(next)?;
+                next += 1;
+                sent = true;
+            }
+            if sent {
+                self.arm();
+            }
+            match self.wait() {
+                Event::Timeout => {
+                    attempts += 1;
+                    if attempts > self.retries {
+                        return Ok(Outcome::TimedOut {
+                            acked_blocks: acked,
+                        });
+                    }
+                    debug!(peer = %self.peer, block = acked + 1, attempts, "timeout, resending");
+                    next = acked + 1;
+                }
+                Event::ClientError { code, message } => {
+                    return Ok(Outcome::ClientError { code, message })
+                }
+                Event::Ack(ack) => {
+                    let in_flight = next - 1 - acked;
+                    match block::ack_advance(acked, in_flight, ack) {
+                        // Old ACK from before the window: ignore.
+                        None => {}
+                        // Duplicate of the previous ACK. With windowsize 1 it is ignored: answering it
+                        // would double every later block (Sorcerer's Apprentice). With a window it means
+                        // the client saw a gap; resend the window once per position.
+                        Some(0)
+                            if self.window > 1 && in_flight > 0 && rewound_at != Some(acked) =>
+                        {
+                            rewound_at = Some(acked);
+                            next = acked + 1;
+                        }
+                        Some(0) => {}
+                        Some(d) => {
+                            acked += d;
+                            attempts = 0;
+                            if acked == self.blocks {
+                                return Ok(Outcome::Completed { bytes: self.len });
+                            }
+                            if d < in_flight {
+                                // Part of a window acknowledged: the client lost the block after it
+                                // (RFC 7440); continue from there.
+                                rewound_at = Some(acked);
+                                next = acked + 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&self, datagram: &[u8]) {
+        if let Err(e) = self.socket.send_to(datagram, self.peer) {
+            // Treated like a lost packet: the timeout resends it.
+            debug!(peer = %self.peer, "sending: {e}");
+        }
+    }
+
+    /// Sends DATA block `index` (1-based).
+    fn send_block(&mut self, index: u64) -> io::Result<()> {
+        let start = (index - 1) * self.blksize;
+        let end = (start + self.blksize).min(self.len);
+        let want = (end - start) as usize;
+        self.out.clear();
+        encode_data(&mut self.out, block::wire(index), &[]);
+        match &mut self.source {
+            Source::Bytes(b) => self
+                .out
+                .extend_from_slice(&b[start as usize..end as usize]),
+            Source::File {
+                file,
+                chunk,
+                chunk_start,
+                chunk_cap,
+            } => {
+                if start < *chunk_start || end > *chunk_start + chunk.len() as u64 {
+                    let size = (*chunk_cap as u64).min(self.len - start) as usize;
+                    chunk.resize(size, 0);
+                    let filled = read_full(file, chunk, start)?;
+                    chunk.truncate(filled);
+                    *chunk_start = start;
+                }
+                let off = (start - *chunk_start) as usize;
+                if off + want > chunk.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was being sent",
+                    ));
+                }
+                self.out.extend_from_slice(&chunk[off..off + want]);
+            }
+        }
+        if let Err(e) = self.socket.send_to(&self.out, self.peer) {
+            debug!(peer = %self.peer, "sending block {index}: {e}");
+        }
+        Ok(())
+    }
+
+    /// Starts the retransmission timer.
+    fn arm(&mut self) {
+        self.deadline = Instant::now() + self.timeout;
+    }
+
+    /// Waits for a packet from the client until the deadline. Packets from other ports get error 5
+    /// (unknown transfer ID) and do not disturb the transfer or move the deadline; anything but ACK and
+    /// ERROR is ignored.
+    fn wait(&mut self) -> Event {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Event::Timeout;
+            }
+            let set = match self.rcvtimeo {
+                Some(cur) => cur < left || cur > left + TIMER_SLACK,
+                None => true,
+            };
+            if set {
+                let t = left.max(Duration::from_millis(1));
+                match self.socket.set_read_timeout(Some(t)) {
+                    Ok(()) => self.rcvtimeo = Some(t),
+                    Err(e) => {
+                        debug!(peer = %self.peer, "setting the receive timeout: {e}");
+                        self.rcvtimeo = None;
+                    }
+                }
+            }
+            let (len, from) = match self.socket.recv_from(&mut self.rbuf) {
+                Ok(r) => r,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    debug!(peer = %self.peer, "receiving: {e}");
+                    // An error returns at once; do not spin until the deadline.
+                    std::thread::sleep(Duration::from_millis(10).min(left));
+                    continue;
+                }
+            };
+            if from != self.peer {
+                let err = TftpError::new(error_code::UNKNOWN_TID, "unknown transfer ID");
+                send_error(&self.socket, from, &err);
+                continue;
+            }
+            match Packet::decode(&self.rbuf[..len]) {
+                Ok(Packet::Ack(n)) => return Event::Ack(n),
+                Ok(Packet::Error { code, message }) => return Event::ClientError { code, message },
+                Ok(other) => debug!(peer = %self.peer, "ignoring {other:?} during a read transfer"),
+                Err(e) => debug!(peer = %self.peer, "ignoring malformed packet: {e}"),
+            }
+        }
+    }
+}
+
+/// Reads into all of `buf` from `offset`, short only at the end of the file; returns the bytes read.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
