@@ -3,6 +3,7 @@
 //!
 //! Mount [`router`] at `/discovery` and give groups tokens with [`Discovery::ensure_group_token`].
 
+mod etcd_store;
 mod http;
 pub mod store;
 pub mod v2;
@@ -14,8 +15,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub use crate::etcd_store::EtcdStore;
 pub use crate::http::router;
-pub use crate::store::{FileStore, Store, StoreError};
+pub use crate::store::{store_from_spec, FileStore, Store, StoreError};
 use crate::v2::{DeleteRequest, Event, PutRequest, TokenRecord, V2Error};
 
 /// What the discovery service refuses or fails at (the Rust API; HTTP answers v2 errors).

@@ -18,6 +18,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// An etcd endpoint refused or failed a request (`endpoint` empty when none was reached).
+    #[error("etcd store {endpoint}: {message}")]
+    Etcd { endpoint: String, message: String },
     /// A stored record is not what this version writes.
     #[error("{}: not a discovery token record: {message}", path.display())]
     Corrupt { path: PathBuf, message: String },
@@ -27,13 +30,23 @@ pub enum StoreError {
 /// whole record through `save` after each change, before answering the request.
 ///
 /// DESIGN.md: "local files by default, etcd when one server is not enough". [`FileStore`] is the
-/// local backend; an etcd backend would keep each record under one key (and would need watches
-/// to let several servers share waiting clients); it is not written yet.
+/// local backend; [`crate::EtcdStore`] keeps each record under one etcd key. Either way one
+/// server serves a store at a time: records are read once at start.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every record kept.
     fn load(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Durably replaces (or adds) one token's record; returns once it would survive a crash.
     fn save(&self, record: &TokenRecord) -> Result<(), StoreError>;
+}
+
+/// The store a `--store` value names: `etcd://HOST:PORT[,...][/PREFIX]` is an
+/// [`crate::EtcdStore`], anything else a state directory for a [`FileStore`].
+pub fn store_from_spec(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if spec.starts_with("etcd://") {
+        Ok(std::sync::Arc::new(crate::EtcdStore::from_url(spec)?))
+    } else {
+        Ok(std::sync::Arc::new(FileStore::open(Path::new(spec))?))
+    }
 }
 
 /// Records as `STATE_DIR/tokens/<token>.json`, each written to a temporary file in the same
