@@ -345,17 +345,17 @@ async fn keys_inner(
     if *method == Method::GET && wait {
         let waiter = d.watch(&token, &rel, recursive, wait_index)?;
         let start = waiter.start_index();
-        let timeout = d.wait_timeout();
-        // Headers go out now; the body comes with the change (or empty after the timeout, which
-        // the etcd client answers by waiting again).
+        let d2 = d.clone();
+        // Headers go out now; the body comes with the change (or empty after the timeout or at
+        // shutdown, which the etcd client answers by waiting again).
         let body = futures_util::stream::once(async move {
-            match tokio::time::timeout(timeout, waiter.next()).await {
-                Ok(ev) => {
+            match d2.wait_event(waiter).await {
+                Some(ev) => {
                     let mut s = serde_json::to_string(&ev).expect("events serialize");
                     s.push('\n');
                     Ok::<_, std::convert::Infallible>(Bytes::from(s))
                 }
-                Err(_) => Ok(Bytes::new()),
+                None => Ok(Bytes::new()),
             }
         });
         let mut r = Response::new(Body::from_stream(body));

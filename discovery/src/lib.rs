@@ -66,6 +66,8 @@ struct Inner {
     store: Arc<dyn Store>,
     public_base: Option<String>,
     wait_timeout: Duration,
+    /// Set by [`Discovery::close_waits`]: pending and new waits end at once.
+    closing: watch::Sender<bool>,
     state: Mutex<State>,
     /// Serialises changes: an index is assigned, the record saved, then published.
     writer: Mutex<()>,
@@ -176,6 +178,7 @@ impl Discovery {
                 store,
                 public_base,
                 wait_timeout: DEFAULT_WAIT_TIMEOUT,
+                closing: watch::channel(false).0,
                 state: Mutex::new(state),
                 writer: Mutex::new(()),
             }),
@@ -383,6 +386,21 @@ impl Discovery {
     /// How long a wait is held.
     pub fn wait_timeout(&self) -> Duration {
         self.inner.wait_timeout
+    }
+
+    /// Ends every pending wait with an empty answer (etcd's client asks again), and every later
+    /// one at once: call it when the server stops, or a graceful shutdown waits for the long polls.
+    pub fn close_waits(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// The change a waiter is waiting for; `None` after the wait timeout or [`Discovery::close_waits`].
+    pub async fn wait_event(&self, waiter: Waiter) -> Option<Event> {
+        let mut closing = self.inner.closing.subscribe();
+        tokio::select! {
+            ev = tokio::time::timeout(self.inner.wait_timeout, waiter.next()) => ev.ok(),
+            _ = closing.wait_for(|c| *c) => None,
+        }
     }
 }
 

@@ -816,3 +816,43 @@ fn tokens_registrations_groups_and_the_index_survive_a_restart() {
         .count();
     assert_eq!(files, 2, "one file per token, no temporary files left");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_lets_a_graceful_shutdown_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Discovery::open(dir.path(), None).unwrap();
+    let token = d.create(3).unwrap();
+    let listener = common::listen(0).await;
+    let addr = listener.local_addr().unwrap();
+    let app: axum::Router =
+        axum::Router::new().nest("/discovery", cairn_discovery::router(d.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let c = common::client();
+    let url = format!("http://{addr}/discovery/{token}?wait=true&recursive=true");
+    let head = start(&c, Method::GET, &url, None).await;
+    let body = tokio::spawn(finish(head));
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !server.is_finished(),
+        "graceful shutdown waits for the long poll"
+    );
+    d.close_waits();
+    let a = tokio::time::timeout(Duration::from_secs(5), body)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, ""));
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stops once the waits are closed")
+        .unwrap()
+        .unwrap();
+}
