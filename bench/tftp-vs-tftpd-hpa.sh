@@ -6,10 +6,12 @@
 #     windowsize (RFC 7440): it leaves the option out of its OACK and atftp falls back to 1.
 #     cairn caps windowsize at 64 KiB in flight (8192 x 16 is granted as 8 x 8192).
 #     cairn runs twice: on tokio's multi-thread runtime (as inside `cairn serve`) and on a
-#     current-thread runtime (SERVE_DIR_CURRENT_THREAD=1), to show the scheduler's share.
+#     current-thread runtime (SERVE_DIR_CURRENT_THREAD=1). Transfers run on their own threads
+#     with blocking sockets, so the runtime only handles requests: both should be alike.
 #  2. Concurrency: CLIENTS (default 200) curl processes started at once fetch a 10 MiB file
 #     (blksize 1468) from each server: how many got the exact file, total wall time, and the
-#     server's peak RSS (sum over its processes: tftpd-hpa forks one child per transfer).
+#     server's peak RSS (sum over its processes: tftpd-hpa forks one child per transfer) and
+#     peak tasks (threads of the cairn process; processes of tftpd-hpa).
 # Servers: cairn's `serve_dir` example (release build) and `in.tftpd -L -s DIR -a 127.0.0.1:PORT`
 # in the foreground. Usage: bash bench/tftp-vs-tftpd-hpa.sh  (as root; installs atftp, curl and
 # tftpd-hpa if missing). Ports: CAIRN_PORT (16901), HPA_PORT (16902), CAIRN1_PORT (16903).
@@ -95,14 +97,22 @@ rss_kb() { # sum of VmRSS over a process and its children
   done
   echo "$total"
 }
+tasks_of() { # threads of a process plus those of its children
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '/^Threads/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
 
 echo
-printf '%-7s %8s %10s %10s %14s\n' server clients complete "time s" "peak RSS MiB"
+printf '%-7s %8s %10s %10s %14s %11s\n' server clients complete "time s" "peak RSS MiB" "peak tasks"
 for srv in cairn cairn1 hpa; do
   port=$(port_of $srv)
   case $srv in cairn) pid=$cairn_pid ;; cairn1) pid=$cairn1_pid ;; hpa) pid=$hpa_pid ;; esac
   rm -f "$work/out/"*
   peak=0
+  peakt=0
   t0=$(now)
   cpids=()
   for ((i = 0; i < clients; i++)); do
@@ -111,6 +121,7 @@ for srv in cairn cairn1 hpa; do
   done
   while :; do
     r=$(rss_kb "$pid"); [ "$r" -gt "$peak" ] && peak=$r
+    t=$(tasks_of "$pid"); [ "$t" -gt "$peakt" ] && peakt=$t
     running=0
     for c in "${cpids[@]}"; do kill -0 "$c" 2>/dev/null && { running=1; break; }; done
     [ $running = 0 ] && break
@@ -120,7 +131,7 @@ for srv in cairn cairn1 hpa; do
   t1=$(now)
   ok=0
   for ((i = 0; i < clients; i++)); do cmp -s "$work/out/$i" "$work/root/ten.bin" && ok=$((ok + 1)); done
-  printf '%-7s %8d %10d %10.1f %14.1f\n' "$srv" "$clients" "$ok" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$peak / 1024" | bc -l)"
+  printf '%-7s %8d %10d %10.1f %14.1f %11d\n' "$srv" "$clients" "$ok" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$peak / 1024" | bc -l)" "$peakt"
 done
 for p in "$cairn_pid" "$cairn1_pid"; do
   if [ -r "/proc/$p/status" ]; then echo "cairn serve_dir pid $p VmHWM (peak RSS over the whole run): $(awk '/^VmHWM/ {print $2 / 1024 " MiB"}' "/proc/$p/status")"; fi
