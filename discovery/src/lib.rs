@@ -69,8 +69,27 @@ struct Inner {
     /// Set by [`Discovery::close_waits`]: pending and new waits end at once.
     closing: watch::Sender<bool>,
     state: Mutex<State>,
-    /// Serialises changes: an index is assigned, the record saved, then published.
+    /// Serialises commits (and token creation): indexes assigned, records saved, then published.
     writer: Mutex<()>,
+    /// Changes waiting for the next commit.
+    queue: Mutex<Vec<Pending>>,
+}
+
+/// A change's outcome: the event and the index after it, or the v2 error.
+type ChangeResult = Result<(Event, u64), V2Error>;
+type ChangeOp = Box<dyn FnOnce(&mut TokenRecord, u64) -> Result<Event, V2Error> + Send>;
+
+/// A change waiting for the next commit.
+struct Pending {
+    token: String,
+    op: ChangeOp,
+    done: std::sync::mpsc::Sender<ChangeResult>,
+}
+
+/// Where a committed change's outcome goes.
+struct Reply {
+    token: String,
+    done: std::sync::mpsc::Sender<ChangeResult>,
 }
 
 /// The discovery service: cheap to clone, all clones share one state.
@@ -181,6 +200,7 @@ impl Discovery {
                 closing: watch::channel(false).0,
                 state: Mutex::new(state),
                 writer: Mutex::new(()),
+                queue: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -305,7 +325,8 @@ impl Discovery {
 
     /// A PUT (blocking: writes the store). Returns the event and the new index.
     pub fn put(&self, token: &str, rel: &str, req: &PutRequest) -> Result<(Event, u64), V2Error> {
-        self.change(token, |rec, cur| rec.put(rel, req, cur))
+        let (rel, req) = (rel.to_string(), req.clone());
+        self.change(token, move |rec, cur| rec.put(&rel, &req, cur))
     }
 
     /// A DELETE (blocking: writes the store).
@@ -315,41 +336,123 @@ impl Discovery {
         rel: &str,
         req: &DeleteRequest,
     ) -> Result<(Event, u64), V2Error> {
-        self.change(token, |rec, cur| rec.delete(rel, req, cur))
+        let (rel, req) = (rel.to_string(), req.clone());
+        self.change(token, move |rec, cur| rec.delete(&rel, &req, cur))
     }
 
+    /// Applies one change. Changes arriving while another batch is being saved are committed
+    /// together by whichever caller takes the writer lock next: applied in arrival order (each
+    /// gets the next index), the touched records saved in parallel (one save per token), then
+    /// all published at once, so readers never see a later index before an earlier one.
     fn change(
         &self,
         token: &str,
-        f: impl FnOnce(&mut TokenRecord, u64) -> Result<Event, V2Error>,
+        f: impl FnOnce(&mut TokenRecord, u64) -> Result<Event, V2Error> + Send + 'static,
     ) -> Result<(Event, u64), V2Error> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        lock(&self.inner.queue).push(Pending {
+            token: token.to_string(),
+            op: Box::new(f),
+            done: tx,
+        });
         let _w = lock(&self.inner.writer);
-        let (mut rec, current) = {
-            let st = lock(&self.inner.state);
-            let e = st
-                .tokens
-                .get(token)
-                .ok_or_else(|| Self::unknown_token(token, st.index))?;
-            ((*e.record).clone(), st.index)
-        };
-        let ev = f(&mut rec, current)?;
-        let index = ev.index();
-        rec.push_history(ev.clone());
-        if let Err(e) = self.inner.store.save(&rec) {
-            tracing::error!(%token, "discovery store: {e}");
-            return Err(V2Error::new(
-                v2::code::RAFT_INTERNAL,
-                format!("discovery store: {e}"),
-                current,
+        if let Ok(r) = rx.try_recv() {
+            return r;
+        }
+        let batch = std::mem::take(&mut *lock(&self.inner.queue));
+        self.commit(batch);
+        rx.try_recv()
+            .expect("a batch answers every change it took, ours included")
+    }
+
+    fn commit(&self, batch: Vec<Pending>) {
+        let mut current = lock(&self.inner.state).index;
+        let mut dirty: HashMap<String, TokenRecord> = HashMap::new();
+        let mut results: Vec<(Reply, ChangeResult)> = Vec::new();
+        for p in batch {
+            let rec = match dirty.get(&p.token) {
+                Some(r) => r.clone(),
+                None => {
+                    let st = lock(&self.inner.state);
+                    match st.tokens.get(&p.token) {
+                        Some(e) => (*e.record).clone(),
+                        None => {
+                            let err = Self::unknown_token(&p.token, current);
+                            results.push((
+                                Reply {
+                                    token: p.token,
+                                    done: p.done,
+                                },
+                                Err(err),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            // Each change works on its own copy: a refused one leaves nothing behind.
+            let mut scratch = rec;
+            let r = (p.op)(&mut scratch, current).map(|ev| {
+                current = ev.index();
+                scratch.push_history(ev.clone());
+                (ev, current)
+            });
+            if r.is_ok() {
+                dirty.insert(p.token.clone(), scratch);
+            }
+            results.push((
+                Reply {
+                    token: p.token,
+                    done: p.done,
+                },
+                r,
             ));
         }
-        let mut st = lock(&self.inner.state);
-        st.index = index;
-        let entry = st.tokens.get_mut(token).expect("tokens are never removed");
-        entry.record = Arc::new(rec);
-        entry.changed.send_replace(index);
-        tracing::info!(%token, action = %ev.action, key = %ev.node.key, index, "discovery change");
-        Ok((ev, index))
+        let store = &self.inner.store;
+        let failed: HashMap<String, String> = std::thread::scope(|s| {
+            let handles: Vec<_> = dirty
+                .values()
+                .map(|rec| (rec.token.clone(), s.spawn(move || store.save(rec))))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|(t, h)| match h.join().expect("store saves do not panic") {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::error!(token = %t, "discovery store: {e}");
+                        Some((t, format!("discovery store: {e}")))
+                    }
+                })
+                .collect()
+        });
+        let before = {
+            let mut st = lock(&self.inner.state);
+            let before = st.index;
+            for (token, rec) in dirty {
+                if failed.contains_key(&token) {
+                    continue;
+                }
+                let entry = st.tokens.get_mut(&token).expect("tokens are never removed");
+                let last = rec.last_index;
+                entry.record = Arc::new(rec);
+                entry.changed.send_replace(last);
+            }
+            // Indexes of changes whose save failed are skipped, never handed out twice.
+            st.index = st.index.max(current);
+            before
+        };
+        for (p, r) in results {
+            let r = match (r, failed.get(&p.token)) {
+                (Ok(_), Some(msg)) => {
+                    Err(V2Error::new(v2::code::RAFT_INTERNAL, msg.clone(), before))
+                }
+                (r, _) => r,
+            };
+            if let Ok((ev, index)) = &r {
+                tracing::info!(token = %p.token, action = %ev.action, key = %ev.node.key, index, "discovery change");
+            }
+            let _ = p.done.send(r);
+        }
     }
 
     /// Starts a wait on `rel` (`wait=true`): a change already in the history at or after `since`

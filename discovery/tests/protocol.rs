@@ -856,3 +856,55 @@ async fn close_waits_lets_a_graceful_shutdown_finish() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_get_distinct_indexes_and_one_winner_per_id() {
+    let (d, base, _dir) = server().await;
+    let token = d.create(40).unwrap();
+    let other = d.create(3).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (base, token, other) = (base.clone(), token.clone(), other.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = common::client();
+            let (t, id) = match i % 3 {
+                0 => (token, format!("m{i}")),
+                1 => (token, "same".to_string()),
+                _ => (other, format!("o{i}")),
+            };
+            (
+                i,
+                register(&c, &base, &t, &id, &format!("n{i}=http://127.0.0.1:{i}")).await,
+            )
+        }));
+    }
+    let mut created = Vec::new();
+    let mut dup = 0;
+    for t in tasks {
+        let (i, a) = t.await.unwrap();
+        match a.status {
+            StatusCode::CREATED => created.push(a.json()["node"]["createdIndex"].as_u64().unwrap()),
+            StatusCode::PRECONDITION_FAILED => {
+                assert_eq!(i % 3, 1, "{}", a.body);
+                dup += 1;
+            }
+            s => panic!("{s}: {}", a.body),
+        }
+    }
+    assert_eq!((created.len(), dup), (41, 19));
+    created.sort();
+    created.dedup();
+    assert_eq!(created.len(), 41, "indexes are unique");
+    assert_eq!(*created.last().unwrap(), d.index());
+    let c = common::client();
+    let a = call(&c, Method::GET, &format!("{base}/{token}"), None).await;
+    let idx: Vec<u64> = a.json()["node"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["createdIndex"].as_u64().unwrap())
+        .collect();
+    assert_eq!(idx.len(), 21);
+    assert!(idx.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(d.token(&other).unwrap().members().len(), 20);
+}
