@@ -40,6 +40,24 @@ async fn bench_registrations_and_long_polls() {
         dir.path().display()
     );
 
+    // One client alone: what a single etcd sees.
+    let token = d.create(100).unwrap();
+    let c = common::client();
+    let mut solo = Vec::new();
+    for m in 0..100 {
+        let s = Instant::now();
+        let a = call(
+            &c,
+            Method::PUT,
+            &format!("{base}/{token}/{m:016x}?prevExist=false"),
+            Some("value=e%3Dhttp%3A%2F%2Fx"),
+        )
+        .await;
+        solo.push(s.elapsed());
+        assert_eq!(a.status, StatusCode::CREATED);
+    }
+    report("100 registrations, one client after the other", &mut solo);
+
     // 1000 registrations: 100 clients, each registering 10 members of its own token.
     let tokens: Vec<String> = (0..100).map(|_| d.create(10).unwrap()).collect();
     let t = Instant::now();
