@@ -73,6 +73,8 @@ struct Inner {
     writer: Mutex<()>,
     /// Changes waiting for the next commit.
     queue: Mutex<Vec<Pending>>,
+    /// Waits answered empty because nothing happened within `wait_timeout`.
+    waits_timed_out: std::sync::atomic::AtomicU64,
 }
 
 /// A change's outcome: the event and the index after it, or the v2 error.
@@ -201,6 +203,7 @@ impl Discovery {
                 state: Mutex::new(state),
                 writer: Mutex::new(()),
                 queue: Mutex::new(Vec::new()),
+                waits_timed_out: Default::default(),
             }),
         })
     }
@@ -501,9 +504,21 @@ impl Discovery {
     pub async fn wait_event(&self, waiter: Waiter) -> Option<Event> {
         let mut closing = self.inner.closing.subscribe();
         tokio::select! {
-            ev = tokio::time::timeout(self.inner.wait_timeout, waiter.next()) => ev.ok(),
+            ev = tokio::time::timeout(self.inner.wait_timeout, waiter.next()) => {
+                if ev.is_err() {
+                    self.inner.waits_timed_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                ev.ok()
+            }
             _ = closing.wait_for(|c| *c) => None,
         }
+    }
+
+    /// How many waits were answered empty after the wait timeout (since open).
+    pub fn waits_timed_out(&self) -> u64 {
+        self.inner
+            .waits_timed_out
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

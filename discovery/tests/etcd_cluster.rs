@@ -135,6 +135,7 @@ fn wait_members(server: &TestServer, token: &str, n: usize, es: &[&Etcd]) {
 #[test]
 fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_away() {
     require_tools();
+    let t0 = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let port = free_port();
@@ -163,7 +164,8 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
     let index_before = server.discovery.index();
     server.stop();
     std::thread::sleep(Duration::from_millis(300));
-    let server = TestServer::start(&state, port, Duration::from_secs(30));
+    // The restarted server ends waits after 1 s with an empty body; etcd's client must ask again.
+    let server = TestServer::start(&state, port, Duration::from_secs(1));
     assert_eq!(
         server.discovery.token(&token).unwrap(),
         before,
@@ -171,6 +173,13 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
     );
     assert_eq!(server.discovery.index(), index_before);
 
+    // e1 and e2 retry 2 s after losing their wait, then wait again: let such waits time out.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        server.discovery.waits_timed_out() >= 2,
+        "e1 and e2 each had a wait end empty: {}",
+        server.discovery.waits_timed_out()
+    );
     let e3 = Etcd::start(tmp.path(), "e3", &url, &[]);
     let e3_started = Instant::now();
     wait_members(&server, &token, 3, &[&e1, &e2, &e3]);
@@ -223,6 +232,7 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
 
     // A fourth member with the same token: etcd 3.4 checks before registering and stops with
     // "discovery: cluster is full" (with --discovery-fallback=exit) ...
+    eprintln!("cluster checked at {:?}", t0.elapsed());
     let mut e4 = Etcd::start(tmp.path(), "e4", &url, &["--discovery-fallback", "exit"]);
     let status = e4.wait_exit(Duration::from_secs(60));
     let log4 = e4.log();
@@ -235,6 +245,7 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
         eprintln!("e4: {l}");
     }
     // ... or, by default (--discovery-fallback=proxy), becomes a proxy.
+    eprintln!("e4 turned away at {:?}", t0.elapsed());
     let mut e5 = Etcd::start(tmp.path(), "e5", &url, &[]);
     assert!(
         e5.wait_log(
@@ -244,6 +255,7 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
         "{}",
         e5.log()
     );
+    eprintln!("e5 fell back to proxy at {:?}", t0.elapsed());
     let rec = server.discovery.token(&token).unwrap();
     assert_eq!(
         rec.members().len(),

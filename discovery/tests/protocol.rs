@@ -707,6 +707,7 @@ async fn a_wait_that_times_out_ends_with_an_empty_body() {
     // etcd's client treats an empty 200 as "ask again" (ErrEmptyBody).
     assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, ""));
     assert_eq!(a.index(), d.index());
+    assert_eq!(d.waits_timed_out(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
