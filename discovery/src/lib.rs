@@ -33,7 +33,7 @@ pub enum DiscoveryError {
     #[error("discovery public URL {url:?}: {reason}")]
     InvalidPublicBase { url: String, reason: &'static str },
     /// A group already has a token made for another size.
-    #[error("group {group:?} has discovery token {token} for a cluster of {existing}, not {requested}; a token bootstraps one cluster: remove the token file or keep the size")]
+    #[error("group {group:?} has discovery token {token} for a cluster of {existing}, not {requested}; a token bootstraps one cluster of a fixed size: keep the size or name a new group")]
     GroupSizeMismatch {
         group: String,
         token: String,

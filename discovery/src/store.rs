@@ -18,6 +18,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (another `cairn serve`) has the state directory.
+    #[error("state directory {}: in use by another process (lock {} is held); two servers must not share it", dir.display(), lock.display())]
+    Locked { dir: PathBuf, lock: PathBuf },
     /// An etcd endpoint refused or failed a request (`endpoint` empty when none was reached).
     #[error("etcd store {endpoint}: {message}")]
     Etcd { endpoint: String, message: String },
@@ -51,9 +54,13 @@ pub fn store_from_spec(spec: &str) -> Result<std::sync::Arc<dyn Store>, StoreErr
 
 /// Records as `STATE_DIR/tokens/<token>.json`, each written to a temporary file in the same
 /// directory, fsynced and renamed over the old one (then the directory is fsynced).
+///
+/// The store holds an exclusive `flock` on `STATE_DIR/lock` for its lifetime, so a second server
+/// on the same directory is refused instead of silently diverging.
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
+    _lock: fs::File,
 }
 
 impl FileStore {
@@ -65,7 +72,34 @@ impl FileStore {
             path: dir.clone(),
             source,
         })?;
-        Ok(FileStore { dir })
+        let lock_path = state_dir.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StoreError::Io {
+                what: "opening",
+                path: lock_path.clone(),
+                source,
+            })?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(StoreError::Locked {
+                    dir: state_dir.to_path_buf(),
+                    lock: lock_path,
+                })
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    what: "locking",
+                    path: lock_path,
+                    source: e.into(),
+                })
+            }
+        }
+        Ok(FileStore { dir, _lock: lock })
     }
 
     /// The directory holding the token files.
@@ -150,6 +184,8 @@ mod tests {
     fn save_load_roundtrip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
+        let err = FileStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("in use by another process"), "{err}");
         let rec = TokenRecord::new("0123456789abcdef0123456789abcdef", 3, Some("g".into()), 4);
         store.save(&rec).unwrap();
         store.save(&rec).unwrap();
@@ -181,5 +217,7 @@ mod tests {
         .unwrap();
         let err = store.load().unwrap_err().to_string();
         assert!(err.contains("expected format 1 and token \"eeee"), "{err}");
+        drop(store);
+        FileStore::open(dir.path()).expect("the lock goes with the store");
     }
 }

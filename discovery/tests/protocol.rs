@@ -133,7 +133,23 @@ async fn new_uses_the_public_base_when_configured() {
     let token = token_of(&a.body);
     assert_eq!(a.body, format!("http://10.0.0.1:8080/discovery/{token}"));
     assert_eq!(d.url(&token).unwrap(), a.body);
-    assert!(Discovery::open(dir.path(), Some("10.0.0.1/discovery")).is_err());
+    let other = tempfile::tempdir().unwrap();
+    for bad in [
+        "10.0.0.1/discovery",
+        "http://",
+        "http:///x",
+        "http://h/d?x=1",
+    ] {
+        let e = Discovery::open(other.path(), Some(bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("discovery public URL {bad:?}")),
+            "{e}"
+        );
+    }
+    let e = Discovery::open(dir.path(), None).unwrap_err().to_string();
+    assert!(e.contains("in use by another process"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
