@@ -20,8 +20,10 @@ where
     S: Clone + Send + Sync + 'static,
 {
     Router::new()
+        .route("/", any(about))
         .route("/new", get(new_token).post(new_token))
         .route("/{*key}", any(keys))
+        .fallback(about)
         .layer(DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn_with_state(
             discovery.clone(),
@@ -151,6 +153,20 @@ impl Form {
 fn mount_prefix(original: &Uri, nested: &Uri) -> String {
     let o = original.path();
     o.strip_suffix(nested.path()).unwrap_or("").to_string()
+}
+
+/// The discovery root: what lives here.
+async fn about(method: Method) -> Response {
+    let status = if method == Method::GET || method == Method::HEAD {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::METHOD_NOT_ALLOWED
+    };
+    text(
+        status,
+        "cairn etcd discovery: GET /discovery/new?size=N for a token URL; etcd --discovery=URL uses it\n"
+            .into(),
+    )
 }
 
 /// `GET|POST /new?size=N`: a new token; the body is its URL (no newline, as discovery.etcd.io).

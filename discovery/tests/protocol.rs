@@ -925,3 +925,20 @@ async fn concurrent_registrations_get_distinct_indexes_and_one_winner_per_id() {
     assert!(idx.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(d.token(&other).unwrap().members().len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_x_etcd_index() {
+    let (d, base, _dir) = server().await;
+    let c = common::client();
+    d.create(3).unwrap();
+    for (m, url) in [
+        (Method::PUT, format!("{base}/new")),
+        (Method::DELETE, format!("{base}/new")),
+        (Method::GET, base.clone()),
+        (Method::PATCH, format!("{base}/x")),
+    ] {
+        let a = call(&c, m.clone(), &url, None).await;
+        assert!(a.status.is_client_error(), "{m} {url}: {}", a.status);
+        assert_eq!(a.index(), d.index(), "{m} {url}");
+    }
+}
