@@ -238,9 +238,7 @@ impl Transfer {
         self.out.clear();
         encode_data(&mut self.out, block::wire(index), &[]);
         match &mut self.source {
-            Source::Bytes(b) => self
-                .out
-                .extend_from_slice(&b[start as usize..end as usize]),
+            Source::Bytes(b) => self.out.extend_from_slice(&b[start as usize..end as usize]),
             Source::File {
                 file,
                 chunk,
@@ -344,4 +342,159 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn negotiated(blksize: u16, windowsize: u16) -> Negotiated {
+        Negotiated {
+            blksize,
+            windowsize,
+            timeout: None,
+            oack: Vec::new(),
+        }
+    }
+
+    /// A client socket and a server socket on 127.0.0.1; the client reads with a short timeout.
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        (server, client)
+    }
+
+    fn file_with(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut tmp, bytes).unwrap();
+        let f = File::open(tmp.path()).unwrap();
+        (tmp, f)
+    }
+
+    /// Receives DATA packets and ACKs each until a short one; returns the payload.
+    fn lockstep_client(client: &UdpSocket, blksize: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; 70_000];
+        let mut data = Vec::new();
+        loop {
+            let (n, from) = client.recv_from(&mut buf).expect("DATA");
+            assert_eq!(&buf[..2], &[0, 3], "DATA expected");
+            data.extend_from_slice(&buf[4..n]);
+            client.send_to(&[0, 4, buf[2], buf[3]], from).unwrap();
+            if n - 4 < blksize {
+                return data;
+            }
+        }
+    }
+
+    #[test]
+    fn file_blocks_cross_chunk_boundaries_byte_exact() {
+        // 1000-byte blocks: a 16000-byte chunk holds 16 of them; 70 blocks need 5 chunk reads.
+        let content: Vec<u8> = (0..69_500u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (_tmp, file) = file_with(&content);
+        let (server, client) = pair();
+        let peer = client.local_addr().unwrap();
+        let t = Transfer::new(
+            server,
+            peer,
+            Content::File {
+                file,
+                len: content.len() as u64,
+            },
+            &negotiated(1000, 1),
+            Duration::from_secs(1),
+            3,
+        );
+        let run = std::thread::spawn(move || t.run());
+        assert_eq!(lockstep_client(&client, 1000), content);
+        assert_eq!(
+            run.join().unwrap(),
+            Outcome::Completed {
+                bytes: content.len() as u64
+            }
+        );
+    }
+
+    #[test]
+    fn a_file_shorter_than_announced_fails_with_an_error_packet() {
+        // The handler announced 40000 bytes but the file has 20000 (it shrank): the transfer sends what
+        // there is, then an error packet instead of a short block that would end the download early.
+        let content = vec![7u8; 20_000];
+        let (_tmp, file) = file_with(&content);
+        let (server, client) = pair();
+        let peer = client.local_addr().unwrap();
+        let t = Transfer::new(
+            server,
+            peer,
+            Content::File { file, len: 40_000 },
+            &negotiated(512, 1),
+            Duration::from_secs(1),
+            3,
+        );
+        let run = std::thread::spawn(move || t.run());
+        let mut buf = vec![0u8; 1024];
+        let mut blocks = 0;
+        let code = loop {
+            let (n, from) = client.recv_from(&mut buf).expect("a packet");
+            match buf[1] {
+                3 => {
+                    assert_eq!(n, 516, "no short block may end the transfer");
+                    blocks += 1;
+                    client.send_to(&[0, 4, buf[2], buf[3]], from).unwrap();
+                }
+                5 => break u16::from_be_bytes([buf[2], buf[3]]),
+                op => panic!("opcode {op}"),
+            }
+        };
+        assert_eq!(code, error_code::NOT_DEFINED);
+        assert_eq!(blocks, 20_000 / 512);
+        assert!(
+            matches!(run.join().unwrap(), Outcome::Failed(m) if m.contains("shrank")),
+            "outcome"
+        );
+    }
+
+    #[test]
+    fn receive_timeout_drives_retransmission_and_the_deadline_holds() {
+        // The client never ACKs but keeps sending stale ACK 0s every 20 ms: they are ignored and must not
+        // push the retransmission deadline back. Block 1 goes out 1 + 2 times, about 150 ms apart.
+        let (server, client) = pair();
+        let peer = client.local_addr().unwrap();
+        let t = Transfer::new(
+            server,
+            peer,
+            Content::Bytes(Bytes::from_static(&[1u8; 2000])),
+            &negotiated(512, 1),
+            Duration::from_millis(150),
+            2,
+        );
+        let started = Instant::now();
+        let run = std::thread::spawn(move || t.run());
+        let mut buf = vec![0u8; 1024];
+        let (_, tid) = client.recv_from(&mut buf).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut arrivals = vec![started.elapsed()];
+        while started.elapsed() < Duration::from_millis(1500) && !run.is_finished() {
+            client.send_to(&[0, 4, 0, 0], tid).unwrap();
+            if let Ok((n, _)) = client.recv_from(&mut buf) {
+                assert_eq!(&buf[..4], &[0, 3, 0, 1], "only block 1 is resent");
+                assert_eq!(n, 516);
+                arrivals.push(started.elapsed());
+            }
+        }
+        assert!(run.is_finished(), "stale ACKs kept the transfer alive");
+        assert_eq!(run.join().unwrap(), Outcome::TimedOut { acked_blocks: 0 });
+        assert_eq!(arrivals.len(), 3, "sent at {arrivals:?}");
+        for w in arrivals.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(
+                gap >= Duration::from_millis(140) && gap < Duration::from_millis(400),
+                "resent {gap:?} after the previous copy ({arrivals:?})"
+            );
+        }
+    }
 }
