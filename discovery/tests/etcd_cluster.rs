@@ -28,6 +28,7 @@ struct Etcd {
     name: String,
     child: Child,
     client_url: String,
+    peer_url: String,
     log: PathBuf,
 }
 
@@ -36,12 +37,26 @@ impl Etcd {
         let (cp, pp) = (free_port(), free_port());
         let client_url = format!("http://127.0.0.1:{cp}");
         let peer_url = format!("http://127.0.0.1:{pp}");
-        let log = dir.join(format!("{name}.log"));
+        Etcd::start_at(dir, name, name, &client_url, &peer_url, discovery, extra)
+    }
+
+    /// `label` names the log and data directory, `name` the member.
+    fn start_at(
+        dir: &Path,
+        label: &str,
+        name: &str,
+        client_url: &str,
+        peer_url: &str,
+        discovery: &str,
+        extra: &[&str],
+    ) -> Etcd {
+        let (client_url, peer_url) = (client_url.to_string(), peer_url.to_string());
+        let log = dir.join(format!("{label}.log"));
         let out = fs::File::create(&log).unwrap();
         let child = Command::new(ETCD)
             .args(["--name", name])
             .arg("--data-dir")
-            .arg(dir.join(format!("{name}.etcd")))
+            .arg(dir.join(format!("{label}.etcd")))
             .args(["--listen-client-urls", &client_url])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
@@ -58,6 +73,7 @@ impl Etcd {
             name: name.to_string(),
             child,
             client_url,
+            peer_url,
             log,
         }
     }
@@ -265,4 +281,21 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
     );
     let (ok, out) = etcdctl(&endpoints, &["member", "list"]);
     assert!(ok && out.lines().count() == 3, "{out}");
+
+    // e1 loses its data and comes back with the same name and peer URL, hence the same member
+    // id: its registration is refused with 412 (105), which etcd reports as a duplicate id.
+    let (client, peer) = (e1.client_url.clone(), e1.peer_url.clone());
+    drop(e1);
+    let mut again = Etcd::start_at(tmp.path(), "e1-again", "e1", &client, &peer, &url, &[]);
+    let status = again.wait_exit(Duration::from_secs(60));
+    let log = again.log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "e1-again did not fail: {status:?}\n{log}"
+    );
+    assert!(
+        log.contains("member \"e1\" has previously registered with discovery service token"),
+        "{log}"
+    );
+    eprintln!("e1 again refused at {:?}", t0.elapsed());
 }
