@@ -1,7 +1,26 @@
 //! etcd discovery service for `cairn serve`: tokens (`/new?size=N`), the part of the etcd v2 keys
 //! API that `etcd --discovery=URL` (etcd 3.4) uses, long-poll waits, and persistence of tokens.
 //!
-//! Mount [`router`] at `/discovery` and give groups tokens with [`Discovery::ensure_group_token`].
+//! Mount [`router`] at `/discovery` and give groups tokens with [`Discovery::ensure_group_token`]:
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), cairn_discovery::DiscoveryError> {
+//! use axum::Router;
+//! #[derive(Clone)]
+//! struct AppState;
+//! let d = cairn_discovery::Discovery::open(
+//!     "/var/lib/cairn/discovery",
+//!     Some("http://10.0.0.1:8080/discovery"),
+//! )?;
+//! let app: Router = Router::<AppState>::new()
+//!     .nest("/discovery", cairn_discovery::router(d.clone()))
+//!     .with_state(AppState);
+//! let token = d.ensure_group_token("etcd-lab", 3)?; // blocking: use spawn_blocking in async code
+//! assert_eq!(d.url(&token).unwrap(), format!("http://10.0.0.1:8080/discovery/{token}"));
+//! // When stopping: end the long polls, then shut the HTTP server down gracefully.
+//! d.close_waits();
+//! # Ok(()) }
+//! ```
 
 mod etcd_store;
 mod http;
