@@ -5,6 +5,9 @@
 #     runs, alternating servers so machine load affects all alike. tftpd-hpa 5.2 does not know
 #     windowsize (RFC 7440): it leaves the option out of its OACK and atftp falls back to 1.
 #     cairn caps windowsize at 64 KiB in flight (8192 x 16 is granted as 8 x 8192).
+#     Also the server's CPU time per file (user + system, from /proc/PID/stat; tftpd-hpa's forked
+#     children are counted when its master reaps them), which load on the machine disturbs less than
+#     lockstep throughput: on loopback that is mostly scheduling latency.
 #     cairn runs twice: on tokio's multi-thread runtime (as inside `cairn serve`) and on a
 #     current-thread runtime (SERVE_DIR_CURRENT_THREAD=1). Transfers run on their own threads
 #     with blocking sockets, so the runtime only handles requests: both should be alike.
@@ -56,6 +59,11 @@ sleep 0.5
 kill -0 "$cairn_pid" && kill -0 "$cairn1_pid" && kill -0 "$hpa_pid"
 
 now() { date +%s.%N; }
+cpu_ticks() { # utime + stime + reaped children's, in clock ticks
+  awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"
+}
+pid_of() { case $1 in cairn) echo "$cairn_pid" ;; cairn1) echo "$cairn1_pid" ;; hpa) echo "$hpa_pid" ;; esac; }
+tck=$(getconf CLK_TCK)
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 fetch_atftp() { # port blksize windowsize out
@@ -65,44 +73,43 @@ fetch_atftp() { # port blksize windowsize out
 }
 
 echo "cairn-tftp vs tftpd-hpa $(dpkg-query -W -f='${Version}' tftpd-hpa), atftp $(dpkg-query -W -f='${Version}' atftp), 64 MiB file, loopback, median of $runs runs, $(nproc) CPUs"
-printf '%-8s %-6s %12s %12s %12s %8s %8s\n' blksize window "cairn MiB/s" "cairn1 MiB/s" "hpa MiB/s" ratio ratio1
+printf '%-8s %-6s %12s %12s %12s %8s %8s %10s %10s %10s\n' blksize window "cairn MiB/s" "cairn1 MiB/s" "hpa MiB/s" ratio ratio1 "cairn CPUs" "cairn1 CPUs" "hpa CPUs"
 port_of() { case $1 in cairn) echo "$cport" ;; cairn1) echo "$c1port" ;; hpa) echo "$hport" ;; esac; }
 for bs in 512 1468 8192; do
   for win in 1 16; do
-    ct=(); c1t=(); ht=()
+    ct=(); c1t=(); ht=(); cc=(); c1c=(); hc=()
     for ((i = 0; i < runs; i++)); do
       for srv in cairn cairn1 hpa; do
         port=$(port_of $srv)
         out=/dev/null; [ "$i" = 0 ] && out="$work/out/$srv-$bs-$win"
+        pid=$(pid_of $srv)
+        k0=$(cpu_ticks "$pid")
         t0=$(now); fetch_atftp "$port" "$bs" "$win" "$out"; t1=$(now)
+        sleep 0.1 # tftpd-hpa's child exits and is reaped after the last ACK
+        k=$(($(cpu_ticks "$pid") - k0))
         if [ "$i" = 0 ]; then
           cmp -s "$out" "$work/root/big.bin" || { echo "$srv blksize $bs window $win: file differs" >&2; exit 1; }
           rm -f "$out"
         fi
         d=$(echo "$t1 - $t0" | bc -l)
-        case $srv in cairn) ct+=("$d") ;; cairn1) c1t+=("$d") ;; hpa) ht+=("$d") ;; esac
+        case $srv in cairn) ct+=("$d"); cc+=("$k") ;; cairn1) c1t+=("$d"); c1c+=("$k") ;; hpa) ht+=("$d"); hc+=("$k") ;; esac
       done
     done
     cm=$(printf '%s\n' "${ct[@]}" | median); c1m=$(printf '%s\n' "${c1t[@]}" | median); hm=$(printf '%s\n' "${ht[@]}" | median)
-    printf '%-8s %-6s %12.1f %12.1f %12.1f %7.2fx %7.2fx\n' "$bs" "$win" "$(echo "64 / $cm" | bc -l)" "$(echo "64 / $c1m" | bc -l)" "$(echo "64 / $hm" | bc -l)" "$(echo "$hm / $cm" | bc -l)" "$(echo "$hm / $c1m" | bc -l)"
+    ccm=$(printf '%s\n' "${cc[@]}" | median); c1cm=$(printf '%s\n' "${c1c[@]}" | median); hcm=$(printf '%s\n' "${hc[@]}" | median)
+    printf '%-8s %-6s %12.1f %12.1f %12.1f %7.2fx %7.2fx %10.2f %10.2f %10.2f\n' "$bs" "$win" "$(echo "64 / $cm" | bc -l)" "$(echo "64 / $c1m" | bc -l)" "$(echo "64 / $hm" | bc -l)" "$(echo "$hm / $cm" | bc -l)" "$(echo "$hm / $c1m" | bc -l)" \
+      "$(echo "$ccm / $tck" | bc -l)" "$(echo "$c1cm / $tck" | bc -l)" "$(echo "$hcm / $tck" | bc -l)"
   done
 done
 echo "(cairn: multi-thread runtime; cairn1: current-thread runtime; ratio = cairn / tftpd-hpa throughput,"
-echo " ratio1 = cairn1 / tftpd-hpa; tftpd-hpa ignores windowsize, so its window-16 rows run with 1)"
+echo " ratio1 = cairn1 / tftpd-hpa; tftpd-hpa ignores windowsize, so its window-16 rows run with 1;"
+echo " CPUs = server CPU seconds (user + system) per 64 MiB file, median)"
 
-rss_kb() { # sum of VmRSS over a process and its children
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
-tasks_of() { # threads of a process plus those of its children
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '/^Threads/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
+usage() { # "RSS_KB TASKS": VmRSS and threads summed over a process and its children, in one pass
+  # (one awk per child was too slow under load: 200 forks per sample missed the peak)
+  local p files=("/proc/$1/status")
+  for p in $(pgrep -P "$1" || true); do files+=("/proc/$p/status"); done
+  cat "${files[@]}" 2>/dev/null | awk '/^VmRSS/ {r += $2} /^Threads/ {t += $2} END {print r + 0, t + 0}'
 }
 
 echo
@@ -120,8 +127,9 @@ for srv in cairn cairn1 hpa; do
     cpids+=($!)
   done
   while :; do
-    r=$(rss_kb "$pid"); [ "$r" -gt "$peak" ] && peak=$r
-    t=$(tasks_of "$pid"); [ "$t" -gt "$peakt" ] && peakt=$t
+    read -r r t < <(usage "$pid")
+    [ "$r" -gt "$peak" ] && peak=$r
+    [ "$t" -gt "$peakt" ] && peakt=$t
     running=0
     for c in "${cpids[@]}"; do kill -0 "$c" 2>/dev/null && { running=1; break; }; done
     [ $running = 0 ] && break

@@ -25,7 +25,7 @@ use crate::packet::{encode_data, encode_error, error_code, Packet};
 /// for the tracing subscriber the embedding program installs.
 pub const STACK_SIZE: usize = 128 * 1024;
 
-/// File bytes read at once (rounded down to whole blocks, at least one block).
+/// File bytes read at once for small blocks (rounded down to whole blocks).
 const CHUNK: u64 = 16 * 1024;
 
 /// SO_RCVTIMEO is left alone while it exceeds the time left by at most this much (Linux counts it in
@@ -46,10 +46,10 @@ enum Source {
     Bytes(Bytes),
     File {
         file: File,
-        /// File bytes from `chunk_start`; refilled from the block asked for when it is not inside.
+        /// File bytes from `chunk_start`; refilled from the block asked for when it is not inside. Its
+        /// capacity is the chunk size; 0 for blocks of `CHUNK / 2` bytes or more, read straight into the packet.
         chunk: Vec<u8>,
         chunk_start: u64,
-        chunk_cap: usize,
     },
 }
 
@@ -72,7 +72,9 @@ pub struct Transfer {
     timeout: Duration,
     retries: u32,
     oack: Option<Vec<(String, String)>>,
-    out: Vec<u8>,
+    /// The DATA packet last encoded, holding block `packet_block`.
+    packet: Vec<u8>,
+    packet_block: Option<u64>,
     rbuf: Vec<u8>,
     deadline: Instant,
     /// The receive timeout currently set on the socket.
@@ -96,9 +98,12 @@ impl Transfer {
             Content::Bytes(b) => Source::Bytes(b),
             Content::File { file, .. } => Source::File {
                 file,
-                chunk: Vec::new(),
+                chunk: if blksize * 2 > CHUNK {
+                    Vec::new()
+                } else {
+                    Vec::with_capacity(((CHUNK / blksize) * blksize) as usize)
+                },
                 chunk_start: 0,
-                chunk_cap: (CHUNK / blksize).max(1).saturating_mul(blksize) as usize,
             },
         };
         Transfer {
@@ -112,7 +117,8 @@ impl Transfer {
             timeout: n.timeout.unwrap_or(timeout).max(Duration::from_millis(1)),
             retries,
             oack: (!n.oack.is_empty()).then(|| n.oack.clone()),
-            out: Vec::with_capacity(4 + usize::from(n.blksize)),
+            packet: Vec::with_capacity(4 + usize::from(n.blksize)),
+            packet_block: None,
             rbuf: vec![0u8; 1024],
             deadline: Instant::now(),
             rcvtimeo: None,
@@ -174,6 +180,7 @@ impl Transfer {
             }
             if sent {
                 self.arm();
+                self.prepare(next);
             }
             match self.wait() {
                 Event::Timeout => {
@@ -230,23 +237,56 @@ impl Transfer {
         }
     }
 
-    /// Sends DATA block `index` (1-based).
+    /// Sends DATA block `index` (1-based), from the packet prepared ahead when it holds that block.
     fn send_block(&mut self, index: u64) -> io::Result<()> {
+        if self.packet_block != Some(index) {
+            self.packet_block = None;
+            self.encode(index)?;
+        }
+        if let Err(e) = self.socket.send_to(&self.packet, self.peer) {
+            debug!(peer = %self.peer, "sending block {index}: {e}");
+        }
+        Ok(())
+    }
+
+    /// Encodes block `index` now, while the client is busy, so that its ACK is answered without a file
+    /// read on the way (tftpd-hpa reads ahead too). A read error is left for `send_block` to report.
+    fn prepare(&mut self, index: u64) {
+        if index <= self.blocks && self.packet_block != Some(index) {
+            self.packet_block = self.encode(index).ok().map(|()| index);
+        }
+    }
+
+    /// Encodes DATA block `index` into `packet`. Large blocks are read straight into the packet; small ones
+    /// come from a chunk buffer (one positional read per `CHUNK` bytes).
+    fn encode(&mut self, index: u64) -> io::Result<()> {
         let start = (index - 1) * self.blksize;
         let end = (start + self.blksize).min(self.len);
         let want = (end - start) as usize;
-        self.out.clear();
-        encode_data(&mut self.out, block::wire(index), &[]);
+        let packet = &mut self.packet;
+        packet.clear();
+        encode_data(packet, block::wire(index), &[]);
+        let shrank = || {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being sent",
+            )
+        };
         match &mut self.source {
-            Source::Bytes(b) => self.out.extend_from_slice(&b[start as usize..end as usize]),
+            Source::Bytes(b) => packet.extend_from_slice(&b[start as usize..end as usize]),
+            Source::File { file, chunk, .. } if chunk.capacity() == 0 => {
+                packet.resize(4 + want, 0);
+                if read_full(file, &mut packet[4..], start)? < want {
+                    return Err(shrank());
+                }
+            }
             Source::File {
                 file,
                 chunk,
                 chunk_start,
-                chunk_cap,
             } => {
                 if start < *chunk_start || end > *chunk_start + chunk.len() as u64 {
-                    let size = (*chunk_cap as u64).min(self.len - start) as usize;
+                    let size = (chunk.capacity() as u64).min(self.len - start) as usize;
                     chunk.resize(size, 0);
                     let filled = read_full(file, chunk, start)?;
                     chunk.truncate(filled);
@@ -254,16 +294,10 @@ impl Transfer {
                 }
                 let off = (start - *chunk_start) as usize;
                 if off + want > chunk.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the file shrank while it was being sent",
-                    ));
+                    return Err(shrank());
                 }
-                self.out.extend_from_slice(&chunk[off..off + want]);
+                packet.extend_from_slice(&chunk[off..off + want]);
             }
-        }
-        if let Err(e) = self.socket.send_to(&self.out, self.peer) {
-            debug!(peer = %self.peer, "sending block {index}: {e}");
         }
         Ok(())
     }
@@ -391,69 +425,80 @@ mod tests {
 
     #[test]
     fn file_blocks_cross_chunk_boundaries_byte_exact() {
-        // 1000-byte blocks: a 16000-byte chunk holds 16 of them; 70 blocks need 5 chunk reads.
-        let content: Vec<u8> = (0..69_500u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (_tmp, file) = file_with(&content);
-        let (server, client) = pair();
-        let peer = client.local_addr().unwrap();
-        let t = Transfer::new(
-            server,
-            peer,
-            Content::File {
-                file,
-                len: content.len() as u64,
-            },
-            &negotiated(1000, 1),
-            Duration::from_secs(1),
-            3,
-        );
-        let run = std::thread::spawn(move || t.run());
-        assert_eq!(lockstep_client(&client, 1000), content);
-        assert_eq!(
-            run.join().unwrap(),
-            Outcome::Completed {
-                bytes: content.len() as u64
-            }
-        );
+        // 1000-byte blocks come from 16000-byte chunks (70 blocks: 5 chunk reads); 8192-byte blocks are
+        // read straight into the packet; 65464 is the largest.
+        let content: Vec<u8> = (0..269_500u32).map(|i| (i * 7 % 251) as u8).collect();
+        for blksize in [1000u16, 8192, 65464] {
+            let (_tmp, file) = file_with(&content);
+            let (server, client) = pair();
+            let peer = client.local_addr().unwrap();
+            let t = Transfer::new(
+                server,
+                peer,
+                Content::File {
+                    file,
+                    len: content.len() as u64,
+                },
+                &negotiated(blksize, 1),
+                Duration::from_secs(1),
+                3,
+            );
+            let run = std::thread::spawn(move || t.run());
+            let got = lockstep_client(&client, usize::from(blksize));
+            assert!(got == content, "content differs (blksize {blksize})");
+            assert_eq!(
+                run.join().unwrap(),
+                Outcome::Completed {
+                    bytes: content.len() as u64
+                }
+            );
+        }
     }
 
     #[test]
     fn a_file_shorter_than_announced_fails_with_an_error_packet() {
         // The handler announced 40000 bytes but the file has 20000 (it shrank): the transfer sends what
         // there is, then an error packet instead of a short block that would end the download early.
-        let content = vec![7u8; 20_000];
-        let (_tmp, file) = file_with(&content);
-        let (server, client) = pair();
-        let peer = client.local_addr().unwrap();
-        let t = Transfer::new(
-            server,
-            peer,
-            Content::File { file, len: 40_000 },
-            &negotiated(512, 1),
-            Duration::from_secs(1),
-            3,
-        );
-        let run = std::thread::spawn(move || t.run());
-        let mut buf = vec![0u8; 1024];
-        let mut blocks = 0;
-        let code = loop {
-            let (n, from) = client.recv_from(&mut buf).expect("a packet");
-            match buf[1] {
-                3 => {
-                    assert_eq!(n, 516, "no short block may end the transfer");
-                    blocks += 1;
-                    client.send_to(&[0, 4, buf[2], buf[3]], from).unwrap();
+        // Both read paths: the chunk buffer (512) and straight into the packet (8192).
+        for blksize in [512u16, 8192] {
+            let content = vec![7u8; 20_000];
+            let (_tmp, file) = file_with(&content);
+            let (server, client) = pair();
+            let peer = client.local_addr().unwrap();
+            let t = Transfer::new(
+                server,
+                peer,
+                Content::File { file, len: 40_000 },
+                &negotiated(blksize, 1),
+                Duration::from_secs(1),
+                3,
+            );
+            let run = std::thread::spawn(move || t.run());
+            let mut buf = vec![0u8; 70_000];
+            let mut blocks = 0;
+            let code = loop {
+                let (n, from) = client.recv_from(&mut buf).expect("a packet");
+                match buf[1] {
+                    3 => {
+                        assert_eq!(
+                            n,
+                            4 + usize::from(blksize),
+                            "a short block ended the transfer"
+                        );
+                        blocks += 1;
+                        client.send_to(&[0, 4, buf[2], buf[3]], from).unwrap();
+                    }
+                    5 => break u16::from_be_bytes([buf[2], buf[3]]),
+                    op => panic!("opcode {op}"),
                 }
-                5 => break u16::from_be_bytes([buf[2], buf[3]]),
-                op => panic!("opcode {op}"),
-            }
-        };
-        assert_eq!(code, error_code::NOT_DEFINED);
-        assert_eq!(blocks, 20_000 / 512);
-        assert!(
-            matches!(run.join().unwrap(), Outcome::Failed(m) if m.contains("shrank")),
-            "outcome"
-        );
+            };
+            assert_eq!(code, error_code::NOT_DEFINED);
+            assert_eq!(blocks, 20_000 / usize::from(blksize), "blksize {blksize}");
+            assert!(
+                matches!(run.join().unwrap(), Outcome::Failed(m) if m.contains("shrank")),
+                "outcome (blksize {blksize})"
+            );
+        }
     }
 
     #[test]
