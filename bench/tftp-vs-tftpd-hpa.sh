@@ -5,9 +5,11 @@
 #     runs, alternating servers so machine load affects all alike. tftpd-hpa 5.2 does not know
 #     windowsize (RFC 7440): it leaves the option out of its OACK and atftp falls back to 1.
 #     cairn caps windowsize at 64 KiB in flight (8192 x 16 is granted as 8 x 8192).
-#     Also the server's CPU time per file (user + system, from /proc/PID/stat; tftpd-hpa's forked
-#     children are counted when its master reaps them), which load on the machine disturbs less than
-#     lockstep throughput: on loopback that is mostly scheduling latency.
+#     Also the server's CPU time per file (user + system from /proc/PID/stat, 10 ms ticks), which
+#     load on the machine disturbs less than lockstep throughput (on loopback mostly scheduling
+#     latency). tftpd-hpa's master ignores SIGCHLD, so its children's time never reaches its
+#     cutime: a sampler reads each child's stat every 20 ms and keeps the last value (a lower
+#     bound, up to 20 ms short per file); the same sampler runs during cairn's fetches.
 #     cairn runs twice: on tokio's multi-thread runtime (as inside `cairn serve`) and on a
 #     current-thread runtime (SERVE_DIR_CURRENT_THREAD=1). Transfers run on their own threads
 #     with blocking sockets, so the runtime only handles requests: both should be alike.
@@ -59,8 +61,18 @@ sleep 0.5
 kill -0 "$cairn_pid" && kill -0 "$cairn1_pid" && kill -0 "$hpa_pid"
 
 now() { date +%s.%N; }
-cpu_ticks() { # utime + stime + reaped children's, in clock ticks
-  awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"
+cpu_ticks() { # utime + stime of a process (all its threads), in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+sample_children() { # PID FILE: every 20 ms, a "child ticks" line per child process of PID
+  local c
+  while :; do
+    for c in $(pgrep -P "$1" || true); do awk -v c="$c" '{print c, $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
+    sleep 0.02
+  done > "$2"
+}
+children_ticks() { # FILE: sum over children of the last ticks seen
+  awk '{m[$1] = $2} END {s = 0; for (c in m) s += m[c]; print s}' "$1"
 }
 pid_of() { case $1 in cairn) echo "$cairn_pid" ;; cairn1) echo "$cairn1_pid" ;; hpa) echo "$hpa_pid" ;; esac; }
 tck=$(getconf CLK_TCK)
@@ -84,9 +96,12 @@ for bs in 512 1468 8192; do
         out=/dev/null; [ "$i" = 0 ] && out="$work/out/$srv-$bs-$win"
         pid=$(pid_of $srv)
         k0=$(cpu_ticks "$pid")
+        sample_children "$pid" "$work/children" &
+        sampler=$!
         t0=$(now); fetch_atftp "$port" "$bs" "$win" "$out"; t1=$(now)
-        sleep 0.1 # tftpd-hpa's child exits and is reaped after the last ACK
-        k=$(($(cpu_ticks "$pid") - k0))
+        sleep 0.05
+        kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+        k=$(($(cpu_ticks "$pid") - k0 + $(children_ticks "$work/children")))
         if [ "$i" = 0 ]; then
           cmp -s "$out" "$work/root/big.bin" || { echo "$srv blksize $bs window $win: file differs" >&2; exit 1; }
           rm -f "$out"
