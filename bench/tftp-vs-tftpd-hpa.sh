@@ -2,7 +2,9 @@
 # cairn-tftp against Debian's tftpd-hpa on loopback.
 #  1. Throughput: a 64 MiB file fetched with the same client (atftp) and the same options
 #     (blksize 512, 1468, 8192; windowsize 1 and 16) from each server; median of RUNS (default 3)
-#     runs, alternating servers so machine load affects all alike. tftpd-hpa 5.2 does not know
+#     runs, alternating servers (rotating their order) so machine load affects all alike. The ratios are the median of
+#     the per-round ratios (each round fetches from all servers back to back), which a load
+#     spike lasting a few seconds disturbs less than a ratio of medians. tftpd-hpa 5.2 does not know
 #     windowsize (RFC 7440): it leaves the option out of its OACK and atftp falls back to 1.
 #     cairn caps windowsize at 64 KiB in flight (8192 x 16 is granted as 8 x 8192).
 #     Also the server's CPU time per file (user + system from /proc/PID/stat, 10 ms ticks), which
@@ -86,12 +88,14 @@ fetch_atftp() { # port blksize windowsize out
 
 echo "cairn-tftp vs tftpd-hpa $(dpkg-query -W -f='${Version}' tftpd-hpa), atftp $(dpkg-query -W -f='${Version}' atftp), 64 MiB file, loopback, median of $runs runs, $(nproc) CPUs"
 printf '%-8s %-6s %12s %12s %12s %8s %8s %10s %10s %10s\n' blksize window "cairn MiB/s" "cairn1 MiB/s" "hpa MiB/s" ratio ratio1 "cairn CPUs" "cairn1 CPUs" "hpa CPUs"
+servers=(cairn cairn1 hpa)
 port_of() { case $1 in cairn) echo "$cport" ;; cairn1) echo "$c1port" ;; hpa) echo "$hport" ;; esac; }
 for bs in 512 1468 8192; do
   for win in 1 16; do
-    ct=(); c1t=(); ht=(); cc=(); c1c=(); hc=()
+    ct=(); c1t=(); ht=(); cc=(); c1c=(); hc=(); rr=(); rr1=()
     for ((i = 0; i < runs; i++)); do
-      for srv in cairn cairn1 hpa; do
+      for j in 0 1 2; do # the order rotates each round
+        srv=${servers[$(((i + j) % 3))]}
         port=$(port_of $srv)
         out=/dev/null; [ "$i" = 0 ] && out="$work/out/$srv-$bs-$win"
         pid=$(pid_of $srv)
@@ -109,15 +113,16 @@ for bs in 512 1468 8192; do
         d=$(echo "$t1 - $t0" | bc -l)
         case $srv in cairn) ct+=("$d"); cc+=("$k") ;; cairn1) c1t+=("$d"); c1c+=("$k") ;; hpa) ht+=("$d"); hc+=("$k") ;; esac
       done
+      rr+=("$(echo "${ht[$i]} / ${ct[$i]}" | bc -l)"); rr1+=("$(echo "${ht[$i]} / ${c1t[$i]}" | bc -l)")
     done
     cm=$(printf '%s\n' "${ct[@]}" | median); c1m=$(printf '%s\n' "${c1t[@]}" | median); hm=$(printf '%s\n' "${ht[@]}" | median)
     ccm=$(printf '%s\n' "${cc[@]}" | median); c1cm=$(printf '%s\n' "${c1c[@]}" | median); hcm=$(printf '%s\n' "${hc[@]}" | median)
-    printf '%-8s %-6s %12.1f %12.1f %12.1f %7.2fx %7.2fx %10.2f %10.2f %10.2f\n' "$bs" "$win" "$(echo "64 / $cm" | bc -l)" "$(echo "64 / $c1m" | bc -l)" "$(echo "64 / $hm" | bc -l)" "$(echo "$hm / $cm" | bc -l)" "$(echo "$hm / $c1m" | bc -l)" \
+    printf '%-8s %-6s %12.1f %12.1f %12.1f %7.2fx %7.2fx %10.2f %10.2f %10.2f\n' "$bs" "$win" "$(echo "64 / $cm" | bc -l)" "$(echo "64 / $c1m" | bc -l)" "$(echo "64 / $hm" | bc -l)" "$(printf '%s\n' "${rr[@]}" | median)" "$(printf '%s\n' "${rr1[@]}" | median)" \
       "$(echo "$ccm / $tck" | bc -l)" "$(echo "$c1cm / $tck" | bc -l)" "$(echo "$hcm / $tck" | bc -l)"
   done
 done
 echo "(cairn: multi-thread runtime; cairn1: current-thread runtime; ratio = cairn / tftpd-hpa throughput,"
-echo " ratio1 = cairn1 / tftpd-hpa; tftpd-hpa ignores windowsize, so its window-16 rows run with 1;"
+echo " ratio1 = cairn1 / tftpd-hpa, each the median of the per-round ratios; tftpd-hpa ignores windowsize, so its window-16 rows run with 1;"
 echo " CPUs = server CPU seconds (user + system) per 64 MiB file, median)"
 
 usage() { # "RSS_KB TASKS": VmRSS and threads summed over a process and its children, in one pass
