@@ -1,0 +1,217 @@
+//! HTTP for the agent (blocking ureq): small GETs for the manifest and its
+//! signature, and part downloads into `DIR/<sha256>.part` that resume with
+//! `Range: bytes=N-` after a cut, are checked against the manifest's size
+//! and SHA-256, and only then renamed to `DIR/<sha256>`.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::bundle::hash_file;
+use crate::error::{Result, UpdateError};
+use crate::manifest::Part;
+
+/// Largest manifest or signature accepted.
+const SMALL_LIMIT: u64 = 1 << 20;
+/// Attempts per part (each resumes where the last stopped).
+const ATTEMPTS: u32 = 6;
+
+/// The HTTP client the agent uses.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(15)))
+        .timeout_recv_body(Some(Duration::from_secs(120)))
+        .timeout_recv_response(Some(Duration::from_secs(30)))
+        .user_agent(concat!("cairn-update/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent()
+}
+
+fn net(url: &str, e: impl std::fmt::Display) -> UpdateError {
+    UpdateError::Network {
+        url: url.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// GET a small document (manifest, signature).
+pub fn get_small(http: &ureq::Agent, url: &str) -> Result<Vec<u8>> {
+    let resp = http.get(url).call().map_err(|e| net(url, e))?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return Err(UpdateError::HttpStatus {
+            url: url.into(),
+            status,
+        });
+    }
+    resp.into_body()
+        .with_config()
+        .limit(SMALL_LIMIT)
+        .read_to_vec()
+        .map_err(|e| net(url, e))
+}
+
+/// Where a part's download lives.
+pub fn part_paths(dir: &Path, part: &Part) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{}.part", part.sha256)),
+        dir.join(&part.sha256),
+    )
+}
+
+/// Bytes of `part` still to download into `dir`.
+pub fn remaining(dir: &Path, part: &Part) -> u64 {
+    let (partial, done) = part_paths(dir, part);
+    if done.exists() {
+        return 0;
+    }
+    let have = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    part.size.saturating_sub(have)
+}
+
+/// Downloads `part` from `url` into `dir` (resuming a `.part` file) and
+/// returns the verified file. A complete file whose hash does not match is
+/// deleted (the next attempt starts over) and refused.
+pub fn download_part(http: &ureq::Agent, url: &str, dir: &Path, part: &Part) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(UpdateError::io(dir))?;
+    let (partial, done) = part_paths(dir, part);
+    if done.exists() {
+        let (sha, size) = hash_file(&done)?;
+        if sha == part.sha256 && size == part.size {
+            return Ok(done);
+        }
+        fs::remove_file(&done).map_err(UpdateError::io(&done))?;
+    }
+    let mut last_err = None;
+    for attempt in 1..=ATTEMPTS {
+        match fetch_once(http, url, &partial, part.size) {
+            Ok(()) => {
+                last_err = None;
+                break;
+            }
+            Err(e @ UpdateError::Network { .. }) => {
+                tracing::warn!("{} (attempt {attempt} of {ATTEMPTS}): resuming", e);
+                last_err = Some(e);
+                std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(e) = last_err {
+        return Err(e);
+    }
+    let (sha, size) = hash_file(&partial)?;
+    if size != part.size || sha != part.sha256 {
+        let _ = fs::remove_file(&partial);
+        return Err(if size != part.size {
+            UpdateError::SizeMismatch {
+                what: format!("downloaded {}", part.path),
+                expected: part.size,
+                got: size,
+            }
+        } else {
+            UpdateError::HashMismatch {
+                what: format!("downloaded {}", part.path),
+                expected: part.sha256.clone(),
+                got: sha,
+            }
+        });
+    }
+    fs::rename(&partial, &done).map_err(UpdateError::io(&done))?;
+    crate::fsutil::fsync_dir(dir)?;
+    Ok(done)
+}
+
+/// One request: appends to `partial` from where it ends.
+fn fetch_once(http: &ureq::Agent, url: &str, partial: &Path, size: u64) -> Result<()> {
+    let mut have = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    if have > size {
+        fs::remove_file(partial).map_err(UpdateError::io(partial))?;
+        have = 0;
+    }
+    if have == size {
+        return Ok(());
+    }
+    let mut req = http.get(url);
+    if have > 0 {
+        req = req.header("Range", &format!("bytes={have}-"));
+    }
+    let resp = req.call().map_err(|e| net(url, e))?;
+    let status = resp.status().as_u16();
+    let append = match status {
+        206 if have > 0 => {
+            let start = resp
+                .headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split_once('-'))
+                .and_then(|(s, _)| s.parse::<u64>().ok());
+            if start != Some(have) {
+                return Err(UpdateError::Refused(format!(
+                    "{url}: asked for bytes from {have}, the server sent Content-Range {start:?}"
+                )));
+            }
+            true
+        }
+        200 => false,
+        416 => {
+            // our partial file is not a prefix of theirs: start over
+            fs::remove_file(partial).map_err(UpdateError::io(partial))?;
+            return Err(net(url, "HTTP 416 for a resumed download; starting over"));
+        }
+        status => {
+            return Err(UpdateError::HttpStatus {
+                url: url.into(),
+                status,
+            })
+        }
+    };
+    let mut out = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(partial)
+        .map_err(UpdateError::io(partial))?;
+    let mut body = resp.into_body();
+    let mut reader = body.with_config().limit(size + 1).reader();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = if append { have } else { 0 };
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                // keep what arrived for the next attempt
+                let _ = out.sync_data();
+                return Err(net(url, e));
+            }
+        };
+        got += n as u64;
+        if got > size {
+            drop(out);
+            let _ = fs::remove_file(partial);
+            return Err(UpdateError::SizeMismatch {
+                what: url.to_string(),
+                expected: size,
+                got,
+            });
+        }
+        out.write_all(&buf[..n]).map_err(UpdateError::io(partial))?;
+    }
+    out.sync_data().map_err(UpdateError::io(partial))?;
+    if got < size {
+        return Err(net(url, format!("connection ended after {got} of {size} bytes")));
+    }
+    Ok(())
+}
+
+/// SHA-256 of a byte slice as hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
