@@ -1,0 +1,377 @@
+//! Test fixtures: a "machine" made of plain files (ESP folder, slot files,
+//! /proc-like files) and an HTTP server on 127.0.0.1 that serves update
+//! bundles with Range support and can cut a response mid-way.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cairn_updater::agent::{Agent, Paths, SlotDevices};
+use cairn_updater::bundle::{write_bundle, BundleInput};
+use cairn_updater::keys::{public_key_text, SecretKey, TrustedKeys};
+use cairn_updater::Config;
+use sha2::{Digest, Sha256};
+
+pub const RUNNING_OPTIONS: &str =
+    "cairn.slot=a console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0";
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
+pub fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+pub fn sha_prefix(path: &Path, n: usize) -> String {
+    let d = fs::read(path).unwrap();
+    sha(&d[..n])
+}
+
+/// A bundle on disk for version `v` of image `default`.
+pub struct Built {
+    pub root: PathBuf,
+    pub rootfs: Vec<u8>,
+    pub kernel: Vec<u8>,
+    pub initrd: Vec<u8>,
+}
+
+/// Writes a bundle into `dir/<v>/update` with `key`.
+pub fn build(dir: &Path, name: &str, v: &str, key: &SecretKey, rootfs_len: usize) -> Built {
+    let out = dir.join(v);
+    fs::create_dir_all(&out).unwrap();
+    let seed = v.bytes().fold(7u64, |a, b| a * 31 + u64::from(b));
+    let rootfs = bytes(seed, rootfs_len);
+    let kernel = bytes(seed + 1, 300_000 + 17);
+    let initrd = bytes(seed + 2, 700_000 + 3);
+    fs::write(out.join("rootfs.squashfs"), &rootfs).unwrap();
+    fs::write(out.join("vmlinuz"), &kernel).unwrap();
+    fs::write(out.join("initrd.img"), &initrd).unwrap();
+    write_bundle(
+        &out,
+        &BundleInput {
+            name,
+            version: v,
+            channel: "stable",
+            rootfs: &out.join("rootfs.squashfs"),
+            kernel: &out.join("vmlinuz"),
+            initrd: &out.join("initrd.img"),
+            created: cairn_updater::fsutil::now() - 60,
+            validity_secs: 7 * 86400,
+        },
+        key,
+    )
+    .unwrap();
+    Built {
+        root: out.join("update"),
+        rootfs,
+        kernel,
+        initrd,
+    }
+}
+
+/// A request the server saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub range: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// channel path -> bundle folder
+    root: Option<PathBuf>,
+    /// file name -> (requests left to cut, bytes to send before cutting)
+    cuts: HashMap<String, (u32, u64)>,
+    log: Vec<Seen>,
+}
+
+/// A minimal HTTP/1.1 file server on 127.0.0.1 for `/update/v1/stable/`.
+#[derive(Clone)]
+pub struct Server {
+    pub url: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let s2 = shared.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { continue };
+                let s3 = s2.clone();
+                std::thread::spawn(move || {
+                    let _ = handle(conn, &s3);
+                });
+            }
+        });
+        Server { url, shared }
+    }
+
+    /// Serve this bundle folder as the `stable` channel.
+    pub fn serve(&self, root: &Path) {
+        self.shared.lock().unwrap().root = Some(root.to_path_buf());
+    }
+
+    /// Cut the next `times` responses for `file` after `after` body bytes.
+    pub fn cut(&self, file: &str, times: u32, after: u64) {
+        self.shared
+            .lock()
+            .unwrap()
+            .cuts
+            .insert(file.to_string(), (times, after));
+    }
+
+    pub fn log(&self) -> Vec<Seen> {
+        self.shared.lock().unwrap().log.clone()
+    }
+}
+
+fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
+    let mut r = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("range") {
+                range = Some(v.trim().to_string());
+            }
+        }
+    }
+    let mut w = conn;
+    let (root, cut) = {
+        let mut s = shared.lock().unwrap();
+        s.log.push(Seen {
+            path: path.clone(),
+            range: range.clone(),
+        });
+        let file = path.rsplit('/').next().unwrap_or("").to_string();
+        let cut = match s.cuts.get_mut(&file) {
+            Some((n, after)) if *n > 0 => {
+                *n -= 1;
+                Some(*after)
+            }
+            _ => None,
+        };
+        (s.root.clone(), cut)
+    };
+    let file = path
+        .strip_prefix("/update/v1/stable/")
+        .map(|f| if f == "manifest" { "manifest.json" } else { f });
+    let data = match (root, file) {
+        (Some(root), Some(f)) if !f.contains('/') => fs::read(root.join(f)).ok(),
+        _ => None,
+    };
+    let Some(data) = data else {
+        w.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        return Ok(());
+    };
+    let total = data.len() as u64;
+    let (status, start) = match range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        Some(s) if s < total => ("206 Partial Content", s),
+        Some(_) => {
+            w.write_all(
+                format!("HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{total}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+            )?;
+            return Ok(());
+        }
+        None => ("200 OK", 0),
+    };
+    let body = &data[start as usize..];
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n",
+        body.len()
+    );
+    if start > 0 {
+        head.push_str(&format!(
+            "Content-Range: bytes {start}-{}/{total}\r\n",
+            total - 1
+        ));
+    }
+    head.push_str("\r\n");
+    w.write_all(head.as_bytes())?;
+    match cut {
+        Some(after) => {
+            let n = (after as usize).min(body.len());
+            w.write_all(&body[..n])?;
+            w.flush()?;
+            // an abrupt end: the client sees fewer bytes than announced
+            w.shutdown(std::net::Shutdown::Both)?;
+        }
+        None => w.write_all(body)?,
+    }
+    Ok(())
+}
+
+/// A machine made of files, running `version` from slot a.
+pub struct Machine {
+    pub dir: PathBuf,
+    pub paths: Paths,
+    pub slot_size: u64,
+}
+
+impl Machine {
+    pub fn new(dir: &Path, server: &Server, key: &SecretKey, version: &str, v1_rootfs: &[u8]) -> Machine {
+        let esp = dir.join("esp");
+        fs::create_dir_all(esp.join("loader/entries")).unwrap();
+        fs::create_dir_all(esp.join(format!("cairn/{version}"))).unwrap();
+        fs::write(esp.join(format!("cairn/{version}/vmlinuz")), b"v1 kernel").unwrap();
+        fs::write(esp.join(format!("cairn/{version}/initrd.img")), b"v1 initrd").unwrap();
+        fs::write(
+            esp.join(format!("loader/entries/cairn-{version}.conf")),
+            format!(
+                "title default {version} (slot a)\nversion {version}\nsort-key default\nlinux /cairn/{version}/vmlinuz\ninitrd /cairn/{version}/initrd.img\noptions {RUNNING_OPTIONS}\n"
+            ),
+        )
+        .unwrap();
+        let slot_size = 6 << 20;
+        let mut a = v1_rootfs.to_vec();
+        a.resize(slot_size as usize, 0);
+        fs::write(dir.join("slot-a"), &a).unwrap();
+        fs::write(dir.join("slot-b"), bytes(99, slot_size as usize)).unwrap();
+        fs::write(dir.join("cmdline"), format!("{RUNNING_OPTIONS}\n")).unwrap();
+        fs::write(
+            dir.join("os-release"),
+            format!("NAME=cairn\nID=cairn\nIMAGE_ID=default\nIMAGE_VERSION={version}\n"),
+        )
+        .unwrap();
+        fs::write(dir.join("boot_id"), "boot-1\n").unwrap();
+        fs::write(
+            dir.join("update.conf"),
+            format!("# written by cairn-cloudinit\nREBOOT_STRATEGY=off\nGROUP=stable\nSERVER={}\n", server.url),
+        )
+        .unwrap();
+        fs::create_dir_all(dir.join("keys")).unwrap();
+        fs::write(
+            dir.join("keys/update.pub"),
+            public_key_text(&key.public(), "test"),
+        )
+        .unwrap();
+        fs::create_dir_all(dir.join("efivars")).unwrap();
+        let paths = Paths {
+            esp,
+            state_dir: dir.join("state/update"),
+            cmdline: dir.join("cmdline"),
+            os_release: dir.join("os-release"),
+            boot_id: dir.join("boot_id"),
+            config: dir.join("update.conf"),
+            trusted_keys: dir.join("keys"),
+            slots: SlotDevices::Fixed {
+                a: dir.join("slot-a"),
+                b: dir.join("slot-b"),
+            },
+            efivars: dir.join("efivars"),
+        };
+        Machine {
+            dir: dir.to_path_buf(),
+            paths,
+            slot_size,
+        }
+    }
+
+    pub fn agent(&self) -> Agent {
+        Agent::new(self.paths.clone()).unwrap()
+    }
+
+    pub fn agent_with_keys(&self, keys: TrustedKeys) -> Agent {
+        let c = Config::load(&self.paths.config).unwrap();
+        Agent::with(self.paths.clone(), c, keys)
+    }
+
+    /// Simulates the reboot into `slot` running `version`.
+    pub fn reboot_into(&self, slot: &str, version: &str, boot: &str) {
+        fs::write(
+            &self.paths.cmdline,
+            format!("{}\n", RUNNING_OPTIONS.replace("cairn.slot=a", &format!("cairn.slot={slot}"))),
+        )
+        .unwrap();
+        fs::write(
+            &self.paths.os_release,
+            format!("NAME=cairn\nIMAGE_ID=default\nIMAGE_VERSION={version}\n"),
+        )
+        .unwrap();
+        fs::write(&self.paths.boot_id, format!("{boot}\n")).unwrap();
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.paths.esp.join("loader/entries"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn entry_text(&self, name: &str) -> String {
+        fs::read_to_string(self.paths.esp.join("loader/entries").join(name)).unwrap()
+    }
+
+    pub fn slot(&self, s: &str) -> PathBuf {
+        self.dir.join(format!("slot-{s}"))
+    }
+
+    /// Command-line arguments pointing `cairn-update` at this machine.
+    pub fn cli_args(&self) -> Vec<String> {
+        let p = &self.paths;
+        let s = |x: &Path| x.display().to_string();
+        vec![
+            "--esp".into(),
+            s(&p.esp),
+            "--state-dir".into(),
+            s(&p.state_dir),
+            "--config".into(),
+            s(&p.config),
+            "--keys".into(),
+            s(&p.trusted_keys),
+            "--cmdline".into(),
+            s(&p.cmdline),
+            "--os-release".into(),
+            s(&p.os_release),
+            "--boot-id".into(),
+            s(&p.boot_id),
+            "--efivars".into(),
+            s(&p.efivars),
+            "--slot-a".into(),
+            s(&self.slot("a")),
+            "--slot-b".into(),
+            s(&self.slot("b")),
+        ]
+    }
+}
+
+/// Reads a whole file.
+pub fn read(p: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    fs::File::open(p).unwrap().read_to_end(&mut v).unwrap();
+    v
+}
