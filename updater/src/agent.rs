@@ -177,9 +177,8 @@ impl Agent {
         let p = &self.paths.os_release;
         let text = fs::read_to_string(p).map_err(UpdateError::io(p))?;
         let get = |k: &str| {
-            os_release_value(&text, k).ok_or_else(|| {
-                UpdateError::Refused(format!("{}: no {k}= line", p.display()))
-            })
+            os_release_value(&text, k)
+                .ok_or_else(|| UpdateError::Refused(format!("{}: no {k}= line", p.display())))
         };
         let boot_id = fs::read_to_string(&self.paths.boot_id)
             .map_err(UpdateError::io(&self.paths.boot_id))?
@@ -209,7 +208,10 @@ impl Agent {
             running: r.slot,
             boot_id: r.boot_id.clone(),
         })?;
-        if let Phase::RolledBack { version, reason, .. } = &s.phase {
+        if let Phase::RolledBack {
+            version, reason, ..
+        } = &s.phase
+        {
             tracing::warn!("update to {version} rolled back: {reason}");
         }
         Ok((r, s))
@@ -343,12 +345,23 @@ impl Agent {
         // 2. the inactive slot loses its entry (and its ESP files) first
         let removed = entries::remove_slot_entries(&self.paths.esp, target)?;
         for e in &removed {
-            tracing::info!("removed {} (slot {target} is about to be written)", e.file_name());
+            tracing::info!(
+                "removed {} (slot {target} is about to be written)",
+                e.file_name()
+            );
         }
         remove_unreferenced_kernels(&self.paths.esp, &m.version)?;
         // 3. the slot
-        let rootfs = &files.iter().find(|(p, _)| p.kind == PartKind::Rootfs).unwrap().1;
-        tracing::info!("writing {} into slot {target} ({})", root.path, device.display());
+        let rootfs = &files
+            .iter()
+            .find(|(p, _)| p.kind == PartKind::Rootfs)
+            .unwrap()
+            .1;
+        tracing::info!(
+            "writing {} into slot {target} ({})",
+            root.path,
+            device.display()
+        );
         self.write_slot(rootfs, &device, root.size, &root.sha256)?;
         // 4. kernel and initrd
         let kdir = self.paths.esp.join("cairn").join(&m.version);
@@ -390,7 +403,10 @@ impl Agent {
             sort_key: running_entry.get("sort-key"),
         });
         entries::write_entry(&self.paths.esp, &name, &text)?;
-        tracing::info!("wrote loader/entries/{name}: version {} staged in slot {target}", m.version);
+        tracing::info!(
+            "wrote loader/entries/{name}: version {} staged in slot {target}",
+            m.version
+        );
         self.event(Event::Staged {
             version: m.version.clone(),
             slot: target,
@@ -427,24 +443,34 @@ impl Agent {
 
     /// Streams `src` into the slot device while hashing, fsyncs, drops
     /// the cached pages and reads the bytes back to compare.
-    fn write_slot(&self, src: &Path, device: &Path, size: u64, sha256: &str) -> Result<()> {
+    /// Returns the seconds spent writing (including fsync) and verifying.
+    pub fn write_slot(
+        &self,
+        src: &Path,
+        device: &Path,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(f64, f64)> {
+        let t0 = std::time::Instant::now();
         let mut input = File::open(src).map_err(UpdateError::io(src))?;
         let mut out = OpenOptions::new()
             .write(true)
             .open(device)
             .map_err(UpdateError::io(device))?;
-        let hash = self.copy_hashing(&mut input, &mut out, device)?;
+        // No hash on the way in: the source was verified when downloaded,
+        // and the read-back below checks what actually reached the device.
+        self.copy(&mut input, &mut out, device)?;
         out.sync_all().map_err(UpdateError::io(device))?;
         drop_cache(&out);
         drop(out);
-        if hash != sha256 {
-            return Err(UpdateError::HashMismatch {
-                what: format!("rootfs written to {}", device.display()),
-                expected: sha256.into(),
-                got: hash,
-            });
-        }
+        let t1 = std::time::Instant::now();
         let back = read_back(device, size)?;
+        let (w, v) = ((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64());
+        tracing::info!(
+            "slot {}: {} MiB written in {w:.2} s, read back and hashed in {v:.2} s",
+            device.display(),
+            size >> 20,
+        );
         if back != sha256 {
             return Err(UpdateError::HashMismatch {
                 what: format!("rootfs read back from {}", device.display()),
@@ -452,7 +478,7 @@ impl Agent {
                 got: back,
             });
         }
-        Ok(())
+        Ok((w, v))
     }
 
     /// A file on the ESP: temp file, hashing copy, fsync, rename, fsync of
@@ -492,13 +518,30 @@ impl Agent {
 
     fn copy_hashing(&self, input: &mut File, out: &mut File, what: &Path) -> Result<String> {
         let mut h = Sha256::new();
+        self.copy_with(input, out, what, |b| h.update(b))?;
+        Ok(hex::encode(h.finalize()))
+    }
+
+    fn copy(&self, input: &mut File, out: &mut File, what: &Path) -> Result<()> {
+        self.copy_with(input, out, what, |_| {})
+    }
+
+    /// Copies in 1 MiB chunks, showing each chunk to `seen`; the test hook
+    /// (`abort_after`) may stop the process mid-chunk.
+    fn copy_with(
+        &self,
+        input: &mut File,
+        out: &mut File,
+        what: &Path,
+        mut seen: impl FnMut(&[u8]),
+    ) -> Result<()> {
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = input.read(&mut buf).map_err(UpdateError::io(what))?;
             if n == 0 {
                 break;
             }
-            h.update(&buf[..n]);
+            seen(&buf[..n]);
             let allowed = self.spend(n);
             out.write_all(&buf[..allowed]).map_err(|e| {
                 if e.raw_os_error() == Some(libc_enospc()) {
@@ -519,7 +562,7 @@ impl Agent {
                 self.check_abort();
             }
         }
-        Ok(hex::encode(h.finalize()))
+        Ok(())
     }
 
     /// What `status` prints.
@@ -620,22 +663,51 @@ fn drop_cache(f: &File) {
     let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed);
 }
 
-/// SHA-256 of the first `size` bytes of `p`.
+/// SHA-256 of the first `size` bytes of `p`, reading and hashing on two
+/// threads so that the disk and the CPU work at the same time.
 fn read_back(p: &Path, size: u64) -> Result<String> {
     let f = File::open(p).map_err(UpdateError::io(p))?;
     drop_cache(&f);
-    let mut r = f.take(size);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut n = 0u64;
-    loop {
-        let k = r.read(&mut buf).map_err(UpdateError::io(p))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
+    let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Sequential);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(3);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..4 {
+        let _ = empty_tx.send(vec![0u8; 4 * CHUNK]);
     }
+    let hasher = std::thread::spawn(move || {
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        for (buf, k) in full_rx {
+            h.update(&buf[..k]);
+            n += k as u64;
+            if empty_tx.send(buf).is_err() {
+                break;
+            }
+        }
+        (hex::encode(h.finalize()), n)
+    });
+    let mut r = f.take(size);
+    let read_result = (|| -> std::io::Result<()> {
+        loop {
+            let Ok(mut buf) = empty_rx.recv() else {
+                return Ok(());
+            };
+            let mut k = 0;
+            while k < buf.len() {
+                let m = r.read(&mut buf[k..])?;
+                if m == 0 {
+                    break;
+                }
+                k += m;
+            }
+            if k == 0 || full_tx.send((buf, k)).is_err() {
+                return Ok(());
+            }
+        }
+    })();
+    drop(full_tx);
+    let (hash, n) = hasher.join().expect("the hashing thread does not panic");
+    read_result.map_err(UpdateError::io(p))?;
     if n != size {
         return Err(UpdateError::SizeMismatch {
             what: format!("read back from {}", p.display()),
@@ -643,7 +715,7 @@ fn read_back(p: &Path, size: u64) -> Result<String> {
             got: n,
         });
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(hash)
 }
 
 /// What `cairn-update status` shows.
@@ -712,7 +784,12 @@ impl std::fmt::Display for StatusReport {
         if let Some(w) = &c.window {
             let day = w
                 .day
-                .map(|d| format!("{} ", ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][d as usize]))
+                .map(|d| {
+                    format!(
+                        "{} ",
+                        ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][d as usize]
+                    )
+                })
                 .unwrap_or_default();
             write!(
                 f,

@@ -176,10 +176,7 @@ mod tests {
         assert_eq!(m.expires, "2023-11-15T22:13:20Z");
         let root = m.part(PartKind::Rootfs);
         assert_eq!(root.size, 100_000);
-        assert_eq!(
-            root.sha256,
-            hex::encode(Sha256::digest(vec![7u8; 100_000]))
-        );
+        assert_eq!(root.sha256, hex::encode(Sha256::digest(vec![7u8; 100_000])));
         for p in &m.parts {
             assert_eq!(hash_file(&b.dir.join(&p.path)).unwrap().0, p.sha256);
         }

@@ -90,12 +90,12 @@ impl Window {
             .split_once(':')
             .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
             .filter(|(h, m)| *h < 24 && *m < 60)
-            .ok_or_else(|| format!("REBOOT_WINDOW_START: {start:?}: expected HH:MM (00:00-23:59)"))?;
-        let length = parse_duration(length)
-            .filter(|l| *l > 0)
             .ok_or_else(|| {
-                format!("REBOOT_WINDOW_LENGTH: {length:?}: expected a duration such as 1h, 30m, 1h30m")
+                format!("REBOOT_WINDOW_START: {start:?}: expected HH:MM (00:00-23:59)")
             })?;
+        let length = parse_duration(length).filter(|l| *l > 0).ok_or_else(|| {
+            format!("REBOOT_WINDOW_LENGTH: {length:?}: expected a duration such as 1h, 30m, 1h30m")
+        })?;
         let period = if day.is_some() { 7 * 86400 } else { 86400 };
         if length > period {
             return Err(format!(
@@ -357,19 +357,28 @@ mod tests {
             c.channel_url().unwrap(),
             "http://u.example.invalid/v1/update/v1/beta/"
         );
-        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
     fn errors_name_file_line_key() {
         let p = Path::new("/etc/cairn/update.conf");
         for (text, want) in [
-            ("\nREBOOT_STRATEGY=sometimes\n", ":2: REBOOT_STRATEGY: \"sometimes\""),
+            (
+                "\nREBOOT_STRATEGY=sometimes\n",
+                ":2: REBOOT_STRATEGY: \"sometimes\"",
+            ),
             ("SERVER=ftp://x\n", ":1: SERVER"),
             ("GROUP=a/b\n", ":1: GROUP"),
             ("REBOOT_STRATGY=off\n", ":1: unknown key \"REBOOT_STRATGY\""),
             ("just words\n", ":1: expected KEY=value"),
-            ("REBOOT_WINDOW_START=Thu 04:00\n", ":1: REBOOT_WINDOW_START without"),
+            (
+                "REBOOT_WINDOW_START=Thu 04:00\n",
+                ":1: REBOOT_WINDOW_START without",
+            ),
             (
                 "REBOOT_WINDOW_START=Thu 25:00\nREBOOT_WINDOW_LENGTH=1h\n",
                 ":1: REBOOT_WINDOW_START: \"Thu 25:00\"",
@@ -382,8 +391,14 @@ mod tests {
                 "REBOOT_WINDOW_LENGTH=1 hour\nREBOOT_WINDOW_START=04:00\n",
                 "REBOOT_WINDOW_LENGTH: \"1 hour\"",
             ),
-            ("REBOOT_WINDOW_LENGTH=25h\nREBOOT_WINDOW_START=04:00\n", "longer than"),
-            ("REBOOT_STRATEGY=window\n", ":0: REBOOT_STRATEGY=window needs"),
+            (
+                "REBOOT_WINDOW_LENGTH=25h\nREBOOT_WINDOW_START=04:00\n",
+                "longer than",
+            ),
+            (
+                "REBOOT_STRATEGY=window\n",
+                ":0: REBOOT_STRATEGY=window needs",
+            ),
         ] {
             let e = Config::parse(text, p).unwrap_err().to_string();
             assert!(
@@ -433,6 +448,9 @@ mod tests {
         let e = c.may_reboot_now(THU).unwrap_err();
         assert!(e.contains("outside the reboot window"), "{e}");
         c.strategy = Strategy::Reboot;
-        assert!(c.may_reboot_now(THU).is_err(), "the window applies to reboot too");
+        assert!(
+            c.may_reboot_now(THU).is_err(),
+            "the window applies to reboot too"
+        );
     }
 }

@@ -125,7 +125,12 @@ pub fn list(esp: &Path) -> Result<Vec<EntryFile>> {
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(UpdateError::Io { path: dir, source: e }),
+        Err(e) => {
+            return Err(UpdateError::Io {
+                path: dir,
+                source: e,
+            })
+        }
     };
     let mut out = Vec::new();
     for e in rd {
@@ -209,7 +214,10 @@ mod tests {
             ("cairn-2+2-1.conf", Some(("cairn-2", Some(2), Some(1)))),
             ("cairn-2+0-3.conf", Some(("cairn-2", Some(0), Some(3)))),
             ("cairn-2.conf", Some(("cairn-2", None, None))),
-            ("cairn-1.0~rc1+3.conf", Some(("cairn-1.0~rc1", Some(3), None))),
+            (
+                "cairn-1.0~rc1+3.conf",
+                Some(("cairn-1.0~rc1", Some(3), None)),
+            ),
             // not counters: the '+' stays in the id
             ("cairn-2+x.conf", Some(("cairn-2+x", None, None))),
             ("cairn-2+3-.conf", Some(("cairn-2+3-", None, None))),
@@ -240,7 +248,10 @@ mod tests {
     #[test]
     fn options_swap() {
         assert_eq!(
-            options_for_slot("cairn.slot=a console=tty0 console=ttyS0,115200 panic=10", Slot::B),
+            options_for_slot(
+                "cairn.slot=a console=tty0 console=ttyS0,115200 panic=10",
+                Slot::B
+            ),
             "cairn.slot=b console=tty0 console=ttyS0,115200 panic=10"
         );
         assert_eq!(options_for_slot("quiet", Slot::A), "cairn.slot=a quiet");
@@ -256,8 +267,16 @@ mod tests {
         let esp = t.path();
         let d = esp.join(ENTRIES_DIR);
         fs::create_dir_all(&d).unwrap();
-        fs::write(d.join("cairn-1.conf"), "title x\nversion 1\noptions cairn.slot=a quiet\n").unwrap();
-        fs::write(d.join("cairn-0.9+0-3.conf"), "version 0.9\noptions  cairn.slot=b\n").unwrap();
+        fs::write(
+            d.join("cairn-1.conf"),
+            "title x\nversion 1\noptions cairn.slot=a quiet\n",
+        )
+        .unwrap();
+        fs::write(
+            d.join("cairn-0.9+0-3.conf"),
+            "version 0.9\noptions  cairn.slot=b\n",
+        )
+        .unwrap();
         fs::write(d.join("other.conf"), "title other\nlinux /x\n").unwrap();
         fs::write(d.join("notes.txt"), "options cairn.slot=b\n").unwrap();
         let all = list(esp).unwrap();
@@ -274,8 +293,10 @@ mod tests {
         assert!(d.join("notes.txt").exists());
         write_entry(esp, "cairn-2+3.conf", "version 2\noptions cairn.slot=b\n").unwrap();
         assert_eq!(for_slot(esp, Slot::B).unwrap()[0].name.tries_left, Some(3));
-        assert!(!fs::read_dir(&d)
+        assert!(!fs::read_dir(&d).unwrap().any(|e| e
             .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")));
     }
 }

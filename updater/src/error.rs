@@ -28,7 +28,9 @@ pub enum UpdateError {
     UnknownKey { key_id: String, trusted: String },
     #[error("manifest expired at {expires} (now {now})")]
     Expired { expires: String, now: String },
-    #[error("manifest was created at {created}, after now ({now}): the clock or the manifest is wrong")]
+    #[error(
+        "manifest was created at {created}, after now ({now}): the clock or the manifest is wrong"
+    )]
     NotYetValid { created: String, now: String },
     #[error("manifest is for image {got:?}, this machine runs {expected:?}")]
     WrongName { expected: String, got: String },

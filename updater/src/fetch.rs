@@ -206,7 +206,10 @@ fn fetch_once(http: &ureq::Agent, url: &str, partial: &Path, size: u64) -> Resul
     }
     out.sync_data().map_err(UpdateError::io(partial))?;
     if got < size {
-        return Err(net(url, format!("connection ended after {got} of {size} bytes")));
+        return Err(net(
+            url,
+            format!("connection ended after {got} of {size} bytes"),
+        ));
     }
     Ok(())
 }

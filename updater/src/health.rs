@@ -161,8 +161,8 @@ pub fn etcd_healthy(url: &str) -> std::result::Result<(), String> {
         .limit(64 * 1024)
         .read_to_string()
         .map_err(|e| format!("{u}: {e}"))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&body).map_err(|_| format!("{u}: HTTP {status}, not JSON: {body:.80}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|_| format!("{u}: HTTP {status}, not JSON: {body:.80}"))?;
     match v.get("health").and_then(|h| h.as_str()) {
         Some("true") if status == 200 => Ok(()),
         _ => Err(format!("{u}: HTTP {status}: {}", body.trim())),
@@ -171,8 +171,7 @@ pub fn etcd_healthy(url: &str) -> std::result::Result<(), String> {
 
 /// Docker's API answers `GET /_ping` with `OK` on its socket.
 pub fn docker_healthy(socket: &Path) -> std::result::Result<(), String> {
-    let mut s =
-        UnixStream::connect(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let mut s = UnixStream::connect(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
@@ -241,10 +240,18 @@ mod tests {
 
     #[test]
     fn efi_strings_and_entry_ids() {
-        assert_eq!(parse_efi_string(&efi_var("cairn-2+3.conf")).unwrap(), "cairn-2+3.conf");
+        assert_eq!(
+            parse_efi_string(&efi_var("cairn-2+3.conf")).unwrap(),
+            "cairn-2+3.conf"
+        );
         assert_eq!(parse_efi_string(&[6, 0]), None);
         let n = EntryName::parse("cairn-2+2-1.conf").unwrap();
-        for id in ["cairn-2+3.conf", "cairn-2.conf", "cairn-2", "CAIRN-2+2-1.conf"] {
+        for id in [
+            "cairn-2+3.conf",
+            "cairn-2.conf",
+            "cairn-2",
+            "CAIRN-2+2-1.conf",
+        ] {
             assert!(id_matches(id, &n), "{id}");
         }
         assert!(!id_matches("cairn-20.conf", &n));
@@ -258,8 +265,16 @@ mod tests {
         let vars = t.path().join("efivars");
         fs::create_dir_all(esp.join("loader/entries")).unwrap();
         fs::create_dir_all(&vars).unwrap();
-        fs::write(esp.join("loader/entries/cairn-1.conf"), "options cairn.slot=a\n").unwrap();
-        fs::write(esp.join("loader/entries/cairn-2+2-1.conf"), "options cairn.slot=b\n").unwrap();
+        fs::write(
+            esp.join("loader/entries/cairn-1.conf"),
+            "options cairn.slot=a\n",
+        )
+        .unwrap();
+        fs::write(
+            esp.join("loader/entries/cairn-2+2-1.conf"),
+            "options cairn.slot=b\n",
+        )
+        .unwrap();
         let cmdline = t.path().join("cmdline");
         fs::write(&cmdline, "cairn.slot=b console=ttyS0\n").unwrap();
         // no variable (BIOS, or not systemd-boot): nothing to compare
@@ -269,7 +284,10 @@ mod tests {
         assert!(check_slot(&cmdline, &vars, &esp).unwrap().is_empty());
         fs::write(&var, efi_var("cairn-1.conf")).unwrap();
         let p = check_slot(&cmdline, &vars, &esp).unwrap();
-        assert_eq!(p, ["the booted entry cairn-1.conf says slot a, but the root is slot b"]);
+        assert_eq!(
+            p,
+            ["the booted entry cairn-1.conf says slot a, but the root is slot b"]
+        );
         fs::write(&var, efi_var("other.conf")).unwrap();
         let p = check_slot(&cmdline, &vars, &esp).unwrap();
         assert!(p[0].contains("not on the ESP"), "{p:?}");

@@ -223,7 +223,9 @@ impl TrustedKeys {
                         .ok()
                         .and_then(|v| v.try_into().ok())
                         .ok_or_else(|| {
-                            err(format!("expected the base64 of 32 bytes after {PUBLIC_TAG}"))
+                            err(format!(
+                                "expected the base64 of 32 bytes after {PUBLIC_TAG}"
+                            ))
                         })?;
                     let k = VerifyingKey::from_bytes(&bytes)
                         .map_err(|_| err("not a valid ed25519 public key".into()))?;
@@ -312,7 +314,10 @@ mod tests {
         let e = TrustedKeys::parse("# c\n\ncairn-ed25519 AAAA\n", p)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("keys/update.pub:3: expected the base64 of 32 bytes"), "{e}");
+        assert!(
+            e.starts_with("keys/update.pub:3: expected the base64 of 32 bytes"),
+            "{e}"
+        );
         let k = SecretKey::from_seed([7; 32]);
         let e = TrustedKeys::parse(&k.to_text(), p).unwrap_err().to_string();
         assert!(e.contains(":2: this is a secret key"), "{e}");
@@ -320,9 +325,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("k:1:") && e.contains("public key file"), "{e}");
-        let e = SecretKey::parse("", Path::new("k")).unwrap_err().to_string();
+        let e = SecretKey::parse("", Path::new("k"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no \"cairn-ed25519-secret\" line"), "{e}");
-        let e = TrustedKeys::parse("ssh-ed25519 AAAA x\n", p).unwrap_err().to_string();
+        let e = TrustedKeys::parse("ssh-ed25519 AAAA x\n", p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(":1: expected \"cairn-ed25519"), "{e}");
     }
 

@@ -14,7 +14,11 @@ use cairn_updater::state::{Event, Phase};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cairn-update", version, about = "A/B updates for cairn machines")]
+#[command(
+    name = "cairn-update",
+    version,
+    about = "A/B updates for cairn machines"
+)]
 struct Cli {
     #[command(flatten)]
     paths: PathArgs,
@@ -141,7 +145,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (running, _) = a.observe_boot().context("reading the running system")?;
             match a.check(&running) {
                 Ok((m, _)) => {
-                    println!("offered: {} {} (running {})", m.name, m.version, running.version);
+                    println!(
+                        "offered: {} {} (running {})",
+                        m.name, m.version, running.version
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(cairn_updater::UpdateError::NotNewer { offered, running }) => {
@@ -158,13 +165,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Outcome::UpToDate { running, offered } => {
                     println!("up to date: running {running}, channel offers {offered}")
                 }
-                Outcome::TrialInProgress { version, slot } => println!(
-                    "{version} in slot {slot} is on trial: waiting for the health gate"
-                ),
+                Outcome::TrialInProgress { version, slot } => {
+                    println!("{version} in slot {slot} is on trial: waiting for the health gate")
+                }
                 Outcome::AlreadyStaged { version, slot } => {
                     println!("{version} is already staged in slot {slot}")
                 }
-                Outcome::Staged { version, slot, entry } => {
+                Outcome::Staged {
+                    version,
+                    slot,
+                    entry,
+                } => {
                     println!("staged {version} in slot {slot} (loader/entries/{entry})")
                 }
             }
@@ -242,7 +253,12 @@ fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCo
                 running: running.slot,
             },
         )?;
-        println!("healthy: slot {} ({}); update state {}", running.slot, running.version, s.phase.name());
+        println!(
+            "healthy: slot {} ({}); update state {}",
+            running.slot,
+            running.version,
+            s.phase.name()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let reason = problems.join("; ");

@@ -98,8 +98,9 @@ pub(crate) fn safe_version(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('.')
         && s.len() <= 128
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'~' | b'^' | b'+'))
+        && s.bytes().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'~' | b'^' | b'+')
+        })
 }
 
 /// Whether a name is safe as a path component: letters, digits, `.`,
@@ -150,10 +151,18 @@ impl Manifest {
                 )));
             }
         }
-        let created = parse_rfc3339(&self.created)
-            .ok_or_else(|| bad(format!("created: {:?}: expected YYYY-MM-DDTHH:MM:SSZ", self.created)))?;
-        let expires = parse_rfc3339(&self.expires)
-            .ok_or_else(|| bad(format!("expires: {:?}: expected YYYY-MM-DDTHH:MM:SSZ", self.expires)))?;
+        let created = parse_rfc3339(&self.created).ok_or_else(|| {
+            bad(format!(
+                "created: {:?}: expected YYYY-MM-DDTHH:MM:SSZ",
+                self.created
+            ))
+        })?;
+        let expires = parse_rfc3339(&self.expires).ok_or_else(|| {
+            bad(format!(
+                "expires: {:?}: expected YYYY-MM-DDTHH:MM:SSZ",
+                self.expires
+            ))
+        })?;
         if expires <= created {
             return Err(bad("expires: not after created"));
         }
@@ -460,7 +469,10 @@ mod tests {
         // "1.0.1" and "1.0^1" are newer
         for v in ["1.0.1", "1.0^1", "1.0a", "1.0+b1"] {
             let (b, s) = signed(&manifest(v), &key());
-            assert!(verify(&b, s.as_bytes(), &trusted(), &expect()).is_ok(), "{v}");
+            assert!(
+                verify(&b, s.as_bytes(), &trusted(), &expect()).is_ok(),
+                "{v}"
+            );
         }
     }
 

@@ -128,7 +128,10 @@ mod tests {
             slot_from_cmdline("cairn.slot=a console=ttyS0 panic=10\n"),
             Some(Slot::A)
         );
-        assert_eq!(slot_from_cmdline("cairn.slot=a cairn.slot=b"), Some(Slot::B));
+        assert_eq!(
+            slot_from_cmdline("cairn.slot=a cairn.slot=b"),
+            Some(Slot::B)
+        );
         assert_eq!(slot_from_cmdline("cairn.root=ram"), None);
         assert_eq!(slot_from_cmdline("cairn.slot=c"), None);
         assert_eq!(slot_from_cmdline("\"cairn.slot=b\" x"), Some(Slot::B));
@@ -145,14 +148,22 @@ mod tests {
             fs::write(d.join("uevent"), text).unwrap();
         };
         mk("vda", "MAJOR=252\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n");
-        mk("vda2", "MAJOR=252\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTN=2\nPARTNAME=cairn-a\n");
-        mk("vda3", "DEVNAME=vda3\nDEVTYPE=partition\nPARTNAME=cairn-b\n");
+        mk(
+            "vda2",
+            "MAJOR=252\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTN=2\nPARTNAME=cairn-a\n",
+        );
+        mk(
+            "vda3",
+            "DEVNAME=vda3\nDEVTYPE=partition\nPARTNAME=cairn-b\n",
+        );
         mk("vda30", "DEVNAME=vda30\nPARTNAME=cairn-bb\n");
         assert_eq!(
             find_partition(t.path(), "cairn-b").unwrap(),
             PathBuf::from("/dev/vda3")
         );
-        let e = find_partition(t.path(), "cairn-state").unwrap_err().to_string();
+        let e = find_partition(t.path(), "cairn-state")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no partition labelled cairn-state"), "{e}");
         mk("sdb3", "DEVNAME=sdb3\nPARTNAME=cairn-b\n");
         let e = find_partition(t.path(), "cairn-b").unwrap_err().to_string();

@@ -21,7 +21,10 @@ pub enum Phase {
     Idle,
     /// `slot` (the inactive one) is being written with `version`; its
     /// entry has been removed.
-    Downloading { version: String, slot: Slot },
+    Downloading {
+        version: String,
+        slot: Slot,
+    },
     /// `slot` holds `version` and has a counted entry; `boot_id` is the
     /// boot that staged it (a different boot id means we rebooted).
     Staged {
@@ -38,7 +41,10 @@ pub enum Phase {
         health: Option<String>,
     },
     /// `version` in `slot` passed the health gate.
-    Committed { version: String, slot: Slot },
+    Committed {
+        version: String,
+        slot: Slot,
+    },
     /// `version` in `slot` was given up; the machine runs the other slot.
     RolledBack {
         version: String,
@@ -375,7 +381,11 @@ mod tests {
         });
         let r = s.apply(booted(Slot::B, "b2"), T).unwrap();
         match &r.phase {
-            Phase::RolledBack { version, slot, reason } => {
+            Phase::RolledBack {
+                version,
+                slot,
+                reason,
+            } => {
                 assert_eq!((version.as_str(), *slot), ("3", Slot::A));
                 assert!(reason.contains("slot b runs instead of slot a"), "{reason}");
             }
@@ -399,7 +409,10 @@ mod tests {
         let r = t.apply(booted(Slot::B, "b3"), T).unwrap();
         match &r.phase {
             Phase::RolledBack { reason, .. } => {
-                assert!(reason.contains("health gate failed on slot a: failed units: etcd.service"), "{reason}")
+                assert!(
+                    reason.contains("health gate failed on slot a: failed units: etcd.service"),
+                    "{reason}"
+                )
             }
             p => panic!("{p:?}"),
         }
@@ -409,7 +422,9 @@ mod tests {
             health: None,
         });
         let r = t.apply(booted(Slot::B, "b3"), T).unwrap();
-        assert!(matches!(&r.phase, Phase::RolledBack { reason, .. } if reason.contains("never passed")));
+        assert!(
+            matches!(&r.phase, Phase::RolledBack { reason, .. } if reason.contains("never passed"))
+        );
         // after a rollback a newer version may be tried again
         assert_eq!(
             r.apply(dl("4", Slot::A), T).unwrap().phase.name(),
@@ -504,7 +519,10 @@ mod tests {
             ),
         ] {
             let e = st(from.clone()).apply(ev.clone(), T).unwrap_err();
-            assert!(matches!(e, UpdateError::Transition(_)), "{from:?} {ev:?}: {e}");
+            assert!(
+                matches!(e, UpdateError::Transition(_)),
+                "{from:?} {ev:?}: {e}"
+            );
         }
         // health passing outside a trial commits nothing
         for p in [
@@ -517,7 +535,8 @@ mod tests {
         ] {
             let s = st(p);
             assert_eq!(
-                s.apply(Event::HealthPassed { running: Slot::B }, T).unwrap(),
+                s.apply(Event::HealthPassed { running: Slot::B }, T)
+                    .unwrap(),
                 s
             );
         }

@@ -40,7 +40,11 @@ pub fn compare(a: &str, b: &str) -> Ordering {
         let (ta, tb) = (at(a, i) == b'~', at(b, j) == b'~');
         if ta || tb {
             if ta != tb {
-                return if ta { Ordering::Less } else { Ordering::Greater };
+                return if ta {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                };
             }
             i += 1;
             j += 1;
@@ -55,7 +59,11 @@ pub fn compare(a: &str, b: &str) -> Ordering {
             if sa || sb {
                 if sa != sb {
                     // the side carrying the separator is older
-                    return if sa { Ordering::Less } else { Ordering::Greater };
+                    return if sa {
+                        Ordering::Less
+                    } else {
+                        Ordering::Greater
+                    };
                 }
                 i += 1;
                 j += 1;
@@ -77,7 +85,10 @@ pub fn compare(a: &str, b: &str) -> Ordering {
             while j < eb && b[j] == b'0' {
                 j += 1;
             }
-            match (ea - i).cmp(&(eb - j)).then_with(|| a[i..ea].cmp(&b[j..eb])) {
+            match (ea - i)
+                .cmp(&(eb - j))
+                .then_with(|| a[i..ea].cmp(&b[j..eb]))
+            {
                 Ordering::Equal => {}
                 o => return o,
             }
@@ -124,9 +135,30 @@ mod tests {
     #[test]
     fn systemd_ordered_list() {
         let versions = [
-            "~1", "", "ab", "abb", "abc", "0001", "002", "12", "122", "122.9", "123~rc1", "123",
-            "123-a", "123-a.1", "123-a1", "123-a1.1", "123-3", "123-3.1", "123^patch1", "123^1",
-            "123.a-1", "123.1-1", "123a-1", "124",
+            "~1",
+            "",
+            "ab",
+            "abb",
+            "abc",
+            "0001",
+            "002",
+            "12",
+            "122",
+            "122.9",
+            "123~rc1",
+            "123",
+            "123-a",
+            "123-a.1",
+            "123-a1",
+            "123-a1.1",
+            "123-3",
+            "123-3.1",
+            "123^patch1",
+            "123^1",
+            "123.a-1",
+            "123.1-1",
+            "123a-1",
+            "124",
         ];
         for (k, a) in versions.iter().enumerate() {
             for b in &versions[k + 1..] {

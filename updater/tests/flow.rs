@@ -32,7 +32,13 @@ struct World {
 fn world() -> World {
     let t = tempfile::tempdir().unwrap();
     let server = Server::start();
-    let m = Machine::new(&t.path().join("machine"), &server, &key(), "1", &bytes(1, 2 << 20));
+    let m = Machine::new(
+        &t.path().join("machine"),
+        &server,
+        &key(),
+        "1",
+        &bytes(1, 2 << 20),
+    );
     let bundles = t.path().join("bundles");
     World {
         server,
@@ -57,7 +63,11 @@ fn old_b_entry(m: &Machine) {
 
 fn check_staged(m: &Machine, b: &Built, slot: &str, version: &str) {
     let n = b.rootfs.len();
-    assert_eq!(sha_prefix(&m.slot(slot), n), sha(&b.rootfs), "slot {slot} holds {version}");
+    assert_eq!(
+        sha_prefix(&m.slot(slot), n),
+        sha(&b.rootfs),
+        "slot {slot} holds {version}"
+    );
     let kdir = m.paths.esp.join("cairn").join(version);
     assert_eq!(read(&kdir.join("vmlinuz")), b.kernel);
     assert_eq!(read(&kdir.join("initrd.img")), b.initrd);
@@ -148,8 +158,13 @@ fn v1_to_v2_to_v3() {
     check_staged(m, &v3, "a", "3");
     assert_eq!(m.entries(), ["cairn-2.conf", "cairn-3+3.conf"]);
     assert_eq!(m.entry_text("cairn-2.conf"), b_entry);
-    assert!(m.entry_text("cairn-3+3.conf").contains("options cairn.slot=a console=tty0"));
-    assert!(!m.paths.esp.join("cairn/1").exists(), "v1's kernel went with its entry");
+    assert!(m
+        .entry_text("cairn-3+3.conf")
+        .contains("options cairn.slot=a console=tty0"));
+    assert!(
+        !m.paths.esp.join("cairn/1").exists(),
+        "v1's kernel went with its entry"
+    );
     check_staged(m, &v2, "b", "2");
 
     // status, through the binary
@@ -159,7 +174,11 @@ fn v1_to_v2_to_v3() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("running:  default 2 from slot b"), "{text}");
     assert!(text.contains("update:   3 staged in slot a"), "{text}");
     assert!(text.contains("entry:    cairn-3+3.conf (slot a)"), "{text}");
@@ -183,7 +202,11 @@ fn a_cut_connection_is_resumed_with_range() {
         .collect();
     assert_eq!(
         ranges,
-        [None, Some("bytes=1000000-".into()), Some("bytes=2000000-".into())]
+        [
+            None,
+            Some("bytes=1000000-".into()),
+            Some("bytes=2000000-".into())
+        ]
     );
 }
 
@@ -228,7 +251,11 @@ fn refusals_leave_both_slots_and_entries_untouched() {
     let before = snapshot(m);
     let other_key = SecretKey::from_seed([43; 32]);
 
-    type Case = (&'static str, Box<dyn Fn(&World) -> std::path::PathBuf>, &'static str);
+    type Case = (
+        &'static str,
+        Box<dyn Fn(&World) -> std::path::PathBuf>,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         (
             "tampered part",
@@ -248,7 +275,9 @@ fn refusals_leave_both_slots_and_entries_untouched() {
             Box::new(|w: &World| {
                 let b = build(&w.bundles, "default", "2", &key(), ROOTFS);
                 let p = b.root.join("manifest.json");
-                let t = fs::read_to_string(&p).unwrap().replace("\"stable\"", "\"stable\" ");
+                let t = fs::read_to_string(&p)
+                    .unwrap()
+                    .replace("\"stable\"", "\"stable\" ");
                 fs::write(&p, t).unwrap();
                 b.root
             }),
@@ -346,14 +375,7 @@ fn power_cuts_during_the_writes_never_leave_a_bootable_half_slot() {
         .as_nanos() as u64;
     eprintln!("power-cut seed {seed}");
     let random = bytes(seed, 8);
-    let mut points = vec![
-        1,
-        r / 3,
-        r - 1,
-        r + k / 2,
-        r + k + 10,
-        total - 1,
-    ];
+    let mut points = vec![1, r / 3, r - 1, r + k / 2, r + k + 10, total - 1];
     // and two random points anywhere in the writes
     points.push(1 + u64::from(random[0]) * (total - 2) / 255);
     points.push(1 + u64::from(random[1]) * u64::from(random[2]) * (total - 2) / (255 * 255));
@@ -365,8 +387,14 @@ fn power_cuts_during_the_writes_never_leave_a_bootable_half_slot() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "cut {i} at {at}: the agent finished: {err}");
-        assert!(err.contains("test hook: aborting"), "cut {i} at {at}: {err}");
+        assert!(
+            !out.status.success(),
+            "cut {i} at {at}: the agent finished: {err}"
+        );
+        assert!(
+            err.contains("test hook: aborting"),
+            "cut {i} at {at}: {err}"
+        );
         // the running entry is intact, slot b has no entry at all
         assert_eq!(m.entry_text("cairn-1.conf"), running_entry, "cut {i}");
         assert_eq!(m.entries(), ["cairn-1.conf"], "cut {i} at {at}");
@@ -477,7 +505,10 @@ fn no_trusted_keys_or_server_means_no_update() {
     let v2 = build(&w.bundles, "default", "2", &key(), ROOTFS);
     w.server.serve(&v2.root);
     let before = snapshot(&w.m);
-    let e = w.m.agent_with_keys(TrustedKeys::default()).apply().unwrap_err();
+    let e =
+        w.m.agent_with_keys(TrustedKeys::default())
+            .apply()
+            .unwrap_err();
     assert!(e.to_string().contains("no trusted update keys"), "{e}");
     fs::write(&w.m.paths.config, "REBOOT_STRATEGY=off\n").unwrap();
     let e = w.m.agent().apply().unwrap_err();

@@ -22,7 +22,9 @@ pub const RUNNING_OPTIONS: &str =
 
 /// Deterministic pseudo-random bytes.
 pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             x = x
@@ -180,9 +182,13 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
         };
         (s.root.clone(), cut)
     };
-    let file = path
-        .strip_prefix("/update/v1/stable/")
-        .map(|f| if f == "manifest" { "manifest.json" } else { f });
+    let file = path.strip_prefix("/update/v1/stable/").map(|f| {
+        if f == "manifest" {
+            "manifest.json"
+        } else {
+            f
+        }
+    });
     let data = match (root, file) {
         (Some(root), Some(f)) if !f.contains('/') => fs::read(root.join(f)).ok(),
         _ => None,
@@ -241,12 +247,22 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(dir: &Path, server: &Server, key: &SecretKey, version: &str, v1_rootfs: &[u8]) -> Machine {
+    pub fn new(
+        dir: &Path,
+        server: &Server,
+        key: &SecretKey,
+        version: &str,
+        v1_rootfs: &[u8],
+    ) -> Machine {
         let esp = dir.join("esp");
         fs::create_dir_all(esp.join("loader/entries")).unwrap();
         fs::create_dir_all(esp.join(format!("cairn/{version}"))).unwrap();
         fs::write(esp.join(format!("cairn/{version}/vmlinuz")), b"v1 kernel").unwrap();
-        fs::write(esp.join(format!("cairn/{version}/initrd.img")), b"v1 initrd").unwrap();
+        fs::write(
+            esp.join(format!("cairn/{version}/initrd.img")),
+            b"v1 initrd",
+        )
+        .unwrap();
         fs::write(
             esp.join(format!("loader/entries/cairn-{version}.conf")),
             format!(
@@ -268,7 +284,10 @@ impl Machine {
         fs::write(dir.join("boot_id"), "boot-1\n").unwrap();
         fs::write(
             dir.join("update.conf"),
-            format!("# written by cairn-cloudinit\nREBOOT_STRATEGY=off\nGROUP=stable\nSERVER={}\n", server.url),
+            format!(
+                "# written by cairn-cloudinit\nREBOOT_STRATEGY=off\nGROUP=stable\nSERVER={}\n",
+                server.url
+            ),
         )
         .unwrap();
         fs::create_dir_all(dir.join("keys")).unwrap();
@@ -312,7 +331,10 @@ impl Machine {
     pub fn reboot_into(&self, slot: &str, version: &str, boot: &str) {
         fs::write(
             &self.paths.cmdline,
-            format!("{}\n", RUNNING_OPTIONS.replace("cairn.slot=a", &format!("cairn.slot={slot}"))),
+            format!(
+                "{}\n",
+                RUNNING_OPTIONS.replace("cairn.slot=a", &format!("cairn.slot={slot}"))
+            ),
         )
         .unwrap();
         fs::write(
