@@ -104,6 +104,8 @@ fn netboot_through_cairn_serve() {
             ipxe_dir: out.join("ipxe"),
             public_url: Some(format!("http://10.0.2.100:{GUEST_HTTP}")),
             reload_on_sighup: false,
+            state_dir: dir.join("state"),
+            proxy_dhcp: None,
         }))
         .expect("starting cairn serve");
     let http = server.local_addrs().http.port();

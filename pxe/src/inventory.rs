@@ -111,6 +111,14 @@ struct RawGroup {
     selector: BTreeMap<String, String>,
     #[serde(default)]
     metadata: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    etcd_cluster: Option<RawEtcdCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcdCluster {
+    size: u32,
 }
 
 fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -201,6 +209,10 @@ pub struct Group {
     pub metadata: BTreeMap<String, serde_json::Value>,
     /// Line of the group in the inventory file.
     pub line: usize,
+    /// `etcd_cluster: {size: N}`: the group's machines bootstrap one etcd
+    /// cluster of N members through a discovery token `cairn serve` keeps
+    /// for the group (`{{ etcd_discovery }}` in the template).
+    pub etcd_cluster: Option<u32>,
 }
 
 impl Group {
@@ -256,7 +268,12 @@ pub struct RenderContext {
     pub ip: String,
     /// Base URL machines reach this server at (no trailing `/`).
     pub public_url: String,
+    /// The group's etcd discovery URL (groups with `etcd_cluster` only).
+    pub etcd_discovery: Option<String>,
 }
+
+/// Largest `etcd_cluster.size` (as the discovery service allows).
+pub const MAX_ETCD_CLUSTER: u32 = cairn_discovery::v2::MAX_CLUSTER_SIZE;
 
 /// Placeholder facts for load-time checks, completed by each group's selector values.
 fn placeholder_context(group: &Group) -> RenderContext {
@@ -278,6 +295,9 @@ fn placeholder_context(group: &Group) -> RenderContext {
         },
         ip: "127.0.0.1".into(),
         public_url: "http://127.0.0.1:8080".into(),
+        etcd_discovery: group
+            .etcd_cluster
+            .map(|_| format!("http://127.0.0.1:8080/discovery/{}", "0".repeat(32))),
     }
 }
 
@@ -496,12 +516,45 @@ impl Inventory {
                 }
                 selector.insert(k.clone(), n);
             }
+            let etcd_cluster = match g.etcd_cluster {
+                None => None,
+                Some(c) => {
+                    if !(1..=MAX_ETCD_CLUSTER).contains(&c.size) {
+                        return Err(invalid(
+                            "groups",
+                            i,
+                            "etcd_cluster",
+                            format!(
+                                "size {} is out of range: expected 1 to {MAX_ETCD_CLUSTER} members",
+                                c.size
+                            ),
+                        ));
+                    }
+                    let used = profiles[profile].cloud_config.as_ref().is_some_and(|t| {
+                        env.get_template(t)
+                            .is_ok_and(|t| t.undeclared_variables(false).contains("etcd_discovery"))
+                    });
+                    if !used {
+                        return Err(invalid(
+                            "groups",
+                            i,
+                            "etcd_cluster",
+                            format!(
+                                "profile {:?}'s cloud_config never uses {{{{ etcd_discovery }}}}: put it in coreos.etcd2.discovery, or the members never find each other",
+                                g.profile
+                            ),
+                        ));
+                    }
+                    Some(c.size)
+                }
+            };
             groups.push(Group {
                 name: g.name,
                 profile,
                 selector,
                 metadata: g.metadata,
                 line: lines.item_line("groups", i),
+                etcd_cluster,
             });
         }
 
@@ -647,6 +700,10 @@ fn template_vars(group: &Group, profile: &Profile, ctx: &RenderContext) -> minij
         group => &group.name,
         profile => &profile.name,
         request => minijinja::context! { query => query, raw_query => &f.raw_query },
+        ..match &ctx.etcd_discovery {
+            Some(url) => minijinja::context! { etcd_discovery => url },
+            None => minijinja::context! {},
+        }
     }
 }
 
@@ -986,6 +1043,7 @@ mod tests {
             facts: Facts::from_query("mac=52-54-00-00-00-0A&uuid=U&serial=S1&rack=r1"),
             ip: "10.0.0.5".into(),
             public_url: "http://boot:8080".into(),
+            etcd_discovery: None,
         };
         let g = inv.select(&ctx.facts).unwrap();
         let out = inv.render_cloud_config(g, &ctx).unwrap();
@@ -1020,6 +1078,51 @@ mod tests {
             let e = inv(t).unwrap_err().to_string();
             assert!(e.contains(want), "{e}\nwanted {want}");
         }
+    }
+
+    #[test]
+    fn etcd_cluster_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        image(dir.path(), "img");
+        let inv = |template: &str, size: &str| {
+            std::fs::write(dir.path().join("t.j2"), template).unwrap();
+            load(
+                dir.path(),
+                &format!("profiles:\n  - name: p\n    image: img\n    cloud_config: t.j2\ngroups:\n  - name: g\n    profile: p\n    etcd_cluster: {size}\n"),
+            )
+        };
+        let uses = "#cloud-config\ncoreos:\n  etcd2:\n    discovery: {{ etcd_discovery }}\n";
+        let good = inv(uses, "{size: 3}").unwrap();
+        assert_eq!(good.groups[0].etcd_cluster, Some(3));
+        let ctx = RenderContext {
+            etcd_discovery: Some("http://boot:8080/discovery/abc".into()),
+            ..RenderContext::default()
+        };
+        let out = good.render_cloud_config(&good.groups[0], &ctx).unwrap();
+        assert!(
+            out.contains("discovery: http://boot:8080/discovery/abc"),
+            "{out}"
+        );
+        let table: &[(&str, &str, &str)] = &[
+            (uses, "{size: 0}", "inv.yaml:8: groups[0].etcd_cluster: size 0 is out of range: expected 1 to 1000"),
+            (uses, "{size: 1001}", "size 1001 is out of range"),
+            (uses, "{size: 3, extra: 1}", "unknown field `extra`"),
+            (uses, "{size: three}", "groups[0].etcd_cluster.size"),
+            ("#cloud-config\nhostname: a\n", "{size: 3}", "inv.yaml:8: groups[0].etcd_cluster: profile \"p\"'s cloud_config never uses {{ etcd_discovery }}"),
+        ];
+        for (t, size, want) in table {
+            let e = inv(t, size).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}\nwanted {want}");
+        }
+        // a template that uses the URL for a group without etcd_cluster cannot render
+        std::fs::write(dir.path().join("t.j2"), uses).unwrap();
+        let e = load(
+            dir.path(),
+            "profiles:\n  - name: p\n    image: img\n    cloud_config: t.j2\ngroups:\n  - name: g\n    profile: p\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("does not render for group \"g\""), "{e}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! whose `validate` it calls).
 //!
 //! Endpoints: `GET /boot.ipxe`, `/ipxe?mac=..`, `/assets/IMAGE/FILE`, `/cloud-config?mac=..` (alias
-//! `/cloud`), `/metadata?mac=..`, `/machines`, `/healthz`. See README.md.
+//! `/cloud`), `/metadata?mac=..`, `/machines`, `/healthz`, and the etcd discovery service under
+//! `/discovery` (cairn-discovery). ProxyDHCP (cairn-proxydhcp) with `--proxy-dhcp`. See README.md.
 
 pub mod assets;
 pub mod facts;
@@ -48,6 +49,13 @@ pub struct ServeArgs {
     /// request's Host header; TFTP's boot.ipxe then uses iPXE's ${next-server}).
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// Where the server keeps what survives a restart (etcd discovery tokens and registrations).
+    #[arg(long, default_value = "/var/lib/cairn/serve", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Also answer PXE clients on this interface as a ProxyDHCP server (UDP 67 and 4011), beside
+    /// the site's own DHCP server: BIOS gets undionly.kpxe, UEFI ipxe.efi, iPXE /boot.ipxe.
+    #[arg(long, value_name = "IFACE")]
+    pub proxy_dhcp: Option<String>,
 }
 
 impl ServeArgs {
@@ -69,6 +77,8 @@ impl ServeArgs {
             ipxe_dir: self.ipxe_dir.clone(),
             public_url: self.public_url.clone(),
             reload_on_sighup: true,
+            state_dir: self.state_dir.clone(),
+            proxy_dhcp: self.proxy_dhcp.clone(),
         })
     }
 }

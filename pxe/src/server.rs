@@ -1,6 +1,8 @@
-//! The running server: shared state (inventory behind an atomic swap, status table), the HTTP routes
-//! (axum), the TFTP handler (cairn-tftp), reload, and start/stop of both listeners.
+//! The running server: shared state (inventory behind an atomic swap, status table, etcd discovery
+//! tokens), the HTTP routes (axum, with cairn-discovery nested at `/discovery`), the TFTP handler
+//! (cairn-tftp), ProxyDHCP (cairn-proxydhcp), reload, and start/stop of every listener.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +44,11 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Reload the inventory on SIGHUP.
     pub reload_on_sighup: bool,
+    /// Where the server keeps what must survive a restart (etcd discovery tokens and
+    /// registrations, under `discovery/`).
+    pub state_dir: PathBuf,
+    /// Answer PXE clients on this interface as a ProxyDHCP server (UDP 67 and 4011).
+    pub proxy_dhcp: Option<String>,
 }
 
 /// Shared by every request.
@@ -53,6 +60,31 @@ pub(crate) struct Shared {
     tftp_port: std::sync::OnceLock<u16>,
     ipxe_dir: PathBuf,
     status: StatusTable,
+    discovery: cairn_discovery::Discovery,
+    /// Discovery token of each group with `etcd_cluster`, by group name.
+    etcd_tokens: ArcSwap<BTreeMap<String, String>>,
+}
+
+/// The discovery token of every group with `etcd_cluster` (made once per group, then kept).
+fn group_tokens(
+    inv: &Inventory,
+    discovery: &cairn_discovery::Discovery,
+) -> Result<BTreeMap<String, String>, InventoryError> {
+    let mut tokens = BTreeMap::new();
+    for (i, g) in inv.groups.iter().enumerate() {
+        if let Some(size) = g.etcd_cluster {
+            let token = discovery
+                .ensure_group_token(&g.name, u64::from(size))
+                .map_err(|e| InventoryError::Invalid {
+                    path: inv.path.display().to_string(),
+                    line: g.line,
+                    key: format!("groups[{i}].etcd_cluster"),
+                    message: e.to_string(),
+                })?;
+            tokens.insert(g.name.clone(), token);
+        }
+    }
+    Ok(tokens)
 }
 
 impl Shared {
@@ -66,6 +98,8 @@ impl Shared {
                 message: m,
             }
         })?;
+        let tokens = group_tokens(&new, &self.discovery)?;
+        self.etcd_tokens.store(Arc::new(tokens));
         tracing::info!(
             config = %self.config_path.display(),
             profiles = new.profiles.len(),
@@ -234,10 +268,17 @@ async fn cloud_config(
             who,
         );
     }
+    let public_url = s.base_url(&headers, None);
+    let etcd_discovery = s
+        .etcd_tokens
+        .load()
+        .get(&group.name)
+        .map(|t| format!("{public_url}/discovery/{t}"));
     let ctx = RenderContext {
         facts: facts.clone(),
         ip: ip.clone(),
-        public_url: s.base_url(&headers, None),
+        public_url,
+        etcd_discovery,
     };
     match inv.render_cloud_config(group, &ctx) {
         Ok(body) => {
@@ -357,7 +398,9 @@ async fn log_requests(req: Request, next: Next) -> Response<Body> {
 }
 
 fn router(state: AppState) -> Router {
+    let discovery = cairn_discovery::router(state.discovery.clone());
     Router::new()
+        .nest("/discovery", discovery)
         .route("/boot.ipxe", get(boot_ipxe))
         .route("/ipxe", get(machine_ipxe))
         .route("/cloud-config", get(cloud_config))
@@ -499,6 +542,17 @@ impl Server {
                 None
             }
         };
+        let discovery_dir = cfg.state_dir.join("discovery");
+        let public_base = cfg
+            .public_url
+            .as_ref()
+            .map(|u| format!("{}/discovery", u.trim_end_matches('/')));
+        // Blocking file work (fsync) before anything is served: the runtime has nothing else to do yet.
+        let discovery = cairn_discovery::Discovery::open(&discovery_dir, public_base.as_deref())
+            .with_context(|| {
+                format!("opening the discovery store in {}", discovery_dir.display())
+            })?;
+        let etcd_tokens = group_tokens(&inventory, &discovery)?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let shared = Arc::new(Shared {
@@ -509,6 +563,8 @@ impl Server {
             tftp_port: std::sync::OnceLock::new(),
             ipxe_dir: cfg.ipxe_dir.clone(),
             status: StatusTable::default(),
+            discovery: discovery.clone(),
+            etcd_tokens: ArcSwap::from_pointee(etcd_tokens),
         });
         let tftp = match cfg.tftp_addr {
             Some(addr) => {
@@ -547,6 +603,41 @@ impl Server {
             .await
             .context("serving HTTP")
         }));
+        {
+            // long polls would hold axum's graceful shutdown for minutes
+            let mut rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = rx.wait_for(|s| *s).await;
+                discovery.close_waits();
+                Ok(())
+            }));
+        }
+        if let Some(iface) = &cfg.proxy_dhcp {
+            let boot_url = match &cfg.public_url {
+                Some(u) => format!("{}/boot.ipxe", u.trim_end_matches('/')),
+                None => {
+                    let ip = cairn_proxydhcp::interface_ipv4(iface).with_context(|| {
+                        format!("--proxy-dhcp {iface}: reading its IPv4 address")
+                    })?;
+                    format!("http://{ip}:{}/boot.ipxe", http.port())
+                }
+            };
+            if tftp.is_none() {
+                tracing::warn!("ProxyDHCP without TFTP: PXE firmware that is not iPXE gets a boot file nobody serves");
+            }
+            let proxy_cfg = cairn_proxydhcp::ProxyConfig::new(iface.clone(), boot_url);
+            let proxy = cairn_proxydhcp::ProxyDhcp::bind(&proxy_cfg)
+                .with_context(|| format!("starting ProxyDHCP on {iface}"))?;
+            let handle = proxy
+                .spawn()
+                .with_context(|| format!("starting ProxyDHCP on {iface}"))?;
+            let mut rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = rx.wait_for(|s| *s).await;
+                handle.shutdown().await;
+                Ok(())
+            }));
+        }
         if cfg.reload_on_sighup {
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .context("installing the SIGHUP handler")?;

@@ -38,6 +38,8 @@ fn sighup_reloads_the_inventory() {
             ipxe_dir: dir.path().into(),
             public_url: None,
             reload_on_sighup: true,
+            state_dir: dir.path().join("state"),
+            proxy_dhcp: None,
         }))
         .unwrap();
     let url = |rack: &str| format!("http://{}/metadata?rack={rack}", server.local_addrs().http);

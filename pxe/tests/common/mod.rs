@@ -31,6 +31,8 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
 }
 
 pub struct TestServer {
+    /// The server's state directory (discovery tokens).
+    _state: tempfile::TempDir,
     pub rt: tokio::runtime::Runtime,
     pub server: Option<Server>,
     pub http: SocketAddr,
@@ -48,6 +50,7 @@ impl TestServer {
         ipxe_dir: &Path,
         public_url: Option<&str>,
     ) -> anyhow::Result<TestServer> {
+        let state = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -60,9 +63,12 @@ impl TestServer {
             ipxe_dir: ipxe_dir.to_path_buf(),
             public_url: public_url.map(String::from),
             reload_on_sighup: false,
+            state_dir: state.path().to_path_buf(),
+            proxy_dhcp: None,
         }))?;
         let addrs = server.local_addrs();
         Ok(TestServer {
+            _state: state,
             rt,
             server: Some(server),
             http: addrs.http,
