@@ -52,6 +52,8 @@ pub struct Paths {
     pub slots: SlotDevices,
     /// `/sys/firmware/efi/efivars`.
     pub efivars: PathBuf,
+    /// `/etc/machine-id`: its rollout seed is sent with manifest requests.
+    pub machine_id: PathBuf,
 }
 
 impl Paths {
@@ -67,6 +69,7 @@ impl Paths {
             trusted_keys: "/usr/lib/cairn/update-keys".into(),
             slots: SlotDevices::ByLabel("/sys/class/block".into()),
             efivars: "/sys/firmware/efi/efivars".into(),
+            machine_id: "/etc/machine-id".into(),
         }
     }
 
@@ -225,8 +228,20 @@ impl Agent {
                 self.paths.config.display()
             ))
         })?;
-        let bytes = fetch::get_small(&self.http, &format!("{base}manifest"))?;
-        let sig = fetch::get_small(&self.http, &format!("{base}manifest.sig"))?;
+        // the rollout seed lets the server hold the update back for a wave
+        let headers: Vec<(&str, String)> = fs::read_to_string(&self.paths.machine_id)
+            .ok()
+            .filter(|id| !id.trim().is_empty())
+            .map(|id| {
+                (
+                    crate::rollout::SEED_HEADER,
+                    crate::rollout::machine_seed(&id).to_string(),
+                )
+            })
+            .into_iter()
+            .collect();
+        let bytes = fetch::get_small(&self.http, &format!("{base}manifest"), &headers)?;
+        let sig = fetch::get_small(&self.http, &format!("{base}manifest.sig"), &headers)?;
         if self.keys.is_empty() {
             return Err(UpdateError::Refused(format!(
                 "no trusted update keys in {}",

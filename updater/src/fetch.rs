@@ -38,9 +38,13 @@ fn net(url: &str, e: impl std::fmt::Display) -> UpdateError {
     }
 }
 
-/// GET a small document (manifest, signature).
-pub fn get_small(http: &ureq::Agent, url: &str) -> Result<Vec<u8>> {
-    let resp = http.get(url).call().map_err(|e| net(url, e))?;
+/// GET a small document (manifest, signature), with extra headers.
+pub fn get_small(http: &ureq::Agent, url: &str, headers: &[(&str, String)]) -> Result<Vec<u8>> {
+    let mut req = http.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = req.call().map_err(|e| net(url, e))?;
     let status = resp.status().as_u16();
     if status != 200 {
         return Err(UpdateError::HttpStatus {

@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod health;
 pub mod keys;
 pub mod manifest;
+pub mod rollout;
 pub mod slot;
 pub mod state;
 pub mod version;

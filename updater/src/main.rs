@@ -46,6 +46,8 @@ struct PathArgs {
     boot_id: PathBuf,
     #[arg(long, global = true, default_value = "/sys/firmware/efi/efivars")]
     efivars: PathBuf,
+    #[arg(long, global = true, default_value = "/etc/machine-id")]
+    machine_id: PathBuf,
     #[arg(long, global = true, default_value = "/sys/class/block")]
     sys_class_block: PathBuf,
     /// Slot A's device or file (instead of finding the partition labelled cairn-a).
@@ -73,6 +75,7 @@ impl PathArgs {
                 _ => SlotDevices::ByLabel(self.sys_class_block.clone()),
             },
             efivars: self.efivars.clone(),
+            machine_id: self.machine_id.clone(),
         }
     }
 }

@@ -106,6 +106,16 @@ fn v1_to_v2_to_v3() {
     );
     let st = m.agent().state().unwrap();
     assert!(matches!(&st.phase, Phase::Staged { version, slot: Slot::B, .. } if version == "2"));
+    // the manifest requests carried the machine's rollout seed
+    let seed = cairn_updater::rollout::machine_seed("0123456789abcdef0123456789abcdef").to_string();
+    for s in w
+        .server
+        .log()
+        .iter()
+        .filter(|s| s.path.contains("/manifest"))
+    {
+        assert_eq!(s.seed.as_deref(), Some(seed.as_str()), "{s:?}");
+    }
     // no leftovers: downloads removed, no temp files on the ESP
     assert!(!m.paths.download_dir().exists());
     // a second apply in the same boot: already staged, nothing rewritten

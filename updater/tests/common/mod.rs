@@ -91,6 +91,7 @@ pub fn build(dir: &Path, name: &str, v: &str, key: &SecretKey, rootfs_len: usize
 pub struct Seen {
     pub path: String,
     pub range: Option<String>,
+    pub seed: Option<String>,
 }
 
 #[derive(Default)]
@@ -152,6 +153,7 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
     r.read_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let mut range = None;
+    let mut seed = None;
     loop {
         let mut h = String::new();
         r.read_line(&mut h)?;
@@ -163,6 +165,9 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
             if k.eq_ignore_ascii_case("range") {
                 range = Some(v.trim().to_string());
             }
+            if k.eq_ignore_ascii_case(cairn_updater::rollout::SEED_HEADER) {
+                seed = Some(v.trim().to_string());
+            }
         }
     }
     let mut w = conn;
@@ -171,6 +176,7 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
         s.log.push(Seen {
             path: path.clone(),
             range: range.clone(),
+            seed,
         });
         let file = path.rsplit('/').next().unwrap_or("").to_string();
         let cut = match s.cuts.get_mut(&file) {
@@ -297,6 +303,7 @@ impl Machine {
         )
         .unwrap();
         fs::create_dir_all(dir.join("efivars")).unwrap();
+        fs::write(dir.join("machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
         let paths = Paths {
             esp,
             state_dir: dir.join("state/update"),
@@ -310,6 +317,7 @@ impl Machine {
                 b: dir.join("slot-b"),
             },
             efivars: dir.join("efivars"),
+            machine_id: dir.join("machine-id"),
         };
         Machine {
             dir: dir.to_path_buf(),
@@ -383,6 +391,8 @@ impl Machine {
             s(&p.boot_id),
             "--efivars".into(),
             s(&p.efivars),
+            "--machine-id".into(),
+            s(&p.machine_id),
             "--slot-a".into(),
             s(&self.slot("a")),
             "--slot-b".into(),
