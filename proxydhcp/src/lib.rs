@@ -18,8 +18,8 @@ pub mod answer;
 mod server;
 
 pub use answer::{
-    answer, arch_name, decide, encode, parse, reply_destination, Answer, BootConfig, Firmware,
-    Ignored, PacketError, Port, CLIENT_PORT, DHCP_PORT, PXE_PORT,
+    answer, arch_name, boot_file, decide, encode, parse, reply_destination, Answer, BootConfig,
+    Firmware, Ignored, PacketError, Port, CLIENT_PORT, DHCP_PORT, PXE_PORT,
 };
 pub use server::{interface_ipv4, ProxyConfig, ProxyDhcp, ProxyError, ProxyHandle};
 
