@@ -277,7 +277,12 @@ impl Agent {
         let (m, base) = match checked {
             Ok(x) => x,
             Err(UpdateError::NotNewer { offered, running }) => {
-                return Ok(Outcome::UpToDate { running, offered })
+                if crate::version::compare(&offered, &running).is_lt() {
+                    tracing::warn!(
+                        "the channel offers {offered}, older than the running {running} (a replayed or rolled-back channel): ignored"
+                    );
+                }
+                return Ok(Outcome::UpToDate { running, offered });
             }
             Err(e) => {
                 self.record(None, &e);

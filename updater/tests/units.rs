@@ -14,7 +14,12 @@ const UNITS: [&str; 3] = [
 ];
 
 fn unit(name: &str) -> String {
-    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("units").join(name)).unwrap()
+    fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("units")
+            .join(name),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -33,7 +38,10 @@ fn systemd_analyze_verify_accepts_the_units() {
         });
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify failed: {err}");
-    assert!(err.trim().is_empty(), "systemd-analyze verify warned: {err}");
+    assert!(
+        err.trim().is_empty(),
+        "systemd-analyze verify warned: {err}"
+    );
 }
 
 #[test]
