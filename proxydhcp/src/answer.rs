@@ -97,12 +97,15 @@ pub enum Ignored {
     NoHardwareAddress,
     /// A REQUEST on 4011 naming another server in option 54.
     OtherServer(Ipv4Addr),
+    /// The configured file does not fit the 128-byte `file` field (`ProxyConfig::resolve` refuses
+    /// such a configuration; a hand-made [`BootConfig`] can still hold one).
+    FileTooLong(usize),
 }
 
 impl Ignored {
     /// Whether this deserves more than a debug line: a PXE client we cannot serve.
     pub fn is_warning(&self) -> bool {
-        matches!(self, Ignored::UnsupportedArch(_))
+        matches!(self, Ignored::UnsupportedArch(_) | Ignored::FileTooLong(_))
     }
 }
 
@@ -125,6 +128,10 @@ impl fmt::Display for Ignored {
             ),
             Ignored::NoHardwareAddress => write!(f, "no usable client hardware address"),
             Ignored::OtherServer(s) => write!(f, "the request is for server {s}, not us"),
+            Ignored::FileTooLong(n) => write!(
+                f,
+                "the boot file is {n} bytes; the DHCP file field holds at most 127"
+            ),
         }
     }
 }
@@ -313,6 +320,9 @@ pub fn decide(msg: &Message, cfg: &BootConfig, port: Port) -> Result<Answer, Ign
         }
     };
 
+    if file.len() > 127 {
+        return Err(Ignored::FileTooLong(file.len()));
+    }
     let chaddr = &msg.chaddr()[..hlen];
     let mut reply = Message::new_with_id(
         msg.xid(),
@@ -368,9 +378,13 @@ pub fn decide(msg: &Message, cfg: &BootConfig, port: Port) -> Result<Answer, Ign
 ///
 /// Port 67 (RFC 2131 4.1): through the relay (giaddr:67) if relayed, else unicast to ciaddr:68 when the
 /// client has an address, else broadcast to 255.255.255.255:68 (the client has no address yet and the
-/// proxy cannot put one in ARP for it). Port 4011: back to the sender's address and port.
+/// proxy cannot put one in ARP for it). Port 4011: back to the sender's address and port (broadcast
+/// to that port if the sender had no address).
 pub fn reply_destination(request: &Message, port: Port, sender: SocketAddrV4) -> SocketAddrV4 {
     match port {
+        Port::Pxe if sender.ip().is_unspecified() => {
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, sender.port())
+        }
         Port::Pxe => sender,
         Port::Dhcp if !request.giaddr().is_unspecified() => {
             SocketAddrV4::new(request.giaddr(), DHCP_PORT)
@@ -624,6 +638,13 @@ mod tests {
         }
         let e = Ignored::UnsupportedArch(11);
         assert!(e.to_string().contains("EFI ARM64"), "{e}");
+        // A hand-made config with a URL too long for the file field: refused, not a panic.
+        let mut c = cfg();
+        c.bios_file = "x".repeat(128);
+        assert_eq!(
+            decide(&wire(&pxe_discover(7, MAC, Some(0), true)), &c, Port::Dhcp),
+            Err(Ignored::FileTooLong(128))
+        );
     }
 
     #[test]
@@ -808,6 +829,10 @@ mod tests {
         assert_eq!(
             reply_destination(&d, Port::Dhcp, sender),
             SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 254), 67)
+        );
+        assert_eq!(
+            reply_destination(&d, Port::Pxe, sender),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
         );
         let a = decide(&d, &cfg(), Port::Dhcp).unwrap();
         assert_eq!(a.reply.giaddr(), Ipv4Addr::new(192, 0, 2, 254));
