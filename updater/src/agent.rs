@@ -207,9 +207,16 @@ impl Agent {
     /// (trial, or rolled back and why).
     pub fn observe_boot(&self) -> Result<(Running, State)> {
         let r = self.running()?;
+        let entry_note = match self.state()?.phase {
+            Phase::Staged { slot, .. } | Phase::Trial { slot, .. } if slot != r.slot => {
+                Some(entry_note(&self.paths.esp, slot))
+            }
+            _ => None,
+        };
         let s = self.event(Event::Booted {
             running: r.slot,
             boot_id: r.boot_id.clone(),
+            entry_note,
         })?;
         if let Phase::RolledBack {
             version, reason, ..
@@ -600,6 +607,35 @@ impl Agent {
 
 fn libc_enospc() -> i32 {
     rustix::io::Errno::NOSPC.raw_os_error()
+}
+
+/// What the ESP says about `slot`'s entry: its boot counter.
+fn entry_note(esp: &Path, slot: Slot) -> String {
+    match entries::for_slot(esp, slot) {
+        Ok(es) if es.is_empty() => format!("slot {slot} has no boot entry"),
+        Ok(es) => es
+            .iter()
+            .map(|e| {
+                let n = &e.name;
+                match (n.tries_left, n.tries_done) {
+                    (None, _) => format!("entry {} is blessed", e.file_name()),
+                    (Some(0), d) => format!(
+                        "entry {}: no tries left{}",
+                        e.file_name(),
+                        d.map(|d| format!(" after {d} failed boots"))
+                            .unwrap_or_default()
+                    ),
+                    (Some(l), d) => format!(
+                        "entry {}: {l} tries left, {} used",
+                        e.file_name(),
+                        d.unwrap_or(0)
+                    ),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("reading the entries: {e}"),
+    }
 }
 
 /// The running slot's entry (it supplies the command line of the new one).

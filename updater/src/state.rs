@@ -114,8 +114,14 @@ pub enum Event {
         slot: Slot,
         boot_id: String,
     },
-    /// Seen at boot (and by every command): which slot runs, in which boot.
-    Booted { running: Slot, boot_id: String },
+    /// Seen at boot (and by every command): which slot runs, in which
+    /// boot, and what the ESP says about the other slot's entry (for the
+    /// rollback reason), e.g. "entry cairn-2+0-3.conf: 0 tries left".
+    Booted {
+        running: Slot,
+        boot_id: String,
+        entry_note: Option<String>,
+    },
     /// The health gate passed on `running`.
     HealthPassed { running: Slot },
     /// The health gate failed on `running`.
@@ -181,7 +187,11 @@ impl State {
                     slot,
                     boot_id: staged_in,
                 },
-                Event::Booted { running, boot_id },
+                Event::Booted {
+                    running,
+                    boot_id,
+                    entry_note,
+                },
             ) => {
                 if *staged_in == boot_id {
                     return Ok(self.clone());
@@ -196,7 +206,8 @@ impl State {
                         version: version.clone(),
                         slot: *slot,
                         reason: format!(
-                            "after the reboot slot {running} runs instead of slot {slot}: systemd-boot fell back (version {version} did not boot within its tries or its entry was marked bad)"
+                            "after the reboot slot {running} runs instead of slot {slot}: systemd-boot fell back (version {version} did not boot within its tries or its entry was marked bad){}",
+                            entry_note.map(|n| format!("; {n}")).unwrap_or_default()
                         ),
                     }
                 }
@@ -207,18 +218,23 @@ impl State {
                     slot,
                     health,
                 },
-                Event::Booted { running, .. },
+                Event::Booted {
+                    running,
+                    entry_note,
+                    ..
+                },
             ) => {
                 if running == *slot {
                     return Ok(self.clone());
                 }
+                let note = entry_note.map(|n| format!("; {n}")).unwrap_or_default();
                 Phase::RolledBack {
                     version: version.clone(),
                     slot: *slot,
                     reason: match health {
-                        Some(h) => format!("health gate failed on slot {slot}: {h}"),
+                        Some(h) => format!("health gate failed on slot {slot}: {h}{note}"),
                         None => format!(
-                            "slot {slot} booted but never passed the health gate (hang, crash or reset); slot {running} runs again"
+                            "slot {slot} booted but never passed the health gate (hang, crash or reset); slot {running} runs again{note}"
                         ),
                     },
                 }
@@ -326,6 +342,7 @@ mod tests {
         Event::Booted {
             running: s,
             boot_id: b.into(),
+            entry_note: None,
         }
     }
 

@@ -471,7 +471,8 @@ fn rollbacks_are_detected_and_reported() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("update:   rolled back from 2 (slot b)")
-            && text.contains("slot a runs instead of slot b"),
+            && text.contains("slot a runs instead of slot b")
+            && text.contains("entry cairn-2+0-3.conf: no tries left after 3 failed boots"),
         "{text}"
     );
     // the same version is not tried again
