@@ -257,7 +257,7 @@ impl ProxyDhcp {
     }
 }
 
-/// A running proxy.
+/// A running proxy. Dropping the handle stops it too (between packets), like [`ProxyHandle::stop`].
 #[derive(Debug)]
 pub struct ProxyHandle {
     stop: watch::Sender<bool>,

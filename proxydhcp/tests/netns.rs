@@ -201,7 +201,7 @@ fn client_mac(lab: &Lab) -> [u8; 6] {
 }
 
 /// Every reply with `xid` received within `wait`.
-fn collect(sock: &UdpSocket, xid: u32, wait: Duration) -> Vec<(SocketAddr, Message)> {
+fn collect(sock: &UdpSocket, xid: u32, wait: Duration) -> Vec<(SocketAddr, Message, Instant)> {
     let deadline = Instant::now() + wait;
     let mut got = Vec::new();
     let mut buf = [0u8; 2048];
@@ -212,7 +212,7 @@ fn collect(sock: &UdpSocket, xid: u32, wait: Duration) -> Vec<(SocketAddr, Messa
                     if m.xid() == xid
                         && m.opcode() == cairn_proxydhcp::dhcproto::v4::Opcode::BootReply
                     {
-                        got.push((from, m));
+                        got.push((from, m, Instant::now()));
                     }
                 }
             }
@@ -233,10 +233,10 @@ fn is_proxy(m: &Message) -> bool {
             Some(DhcpOption::ClassIdentifier(v)) if v == b"PXEClient")
 }
 
-fn describe(replies: &[(SocketAddr, Message)]) -> String {
+fn describe(replies: &[(SocketAddr, Message, Instant)]) -> String {
     replies
         .iter()
-        .map(|(from, m)| {
+        .map(|(from, m, _)| {
             format!(
                 "from {from}: {:?} yiaddr {} siaddr {} file {:?}",
                 m.opts().msg_type(),
@@ -289,12 +289,13 @@ fn proxy_answers_pxe_beside_dnsmasq_and_leaves_plain_dhcp_alone() {
     let guid: Vec<u8> = std::iter::once(0).chain(0x10..0x20).collect();
     d.opts_mut()
         .insert(DhcpOption::ClientMachineIdentifier(guid.clone()));
+    let sent = Instant::now();
     send_broadcast(&client, &d);
     let replies = collect(&client, xid, Duration::from_secs(3));
-    let dnsmasq: Vec<_> = replies.iter().filter(|(_, m)| !is_proxy(m)).collect();
-    let proxy: Vec<_> = replies.iter().filter(|(_, m)| is_proxy(m)).collect();
+    let dnsmasq: Vec<_> = replies.iter().filter(|(_, m, _)| !is_proxy(m)).collect();
+    let proxy: Vec<_> = replies.iter().filter(|(_, m, _)| is_proxy(m)).collect();
     assert!(
-        dnsmasq.iter().any(|(_, m)| {
+        dnsmasq.iter().any(|(_, m, _)| {
             m.opts().msg_type() == Some(MessageType::Offer)
                 && (Ipv4Addr::new(192, 0, 2, 100)..=Ipv4Addr::new(192, 0, 2, 150))
                     .contains(&m.yiaddr())
@@ -303,13 +304,19 @@ fn proxy_answers_pxe_beside_dnsmasq_and_leaves_plain_dhcp_alone() {
         describe(&replies),
         lab.dnsmasq_log()
     );
-    let (_, offer) = proxy.first().unwrap_or_else(|| {
+    let (_, offer, _) = proxy.first().unwrap_or_else(|| {
         panic!(
             "(a) no ProxyDHCP offer; got: {}\ndnsmasq:\n{}",
             describe(&replies),
             lab.dnsmasq_log()
         )
     });
+    // A figure, not a limit: how long each server took to answer (debug build, logging on).
+    eprintln!(
+        "(a) ProxyDHCP offer after {:?}; dnsmasq offer after {:?}",
+        proxy[0].2 - sent,
+        dnsmasq[0].2 - sent
+    );
     assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
     assert_eq!(boot_file(offer).as_deref(), Some("undionly.kpxe"));
     assert_eq!(offer.siaddr(), SITE_ADDR);
@@ -333,13 +340,13 @@ fn proxy_answers_pxe_beside_dnsmasq_and_leaves_plain_dhcp_alone() {
     send_broadcast(&client, &pxe_discover(xid, mac, None, false));
     let replies = collect(&client, xid, Duration::from_secs(2));
     assert!(
-        replies.iter().any(|(_, m)| !m.yiaddr().is_unspecified()),
+        replies.iter().any(|(_, m, _)| !m.yiaddr().is_unspecified()),
         "(b) no offer from dnsmasq; got: {}\ndnsmasq:\n{}",
         describe(&replies),
         lab.dnsmasq_log()
     );
     assert!(
-        !replies.iter().any(|(_, m)| is_proxy(m)),
+        !replies.iter().any(|(_, m, _)| is_proxy(m)),
         "(b) the proxy answered a plain DHCP client: {}",
         describe(&replies)
     );
@@ -349,7 +356,7 @@ fn proxy_answers_pxe_beside_dnsmasq_and_leaves_plain_dhcp_alone() {
     send_broadcast(&client, &pxe_discover(xid, mac, Some(11), true));
     let replies = collect(&client, xid, Duration::from_secs(2));
     assert!(
-        !replies.is_empty() && !replies.iter().any(|(_, m)| is_proxy(m)),
+        !replies.is_empty() && !replies.iter().any(|(_, m, _)| is_proxy(m)),
         "(b2) expected only dnsmasq's offer for ARM64; got: {}",
         describe(&replies)
     );
@@ -381,7 +388,7 @@ fn proxy_answers_pxe_beside_dnsmasq_and_leaves_plain_dhcp_alone() {
     let replies = collect(&client, xid, Duration::from_secs(2));
     let ack = replies
         .iter()
-        .find(|(_, m)| m.opts().msg_type() == Some(MessageType::Ack))
+        .find(|(_, m, _)| m.opts().msg_type() == Some(MessageType::Ack))
         .unwrap_or_else(|| panic!("(c) no ACK from port 4011; got: {}", describe(&replies)));
     assert_eq!(
         ack.0,
@@ -403,7 +410,7 @@ fn proxy_answers_pxe_beside_dnsmasq_and_leaves_plain_dhcp_alone() {
     send_broadcast(&client, &pxe_discover(xid, mac, Some(0), true));
     let replies = collect(&client, xid, Duration::from_secs(2));
     assert!(
-        !replies.is_empty() && !replies.iter().any(|(_, m)| is_proxy(m)),
+        !replies.is_empty() && !replies.iter().any(|(_, m, _)| is_proxy(m)),
         "(d) expected only dnsmasq's offer after shutdown; got: {}",
         describe(&replies)
     );
