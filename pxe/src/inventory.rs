@@ -83,6 +83,9 @@ struct RawInventory {
     profiles: Vec<RawProfile>,
     #[serde(default)]
     groups: Vec<RawGroup>,
+    /// More image folders whose signed bundles are offered as updates.
+    #[serde(default)]
+    updates: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,6 +248,8 @@ pub struct Inventory {
     pub groups: Vec<Group>,
     /// Image folders by key (`NAME-VERSION`).
     pub images: BTreeMap<String, Image>,
+    /// Update channels on offer (newest bundle per channel), by channel name.
+    pub channels: BTreeMap<String, crate::updates::Channel>,
     env: minijinja::Environment<'static>,
 }
 
@@ -366,6 +371,7 @@ impl Inventory {
         env.set_keep_trailing_newline(true);
 
         let mut images: BTreeMap<String, Image> = BTreeMap::new();
+        let mut bundles = Vec::new();
         let mut profiles = Vec::new();
         let mut profile_names = BTreeMap::new();
         for (i, p) in raw.profiles.into_iter().enumerate() {
@@ -403,6 +409,18 @@ impl Inventory {
                             image.dir.display()
                         ),
                     ));
+                }
+            }
+            match crate::updates::read_bundle(&image.dir) {
+                Ok(Some(b)) => bundles.push(b),
+                Ok(None) => {}
+                Err(m) => {
+                    return Err(invalid(
+                        "profiles",
+                        i,
+                        "image",
+                        format!("update bundle: {m}"),
+                    ))
                 }
             }
             images.insert(key.clone(), image);
@@ -591,11 +609,38 @@ impl Inventory {
             }
         }
 
+        for (i, dir) in raw.updates.iter().enumerate() {
+            let dir = base.join(dir);
+            match crate::updates::read_bundle(&dir) {
+                Ok(Some(b)) => bundles.push(b),
+                Ok(None) => {
+                    return Err(invalid(
+                        "updates",
+                        i,
+                        "",
+                        format!(
+                            "{} has no update bundle (expected {}/update/manifest.json: build it with --sign)",
+                            dir.display(),
+                            dir.display()
+                        ),
+                    ))
+                }
+                Err(m) => return Err(invalid("updates", i, "", m)),
+            }
+        }
+        let channels = crate::updates::newest(bundles).map_err(|m| InventoryError::Invalid {
+            path: shown.clone(),
+            line: lines.section("updates").map_or(1, |l| l + 1),
+            key: "updates".into(),
+            message: m,
+        })?;
+
         let inventory = Inventory {
             path: path.to_path_buf(),
             profiles,
             groups,
             images,
+            channels,
             env,
         };
 

@@ -5,7 +5,7 @@
 //! whose `validate` it calls).
 //!
 //! Endpoints: `GET /boot.ipxe`, `/ipxe?mac=..`, `/assets/IMAGE/FILE`, `/cloud-config?mac=..` (alias
-//! `/cloud`), `/metadata?mac=..`, `/machines`, `/healthz`, and the etcd discovery service under
+//! `/cloud`), `/metadata?mac=..`, `/machines`, `/healthz`, signed update bundles at `/update/v1/CHANNEL/FILE`, and the etcd discovery service under
 //! `/discovery` (cairn-discovery). ProxyDHCP (cairn-proxydhcp) with `--proxy-dhcp`. See README.md.
 
 pub mod assets;
@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod ipxe;
 mod server;
 pub mod status;
+pub mod updates;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

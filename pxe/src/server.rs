@@ -357,6 +357,66 @@ async fn asset(
     }
 }
 
+/// `/update/v1/<channel>/<file>`: the channel's manifest, its signature, and the parts it lists
+/// (Range requests, so an agent resumes a cut download).
+async fn update_file(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    UrlPath((channel, file)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let ip = peer.ip().to_string();
+    let who = s.status.key_for_ip(&ip).unwrap_or_else(|| ip.clone());
+    let inv = s.inventory.load();
+    let Some(ch) = inv.channels.get(&channel) else {
+        let known: Vec<&str> = inv.channels.keys().map(String::as_str).collect();
+        return tagged(
+            text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "cairn: no update channel {channel:?} (channels: {})\n",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ),
+            who,
+        );
+    };
+    let Some(name) = crate::updates::file_of(ch, &file) else {
+        return tagged(
+            text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "cairn: channel {channel:?} ({} {}) has no file {file:?}\n",
+                    ch.image, ch.version
+                ),
+            ),
+            who,
+        );
+    };
+    match assets::open_in(&ch.dir, name) {
+        Ok((f, _)) => {
+            if name == cairn_updater::MANIFEST_FILE {
+                tracing::info!(machine = %who, channel, version = %ch.version, "update manifest offered");
+            }
+            tagged(assets::file_response(f, &headers).await, who)
+        }
+        Err(e) => {
+            tracing::error!(machine = %who, channel, "update file {name:?}: {e:?}");
+            tagged(
+                text(
+                    StatusCode::NOT_FOUND,
+                    format!("cairn: {name} is missing from the bundle\n"),
+                ),
+                who,
+            )
+        }
+    }
+}
+
 async fn machines(State(s): State<AppState>) -> Response<Body> {
     let body = serde_json::to_string_pretty(&s.status.snapshot()).unwrap_or_else(|_| "[]".into());
     Response::builder()
@@ -408,6 +468,7 @@ fn router(state: AppState) -> Router {
         .route("/metadata", get(metadata))
         .route("/assets/{*rel}", get(asset))
         .route("/machines", get(machines))
+        .route("/update/v1/{channel}/{file}", get(update_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|uri: Uri| async move {
             text(
