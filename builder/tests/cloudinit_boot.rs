@@ -24,7 +24,7 @@ use std::time::Duration;
 use cairn_qemu::{Vm, VmConfig};
 
 mod common;
-use common::{guest_sh, test_image};
+use common::{guest_sh, test_image, wait_cloudinit};
 
 const BOOT: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(90);
@@ -89,11 +89,7 @@ fn boot(name: &str, out: &Path, disk: &Path, url: &str, http_port: u16) -> Vm {
     .expect("starting QEMU");
     vm.wait_guest_agent(BOOT).expect("the guest agent answers");
     // the agent has run (successfully or not) once its unit is no longer activating
-    sh(
-        &mut vm,
-        "for i in $(seq 240); do s=$(systemctl show -P ActiveState cairn-cloudinit.service); \
-         [ \"$s\" = active ] || [ \"$s\" = failed ] && exit 0; sleep 1; done; exit 1",
-    );
+    wait_cloudinit(&mut vm, 240);
     vm
 }
 

@@ -20,7 +20,7 @@ use cairn_pxe::{Server, ServerConfig, Stage};
 use cairn_qemu::{Vm, VmConfig};
 
 mod common;
-use common::{guest_sh, test_image};
+use common::{assert_running, guest_sh, test_image, wait_cloudinit};
 
 const BOOT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(60);
@@ -40,11 +40,7 @@ fn check_known_machine(vm: &mut Vm, mac: &str, host: &str, role: &str, key: &str
     vm.wait_for("cairn-init:", BOOT)
         .expect("the kernel and /init came over the network");
     vm.wait_guest_agent(BOOT).expect("the guest agent answers");
-    sh(
-        vm,
-        "for i in $(seq 50); do s=$(systemctl show -P ActiveState cairn-cloudinit.service); \
-         [ \"$s\" = active ] || [ \"$s\" = failed ] && exit 0; sleep 1; done; exit 1",
-    );
+    wait_cloudinit(vm, 50);
     let journal = sh(vm, "journalctl -b -u cairn-cloudinit --no-pager -o cat");
     assert_eq!(sh(vm, "hostname").trim(), host, "{journal}");
     assert_eq!(
@@ -63,15 +59,7 @@ fn check_known_machine(vm: &mut Vm, mac: &str, host: &str, role: &str, key: &str
     );
     assert_eq!(sh(vm, "findmnt -n -o FSTYPE /var").trim(), "tmpfs");
     assert!(sh(vm, "cat /proc/cmdline").contains("cairn.root=ram"));
-    let state = vm
-        .guest_exec(&["systemctl", "is-system-running", "--wait"], BOOT)
-        .unwrap();
-    assert_eq!(
-        state.stdout_str().trim(),
-        "running",
-        "{}",
-        sh(vm, "systemctl --failed --no-legend")
-    );
+    assert_running(vm, BOOT);
 }
 
 #[test]

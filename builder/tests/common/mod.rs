@@ -93,3 +93,33 @@ pub fn guest_sh(vm: &mut cairn_qemu::Vm, script: &str, timeout: std::time::Durat
     );
     stdout
 }
+
+/// Waits (up to `secs` seconds) until `cairn-cloudinit.service` has run, successfully or not.
+pub fn wait_cloudinit(vm: &mut cairn_qemu::Vm, secs: u32) {
+    guest_sh(
+        vm,
+        &format!(
+            "for i in $(seq {secs}); do s=$(systemctl show -P ActiveState cairn-cloudinit.service); \
+             [ \"$s\" = active ] || [ \"$s\" = failed ] && exit 0; sleep 1; done; exit 1"
+        ),
+        std::time::Duration::from_secs(u64::from(secs) + 30),
+    );
+}
+
+/// Waits until systemd has finished starting up and asserts it says `running` (the failed units
+/// are in the message otherwise).
+pub fn assert_running(vm: &mut cairn_qemu::Vm, timeout: std::time::Duration) {
+    let state = vm
+        .guest_exec(&["systemctl", "is-system-running", "--wait"], timeout)
+        .expect("systemctl is-system-running");
+    let failed = guest_sh(
+        vm,
+        "systemctl --failed --no-legend --plain",
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(
+        state.stdout_str().trim(),
+        "running",
+        "failed units: {failed}"
+    );
+}
