@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod lan;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
