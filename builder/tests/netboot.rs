@@ -94,6 +94,7 @@ fn netboot_through_cairn_serve() {
             reload_on_sighup: false,
             state_dir: dir.join("state"),
             proxy_dhcp: None,
+            store: None,
         }))
         .expect("starting cairn serve");
     let http = server.local_addrs().http.port();

@@ -57,11 +57,22 @@ pub struct ServeArgs {
     /// the site's own DHCP server: BIOS gets undionly.kpxe, UEFI ipxe.efi, iPXE /boot.ipxe.
     #[arg(long, value_name = "IFACE")]
     pub proxy_dhcp: Option<String>,
+    /// Keep etcd discovery tokens in etcd instead of --state-dir (for several servers):
+    /// etcd://HOST:PORT[,HOST:PORT][/prefix].
+    #[arg(long, value_name = "etcd://HOST:PORT")]
+    pub store: Option<String>,
 }
 
 impl ServeArgs {
     /// The server configuration these arguments describe.
     pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        if let Some(s) = &self.store {
+            if !s.starts_with("etcd://") {
+                anyhow::bail!(
+                    "--store {s:?}: expected etcd://HOST:PORT (files in --state-dir are the default)"
+                );
+            }
+        }
         if let Some(u) = &self.public_url {
             if !(u.starts_with("http://") || u.starts_with("https://"))
                 || u.contains(char::is_whitespace)
@@ -80,6 +91,7 @@ impl ServeArgs {
             reload_on_sighup: true,
             state_dir: self.state_dir.clone(),
             proxy_dhcp: self.proxy_dhcp.clone(),
+            store: self.store.clone(),
         })
     }
 }
@@ -109,4 +121,53 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         });
         server.wait().await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<ServerConfig> {
+        let mut argv = vec!["serve", "--config", "lab.yaml"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)?.serve.server_config()
+    }
+
+    #[test]
+    fn serve_arguments() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/cairn/serve"));
+        assert_eq!((c.proxy_dhcp, c.store), (None, None));
+        assert_eq!(c.tftp_addr, Some("0.0.0.0:69".parse().unwrap()));
+        let c = config(&[
+            "--proxy-dhcp",
+            "eth1",
+            "--store",
+            "etcd://10.0.0.2:2379/cairn",
+            "--state-dir",
+            "/srv/cairn",
+            "--no-tftp",
+        ])
+        .unwrap();
+        assert_eq!(c.proxy_dhcp.as_deref(), Some("eth1"));
+        assert_eq!(c.store.as_deref(), Some("etcd://10.0.0.2:2379/cairn"));
+        assert_eq!(c.state_dir, PathBuf::from("/srv/cairn"));
+        assert_eq!(c.tftp_addr, None);
+        let e = config(&["--store", "/srv/tokens"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--store \"/srv/tokens\": expected etcd://"),
+            "{e}"
+        );
+        let e = config(&["--public-url", "10.0.0.1:8080"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected an http:// URL"), "{e}");
+    }
 }

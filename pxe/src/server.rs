@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// Answer PXE clients on this interface as a ProxyDHCP server (UDP 67 and 4011).
     pub proxy_dhcp: Option<String>,
+    /// Where discovery tokens live: `etcd://HOST:PORT[,HOST:PORT][/prefix]`; None: files under
+    /// `state_dir/discovery`.
+    pub store: Option<String>,
 }
 
 /// Shared by every request.
@@ -609,10 +612,18 @@ impl Server {
             .as_ref()
             .map(|u| format!("{}/discovery", u.trim_end_matches('/')));
         // Blocking file work (fsync) before anything is served: the runtime has nothing else to do yet.
-        let discovery = cairn_discovery::Discovery::open(&discovery_dir, public_base.as_deref())
-            .with_context(|| {
-                format!("opening the discovery store in {}", discovery_dir.display())
-            })?;
+        let discovery = match &cfg.store {
+            None => cairn_discovery::Discovery::open(&discovery_dir, public_base.as_deref())
+                .with_context(|| {
+                    format!("opening the discovery store in {}", discovery_dir.display())
+                })?,
+            Some(spec) => {
+                let store = cairn_discovery::store_from_spec(spec)
+                    .with_context(|| format!("opening the discovery store --store {spec}"))?;
+                cairn_discovery::Discovery::with_store(store, public_base.as_deref())
+                    .with_context(|| format!("opening the discovery store --store {spec}"))?
+            }
+        };
         let etcd_tokens = group_tokens(&inventory, &discovery)?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();

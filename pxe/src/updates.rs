@@ -83,14 +83,16 @@ pub fn newest(bundles: Vec<Channel>) -> Result<BTreeMap<String, Channel>, String
             None => {
                 out.insert(b.name.clone(), b);
             }
-            Some(have) if have.image != b.image => return Err(format!(
+            Some(have) if have.image != b.image => {
+                return Err(format!(
                 "channel {:?} offers two images, {:?} ({}) and {:?} ({}): one channel is one image",
                 b.name,
                 have.image,
                 have.dir.display(),
                 b.image,
                 b.dir.display()
-            )),
+            ))
+            }
             Some(have) => match cairn_updater::version::compare(&b.version, &have.version) {
                 std::cmp::Ordering::Greater => {
                     out.insert(b.name.clone(), b);

@@ -32,6 +32,7 @@ fn start(rt: &tokio::runtime::Runtime, config: &Path, state: &Path) -> anyhow::R
         reload_on_sighup: false,
         state_dir: state.to_path_buf(),
         proxy_dhcp: None,
+        store: None,
     }))
 }
 

@@ -40,6 +40,7 @@ fn sighup_reloads_the_inventory() {
             reload_on_sighup: true,
             state_dir: dir.path().join("state"),
             proxy_dhcp: None,
+            store: None,
         }))
         .unwrap();
     let url = |rack: &str| format!("http://{}/metadata?rack={rack}", server.local_addrs().http);

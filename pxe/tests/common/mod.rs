@@ -65,6 +65,7 @@ impl TestServer {
             reload_on_sighup: false,
             state_dir: state.path().to_path_buf(),
             proxy_dhcp: None,
+            store: None,
         }))?;
         let addrs = server.local_addrs();
         Ok(TestServer {
