@@ -1,7 +1,8 @@
 //! Builds the static programs `cairn build` puts into images: `/init`
-//! (crate `cairn-initrd`, in every initramfs) and the on-host agent
-//! `cairn-cloudinit` (in every root image), and hands their paths to the
-//! builder through `CAIRN_INIT_PATH` and `CAIRN_CLOUDINIT_PATH` so the
+//! (crate `cairn-initrd`, in every initramfs) and the on-host agents
+//! `cairn-cloudinit` and `cairn-update` (crate `cairn-updater`, in every
+//! root image), and hands their paths to the builder through
+//! `CAIRN_INIT_PATH`, `CAIRN_CLOUDINIT_PATH` and `CAIRN_UPDATE_PATH` so the
 //! `cairn` binary carries them (include_bytes!).
 //!
 //! A nested cargo with its own target directory: they must be linked with
@@ -45,6 +46,14 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("initrd/Cargo.toml").display()
     );
+    for d in [
+        "cloudinit/src",
+        "cloudinit/Cargo.toml",
+        "updater/src",
+        "updater/Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(d).display());
+    }
     println!(
         "cargo:rerun-if-changed={}",
         root.join("Cargo.lock").display()
@@ -66,6 +75,10 @@ fn main() {
             "cairn-cloudinit",
             "--bin",
             "cairn-cloudinit",
+            "-p",
+            "cairn-updater",
+            "--bin",
+            "cairn-update",
             "--target",
             target,
         ])
@@ -84,7 +97,7 @@ fn main() {
         .expect("running cargo to build the static /init");
     assert!(
         status.success(),
-        "building the static /init (cairn-initrd) and cairn-cloudinit failed"
+        "building the static /init (cairn-initrd), cairn-cloudinit and cairn-update failed"
     );
     let init = target_dir.join(target).join("release/init");
     assert!(init.exists(), "{} was not built", init.display());
@@ -95,6 +108,9 @@ fn main() {
         "cargo:rustc-env=CAIRN_CLOUDINIT_PATH={}",
         cloudinit.display()
     );
+    let update = target_dir.join(target).join("release/cairn-update");
+    assert!(update.exists(), "{} was not built", update.display());
+    println!("cargo:rustc-env=CAIRN_UPDATE_PATH={}", update.display());
 
     // What the image bytes depend on besides the definition and the lock:
     // the code of the builder and the crates it packs with, and the lock of
@@ -108,12 +124,14 @@ fn main() {
         "cloudinit/src",
         "cloudinit/units",
         "cloudconfig/src",
+        "updater/src",
+        "updater/units",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(d).display());
         hash_tree(&mut h, &root.join(d));
     }
     hash_tree(&mut h, &root.join("Cargo.lock"));
-    for bin in [&init, &cloudinit] {
+    for bin in [&init, &cloudinit, &update] {
         if let Ok(bin) = std::fs::read(bin) {
             for b in bin {
                 h ^= u64::from(b);

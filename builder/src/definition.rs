@@ -63,6 +63,44 @@ pub struct Definition {
     /// Docker at boot (no registry, no network).
     #[serde(default)]
     pub container_images: Vec<ContainerImage>,
+    /// A/B updates: the channel `cairn build --sign` makes bundles for and
+    /// the public keys the image trusts.
+    #[serde(default)]
+    pub update: Option<UpdateDef>,
+}
+
+/// The `update:` section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDef {
+    /// Channel of the bundles `cairn build --sign` writes (default
+    /// [`DEFAULT_CHANNEL`]; `--channel` overrides).
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Public key files (`update.pub` from `cairn keygen`), relative to the
+    /// definition: copied to `/usr/lib/cairn/update-keys/<file name>`, the
+    /// image's trust roots for update manifests.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
+}
+
+/// The channel when neither `--channel` nor `update.channel` names one.
+pub const DEFAULT_CHANNEL: &str = "stable";
+
+/// Where an image carries its trusted update keys (the agent's default).
+pub const UPDATE_KEYS_DIR: &str = "usr/lib/cairn/update-keys";
+
+/// A public key file of `update.keys`, read and checked at load time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateKey {
+    /// File name in the image (`<name>.pub`).
+    pub name: String,
+    /// The file, resolved against the definition's directory.
+    pub path: PathBuf,
+    /// Its bytes, copied as they are.
+    pub data: Vec<u8>,
+    /// Ids of the keys it holds.
+    pub key_ids: Vec<String>,
 }
 
 /// A container image built from files of the image tree.
@@ -294,6 +332,8 @@ pub struct Loaded {
     pub def: Definition,
     pub path: PathBuf,
     pub text: String,
+    /// `update.keys`, read and parsed.
+    pub update_keys: Vec<UpdateKey>,
 }
 
 impl Loaded {
@@ -311,6 +351,24 @@ impl Loaded {
     pub fn overlay_dir(&self) -> Option<PathBuf> {
         self.def.overlay.as_ref().map(|o| self.dir().join(o))
     }
+
+    /// The channel of update bundles: `update.channel`, else [`DEFAULT_CHANNEL`].
+    pub fn channel(&self) -> &str {
+        self.def
+            .update
+            .as_ref()
+            .and_then(|u| u.channel.as_deref())
+            .unwrap_or(DEFAULT_CHANNEL)
+    }
+}
+
+/// A channel name as update manifests allow it: letters, digits, `.`, `_`,
+/// `-`, `~`, not starting with `.`.
+pub fn is_channel_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-~".contains(c))
 }
 
 /// 1-based line of the first `key:` (at the start of a line, after
@@ -516,6 +574,42 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             ));
         }
     }
+    if let Some(u) = &d.update {
+        if let Some(c) = &u.channel {
+            if !is_channel_name(c) {
+                return Err(invalid(
+                    path,
+                    text,
+                    "update.channel",
+                    None,
+                    format!("{c:?} is not a channel name: expected letters, digits, '.', '_', '-', '~' (not starting with '.')"),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, k) in u.keys.iter().enumerate() {
+            let shown = k.display().to_string();
+            let name = k.file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some(name) = name.filter(|n| n.ends_with(".pub") && n.len() > 4) else {
+                return Err(invalid(
+                    path,
+                    text,
+                    &format!("update.keys[{i}]"),
+                    Some(&shown),
+                    format!("{shown:?} is not a public key file: expected a path ending in .pub (cairn keygen writes update.pub)"),
+                ));
+            };
+            if !seen.insert(name.clone()) {
+                return Err(invalid(
+                    path,
+                    text,
+                    &format!("update.keys[{i}]"),
+                    Some(&shown),
+                    format!("a second key file named {name}: the image keeps them side by side in /{UPDATE_KEYS_DIR}, so file names must differ"),
+                ));
+            }
+        }
+    }
     let min = 8 << 20;
     if d.disk.esp.0 < 64 << 20 {
         return Err(invalid(
@@ -574,11 +668,67 @@ pub fn load(path: &Path) -> Result<Loaded, DefinitionError> {
             ));
         }
     }
+    let update_keys = load_update_keys(path, &text, &def)?;
     Ok(Loaded {
         def,
         path: path.to_path_buf(),
         text,
+        update_keys,
     })
+}
+
+/// Reads and parses every file of `update.keys`: each must hold at least
+/// one cairn public key (`cairn-ed25519 <base64>`), never a secret key.
+fn load_update_keys(
+    path: &Path,
+    text: &str,
+    def: &Definition,
+) -> Result<Vec<UpdateKey>, DefinitionError> {
+    let Some(u) = &def.update else {
+        return Ok(Vec::new());
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let shown_def = path.display().to_string();
+    let mut out = Vec::new();
+    for (i, k) in u.keys.iter().enumerate() {
+        let file = dir.join(k);
+        let shown = k.display().to_string();
+        let err = |message: String| {
+            invalid(
+                &shown_def,
+                text,
+                &format!("update.keys[{i}]"),
+                Some(&shown),
+                message,
+            )
+        };
+        let data = std::fs::read(&file)
+            .map_err(|e| err(format!("reading the update key {}: {e}", file.display())))?;
+        let key_text = String::from_utf8(data.clone()).map_err(|_| {
+            err(format!(
+                "{}: not a cairn public key file (not text)",
+                file.display()
+            ))
+        })?;
+        let trusted = cairn_updater::TrustedKeys::parse(&key_text, &file)
+            .map_err(|e| err(format!("not a cairn public key file: {e}")))?;
+        if trusted.is_empty() {
+            return Err(err(format!(
+                "{}: no \"cairn-ed25519 <base64>\" line: not a cairn public key file",
+                file.display()
+            )));
+        }
+        out.push(UpdateKey {
+            name: file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: file,
+            data,
+            key_ids: trusted.ids(),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -681,6 +831,73 @@ mod tests {
         let text = format!("{MIN}users:\n  - name: core\n    sudo: always\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
         assert!(e.contains("unknown variant `always`"), "{e}");
+    }
+
+    #[test]
+    fn update_section_parses_and_errors_name_file_line_key() {
+        let text = format!("{MIN}update:\n  channel: lab\n  keys: [keys/update.pub]\n");
+        let d = parse("x.yaml", &text).unwrap();
+        let u = d.update.unwrap();
+        assert_eq!(u.channel.as_deref(), Some("lab"));
+        assert_eq!(u.keys, [PathBuf::from("keys/update.pub")]);
+        let text = format!("{MIN}update:\n  chanel: lab\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:6:"), "{e}");
+        assert!(e.contains("update: unknown field `chanel`"), "{e}");
+        let text = format!("{MIN}update:\n  channel: .hidden\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:6: update.channel:"), "{e}");
+        let text = format!("{MIN}update:\n  keys:\n    - keys/update.key\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.yaml:7: update.keys[0]:") && e.contains(".pub"),
+            "{e}"
+        );
+        let text = format!("{MIN}update:\n  keys: [a/k.pub, b/k.pub]\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.contains("update.keys[1]") && e.contains("k.pub"), "{e}");
+    }
+
+    #[test]
+    fn update_keys_are_read_and_checked_at_load() {
+        let t = tempfile::tempdir().unwrap();
+        let keys = t.path().join("keys");
+        let pair = cairn_updater::keygen(&keys).unwrap();
+        let def = t.path().join("img.yaml");
+        std::fs::write(
+            &def,
+            format!("{MIN}update:\n  channel: lab\n  keys: [keys/update.pub]\n"),
+        )
+        .unwrap();
+        let l = load(&def).unwrap();
+        assert_eq!(l.channel(), "lab");
+        assert_eq!(l.update_keys.len(), 1);
+        assert_eq!(l.update_keys[0].name, "update.pub");
+        assert_eq!(l.update_keys[0].key_ids, [pair.key_id.clone()]);
+        assert_eq!(l.update_keys[0].data, std::fs::read(&pair.public).unwrap());
+        // a secret key renamed .pub, garbage, an empty file, a missing file
+        for (content, why) in [
+            (std::fs::read_to_string(&pair.secret).unwrap(), "secret key"),
+            ("ssh-ed25519 AAAAC3Nz me@host\n".to_string(), "ssh-ed25519"),
+            ("# nothing\n".to_string(), "no \"cairn-ed25519"),
+        ] {
+            std::fs::write(keys.join("bad.pub"), &content).unwrap();
+            std::fs::write(&def, format!("{MIN}update:\n  keys:\n    - keys/bad.pub\n")).unwrap();
+            let e = load(&def).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("{}:7: update.keys[0]:", def.display())),
+                "{e}"
+            );
+            assert!(e.contains("bad.pub") && e.contains(why), "{e}");
+        }
+        std::fs::write(&def, format!("{MIN}update:\n  keys: [keys/none.pub]\n")).unwrap();
+        let e = load(&def).unwrap_err().to_string();
+        assert!(e.contains("none.pub") && e.contains("reading"), "{e}");
+        // no update section: no keys, the default channel
+        std::fs::write(&def, MIN).unwrap();
+        let l = load(&def).unwrap();
+        assert!(l.update_keys.is_empty());
+        assert_eq!(l.channel(), DEFAULT_CHANNEL);
     }
 
     #[test]

@@ -53,6 +53,26 @@ enum Command {
         /// Rebuild even when the output folder is already current.
         #[arg(long)]
         force: bool,
+        /// Write a signed update bundle into OUT/update/ with this secret key
+        /// (update.key from `cairn keygen`). Without it no bundle is written
+        /// and a previous OUT/update/ is removed.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+        /// Channel of the update bundle (default: the definition's
+        /// update.channel, else "stable").
+        #[arg(long, value_name = "NAME", requires = "sign")]
+        channel: Option<String>,
+        /// How long the bundle's manifest stays valid, e.g. 30d, 12h, 2w.
+        #[arg(long, value_name = "DURATION", default_value = "30d", requires = "sign", value_parser = humantime::parse_duration)]
+        valid_for: std::time::Duration,
+    },
+    /// Make an ed25519 key pair for signing update bundles: DIR/update.key
+    /// (secret, mode 0600) and DIR/update.pub (for an image's update.keys).
+    /// Never overwrites a key.
+    Keygen {
+        /// Folder to write the keys into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Boot an image in QEMU with its serial console on this terminal
     /// (Ctrl-a x quits). The image is not changed unless --persist.
@@ -170,6 +190,7 @@ fn validate(files: &[PathBuf], json: bool) -> Result<bool> {
 }
 
 fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
+    use anyhow::Context;
     match cli.command {
         Command::Validate { files, json } => Ok(if validate(&files, json)? {
             ExitCode::SUCCESS
@@ -178,6 +199,18 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
         }),
         Command::Serve(args) => cairn_pxe::run(args).map(|()| ExitCode::SUCCESS),
         Command::Inspect { path } => inspect(&path).map(|()| ExitCode::SUCCESS),
+        Command::Keygen { out } => {
+            let k = cairn_updater::keygen(&out)
+                .with_context(|| format!("making an update key pair in {}", out.display()))?;
+            println!(
+                "wrote {} (secret, keep it safe) and {} (key id {}): list the .pub file under update.keys in an image definition, sign with `cairn build --sign {}`",
+                k.secret.display(),
+                k.public.display(),
+                k.key_id,
+                k.secret.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Vm {
             target,
             memory,
@@ -213,6 +246,9 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
             zstd_level,
             keys,
             force,
+            sign,
+            channel,
+            valid_for,
         } => {
             let opts = cairn_builder::pipeline::BuildOptions {
                 definition,
@@ -227,8 +263,26 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
                 progress,
                 force,
             };
-            let s = cairn_builder::pipeline::build(&opts)?;
+            let sign = sign.map(|key| cairn_builder::pipeline::SignOptions {
+                key,
+                channel,
+                valid_for,
+            });
+            let s = cairn_builder::pipeline::build_signed(&opts, sign.as_ref())?;
             let root = &s.manifest.artifacts[0];
+            let bundle_line = |s: &cairn_builder::pipeline::BuildSummary| {
+                if let Some(b) = &s.bundle {
+                    println!(
+                        "wrote update bundle {} ({} {}, channel {}, signed by key {}, expires {})",
+                        b.dir.display(),
+                        b.manifest.name,
+                        b.manifest.version,
+                        b.manifest.channel,
+                        b.key_id,
+                        b.manifest.expires
+                    );
+                }
+            };
             if s.up_to_date {
                 println!(
                     "{} is up to date ({} {}, sha256 {}); --force rebuilds",
@@ -237,6 +291,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
                     s.manifest.version,
                     root.sha256
                 );
+                bundle_line(&s);
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
@@ -253,6 +308,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
             if s.lock_written {
                 println!("wrote {}", s.lock_path.display());
             }
+            bundle_line(&s);
             Ok(ExitCode::SUCCESS)
         }
     }

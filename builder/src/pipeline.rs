@@ -1,5 +1,6 @@
 //! `cairn build` end to end: definition -> lock -> verified `.deb` files ->
-//! tree -> fixups -> `rootfs.squashfs` + `manifest.json`.
+//! tree -> fixups -> `rootfs.squashfs` + `manifest.json`, and with
+//! `--sign` the signed update bundle `OUT/update/` (see `cairn_updater::bundle`).
 //!
 //! Owns the order of the steps, progress reporting and the output folder;
 //! each step's logic lives in its own module.
@@ -41,6 +42,25 @@ pub struct BuildOptions {
     /// Rebuild even when the output folder is current.
     pub force: bool,
 }
+
+/// `cairn build --sign KEY [--channel NAME] [--valid-for DURATION]`: the
+/// update bundle written into `OUT/update/` after the artifacts.
+#[derive(Debug, Clone)]
+pub struct SignOptions {
+    /// The secret key file (`update.key` from `cairn keygen`).
+    pub key: PathBuf,
+    /// The bundle's channel; default the definition's `update.channel`,
+    /// else `stable`.
+    pub channel: Option<String>,
+    /// How long the manifest stays valid after `created`.
+    pub valid_for: std::time::Duration,
+}
+
+/// `--valid-for` when not given: 30 days.
+pub const DEFAULT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
+
+/// The update bundle's folder under the output.
+pub const BUNDLE_DIR: &str = cairn_updater::BUNDLE_DIR;
 
 /// One artifact in `manifest.json`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -87,6 +107,8 @@ pub struct BuildSummary {
     pub fixups: Vec<fixups::Report>,
     /// The output was already current: nothing was rebuilt.
     pub up_to_date: bool,
+    /// The signed update bundle, when the build was asked to sign.
+    pub bundle: Option<cairn_updater::Bundle>,
 }
 
 fn bar(mp: &MultiProgress, len: u64, prefix: &str) -> ProgressBar {
@@ -201,6 +223,10 @@ fn inputs_fingerprint(loaded: &Loaded, opts: &BuildOptions, epoch: u64) -> Resul
     if let Some(o) = loaded.overlay_dir() {
         hash_dir(&mut h, &o, &o)?;
     }
+    for k in &loaded.update_keys {
+        h.update(format!("update-key {}\0", k.name));
+        h.update(&k.data);
+    }
     // the code that turns these inputs into bytes (see build.rs)
     h.update(env!("CAIRN_SOURCE_HASH"));
     h.update(format!("zstd={} epoch={epoch}", opts.zstd_level));
@@ -264,11 +290,130 @@ pub fn assemble(
     Ok((tree, installed))
 }
 
-/// Run `cairn build`.
+/// The signing key, channel and validity of a `--sign` build, checked
+/// before anything is built.
+struct Signer {
+    key: cairn_updater::SecretKey,
+    channel: String,
+    validity_secs: i64,
+}
+
+impl Signer {
+    fn new(sign: &SignOptions, loaded: &Loaded) -> Result<Signer> {
+        let key = cairn_updater::SecretKey::load(&sign.key)
+            .with_context(|| format!("reading the update signing key {}", sign.key.display()))?;
+        let channel = sign
+            .channel
+            .clone()
+            .unwrap_or_else(|| loaded.channel().to_string());
+        if !definition::is_channel_name(&channel) {
+            bail!("--channel {channel:?} is not a channel name: expected letters, digits, '.', '_', '-', '~' (not starting with '.')");
+        }
+        let validity_secs = i64::try_from(sign.valid_for.as_secs()).unwrap_or(i64::MAX);
+        if validity_secs <= 0 {
+            bail!("--valid-for must be at least one second");
+        }
+        Ok(Signer {
+            key,
+            channel,
+            validity_secs,
+        })
+    }
+}
+
+/// `created` of a bundle: SOURCE_DATE_EPOCH when set, else now.
+fn bundle_created() -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={s:?}: expected seconds since the epoch")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0)),
+    }
+}
+
+/// Removes `OUT/update/`, so that a bundle never sits beside artifacts it
+/// was not made from.
+fn remove_bundle(out: &Path) -> Result<()> {
+    let dir = out.join(BUNDLE_DIR);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "removed the previous update bundle");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => {
+            Err(e).with_context(|| format!("removing the stale update bundle {}", dir.display()))
+        }
+    }
+}
+
+/// Writes `OUT/update/` when signing, else removes a previous one.
+fn finish_bundle(
+    opts: &BuildOptions,
+    manifest: &Manifest,
+    signer: Option<&Signer>,
+) -> Result<Option<cairn_updater::Bundle>> {
+    let Some(s) = signer else {
+        remove_bundle(&opts.out)?;
+        return Ok(None);
+    };
+    let sp = spinner(
+        &opts.progress,
+        "bundle",
+        &format!(
+            "{} {} for channel {}",
+            manifest.name, manifest.version, s.channel
+        ),
+    );
+    let out = &opts.out;
+    let bundle = cairn_updater::write_bundle(
+        out,
+        &cairn_updater::BundleInput {
+            name: &manifest.name,
+            version: &manifest.version,
+            channel: &s.channel,
+            rootfs: &out.join("rootfs.squashfs"),
+            kernel: &out.join("vmlinuz"),
+            initrd: &out.join("initrd.img"),
+            created: bundle_created()?,
+            validity_secs: s.validity_secs,
+        },
+        &s.key,
+    )
+    .with_context(|| {
+        format!(
+            "writing the update bundle {}",
+            out.join(BUNDLE_DIR).display()
+        )
+    })?;
+    sp.finish_and_clear();
+    tracing::info!(
+        dir = %bundle.dir.display(),
+        version = %bundle.manifest.version,
+        channel = %bundle.manifest.channel,
+        key = %bundle.key_id,
+        expires = %bundle.manifest.expires,
+        "wrote signed update bundle"
+    );
+    Ok(Some(bundle))
+}
+
+/// Run `cairn build` (no update bundle; a previous `OUT/update/` is removed).
 pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
+    build_signed(opts, None)
+}
+
+/// Run `cairn build`, and with `sign` write the signed update bundle
+/// `OUT/update/` after the artifacts (also when the output was current).
+pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<BuildSummary> {
     let t0 = Instant::now();
     let loaded = definition::load(&opts.definition)?;
     let def = &loaded.def;
+    let signer = sign.map(|s| Signer::new(s, &loaded)).transpose()?;
     let cache_dir = opts.cache.clone().unwrap_or_else(fetch::default_cache_dir);
     let cache = Cache::open(&cache_dir)
         .with_context(|| format!("opening the cache at {}", cache_dir.display()))?;
@@ -284,7 +429,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
     if !opts.force {
         if let Some(manifest) = current_output(&opts.out, &inputs) {
             tracing::info!(out = %opts.out.display(), "output is up to date");
+            let bundle = finish_bundle(opts, &manifest, signer.as_ref())?;
             return Ok(BuildSummary {
+                bundle,
                 manifest,
                 out: opts.out.clone(),
                 lock_path: loaded.lock_path(),
@@ -342,6 +489,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
         packages: &installed,
         source_date_epoch: epoch,
         overlay: overlay.as_deref(),
+        update_keys: &loaded.update_keys,
     };
     let reports = fixups::apply_all(&mut tree, &ctx).context("applying fixups")?;
     for r in &reports {
@@ -355,6 +503,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
     artifacts::ensure_mount_points(&mut tree)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
+    // the artifacts change below: an old bundle must not outlive them
+    remove_bundle(&opts.out)?;
     let ipxe_dir = opts.out.join("ipxe");
     if ipxe.is_empty() {
         let _ = std::fs::remove_dir_all(&ipxe_dir);
@@ -459,8 +609,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
     let mpath = opts.out.join("manifest.json");
     std::fs::write(&mpath, serde_json::to_string_pretty(&manifest)? + "\n")
         .with_context(|| format!("writing {}", mpath.display()))?;
+    let bundle = finish_bundle(opts, &manifest, signer.as_ref())?;
     tracing::info!(seconds = t0.elapsed().as_secs_f64(), "build done");
     Ok(BuildSummary {
+        bundle,
         manifest,
         out: opts.out.clone(),
         lock_path: loaded.lock_path(),

@@ -1,7 +1,11 @@
 //! The `agents` fixup: installs cairn's own on-host programs into the tree,
 //! as static binaries built with the `cairn` binary (see `build.rs`) with
 //! their systemd units: `cairn-cloudinit` (applies the machine's
-//! cloud-config at every boot). The units fixup enables them by default
+//! cloud-config at every boot) and `cairn-update` (A/B updates: its timer,
+//! service and the health gate before `boot-complete.target`), plus the
+//! image's trusted update keys in `/usr/lib/cairn/update-keys/` (the
+//! definition's `update.keys`; the folder exists, empty, without them). The
+//! units fixup enables the units of [`AGENT_UNITS`] by default
 //! (`units.disable` in a definition turns one off).
 //!
 //! Runs first, so that an overlay may replace a unit file.
@@ -9,6 +13,7 @@
 use std::sync::Arc;
 
 use super::{Context, FixupError, Report};
+use crate::definition::UPDATE_KEYS_DIR;
 use crate::tree::{Entry, Tree};
 
 const NAME: &str = "agents";
@@ -16,10 +21,19 @@ const NAME: &str = "agents";
 /// The static `cairn-cloudinit` binary.
 pub static CLOUDINIT_BINARY: &[u8] = include_bytes!(env!("CAIRN_CLOUDINIT_PATH"));
 
-/// cairn's units enabled by default, in the order they are enabled.
-pub const AGENT_UNITS: &[&str] = &["cairn-cloudinit.service"];
+/// The static `cairn-update` binary (package `cairn-updater`).
+pub static UPDATE_BINARY: &[u8] = include_bytes!(env!("CAIRN_UPDATE_PATH"));
 
-/// `(path in the tree, content, mode)` of everything this fixup installs.
+/// cairn's units enabled by default, in the order they are enabled
+/// (`cairn-update.service` has no `[Install]`: its timer starts it).
+pub const AGENT_UNITS: &[&str] = &[
+    "cairn-cloudinit.service",
+    "cairn-update.timer",
+    "cairn-health.service",
+];
+
+/// `(path in the tree, content, mode)` of the programs and units this
+/// fixup installs (the update keys come from the definition).
 pub fn files() -> Vec<(&'static str, &'static [u8], u32)> {
     vec![
         ("usr/bin/cairn-cloudinit", CLOUDINIT_BINARY, 0o755),
@@ -28,23 +42,57 @@ pub fn files() -> Vec<(&'static str, &'static [u8], u32)> {
             include_bytes!("../../../cloudinit/units/cairn-cloudinit.service"),
             0o644,
         ),
+        ("usr/bin/cairn-update", UPDATE_BINARY, 0o755),
+        (
+            "usr/lib/systemd/system/cairn-update.service",
+            include_bytes!("../../../updater/units/cairn-update.service"),
+            0o644,
+        ),
+        (
+            "usr/lib/systemd/system/cairn-update.timer",
+            include_bytes!("../../../updater/units/cairn-update.timer"),
+            0o644,
+        ),
+        (
+            "usr/lib/systemd/system/cairn-health.service",
+            include_bytes!("../../../updater/units/cairn-health.service"),
+            0o644,
+        ),
     ]
 }
 
-pub fn apply(tree: &mut Tree, _ctx: &Context<'_>) -> Result<Report, FixupError> {
+pub fn apply(tree: &mut Tree, ctx: &Context<'_>) -> Result<Report, FixupError> {
     let origin: Arc<str> = Arc::from("cairn:agents");
     let files = files();
     for (path, data, mode) in &files {
         tree.insert(path, Entry::file(data.to_vec(), *mode, &origin))
             .map_err(FixupError::tree(NAME, path))?;
     }
+    tree.insert(UPDATE_KEYS_DIR, Entry::dir(0o755, &origin))
+        .map_err(FixupError::tree(NAME, UPDATE_KEYS_DIR))?;
+    let mut ids = Vec::new();
+    for k in ctx.update_keys {
+        let path = format!("{UPDATE_KEYS_DIR}/{}", k.name);
+        tree.insert(&path, Entry::file(k.data.clone(), 0o644, &origin))
+            .map_err(FixupError::tree(NAME, &path))?;
+        ids.extend(k.key_ids.iter().cloned());
+    }
+    let binaries: Vec<String> = files
+        .iter()
+        .filter(|(p, _, _)| p.starts_with("usr/bin/"))
+        .map(|(p, d, _)| format!("/{p} ({} KiB)", d.len() / 1024))
+        .collect();
     Ok(Report::new(
         NAME,
         format!(
-            "installed {} ({} KiB) and {}",
-            files[0].0,
-            files[0].1.len() / 1024,
-            AGENT_UNITS.join(", ")
+            "installed {}, units {}; trusted update keys: {}",
+            binaries.join(", "),
+            AGENT_UNITS.join(", "),
+            if ids.is_empty() {
+                "none (no update.keys in the definition)".to_string()
+            } else {
+                ids.join(", ")
+            }
         ),
     ))
 }
@@ -52,12 +100,10 @@ pub fn apply(tree: &mut Tree, _ctx: &Context<'_>) -> Result<Report, FixupError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixups::testutil::{ctx, def};
 
-    #[test]
-    fn the_agent_is_a_static_executable_with_its_unit() {
-        let f = files();
-        let bin = f[0].1;
-        assert_eq!(&bin[..4], b"\x7fELF");
+    fn assert_static(name: &str, bin: &[u8]) {
+        assert_eq!(&bin[..4], b"\x7fELF", "{name}");
         // a static binary has no PT_INTERP (3) program header (ELF64, little endian)
         let u16_at = |o: usize| u16::from_le_bytes([bin[o], bin[o + 1]]) as usize;
         let phoff = u64::from_le_bytes(bin[0x20..0x28].try_into().unwrap()) as usize;
@@ -66,13 +112,63 @@ mod tests {
         for i in 0..phnum {
             let o = phoff + i * phentsize;
             let p_type = u32::from_le_bytes(bin[o..o + 4].try_into().unwrap());
-            assert_ne!(p_type, 3, "cairn-cloudinit has an interpreter: not static");
+            assert_ne!(p_type, 3, "{name} has an interpreter: not static");
         }
-        let unit = std::str::from_utf8(f[1].1).unwrap();
+    }
+
+    #[test]
+    fn the_agents_are_static_executables_with_their_units() {
+        let f = files();
+        let get = |p: &str| f.iter().find(|(q, _, _)| *q == p).unwrap().1;
+        assert_static("cairn-cloudinit", get("usr/bin/cairn-cloudinit"));
+        assert_static("cairn-update", get("usr/bin/cairn-update"));
+        let unit =
+            std::str::from_utf8(get("usr/lib/systemd/system/cairn-cloudinit.service")).unwrap();
         assert!(
             unit.contains("ExecStart=/usr/bin/cairn-cloudinit"),
             "{unit}"
         );
         assert!(unit.contains("WantedBy=multi-user.target"), "{unit}");
+        let unit = std::str::from_utf8(get("usr/lib/systemd/system/cairn-update.service")).unwrap();
+        assert!(
+            unit.contains("ExecStart=/usr/bin/cairn-update apply"),
+            "{unit}"
+        );
+        let unit = std::str::from_utf8(get("usr/lib/systemd/system/cairn-health.service")).unwrap();
+        assert!(unit.contains("RequiredBy=boot-complete.target"), "{unit}");
+        // every enabled-by-default unit is installed here
+        for u in AGENT_UNITS {
+            assert!(
+                f.iter()
+                    .any(|(p, _, _)| *p == format!("usr/lib/systemd/system/{u}")),
+                "{u} is not installed"
+            );
+        }
+    }
+
+    #[test]
+    fn update_keys_land_in_the_trust_folder() {
+        let d = def("");
+        let key = crate::definition::UpdateKey {
+            name: "lab.pub".into(),
+            path: "keys/lab.pub".into(),
+            data: b"cairn-ed25519 AAAA\n".to_vec(),
+            key_ids: vec!["0123456789abcdef".into()],
+        };
+        let keys = [key];
+        let mut c = ctx(&d, &[]);
+        c.update_keys = &keys;
+        let mut t = Tree::new_merged_usr();
+        let r = apply(&mut t, &c).unwrap();
+        assert_eq!(
+            t.read_text("usr/lib/cairn/update-keys/lab.pub").unwrap(),
+            "cairn-ed25519 AAAA\n"
+        );
+        assert!(r.summary.contains("0123456789abcdef"), "{}", r.summary);
+        // without keys the folder is there, empty, and the report says so
+        let mut t = Tree::new_merged_usr();
+        let r = apply(&mut t, &ctx(&d, &[])).unwrap();
+        assert!(t.contains("usr/lib/cairn/update-keys"));
+        assert!(r.summary.contains("none"), "{}", r.summary);
     }
 }

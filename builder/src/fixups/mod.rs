@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::debfile::InstalledPackage;
-use crate::definition::Definition;
+use crate::definition::{Definition, UpdateKey};
 use crate::tree::{Entry, Tree, TreeError};
 
 pub mod agents;
@@ -42,6 +42,8 @@ pub struct Context<'a> {
     pub source_date_epoch: u64,
     /// The definition's overlay directory, already resolved.
     pub overlay: Option<&'a Path>,
+    /// The definition's `update.keys`, read and checked.
+    pub update_keys: &'a [UpdateKey],
 }
 
 impl Context<'_> {
@@ -260,6 +262,7 @@ pub(crate) mod testutil {
             packages,
             source_date_epoch: 1_700_000_000,
             overlay: None,
+            update_keys: &[],
         }
     }
 
