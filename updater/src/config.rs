@@ -304,12 +304,8 @@ impl Config {
     pub fn may_reboot_now(&self, now: i64) -> std::result::Result<(), String> {
         match self.strategy {
             Strategy::Off => return Err("REBOOT_STRATEGY=off: reboot by hand".into()),
-            Strategy::EtcdLock => {
-                return Err(
-                    "REBOOT_STRATEGY=etcd-lock: the cluster reboot lock is not implemented yet; reboot by hand".into(),
-                )
-            }
-            Strategy::Reboot | Strategy::BestEffort | Strategy::Window => {}
+            // etcd-lock: the window applies here; the lock itself is taken by the caller
+            Strategy::Reboot | Strategy::BestEffort | Strategy::Window | Strategy::EtcdLock => {}
         }
         match &self.window {
             Some(w) if !w.contains(now) => Err(format!(
@@ -440,7 +436,7 @@ mod tests {
         c.strategy = Strategy::Off;
         assert!(c.may_reboot_now(THU).unwrap_err().contains("off"));
         c.strategy = Strategy::EtcdLock;
-        assert!(c.may_reboot_now(THU).is_err());
+        assert!(c.may_reboot_now(THU).is_ok(), "the lock is the caller's");
         c.strategy = Strategy::Window;
         c.window = Some(Window::parse("Thu 01:00", "1h").unwrap());
         assert!(c.may_reboot_now(THU).is_ok());

@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod fsutil;
 pub mod health;
 pub mod keys;
+pub mod lock;
 pub mod manifest;
 pub mod rollout;
 pub mod slot;

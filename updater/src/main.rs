@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use cairn_updater::agent::{Agent, Outcome, Paths, SlotDevices};
 use cairn_updater::health::{self, HealthOptions};
 use cairn_updater::state::{Event, Phase};
+use cairn_updater::Strategy;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -108,6 +109,51 @@ enum Cmd {
     },
     /// Commit the slot on trial without running the checks.
     MarkGood,
+    /// The cluster reboot lock in etcd (REBOOT_STRATEGY=etcd-lock), as locksmithctl had it.
+    Lock {
+        /// An etcd client URL.
+        #[arg(long, default_value = ETCD)]
+        etcd: String,
+        #[command(subcommand)]
+        cmd: LockCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LockCmd {
+    /// Free slots, slots in all, holders.
+    Status,
+    /// Take a slot (default: for this machine, its /etc/machine-id).
+    Lock { id: Option<String> },
+    /// Give a slot back: this machine's, or break another machine's.
+    Unlock { id: Option<String> },
+    /// Set the number of machines that may reboot at once.
+    SetMax { max: u32 },
+}
+
+/// The local etcd member, as locksmith used by default.
+const ETCD: &str = "http://127.0.0.1:2379";
+
+fn machine_id(given: Option<String>) -> Result<String> {
+    match given {
+        Some(id) => Ok(id),
+        None => Ok(std::fs::read_to_string("/etc/machine-id")
+            .context("reading /etc/machine-id (or name the machine)")?
+            .trim()
+            .to_string()),
+    }
+}
+
+fn print_lock(s: &cairn_updater::lock::Semaphore) {
+    println!("available: {}/{}", s.semaphore, s.max);
+    println!(
+        "holders: {}",
+        if s.holders.is_empty() {
+            "none".to_string()
+        } else {
+            s.holders.join(", ")
+        }
+    );
 }
 
 fn main() -> ExitCode {
@@ -143,6 +189,36 @@ fn agent(p: &PathArgs) -> Result<Agent> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        Cmd::Lock { etcd, cmd } => {
+            let lock = cairn_updater::lock::RebootLock::new(&etcd);
+            match cmd {
+                LockCmd::Status => print_lock(&lock.status().context("reading the reboot lock")?),
+                LockCmd::Lock { id } => {
+                    let id = machine_id(id)?;
+                    let s = lock
+                        .lock(&id)
+                        .with_context(|| format!("taking the reboot lock for {id}"))?;
+                    print_lock(&s);
+                }
+                LockCmd::Unlock { id } => {
+                    let id = machine_id(id)?;
+                    let released = lock
+                        .unlock(&id)
+                        .with_context(|| format!("releasing the reboot lock of {id}"))?;
+                    if released {
+                        println!("released {id}");
+                    } else {
+                        println!("{id} held no slot");
+                    }
+                }
+                LockCmd::SetMax { max } => print_lock(
+                    &lock
+                        .set_max(max)
+                        .with_context(|| format!("setting the reboot lock to {max} slots"))?,
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Check => {
             let a = agent(&cli.paths)?;
             let (running, _) = a.observe_boot().context("reading the running system")?;
@@ -187,6 +263,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("not rebooting (--no-reboot)");
                 } else {
                     match a.config.may_reboot_now(cairn_updater::fsutil::now()) {
+                        Ok(()) if a.config.strategy == Strategy::EtcdLock => {
+                            let id = machine_id(None)?;
+                            match cairn_updater::lock::RebootLock::new(ETCD).lock(&id) {
+                                Ok(_) => {
+                                    println!("took a slot of the cluster reboot lock as {id}");
+                                    reboot()?
+                                }
+                                Err(e @ cairn_updater::lock::LockError::Busy { .. }) => {
+                                    println!("not rebooting now: {e}")
+                                }
+                                Err(e) => return Err(e).context("taking the cluster reboot lock"),
+                            }
+                        }
                         Ok(()) => reboot()?,
                         Err(why) => println!("not rebooting now: {why}"),
                     }
@@ -264,6 +353,15 @@ fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCo
             running.version,
             s.phase.name()
         );
+        if a.config.strategy == Strategy::EtcdLock {
+            // the slot taken before the reboot goes back once the new slot is healthy
+            let id = machine_id(None)?;
+            match cairn_updater::lock::RebootLock::new(ETCD).unlock(&id) {
+                Ok(true) => println!("released the cluster reboot lock ({id})"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("releasing the cluster reboot lock: {e}"),
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let reason = problems.join("; ");
