@@ -873,7 +873,10 @@ mod tests {
         assert_eq!(l.channel(), "lab");
         assert_eq!(l.update_keys.len(), 1);
         assert_eq!(l.update_keys[0].name, "update.pub");
-        assert_eq!(l.update_keys[0].key_ids, [pair.key_id.clone()]);
+        assert_eq!(
+            l.update_keys[0].key_ids.as_slice(),
+            std::slice::from_ref(&pair.key_id)
+        );
         assert_eq!(l.update_keys[0].data, std::fs::read(&pair.public).unwrap());
         // a secret key renamed .pub, garbage, an empty file, a missing file
         for (content, why) in [
