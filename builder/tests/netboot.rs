@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use cairn_pxe::{Server, ServerConfig, Stage};
-use cairn_qemu::{Vm, VmConfig};
+use cairn_qemu::{Firmware, Vm, VmConfig};
 
 mod common;
 use common::{assert_running, guest_sh, test_image, wait_cloudinit};
@@ -105,20 +105,22 @@ fn netboot_through_cairn_serve() {
 
     // --- 1. UEFI and 2. BIOS, two known MACs: diskless, each with its own config
     for (firmware, mac, host, role, key) in [
-        ("uefi", "52:54:00:00:0a:01", "node-a", "etcd", KEY_A),
-        ("bios", "52:54:00:00:0a:02", "node-b", "worker", KEY_B),
+        (Firmware::Uefi, "52:54:00:00:0a:01", "node-a", "etcd", KEY_A),
+        (
+            Firmware::Bios,
+            "52:54:00:00:0a:02",
+            "node-b",
+            "worker",
+            KEY_B,
+        ),
     ] {
         let config = VmConfig::new(format!("netboot-{host}"))
             .netboot(&tftp_root, &bootfile)
             .mac(mac)
             .guest_forward(GUEST_HTTP, http)
             .memory_mib(3072)
-            .cpus(2);
-        let config = if firmware == "uefi" {
-            config.uefi()
-        } else {
-            config.bios()
-        };
+            .cpus(2)
+            .firmware(firmware);
         let mut vm = Vm::start(config).expect("starting QEMU");
         check_known_machine(&mut vm, mac, host, role, key);
         vm.kill().unwrap();

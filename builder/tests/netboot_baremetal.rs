@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_qemu::{Vm, VmConfig};
+use cairn_qemu::{Firmware, Vm, VmConfig};
 
 mod common;
 use common::lan::{read, require, Lan, CAIRN_IP};
@@ -29,9 +29,9 @@ use common::{assert_running, guest_sh, test_image, wait_cloudinit};
 const BOOT: Duration = Duration::from_secs(900);
 const CMD: Duration = Duration::from_secs(60);
 /// Firmware, MAC, the group (and hostname) the inventory gives it, tap device.
-const MACHINES: [(&str, &str, &str, &str); 2] = [
-    ("bios", "52:54:00:00:0c:01", "rack1-node1", "tap0"),
-    ("uefi", "52:54:00:00:0c:02", "rack1-node2", "tap1"),
+const MACHINES: [(Firmware, &str, &str, &str); 2] = [
+    (Firmware::Bios, "52:54:00:00:0c:01", "rack1-node1", "tap0"),
+    (Firmware::Uefi, "52:54:00:00:0c:02", "rack1-node2", "tap1"),
 ];
 
 #[test]
@@ -107,27 +107,23 @@ fn bare_metal_netboot_with_site_dhcp_and_proxy_dhcp() {
     // the machines, NIC first, on the LAN: one BIOS, one UEFI, one after the other
     for (firmware, mac, host, tap) in MACHINES {
         let t = Instant::now();
-        let config = VmConfig::new(format!("baremetal-{firmware}"))
+        let config = VmConfig::new(format!("baremetal-{firmware:?}"))
             .netns(lan.ns("lan"))
             .tap(tap)
             .pxe()
             .mac(mac)
             .memory_mib(3072)
-            .cpus(2);
-        let config = if firmware == "uefi" {
-            config.uefi()
-        } else {
-            config.bios()
-        };
+            .cpus(2)
+            .firmware(firmware);
         let mut vm = Vm::start(config).expect("starting QEMU");
         let line = vm.wait_for("cairn-init:", BOOT).unwrap_or_else(|e| {
             panic!(
-                "{firmware}: no kernel came over TFTP: {e}\nserve log:\n{}",
+                "{firmware:?}: no kernel came over TFTP: {e}\nserve log:\n{}",
                 read(&serve_log)
             )
         });
         eprintln!(
-            "{firmware}: kernel + pxe-initrd.img over TFTP, /init running after {:?}: {line}",
+            "{firmware:?}: kernel + pxe-initrd.img over TFTP, /init running after {:?}: {line}",
             t.elapsed()
         );
         vm.wait_guest_agent(BOOT).expect("the guest agent answers");
@@ -144,7 +140,7 @@ fn bare_metal_netboot_with_site_dhcp_and_proxy_dhcp() {
             .split_whitespace()
             .find_map(|w| w.strip_prefix("192.0.2.")?.strip_suffix("/24"))
             .and_then(|n| n.parse::<u8>().ok())
-            .unwrap_or_else(|| panic!("{firmware}: no address on the LAN: {addr}"));
+            .unwrap_or_else(|| panic!("{firmware:?}: no address on the LAN: {addr}"));
         assert!((100..=199).contains(&ip), "{addr}");
         assert_eq!(
             sh(&mut vm, "cat /etc/cairn/where"),
@@ -157,7 +153,7 @@ fn bare_metal_netboot_with_site_dhcp_and_proxy_dhcp() {
         let cmdline = sh(&mut vm, "cat /proc/cmdline");
         assert!(cmdline.contains("cairn.root=ram"), "{cmdline}");
         assert_running(&mut vm, BOOT);
-        eprintln!("{firmware}: running after {:?}", t.elapsed());
+        eprintln!("{firmware:?}: running after {:?}", t.elapsed());
         vm.kill().unwrap();
         drop(vm);
     }

@@ -259,6 +259,12 @@ impl VmConfig {
         self
     }
 
+    /// UEFI or BIOS, for callers that loop over both.
+    pub fn firmware(mut self, firmware: Firmware) -> Self {
+        self.firmware = firmware;
+        self
+    }
+
     /// Attaches a disk (format detected); the first disk becomes the boot
     /// disk unless a kernel or network boot is chosen.
     pub fn disk(mut self, path: impl Into<PathBuf>) -> Self {

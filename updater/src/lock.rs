@@ -127,11 +127,7 @@ impl RebootLock {
     pub fn new(endpoint: &str) -> RebootLock {
         RebootLock {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            http: ureq::Agent::config_builder()
-                .timeout_global(Some(std::time::Duration::from_secs(10)))
-                .http_status_as_error(false)
-                .build()
-                .into(),
+            http: crate::fetch::http_agent(),
             default_max: 1,
         }
     }
