@@ -1,0 +1,585 @@
+//! QEMU test of A/B updates through `cairn serve` (TCG, UEFI, one disk
+//! that persists across every boot and power cut):
+//!
+//! 1. `cairn keygen`; four builds of `images/test.yaml` with
+//!    `update: {channel: lab, keys: [update.pub]}`: 1.0.0 unsigned (the
+//!    disk the machine boots), 2.0.0 and 3.0.0 signed, 5.0.0 signed with a
+//!    unit that fails; 4.0.0 is 3.0.0's bundle re-signed with its root
+//!    image's superblock zeroed (its `/init` cannot mount the root).
+//! 2. v1 boots from slot a; the hardware watchdog is armed; cloud-config
+//!    (`coreos.update`, read from the state partition's `user-data`)
+//!    points the agent at the real `cairn serve` binary on the host.
+//! 3. A bundle signed with another key: refused, slot b's bytes unchanged.
+//! 4. v1 → v2: `cairn-update.service` installs v2 into slot b and reboots;
+//!    v2 runs from slot b and its entry is blessed after `boot-complete`.
+//! 5. v2 → v3 with power cuts: QEMU is killed during the slot write and
+//!    again during the ESP writes; each time the machine boots v2, and
+//!    `fsck.vfat -n` finds the ESP clean; then the update resumes and v3
+//!    runs from slot a, blessed.
+//! 6. v4 (root that cannot mount): its tries run out and the machine is
+//!    back on v3 by itself; `cairn-update status` says rolled back and why.
+//! 7. v5 (a failed unit): the health gate marks it bad, back on v3, and
+//!    the status names the unit.
+//!
+//! One test function: the steps build on each other and the machine has
+//! two cores.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_builder::pipeline::{self, SignOptions};
+use cairn_qemu::{DiskFormat, Vm, VmConfig};
+use cairn_updater::{write_bundle, BundleInput, SecretKey};
+
+mod common;
+use common::{guest_sh, images_copy, opts};
+
+const BOOT: Duration = Duration::from_secs(420);
+const CMD: Duration = Duration::from_secs(120);
+/// Where the guest reaches `cairn serve` (slirp guest forward).
+const GUEST_SERVE: u16 = 8080;
+
+fn sh(vm: &mut Vm, script: &str) -> String {
+    guest_sh(vm, script, CMD)
+}
+
+/// `cairn serve` (the real binary) on 127.0.0.1:`port` with `inventory`.
+struct Serve {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(dir: &Path, inventory: &str, port: u16, ipxe: &Path) -> Serve {
+        let inv = dir.join("inventory.yaml");
+        std::fs::write(&inv, inventory).unwrap();
+        let log = dir.join("serve.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["-v", "serve", "--config"])
+            .arg(&inv)
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--tftp-addr", "127.0.0.1:0", "--ipxe-dir"])
+            .arg(ipxe)
+            .arg("--state-dir")
+            .arg(dir.join("serve-state"))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("starting cairn serve");
+        let mut s = Serve { child, log };
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(st) = s.child.try_wait().unwrap() {
+                panic!(
+                    "cairn serve exited ({st}):\n{}",
+                    std::fs::read_to_string(&s.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "cairn serve never listened"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The inventory offering `bundle`'s signed update on channel `lab`.
+fn inventory(v1: &Path, bundle: &Path) -> String {
+    format!(
+        "profiles:\n  - name: lab\n    image: {}\ngroups:\n  - name: lab\n    profile: lab\nupdates:\n  - {}\n",
+        v1.display(),
+        bundle.display()
+    )
+}
+
+/// A definition from `images/test.yaml` with `version`, the `lab` channel
+/// and `public` as its trust root; `edit` changes it further.
+fn definition(
+    images: &Path,
+    name: &str,
+    version: &str,
+    public: &Path,
+    edit: &dyn Fn(String) -> String,
+) -> PathBuf {
+    let text = std::fs::read_to_string(images.join("test.yaml")).unwrap();
+    assert!(
+        text.contains("version: 0.1.0\n"),
+        "images/test.yaml changed its version line"
+    );
+    let text = text.replace("version: 0.1.0\n", &format!("version: {version}\n"));
+    let text = format!(
+        "{}\nupdate:\n  channel: lab\n  keys: [{}]\n",
+        edit(text),
+        public.display()
+    );
+    let path = images.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn build(def: &Path, out: &Path, sign: Option<&SignOptions>) {
+    let t = Instant::now();
+    pipeline::build_signed(&opts(def, out, true), sign)
+        .unwrap_or_else(|e| panic!("building {}: {e:#}", def.display()));
+    eprintln!("built {} in {:.0?}", def.display(), t.elapsed());
+}
+
+/// Waits for `/init` to mount `slot`, the guest agent and a running system.
+fn wait_booted(vm: &mut Vm, slot: char) {
+    vm.wait_for(&format!("cairn-init: root cairn-{slot}"), BOOT)
+        .unwrap_or_else(|e| panic!("booting slot {slot}: {e}"));
+    vm.wait_guest_agent(BOOT).expect("the guest agent answers");
+    let state = vm
+        .guest_exec(&["systemctl", "is-system-running", "--wait"], BOOT)
+        .expect("systemctl is-system-running");
+    let failed = sh(vm, "systemctl --failed --no-legend --plain");
+    assert_eq!(
+        state.stdout_str().trim(),
+        "running",
+        "slot {slot}: failed units: {failed}"
+    );
+}
+
+/// The running version, slot and boot-complete state.
+fn running(vm: &mut Vm) -> (String, String) {
+    let v = sh(vm, ". /usr/lib/os-release; echo $IMAGE_VERSION");
+    let slot = sh(
+        vm,
+        "tr ' ' '\\n' < /proc/cmdline | sed -n 's/^cairn.slot=//p'",
+    );
+    (v.trim().to_string(), slot.trim().to_string())
+}
+
+fn entries(vm: &mut Vm) -> Vec<String> {
+    let mut v: Vec<String> = sh(vm, "ls /efi/loader/entries")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+fn status(vm: &mut Vm) -> String {
+    sh(vm, "cairn-update status")
+}
+
+/// Waits for `boot-complete.target` (the health gate passed) and for
+/// systemd-bless-boot to have run.
+fn wait_blessed(vm: &mut Vm) {
+    guest_sh(
+        vm,
+        "for i in $(seq 300); do systemctl is-active -q boot-complete.target && \
+         systemctl is-active -q systemd-bless-boot.service && exit 0; sleep 1; done; \
+         systemctl status --no-pager cairn-health.service systemd-bless-boot.service; exit 1",
+        Duration::from_secs(400),
+    );
+}
+
+/// Starts the agent's unit as its timer would, without waiting for it.
+fn start_update(vm: &mut Vm) {
+    sh(vm, "systemctl start --no-block cairn-update.service");
+}
+
+/// Polls the agent's journal on this boot until a line contains `what`.
+fn wait_journal(vm: &mut Vm, what: &str, timeout: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        let j = vm
+            .guest_exec(
+                &[
+                    "journalctl",
+                    "-b",
+                    "-u",
+                    "cairn-update.service",
+                    "-o",
+                    "cat",
+                    "--no-pager",
+                ],
+                CMD,
+            )
+            .map(|o| o.stdout_str())
+            .unwrap_or_default();
+        if j.contains(what) {
+            return true;
+        }
+        if j.contains("Error:") {
+            panic!("the agent failed:\n{j}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// `fsck.vfat -n` of the ESP inside the (stopped) machine's qcow2 disk.
+fn fsck_esp(disk: &Path, base: &Path, work: &Path) -> String {
+    let table = Command::new("sfdisk")
+        .arg("-J")
+        .arg(base)
+        .output()
+        .expect("sfdisk (Debian package fdisk)");
+    assert!(table.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&table.stdout).unwrap();
+    let esp = j["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ESP")
+        .expect("an ESP in the partition table")
+        .clone();
+    let (start, size) = (
+        esp["start"].as_u64().unwrap(),
+        esp["size"].as_u64().unwrap(),
+    );
+    assert!(start % 2048 == 0 && size % 2048 == 0, "ESP not MiB-aligned");
+    let img = work.join("esp.img");
+    let _ = std::fs::remove_file(&img);
+    let out = Command::new("qemu-img")
+        .args(["dd", "-f", "qcow2", "-O", "raw", "bs=1M"])
+        .arg(format!("skip={}", start / 2048))
+        .arg(format!("count={}", size / 2048))
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", img.display()))
+        .output()
+        .expect("qemu-img (Debian package qemu-utils)");
+    assert!(out.status.success(), "qemu-img dd: {out:?}");
+    let fsck = Command::new("fsck.vfat")
+        .arg("-n")
+        .arg(&img)
+        .output()
+        .expect("fsck.vfat (Debian package dosfstools)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let _ = std::fs::remove_file(&img);
+    // A power cut leaves the volume's dirty bit set (Linux sets it while the
+    // ESP is mounted): that alone is not damage. Anything else fsck says is.
+    let findings: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let l = l.trim();
+            !(l.is_empty()
+                || l.starts_with("fsck.fat ")
+                || l.contains("Dirty bit is set")
+                || l.contains("Automatically removing dirty bit")
+                || l.contains("Leaving filesystem unchanged")
+                || l.contains(" files, ")
+                || l.starts_with("1) Remove dirty bit")
+                || l.starts_with("2) No action")
+                || l.starts_with(" Remove dirty bit"))
+        })
+        .collect();
+    assert!(
+        findings.is_empty(),
+        "fsck.vfat -n of the ESP after a power cut:\n{text}"
+    );
+    text
+}
+
+#[test]
+fn updates_roll_forward_and_back_through_cairn_serve() {
+    for (tool, package) in [
+        ("qemu-img", "qemu-utils"),
+        ("fsck.vfat", "dosfstools"),
+        ("sfdisk", "fdisk"),
+    ] {
+        common::lan::require(tool, package);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let copy = images_copy();
+    let images = copy.path().join("images");
+
+    // ---- 1. keys and builds
+    let keys = cairn_updater::keygen(&w.join("keys")).unwrap();
+    let other = cairn_updater::keygen(&w.join("other-keys")).unwrap();
+    let sign = SignOptions {
+        key: keys.secret.clone(),
+        channel: None,
+        valid_for: Duration::from_secs(30 * 86400),
+    };
+    let same = |t: String| t;
+    let v1 = w.join("v1");
+    build(
+        &definition(&images, "v1", "1.0.0", &keys.public, &same),
+        &v1,
+        None,
+    );
+    let v2 = w.join("v2");
+    build(
+        &definition(&images, "v2", "2.0.0", &keys.public, &same),
+        &v2,
+        Some(&sign),
+    );
+    let v3 = w.join("v3");
+    build(
+        &definition(&images, "v3", "3.0.0", &keys.public, &same),
+        &v3,
+        Some(&sign),
+    );
+    // v5: a unit that always fails, in an overlay of its own
+    let broken = images.join("broken.overlay/usr/lib/systemd/system");
+    std::fs::create_dir_all(&broken).unwrap();
+    Command::new("cp")
+        .args(["-a", "--"])
+        .arg(images.join("default.overlay/."))
+        .arg(images.join("broken.overlay"))
+        .status()
+        .unwrap();
+    std::fs::write(
+        broken.join("cairn-broken.service"),
+        "[Unit]\nDescription=a unit that fails (update test)\n\n[Service]\nType=oneshot\nExecStart=/bin/false\n\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let v5 = w.join("v5");
+    let unhealthy = |t: String| {
+        assert!(t.contains("overlay: default.overlay\n"));
+        t.replace("overlay: default.overlay\n", "overlay: broken.overlay\n")
+            .replace(
+                "    - qemu-guest-agent.service\n",
+                "    - qemu-guest-agent.service\n    - cairn-broken.service\n",
+            )
+    };
+    build(
+        &definition(&images, "v5", "5.0.0", &keys.public, &unhealthy),
+        &v5,
+        Some(&sign),
+    );
+    // v4: v3's parts, its root image's superblock zeroed, signed as 4.0.0
+    let v4 = w.join("v4");
+    std::fs::create_dir_all(&v4).unwrap();
+    let mut root = std::fs::read(v3.join("rootfs.squashfs")).unwrap();
+    root[..4096].fill(0);
+    std::fs::write(v4.join("rootfs.squashfs"), &root).unwrap();
+    drop(root);
+    let secret = SecretKey::load(&keys.secret).unwrap();
+    let bundle = |dir: &Path, version: &str, key: &SecretKey, rootfs: &Path| {
+        write_bundle(
+            dir,
+            &BundleInput {
+                name: "cairn-test",
+                version,
+                channel: "lab",
+                rootfs,
+                kernel: &v3.join("vmlinuz"),
+                initrd: &v3.join("initrd.img"),
+                created: cairn_updater_now(),
+                validity_secs: 86400,
+            },
+            key,
+        )
+        .unwrap();
+    };
+    bundle(&v4, "4.0.0", &secret, &v4.join("rootfs.squashfs"));
+    // the same v2 signed with a key the image does not trust
+    let forged = w.join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    bundle(
+        &forged,
+        "2.0.0",
+        &SecretKey::load(&other.secret).unwrap(),
+        &v2.join("rootfs.squashfs"),
+    );
+    for d in [&v4, &forged] {
+        std::fs::copy(v1.join("manifest.json"), d.join("manifest.json")).unwrap();
+    }
+
+    // ---- 2. boot v1
+    let port = cairn_qemu::vm::free_port().unwrap();
+    let ipxe = v1.join("ipxe");
+    let mut serve = Serve::start(w, &inventory(&v1, &forged), port, &ipxe);
+    let disk = w.join("disk.qcow2");
+    cairn_qemu::vm::create_overlay(&v1.join("disk.raw"), DiskFormat::Raw, &disk).unwrap();
+    let config = || {
+        VmConfig::new("update")
+            .uefi()
+            .disk(&disk)
+            .persist(true)
+            .memory_mib(2048)
+            .cpus(2)
+            .watchdog(true)
+            .guest_forward(GUEST_SERVE, port)
+    };
+    let t = Instant::now();
+    let mut vm = Vm::start(config()).expect("starting QEMU");
+    wait_booted(&mut vm, 'a');
+    eprintln!("v1 running after {:.0?}", t.elapsed());
+    assert_eq!(running(&mut vm), ("1.0.0".into(), "a".into()));
+    assert_eq!(entries(&mut vm), ["cairn-1.0.0.conf"]);
+    // the watchdog is armed by PID 1
+    let wd = sh(&mut vm, "cat /sys/class/watchdog/watchdog0/identity /sys/class/watchdog/watchdog0/state; systemctl show -P RuntimeWatchdogUSec");
+    assert!(
+        wd.contains("i6300ESB") && wd.contains("active") && wd.contains("30s"),
+        "watchdog: {wd}"
+    );
+    let user_data = format!(
+        "#cloud-config\ncoreos:\n  update:\n    group: lab\n    server: http://10.0.2.100:{GUEST_SERVE}\n    reboot-strategy: reboot\n"
+    );
+    vm.guest_file_write("/run/cairn/state/user-data", user_data.as_bytes())
+        .unwrap();
+    sh(&mut vm, "systemctl restart cairn-cloudinit.service");
+    let conf = sh(&mut vm, "cat /etc/cairn/update.conf");
+    assert!(
+        conf.contains("GROUP=lab") && conf.contains("REBOOT_STRATEGY=reboot"),
+        "{conf}"
+    );
+    let st = status(&mut vm);
+    assert!(st.contains("cairn-test 1.0.0 from slot a"), "{st}");
+
+    // ---- 3. a bundle signed by a key the image does not trust
+    let slot_b_sum = "sha256sum < /dev/disk/by-partlabel/cairn-b | cut -c1-64";
+    let before = sh(&mut vm, slot_b_sum);
+    let out = vm.guest_exec(&["cairn-update", "apply"], CMD).unwrap();
+    assert!(
+        !out.success(),
+        "a forged bundle was applied: {}",
+        out.stdout_str()
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("signature") || err.contains("key"), "{err}");
+    let st = status(&mut vm);
+    assert!(
+        st.contains("signature") || st.contains("key"),
+        "status after a forged bundle:\n{st}"
+    );
+    assert_eq!(sh(&mut vm, slot_b_sum), before, "slot b changed");
+    assert_eq!(entries(&mut vm), ["cairn-1.0.0.conf"]);
+
+    // ---- 4. v1 -> v2 into slot b
+    drop(serve);
+    serve = Serve::start(w, &inventory(&v1, &v2), port, &ipxe);
+    let t = Instant::now();
+    start_update(&mut vm);
+    wait_booted(&mut vm, 'b');
+    let found_to_running = t.elapsed();
+    eprintln!("v2: update started to running on slot b in {found_to_running:.0?}");
+    assert_eq!(running(&mut vm), ("2.0.0".into(), "b".into()));
+    wait_blessed(&mut vm);
+    assert_eq!(entries(&mut vm), ["cairn-1.0.0.conf", "cairn-2.0.0.conf"]);
+    let st = status(&mut vm);
+    assert!(
+        st.contains("cairn-test 2.0.0 from slot b") && st.contains("updated to 2.0.0"),
+        "{st}"
+    );
+
+    // ---- 5. v2 -> v3 with power cuts during the slot write and the ESP writes
+    drop(serve);
+    serve = Serve::start(w, &inventory(&v1, &v3), port, &ipxe);
+    let base = v1.join("disk.raw");
+    for (i, (marker, what)) in [
+        ("into slot a", "the slot write"),
+        ("read back and hashed", "the ESP writes"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        start_update(&mut vm);
+        assert!(
+            wait_journal(&mut vm, marker, Duration::from_secs(900)),
+            "the agent never logged {marker:?}"
+        );
+        if i == 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        vm.kill().unwrap();
+        drop(vm);
+        eprintln!("power cut during {what}");
+        eprintln!("{}", fsck_esp(&disk, &base, w));
+        vm = Vm::start(config()).expect("starting QEMU");
+        // Booting v2 again is the rule; only a cut that came after the
+        // entry was complete may boot the staged v3 (which is then a trial).
+        let (slot, _) = vm
+            .wait_for_any(
+                &["cairn-init: root cairn-b", "cairn-init: root cairn-a"],
+                BOOT,
+            )
+            .expect("booting after a power cut");
+        assert_eq!(
+            slot, 0,
+            "after a power cut during {what} the machine booted slot a"
+        );
+        wait_booted(&mut vm, 'b');
+        assert_eq!(running(&mut vm), ("2.0.0".into(), "b".into()));
+        let st = status(&mut vm);
+        eprintln!("after the cut during {what}:\n{st}");
+        assert!(
+            !entries(&mut vm)
+                .iter()
+                .any(|e| e.starts_with("cairn-3.0.0")),
+            "a v3 entry exists after a cut during {what}"
+        );
+    }
+    start_update(&mut vm);
+    wait_booted(&mut vm, 'a');
+    assert_eq!(running(&mut vm), ("3.0.0".into(), "a".into()));
+    wait_blessed(&mut vm);
+    assert_eq!(entries(&mut vm), ["cairn-2.0.0.conf", "cairn-3.0.0.conf"]);
+    let st = status(&mut vm);
+    assert!(st.contains("updated to 3.0.0"), "{st}");
+
+    // ---- 6. v4: its root cannot be mounted; the tries run out
+    drop(serve);
+    serve = Serve::start(w, &inventory(&v1, &v4), port, &ipxe);
+    start_update(&mut vm);
+    vm.wait_for("cairn-init: found cairn-b", BOOT)
+        .expect("the machine tries v4");
+    vm.wait_for("cairn-init: FATAL", BOOT)
+        .expect("v4's /init fails");
+    wait_booted(&mut vm, 'a');
+    assert_eq!(running(&mut vm), ("3.0.0".into(), "a".into()));
+    let st = status(&mut vm);
+    eprintln!("after v4:\n{st}");
+    assert!(st.contains("rolled back") && st.contains("4.0.0"), "{st}");
+    let e = entries(&mut vm);
+    assert!(e.contains(&"cairn-4.0.0+0-3.conf".to_string()), "{e:?}");
+    // the same bundle is not tried again
+    let out = vm.guest_exec(&["cairn-update", "apply"], CMD).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rolled back on this machine"),
+        "{out:?}"
+    );
+
+    // ---- 7. v5: boots, fails the health gate, marked bad
+    drop(serve);
+    let _serve = Serve::start(w, &inventory(&v1, &v5), port, &ipxe);
+    start_update(&mut vm);
+    vm.wait_for("cairn-init: root cairn-b", BOOT)
+        .expect("the machine tries v5");
+    vm.wait_for("cairn-init: root cairn-a", BOOT)
+        .expect("the machine falls back to v3");
+    wait_booted(&mut vm, 'a');
+    assert_eq!(running(&mut vm), ("3.0.0".into(), "a".into()));
+    let st = status(&mut vm);
+    eprintln!("after v5:\n{st}");
+    assert!(
+        st.contains("rolled back") && st.contains("5.0.0") && st.contains("cairn-broken.service"),
+        "{st}"
+    );
+    let e = entries(&mut vm);
+    assert!(e.iter().any(|x| x.starts_with("cairn-5.0.0+0")), "{e:?}");
+    vm.quit().ok();
+}
+
+fn cairn_updater_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
