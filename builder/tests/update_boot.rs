@@ -28,12 +28,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_builder::pipeline::{self, SignOptions};
 use cairn_qemu::{DiskFormat, Vm, VmConfig};
 use cairn_updater::{write_bundle, BundleInput, SecretKey};
 
 mod common;
-use common::{guest_sh, images_copy, opts};
+use common::guest_sh;
+use common::updates::{inventory, update_images};
 
 const BOOT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(120);
@@ -99,47 +99,6 @@ impl Drop for Serve {
     }
 }
 
-/// The inventory offering `bundle`'s signed update on channel `lab`.
-fn inventory(v1: &Path, bundle: &Path) -> String {
-    format!(
-        "profiles:\n  - name: lab\n    image: {}\ngroups:\n  - name: lab\n    profile: lab\nupdates:\n  - {}\n",
-        v1.display(),
-        bundle.display()
-    )
-}
-
-/// A definition from `images/test.yaml` with `version`, the `lab` channel
-/// and `public` as its trust root; `edit` changes it further.
-fn definition(
-    images: &Path,
-    name: &str,
-    version: &str,
-    public: &Path,
-    edit: &dyn Fn(String) -> String,
-) -> PathBuf {
-    let text = std::fs::read_to_string(images.join("test.yaml")).unwrap();
-    assert!(
-        text.contains("version: 0.1.0\n"),
-        "images/test.yaml changed its version line"
-    );
-    let text = text.replace("version: 0.1.0\n", &format!("version: {version}\n"));
-    let text = format!(
-        "{}\nupdate:\n  channel: lab\n  keys: [{}]\n",
-        edit(text),
-        public.display()
-    );
-    let path = images.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn build(def: &Path, out: &Path, sign: Option<&SignOptions>) {
-    let t = Instant::now();
-    pipeline::build_signed(&opts(def, out, true), sign)
-        .unwrap_or_else(|e| panic!("building {}: {e:#}", def.display()));
-    eprintln!("built {} in {:.0?}", def.display(), t.elapsed());
-}
-
 /// Waits for `/init` to mount `slot`, the guest agent and a running system.
 fn wait_booted(vm: &mut Vm, slot: char) {
     vm.wait_for(&format!("cairn-init: root cairn-{slot}"), BOOT)
@@ -194,6 +153,56 @@ fn wait_blessed(vm: &mut Vm) {
 /// Starts the agent's unit as its timer would, without waiting for it.
 fn start_update(vm: &mut Vm) {
     sh(vm, "systemctl start --no-block cairn-update.service");
+}
+
+/// What the agent's unit did on this boot (for failure messages).
+fn agent_journal(vm: &mut Vm) -> String {
+    vm.guest_exec(
+        &[
+            "sh",
+            "-c",
+            "systemctl status --no-pager cairn-update.service; systemctl list-jobs --no-pager; \
+             journalctl -b -u cairn-update.service --no-pager -o cat | tail -40",
+        ],
+        CMD,
+    )
+    .map(|o| o.stdout_str())
+    .unwrap_or_else(|e| format!("(guest agent: {e})"))
+}
+
+/// Starts `cairn-update.service` and waits until the kernel restarts the
+/// machine (the agent staged an update and rebooted); panics with the
+/// unit's journal when it ends without a reboot.
+fn update_and_reboot(vm: &mut Vm) {
+    start_update(vm);
+    let t = Instant::now();
+    loop {
+        if vm
+            .wait_for("reboot: Restarting system", Duration::from_secs(10))
+            .is_ok()
+        {
+            return;
+        }
+        let state = vm
+            .guest_exec(
+                &[
+                    "systemctl",
+                    "show",
+                    "-P",
+                    "ActiveState",
+                    "cairn-update.service",
+                ],
+                CMD,
+            )
+            .map(|o| o.stdout_str().trim().to_string())
+            .unwrap_or_default();
+        if state == "failed" || t.elapsed() > Duration::from_secs(900) {
+            panic!(
+                "the update did not reboot the machine ({state}):\n{}",
+                agent_journal(vm)
+            );
+        }
+    }
 }
 
 /// Polls the agent's journal on this boot until a line contains `what`.
@@ -304,64 +313,13 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let copy = images_copy();
-    let images = copy.path().join("images");
-
-    // ---- 1. keys and builds
-    let keys = cairn_updater::keygen(&w.join("keys")).unwrap();
+    let imgs = update_images();
+    let keys = &imgs.keys;
     let other = cairn_updater::keygen(&w.join("other-keys")).unwrap();
-    let sign = SignOptions {
-        key: keys.secret.clone(),
-        channel: None,
-        valid_for: Duration::from_secs(30 * 86400),
-    };
-    let same = |t: String| t;
-    let v1 = w.join("v1");
-    build(
-        &definition(&images, "v1", "1.0.0", &keys.public, &same),
-        &v1,
-        None,
-    );
-    let v2 = w.join("v2");
-    build(
-        &definition(&images, "v2", "2.0.0", &keys.public, &same),
-        &v2,
-        Some(&sign),
-    );
-    let v3 = w.join("v3");
-    build(
-        &definition(&images, "v3", "3.0.0", &keys.public, &same),
-        &v3,
-        Some(&sign),
-    );
-    // v5: a unit that always fails, in an overlay of its own
-    let broken = images.join("broken.overlay/usr/lib/systemd/system");
-    std::fs::create_dir_all(&broken).unwrap();
-    Command::new("cp")
-        .args(["-a", "--"])
-        .arg(images.join("default.overlay/."))
-        .arg(images.join("broken.overlay"))
-        .status()
-        .unwrap();
-    std::fs::write(
-        broken.join("cairn-broken.service"),
-        "[Unit]\nDescription=a unit that fails (update test)\n\n[Service]\nType=oneshot\nExecStart=/bin/false\n\n[Install]\nWantedBy=multi-user.target\n",
-    )
-    .unwrap();
-    let v5 = w.join("v5");
-    let unhealthy = |t: String| {
-        assert!(t.contains("overlay: default.overlay\n"));
-        t.replace("overlay: default.overlay\n", "overlay: broken.overlay\n")
-            .replace(
-                "    - qemu-guest-agent.service\n",
-                "    - qemu-guest-agent.service\n    - cairn-broken.service\n",
-            )
-    };
-    build(
-        &definition(&images, "v5", "5.0.0", &keys.public, &unhealthy),
-        &v5,
-        Some(&sign),
-    );
+    let v1 = imgs.build("1.0.0");
+    let v2 = imgs.build("2.0.0");
+    let v3 = imgs.build("3.0.0");
+    let v5 = imgs.build("5.0.0");
     // v4: v3's parts, its root image's superblock zeroed, signed as 4.0.0
     let v4 = w.join("v4");
     std::fs::create_dir_all(&v4).unwrap();
@@ -466,7 +424,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     drop(serve);
     serve = Serve::start(w, &inventory(&v1, &v2), port, &ipxe);
     let t = Instant::now();
-    start_update(&mut vm);
+    update_and_reboot(&mut vm);
     wait_booted(&mut vm, 'b');
     let found_to_running = t.elapsed();
     eprintln!("v2: update started to running on slot b in {found_to_running:.0?}");
@@ -526,7 +484,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
             "a v3 entry exists after a cut during {what}"
         );
     }
-    start_update(&mut vm);
+    update_and_reboot(&mut vm);
     wait_booted(&mut vm, 'a');
     assert_eq!(running(&mut vm), ("3.0.0".into(), "a".into()));
     wait_blessed(&mut vm);
@@ -537,7 +495,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     // ---- 6. v4: its root cannot be mounted; the tries run out
     drop(serve);
     serve = Serve::start(w, &inventory(&v1, &v4), port, &ipxe);
-    start_update(&mut vm);
+    update_and_reboot(&mut vm);
     vm.wait_for("cairn-init: found cairn-b", BOOT)
         .expect("the machine tries v4");
     vm.wait_for("cairn-init: FATAL", BOOT)
@@ -559,7 +517,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     // ---- 7. v5: boots, fails the health gate, marked bad
     drop(serve);
     let _serve = Serve::start(w, &inventory(&v1, &v5), port, &ipxe);
-    start_update(&mut vm);
+    update_and_reboot(&mut vm);
     vm.wait_for("cairn-init: root cairn-b", BOOT)
         .expect("the machine tries v5");
     vm.wait_for("cairn-init: root cairn-a", BOOT)

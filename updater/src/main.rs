@@ -91,6 +91,10 @@ enum Cmd {
         /// Stage only, whatever the strategy says.
         #[arg(long)]
         no_reboot: bool,
+        /// With REBOOT_STRATEGY=etcd-lock: while every slot of the cluster
+        /// reboot lock is held, ask again this often (seconds).
+        #[arg(long, default_value_t = 15)]
+        lock_poll_secs: u64,
     },
     /// Which slot and version run, what is staged, what happened last.
     Status {
@@ -237,7 +241,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Err(e) => Err(e).context("checking the channel"),
             }
         }
-        Cmd::Apply { no_reboot } => {
+        Cmd::Apply {
+            no_reboot,
+            lock_poll_secs,
+        } => {
+            let lock_poll = Duration::from_secs(lock_poll_secs.max(1));
             let a = agent(&cli.paths)?;
             let outcome = a.apply().context("applying the update")?;
             match &outcome {
@@ -265,15 +273,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     match a.config.may_reboot_now(cairn_updater::fsutil::now()) {
                         Ok(()) if a.config.strategy == Strategy::EtcdLock => {
                             let id = machine_id(None)?;
-                            match cairn_updater::lock::RebootLock::new(ETCD).lock(&id) {
-                                Ok(_) => {
-                                    println!("took a slot of the cluster reboot lock as {id}");
-                                    reboot()?
-                                }
-                                Err(e @ cairn_updater::lock::LockError::Busy { .. }) => {
-                                    println!("not rebooting now: {e}")
-                                }
-                                Err(e) => return Err(e).context("taking the cluster reboot lock"),
+                            if wait_for_lock(&a.config, &id, lock_poll) {
+                                reboot()?
                             }
                         }
                         Ok(()) => reboot()?,
@@ -309,6 +310,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("state: {}", s.phase.name());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Takes a slot of the cluster reboot lock for `id`, as locksmithd did:
+/// while the slots are all held (or etcd does not answer, e.g. while another
+/// member reboots), asks again every `poll`. True once taken; false when the
+/// reboot window closed meanwhile (the next timer run tries again).
+fn wait_for_lock(config: &cairn_updater::Config, id: &str, poll: Duration) -> bool {
+    let lock = cairn_updater::lock::RebootLock::new(ETCD);
+    let mut last = String::new();
+    loop {
+        if let Err(why) = config.may_reboot_now(cairn_updater::fsutil::now()) {
+            println!("not rebooting now: {why}");
+            return false;
+        }
+        match lock.lock(id) {
+            Ok(s) => {
+                println!(
+                    "took a slot of the cluster reboot lock as {id} (holders: {})",
+                    s.holders.join(", ")
+                );
+                return true;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last {
+                    println!("waiting for the cluster reboot lock: {msg}");
+                    last = msg;
+                }
+            }
+        }
+        std::thread::sleep(poll);
     }
 }
 

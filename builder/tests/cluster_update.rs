@@ -1,0 +1,326 @@
+//! Coordinated reboots: three QEMU machines boot image 1.0.0 from their
+//! own disks on a LAN in network namespaces (site dnsmasq, the real
+//! `cairn serve`). Each reads its cloud-config from an OpenStack config
+//! drive (`config-2`): etcd joins the others through a discovery token
+//! from `cairn serve` (`/discovery/new?size=3`), and `coreos.update` says
+//! channel `lab` on that server with `reboot-strategy: etcd-lock`.
+//!
+//! Once the three form a cluster, the server offers signed 2.0.0 and all
+//! three start `cairn-update.service` at the same moment. The reboot lock
+//! (locksmith's semaphore in etcd, one slot) lets one machine reboot at a
+//! time: the test samples the lock's holders every second from the
+//! server's host and watches each machine's console; it asserts that no
+//! two machines ever hold the lock together, that every machine rebooted
+//! into slot b while it held the lock, and that all three end on 2.0.0
+//! with the lock free and the cluster healthy.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cairn_qemu::{DiskFormat, Vm, VmConfig};
+
+mod common;
+use common::lan::{read, require, Lan};
+use common::updates::{inventory, update_images};
+use common::{guest_sh, wait_cloudinit};
+
+const BOOT: Duration = Duration::from_secs(1200);
+const CMD: Duration = Duration::from_secs(120);
+const MACS: [&str; 3] = [
+    "52:54:00:00:0e:01",
+    "52:54:00:00:0e:02",
+    "52:54:00:00:0e:03",
+];
+/// locksmith's key, base64 (for etcd's JSON gateway).
+const LOCK_KEY: &str = "coreos.com/updateengine/rebootlock/semaphore";
+
+/// A FAT config drive labelled `config-2` holding `user_data`.
+fn config_drive(path: &Path, user_data: &str) {
+    let dir = path.with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ud = dir.join("user_data");
+    std::fs::write(&ud, user_data).unwrap();
+    let img = path.to_str().unwrap();
+    let run = |prog: &str, args: &[&str]| {
+        let out = Command::new(prog)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{prog}: {e}"));
+        assert!(out.status.success(), "{prog} {args:?}: {out:?}");
+    };
+    run("mkfs.vfat", &["-C", "-n", "config-2", img, "4096"]);
+    run("mmd", &["-i", img, "::/openstack", "::/openstack/latest"]);
+    run(
+        "mcopy",
+        &[
+            "-i",
+            img,
+            ud.to_str().unwrap(),
+            "::/openstack/latest/user_data",
+        ],
+    );
+}
+
+fn user_data(i: usize, discovery: &str) -> String {
+    format!(
+        r#"#cloud-config
+hostname: node-{i}
+coreos:
+  etcd2:
+    name: node-{i}
+    discovery: {discovery}
+    advertise-client-urls: http://$private_ipv4:2379
+    initial-advertise-peer-urls: http://$private_ipv4:2380
+    listen-client-urls: http://0.0.0.0:2379
+    listen-peer-urls: http://$private_ipv4:2380
+  update:
+    group: lab
+    server: http://192.0.2.1:8080
+    reboot-strategy: etcd-lock
+  units:
+    - name: etcd.service
+      command: start
+"#
+    )
+}
+
+/// The lock's holders as etcd has them, asked of any member that answers.
+fn holders(lan: &Lan, members: &[String]) -> Option<Vec<String>> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = format!(r#"{{"key":"{}"}}"#, b64.encode(LOCK_KEY));
+    for ip in members {
+        let out = lan.exec(
+            "cairn",
+            &[
+                "curl",
+                "-fsS",
+                "--max-time",
+                "2",
+                "-X",
+                "POST",
+                "-d",
+                &body,
+                &format!("http://{ip}:2379/v3/kv/range"),
+            ],
+        );
+        if !out.status.success() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let Some(kv) = v["kvs"].as_array().and_then(|a| a.first()) else {
+            return Some(vec![]);
+        };
+        let raw = b64.decode(kv["value"].as_str()?).ok()?;
+        let sem: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+        return Some(
+            sem["holders"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|h| h.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        );
+    }
+    None
+}
+
+#[test]
+fn three_machines_take_an_update_one_at_a_time() {
+    for (tool, package) in [("mkfs.vfat", "dosfstools"), ("mcopy", "mtools")] {
+        require(tool, package);
+    }
+    let imgs = update_images();
+    let v1 = imgs.build("1.0.0");
+    let v2 = imgs.build("2.0.0");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let inv = dir.join("lab.yaml");
+    std::fs::write(&inv, inventory(&v1, &v2)).unwrap();
+
+    let taps = ["tap0", "tap1", "tap2"];
+    let mut lan = Lan::new("cu", &taps, dir);
+    lan.start_dhcp(dir);
+    let base = lan.start_serve(&inv, &v1.join("ipxe"), dir);
+    let new = lan.exec(
+        "cairn",
+        &["curl", "-fsS", &format!("{base}/discovery/new?size=3")],
+    );
+    assert!(new.status.success(), "{new:?}");
+    let discovery = String::from_utf8_lossy(&new.stdout).trim().to_string();
+
+    let t0 = Instant::now();
+    let mut vms: Vec<Vm> = (0..3)
+        .map(|i| {
+            let disk = dir.join(format!("node-{i}.qcow2"));
+            cairn_qemu::vm::create_overlay(&v1.join("disk.raw"), DiskFormat::Raw, &disk).unwrap();
+            let drive = dir.join(format!("config-{i}.img"));
+            config_drive(&drive, &user_data(i, &discovery));
+            Vm::start(
+                VmConfig::new(format!("node-{i}"))
+                    .uefi()
+                    .disk(&disk)
+                    .disk(&drive)
+                    .persist(true)
+                    .netns(lan.ns("lan"))
+                    .tap(taps[i])
+                    .mac(MACS[i])
+                    .uuid(format!("8f0e2a5c-0000-4000-8000-00000000000{i}"))
+                    .memory_mib(1536)
+                    .cpus(1),
+            )
+            .expect("starting QEMU")
+        })
+        .collect();
+    for vm in &mut vms {
+        vm.wait_for("cairn-init: root cairn-a", BOOT)
+            .expect("booting slot a");
+        vm.wait_guest_agent(BOOT).unwrap_or_else(|e| {
+            panic!(
+                "a machine did not come up: {e}\nserve log:\n{}",
+                read(&lan.serve_log)
+            )
+        });
+        wait_cloudinit(vm, 300);
+    }
+    for (i, vm) in vms.iter_mut().enumerate() {
+        let state = guest_sh(
+            vm,
+            "for i in $(seq 400); do s=$(systemctl show -P ActiveState etcd.service); \
+             [ \"$s\" = active ] && { echo active; exit 0; }; sleep 1; done; \
+             journalctl -u etcd --no-pager -n 40; exit 1",
+            Duration::from_secs(460),
+        );
+        assert_eq!(state.trim(), "active", "etcd on node-{i}");
+    }
+    let members = guest_sh(&mut vms[0], "ETCDCTL_API=3 etcdctl member list", CMD);
+    assert_eq!(members.matches(", started,").count(), 3, "{members}");
+    eprintln!("three-member cluster after {:.0?}", t0.elapsed());
+
+    // who is who: machine ids (the lock's holder names) and addresses
+    let mut ids = Vec::new();
+    let mut ips = Vec::new();
+    for vm in &mut vms {
+        ids.push(guest_sh(vm, "cat /etc/machine-id", CMD).trim().to_string());
+        let ip = guest_sh(
+            vm,
+            "ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1",
+            CMD,
+        );
+        ips.push(ip.trim().to_string());
+        let conf = guest_sh(vm, "cat /etc/cairn/update.conf", CMD);
+        assert!(conf.contains("REBOOT_STRATEGY=etcd-lock"), "{conf}");
+    }
+    assert!(
+        ids.iter().all(|i| i.len() == 32)
+            && ids[0] != ids[1]
+            && ids[1] != ids[2]
+            && ids[0] != ids[2],
+        "{ids:?}"
+    );
+    let st = guest_sh(&mut vms[0], "cairn-update lock status", CMD);
+    assert!(st.contains("available: 1/1"), "{st}");
+
+    // ---- all three at once
+    for vm in &mut vms {
+        guest_sh(vm, "systemctl start --no-block cairn-update.service", CMD);
+    }
+    let t1 = Instant::now();
+    // host-side record: lock holders each second, and when each console
+    // shows the machine's root mounted from slot b
+    let mut samples: Vec<(f64, Vec<String>)> = Vec::new();
+    let mut on_b: BTreeMap<usize, f64> = BTreeMap::new();
+    while on_b.len() < 3 {
+        assert!(
+            t1.elapsed() < Duration::from_secs(3000),
+            "not all machines updated: slot b seen on {on_b:?}; holders: {:?}",
+            samples.last()
+        );
+        let now = t1.elapsed().as_secs_f64();
+        if let Some(h) = holders(&lan, &ips) {
+            if samples.last().map(|(_, l)| l != &h).unwrap_or(true) {
+                eprintln!("{now:7.1} s  lock holders: {h:?}");
+            }
+            samples.push((now, h));
+        }
+        for (i, vm) in vms.iter().enumerate() {
+            if !on_b.contains_key(&i) && vm.serial_log().contains("cairn-init: root cairn-b") {
+                eprintln!("{now:7.1} s  node-{i} mounted slot b");
+                on_b.insert(i, now);
+            }
+        }
+        lan.check_alive();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for vm in &mut vms {
+        vm.wait_guest_agent(BOOT)
+            .expect("the guest agent answers on 2.0.0");
+        let v = guest_sh(
+            vm,
+            ". /usr/lib/os-release; echo $IMAGE_VERSION; grep -o 'cairn.slot=[ab]' /proc/cmdline",
+            CMD,
+        );
+        assert_eq!(
+            v.split_whitespace().collect::<Vec<_>>(),
+            ["2.0.0", "cairn.slot=b"]
+        );
+        guest_sh(
+            vm,
+            "for i in $(seq 300); do systemctl is-active -q boot-complete.target && exit 0; sleep 1; done; \
+             systemctl status --no-pager cairn-health.service; exit 1",
+            Duration::from_secs(400),
+        );
+    }
+    // the last holder lets go once its new slot is healthy
+    let t = Instant::now();
+    loop {
+        let h = holders(&lan, &ips);
+        if h.as_deref() == Some(&[]) {
+            samples.push((t1.elapsed().as_secs_f64(), vec![]));
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the lock is still held: {h:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    // never two holders; each machine held it while its console showed slot b
+    for (t, h) in &samples {
+        assert!(h.len() <= 1, "two holders at {t:.1} s: {h:?}");
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let held: Vec<f64> = samples
+            .iter()
+            .filter(|(_, h)| h.contains(id))
+            .map(|(t, _)| *t)
+            .collect();
+        assert!(!held.is_empty(), "node-{i} ({id}) never held the lock");
+        let (first, last) = (held[0], held[held.len() - 1]);
+        let b = on_b[&i];
+        assert!(
+            first <= b && b <= last,
+            "node-{i} mounted slot b at {b:.1} s outside its lock hold {first:.1}..{last:.1} s"
+        );
+        // one continuous hold: nobody else in between
+        let between = samples
+            .iter()
+            .filter(|(t, h)| *t > first && *t < last && !h.contains(id))
+            .count();
+        assert_eq!(between, 0, "node-{i}'s hold was interrupted");
+        eprintln!("node-{i}: held the lock {first:.1}..{last:.1} s, slot b at {b:.1} s");
+    }
+    let members = guest_sh(&mut vms[2], "ETCDCTL_API=3 etcdctl member list", CMD);
+    assert_eq!(members.matches(", started,").count(), 3, "{members}");
+    let st = guest_sh(&mut vms[1], "cairn-update lock status", CMD);
+    assert!(st.contains("available: 1/1"), "{st}");
+    eprintln!("all three on 2.0.0, one at a time, in {:.0?}", t1.elapsed());
+    for vm in &mut vms {
+        vm.kill().ok();
+    }
+}
