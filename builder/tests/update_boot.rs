@@ -24,8 +24,8 @@
 //! One test function: the steps build on each other and the machine has
 //! two cores.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_qemu::{DiskFormat, Vm, VmConfig};
@@ -33,70 +33,15 @@ use cairn_updater::{write_bundle, BundleInput, SecretKey};
 
 mod common;
 use common::guest_sh;
+use common::lan::Lan;
 use common::updates::{inventory, update_images};
 
 const BOOT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(120);
-/// Where the guest reaches `cairn serve` (slirp guest forward).
-const GUEST_SERVE: u16 = 8080;
+const MAC: &str = "52:54:00:00:0f:01";
 
 fn sh(vm: &mut Vm, script: &str) -> String {
     guest_sh(vm, script, CMD)
-}
-
-/// `cairn serve` (the real binary) on 127.0.0.1:`port` with `inventory`.
-struct Serve {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Serve {
-    fn start(dir: &Path, inventory: &str, port: u16, ipxe: &Path) -> Serve {
-        let inv = dir.join("inventory.yaml");
-        std::fs::write(&inv, inventory).unwrap();
-        let log = dir.join("serve.log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["-v", "serve", "--config"])
-            .arg(&inv)
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--tftp-addr", "127.0.0.1:0", "--ipxe-dir"])
-            .arg(ipxe)
-            .arg("--state-dir")
-            .arg(dir.join("serve-state"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("starting cairn serve");
-        let mut s = Serve { child, log };
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(st) = s.child.try_wait().unwrap() {
-                panic!(
-                    "cairn serve exited ({st}):\n{}",
-                    std::fs::read_to_string(&s.log).unwrap_or_default()
-                );
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "cairn serve never listened"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        s
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Waits for `/init` to mount `slot`, the guest agent and a running system.
@@ -235,6 +180,48 @@ fn wait_journal(vm: &mut Vm, what: &str, timeout: Duration) -> bool {
     false
 }
 
+/// A number below `n` that differs from run to run (where a cut lands).
+fn random_below(n: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    u64::from(nanos) % n
+}
+
+/// Waits until the disk's write counter stalls while its read counter
+/// grows: the agent has written and flushed the slot and reads it back.
+fn wait_slot_written(vm: &mut Vm) {
+    let stats = |vm: &mut Vm| {
+        let v = vm.qmp("query-blockstats", None).expect("query-blockstats");
+        let d = v
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["device"] == "disk0"))
+            .unwrap_or_else(|| panic!("no disk0 in {v}"));
+        (
+            d["stats"]["wr_bytes"].as_u64().unwrap(),
+            d["stats"]["rd_bytes"].as_u64().unwrap(),
+        )
+    };
+    let t = Instant::now();
+    let mut last = stats(vm);
+    let mut wrote_much = false;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = stats(vm);
+        let (w, r) = (now.0 - last.0, now.1 - last.1);
+        last = now;
+        wrote_much |= w > 4 << 20;
+        if wrote_much && w < 256 << 10 && r > 1 << 20 {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(900),
+            "the slot write never ended"
+        );
+    }
+}
+
 /// `fsck.vfat -n` of the ESP inside the (stopped) machine's qcow2 disk.
 fn fsck_esp(disk: &Path, base: &Path, work: &Path) -> String {
     let table = Command::new("sfdisk")
@@ -261,7 +248,8 @@ fn fsck_esp(disk: &Path, base: &Path, work: &Path) -> String {
     let out = Command::new("qemu-img")
         .args(["dd", "-f", "qcow2", "-O", "raw", "bs=1M"])
         .arg(format!("skip={}", start / 2048))
-        .arg(format!("count={}", size / 2048))
+        // qemu-img dd counts `count` from the start of the input, skip included
+        .arg(format!("count={}", (start + size) / 2048))
         .arg(format!("if={}", disk.display()))
         .arg(format!("of={}", img.display()))
         .output()
@@ -360,11 +348,15 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     }
 
     // ---- 2. boot v1
-    let port = cairn_qemu::vm::free_port().unwrap();
     let ipxe = v1.join("ipxe");
-    let mut serve = Serve::start(w, &inventory(&v1, &forged), port, &ipxe);
+    let mut lan = Lan::new("up", &["tap0"], w);
+    lan.start_dhcp(w);
+    let inv = w.join("lab.yaml");
+    std::fs::write(&inv, inventory(&v1, &forged)).unwrap();
+    let server = lan.start_serve(&inv, &ipxe, w);
     let disk = w.join("disk.qcow2");
     cairn_qemu::vm::create_overlay(&v1.join("disk.raw"), DiskFormat::Raw, &disk).unwrap();
+    let lan_ns = lan.ns("lan");
     let config = || {
         VmConfig::new("update")
             .uefi()
@@ -373,7 +365,9 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
             .memory_mib(2048)
             .cpus(2)
             .watchdog(true)
-            .guest_forward(GUEST_SERVE, port)
+            .netns(&lan_ns)
+            .tap("tap0")
+            .mac(MAC)
     };
     let t = Instant::now();
     let mut vm = Vm::start(config()).expect("starting QEMU");
@@ -388,7 +382,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
         "watchdog: {wd}"
     );
     let user_data = format!(
-        "#cloud-config\ncoreos:\n  update:\n    group: lab\n    server: http://10.0.2.100:{GUEST_SERVE}\n    reboot-strategy: reboot\n"
+        "#cloud-config\ncoreos:\n  update:\n    group: lab\n    server: {server}\n    reboot-strategy: reboot\n"
     );
     vm.guest_file_write("/run/cairn/state/user-data", user_data.as_bytes())
         .unwrap();
@@ -421,8 +415,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     assert_eq!(entries(&mut vm), ["cairn-1.0.0.conf"]);
 
     // ---- 4. v1 -> v2 into slot b
-    drop(serve);
-    serve = Serve::start(w, &inventory(&v1, &v2), port, &ipxe);
+    lan.reload_serve(&inv, &inventory(&v1, &v2));
     let t = Instant::now();
     update_and_reboot(&mut vm);
     wait_booted(&mut vm, 'b');
@@ -438,23 +431,53 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     );
 
     // ---- 5. v2 -> v3 with power cuts during the slot write and the ESP writes
-    drop(serve);
-    serve = Serve::start(w, &inventory(&v1, &v3), port, &ipxe);
+    lan.reload_serve(&inv, &inventory(&v1, &v3));
     let base = v1.join("disk.raw");
-    for (i, (marker, what)) in [
-        ("into slot a", "the slot write"),
-        ("read back and hashed", "the ESP writes"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for what in ["the slot write", "the ESP writes"] {
         start_update(&mut vm);
         assert!(
-            wait_journal(&mut vm, marker, Duration::from_secs(900)),
-            "the agent never logged {marker:?}"
+            wait_journal(&mut vm, "into slot a", Duration::from_secs(900)),
+            "the agent never started writing slot a"
         );
-        if i == 0 {
-            std::thread::sleep(Duration::from_millis(1500));
+        if what == "the slot write" {
+            std::thread::sleep(Duration::from_millis(random_below(5000)));
+        } else {
+            // The ESP writes (about 12 MB) take a moment at full speed: once
+            // the slot is written and being read back, writes to the disk
+            // are throttled to 256 KiB/s, so that they take long enough for
+            // a cut in their middle.
+            wait_slot_written(&mut vm);
+            vm.qmp(
+                "block_set_io_throttle",
+                Some(serde_json::json!({
+                    "device": "disk0", "bps": 0, "bps_rd": 0, "bps_wr": 262144,
+                    "iops": 0, "iops_rd": 0, "iops_wr": 0
+                })),
+            )
+            .expect("throttling the disk");
+            assert!(
+                wait_journal(&mut vm, "read back and hashed", Duration::from_secs(900)),
+                "the agent never finished the slot"
+            );
+            std::thread::sleep(Duration::from_millis(500 + random_below(6000)));
+            let j = vm
+                .guest_exec(
+                    &[
+                        "journalctl",
+                        "-b",
+                        "-u",
+                        "cairn-update.service",
+                        "-o",
+                        "cat",
+                    ],
+                    CMD,
+                )
+                .map(|o| o.stdout_str())
+                .unwrap_or_default();
+            assert!(
+                !j.contains("wrote loader/entries"),
+                "the cut came too late:\n{j}"
+            );
         }
         vm.kill().unwrap();
         drop(vm);
@@ -493,8 +516,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     assert!(st.contains("updated to 3.0.0"), "{st}");
 
     // ---- 6. v4: its root cannot be mounted; the tries run out
-    drop(serve);
-    serve = Serve::start(w, &inventory(&v1, &v4), port, &ipxe);
+    lan.reload_serve(&inv, &inventory(&v1, &v4));
     update_and_reboot(&mut vm);
     vm.wait_for("cairn-init: found cairn-b", BOOT)
         .expect("the machine tries v4");
@@ -515,8 +537,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     );
 
     // ---- 7. v5: boots, fails the health gate, marked bad
-    drop(serve);
-    let _serve = Serve::start(w, &inventory(&v1, &v5), port, &ipxe);
+    lan.reload_serve(&inv, &inventory(&v1, &v5));
     update_and_reboot(&mut vm);
     vm.wait_for("cairn-init: root cairn-b", BOOT)
         .expect("the machine tries v5");

@@ -161,6 +161,35 @@ impl Lan {
         base
     }
 
+    /// The process id of what [`Lan::spawn`] started as `what`
+    /// (`cairn serve`, `dnsmasq`).
+    pub fn pid(&self, what: &str) -> u32 {
+        self.children
+            .iter()
+            .find(|(w, _)| w == what)
+            .map(|(_, c)| c.id())
+            .unwrap_or_else(|| panic!("{what} was not started"))
+    }
+
+    /// Rewrites `cairn serve`'s inventory and has the server reload it
+    /// (SIGHUP); returns once its log says it did.
+    pub fn reload_serve(&mut self, inventory: &Path, text: &str) {
+        let count = || read(&self.serve_log).matches("inventory reloaded").count();
+        let before = count();
+        std::fs::write(inventory, text).unwrap();
+        run("kill", &["-HUP", &self.pid("cairn serve").to_string()]);
+        let t = Instant::now();
+        while count() == before {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "cairn serve did not reload {}:\n{}",
+                inventory.display(),
+                read(&self.serve_log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn spawn(&mut self, what: &str, host: &str, argv: &[&str], log: &Path) {
         let log_file = std::fs::File::create(log).unwrap();
         let child = Command::new("ip")
