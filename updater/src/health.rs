@@ -17,6 +17,17 @@ use crate::slot::{self, Slot};
 /// systemd-boot's vendor GUID for its EFI variables.
 pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 
+/// How a failed-units finding starts. Such a finding is final: a failed
+/// unit stays failed until someone starts it again, so the gate does not
+/// wait for it to change (as systemd's own systemd-boot-check-no-failures
+/// does not); etcd or Docker still starting are retried.
+pub const FAILED_UNITS: &str = "failed units: ";
+
+/// Whether `problem` will not go away by waiting.
+pub fn is_final(problem: &str) -> bool {
+    problem.starts_with(FAILED_UNITS)
+}
+
 /// What the gate checks and against what.
 #[derive(Debug, Clone)]
 pub struct HealthOptions {
@@ -207,7 +218,7 @@ pub fn check_once(
     let mut problems = Vec::new();
     let failed = failed_units(o)?;
     if !failed.is_empty() {
-        problems.push(format!("failed units: {}", failed.join(", ")));
+        problems.push(format!("{FAILED_UNITS}{}", failed.join(", ")));
     }
     if unit_enabled(o, "etcd.service") {
         if let Err(e) = etcd_healthy(&o.etcd_url) {
@@ -298,6 +309,38 @@ mod tests {
         let text = "etcd.service loaded failed failed etcd key-value store\n\u{25cf} docker.service loaded failed failed Docker\n";
         assert_eq!(parse_failed_units(text), ["etcd.service", "docker.service"]);
         assert!(parse_failed_units("").is_empty());
+    }
+
+    #[test]
+    fn failed_units_are_final_and_unhealthy_daemons_are_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        // a systemctl that reports one failed unit and etcd enabled
+        let sc = t.path().join("systemctl");
+        fs::write(
+            &sc,
+            "#!/bin/sh\ncase \"$1\" in\n list-units) echo 'broken.service loaded failed failed Broken';;\n \
+             is-enabled) [ \"$2\" = etcd.service ] && { echo enabled; exit 0; }; echo disabled; exit 1;;\nesac\n",
+        )
+        .unwrap();
+        fs::set_permissions(&sc, fs::Permissions::from_mode(0o755)).unwrap();
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let etcd_url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let o = HealthOptions {
+            systemctl: sc.display().to_string(),
+            etcd_url,
+            docker_socket: t.path().join("docker.sock"),
+            ignore_units: vec![],
+        };
+        let cmdline = t.path().join("cmdline");
+        fs::write(&cmdline, "cairn.slot=a\n").unwrap();
+        let p = check_once(&o, &cmdline, &t.path().join("vars"), t.path()).unwrap();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0], "failed units: broken.service");
+        assert!(is_final(&p[0]));
+        assert!(p[1].starts_with("etcd is enabled but not healthy"), "{p:?}");
+        assert!(!is_final(&p[1]));
     }
 
     fn serve_once(l: TcpListener, response: &'static str) -> std::thread::JoinHandle<String> {

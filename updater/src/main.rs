@@ -366,7 +366,10 @@ fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCo
         // outside a trial
         let problems = health::check_once(&o, &a.paths.cmdline, &a.paths.efivars, &a.paths.esp)
             .unwrap_or_else(|e| vec![format!("running the health checks: {e}")]);
-        if problems.is_empty() || start.elapsed() >= timeout {
+        if problems.is_empty()
+            || start.elapsed() >= timeout
+            || problems.iter().any(|p| health::is_final(p))
+        {
             break problems;
         }
         tracing::info!("not healthy yet ({}); retrying", problems.join("; "));
