@@ -206,12 +206,15 @@ fn three_machines_take_an_update_one_at_a_time() {
     let mut ips = Vec::new();
     for vm in &mut vms {
         ids.push(guest_sh(vm, "cat /etc/machine-id", CMD).trim().to_string());
+        // the LAN address (docker0 has one too)
         let ip = guest_sh(
             vm,
-            "ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1",
+            "ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | grep '^192\\.0\\.2\\.'",
             CMD,
         );
-        ips.push(ip.trim().to_string());
+        let ip = ip.trim().to_string();
+        assert!(!ip.is_empty() && !ip.contains('\n'), "LAN address: {ip:?}");
+        ips.push(ip);
         let conf = guest_sh(vm, "cat /etc/cairn/update.conf", CMD);
         assert!(conf.contains("REBOOT_STRATEGY=etcd-lock"), "{conf}");
     }
