@@ -639,7 +639,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
         .expect("the machine tries v5");
     vm.wait_for("cairn-init: root cairn-a", BOOT)
         .expect("the machine falls back to v3");
-    wait_booted(&mut vm, 'a');
+    wait_up(&mut vm);
     assert_eq!(running(&mut vm), ("3.0.0".into(), "a".into()));
     let st = status(&mut vm);
     eprintln!("after v5:\n{st}");
