@@ -167,25 +167,29 @@ fn update_and_reboot(vm: &mut Vm) {
     }
 }
 
+/// The agent unit's journal on this boot (empty when the guest agent does not answer).
+fn unit_journal(vm: &mut Vm) -> String {
+    vm.guest_exec(
+        &[
+            "journalctl",
+            "-b",
+            "-u",
+            "cairn-update.service",
+            "-o",
+            "cat",
+            "--no-pager",
+        ],
+        CMD,
+    )
+    .map(|o| o.stdout_str())
+    .unwrap_or_default()
+}
+
 /// Polls the agent's journal on this boot until a line contains `what`.
 fn wait_journal(vm: &mut Vm, what: &str, timeout: Duration) -> bool {
     let t = Instant::now();
     while t.elapsed() < timeout {
-        let j = vm
-            .guest_exec(
-                &[
-                    "journalctl",
-                    "-b",
-                    "-u",
-                    "cairn-update.service",
-                    "-o",
-                    "cat",
-                    "--no-pager",
-                ],
-                CMD,
-            )
-            .map(|o| o.stdout_str())
-            .unwrap_or_default();
+        let j = unit_journal(vm);
         if j.contains(what) {
             return true;
         }
@@ -528,20 +532,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
                 "the agent never finished the slot"
             );
             std::thread::sleep(Duration::from_millis(500 + random_below(6000)));
-            let j = vm
-                .guest_exec(
-                    &[
-                        "journalctl",
-                        "-b",
-                        "-u",
-                        "cairn-update.service",
-                        "-o",
-                        "cat",
-                    ],
-                    CMD,
-                )
-                .map(|o| o.stdout_str())
-                .unwrap_or_default();
+            let j = unit_journal(&mut vm);
             assert!(
                 !j.contains("wrote loader/entries"),
                 "the cut came too late:\n{j}"
