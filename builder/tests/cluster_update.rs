@@ -20,6 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_qemu::{DiskFormat, Vm, VmConfig};
+use cairn_updater::lock::{Semaphore, LOCK_KEY};
 
 mod common;
 use common::lan::{read, require, Lan};
@@ -33,8 +34,6 @@ const MACS: [&str; 3] = [
     "52:54:00:00:0e:02",
     "52:54:00:00:0e:03",
 ];
-/// locksmith's key, base64 (for etcd's JSON gateway).
-const LOCK_KEY: &str = "coreos.com/updateengine/rebootlock/semaphore";
 
 /// A FAT config drive labelled `config-2` holding `user_data`.
 fn config_drive(path: &Path, user_data: &str) {
@@ -114,17 +113,8 @@ fn holders(lan: &Lan, members: &[String]) -> Option<Vec<String>> {
             return Some(vec![]);
         };
         let raw = b64.decode(kv["value"].as_str()?).ok()?;
-        let sem: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-        return Some(
-            sem["holders"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|h| h.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        );
+        let sem: Semaphore = serde_json::from_slice(&raw).ok()?;
+        return Some(sem.holders);
     }
     None
 }

@@ -370,7 +370,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
                 rootfs,
                 kernel: &v3.join("vmlinuz"),
                 initrd: &v3.join("initrd.img"),
-                created: cairn_updater_now(),
+                created: cairn_updater::fsutil::now(),
                 validity_secs: 86400,
             },
             key,
@@ -641,11 +641,4 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     let e = entries(&mut vm);
     assert!(e.iter().any(|x| x.starts_with("cairn-5.0.0+0")), "{e:?}");
     vm.quit().ok();
-}
-
-fn cairn_updater_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
