@@ -13,10 +13,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// FNV-1a over a file, or every file below a directory (path and content,
-/// sorted): a cheap, stable fingerprint of the sources a build's output
-/// depends on.
-fn hash_tree(h: &mut u64, path: &Path) {
+/// FNV-1a over a file, or every file below a directory (path relative to
+/// `root` and content, sorted): a cheap, stable fingerprint of the sources a
+/// build's output depends on, the same in every clone of the repository.
+fn hash_tree(h: &mut u64, root: &Path, path: &Path) {
     if path.is_dir() {
         let Ok(rd) = std::fs::read_dir(path) else {
             return;
@@ -24,10 +24,11 @@ fn hash_tree(h: &mut u64, path: &Path) {
         let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for p in paths {
-            hash_tree(h, &p);
+            hash_tree(h, root, &p);
         }
     } else if let Ok(data) = std::fs::read(path) {
-        for b in path.to_string_lossy().bytes().chain(data) {
+        let rel = path.strip_prefix(root).unwrap_or(path);
+        for b in rel.to_string_lossy().bytes().chain(data) {
             *h ^= u64::from(b);
             *h = h.wrapping_mul(0x100_0000_01b3);
         }
@@ -128,9 +129,9 @@ fn main() {
         "updater/units",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(d).display());
-        hash_tree(&mut h, &root.join(d));
+        hash_tree(&mut h, &root, &root.join(d));
     }
-    hash_tree(&mut h, &root.join("Cargo.lock"));
+    hash_tree(&mut h, &root, &root.join("Cargo.lock"));
     for bin in [&init, &cloudinit, &update] {
         if let Ok(bin) = std::fs::read(bin) {
             for b in bin {

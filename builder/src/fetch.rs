@@ -3,15 +3,16 @@
 //! is kept as `*.part`, resumed with a Range request and hashed in full
 //! before it is renamed into place.
 //!
-//! Owns HTTP (ureq), parallelism and progress bars for downloads. Does not
-//! know what the hashes mean: callers pass the expected ones.
+//! Owns HTTP (ureq), retries of transient failures, parallelism and
+//! progress bars for downloads. Does not know what the hashes mean: callers
+//! pass the expected ones.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -45,6 +46,103 @@ pub enum FetchError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{last} (gave up after {tries} tries in {secs} s)")]
+    GaveUp {
+        tries: u32,
+        secs: u64,
+        last: Box<FetchError>,
+    },
+}
+
+impl FetchError {
+    /// A failure that may pass by itself (DNS, refused or reset
+    /// connections, timeouts, a server's 5xx, 408 or 429), as apt retries
+    /// them. A 404, a wrong hash or a local I/O error is final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Network { .. } => true,
+            FetchError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// How transient failures are retried: `tries` attempts in all, waiting
+/// `first_delay` after the first failure and twice as long after each
+/// following one, at most `max_delay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub tries: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Retry {
+    /// 5 tries over about 15 s (1, 2, 4, 8 s between them).
+    fn default() -> Self {
+        Retry {
+            tries: 5,
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(16),
+        }
+    }
+}
+
+impl Retry {
+    /// `retries` more tries after the first one (`cairn build --retries`).
+    pub fn with_retries(retries: u32) -> Retry {
+        Retry {
+            tries: retries.saturating_add(1),
+            ..Retry::default()
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the tries are
+    /// spent; the last error then says how many tries were made.
+    pub fn run<T>(
+        &self,
+        what: &str,
+        mut attempt: impl FnMut() -> Result<T, FetchError>,
+    ) -> Result<T, FetchError> {
+        let start = Instant::now();
+        let tries = self.tries.max(1);
+        let mut delay = self.first_delay;
+        for n in 1.. {
+            match attempt() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && n < tries => {
+                    tracing::warn!("{e}; try {} of {tries} in {delay:.0?}", n + 1);
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(self.max_delay);
+                }
+                Err(e) if e.is_transient() && tries > 1 => {
+                    return Err(FetchError::GaveUp {
+                        tries: n,
+                        secs: start.elapsed().as_secs(),
+                        last: Box::new(e),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns by the last try ({what})")
+    }
+}
+
+/// The HTTP agent and the retry policy every download uses.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub agent: ureq::Agent,
+    pub retry: Retry,
+}
+
+impl Client {
+    pub fn new(retry: Retry) -> Client {
+        Client {
+            agent: agent(),
+            retry,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
@@ -169,8 +267,12 @@ fn net_err(url: &str, e: ureq::Error) -> FetchError {
     }
 }
 
-/// GET a (small) URL into memory.
-pub fn get_bytes(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, FetchError> {
+/// GET a (small) URL into memory, retrying transient failures.
+pub fn get_bytes(client: &Client, url: &str) -> Result<Vec<u8>, FetchError> {
+    client.retry.run(url, || get_bytes_once(&client.agent, url))
+}
+
+fn get_bytes_once(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, FetchError> {
     let resp = agent.get(url).call().map_err(|e| net_err(url, e))?;
     match resp.status().as_u16() {
         200 => {}
@@ -189,10 +291,11 @@ pub fn get_bytes(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, FetchError> 
         .map_err(|e| net_err(url, e))
 }
 
-/// Fetch one file into the cache, resuming a partial download. The file is
-/// moved into place only when its SHA-256 matches.
+/// Fetch one file into the cache, resuming a partial download (also
+/// between the tries of a transient failure). The file is moved into place
+/// only when its SHA-256 matches.
 pub fn fetch_one(
-    agent: &ureq::Agent,
+    client: &Client,
     cache: &Cache,
     d: &Download,
     bar: &ProgressBar,
@@ -201,6 +304,23 @@ pub fn fetch_one(
         bar.inc(d.size);
         return Ok(p);
     }
+    let mut first = true;
+    client.retry.run(&d.url, || {
+        let r = fetch_once(&client.agent, cache, d, bar, first);
+        first = false;
+        r
+    })
+}
+
+/// One try; `first` says whether bytes of a leftover `.part` still need to
+/// be counted on the progress bar (a later try counted them as they came).
+fn fetch_once(
+    agent: &ureq::Agent,
+    cache: &Cache,
+    d: &Download,
+    bar: &ProgressBar,
+    first: bool,
+) -> Result<PathBuf, FetchError> {
     let part = cache.part_path(&d.sha256);
     let mut have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     if have >= d.size && d.size > 0 {
@@ -232,7 +352,7 @@ pub fn fetch_one(
         .truncate(!append)
         .open(&part)
         .map_err(io_err(&part))?;
-    if append {
+    if append && first {
         bar.inc(have);
     }
     let mut body = resp.into_body();
@@ -269,11 +389,13 @@ pub fn fetch_one(
 }
 
 /// Fetch every download with `jobs` parallel workers; results in input
-/// order. The first error stops handing out new work and is returned.
+/// order. The first error (after its retries) stops handing out new work
+/// and is returned.
 pub fn fetch_all(
     cache: &Cache,
     downloads: &[Download],
     jobs: usize,
+    retry: Retry,
     progress: &MultiProgress,
 ) -> Result<Vec<PathBuf>, FetchError> {
     let total: u64 = downloads.iter().map(|d| d.size).sum();
@@ -286,7 +408,7 @@ pub fn fetch_all(
         .progress_chars("=> "),
     );
     bar.set_prefix("fetch");
-    let agent = agent();
+    let client = Client::new(retry);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<PathBuf, FetchError>>>> =
         Mutex::new((0..downloads.len()).map(|_| None).collect());
@@ -300,7 +422,7 @@ pub fn fetch_all(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(d) = downloads.get(i) else { break };
                 bar.set_message(d.label.clone());
-                let r = fetch_one(&agent, cache, d, &bar);
+                let r = fetch_one(&client, cache, d, &bar);
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -394,7 +516,7 @@ mod tests {
         // an interrupted earlier download left the first 1000 bytes
         fs::write(cache.part_path(&d.sha256), &body[..1000]).unwrap();
         let mp = MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
-        let got = fetch_all(&cache, std::slice::from_ref(&d), 2, &mp).unwrap();
+        let got = fetch_all(&cache, std::slice::from_ref(&d), 2, Retry::default(), &mp).unwrap();
         assert_eq!(fs::read(&got[0]).unwrap(), body);
         assert!(!cache.part_path(&d.sha256).exists());
         // warm cache: a second fetch needs no server
@@ -402,7 +524,10 @@ mod tests {
             url: "http://127.0.0.1:1/nowhere".into(),
             ..d.clone()
         };
-        assert_eq!(fetch_all(&cache, &[offline], 1, &mp).unwrap()[0], got[0]);
+        assert_eq!(
+            fetch_all(&cache, &[offline], 1, Retry::default(), &mp).unwrap()[0],
+            got[0]
+        );
 
         // wrong bytes from the mirror: refused and not kept
         let bad = Download {
@@ -411,7 +536,8 @@ mod tests {
             size: 4,
             label: "bad".into(),
         };
-        let e = fetch_all(&cache, std::slice::from_ref(&bad), 1, &mp).unwrap_err();
+        let e =
+            fetch_all(&cache, std::slice::from_ref(&bad), 1, Retry::default(), &mp).unwrap_err();
         assert!(matches!(e, FetchError::HashMismatch { .. }), "{e}");
         assert!(e.to_string().contains("bad: downloaded"), "{e}");
         assert!(!cache.blob_path(&bad.sha256).exists());
@@ -422,8 +548,206 @@ mod tests {
             url: format!("{base}/pool/gone.deb"),
             ..bad
         };
-        let e = fetch_all(&cache, &[gone], 1, &mp).unwrap_err();
+        let e = fetch_all(&cache, &[gone], 1, Retry::default(), &mp).unwrap_err();
         assert!(matches!(e, FetchError::NotFound { .. }), "{e}");
+    }
+
+    /// How a flaky server answers one request.
+    #[derive(Clone, Copy, Debug)]
+    enum Fault {
+        /// close the connection without a word (a reset)
+        Drop,
+        /// answer with this status
+        Status(u16),
+        /// announce the whole body, send half, close
+        Truncate,
+    }
+
+    /// A loopback HTTP server whose paths fail their first requests as
+    /// `faults` says, then serve `body` (with `Range: bytes=N-`). Returns
+    /// the base URL and the log of (path, range) requests.
+    fn flaky(
+        files: Vec<(&'static str, Vec<u8>, Vec<Fault>)>,
+    ) -> (String, std::sync::Arc<Mutex<Vec<(String, Option<usize>)>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut first = String::new();
+                if r.read_line(&mut first).is_err() {
+                    continue;
+                }
+                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut range = None;
+                loop {
+                    let mut l = String::new();
+                    if r.read_line(&mut l).is_err() || l.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = l.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        range = v.trim().trim_end_matches('-').parse::<usize>().ok();
+                    }
+                }
+                let n = {
+                    let mut log = seen.lock().unwrap();
+                    log.push((path.clone(), range));
+                    log.iter().filter(|(p, _)| *p == path).count()
+                };
+                let Some((_, body, faults)) = files.iter().find(|(p, _, _)| *p == path) else {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    continue;
+                };
+                let body = &body[range.unwrap_or(0)..];
+                let status = if range.is_some() {
+                    "206 Partial Content"
+                } else {
+                    "200 OK"
+                };
+                match faults.get(n - 1) {
+                    Some(Fault::Drop) => drop(s),
+                    Some(Fault::Status(code)) => {
+                        let _ = write!(s, "HTTP/1.1 {code} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    }
+                    Some(Fault::Truncate) => {
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = s.write_all(&body[..body.len() / 2]);
+                    }
+                    None => {
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = s.write_all(body);
+                    }
+                }
+            }
+        });
+        (format!("http://{addr}"), log)
+    }
+
+    fn quick(tries: u32) -> Retry {
+        Retry {
+            tries,
+            first_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(40),
+        }
+    }
+
+    fn requests(log: &Mutex<Vec<(String, Option<usize>)>>, path: &str) -> Vec<Option<usize>> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, r)| *r)
+            .collect()
+    }
+
+    #[test]
+    fn transient_failures_are_retried_and_a_cut_download_resumes() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let (base, log) = flaky(vec![
+            (
+                "/pool/a.deb",
+                body.clone(),
+                vec![Fault::Status(503), Fault::Drop, Fault::Truncate],
+            ),
+            (
+                "/dists/InRelease",
+                b"signed".to_vec(),
+                vec![Fault::Status(502), Fault::Drop],
+            ),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = Download {
+            url: format!("{base}/pool/a.deb"),
+            sha256: sha(&body),
+            size: body.len() as u64,
+            label: "a".into(),
+        };
+        let mp = MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+        let got = fetch_all(&cache, std::slice::from_ref(&d), 2, quick(5), &mp).unwrap();
+        assert_eq!(fs::read(&got[0]).unwrap(), body);
+        // 503, reset, half the body, then the other half by Range
+        assert_eq!(
+            requests(&log, "/pool/a.deb"),
+            vec![None, None, None, Some(body.len() / 2)]
+        );
+        let client = Client::new(quick(3));
+        let got = get_bytes(&client, &format!("{base}/dists/InRelease")).unwrap();
+        assert_eq!(got, b"signed");
+        assert_eq!(requests(&log, "/dists/InRelease").len(), 3);
+    }
+
+    #[test]
+    fn the_last_try_says_how_many_were_made() {
+        let (base, log) = flaky(vec![(
+            "/pool/busy.deb",
+            b"x".to_vec(),
+            vec![Fault::Status(503); 10],
+        )]);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let d = Download {
+            url: format!("{base}/pool/busy.deb"),
+            sha256: sha(b"x"),
+            size: 1,
+            label: "busy".into(),
+        };
+        let mp = MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+        let e = fetch_all(&cache, std::slice::from_ref(&d), 1, quick(3), &mp).unwrap_err();
+        assert!(matches!(e, FetchError::GaveUp { tries: 3, .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("/pool/busy.deb: HTTP 503") && msg.contains("gave up after 3 tries"),
+            "{msg}"
+        );
+        assert_eq!(requests(&log, "/pool/busy.deb").len(), 3);
+        assert!(!cache.blob_path(&d.sha256).exists());
+
+        // nobody listening: connection refused, tried as often
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/dists/InRelease", closed.local_addr().unwrap());
+        drop(closed);
+        let e = get_bytes(&Client::new(quick(2)), &url).unwrap_err();
+        assert!(matches!(e, FetchError::GaveUp { tries: 2, .. }), "{e:?}");
+        assert!(e.to_string().contains("gave up after 2 tries"), "{e}");
+    }
+
+    #[test]
+    fn a_404_or_a_wrong_hash_is_not_retried() {
+        let (base, log) = flaky(vec![("/pool/bad.deb", b"evil".to_vec(), vec![])]);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let mp = MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+        let bad = Download {
+            url: format!("{base}/pool/bad.deb"),
+            sha256: sha(b"good"),
+            size: 4,
+            label: "bad".into(),
+        };
+        let e = fetch_all(&cache, std::slice::from_ref(&bad), 1, quick(5), &mp).unwrap_err();
+        assert!(matches!(e, FetchError::HashMismatch { .. }), "{e:?}");
+        assert_eq!(requests(&log, "/pool/bad.deb").len(), 1);
+        let gone = Download {
+            url: format!("{base}/pool/gone.deb"),
+            ..bad
+        };
+        let e = fetch_all(&cache, &[gone], 1, quick(5), &mp).unwrap_err();
+        assert!(matches!(e, FetchError::NotFound { .. }), "{e:?}");
+        assert_eq!(requests(&log, "/pool/gone.deb").len(), 1);
     }
 
     #[test]

@@ -44,6 +44,11 @@ enum Command {
         /// Parallel downloads.
         #[arg(long, default_value_t = 8)]
         jobs: usize,
+        /// Retries of a download that failed for a reason that may pass
+        /// (DNS, connection refused or reset, timeout, HTTP 5xx), waiting
+        /// 1, 2, 4, 8, 16 s between tries; never for a 404 or a wrong hash.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        retries: u32,
         /// zstd level of the root image (1-22).
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=22))]
         zstd_level: u32,
@@ -243,6 +248,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
             cache,
             update_lock,
             jobs,
+            retries,
             zstd_level,
             keys,
             force,
@@ -262,6 +268,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
                 keys,
                 progress,
                 force,
+                retry: cairn_builder::fetch::Retry::with_retries(retries),
             };
             let sign = sign.map(|key| cairn_builder::pipeline::SignOptions {
                 key,

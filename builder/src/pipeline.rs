@@ -41,6 +41,8 @@ pub struct BuildOptions {
     pub progress: MultiProgress,
     /// Rebuild even when the output folder is current.
     pub force: bool,
+    /// How downloads from the mirror retry transient failures.
+    pub retry: fetch::Retry,
 }
 
 /// `cairn build --sign KEY [--channel NAME] [--valid-for DURATION]`: the
@@ -158,7 +160,7 @@ fn lock_for(
         "resolve",
         &format!("{} from {}", loaded.def.suite, mirrors.chosen_by),
     );
-    let lock = repo::resolve_lock(&loaded.def, mirrors, &keys, cache)
+    let lock = repo::resolve_lock(&loaded.def, mirrors, &keys, cache, opts.retry)
         .with_context(|| format!("resolving the packages of {}", loaded.path.display()))?;
     sp.finish_and_clear();
     lock.write(&path)?;
@@ -231,6 +233,30 @@ fn inputs_fingerprint(loaded: &Loaded, opts: &BuildOptions, epoch: u64) -> Resul
     h.update(env!("CAIRN_SOURCE_HASH"));
     h.update(format!("zstd={} epoch={epoch}", opts.zstd_level));
     Ok(hex::encode(h.finalize()))
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, else the lock's (the newest
+/// archive's `Date`).
+fn source_date_epoch(lock: &Lock) -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(lock.source_date_epoch)
+}
+
+/// The fingerprint `build` keys its output on (`manifest.json`'s
+/// `inputs`): the definition, the lock (resolved or re-resolved first, as
+/// `build` would), the overlay, the update keys, cairn's own sources and
+/// the compression settings. Builds with equal fingerprints write the same
+/// bytes, so it can name a cache of built images.
+pub fn fingerprint(opts: &BuildOptions) -> Result<String> {
+    let loaded = definition::load(&opts.definition)?;
+    let cache_dir = opts.cache.clone().unwrap_or_else(fetch::default_cache_dir);
+    let cache = Cache::open(&cache_dir)
+        .with_context(|| format!("opening the cache at {}", cache_dir.display()))?;
+    let mirrors = repo::choose_mirrors(opts.mirror.as_deref(), &loaded.def, &opts.sources_root)?;
+    let (lock, _) = lock_for(&loaded, &mirrors, opts, &cache)?;
+    inputs_fingerprint(&loaded, opts, source_date_epoch(&lock))
 }
 
 /// The manifest of `out` if it was built from `inputs` and its artifacts
@@ -421,10 +447,7 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
     tracing::info!(mirror = %mirrors.archives[0].base, chosen_by = %mirrors.chosen_by, "mirror");
     let (lock, lock_written) = lock_for(&loaded, &mirrors, opts, &cache)?;
 
-    let epoch = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(lock.source_date_epoch);
+    let epoch = source_date_epoch(&lock);
     let inputs = inputs_fingerprint(&loaded, opts, epoch)?;
     if !opts.force {
         if let Some(manifest) = current_output(&opts.out, &inputs) {
@@ -465,7 +488,7 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
             })
         })
         .collect::<Result<_>>()?;
-    let debs = match fetch::fetch_all(&cache, &downloads, opts.jobs, &opts.progress) {
+    let debs = match fetch::fetch_all(&cache, &downloads, opts.jobs, opts.retry, &opts.progress) {
         Err(fetch::FetchError::NotFound { url }) => {
             let pkg = downloads
                 .iter()

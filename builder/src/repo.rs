@@ -164,7 +164,7 @@ fn decompress(path: &str, data: &[u8]) -> Result<String> {
 /// Fetch and verify one archive's InRelease and its Packages indices for
 /// `components`, adding them to `index` with origin `origin`.
 fn load_archive(
-    agent: &ureq::Agent,
+    client: &fetch::Client,
     cache: &Cache,
     keyring: &Keyring,
     archive: &Archive,
@@ -174,7 +174,7 @@ fn load_archive(
 ) -> Result<Release> {
     let (components, arch) = (&def.components, def.architecture.as_str());
     let url = format!("{}/dists/{}/InRelease", archive.base, archive.suite);
-    let data = fetch::get_bytes(agent, &url)
+    let data = fetch::get_bytes(client, &url)
         .with_context(|| format!("fetching the {} archive's InRelease", archive.name))?;
     let rel = release::verify_inrelease(&data, keyring, &url, SystemTime::now())
         .with_context(|| format!("verifying {url}"))?;
@@ -195,10 +195,10 @@ fn load_archive(
                         path.clone()
                     };
                     let u = format!("{}/dists/{}/{}", archive.base, archive.suite, rel_path);
-                    let body = match fetch::get_bytes(agent, &u) {
+                    let body = match fetch::get_bytes(client, &u) {
                         Err(fetch::FetchError::NotFound { .. }) if rel.acquire_by_hash => {
                             let u = format!("{}/dists/{}/{}", archive.base, archive.suite, path);
-                            fetch::get_bytes(agent, &u)?
+                            fetch::get_bytes(client, &u)?
                         }
                         r => r?,
                     };
@@ -235,13 +235,14 @@ pub fn resolve_lock(
     mirrors: &Mirrors,
     keys_dir: &Path,
     cache: &Cache,
+    retry: fetch::Retry,
 ) -> Result<Lock> {
     let keyring = load_keyring(keys_dir)?;
-    let agent = fetch::agent();
+    let client = fetch::Client::new(retry);
     let mut index = PackageIndex::new();
     let mut epoch = 0;
     for (origin, a) in mirrors.archives.iter().enumerate() {
-        let rel = load_archive(&agent, cache, &keyring, a, def, origin, &mut index)?;
+        let rel = load_archive(&client, cache, &keyring, a, def, origin, &mut index)?;
         if let Some(d) = rel
             .date_time()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

@@ -1,16 +1,17 @@
-//! QEMU test of the cloud-config agent (TCG): the test image booted from
-//! its disk with `cloud-config-url=` on the kernel command line, the URL
-//! served by a small HTTP server in this test (reached from the guest
-//! through a slirp guest forward).
+//! QEMU test of the cloud-config agent (TCG): an image booted from its disk
+//! with `cloud-config-url=` on the kernel command line, the URL served by a
+//! small HTTP server in this test (reached from the guest through a slirp
+//! guest forward).
 //!
-//! 1. A CoreOS-style config (hostname, SSH key, write_files, etcd2 with
+//! 1. The default image (Docker and etcd are the point) with a CoreOS-style
+//!    config (hostname, SSH key, write_files, etcd2 with
 //!    `$private_ipv4`, `etcd.service` and `fleet.service` with
 //!    `command: start`, a `MyApp` unit running `docker run busybox`):
 //!    hostname set, `core` logs in over SSH with the key, files have owner
 //!    and mode, MyApp's journal says `Hello World`, etcd runs with the
 //!    name and URLs from `coreos.etcd2`, the missing fleet unit is
 //!    reported and the rest applied.
-//! 2. A config with an error: the machine boots, the agent logs the
+//! 2. The small test image with a config with an error: the machine boots, the agent logs the
 //!    finding with its line, and nothing of the config is applied.
 
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use cairn_qemu::{Vm, VmConfig};
 
 mod common;
-use common::{guest_sh, test_image, wait_cloudinit};
+use common::{default_image, guest_sh, test_image, wait_cloudinit};
 
 const BOOT: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(90);
@@ -95,7 +96,7 @@ fn boot(name: &str, out: &Path, disk: &Path, url: &str, http_port: u16) -> Vm {
 
 #[test]
 fn cloud_config_from_url_is_applied_and_a_bad_one_is_not() {
-    let out = test_image();
+    let out = default_image();
     let work = tempfile::tempdir().unwrap();
 
     // an SSH key pair for core
@@ -250,7 +251,9 @@ coreos:
 
     // --- 2. a config with an error: findings logged, nothing applied
     let url = format!("http://10.0.2.100:{GUEST_HTTP}/bad");
-    let mut vm = boot("cloudinit-bad", &out, &disk, &url, server.port);
+    let small = test_image();
+    let disk = small.join("disk.raw");
+    let mut vm = boot("cloudinit-bad", &small, &disk, &url, server.port);
     let journal = sh(
         &mut vm,
         "journalctl -b -u cairn-cloudinit --no-pager -o cat",

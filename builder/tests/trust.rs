@@ -27,7 +27,8 @@ fn real_mirror() -> String {
 }
 
 fn get(url: &str) -> Vec<u8> {
-    cairn_builder::fetch::get_bytes(&cairn_builder::fetch::agent(), url).unwrap()
+    cairn_builder::fetch::get_bytes(&cairn_builder::fetch::Client::new(Default::default()), url)
+        .unwrap()
 }
 
 /// Serve `files` (path -> body) on loopback; everything else is 404.
@@ -118,7 +119,8 @@ fn tampered_packages_index_is_refused() {
     let (base, log) = serve(by_hash_files);
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(cache_dir.path()).unwrap();
-    let e = repo::resolve_lock(&def(), &mirrors(&base), &keys(), &cache).unwrap_err();
+    let e = repo::resolve_lock(&def(), &mirrors(&base), &keys(), &cache, Default::default())
+        .unwrap_err();
     let msg = format!("{e:#}");
     // either the by-hash URL 404s and the named one is fetched, or it is
     // served: both end at the hash check against InRelease
@@ -155,7 +157,8 @@ fn tampered_or_unsigned_inrelease_is_refused() {
     let (base, _) = serve(vec![("dists/bookworm/InRelease".into(), bytes)]);
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(cache_dir.path()).unwrap();
-    let e = repo::resolve_lock(&def(), &mirrors(&base), &keys(), &cache).unwrap_err();
+    let e = repo::resolve_lock(&def(), &mirrors(&base), &keys(), &cache, Default::default())
+        .unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("InRelease"), "{msg}");
     assert!(msg.to_lowercase().contains("signature"), "{msg}");
@@ -165,7 +168,8 @@ fn tampered_or_unsigned_inrelease_is_refused() {
         "dists/bookworm/InRelease".into(),
         b"Origin: Debian\nSuite: stable\nCodename: bookworm\n".to_vec(),
     )]);
-    let e = repo::resolve_lock(&def(), &mirrors(&base), &keys(), &cache).unwrap_err();
+    let e = repo::resolve_lock(&def(), &mirrors(&base), &keys(), &cache, Default::default())
+        .unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.to_lowercase().contains("sign"), "{msg}");
 }

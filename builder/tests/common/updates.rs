@@ -1,34 +1,28 @@
-//! The images the update tests boot and offer, built once into a folder
-//! shared by the test binaries (`target/cairn-test-updates`,
-//! `CAIRN_TEST_UPDATES` overrides): an update key pair from `keygen`, and
-//! `images/test.yaml` with `update: {channel: lab, keys: [update.pub]}` as
-//! 1.0.0 (unsigned: the disk a machine starts from) and signed 2.0.0 and
-//! 3.0.0; 5.0.0 adds a unit that always fails (it boots, but is not
-//! healthy). A later binary finds the builds current and only re-signs.
+//! The images the update tests boot and offer, from the cache of built test
+//! images (`super::cached_build`): an update key pair from `keygen` kept
+//! beside that cache (`update-keys/`, so the images that trust it stay
+//! valid across runs), and `images/test.yaml` (the small image) with
+//! `update: {channel: lab, keys: [update.pub]}` as 1.0.0 (unsigned: the
+//! disk a machine starts from) and signed 2.0.0 and 3.0.0; 5.0.0 adds a
+//! unit that always fails (it boots, but is not healthy).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cairn_builder::pipeline::{self, SignOptions};
+use cairn_builder::pipeline::SignOptions;
 use cairn_updater::KeyPairFiles;
 
-use super::{images_copy, opts, repo_root};
+use super::{cached_build, images_copy, images_root};
 
 pub struct UpdateImages {
     pub keys: KeyPairFiles,
     pub sign: SignOptions,
-    dir: PathBuf,
     images: tempfile::TempDir,
 }
 
 impl UpdateImages {
-    /// The output folder of version `v` ("1.0.0" → `v1`).
-    pub fn out(&self, v: &str) -> PathBuf {
-        self.dir.join(format!("v{}", v.split('.').next().unwrap()))
-    }
-
-    /// Builds version `v` (signed unless it is 1.0.0) if it is not current.
+    /// Version `v` (signed unless it is 1.0.0), built unless the cache has it.
     pub fn build(&self, v: &str) -> PathBuf {
         let images = self.images.path().join("images");
         let unhealthy = v == "5.0.0";
@@ -70,22 +64,17 @@ impl UpdateImages {
         );
         let def = images.join(format!("update-{v}.yaml"));
         std::fs::write(&def, text).unwrap();
-        let out = self.out(v);
         let sign = (v != "1.0.0").then_some(&self.sign);
         let t = Instant::now();
-        pipeline::build_signed(&opts(&def, &out, true), sign)
-            .unwrap_or_else(|e| panic!("building {v} from {}: {e:#}", def.display()));
+        let out = cached_build(&def, &format!("update-{v}"), sign);
         eprintln!("image {v} ready in {:.0?}: {}", t.elapsed(), out.display());
         out
     }
 }
 
-/// The shared folder and its key pair (made on first use).
+/// The update images and their key pair (made on first use).
 pub fn update_images() -> UpdateImages {
-    let dir = std::env::var_os("CAIRN_TEST_UPDATES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/cairn-test-updates"));
-    let kdir = dir.join("keys");
+    let kdir = images_root().join("update-keys");
     let keys = if kdir.join("update.key").exists() {
         let secret = cairn_updater::SecretKey::load(&kdir.join("update.key")).unwrap();
         KeyPairFiles {
@@ -105,7 +94,6 @@ pub fn update_images() -> UpdateImages {
     UpdateImages {
         keys,
         sign,
-        dir,
         images: images_copy(),
     }
 }
