@@ -4,6 +4,7 @@
 mod decode;
 mod env;
 mod model;
+mod names;
 mod parse;
 mod schema;
 mod substitute;
@@ -15,6 +16,9 @@ pub use env::environment;
 pub use model::{
     CloudConfig, Coreos, DecodeError, DropIn, ModeError, ParseError, Unit, Update, User, UserData,
     WriteFile, UNIT_COMMANDS,
+};
+pub use names::{
+    check_account_name, check_group, check_hostname, NameError, ACCOUNT_NAME_MAX, HOSTNAME_MAX,
 };
 pub use parse::parse_user_data;
 pub use substitute::{substitute, Addresses, VARIABLES};

@@ -8,6 +8,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::decode;
+use crate::names::{self, NameError};
 use crate::parse::{classify, Header, BAD_HEADER};
 use crate::schema::{self, Field, Ty};
 use crate::yaml::{self, Kind as YKind, Node, Value};
@@ -99,6 +100,7 @@ pub fn validate(text: &str) -> Report {
                 check_validity(&root, &mut report);
                 check_write_files(&root, &mut report);
                 check_write_files_under_coreos(&root, &mut report);
+                check_names(&root, &mut report);
                 report.findings.sort_by_key(|f| f.line);
             }
         },
@@ -326,6 +328,67 @@ fn check_write_files_under_coreos(root: &Node, report: &mut Report) {
             }
         }
     }
+}
+
+/// The hostname and the user and group names (errors): what reaches
+/// /etc/hostname, /etc/hosts, `useradd` and `usermod` must be a name, never
+/// an option or a line break (not a coreos-cloudinit rule: cairn's own).
+/// `$private_ipv4`-style variables in the hostname stand for a label here;
+/// the agent checks the substituted name again.
+fn check_names(root: &Node, report: &mut Report) {
+    let mut check =
+        |field: &str, line: usize, node: &Node, rule: fn(&str) -> Result<(), NameError>| {
+            if !compatible(node.kind(), Ty::Str) {
+                return; // a type warning already
+            }
+            let Some(text) = node.string().filter(|t| !t.is_empty()) else {
+                return;
+            };
+            let checked = if field == "hostname" {
+                crate::substitute::VARIABLES
+                    .iter()
+                    .fold(text.clone(), |t, v| t.replace(v, "0"))
+            } else {
+                text.clone()
+            };
+            if let Err(why) = rule(&checked) {
+                report.push(Kind::Error, line, name_finding(field, &text, &why));
+            }
+        };
+    if let Some((line, h)) = entry_value(root, "hostname") {
+        check("hostname", line, h, names::check_hostname);
+    }
+    for (i, user) in seq_items(entry_value(root, "users")).iter().enumerate() {
+        if let Some((line, n)) = entry_value(user, "name") {
+            check(
+                &format!("users[{i}].name"),
+                line,
+                n,
+                names::check_account_name,
+            );
+        }
+        if let Some((line, g)) = entry_value(user, "primary_group") {
+            check(
+                &format!("users[{i}].primary_group"),
+                line,
+                g,
+                names::check_group,
+            );
+        }
+        for (j, g) in seq_items(entry_value(user, "groups")).iter().enumerate() {
+            check(
+                &format!("users[{i}].groups[{j}]"),
+                g.line,
+                g,
+                names::check_group,
+            );
+        }
+    }
+}
+
+/// The message of a refused name: `invalid value "-x" for "users[0].name": starts with '-'`.
+pub(crate) fn name_finding(field: &str, text: &str, why: &NameError) -> String {
+    format!("invalid value {text:?} for {field:?}: {why}")
 }
 
 /// Go's `path.Dir`: everything up to the last slash, cleaned.
@@ -849,6 +912,78 @@ mod tests {
         check(
             "write_files:\n  - path: /etc/a\n  - path: /usr/b",
             &[(E, "file cannot be written to a read-only filesystem", 3)],
+        );
+    }
+
+    #[test]
+    fn hostnames_and_account_names() {
+        check("hostname: node-1.example.com", &[]);
+        check("hostname: node-$private_ipv4", &[]);
+        check(
+            "hostname: --help",
+            &[(
+                E,
+                r#"invalid value "--help" for "hostname": starts with '-'"#,
+                1,
+            )],
+        );
+        check(
+            "hostname: \"a\\n127.0.0.1 evil\"",
+            &[(
+                E,
+                r#"invalid value "a\n127.0.0.1 evil" for "hostname": character '\n' is not allowed"#,
+                1,
+            )],
+        );
+        check(
+            "hostname: a_b",
+            &[(
+                E,
+                r#"invalid value "a_b" for "hostname": character '_' is not allowed"#,
+                1,
+            )],
+        );
+        check(
+            "users:\n  - name: core\n    primary_group: 500\n    groups: [sudo, docker, 999]",
+            &[],
+        );
+        check(
+            "users:\n  - name: core\n  - name: -oops\n    primary_group: --root=/x\n    groups:\n      - sudo\n      - \"a,b\"",
+            &[
+                (E, r#"invalid value "-oops" for "users[1].name": starts with '-'"#, 3),
+                (
+                    E,
+                    r#"invalid value "--root=/x" for "users[1].primary_group": starts with '-'"#,
+                    4,
+                ),
+                (
+                    E,
+                    r#"invalid value "a,b" for "users[1].groups[1]": character ',' is not allowed"#,
+                    7,
+                ),
+            ],
+        );
+        // a wrong type is a warning only, not also a name error
+        check(
+            "hostname:\n  - a",
+            &[(W, "incorrect type for \"hostname\" (want string)", 1)],
+        );
+    }
+
+    #[test]
+    fn alias_bombs_are_an_error_at_the_alias() {
+        let bomb = crate::yaml::tests::billion_laughs();
+        let report = validate(&bomb);
+        assert_eq!(
+            format_findings("bomb.yaml", &report),
+            "bomb.yaml:7: error: excessive aliasing: aliases expand to more than 100000 nodes (an alias bomb?)\n"
+        );
+        let e = crate::parse_user_data(&bomb).unwrap_err();
+        assert_eq!(e.line, 7);
+        assert!(e.message.starts_with("excessive aliasing"), "{e:?}");
+        check(
+            "base: &u\n  name: core\nusers:\n  - *u\n",
+            &[(W, "unrecognized key \"base\"", 1)],
         );
     }
 

@@ -104,6 +104,9 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut builder = Builder {
         parser: Parser::new_from_str(text),
         anchors: HashMap::new(),
+        aliases: 0,
+        expanded: Weight::default(),
+        depth: 0,
         multiline: Vec::new(),
         last_line: 0,
     };
@@ -177,9 +180,64 @@ impl From<ScanError> for BuildError {
     }
 }
 
+/// Most alias uses (`*name`) in a document.
+pub(crate) const MAX_ALIASES: usize = 1_000;
+/// Most nodes that aliases (and `<<` merges of them) may add to a document by copying their anchor's subtree: a
+/// billion-laughs document fails here, at its first alias past the budget, long before it uses memory.
+pub(crate) const MAX_ALIAS_NODES: usize = 100_000;
+/// Most bytes of scalar text (keys included) that aliases may add to a document.
+pub(crate) const MAX_ALIAS_BYTES: usize = 4 << 20;
+/// Deepest nesting of collections: the builder recurses once per level, and a thread's stack may be 2 MiB (a
+/// cloud-config is a handful of levels deep).
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// The size of a subtree: nodes, and bytes of scalar text and keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Weight {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Weight {
+    fn of(node: &Node) -> Weight {
+        let mut w = Weight {
+            nodes: 1,
+            bytes: node.text.len(),
+        };
+        match &node.value {
+            Value::Binary(b) => w.bytes += b.len(),
+            Value::Seq(items) => {
+                for i in items {
+                    w.add(Weight::of(i));
+                }
+            }
+            Value::Map(entries) => {
+                for e in entries {
+                    w.bytes += e.key.len();
+                    w.add(Weight::of(&e.value));
+                }
+            }
+            _ => {}
+        }
+        w
+    }
+
+    fn add(&mut self, other: Weight) {
+        self.nodes = self.nodes.saturating_add(other.nodes);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+}
+
 struct Builder<'a> {
     parser: Parser<'a, saphyr_parser::StrInput<'a>>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchor's node and its weight.
+    anchors: HashMap<usize, (Node, Weight)>,
+    /// Alias uses so far.
+    aliases: usize,
+    /// What aliases have added so far.
+    expanded: Weight,
+    /// Collections open around the current node.
+    depth: usize,
     /// First and last line of each scalar that spans lines.
     multiline: Vec<(usize, usize)>,
     /// Line of the last event read.
@@ -218,7 +276,7 @@ impl<'a> Builder<'a> {
         let (ev, span) = self.next()?;
         let root = match ev {
             Event::DocumentEnd => return Ok(empty),
-            ev => self.node(ev, span)?,
+            ev => self.node(ev, span)?.0,
         };
         // Scan to the end of this document so that a syntax error inside it is reported.
         loop {
@@ -233,23 +291,49 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn node(&mut self, ev: Event<'a>, span: Span) -> Result<Node, BuildError> {
+    /// The node that starts with `ev`, and its weight (aliases expanded).
+    fn node(&mut self, ev: Event<'a>, span: Span) -> Result<(Node, Weight), BuildError> {
         let line = span.start.line().max(1);
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let node = scalar(text.into_owned(), style, tag.as_deref(), line)?;
-                self.remember(anchor, &node);
-                Ok(node)
+                let weight = Weight::of(&node);
+                self.remember(anchor, &node, weight);
+                Ok((node, weight))
             }
             Event::Alias(id) => {
-                let mut node = self.anchors.get(&id).cloned().ok_or_else(|| {
+                let &(ref anchored, weight) = self.anchors.get(&id).ok_or_else(|| {
                     BuildError::Other(line, "unknown anchor referenced".to_string())
                 })?;
+                self.aliases += 1;
+                self.expanded.add(weight);
+                let too_many = if self.aliases > MAX_ALIASES {
+                    Some(format!("more than {MAX_ALIASES} aliases"))
+                } else if self.expanded.nodes > MAX_ALIAS_NODES {
+                    Some(format!(
+                        "aliases expand to more than {MAX_ALIAS_NODES} nodes"
+                    ))
+                } else if self.expanded.bytes > MAX_ALIAS_BYTES {
+                    Some(format!(
+                        "aliases expand to more than {MAX_ALIAS_BYTES} bytes of text"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(what) = too_many {
+                    return Err(BuildError::Other(
+                        line,
+                        format!("excessive aliasing: {what} (an alias bomb?)"),
+                    ));
+                }
+                let mut node = anchored.clone();
                 node.line = line;
-                Ok(node)
+                Ok((node, weight))
             }
             Event::SequenceStart(anchor, _) => {
+                self.enter(line)?;
                 let mut items = Vec::new();
+                let mut weight = Weight { nodes: 1, bytes: 0 };
                 loop {
                     let (ev, span) = self.next()?;
                     match ev {
@@ -257,20 +341,27 @@ impl<'a> Builder<'a> {
                         Event::StreamEnd => {
                             return Err(BuildError::Other(line, "unexpected end of input".into()))
                         }
-                        ev => items.push(self.node(ev, span)?),
+                        ev => {
+                            let (item, w) = self.node(ev, span)?;
+                            weight.add(w);
+                            items.push(item);
+                        }
                     }
                 }
+                self.depth -= 1;
                 let node = Node {
                     line,
                     text: String::new(),
                     value: Value::Seq(items),
                 };
-                self.remember(anchor, &node);
-                Ok(node)
+                self.remember(anchor, &node, weight);
+                Ok((node, weight))
             }
             Event::MappingStart(anchor, _) => {
+                self.enter(line)?;
                 let mut entries: Vec<Entry> = Vec::new();
                 let mut merged: Vec<Entry> = Vec::new();
+                let mut weight = Weight { nodes: 1, bytes: 0 };
                 loop {
                     let (ev, kspan) = self.next()?;
                     let key = match ev {
@@ -278,10 +369,10 @@ impl<'a> Builder<'a> {
                         Event::StreamEnd => {
                             return Err(BuildError::Other(line, "unexpected end of input".into()))
                         }
-                        ev => self.node(ev, kspan)?,
+                        ev => self.node(ev, kspan)?.0,
                     };
                     let (ev, vspan) = self.next()?;
-                    let value = self.node(ev, vspan)?;
+                    let (value, vweight) = self.node(ev, vspan)?;
                     if key.text == "<<" && key.value == Value::Str {
                         merge_into(&mut merged, &value);
                         continue;
@@ -296,6 +387,8 @@ impl<'a> Builder<'a> {
                             Value::Binary(ref b) => String::from_utf8_lossy(b).into_owned(),
                             _ => key.text.clone(),
                         };
+                    weight.bytes = weight.bytes.saturating_add(name.len());
+                    weight.add(vweight);
                     entries.push(Entry {
                         key: name.replace('-', "_"),
                         line: key.line,
@@ -304,30 +397,48 @@ impl<'a> Builder<'a> {
                 }
                 for m in merged {
                     if !entries.iter().any(|e| e.key == m.key) {
+                        weight.bytes = weight.bytes.saturating_add(m.key.len());
+                        weight.add(Weight::of(&m.value));
                         entries.push(m);
                     }
                 }
+                self.depth -= 1;
                 let node = Node {
                     line,
                     text: String::new(),
                     value: Value::Map(entries),
                 };
-                self.remember(anchor, &node);
-                Ok(node)
+                self.remember(anchor, &node, weight);
+                Ok((node, weight))
             }
-            Event::StreamEnd | Event::DocumentEnd => Ok(Node {
-                line,
-                text: String::new(),
-                value: Value::Null,
-            }),
+            Event::StreamEnd | Event::DocumentEnd => Ok((
+                Node {
+                    line,
+                    text: String::new(),
+                    value: Value::Null,
+                },
+                Weight { nodes: 1, bytes: 0 },
+            )),
             _ => Err(BuildError::Other(line, "unexpected YAML event".to_string())),
         }
     }
 
-    fn remember(&mut self, anchor: usize, node: &Node) {
+    fn remember(&mut self, anchor: usize, node: &Node, weight: Weight) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), weight));
         }
+    }
+
+    /// One more level of nesting, refused past [`MAX_DEPTH`].
+    fn enter(&mut self, line: usize) -> Result<(), BuildError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(BuildError::Other(
+                line,
+                format!("collections nested more than {MAX_DEPTH} deep"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -442,7 +553,7 @@ fn parse_go_int(s: &str) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -561,6 +672,124 @@ mod tests {
         assert_eq!(
             doc("a: 1 \t# comment\n").get("a").unwrap().value.value,
             Value::Int(1)
+        );
+    }
+
+    /// The classic billion laughs: nine levels of nine aliases, 10^9 strings once expanded.
+    pub(crate) fn billion_laughs() -> String {
+        let mut text = String::from("#cloud-config\na: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            let refs = vec![format!("*{prev}"); 9].join(",");
+            text.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn alias_bombs_fail_fast_at_the_alias_that_breaks_the_budget() {
+        let start = std::time::Instant::now();
+        let bomb = billion_laughs();
+        assert!(bomb.len() < 400, "{}", bomb.len());
+        // f's first *e brings the copies past 100000 nodes (b..e made 74718)
+        assert_eq!(
+            parse(&bomb).unwrap_err(),
+            SyntaxError {
+                line: 7,
+                message:
+                    "excessive aliasing: aliases expand to more than 100000 nodes (an alias bomb?)"
+                        .into()
+            }
+        );
+        // long text copied many times
+        let big = format!(
+            "a: &a \"{}\"\nb: [{}]\n",
+            "x".repeat(100_000),
+            vec!["*a"; 50].join(",")
+        );
+        assert_eq!(
+            parse(&big).unwrap_err(),
+            SyntaxError {
+                line: 2,
+                message: format!(
+                    "excessive aliasing: aliases expand to more than {MAX_ALIAS_BYTES} bytes of text (an alias bomb?)"
+                )
+            }
+        );
+        // many cheap aliases
+        let many = format!("a: &a x\nb:\n{}", "  - *a\n".repeat(MAX_ALIASES + 1));
+        assert_eq!(
+            parse(&many).unwrap_err(),
+            SyntaxError {
+                line: MAX_ALIASES + 3,
+                message: format!(
+                    "excessive aliasing: more than {MAX_ALIASES} aliases (an alias bomb?)"
+                )
+            }
+        );
+        // merges count too
+        let mut merges = String::from("a: &a {k: [1,2,3,4,5,6,7,8,9]}\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g"])
+        {
+            let refs = vec![format!("*{prev}"); 9].join(",");
+            merges.push_str(&format!("{name}: &{name} {{<<: *{prev}, l: [{refs}]}}\n"));
+        }
+        assert!(
+            parse(&merges)
+                .unwrap_err()
+                .message
+                .starts_with("excessive aliasing"),
+            "merges"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn ordinary_aliases_still_expand() {
+        let mut text = String::from("base: &b\n  enable: true\n  command: start\nunits:\n");
+        for i in 0..500 {
+            text.push_str(&format!("  - <<: *b\n    name: u{i}.service\n"));
+        }
+        let n = doc(&text);
+        let Value::Seq(units) = &n.get("units").unwrap().value.value else {
+            panic!("units is a sequence")
+        };
+        assert_eq!(units.len(), 500);
+        assert_eq!(units[499].get("name").unwrap().value.text, "u499.service");
+        assert_eq!(units[499].get("command").unwrap().value.text, "start");
+        assert_eq!(
+            units[499].get("enable").unwrap().value.value,
+            Value::Bool(true)
+        );
+        // a chain of aliases within the budget
+        let three = "a: &a [x, y]\nb: &b [*a, *a]\nc: [*b, *b, *b]\n";
+        let n = doc(three);
+        let Value::Seq(c) = &n.get("c").unwrap().value.value else {
+            panic!("c is a sequence")
+        };
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[2].line, 3);
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let ok = format!("{}x\n", "- ".repeat(MAX_DEPTH));
+        assert!(parse(&ok).is_ok());
+        let deep = format!("{}x\n", "- ".repeat(100_000));
+        assert_eq!(
+            parse(&deep).unwrap_err(),
+            SyntaxError {
+                line: 1,
+                message: format!("collections nested more than {MAX_DEPTH} deep")
+            }
         );
     }
 
