@@ -86,13 +86,20 @@ pub enum Outcome {
         /// The client's message.
         message: String,
     },
-    /// The client stopped answering: the last packet was sent `1 + retries` times without an answer.
+    /// The client stopped answering: the last packet was sent `1 + retries` times without an answer, or
+    /// it acknowledged nothing new for `Config::max_idle`.
     TimedOut {
         /// Blocks acknowledged before the client went silent.
         acked_blocks: u64,
     },
     /// A local I/O error (reading the file, the socket); an error packet was sent when possible.
     Failed(String),
+    /// The server stopped before the transfer ended (see `Config::shutdown_grace`); the client got
+    /// error 0 "server shutting down".
+    Stopped {
+        /// Blocks acknowledged before the server stopped.
+        acked_blocks: u64,
+    },
 }
 
 /// Resolves read requests. The pxe crate implements this to serve files from image folders and generated

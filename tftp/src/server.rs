@@ -1,11 +1,13 @@
 //! The server: the request socket (async, on the caller's tokio runtime) and, per request, a task that
-//! resolves it through the `Handler` and hands the transfer to its own thread (see `transfer`).
+//! resolves it through the `Handler` and hands the transfer to its own thread (see `transfer`), within
+//! the limits of [`Config`] (transfers in all, per client address, idle lifetime, shutdown grace).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
@@ -15,9 +17,11 @@ use crate::handler::{Handler, Outcome, TftpError};
 use crate::options::{self, negotiate};
 use crate::packet::{error_code, DecodeError, Mode, Packet};
 use crate::pktinfo;
-use crate::transfer::{self, send_error, Transfer};
+use crate::transfer::{self, send_error, StopFlag, Transfer};
 
-/// Server settings. `Default`: 1 s timeout, 5 retries, blksize up to 1468, windowsize up to 16.
+/// Server settings. `Default`: 1 s timeout, 5 retries, blksize up to 1468, windowsize up to 16,
+/// 64 transfers at once (8 per client address), 15 s without progress ends a transfer, 2 s of grace at
+/// shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Retransmission timeout when the client does not ask for one (`timeout` option, whole seconds).
@@ -29,7 +33,31 @@ pub struct Config {
     pub max_blksize: u16,
     /// Largest windowsize (RFC 7440) granted.
     pub max_windowsize: u16,
+    /// Requests handled at once, all clients together: transfers in flight and requests still being
+    /// opened. Each holds a thread, a socket and usually an open file. A request beyond it is answered
+    /// with error 0 "server busy, try again" and nothing else is done for it.
+    pub max_transfers: usize,
+    /// Requests handled at once for one client address (IPv4-mapped IPv6 counts as IPv4). A request
+    /// beyond it is answered with error 0 "too many transfers from this address". It bounds what a
+    /// spoofed source address can draw (see the README on reflection).
+    pub max_transfers_per_client: usize,
+    /// A transfer ends ([`crate::Outcome::TimedOut`]) when its client has acknowledged nothing new for
+    /// this long, whatever `timeout` option (up to 255 s) and `retries` would allow.
+    pub max_idle: Duration,
+    /// After the shutdown future of [`Server::serve`] completes: transfers in flight may finish within
+    /// this time; then they end with error 0 "server shutting down"
+    /// ([`crate::Outcome::Stopped`]) and `serve` returns.
+    pub shutdown_grace: Duration,
 }
+
+/// Default of [`Config::max_transfers`].
+pub const DEFAULT_MAX_TRANSFERS: usize = 64;
+/// Default of [`Config::max_transfers_per_client`].
+pub const DEFAULT_MAX_TRANSFERS_PER_CLIENT: usize = 8;
+/// Default of [`Config::max_idle`].
+pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(15);
+/// Default of [`Config::shutdown_grace`].
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 impl Default for Config {
     fn default() -> Config {
@@ -38,8 +66,158 @@ impl Default for Config {
             retries: 5,
             max_blksize: 1468,
             max_windowsize: 16,
+            max_transfers: DEFAULT_MAX_TRANSFERS,
+            max_transfers_per_client: DEFAULT_MAX_TRANSFERS_PER_CLIENT,
+            max_idle: DEFAULT_MAX_IDLE,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
+}
+
+/// The error message of a request refused because the server is at [`Config::max_transfers`].
+pub const BUSY_MESSAGE: &str = "server busy, try again";
+/// The error message of a request refused at [`Config::max_transfers_per_client`].
+pub const CLIENT_BUSY_MESSAGE: &str = "too many transfers from this address";
+
+/// Why a request found no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Busy {
+    Total,
+    Client,
+}
+
+/// Counts the requests being handled, in all and per client address.
+#[derive(Debug)]
+struct Slots {
+    max_total: usize,
+    max_per_client: usize,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// One request's place in [`Slots`]; given back when dropped (when the transfer thread ends).
+#[derive(Debug)]
+struct Slot {
+    slots: Arc<Slots>,
+    ip: IpAddr,
+}
+
+impl Slots {
+    fn new(config: &Config) -> Slots {
+        Slots {
+            max_total: config.max_transfers,
+            max_per_client: config.max_transfers_per_client,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn acquire(self: &Arc<Slots>, ip: IpAddr) -> Result<Slot, Busy> {
+        let ip = ip.to_canonical();
+        let mut st = self.lock();
+        let mine = st.per_client.get(&ip).copied().unwrap_or(0);
+        if mine >= self.max_per_client {
+            return Err(Busy::Client);
+        }
+        if st.total >= self.max_total {
+            return Err(Busy::Total);
+        }
+        st.total += 1;
+        st.per_client.insert(ip, mine + 1);
+        Ok(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut st = self.slots.lock();
+        st.total = st.total.saturating_sub(1);
+        if let Some(n) = st.per_client.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                st.per_client.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Requests refused for lack of a slot, logged once at first and then as a count at most every
+/// [`BusyLog::EVERY`], so that a flood does not flood the log as well.
+#[derive(Debug)]
+struct BusyLog {
+    since: Option<Instant>,
+    total: u64,
+    client: u64,
+}
+
+impl BusyLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, busy: Busy, peer: SocketAddr, config: &Config) {
+        match busy {
+            Busy::Total => self.total += 1,
+            Busy::Client => self.client += 1,
+        }
+        debug!(%peer, ?busy, "TFTP request refused: no transfer slot");
+        match self.since {
+            Some(t) if t.elapsed() < Self::EVERY => {}
+            _ => {
+                warn!(
+                    %peer,
+                    refused_server_busy = self.total,
+                    refused_client_busy = self.client,
+                    max_transfers = config.max_transfers,
+                    max_transfers_per_client = config.max_transfers_per_client,
+                    "TFTP requests refused: too many transfers at once (counts since the last such message)"
+                );
+                self.since = Some(Instant::now());
+                self.total = 0;
+                self.client = 0;
+            }
+        }
+    }
+}
+
+/// Raises this process's soft limit on open file descriptors (`RLIMIT_NOFILE`) to its hard limit and
+/// returns the soft limit in force (`None`: unlimited). [`Server::bind`] calls it: a server holding a
+/// socket and a file per transfer must not run into the 1024 soft limit many systems start with
+/// while the hard limit is far higher. An unlimited hard limit means the kernel's `fs.nr_open`.
+/// Failure leaves the limit as it was.
+pub fn raise_fd_limit() -> io::Result<Option<u64>> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let target = lim.maximum.or_else(|| {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    });
+    let below = match (lim.current, target) {
+        (Some(cur), Some(t)) => cur < t,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if below {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: target,
+                maximum: lim.maximum,
+            },
+        )
+        .map_err(io::Error::from)?;
+    }
+    Ok(getrlimit(Resource::Nofile).current)
 }
 
 /// A bound TFTP server; [`Server::serve`] runs it.
@@ -68,6 +246,10 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: Config,
     ) -> io::Result<Server> {
+        match raise_fd_limit() {
+            Ok(limit) => debug!(?limit, "open file limit"),
+            Err(e) => warn!("cannot raise the open file limit to the hard limit: {e}"),
+        }
         let socket = UdpSocket::bind(addr)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("binding TFTP socket {addr}: {e}")))?;
@@ -94,8 +276,9 @@ impl Server {
         self.local_addr
     }
 
-    /// Serves requests until `shutdown` completes; then stops accepting requests and waits for the
-    /// transfers in flight to finish (each ends by completion, client error or timeout).
+    /// Serves requests until `shutdown` completes; then stops accepting requests, gives the transfers
+    /// in flight [`Config::shutdown_grace`] to finish, ends the rest with an error packet and returns.
+    /// It never waits longer for a stuck client.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let Server {
             socket,
@@ -104,7 +287,19 @@ impl Server {
             config,
             pktinfo,
         } = self;
-        info!(%local_addr, "TFTP server listening");
+        info!(
+            %local_addr,
+            max_transfers = config.max_transfers,
+            max_transfers_per_client = config.max_transfers_per_client,
+            "TFTP server listening"
+        );
+        let slots = Arc::new(Slots::new(&config));
+        let stop = Arc::new(StopFlag::default());
+        let mut busy_log = BusyLog {
+            since: None,
+            total: 0,
+            client: 0,
+        };
         let mut tasks = JoinSet::new();
         let mut buf = vec![0u8; 65536];
         tokio::pin!(shutdown);
@@ -124,25 +319,78 @@ impl Server {
                             continue;
                         }
                     };
-                    let datagram = buf[..len].to_vec();
-                    tasks.spawn(handle_request(
-                        datagram,
-                        peer,
-                        reply_ip(local_ip.unwrap_or(local_addr.ip()), peer),
-                        handler.clone(),
-                        config.clone(),
-                    ));
+                    let datagram = &buf[..len];
+                    // Only requests (RRQ, WRQ) are answered on this port; anything else is dropped
+                    // before it costs a slot, a task or a socket.
+                    let opcode = (len >= 2).then(|| u16::from_be_bytes([datagram[0], datagram[1]]));
+                    if !matches!(opcode, Some(crate::packet::opcode::RRQ | crate::packet::opcode::WRQ)) {
+                        debug!(%peer, len, "ignoring a datagram that is not a request on the request port");
+                        continue;
+                    }
+                    let reply_from = reply_ip(local_ip.unwrap_or(local_addr.ip()), peer);
+                    match slots.acquire(peer.ip()) {
+                        Ok(slot) => {
+                            tasks.spawn(handle_request(
+                                datagram.to_vec(),
+                                peer,
+                                reply_from,
+                                handler.clone(),
+                                config.clone(),
+                                slot,
+                                stop.clone(),
+                            ));
+                        }
+                        Err(busy) => {
+                            let message = match busy {
+                                Busy::Total => BUSY_MESSAGE,
+                                Busy::Client => CLIENT_BUSY_MESSAGE,
+                            };
+                            refuse_busy(&socket, peer, reply_from, message);
+                            busy_log.note(busy, peer, &config);
+                        }
+                    }
                 }
             }
         }
         drop(socket);
-        info!(%local_addr, in_flight = tasks.len(), "TFTP server stopping");
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = done {
-                warn!("TFTP transfer task failed: {e}");
+        stop.stop(config.shutdown_grace);
+        info!(%local_addr, in_flight = tasks.len(), grace_ms = config.shutdown_grace.as_millis() as u64, "TFTP server stopping");
+        // Transfer threads notice the stop within `transfer::POLL`; the margin covers that and a
+        // handler's `open` still running on the blocking pool.
+        let give_up = tokio::time::Instant::now()
+            + config.shutdown_grace
+            + transfer::POLL
+            + Duration::from_millis(500);
+        loop {
+            tokio::select! {
+                done = tasks.join_next() => match done {
+                    None => break,
+                    Some(Err(e)) => warn!("TFTP transfer task failed: {e}"),
+                    Some(Ok(())) => {}
+                },
+                () = tokio::time::sleep_until(give_up) => {
+                    warn!(left = tasks.len(), "TFTP requests still in progress after the shutdown grace; not waiting for them");
+                    tasks.abort_all();
+                    break;
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// Answers a request that found no slot with error 0, from a socket of its own (closed at once) as any
+/// other answer, or from the request socket when no socket can be had.
+fn refuse_busy(request_socket: &UdpSocket, peer: SocketAddr, local_ip: IpAddr, message: &str) {
+    let err = TftpError::new(error_code::NOT_DEFINED, message);
+    match transfer_socket(local_ip) {
+        Ok(s) => send_error(&s, peer, &err),
+        Err(e) => {
+            debug!(%peer, "binding a socket for a busy answer: {e}; answering from the request port");
+            let mut out = Vec::new();
+            crate::packet::encode_error(&mut out, err.code, &err.message);
+            let _ = request_socket.try_send_to(&out, peer);
+        }
     }
 }
 
@@ -193,6 +441,8 @@ async fn handle_request(
     local_ip: IpAddr,
     handler: Arc<dyn Handler>,
     config: Arc<Config>,
+    slot: Slot,
+    stop: Arc<StopFlag>,
 ) {
     let refusal = match Packet::decode(&datagram) {
         Ok(Packet::Rrq(req)) => {
@@ -280,8 +530,9 @@ async fn handle_request(
         &negotiated,
         config.timeout,
         config.retries,
-    );
-    let outcome = run_on_thread(transfer, peer, local_ip).await;
+    )
+    .with_limits(config.max_idle, stop);
+    let outcome = run_on_thread(transfer, peer, local_ip, slot).await;
     let elapsed = started.elapsed();
     match &outcome {
         Outcome::Completed { bytes } => info!(
@@ -296,8 +547,14 @@ async fn handle_request(
 }
 
 /// Runs the transfer on a thread of its own (small stack, blocking socket) and waits for its outcome
-/// without holding a runtime worker. The thread logs through the caller's tracing dispatcher.
-async fn run_on_thread(transfer: Transfer, peer: SocketAddr, local_ip: IpAddr) -> Outcome {
+/// without holding a runtime worker. The thread logs through the caller's tracing dispatcher and holds
+/// the request's slot until it ends (even if the server stopped waiting for it).
+async fn run_on_thread(
+    transfer: Transfer,
+    peer: SocketAddr,
+    local_ip: IpAddr,
+    slot: Slot,
+) -> Outcome {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
     let spawned = std::thread::Builder::new()
@@ -305,7 +562,9 @@ async fn run_on_thread(transfer: Transfer, peer: SocketAddr, local_ip: IpAddr) -
         .stack_size(transfer::STACK_SIZE)
         .spawn(move || {
             let _log = tracing::dispatcher::set_default(&dispatch);
-            let _ = tx.send(transfer.run());
+            let outcome = transfer.run();
+            drop(slot);
+            let _ = tx.send(outcome);
         });
     match spawned {
         Ok(_detached) => rx.await.unwrap_or_else(|_| {
@@ -326,3 +585,38 @@ async fn run_on_thread(transfer: Transfer, peer: SocketAddr, local_ip: IpAddr) -
 
 /// Largest block size the server ever grants (RFC 2348).
 pub const MAX_BLKSIZE: u16 = options::MAX_BLKSIZE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_cap_in_all_and_per_address_and_come_back_when_dropped() {
+        let config = Config {
+            max_transfers: 3,
+            max_transfers_per_client: 2,
+            ..Config::default()
+        };
+        let slots = Arc::new(Slots::new(&config));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let a_mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let a1 = slots.acquire(a).unwrap();
+        let a2 = slots.acquire(a_mapped).unwrap();
+        assert_eq!(
+            slots.acquire(a).unwrap_err(),
+            Busy::Client,
+            "IPv4-mapped is the same client"
+        );
+        let b1 = slots.acquire(b).unwrap();
+        assert_eq!(slots.acquire(c).unwrap_err(), Busy::Total);
+        drop(a1);
+        let c1 = slots.acquire(c).unwrap();
+        assert_eq!(slots.acquire(b).unwrap_err(), Busy::Total);
+        drop((a2, b1, c1));
+        let st = slots.lock();
+        assert_eq!(st.total, 0);
+        assert!(st.per_client.is_empty(), "{:?}", st.per_client);
+    }
+}

@@ -3,13 +3,16 @@
 //! instead of a wake-up of an async runtime worker.
 //!
 //! The retransmission timer is the socket's receive timeout (`SO_RCVTIMEO`), changed only when the time
-//! left differs from the one set (after a packet that did not advance the transfer); file blocks are read
-//! with positional reads into a small chunk buffer.
+//! left differs from the one set (after a packet that did not advance the transfer), and never longer
+//! than [`POLL`] so that the thread sees a server shutdown; file blocks are read with positional reads
+//! into a small chunk buffer. A transfer also ends when its client made no progress for the server's
+//! idle limit, whatever `timeout` it asked for.
 
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::FileExt;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +35,28 @@ const CHUNK: u64 = 16 * 1024;
 /// SO_RCVTIMEO is left alone while it is within this much of the time left (Linux counts it in jiffies
 /// anyway); otherwise it is set to the time left.
 const TIMER_SLACK: Duration = Duration::from_millis(2);
+
+/// Longest single wait in `recvfrom`: a transfer thread notices a server shutdown within this time
+/// even when its client asked for a 255 s timeout.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// Set once when the server stops: the instant by which every transfer must have ended.
+#[derive(Debug, Default)]
+pub struct StopFlag {
+    end: OnceLock<Instant>,
+}
+
+impl StopFlag {
+    /// Transfers may go on for `grace`, then end.
+    pub fn stop(&self, grace: Duration) {
+        let now = Instant::now();
+        let _ = self.end.set(now.checked_add(grace).unwrap_or(now));
+    }
+
+    fn end(&self) -> Option<Instant> {
+        self.end.get().copied()
+    }
+}
 
 /// Sends a TFTP error packet; failures are only logged (the client times out instead).
 pub fn send_error(socket: &UdpSocket, peer: SocketAddr, err: &TftpError) {
@@ -57,8 +82,16 @@ enum Source {
 /// What waiting for the client produced.
 enum Event {
     Ack(u16),
-    ClientError { code: u16, message: String },
+    ClientError {
+        code: u16,
+        message: String,
+    },
+    /// The retransmission timer expired.
     Timeout,
+    /// No progress for the idle limit.
+    Idle,
+    /// The server is stopping and this transfer's time is up.
+    Stop,
 }
 
 /// One read transfer on a blocking socket; [`Transfer::run`] drives it to its [`Outcome`].
@@ -80,6 +113,11 @@ pub struct Transfer {
     deadline: Instant,
     /// The receive timeout currently set on the socket.
     rcvtimeo: Option<Duration>,
+    /// Longest time without progress (`None`: no limit).
+    max_idle: Option<Duration>,
+    /// When the transfer ends for lack of progress.
+    idle_deadline: Option<Instant>,
+    stop: Option<Arc<StopFlag>>,
 }
 
 impl Transfer {
@@ -123,11 +161,35 @@ impl Transfer {
             rbuf: vec![0u8; 1024],
             deadline: Instant::now(),
             rcvtimeo: None,
+            max_idle: None,
+            idle_deadline: None,
+            stop: None,
         }
+    }
+
+    /// Ends the transfer after `max_idle` without progress (an ACK that acknowledges something new),
+    /// whatever the retransmission timeout, and when `stop` says the server is stopping.
+    pub fn with_limits(mut self, max_idle: Duration, stop: Arc<StopFlag>) -> Transfer {
+        self.max_idle = Some(max_idle);
+        self.stop = Some(stop);
+        self
+    }
+
+    /// The client acknowledged something new: the idle limit starts again.
+    fn progress(&mut self) {
+        self.idle_deadline = self.max_idle.and_then(|m| Instant::now().checked_add(m));
+    }
+
+    /// Tells the client the server is going away.
+    fn stopped(&self, acked_blocks: u64) -> Outcome {
+        let err = TftpError::new(error_code::NOT_DEFINED, "server shutting down");
+        send_error(&self.socket, self.peer, &err);
+        Outcome::Stopped { acked_blocks }
     }
 
     /// Runs the transfer to its end: completion, client error, timeout or a local error.
     pub fn run(mut self) -> Outcome {
+        self.progress();
         if let Some(opts) = self.oack.take() {
             let mut oack = Vec::new();
             Packet::Oack(opts).encode(&mut oack);
@@ -137,13 +199,18 @@ impl Transfer {
                 self.arm();
                 loop {
                     match self.wait() {
-                        Event::Ack(0) => break 'oack,
+                        Event::Ack(0) => {
+                            self.progress();
+                            break 'oack;
+                        }
                         Event::Ack(other) => {
                             debug!(peer = %self.peer, "ignoring ACK {other} before ACK 0 of the OACK")
                         }
                         Event::ClientError { code, message } => {
                             return Outcome::ClientError { code, message }
                         }
+                        Event::Idle => return Outcome::TimedOut { acked_blocks: 0 },
+                        Event::Stop => return self.stopped(0),
                         Event::Timeout => {
                             attempts += 1;
                             if attempts > self.retries {
@@ -184,6 +251,12 @@ impl Transfer {
                 self.prepare(next);
             }
             match self.wait() {
+                Event::Idle => {
+                    return Ok(Outcome::TimedOut {
+                        acked_blocks: acked,
+                    })
+                }
+                Event::Stop => return Ok(self.stopped(acked)),
                 Event::Timeout => {
                     attempts += 1;
                     if attempts > self.retries {
@@ -215,6 +288,7 @@ impl Transfer {
                         Some(d) => {
                             acked += d;
                             attempts = 0;
+                            self.progress();
                             if acked == self.blocks {
                                 return Ok(Outcome::Completed { bytes: self.len });
                             }
@@ -310,22 +384,41 @@ impl Transfer {
 
     /// Waits for a packet from the client until the deadline. Packets from other ports get error 5
     /// (unknown transfer ID) and do not disturb the transfer or move the deadline; anything but ACK and
-    /// ERROR is ignored.
+    /// ERROR is ignored. Ends early for the idle limit and at the end of a server shutdown's grace.
     fn wait(&mut self) -> Event {
         loop {
-            let left = self.deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            if self
+                .stop
+                .as_ref()
+                .and_then(|s| s.end())
+                .is_some_and(|end| now >= end)
+            {
+                return Event::Stop;
+            }
+            if self.idle_deadline.is_some_and(|d| now >= d) {
+                return Event::Idle;
+            }
+            let left = self.deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return Event::Timeout;
             }
+            let mut wake = left;
+            if let Some(d) = self.idle_deadline {
+                wake = wake.min(d.saturating_duration_since(now));
+            }
+            if self.stop.is_some() {
+                wake = wake.min(POLL);
+            }
             // Off by a little either way is fine: too long delays the timeout by at most the slack,
             // too short only returns early and comes back here. Re-arming after each block gives nearly
-            // the same `left`, so the common path makes no system call for the timer.
+            // the same `wake`, so the common path makes no system call for the timer.
             let set = match self.rcvtimeo {
-                Some(cur) => cur.abs_diff(left) > TIMER_SLACK,
+                Some(cur) => cur.abs_diff(wake) > TIMER_SLACK,
                 None => true,
             };
             if set {
-                let t = left.max(Duration::from_millis(1));
+                let t = wake.max(Duration::from_millis(1));
                 match self.socket.set_read_timeout(Some(t)) {
                     Ok(()) => self.rcvtimeo = Some(t),
                     Err(e) => {
@@ -349,7 +442,7 @@ impl Transfer {
                 Err(e) => {
                     debug!(peer = %self.peer, "receiving: {e}");
                     // An error returns at once; do not spin until the deadline.
-                    std::thread::sleep(Duration::from_millis(10).min(left));
+                    std::thread::sleep(Duration::from_millis(10).min(wake));
                     continue;
                 }
             };

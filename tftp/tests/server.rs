@@ -242,6 +242,8 @@ fn vanished_client_is_given_up_after_retries() {
 
 #[test]
 fn fifty_concurrent_clients() {
+    // Fifty machines (addresses 127.0.0.2..=51) at once, within the default limits (64 in all, 8 per
+    // address).
     let files: Vec<(String, usize)> = (0..5)
         .map(|i| (format!("f{i}.bin"), 150_000 + i * 1111))
         .collect();
@@ -255,7 +257,8 @@ fn fifty_concurrent_clients() {
             let name = format!("f{}.bin", i % 5);
             let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let mut c = Client::new(addr);
+                let local = std::net::Ipv4Addr::new(127, 0, 0, 2 + i as u8);
+                let mut c = Client::new_from(addr, local.into());
                 barrier.wait();
                 let opts: &[(&str, &str)] = if i % 2 == 0 {
                     &[("blksize", "1468")]

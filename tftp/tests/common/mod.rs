@@ -1,7 +1,7 @@
 //! Test harness shared by the integration tests: an in-process server on 127.0.0.1 and a raw UDP TFTP client.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -219,12 +219,18 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: SocketAddr) -> Client {
-        let local: SocketAddr = if server.is_ipv6() {
-            "[::1]:0".parse().unwrap()
+        let local: IpAddr = if server.is_ipv6() {
+            "::1".parse().unwrap()
         } else {
-            "127.0.0.1:0".parse().unwrap()
+            "127.0.0.1".parse().unwrap()
         };
-        let sock = UdpSocket::bind(local).unwrap();
+        Client::new_from(server, local)
+    }
+
+    /// A client on `local` (any 127.0.0.0/8 address is loopback on Linux): another machine as far as
+    /// the server's per-client limits go.
+    pub fn new_from(server: SocketAddr, local: IpAddr) -> Client {
+        let sock = UdpSocket::bind(SocketAddr::new(local, 0)).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         Client {
@@ -401,5 +407,6 @@ pub fn fast_config() -> Config {
         retries: 10,
         max_blksize: cairn_tftp::MAX_BLKSIZE,
         max_windowsize: 64,
+        ..Config::default()
     }
 }
