@@ -5,7 +5,8 @@
 //! `CAIRN_INIT_PATH`, `CAIRN_CLOUDINIT_PATH` and `CAIRN_UPDATE_PATH` so the
 //! `cairn` binary carries them (include_bytes!).
 //!
-//! A nested cargo with its own target directory: they must be linked with
+//! A nested cargo with its own target directory (`target/cairn-agents`,
+//! shared by every outer build): they must be linked with
 //! `-C target-feature=+crt-static` (an image's glibc need not match the
 //! workstation's), which cannot apply to the rest of the workspace
 //! (proc-macros cannot be static).
@@ -38,7 +39,6 @@ fn hash_tree(h: &mut u64, root: &Path, path: &Path) {
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     println!(
         "cargo:rerun-if-changed={}",
         root.join("initrd/src").display()
@@ -60,7 +60,14 @@ fn main() {
         root.join("Cargo.lock").display()
     );
     let target = "x86_64-unknown-linux-gnu";
-    let target_dir = out.join("init-target");
+    // One target directory for every outer build (test, check, clippy, doc
+    // and their profiles all run this script with their own OUT_DIR): the
+    // agents are built once and later runs find them fresh.
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_relative() { root.join(d) } else { d })
+        .unwrap_or_else(|| root.join("target"))
+        .join("cairn-agents");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)
@@ -94,6 +101,9 @@ fn main() {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_TARGET_DIR")
+        // `cargo clippy` sets this for the outer build: the agents are
+        // linted by its own run over the workspace, not rebuilt under it
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .status()
         .expect("running cargo to build the static /init");
     assert!(

@@ -566,9 +566,10 @@ mod tests {
     /// A loopback HTTP server whose paths fail their first requests as
     /// `faults` says, then serve `body` (with `Range: bytes=N-`). Returns
     /// the base URL and the log of (path, range) requests.
-    fn flaky(
-        files: Vec<(&'static str, Vec<u8>, Vec<Fault>)>,
-    ) -> (String, std::sync::Arc<Mutex<Vec<(String, Option<usize>)>>>) {
+    /// Each request's path and `Range` start.
+    type Log = std::sync::Arc<Mutex<Vec<(String, Option<usize>)>>>;
+
+    fn flaky(files: Vec<(&'static str, Vec<u8>, Vec<Fault>)>) -> (String, Log) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let log = std::sync::Arc::new(Mutex::new(Vec::new()));

@@ -32,10 +32,6 @@ use common::{default_image, guest_sh, test_image};
 const BOOT: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(60);
 
-fn sh(vm: &mut Vm, script: &str) -> String {
-    guest_sh(vm, script, CMD)
-}
-
 /// Wait until systemd has finished starting up; return `is-system-running`.
 fn wait_running(vm: &mut Vm) -> String {
     vm.wait_guest_agent(BOOT).expect("the guest agent answers");
@@ -46,7 +42,7 @@ fn wait_running(vm: &mut Vm) -> String {
 }
 
 fn failed_units(vm: &mut Vm) -> String {
-    sh(vm, "systemctl --failed --no-legend --plain")
+    guest_sh(vm, "systemctl --failed --no-legend --plain", CMD)
 }
 
 /// Checks that hold on every boot of an image, disk or diskless; with
@@ -58,21 +54,21 @@ fn check_running_system(vm: &mut Vm, payload: bool) {
         state,
         "running",
         "systemd state; failed units:\n{failed}\njournal:\n{}",
-        sh(vm, "journalctl -b -p warning --no-pager | tail -60")
+        guest_sh(vm, "journalctl -b -p warning --no-pager | tail -60", CMD)
     );
     assert!(failed.trim().is_empty(), "failed units:\n{failed}");
 
-    let root = sh(vm, "findmnt -n -o FSTYPE,OPTIONS /");
+    let root = guest_sh(vm, "findmnt -n -o FSTYPE,OPTIONS /", CMD);
     assert!(
         root.starts_with("squashfs") && root.contains("ro"),
         "/ is {root}"
     );
 
     // sshd listens with host keys made on this machine
-    let ss = sh(vm, "for i in $(seq 30); do ss -ltnH 'sport = :22' | grep -q . && break; sleep 1; done; ss -ltnH 'sport = :22'");
+    let ss = guest_sh(vm, "for i in $(seq 30); do ss -ltnH 'sport = :22' | grep -q . && break; sleep 1; done; ss -ltnH 'sport = :22'", CMD);
     assert!(ss.contains(":22"), "sshd is not listening: {ss}");
-    sh(vm, "test -s /etc/ssh/ssh_host_ed25519_key");
-    let core = sh(vm, "id core");
+    guest_sh(vm, "test -s /etc/ssh/ssh_host_ed25519_key", CMD);
+    let core = guest_sh(vm, "id core", CMD);
     assert!(
         core.contains("uid=500(core)") && core.contains("(sudo)"),
         "{core}"
@@ -81,22 +77,28 @@ fn check_running_system(vm: &mut Vm, payload: bool) {
         return;
     }
     assert!(core.contains("(docker)"), "{core}");
-    let os = sh(vm, ". /etc/os-release; echo $ID $VERSION_ID");
+    let os = guest_sh(vm, ". /etc/os-release; echo $ID $VERSION_ID", CMD);
     assert_eq!(os.trim(), "cairn 0.1.0");
 
     // the cluster daemons
-    let health = sh(
+    let health = guest_sh(
         vm,
         "for i in $(seq 60); do etcdctl endpoint health 2>&1 && exit 0; sleep 1; done; exit 1",
+        CMD,
     );
     assert!(health.contains("is healthy"), "{health}");
-    let info = sh(vm, "docker info --format '{{.ServerVersion}} {{.Driver}}'");
+    let info = guest_sh(
+        vm,
+        "docker info --format '{{.ServerVersion}} {{.Driver}}'",
+        CMD,
+    );
     assert!(!info.trim().is_empty(), "docker info: {info}");
     // a container from the image's preloaded busybox, with no network at all
-    sh(vm, "systemctl is-active cairn-preload-images.service");
-    let hello = sh(
+    guest_sh(vm, "systemctl is-active cairn-preload-images.service", CMD);
+    let hello = guest_sh(
         vm,
         "docker run --rm --network none busybox:latest /bin/sh -c 'echo hello from busybox'",
+        CMD,
     );
     assert_eq!(hello.trim(), "hello from busybox");
 }
@@ -127,7 +129,7 @@ fn images_boot_from_disk_and_diskless() {
         .expect("/init found slot A");
     check_running_system(&mut vm, true);
     eprintln!("disk boot 1: running after {:.0?}", t.elapsed());
-    let var = sh(&mut vm, "findmnt -n -o FSTYPE,SOURCE /var");
+    let var = guest_sh(&mut vm, "findmnt -n -o FSTYPE,SOURCE /var", CMD);
     assert!(var.starts_with("ext4"), "/var is {var}");
     // a bind mount of the state's var directory: SOURCE is `/dev/vda4[/var]`
     let dev = var
@@ -138,30 +140,31 @@ fn images_boot_from_disk_and_diskless() {
         .next()
         .unwrap()
         .to_string();
-    let label = sh(&mut vm, &format!("lsblk -n -o PARTLABEL {dev}"));
+    let label = guest_sh(&mut vm, &format!("lsblk -n -o PARTLABEL {dev}"), CMD);
     assert_eq!(label.trim(), "cairn-state");
     // grown to the end of the 4 GiB disk: it ends within 1 MiB of the
     // disk's end (the backup GPT and alignment take the rest)
     let part = dev.trim_start_matches("/dev/");
-    let geo = sh(&mut vm, &format!("cat /sys/class/block/vda/size /sys/class/block/{part}/start /sys/class/block/{part}/size"));
+    let geo = guest_sh(&mut vm, &format!("cat /sys/class/block/vda/size /sys/class/block/{part}/start /sys/class/block/{part}/size"), CMD);
     let g: Vec<u64> = geo.split_whitespace().map(|x| x.parse().unwrap()).collect();
     let (disk_sectors, start, len) = (g[0], g[1], g[2]);
     assert!(
         start + len >= disk_sectors - 2048 && start + len <= disk_sectors - 33,
         "cairn-state was not grown to the disk's end: {geo}"
     );
-    let fs_size = sh(&mut vm, "df -B1 --output=size /var | tail -1");
+    let fs_size = guest_sh(&mut vm, "df -B1 --output=size /var | tail -1", CMD);
     assert!(
         fs_size.trim().parse::<u64>().unwrap() > 1 << 30,
         "the ext4 on cairn-state is {fs_size} bytes"
     );
-    let efi = sh(&mut vm, "findmnt -n -o FSTYPE /efi");
+    let efi = guest_sh(&mut vm, "findmnt -n -o FSTYPE /efi", CMD);
     assert_eq!(efi.trim(), "vfat");
-    sh(
+    guest_sh(
         &mut vm,
         "echo kept > /var/lib/cairn-test-mark && echo kept > /etc/cairn-test-mark && sync",
+        CMD,
     );
-    let host_key = sh(&mut vm, "cat /etc/ssh/ssh_host_ed25519_key.pub");
+    let host_key = guest_sh(&mut vm, "cat /etc/ssh/ssh_host_ed25519_key.pub", CMD);
     vm.powerdown().unwrap();
     vm.wait_exit(Duration::from_secs(120))
         .expect("the guest powers off");
@@ -180,18 +183,23 @@ fn images_boot_from_disk_and_diskless() {
     .expect("starting QEMU");
     check_running_system(&mut vm, true);
     assert_eq!(
-        sh(&mut vm, "cat /var/lib/cairn-test-mark /etc/cairn-test-mark"),
+        guest_sh(
+            &mut vm,
+            "cat /var/lib/cairn-test-mark /etc/cairn-test-mark",
+            CMD
+        ),
         "kept\nkept\n"
     );
     assert_eq!(
-        sh(&mut vm, "cat /etc/ssh/ssh_host_ed25519_key.pub"),
+        guest_sh(&mut vm, "cat /etc/ssh/ssh_host_ed25519_key.pub", CMD),
         host_key,
         "host keys are kept"
     );
     // Docker kept the preloaded image in /var: it is not loaded again
-    let preload = sh(
+    let preload = guest_sh(
         &mut vm,
         "journalctl -b -u cairn-preload-images --no-pager -o cat",
+        CMD,
     );
     assert!(
         preload.contains("busybox:latest: already loaded (sha256:"),
@@ -223,7 +231,7 @@ fn images_boot_from_disk_and_diskless() {
         .expect("/init hands over");
     eprintln!("diskless: {line}");
     check_running_system(&mut vm, false);
-    let var = sh(&mut vm, "findmnt -n -o FSTYPE /var");
+    let var = guest_sh(&mut vm, "findmnt -n -o FSTYPE /var", CMD);
     assert_eq!(var.trim(), "tmpfs", "diskless /var");
     vm.kill().unwrap();
     drop(vm);

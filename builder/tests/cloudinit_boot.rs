@@ -71,10 +71,6 @@ fn serve(files: BTreeMap<String, String>) -> Served {
     Served { port, requests }
 }
 
-fn sh(vm: &mut Vm, script: &str) -> String {
-    guest_sh(vm, script, CMD)
-}
-
 fn boot(name: &str, out: &Path, disk: &Path, url: &str, http_port: u16) -> Vm {
     let cmdline =
         format!("cairn.slot=a console=ttyS0,115200 systemd.gpt_auto=0 cloud-config-url={url}");
@@ -168,20 +164,26 @@ coreos:
         server.requests.lock().unwrap().iter().any(|p| p == "/good"),
         "the agent never fetched the config"
     );
-    let journal = sh(
+    let journal = guest_sh(
         &mut vm,
         "journalctl -b -u cairn-cloudinit --no-pager -o cat",
+        CMD,
     );
-    assert_eq!(sh(&mut vm, "hostname").trim(), "node1", "{journal}");
+    assert_eq!(
+        guest_sh(&mut vm, "hostname", CMD).trim(),
+        "node1",
+        "{journal}"
+    );
     // the missing fleet unit is reported, the rest applied
     assert!(journal.contains("fleet.service"), "{journal}");
 
     // core logs in over SSH with the key from the config (once sshd,
     // started after its first-boot host keys, listens)
-    sh(
+    guest_sh(
         &mut vm,
         "for i in $(seq 60); do ss -ltnH 'sport = :22' | grep -q . && exit 0; sleep 1; done; \
          systemctl status ssh --no-pager; exit 1",
+        CMD,
     );
     let port = vm.ssh_port().unwrap();
     let ssh = Command::new("ssh")
@@ -212,34 +214,42 @@ coreos:
 
     // write_files: owner, mode, decoded content
     assert_eq!(
-        sh(&mut vm, "stat -c '%U:%G %a' /etc/cairn-test/plain.conf").trim(),
+        guest_sh(
+            &mut vm,
+            "stat -c '%U:%G %a' /etc/cairn-test/plain.conf",
+            CMD
+        )
+        .trim(),
         "core:core 640"
     );
     assert_eq!(
-        sh(
+        guest_sh(
             &mut vm,
-            "cat /etc/cairn-test/plain.conf /etc/cairn-test/encoded"
+            "cat /etc/cairn-test/plain.conf /etc/cairn-test/encoded",
+            CMD
         ),
         "plain text\nhello base64\n"
     );
-    assert!(sh(&mut vm, "cat /etc/cairn/update.conf").contains("REBOOT_STRATEGY=off"));
+    assert!(guest_sh(&mut vm, "cat /etc/cairn/update.conf", CMD).contains("REBOOT_STRATEGY=off"));
 
     // MyApp runs busybox under Docker and logs Hello World
-    let hello = sh(
+    let hello = guest_sh(
         &mut vm,
         "for i in $(seq 120); do journalctl -u myapp.service --no-pager -o cat | grep -m1 'Hello World' && exit 0; sleep 1; done; \
          systemctl status myapp.service --no-pager; exit 1",
+        CMD,
     );
     assert!(hello.contains("Hello World"));
 
     // etcd with the name and URLs from coreos.etcd2 ($private_ipv4 = slirp's 10.0.2.15)
-    sh(
+    guest_sh(
         &mut vm,
         "e='etcdctl --dial-timeout=1s --command-timeout=2s'; \
          for i in $(seq 25); do $e member list 2>/dev/null | grep -q node1 && exit 0; sleep 1; done; \
          systemctl status etcd --no-pager; cat /run/systemd/system/etcd.service.d/20-cloudinit.conf; exit 1",
+        CMD,
     );
-    let members = sh(&mut vm, "etcdctl member list");
+    let members = guest_sh(&mut vm, "etcdctl member list", CMD);
     assert!(
         members.contains("node1")
             && members.contains("http://10.0.2.15:2380")
@@ -254,16 +264,17 @@ coreos:
     let small = test_image();
     let disk = small.join("disk.raw");
     let mut vm = boot("cloudinit-bad", &small, &disk, &url, server.port);
-    let journal = sh(
+    let journal = guest_sh(
         &mut vm,
         "journalctl -b -u cairn-cloudinit --no-pager -o cat",
+        CMD,
     );
     assert!(
         journal.contains("5") && journal.contains("invalid value") && journal.contains("sometimes"),
         "the finding (line 5, invalid value) is logged:\n{journal}"
     );
-    assert_ne!(sh(&mut vm, "hostname").trim(), "must-not-be-set");
-    sh(&mut vm, "test ! -e /etc/cairn/update.conf");
+    assert_ne!(guest_sh(&mut vm, "hostname", CMD).trim(), "must-not-be-set");
+    guest_sh(&mut vm, "test ! -e /etc/cairn/update.conf", CMD);
     // and the machine is up
     let state = vm
         .guest_exec(&["systemctl", "is-system-running", "--wait"], BOOT)

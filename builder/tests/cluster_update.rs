@@ -143,6 +143,8 @@ fn three_machines_take_an_update_one_at_a_time() {
     assert!(new.status.success(), "{new:?}");
     let discovery = String::from_utf8_lossy(&new.stdout).trim().to_string();
 
+    // three machines at once (the whole machine's VM slots on 2 CPUs)
+    let _slots = cairn_qemu::slots::reserve(3).expect("VM slots");
     let t0 = Instant::now();
     let mut vms: Vec<Vm> = (0..3)
         .map(|i| {

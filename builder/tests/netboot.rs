@@ -26,10 +26,6 @@ const BOOT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(60);
 const GUEST_HTTP: u16 = 8080;
 
-fn sh(vm: &mut Vm, script: &str) -> String {
-    guest_sh(vm, script, CMD)
-}
-
 /// Public halves of two throwaway ed25519 keys (`ssh-keygen -t ed25519`).
 const KEY_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAICX5qoqdSrprZZQOxMfpmUG1hoKVTD5zAM5lelsJIUav";
 const KEY_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIMdHFZLt67LHrYrSdIV4SsSAqLBdfFVl+FOFncX5mnPx";
@@ -41,24 +37,31 @@ fn check_known_machine(vm: &mut Vm, mac: &str, host: &str, role: &str, key: &str
         .expect("the kernel and /init came over the network");
     vm.wait_guest_agent(BOOT).expect("the guest agent answers");
     wait_cloudinit(vm, 50);
-    let journal = sh(vm, "journalctl -b -u cairn-cloudinit --no-pager -o cat");
-    assert_eq!(sh(vm, "hostname").trim(), host, "{journal}");
+    let journal = guest_sh(
+        vm,
+        "journalctl -b -u cairn-cloudinit --no-pager -o cat",
+        CMD,
+    );
+    assert_eq!(guest_sh(vm, "hostname", CMD).trim(), host, "{journal}");
     assert_eq!(
-        sh(vm, "cat /etc/cairn/role"),
+        guest_sh(vm, "cat /etc/cairn/role", CMD),
         format!("role={role} group={host} mac={mac}\n")
     );
-    let keys = sh(vm, "cat /home/core/.ssh/authorized_keys");
+    let keys = guest_sh(vm, "cat /home/core/.ssh/authorized_keys", CMD);
     assert!(keys.contains(key), "{host}'s authorized_keys: {keys}");
     for other in [KEY_A, KEY_B].into_iter().filter(|k| *k != key) {
         assert!(!keys.contains(other), "{host} got another machine's key");
     }
-    let root = sh(vm, "findmnt -n -o FSTYPE,SOURCE /");
+    let root = guest_sh(vm, "findmnt -n -o FSTYPE,SOURCE /", CMD);
     assert!(
         root.starts_with("squashfs") && root.contains("loop"),
         "/ is {root}"
     );
-    assert_eq!(sh(vm, "findmnt -n -o FSTYPE /var").trim(), "tmpfs");
-    assert!(sh(vm, "cat /proc/cmdline").contains("cairn.root=ram"));
+    assert_eq!(
+        guest_sh(vm, "findmnt -n -o FSTYPE /var", CMD).trim(),
+        "tmpfs"
+    );
+    assert!(guest_sh(vm, "cat /proc/cmdline", CMD).contains("cairn.root=ram"));
     assert_running(vm, BOOT);
 }
 

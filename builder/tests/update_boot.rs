@@ -40,10 +40,6 @@ const BOOT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(120);
 const MAC: &str = "52:54:00:00:0f:01";
 
-fn sh(vm: &mut Vm, script: &str) -> String {
-    guest_sh(vm, script, CMD)
-}
-
 /// Waits for `/init` to mount `slot`, the guest agent and a running system.
 fn wait_booted(vm: &mut Vm, slot: char) {
     vm.wait_for(&format!("cairn-init: root cairn-{slot}"), BOOT)
@@ -68,10 +64,11 @@ fn wait_up(vm: &mut Vm) {
         std::thread::sleep(Duration::from_secs(2));
     };
     if state != "running" {
-        let why = sh(
+        let why = guest_sh(
             vm,
             "systemctl --failed --no-legend --plain; systemctl list-jobs --no-pager; \
              journalctl -b -u cairn-health.service --no-pager -o cat | tail -30",
+            CMD,
         );
         panic!("the system is {state}:\n{why}");
     }
@@ -79,16 +76,17 @@ fn wait_up(vm: &mut Vm) {
 
 /// The running version, slot and boot-complete state.
 fn running(vm: &mut Vm) -> (String, String) {
-    let v = sh(vm, ". /usr/lib/os-release; echo $IMAGE_VERSION");
-    let slot = sh(
+    let v = guest_sh(vm, ". /usr/lib/os-release; echo $IMAGE_VERSION", CMD);
+    let slot = guest_sh(
         vm,
         "tr ' ' '\\n' < /proc/cmdline | sed -n 's/^cairn.slot=//p'",
+        CMD,
     );
     (v.trim().to_string(), slot.trim().to_string())
 }
 
 fn entries(vm: &mut Vm) -> Vec<String> {
-    let mut v: Vec<String> = sh(vm, "ls /efi/loader/entries")
+    let mut v: Vec<String> = guest_sh(vm, "ls /efi/loader/entries", CMD)
         .split_whitespace()
         .map(str::to_string)
         .collect();
@@ -97,7 +95,7 @@ fn entries(vm: &mut Vm) -> Vec<String> {
 }
 
 fn status(vm: &mut Vm) -> String {
-    sh(vm, "cairn-update status")
+    guest_sh(vm, "cairn-update status", CMD)
 }
 
 /// Waits for `boot-complete.target` (the health gate passed) and for
@@ -114,7 +112,7 @@ fn wait_blessed(vm: &mut Vm) {
 
 /// Starts the agent's unit as its timer would, without waiting for it.
 fn start_update(vm: &mut Vm) {
-    sh(vm, "systemctl start --no-block cairn-update.service");
+    guest_sh(vm, "systemctl start --no-block cairn-update.service", CMD);
 }
 
 /// What the agent's unit did on this boot (for failure messages).
@@ -420,7 +418,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     assert_eq!(running(&mut vm), ("1.0.0".into(), "a".into()));
     assert_eq!(entries(&mut vm), ["cairn-1.0.0.conf"]);
     // the watchdog is armed by PID 1
-    let wd = sh(&mut vm, "cat /sys/class/watchdog/watchdog0/identity /sys/class/watchdog/watchdog0/state; systemctl show -P RuntimeWatchdogUSec");
+    let wd = guest_sh(&mut vm, "cat /sys/class/watchdog/watchdog0/identity /sys/class/watchdog/watchdog0/state; systemctl show -P RuntimeWatchdogUSec", CMD);
     assert!(
         wd.contains("i6300ESB") && wd.contains("active") && wd.contains("1min"),
         "watchdog: {wd}"
@@ -430,8 +428,8 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     );
     vm.guest_file_write("/run/cairn/state/user-data", user_data.as_bytes())
         .unwrap();
-    sh(&mut vm, "systemctl restart cairn-cloudinit.service");
-    let conf = sh(&mut vm, "cat /etc/cairn/update.conf");
+    guest_sh(&mut vm, "systemctl restart cairn-cloudinit.service", CMD);
+    let conf = guest_sh(&mut vm, "cat /etc/cairn/update.conf", CMD);
     assert!(
         conf.contains("GROUP=lab") && conf.contains("REBOOT_STRATEGY=reboot"),
         "{conf}"
@@ -441,7 +439,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
 
     // ---- 3. a bundle signed by a key the image does not trust
     let slot_b_sum = "sha256sum < /dev/disk/by-partlabel/cairn-b | cut -c1-64";
-    let before = sh(&mut vm, slot_b_sum);
+    let before = guest_sh(&mut vm, slot_b_sum, CMD);
     let out = vm.guest_exec(&["cairn-update", "apply"], CMD).unwrap();
     assert!(
         !out.success(),
@@ -455,7 +453,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
         st.contains("signature") || st.contains("key"),
         "status after a forged bundle:\n{st}"
     );
-    assert_eq!(sh(&mut vm, slot_b_sum), before, "slot b changed");
+    assert_eq!(guest_sh(&mut vm, slot_b_sum, CMD), before, "slot b changed");
     assert_eq!(entries(&mut vm), ["cairn-1.0.0.conf"]);
 
     // ---- 4. v1 -> v2 into slot b
@@ -483,7 +481,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     let st = status(&mut vm);
     assert!(st.contains("2.0.0 staged in slot b"), "{st}");
     let t = Instant::now();
-    sh(&mut vm, "systemctl --no-block reboot");
+    guest_sh(&mut vm, "systemctl --no-block reboot", CMD);
     wait_booted(&mut vm, 'b');
     let downtime = t.elapsed();
     eprintln!(
@@ -600,7 +598,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
 
     // the slot write against dd writing the same bytes to the same slot
     // (slot b holds the bad v4, which the v5 install overwrites anyway)
-    let dd = sh(
+    let dd = guest_sh(
         &mut vm,
         &format!(
             "head -c {} /dev/disk/by-partlabel/cairn-a > /run/cairn/state/dd-src && \
@@ -608,6 +606,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
              rm -f /run/cairn/state/dd-src",
             std::fs::metadata(v2.join("rootfs.squashfs")).unwrap().len()
         ),
+        CMD,
     );
     let dd_secs: f64 = dd
         .lines()

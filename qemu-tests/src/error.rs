@@ -54,6 +54,14 @@ pub enum VmError {
     NonUtf8Path(PathBuf),
     #[error("invalid VM configuration: {0}")]
     Config(String),
+    /// A shell command run in the guest ([`crate::Vm::sh`]) did not exit 0.
+    #[error("{script:?} failed in the guest ({status:?}):\nstdout: {stdout}\nstderr: {stderr}")]
+    GuestCommand {
+        script: String,
+        status: crate::agent::ExecStatus,
+        stdout: String,
+        stderr: String,
+    },
 }
 
 impl VmError {

@@ -19,6 +19,8 @@
 //!   test; the path is printed).
 //! * `CAIRN_VM_ECHO=1` — copy each VM's serial console to stderr live.
 //! * `CAIRN_VM_DIR` — parent of the VM directories (default: temp dir).
+//! * `CAIRN_VM_JOBS` — how many VMs run at once on this machine, across
+//!   processes (default: the number of CPUs; see [`slots`]).
 //! * `CAIRN_QEMU`, `CAIRN_OVMF_CODE`, `CAIRN_OVMF_VARS` — other binaries or
 //!   firmware than Debian's.
 //!
@@ -45,6 +47,7 @@ mod error;
 pub mod interactive;
 pub mod qmp;
 pub mod serial;
+pub mod slots;
 pub mod vm;
 
 pub use accel::Accel;

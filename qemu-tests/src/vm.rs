@@ -82,6 +82,9 @@ pub struct Vm {
     keep: Option<bool>,
     failed: bool,
     echo: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    /// This VM's place in the machine-wide VM limit, given back on drop
+    /// (after QEMU has exited).
+    slot: Option<crate::slots::Held>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -300,8 +303,10 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
 }
 
 impl Vm {
-    /// Prepares the VM directory and starts QEMU; returns once QMP answers.
+    /// Waits for a VM slot ([`crate::slots`]), prepares the VM directory
+    /// and starts QEMU; returns once QMP answers.
     pub fn start(config: VmConfig) -> Result<Vm, VmError> {
+        let slot = crate::slots::for_vm(&config.name)?;
         let dir = make_dir(&config.name)?;
         let dir_path = dir.path().to_owned();
         let serial_log = dir_path.join(files::SERIAL_LOG);
@@ -333,6 +338,7 @@ impl Vm {
         match result {
             Ok(mut vm) => {
                 vm.dir = Some(dir);
+                vm.slot = Some(slot);
                 Ok(vm)
             }
             Err(e) => {
@@ -410,6 +416,7 @@ impl Vm {
             keep: None,
             failed: false,
             echo: None,
+            slot: None,
         };
         let qmp_path = layout.qmp_socket.clone().expect("test VMs always have QMP");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -695,6 +702,23 @@ impl Vm {
     ) -> Result<ExecOutput, VmError> {
         let r = self.agent()?.exec(argv, timeout).map_err(VmError::Agent);
         self.note(r)
+    }
+
+    /// Runs `script` with `/bin/sh -c` in the guest through the agent and
+    /// returns its standard output; an exit status other than 0 is an
+    /// error that carries both outputs.
+    pub fn sh(&mut self, script: &str, timeout: Duration) -> Result<String, VmError> {
+        let out = self.guest_exec(&["/bin/sh", "-c", script], timeout)?;
+        if out.success() {
+            Ok(out.stdout_str())
+        } else {
+            Err(VmError::GuestCommand {
+                script: script.to_string(),
+                status: out.status,
+                stdout: out.stdout_str(),
+                stderr: out.stderr_str(),
+            })
+        }
     }
 
     /// Reads a whole file from the guest.

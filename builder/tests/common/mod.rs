@@ -186,7 +186,7 @@ pub fn cached_build(
                 .collect()
         })
         .unwrap_or_default();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     for (_, old) in versions.into_iter().skip(KEEP_PER_IMAGE) {
         if old != dir {
             let _ = std::fs::remove_dir_all(&old);
@@ -195,20 +195,11 @@ pub fn cached_build(
     dir
 }
 
-/// Run a shell command in a QEMU guest through its guest agent; panic with
-/// its output unless it succeeds. Returns its standard output.
+/// Runs a shell command in a QEMU guest through its guest agent
+/// ([`cairn_qemu::Vm::sh`]); panics with its output unless it succeeds.
+/// Returns its standard output.
 pub fn guest_sh(vm: &mut cairn_qemu::Vm, script: &str, timeout: std::time::Duration) -> String {
-    let out = vm
-        .guest_exec(&["/bin/sh", "-c", script], timeout)
-        .unwrap_or_else(|e| panic!("running {script:?} in the guest: {e}"));
-    let stdout = out.stdout_str();
-    assert!(
-        out.success(),
-        "{script:?} failed ({:?}):\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    vm.sh(script, timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Waits (up to `secs` seconds) until `cairn-cloudinit.service` has run, successfully or not.
