@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use cairn_cloudconfig::{
-    parse_user_data, substitute, validate, Addresses, CloudConfig, Finding, Kind, UserData,
+    check_hostname as check_hostname_rules, parse_user_data, substitute, validate, Addresses,
+    CloudConfig, Finding, Kind, UserData,
 };
 use serde::Serialize;
 
@@ -177,8 +178,7 @@ fn run_script(script: &str, opts: &Options, out: &mut Outcome) -> Result<()> {
     use sha2::Digest;
     let id = &hex::encode(sha2::Sha256::digest(script.as_bytes()))[..12];
     let shown = format!("{SCRIPTS_DIR}/{id}");
-    let path = fsutil::under(&opts.root, &shown)?;
-    let w = fsutil::write_atomic(&path, script.as_bytes(), 0o700, None)
+    let w = fsutil::write_atomic(&opts.root, &shown, script.as_bytes(), 0o700, None)
         .with_context(|| format!("writing {shown}"))?;
     out.changed(w, &shown);
     let unit = format!("cairn-cloudinit-script-{id}");
@@ -232,18 +232,23 @@ pub fn environment_vars(a: &MachineAddresses) -> Vec<(String, String)> {
     .collect()
 }
 
-fn read_or_empty(p: &Path) -> Result<String> {
-    match std::fs::read_to_string(p) {
-        Ok(s) => Ok(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-    }
+/// Refuses a hostname the validator would refuse (checked again here: the
+/// validator saw the text before `$private_ipv4` and the like were
+/// substituted, and [`apply_config`] may be called without it).
+fn check_hostname(name: &str) -> Result<()> {
+    check_hostname_rules(name).map_err(|why| anyhow::anyhow!("hostname {name:?} refused: {why}"))
 }
 
 fn set_hostname(name: &str, opts: &Options, out: &mut Outcome) -> Result<()> {
-    let path = fsutil::under(&opts.root, "/etc/hostname")?;
-    let w = fsutil::write_atomic(&path, format!("{name}\n").as_bytes(), 0o644, None)
-        .context("writing /etc/hostname")?;
+    check_hostname(name)?;
+    let w = fsutil::write_atomic(
+        &opts.root,
+        "/etc/hostname",
+        format!("{name}\n").as_bytes(),
+        0o644,
+        None,
+    )
+    .context("writing /etc/hostname")?;
     out.changed(w, "/etc/hostname");
     if opts.live {
         let current = rustix::system::uname();
@@ -263,7 +268,7 @@ fn write_file(
     opts: &Options,
     out: &mut Outcome,
 ) -> Result<()> {
-    let path = fsutil::under(&opts.root, &f.path)?;
+    fsutil::under(&opts.root, &f.path)?;
     let content = f
         .decoded_content()
         .with_context(|| format!("write_files {}: decoding the content", f.path))?;
@@ -279,7 +284,7 @@ fn write_file(
         ),
         None => None,
     };
-    let w = fsutil::write_atomic(&path, &content, mode, owner)
+    let w = fsutil::write_atomic(&opts.root, &f.path, &content, mode, owner)
         .with_context(|| format!("writing {}", f.path))?;
     out.changed(w, &f.path);
     Ok(())
@@ -364,8 +369,9 @@ pub fn apply_config(c: &CloudConfig, opts: &Options, out: &mut Outcome) {
                     .to_string_lossy()
                     .into_owned()
             });
-        let res = fsutil::under(root, "/etc/hosts")
-            .and_then(|p| fsutil::write_atomic(&p, etc_hosts(&host).as_bytes(), 0o644, None));
+        let res = check_hostname(&host).and_then(|()| {
+            fsutil::write_atomic(root, "/etc/hosts", etc_hosts(&host).as_bytes(), 0o644, None)
+        });
         match res {
             Ok(w) => out.changed(w, "/etc/hosts"),
             Err(e) => out.fail(e.context("writing /etc/hosts")),
@@ -375,9 +381,14 @@ pub fn apply_config(c: &CloudConfig, opts: &Options, out: &mut Outcome) {
     if !wrote_environment {
         let vars = environment_vars(&opts.addresses);
         if !vars.is_empty() {
-            let res = fsutil::under(root, "/etc/environment").and_then(|p| {
-                let old = read_or_empty(&p)?;
-                fsutil::write_atomic(&p, envfile::merge(&old, &vars).as_bytes(), 0o644, None)
+            let res = fsutil::read_or_empty(root, "/etc/environment").and_then(|old| {
+                fsutil::write_atomic(
+                    root,
+                    "/etc/environment",
+                    envfile::merge(&old, &vars).as_bytes(),
+                    0o644,
+                    None,
+                )
             });
             match res {
                 Ok(w) => out.changed(w, "/etc/environment"),
@@ -421,12 +432,12 @@ pub fn apply_config(c: &CloudConfig, opts: &Options, out: &mut Outcome) {
     out.failures.extend(u.failures);
 }
 
-/// Writes the outcome as JSON to `path` (atomically).
-pub fn write_status(path: &Path, outcome: &Outcome) -> Result<()> {
+/// Writes the outcome as JSON to `path` under `root` (atomically).
+pub fn write_status(root: &Path, path: &str, outcome: &Outcome) -> Result<()> {
     let mut json = serde_json::to_vec_pretty(outcome).context("serialising the status")?;
     json.push(b'\n');
-    fsutil::write_atomic(path, &json, 0o644, None)
-        .with_context(|| format!("writing {}", path.display()))?;
+    fsutil::write_atomic(root, path, &json, 0o644, None)
+        .with_context(|| format!("writing {path}"))?;
     Ok(())
 }
 
@@ -567,6 +578,140 @@ mod tests {
         assert!(out.failures[0].contains("ghost"), "{:?}", out.failures);
         assert!(!t.path().join("a").exists());
         assert!(t.path().join("b").exists());
+    }
+
+    #[test]
+    fn write_files_through_a_users_symlinked_directory_is_refused() {
+        if !crate::testutil::is_root() {
+            eprintln!("skipping: needs root to play the user");
+            return;
+        }
+        let m = crate::testutil::Machine::new();
+        // the user's link to a directory outside, a root-owned link in the
+        // user's directory (a hard link of one, say), and the user's link to
+        // a directory under the root
+        m.user_symlink(&m.outside, "/home/core/conf");
+        std::os::unix::fs::symlink(&m.outside, m.at("/home/core/rootlink")).unwrap();
+        std::fs::create_dir_all(m.at("/etc/ssh")).unwrap();
+        m.user_symlink(Path::new("/etc"), "/home/core/etc");
+        let before = m.outside_snapshot();
+        let etc_before = crate::testutil::snapshot(&m.at("/etc/ssh"));
+        let text = "#cloud-config\nwrite_files:\n  - path: /home/core/conf/shadow\n    owner: core\n    content: x\n  - path: /home/core/conf/sub/new\n    content: x\n  - path: /home/core/rootlink/new\n    content: x\n  - path: /home/core/etc/ssh/sshd_config\n    content: x\n  - path: /home/core/fine/file\n    owner: core\n    content: ok\n";
+        let out = run(text, "t", &opts(&m.root));
+        assert_eq!(out.status, Status::Failed);
+        assert_eq!(out.failures.len(), 4, "{:?}", out.failures);
+        for (f, shown) in out.failures.iter().zip([
+            "/home/core/conf",
+            "/home/core/conf",
+            "/home/core/rootlink",
+            "/home/core/etc",
+        ]) {
+            assert!(f.contains(&format!("refusing {shown}: ")), "{f}");
+        }
+        assert_eq!(m.outside_snapshot(), before, "something outside changed");
+        assert_eq!(crate::testutil::snapshot(&m.at("/etc/ssh")), etc_before);
+        // the rest applied
+        assert_eq!(out.changed, ["/home/core/fine/file", "/etc/environment"]);
+        assert_eq!(
+            std::fs::read_to_string(m.at("/home/core/fine/file")).unwrap(),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn write_files_follows_roots_links_and_replaces_a_final_link() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        std::fs::create_dir_all(root.join("var")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        seed(&root);
+        std::fs::write(outside.join("target"), "keep").unwrap();
+        // Debian's /var/run -> /run, made by root in root's directory
+        std::os::unix::fs::symlink("../run", root.join("var/run")).unwrap();
+        std::os::unix::fs::symlink(outside.join("target"), root.join("etc/link")).unwrap();
+        let text = "#cloud-config\nwrite_files:\n  - path: /var/run/app/pid\n    content: '1'\n  - path: /etc/link\n    content: new\n";
+        let out = run(text, "t", &opts(&root));
+        assert_eq!(out.status, Status::Applied, "{:?}", out.failures);
+        assert_eq!(
+            std::fs::read_to_string(root.join("run/app/pid")).unwrap(),
+            "1"
+        );
+        // the link itself was replaced by the file; its target is untouched
+        assert!(std::fs::symlink_metadata(root.join("etc/link"))
+            .unwrap()
+            .is_file());
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/link")).unwrap(),
+            "new"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("target")).unwrap(),
+            "keep"
+        );
+    }
+
+    #[test]
+    fn a_bad_hostname_writes_neither_hostname_nor_hosts() {
+        let t = tempfile::tempdir().unwrap();
+        seed(t.path());
+        for bad in ["evil\n10.0.0.1 bank.example", "-h", "a b", "x..y"] {
+            let c = CloudConfig {
+                hostname: Some(bad.to_string()),
+                manage_etc_hosts: Some("localhost".into()),
+                ..Default::default()
+            };
+            let mut out = Outcome::new(Status::Applied, None);
+            apply_config(&c, &opts(t.path()), &mut out);
+            assert_eq!(out.failures.len(), 2, "{bad:?}: {:?}", out.failures);
+            assert!(
+                out.failures[0].contains(&format!("hostname {bad:?} refused")),
+                "{:?}",
+                out.failures
+            );
+            assert!(
+                out.failures[1].contains("writing /etc/hosts"),
+                "{:?}",
+                out.failures
+            );
+            assert!(!t.path().join("etc/hostname").exists(), "{bad:?}");
+            assert!(!t.path().join("etc/hosts").exists(), "{bad:?}");
+        }
+        // through run, the validator refuses it first
+        let out = run("#cloud-config\nhostname: -h\n", "t", &opts(t.path()));
+        assert_eq!(out.status, Status::Invalid);
+        assert!(!t.path().join("etc/hostname").exists());
+        // a substituted IPv6 address is no hostname: refused at apply
+        let mut o = opts(t.path());
+        o.addresses.private_ipv6 = Some("fd00::5".parse().unwrap());
+        let out = run(
+            "#cloud-config\nhostname: $private_ipv6\nmanage_etc_hosts: localhost\n",
+            "t",
+            &o,
+        );
+        assert_eq!(out.status, Status::Failed);
+        assert!(
+            out.failures[0].contains("hostname \"fd00::5\" refused"),
+            "{:?}",
+            out.failures
+        );
+        assert!(!t.path().join("etc/hostname").exists());
+        assert!(!t.path().join("etc/hosts").exists());
+        // a good one still goes through
+        let out = run(
+            "#cloud-config\nhostname: node-$private_ipv4\nmanage_etc_hosts: localhost\n",
+            "t",
+            &opts(t.path()),
+        );
+        assert_eq!(out.status, Status::Applied, "{:?}", out.failures);
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("etc/hostname")).unwrap(),
+            "node-10.0.2.15\n"
+        );
+        assert!(std::fs::read_to_string(t.path().join("etc/hosts"))
+            .unwrap()
+            .contains("127.0.0.1 node-10.0.2.15\n"));
     }
 
     #[test]

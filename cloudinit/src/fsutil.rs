@@ -1,11 +1,11 @@
-//! Files under the target root: path joining, owner lookup in the root's /etc/passwd and /etc/group, atomic writes.
+//! Files under the target root: path joining, owner lookup in the root's /etc/passwd and /etc/group, atomic writes that never follow a user's symlink (on [`safefs`]).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use crate::safefs;
 
 /// `path` (absolute or not) placed under `root`; `..` is refused so that a
 /// config cannot write outside the root.
@@ -137,21 +137,12 @@ impl Accounts {
     }
 }
 
-/// Creates `dir` and its missing parents with mode 0755.
-pub fn ensure_dir(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        ensure_dir(parent)?;
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("creating directory {}", dir.display())),
-    }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("setting mode 0755 on {}", dir.display()))
+/// Creates directory `path` under `root` and its missing parents with mode
+/// 0755, without following a symlink a user could have made (see
+/// [`safefs`]).
+pub fn ensure_dir(root: &Path, path: &str) -> Result<()> {
+    safefs::open_dir(root, path, true)?;
+    Ok(())
 }
 
 /// Whether a write changed the file.
@@ -161,81 +152,61 @@ pub enum Written {
     Unchanged,
 }
 
-/// Writes `content` to `path` atomically: a temporary file in the same
-/// directory, owner and mode set on it, fsync, rename over `path`, fsync of
-/// the directory. Parent directories are created 0755. When `path` already
-/// is a regular file with that content, mode and owner nothing is touched
-/// (so that a second run leaves the tree, times included, as it was).
-/// `owner` None means root:root... unless not running as root, then the
-/// caller's ids (the file is simply not chowned).
+/// Writes `content` to `path` under `root` atomically: a temporary file in
+/// the same directory, owner and mode set on it, fsync, rename over `path`,
+/// fsync of the directory. Parent directories are created 0755. When `path`
+/// already is a regular file with that content, mode and owner nothing is
+/// touched (so that a second run leaves the tree, times included, as it
+/// was). `owner` None means root:root... unless not running as root, then
+/// the caller's ids (the file is simply not chowned). The directories are
+/// reached without following a symlink a user could have made, and a
+/// symlink at `path` itself is replaced, not followed (see [`safefs`]).
 pub fn write_atomic(
-    path: &Path,
+    root: &Path,
+    path: &str,
     content: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<Written> {
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    ensure_dir(dir)?;
-    if let Ok(meta) = fs::symlink_metadata(path) {
-        let owner_ok = owner.is_none_or(|(u, g)| meta.uid() == u && meta.gid() == g);
-        if meta.file_type().is_file()
-            && meta.mode() & 0o7777 == mode
-            && owner_ok
-            && meta.len() == content.len() as u64
-            && fs::read(path).is_ok_and(|old| old == content)
-        {
-            return Ok(Written::Unchanged);
-        }
-    }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cairn-cloudinit.")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(content)
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))
-            .with_context(|| format!("chown {uid}:{gid} of the new {}", path.display()))?;
-    }
-    // after chown, which clears set-id bits
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {mode:o} of the new {}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("fsync of the new {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming the new {} into place", path.display()))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(Written::Changed)
+    let (dir, name) = safefs::open_parent(root, path, true, false)?;
+    Ok(dir.write(&name, content, mode, owner)?)
 }
 
-/// Replaces whatever is at `path` by a symlink to `target` (unless it
-/// already is exactly that).
-pub fn symlink_force(target: &str, path: &Path) -> Result<Written> {
-    if fs::read_link(path).is_ok_and(|t| t == Path::new(target)) {
-        return Ok(Written::Unchanged);
+/// Replaces whatever is at `path` under `root` by a symlink to `target`
+/// (unless it already is exactly that).
+pub fn symlink_force(root: &Path, path: &str, target: &str) -> Result<Written> {
+    let (dir, name) = safefs::open_parent(root, path, true, false)?;
+    Ok(dir.symlink_force(&name, target)?)
+}
+
+/// Removes the file or link `path` under `root` (nothing when missing).
+pub fn remove_file(root: &Path, path: &str) -> Result<()> {
+    match safefs::open_parent(root, path, false, false) {
+        Ok((dir, name)) => Ok(dir.remove(&name)?),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    if let Some(dir) = path.parent() {
-        ensure_dir(dir)?;
-    }
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
-    }
-    std::os::unix::fs::symlink(target, path)
-        .with_context(|| format!("symlinking {} -> {target}", path.display()))?;
-    Ok(Written::Changed)
+}
+
+/// The most a configuration file the agent merges into may hold.
+pub const MAX_READ: u64 = 16 << 20;
+
+/// The text of regular file `path` under `root` (symlinks followed only
+/// when trusted, see [`safefs`]); empty when it or its directory is
+/// missing.
+pub fn read_or_empty(root: &Path, path: &str) -> Result<String> {
+    let bytes = match safefs::open_parent(root, path, false, true) {
+        Ok((dir, name)) => dir.read(&name, MAX_READ)?.unwrap_or_default(),
+        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    String::from_utf8(bytes).with_context(|| format!("{path}: not UTF-8 text"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\ncore:x:500:500:Core:/home/core:/bin/bash\nweb.admin:x:600:33::/srv:/bin/sh\nbroken line\n";
     const GROUP: &str = "root:x:0:\nwww-data:x:33:\ncore:x:500:\ndocker:x:999:core\n";
@@ -275,13 +246,14 @@ mod tests {
     #[test]
     fn atomic_write_sets_mode_owner_and_parents_and_is_idempotent() {
         let t = tempfile::tempdir().unwrap();
+        let r = t.path();
         let p = t.path().join("a/b/c.conf");
         let me = (
             rustix::process::getuid().as_raw(),
             rustix::process::getgid().as_raw(),
         );
         assert_eq!(
-            write_atomic(&p, b"one\n", 0o640, Some(me)).unwrap(),
+            write_atomic(r, "/a/b/c.conf", b"one\n", 0o640, Some(me)).unwrap(),
             Written::Changed
         );
         let m = fs::metadata(&p).unwrap();
@@ -293,7 +265,7 @@ mod tests {
         );
         let ino = m.ino();
         assert_eq!(
-            write_atomic(&p, b"one\n", 0o640, Some(me)).unwrap(),
+            write_atomic(r, "a/b/c.conf", b"one\n", 0o640, Some(me)).unwrap(),
             Written::Unchanged
         );
         assert_eq!(
@@ -303,7 +275,7 @@ mod tests {
         );
         // new content: replaced by rename (new inode), no temp file left
         assert_eq!(
-            write_atomic(&p, b"two\n", 0o600, None).unwrap(),
+            write_atomic(r, "/a/b/c.conf", b"two\n", 0o600, None).unwrap(),
             Written::Changed
         );
         assert_eq!(fs::read(&p).unwrap(), b"two\n");
@@ -324,7 +296,7 @@ mod tests {
         }
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("f");
-        write_atomic(&p, b"x", 0o4755, Some((1234, 4321))).unwrap();
+        write_atomic(t.path(), "/f", b"x", 0o4755, Some((1234, 4321))).unwrap();
         let m = fs::metadata(&p).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 4321, 0o4755));
     }
@@ -332,10 +304,21 @@ mod tests {
     #[test]
     fn symlink_force_replaces_a_file() {
         let t = tempfile::tempdir().unwrap();
+        let r = t.path();
         let p = t.path().join("d/x.service");
-        write_atomic(&p, b"[Unit]\n", 0o644, None).unwrap();
-        assert_eq!(symlink_force("/dev/null", &p).unwrap(), Written::Changed);
+        write_atomic(r, "/d/x.service", b"[Unit]\n", 0o644, None).unwrap();
+        assert_eq!(
+            symlink_force(r, "/d/x.service", "/dev/null").unwrap(),
+            Written::Changed
+        );
         assert_eq!(fs::read_link(&p).unwrap(), Path::new("/dev/null"));
-        assert_eq!(symlink_force("/dev/null", &p).unwrap(), Written::Unchanged);
+        assert_eq!(
+            symlink_force(r, "/d/x.service", "/dev/null").unwrap(),
+            Written::Unchanged
+        );
+        remove_file(r, "/d/x.service").unwrap();
+        assert!(fs::symlink_metadata(&p).is_err());
+        remove_file(r, "/d/x.service").unwrap();
+        remove_file(r, "/nodir/x.service").unwrap();
     }
 }

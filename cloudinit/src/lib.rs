@@ -6,8 +6,11 @@ pub mod cmdline;
 pub mod envfile;
 pub mod fetch;
 pub mod fsutil;
+pub mod safefs;
 pub mod services;
 pub mod source;
 pub mod ssh;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod units;
 pub mod users;

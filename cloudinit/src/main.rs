@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cairn_cloudinit::apply::{self, Options, Outcome, Status};
-use cairn_cloudinit::{addrs, fetch::RetryPolicy, fsutil, source};
+use cairn_cloudinit::{addrs, fetch::RetryPolicy, source};
 use clap::Parser;
 
 /// Find this machine's cloud-config (cloud-config-url= on the kernel command
@@ -78,9 +78,15 @@ fn run(args: &Args) -> anyhow::Result<i32> {
     let root = std::fs::canonicalize(&args.root)
         .with_context(|| format!("--root {}", args.root.display()))?;
     let live = root == std::path::Path::new("/");
-    let status_path = match &args.status_file {
-        Some(p) => p.clone(),
-        None => fsutil::under(&root, apply::STATUS_FILE)?,
+    // the status file as (root, path under it): an administrator's
+    // --status-file is a path on this machine
+    let (status_root, status_path) = match &args.status_file {
+        Some(p) => {
+            let abs =
+                std::path::absolute(p).with_context(|| format!("--status-file {}", p.display()))?;
+            (PathBuf::from("/"), abs.display().to_string())
+        }
+        None => (root.clone(), apply::STATUS_FILE.to_string()),
     };
     let found = match &args.from_file {
         Some(p) => {
@@ -148,7 +154,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             }
         },
     };
-    if let Err(e) = apply::write_status(&status_path, &outcome) {
+    if let Err(e) = apply::write_status(&status_root, &status_path, &outcome) {
         tracing::error!("{e:#}");
     }
     Ok(outcome.status.exit_code())

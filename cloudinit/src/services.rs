@@ -157,14 +157,10 @@ pub fn write_update_conf(root: &Path, c: &Coreos) -> Result<Option<Written>> {
     if vars.is_empty() {
         return Ok(None);
     }
-    let path = fsutil::under(root, UPDATE_CONF)?;
-    let old = match std::fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {UPDATE_CONF}")),
-    };
+    let old = fsutil::read_or_empty(root, UPDATE_CONF)
+        .with_context(|| format!("reading {UPDATE_CONF}"))?;
     let new = envfile::merge(&old, &vars);
-    fsutil::write_atomic(&path, new.as_bytes(), 0o644, None)
+    fsutil::write_atomic(root, UPDATE_CONF, new.as_bytes(), 0o644, None)
         .with_context(|| format!("writing {UPDATE_CONF}"))
         .map(Some)
 }

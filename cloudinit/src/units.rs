@@ -32,15 +32,24 @@ pub fn is_network_unit(name: &str) -> bool {
     )
 }
 
-/// The directory a unit's file goes to: `{etc,run}/systemd/{system,network}` under `root`.
-pub fn unit_dir(root: &Path, name: &str, runtime: bool) -> PathBuf {
-    root.join(if runtime { "run" } else { "etc" })
-        .join("systemd")
-        .join(if is_network_unit(name) {
+/// The directory a unit's file goes to on the target:
+/// `/{etc,run}/systemd/{system,network}`.
+pub fn unit_dir_on_target(name: &str, runtime: bool) -> String {
+    format!(
+        "/{}/systemd/{}",
+        if runtime { "run" } else { "etc" },
+        if is_network_unit(name) {
             "network"
         } else {
             "system"
-        })
+        }
+    )
+}
+
+/// The directory a unit's file goes to: `{etc,run}/systemd/{system,network}` under `root`.
+pub fn unit_dir(root: &Path, name: &str, runtime: bool) -> PathBuf {
+    crate::fsutil::under(root, &unit_dir_on_target(name, runtime))
+        .expect("a fixed path under the root")
 }
 
 /// Where a unit's content (or mask symlink) goes.
@@ -143,14 +152,19 @@ impl Systemd {
         c
     }
 
-    /// `systemctl [--root=R] [--runtime] enable NAME`.
-    pub fn enable(&self, name: &str, runtime: bool) -> Result<()> {
+    /// `systemctl [--root=R] [--runtime] enable -- NAME` (after `--`, a
+    /// name is never an option, `-.mount` say).
+    pub fn enable_command(&self, name: &str, runtime: bool) -> Command {
         let mut c = self.systemctl();
         if runtime {
             c.arg("--runtime");
         }
-        c.args(["enable", name]);
-        run(&mut c).map(|_| ())
+        c.args(["enable", "--", name]);
+        c
+    }
+
+    pub fn enable(&self, name: &str, runtime: bool) -> Result<()> {
+        run(&mut self.enable_command(name, runtime)).map(|_| ())
     }
 
     pub fn daemon_reload(&self) -> Result<()> {
@@ -161,13 +175,20 @@ impl Systemd {
     /// a unit ordered after cairn-cloudinit.service cannot deadlock it
     /// (coreos-cloudinit's D-Bus calls did not wait either).
     pub fn command(&self, command: &str, name: &str) -> Result<()> {
+        run(&mut self.unit_command(command, name)?).map(|_| ())
+    }
+
+    /// `systemctl --no-block COMMAND -- NAME` for one of [`COMMANDS`].
+    pub fn unit_command(&self, command: &str, name: &str) -> Result<Command> {
         if !COMMANDS.contains(&command) {
             bail!(
                 "unit {name}: unsupported command {command:?} (expected one of {})",
                 COMMANDS.join(", ")
             );
         }
-        run(self.systemctl().args(["--no-block", command, name])).map(|_| ())
+        let mut c = self.systemctl();
+        c.args(["--no-block", command, "--", name]);
+        Ok(c)
     }
 
     /// Writes, masks, enables, reloads and runs commands for `units`, in
@@ -257,20 +278,18 @@ impl Systemd {
     fn place(&self, u: &UnitSpec, out: &mut UnitsOutcome) -> Result<bool> {
         check_name("unit", &u.name)?;
         let mut changed = false;
-        let mut note = |w: Written, p: &Path, out: &mut UnitsOutcome| {
+        let mut note = |w: Written, shown: &str, out: &mut UnitsOutcome| {
             if w == Written::Changed {
                 changed = true;
-                let shown = p
-                    .strip_prefix(&self.root)
-                    .map_or(p.to_path_buf(), |r| Path::new("/").join(r));
-                tracing::info!("wrote {}", shown.display());
-                out.changed.push(shown.display().to_string());
+                tracing::info!("wrote {shown}");
+                out.changed.push(shown.to_string());
             }
         };
+        let dir = unit_dir_on_target(&u.name, u.runtime);
+        let dest = format!("{dir}/{}", u.name);
         if let Some(content) = u.content.as_deref().filter(|c| !c.is_empty()) {
-            let dest = destination(&self.root, &u.name, u.runtime);
-            let w = fsutil::write_atomic(&dest, content.as_bytes(), 0o644, None)
-                .with_context(|| format!("writing {}", dest.display()))?;
+            let w = fsutil::write_atomic(&self.root, &dest, content.as_bytes(), 0o644, None)
+                .with_context(|| format!("writing {dest}"))?;
             note(w, &dest, out);
         }
         for (name, content) in &u.drop_ins {
@@ -278,17 +297,16 @@ impl Systemd {
             if content.is_empty() {
                 continue;
             }
-            let dest = dropin_destination(&self.root, &u.name, u.runtime, name);
-            let w = fsutil::write_atomic(&dest, content.as_bytes(), 0o644, None)
-                .with_context(|| format!("writing {}", dest.display()))?;
-            note(w, &dest, out);
+            let dropin = format!("{dir}/{}.d/{name}", u.name);
+            let w = fsutil::write_atomic(&self.root, &dropin, content.as_bytes(), 0o644, None)
+                .with_context(|| format!("writing {dropin}"))?;
+            note(w, &dropin, out);
         }
-        let dest = destination(&self.root, &u.name, u.runtime);
         if u.mask {
-            let w = fsutil::symlink_force("/dev/null", &dest)?;
+            let w = fsutil::symlink_force(&self.root, &dest, "/dev/null")?;
             note(w, &dest, out);
-        } else if u.runtime && null_or_empty(&dest) {
-            std::fs::remove_file(&dest).with_context(|| format!("unmasking {}", dest.display()))?;
+        } else if u.runtime && null_or_empty(&destination(&self.root, &u.name, u.runtime)) {
+            fsutil::remove_file(&self.root, &dest).with_context(|| format!("unmasking {dest}"))?;
             note(Written::Changed, &dest, out);
         }
         if u.enable {
@@ -310,6 +328,36 @@ impl Systemd {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn unit_names_go_after_double_dash() {
+        let args = |c: Command| -> Vec<String> {
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let live = Systemd {
+            root: PathBuf::from("/"),
+            live: true,
+        };
+        assert_eq!(
+            args(live.enable_command("-.mount", false)),
+            ["enable", "--", "-.mount"]
+        );
+        assert_eq!(
+            args(live.unit_command("restart", "--force.service").unwrap()),
+            ["--no-block", "restart", "--", "--force.service"]
+        );
+        let under = Systemd {
+            root: PathBuf::from("/r"),
+            live: false,
+        };
+        assert_eq!(
+            args(under.enable_command("-x.service", true)),
+            ["--root=/r", "--runtime", "enable", "--", "-x.service"]
+        );
+        assert!(live.unit_command("kill", "a.service").is_err());
+    }
 
     #[test]
     fn placement_table() {

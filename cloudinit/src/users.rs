@@ -1,15 +1,16 @@
-//! users: created with Debian's useradd (`--root` under a prefix), password hash of existing users set with usermod -p.
+//! users: created with Debian's useradd (`--root` under a prefix), password hash of existing users set with usermod -p; names checked with the validator's rules and passed after `--`.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use cairn_cloudconfig::User;
+use cairn_cloudconfig::{check_account_name, check_group, User};
 
 use crate::fsutil::Accounts;
 
 /// The useradd arguments for a new user, as coreos-cloudinit built them
-/// (without its quoting of the GECOS field).
+/// (without its quoting of the GECOS field), the name after `--` so that it
+/// is never read as an option.
 pub fn useradd_args(u: &User) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |s: &str| a.push(s.to_string());
@@ -49,8 +50,31 @@ pub fn useradd_args(u: &User) -> Vec<String> {
         push("--shell");
         push(s);
     }
+    push("--");
     a.push(u.name.clone());
     a
+}
+
+/// The usermod arguments that set the password hash of `name`.
+pub fn usermod_password_args(hash: &str, name: &str) -> Vec<String> {
+    ["-p", hash, "--", name].map(String::from).to_vec()
+}
+
+/// Refuses a user whose name or groups the validator would refuse
+/// (checked again here: [`ensure_user`] may be called without it).
+pub fn check_names(u: &User) -> Result<()> {
+    check_account_name(&u.name)
+        .map_err(|why| anyhow::anyhow!("user name {:?} refused: {why}", u.name))?;
+    for g in u
+        .primary_group
+        .iter()
+        .filter(|g| !g.is_empty())
+        .chain(&u.groups)
+    {
+        check_group(g)
+            .map_err(|why| anyhow::anyhow!("user {}: group {g:?} refused: {why}", u.name))?;
+    }
+    Ok(())
 }
 
 fn shadow_hash(root: &Path, name: &str) -> Option<String> {
@@ -91,12 +115,13 @@ pub fn ensure_user(root: &Path, accounts: &Accounts, u: &User) -> Result<bool> {
     if u.name.is_empty() {
         bail!("user without a name");
     }
+    check_names(u)?;
     if accounts.user(&u.name).is_some() {
         tracing::info!("user {}: exists, creation-time fields ignored", u.name);
         if let Some(hash) = u.passwd.as_deref().filter(|p| !p.is_empty()) {
             if shadow_hash(root, &u.name).as_deref() != Some(hash) {
                 let mut c = tool("usermod", root);
-                c.args(["-p", hash, &u.name]);
+                c.args(usermod_password_args(hash, &u.name));
                 run(c).with_context(|| format!("setting the password of {}", u.name))?;
                 tracing::info!("user {}: password set", u.name);
                 return Ok(true);
@@ -116,6 +141,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_that_are_options_never_reach_useradd_or_usermod() {
+        assert_eq!(
+            usermod_password_args("$6$x$y", "core"),
+            ["-p", "$6$x$y", "--", "core"]
+        );
+        let t = tempfile::tempdir().unwrap();
+        let accounts = Accounts::parse("root:x:0:0::/root:/bin/sh\n", "");
+        let cases: &[(User, &str)] = &[
+            (
+                User {
+                    name: "-oops".into(),
+                    ..Default::default()
+                },
+                r#"user name "-oops" refused: starts with '-'"#,
+            ),
+            (
+                User {
+                    name: "--root=/".into(),
+                    ..Default::default()
+                },
+                r#"user name "--root=/" refused: starts with '-'"#,
+            ),
+            (
+                User {
+                    name: "a:b".into(),
+                    ..Default::default()
+                },
+                r#"user name "a:b" refused: character ':' is not allowed"#,
+            ),
+            (
+                User {
+                    name: "ok".into(),
+                    groups: vec!["sudo".into(), "root,wheel".into()],
+                    ..Default::default()
+                },
+                r#"user ok: group "root,wheel" refused: character ',' is not allowed"#,
+            ),
+            (
+                User {
+                    name: "ok".into(),
+                    primary_group: Some("-g0".into()),
+                    ..Default::default()
+                },
+                r#"user ok: group "-g0" refused: starts with '-'"#,
+            ),
+        ];
+        for (u, want) in cases {
+            let e = ensure_user(t.path(), &accounts, u).unwrap_err();
+            assert_eq!(format!("{e:#}"), *want);
+        }
+        // nothing was made
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn useradd_args_table() {
         let minimal = User {
             name: "a".into(),
@@ -123,7 +203,7 @@ mod tests {
         };
         assert_eq!(
             useradd_args(&minimal),
-            ["--password", "*", "--create-home", "a"]
+            ["--password", "*", "--create-home", "--", "a"]
         );
         let full = User {
             name: "b".into(),
@@ -158,6 +238,7 @@ mod tests {
                 "--no-log-init",
                 "--shell",
                 "/bin/sh",
+                "--",
                 "b"
             ]
         );
