@@ -268,7 +268,6 @@ fn write_file(
     opts: &Options,
     out: &mut Outcome,
 ) -> Result<()> {
-    fsutil::under(&opts.root, &f.path)?;
     let content = f
         .decoded_content()
         .with_context(|| format!("write_files {}: decoding the content", f.path))?;
@@ -598,6 +597,8 @@ mod tests {
         let etc_before = crate::testutil::snapshot(&m.at("/etc/ssh"));
         let text = "#cloud-config\nwrite_files:\n  - path: /home/core/conf/shadow\n    owner: core\n    content: x\n  - path: /home/core/conf/sub/new\n    content: x\n  - path: /home/core/rootlink/new\n    content: x\n  - path: /home/core/etc/ssh/sshd_config\n    content: x\n  - path: /home/core/fine/file\n    owner: core\n    content: ok\n";
         let out = run(text, "t", &opts(&m.root));
+        assert_eq!(m.outside_snapshot(), before, "something outside changed");
+        assert_eq!(crate::testutil::snapshot(&m.at("/etc/ssh")), etc_before);
         assert_eq!(out.status, Status::Failed);
         assert_eq!(out.failures.len(), 4, "{:?}", out.failures);
         for (f, shown) in out.failures.iter().zip([
@@ -608,8 +609,6 @@ mod tests {
         ]) {
             assert!(f.contains(&format!("refusing {shown}: ")), "{f}");
         }
-        assert_eq!(m.outside_snapshot(), before, "something outside changed");
-        assert_eq!(crate::testutil::snapshot(&m.at("/etc/ssh")), etc_before);
         // the rest applied
         assert_eq!(out.changed, ["/home/core/fine/file", "/etc/environment"]);
         assert_eq!(

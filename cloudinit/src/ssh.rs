@@ -220,11 +220,11 @@ mod tests {
     /// `authorize` fails naming `shown`, and nothing outside the root changed.
     fn assert_refused(m: &Machine, user: &str, shown: &str) {
         let before = m.outside_snapshot();
-        let e = authorize_on(m, user).expect_err("refused");
-        let msg = format!("{e:#}");
-        assert!(msg.contains(&format!("refusing {shown}")), "{msg}");
+        let res = authorize_on(m, user);
         assert_eq!(m.outside_snapshot(), before, "something outside changed");
         assert!(!m.secret_leaked(), "the secret was copied under the root");
+        let msg = format!("{:#}", res.expect_err("refused"));
+        assert!(msg.contains(&format!("refusing {shown}")), "{msg}");
     }
 
     #[test]
@@ -292,16 +292,17 @@ mod tests {
         let ak = m.at("/home/core/.ssh/authorized_keys");
         fs::hard_link(m.outside.join("shadow"), &ak).unwrap();
         let before = m.outside_snapshot();
-        let e = authorize_on(&m, "core").expect_err("refused");
-        assert!(
-            format!("{e:#}").contains("refusing /home/core/.ssh/authorized_keys: has 2 hard links"),
-            "{e:#}"
-        );
+        let res = authorize_on(&m, "core");
         assert_eq!(m.outside_snapshot(), before);
         // still the same file (not a user-owned copy of the secret)
         assert_eq!(
             fs::metadata(&ak).unwrap().ino(),
             fs::metadata(m.outside.join("shadow")).unwrap().ino()
+        );
+        let e = res.expect_err("refused");
+        assert!(
+            format!("{e:#}").contains("refusing /home/core/.ssh/authorized_keys: has 2 hard links"),
+            "{e:#}"
         );
     }
 
