@@ -1,5 +1,7 @@
 //! The etcd backend of the `Store` trait: each token's record as one key in an etcd v3 cluster,
-//! spoken through etcd's JSON gateway (`/v3/kv/range`, `/v3/kv/put`) over plain HTTP.
+//! spoken through etcd's JSON gateway (`/v3/kv/range`, `/v3/kv/put`, `/v3/kv/deleterange`) over
+//! plain HTTP. A change rewrites the token's record (bounded by the token limits); the index floor of
+//! removed tokens is `PREFIX/index`.
 
 use std::time::Duration;
 
@@ -82,6 +84,10 @@ impl EtcdStore {
 
     fn tokens_prefix(&self) -> String {
         format!("{}/tokens/", self.prefix)
+    }
+
+    fn index_key(&self) -> String {
+        format!("{}/index", self.prefix)
     }
 
     /// POSTs `body` to `path` on the first endpoint that answers 200.
@@ -189,6 +195,36 @@ impl Store for EtcdStore {
         let value = serde_json::to_vec(record).expect("records serialize");
         let body = serde_json::json!({"key": B64.encode(key), "value": B64.encode(value)});
         self.call("/v3/kv/put", &body).map(|_| ())
+    }
+
+    fn remove(&self, token: &str, index: u64) -> Result<(), StoreError> {
+        if index > self.index_floor()? {
+            let body = serde_json::json!({
+                "key": B64.encode(self.index_key()),
+                "value": B64.encode(index.to_string()),
+            });
+            self.call("/v3/kv/put", &body)?;
+        }
+        let key = format!("{}{token}", self.tokens_prefix());
+        let body = serde_json::json!({"key": B64.encode(key)});
+        self.call("/v3/kv/deleterange", &body).map(|_| ())
+    }
+
+    fn index_floor(&self) -> Result<u64, StoreError> {
+        let body = serde_json::json!({"key": B64.encode(self.index_key())});
+        let text = self.call("/v3/kv/range", &body)?;
+        let resp: RangeResponse = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("etcd range answer is not what etcd 3.4 sends: {e}")))?;
+        let Some(kv) = resp.kvs.first() else {
+            return Ok(0);
+        };
+        let value = B64
+            .decode(&kv.value)
+            .map_err(|e| bad(format!("{}: value not base64: {e}", self.index_key())))?;
+        String::from_utf8_lossy(&value)
+            .trim()
+            .parse()
+            .map_err(|e| bad(format!("{}: not an index: {e}", self.index_key())))
     }
 }
 

@@ -2,16 +2,16 @@
 //! the etcd discovery client sends, with etcd's status codes, headers and bodies.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, OriginalUri, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::Router;
+use axum::{Extension, Router};
 use percent_encoding::percent_decode_str;
 
 use crate::v2::{self, code, DeleteRequest, Event, PutRequest, V2Error};
-use crate::{token_url, Discovery};
+use crate::{token_url, Discovery, DiscoveryError};
 
 /// The discovery routes, meant to be nested at `/discovery`:
 /// `Router::new().nest("/discovery", cairn_discovery::router(discovery))`.
@@ -170,8 +170,11 @@ async fn about(method: Method) -> Response {
 }
 
 /// `GET|POST /new?size=N`: a new token; the body is its URL (no newline, as discovery.etcd.io).
+/// The client's address (when the server was started with connect info, as `cairn serve` is) is
+/// counted by the per-client token limit (429 beyond); the total limit is 503.
 async fn new_token(
     State(d): State<Discovery>,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     OriginalUri(original): OriginalUri,
     method: Method,
     uri: Uri,
@@ -212,8 +215,23 @@ async fn new_token(
         }
     };
     let d2 = d.clone();
-    match tokio::task::spawn_blocking(move || d2.create(size)).await {
+    let client = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    match tokio::task::spawn_blocking(move || d2.create_for(size, client)).await {
         Ok(Ok(token)) => text(StatusCode::OK, token_url(&base, &token)),
+        Ok(Err(e @ DiscoveryError::TooManyTokensForClient { .. })) => {
+            tracing::warn!("discovery /new refused: {e}");
+            text(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Unable to generate token: {e}\n"),
+            )
+        }
+        Ok(Err(e @ DiscoveryError::TooManyTokens { .. })) => {
+            tracing::warn!("discovery /new refused: {e}");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Unable to generate token: {e}\n"),
+            )
+        }
         Ok(Err(e)) => {
             tracing::error!("creating a discovery token: {e}");
             text(

@@ -28,6 +28,7 @@ pub mod store;
 pub mod v2;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,7 +38,7 @@ use tokio::sync::watch;
 pub use crate::etcd_store::EtcdStore;
 pub use crate::http::router;
 pub use crate::store::{store_from_spec, FileStore, Store, StoreError};
-use crate::v2::{DeleteRequest, Event, PutRequest, TokenRecord, V2Error};
+use crate::v2::{now_ms, DeleteRequest, Event, PutRequest, TokenLimits, TokenRecord, V2Error};
 
 /// What the discovery service refuses or fails at (the Rust API; HTTP answers v2 errors).
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,87 @@ pub enum DiscoveryError {
     /// The store's records contradict each other.
     #[error("discovery store: {0}")]
     Inconsistent(String),
+    /// The service holds [`Limits::max_tokens`] tokens made through `/new` already.
+    #[error("the discovery service holds {limit} tokens already (the most it keeps); unused ones expire after {} days", .unused_ttl.as_secs() / 86400)]
+    TooManyTokens { limit: usize, unused_ttl: Duration },
+    /// This client address has [`Limits::max_tokens_per_client`] tokens already.
+    #[error("{client} has {limit} discovery tokens already (the most one address may have); unused ones expire after {} days", .unused_ttl.as_secs() / 86400)]
+    TooManyTokensForClient {
+        client: IpAddr,
+        limit: usize,
+        unused_ttl: Duration,
+    },
+}
+
+/// Default of [`Limits::max_value_bytes`]: etcd discovery values are a member's peer URLs.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 4096;
+/// Default of [`Limits::max_token_bytes`] (a cluster of 1000 typical etcd members takes about 80 KB).
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 128 * 1024;
+/// Default of [`Limits::max_tokens`].
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+/// Default of [`Limits::max_tokens_per_client`].
+pub const DEFAULT_MAX_TOKENS_PER_CLIENT: usize = 16;
+/// Default of [`Limits::unused_token_ttl`]: 7 days.
+pub const DEFAULT_UNUSED_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default of [`Limits::idle_token_ttl`]: 30 days.
+pub const DEFAULT_IDLE_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What the service keeps at most, and for how long. Inventory group tokens
+/// ([`Discovery::ensure_group_token`]) are made by the operator: they count towards no token limit
+/// and never expire; the value and size limits hold for every token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest value a PUT may store, in bytes; longer is 400 with error 209.
+    pub max_value_bytes: usize,
+    /// Bytes of keys and values one token holds at most; more is 400 with error 103. (Keys per
+    /// token are bound by its size: [`v2::max_keys`].)
+    pub max_token_bytes: usize,
+    /// Tokens (not of a group) kept at once; `/new` beyond it is 503.
+    pub max_tokens: usize,
+    /// Tokens (not of a group) made through `/new` by one client address that are kept at once;
+    /// `/new` beyond it is 429.
+    pub max_tokens_per_client: usize,
+    /// A token (not of a group) nobody wrote anything to is removed this long after it was made.
+    pub unused_token_ttl: Duration,
+    /// A token (not of a group) that was written to is removed this long after its last change
+    /// (etcd only uses discovery to bootstrap a cluster).
+    pub idle_token_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            max_tokens_per_client: DEFAULT_MAX_TOKENS_PER_CLIENT,
+            unused_token_ttl: DEFAULT_UNUSED_TOKEN_TTL,
+            idle_token_ttl: DEFAULT_IDLE_TOKEN_TTL,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits [`TokenRecord::put`] checks.
+    pub fn token_limits(&self) -> TokenLimits {
+        TokenLimits {
+            max_value_bytes: self.max_value_bytes,
+            max_token_bytes: self.max_token_bytes,
+        }
+    }
+
+    /// Whether `rec` has expired at `now_ms`.
+    fn expired(&self, rec: &TokenRecord, now_ms: u64) -> bool {
+        if rec.group.is_some() {
+            return false;
+        }
+        let (since, ttl) = if rec.used() {
+            (rec.changed_ms, self.idle_token_ttl)
+        } else {
+            (rec.created_ms, self.unused_token_ttl)
+        };
+        now_ms.saturating_sub(since) >= ttl.as_millis().min(u128::from(u64::MAX)) as u64
+    }
 }
 
 /// How long a `wait=true` request is held before it is answered with an empty body (which the
@@ -85,6 +167,7 @@ struct Inner {
     store: Arc<dyn Store>,
     public_base: Option<String>,
     wait_timeout: Duration,
+    limits: Limits,
     /// Set by [`Discovery::close_waits`]: pending and new waits end at once.
     closing: watch::Sender<bool>,
     state: Mutex<State>,
@@ -189,11 +272,20 @@ impl Discovery {
         };
         let records = store.load()?;
         let mut state = State {
-            index: 0,
+            // Tokens that expired took their indexes with them; the store remembers the highest.
+            index: store.index_floor()?,
             tokens: HashMap::new(),
             groups: HashMap::new(),
         };
-        for rec in records {
+        let loaded_ms = now_ms();
+        for mut rec in records {
+            // Records from before times were kept count from now.
+            if rec.created_ms == 0 {
+                rec.created_ms = loaded_ms;
+            }
+            if rec.changed_ms == 0 {
+                rec.changed_ms = loaded_ms;
+            }
             state.index = state.index.max(rec.last_index);
             if let Some(g) = &rec.group {
                 if let Some(other) = state.groups.insert(g.clone(), rec.token.clone()) {
@@ -218,6 +310,7 @@ impl Discovery {
                 store,
                 public_base,
                 wait_timeout: DEFAULT_WAIT_TIMEOUT,
+                limits: Limits::default(),
                 closing: watch::channel(false).0,
                 state: Mutex::new(state),
                 writer: Mutex::new(()),
@@ -235,6 +328,20 @@ impl Discovery {
         self
     }
 
+    /// Changes the limits (call before cloning or serving). Expiry is only ever applied with the
+    /// limits set here: nothing is removed at open.
+    pub fn with_limits(mut self, limits: Limits) -> Discovery {
+        let inner =
+            Arc::get_mut(&mut self.inner).expect("with_limits before the Discovery is shared");
+        inner.limits = limits;
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
     /// The configured public base URL (no trailing slash).
     pub fn public_base(&self) -> Option<&str> {
         self.inner.public_base.as_deref()
@@ -250,12 +357,18 @@ impl Discovery {
         lock(&self.inner.state).index
     }
 
-    /// A copy of a token's record.
+    /// A copy of a token's record (`None` once it expired).
     pub fn token(&self, token: &str) -> Option<TokenRecord> {
-        lock(&self.inner.state)
-            .tokens
+        let st = lock(&self.inner.state);
+        self.live(&st, token).map(|e| (*e.record).clone())
+    }
+
+    /// The token's entry unless it is unknown or expired (an expired token is removed by the next
+    /// [`Discovery::sweep_expired`], but is gone for every request at once).
+    fn live<'a>(&self, st: &'a State, token: &str) -> Option<&'a TokenEntry> {
+        st.tokens
             .get(token)
-            .map(|e| (*e.record).clone())
+            .filter(|e| !self.inner.limits.expired(&e.record, now_ms()))
     }
 
     /// The token made for `group`, if any.
@@ -263,11 +376,83 @@ impl Discovery {
         lock(&self.inner.state).groups.get(group).cloned()
     }
 
-    /// Creates a token for a cluster of `size` members (blocking: it writes the store).
+    /// Creates a token for a cluster of `size` members (blocking: it writes the store). For the
+    /// operator's code: no token limit applies (the token counts towards them and expires as any
+    /// token not of a group); `/new` uses [`Discovery::create_for`].
     pub fn create(&self, size: u64) -> Result<String, DiscoveryError> {
         let size = check_size(size)?;
         let _w = lock(&self.inner.writer);
-        self.create_locked(size, None)
+        self.create_locked(size, None, None)
+    }
+
+    /// Creates a token for a cluster of `size` members asked for by `client` (`/new`), within
+    /// [`Limits::max_tokens`] and [`Limits::max_tokens_per_client`] (counted over the tokens not of
+    /// a group that have not expired; expired ones are removed first). Blocking: it writes the store.
+    pub fn create_for(&self, size: u64, client: Option<IpAddr>) -> Result<String, DiscoveryError> {
+        let size = check_size(size)?;
+        let client = client.map(|ip| ip.to_canonical());
+        let _w = lock(&self.inner.writer);
+        if let Err(e) = self.sweep_locked() {
+            tracing::error!("removing expired discovery tokens: {e}");
+        }
+        let limits = &self.inner.limits;
+        let (total, mine) = {
+            let st = lock(&self.inner.state);
+            let now = now_ms();
+            st.tokens
+                .values()
+                .filter(|e| e.record.group.is_none() && !limits.expired(&e.record, now))
+                .fold((0, 0), |(t, m), e| {
+                    let same = client.is_some() && e.record.client == client;
+                    (t + 1, m + usize::from(same))
+                })
+        };
+        if let Some(ip) = client {
+            if mine >= limits.max_tokens_per_client {
+                return Err(DiscoveryError::TooManyTokensForClient {
+                    client: ip,
+                    limit: limits.max_tokens_per_client,
+                    unused_ttl: limits.unused_token_ttl,
+                });
+            }
+        }
+        if total >= limits.max_tokens {
+            return Err(DiscoveryError::TooManyTokens {
+                limit: limits.max_tokens,
+                unused_ttl: limits.unused_token_ttl,
+            });
+        }
+        self.create_locked(size, None, client)
+    }
+
+    /// Removes the tokens that expired (see [`Limits`]) from memory and from the store; returns how
+    /// many. [`Discovery::create_for`] calls it; an embedding server may call it now and then
+    /// (blocking: it writes the store). Expired tokens answer 404 before they are removed.
+    pub fn sweep_expired(&self) -> Result<usize, DiscoveryError> {
+        let _w = lock(&self.inner.writer);
+        self.sweep_locked()
+    }
+
+    fn sweep_locked(&self) -> Result<usize, DiscoveryError> {
+        let (expired, index) = {
+            let st = lock(&self.inner.state);
+            let now = now_ms();
+            let expired: Vec<String> = st
+                .tokens
+                .iter()
+                .filter(|(_, e)| self.inner.limits.expired(&e.record, now))
+                .map(|(t, _)| t.clone())
+                .collect();
+            (expired, st.index)
+        };
+        for token in &expired {
+            self.inner.store.remove(token, index)?;
+            let mut st = lock(&self.inner.state);
+            if let Some(e) = st.tokens.remove(token) {
+                tracing::info!(%token, used = e.record.used(), "discovery token expired and removed");
+            }
+        }
+        Ok(expired.len())
     }
 
     /// The token of inventory group `group`, created for `size` members on first call and kept
@@ -293,11 +478,16 @@ impl Discovery {
                 existing: s,
                 requested: size,
             }),
-            None => self.create_locked(size, Some(group.to_string())),
+            None => self.create_locked(size, Some(group.to_string()), None),
         }
     }
 
-    fn create_locked(&self, size: u32, group: Option<String>) -> Result<String, DiscoveryError> {
+    fn create_locked(
+        &self,
+        size: u32,
+        group: Option<String>,
+        client: Option<IpAddr>,
+    ) -> Result<String, DiscoveryError> {
         let (token, index) = {
             let st = lock(&self.inner.state);
             let mut token = new_token();
@@ -306,7 +496,8 @@ impl Discovery {
             }
             (token, st.index + 1)
         };
-        let rec = TokenRecord::new(&token, size, group.clone(), index);
+        let mut rec = TokenRecord::new(&token, size, group.clone(), index);
+        rec.client = client;
         self.inner.store.save(&rec)?;
         let mut st = lock(&self.inner.state);
         st.index = index;
@@ -321,7 +512,7 @@ impl Discovery {
                 changed,
             },
         );
-        tracing::info!(%token, size, index, "discovery token created");
+        tracing::info!(%token, size, index, ?client, "discovery token created");
         Ok(token)
     }
 
@@ -338,9 +529,8 @@ impl Discovery {
         sorted: bool,
     ) -> Result<(Event, u64), V2Error> {
         let st = lock(&self.inner.state);
-        let e = st
-            .tokens
-            .get(token)
+        let e = self
+            .live(&st, token)
             .ok_or_else(|| Self::unknown_token(token, st.index))?;
         Ok((e.record.get(rel, recursive, sorted, st.index)?, st.index))
     }
@@ -348,7 +538,8 @@ impl Discovery {
     /// A PUT (blocking: writes the store). Returns the event and the new index.
     pub fn put(&self, token: &str, rel: &str, req: &PutRequest) -> Result<(Event, u64), V2Error> {
         let (rel, req) = (rel.to_string(), req.clone());
-        self.change(token, move |rec, cur| rec.put(&rel, &req, cur))
+        let limits = self.inner.limits.token_limits();
+        self.change(token, move |rec, cur| rec.put(&rel, &req, cur, &limits))
     }
 
     /// A DELETE (blocking: writes the store).
@@ -389,39 +580,39 @@ impl Discovery {
 
     fn commit(&self, batch: Vec<Pending>) {
         let mut current = lock(&self.inner.state).index;
-        let mut dirty: HashMap<String, TokenRecord> = HashMap::new();
+        let now = now_ms();
+        // One copy per token per batch, changed in place: a refused change changes nothing
+        // (`TokenRecord::put` and `delete` check everything first), so the next one sees no trace.
+        let mut dirty: HashMap<String, (TokenRecord, Vec<Event>)> = HashMap::new();
         let mut results: Vec<(Reply, ChangeResult)> = Vec::new();
         for p in batch {
-            let rec = match dirty.get(&p.token) {
-                Some(r) => r.clone(),
-                None => {
-                    let st = lock(&self.inner.state);
-                    match st.tokens.get(&p.token) {
-                        Some(e) => (*e.record).clone(),
-                        None => {
-                            let err = Self::unknown_token(&p.token, current);
-                            results.push((
-                                Reply {
-                                    token: p.token,
-                                    done: p.done,
-                                },
-                                Err(err),
-                            ));
-                            continue;
-                        }
+            if !dirty.contains_key(&p.token) {
+                let st = lock(&self.inner.state);
+                match self.live(&st, &p.token) {
+                    Some(e) => {
+                        dirty.insert(p.token.clone(), ((*e.record).clone(), Vec::new()));
+                    }
+                    None => {
+                        let err = Self::unknown_token(&p.token, current);
+                        results.push((
+                            Reply {
+                                token: p.token,
+                                done: p.done,
+                            },
+                            Err(err),
+                        ));
+                        continue;
                     }
                 }
-            };
-            // Each change works on its own copy: a refused one leaves nothing behind.
-            let mut scratch = rec;
-            let r = (p.op)(&mut scratch, current).map(|ev| {
+            }
+            let (rec, events) = dirty.get_mut(&p.token).expect("inserted above");
+            let r = (p.op)(rec, current).map(|ev| {
                 current = ev.index();
-                scratch.push_history(ev.clone());
+                rec.push_history(ev.clone());
+                rec.changed_ms = now;
+                events.push(ev.clone());
                 (ev, current)
             });
-            if r.is_ok() {
-                dirty.insert(p.token.clone(), scratch);
-            }
             results.push((
                 Reply {
                     token: p.token,
@@ -430,11 +621,17 @@ impl Discovery {
                 r,
             ));
         }
+        dirty.retain(|_, (_, events)| !events.is_empty());
         let store = &self.inner.store;
         let failed: HashMap<String, String> = std::thread::scope(|s| {
             let handles: Vec<_> = dirty
                 .values()
-                .map(|rec| (rec.token.clone(), s.spawn(move || store.save(rec))))
+                .map(|(rec, events)| {
+                    (
+                        rec.token.clone(),
+                        s.spawn(move || store.append(rec, events)),
+                    )
+                })
                 .collect();
             handles
                 .into_iter()
@@ -450,11 +647,14 @@ impl Discovery {
         let before = {
             let mut st = lock(&self.inner.state);
             let before = st.index;
-            for (token, rec) in dirty {
+            for (token, (rec, _)) in dirty {
                 if failed.contains_key(&token) {
                     continue;
                 }
-                let entry = st.tokens.get_mut(&token).expect("tokens are never removed");
+                let entry = st
+                    .tokens
+                    .get_mut(&token)
+                    .expect("tokens are only removed under the writer lock");
                 let last = rec.last_index;
                 entry.record = Arc::new(rec);
                 entry.changed.send_replace(last);
@@ -487,9 +687,8 @@ impl Discovery {
         since: u64,
     ) -> Result<Waiter, V2Error> {
         let st = lock(&self.inner.state);
-        let e = st
-            .tokens
-            .get(token)
+        let e = self
+            .live(&st, token)
             .ok_or_else(|| Self::unknown_token(token, st.index))?;
         let since = if since == 0 { st.index + 1 } else { since };
         let key = v2::full_key(token, rel);

@@ -9,10 +9,50 @@ use serde::{Deserialize, Serialize};
 pub const KEY_PREFIX: &str = "/_etcd/registry";
 /// Events kept per token for `waitIndex` (etcd keeps 1000 for the whole store).
 pub const HISTORY_CAPACITY: usize = 1000;
-/// Nodes a token may hold (registrations, directories, `_config`); more is refused with error 103.
-pub const MAX_NODES_PER_TOKEN: usize = 1000;
+/// Bytes of keys and values (node and previous node) the events of a token's history hold at most;
+/// older events are dropped beyond it as beyond [`HISTORY_CAPACITY`] (1000 registrations of a
+/// typical etcd member take about 110 KB). Fixed, so that a replayed log keeps the same history.
+pub const HISTORY_MAX_BYTES: usize = 256 * 1024;
 /// Size of a token's `_config/size`: at least 1, at most this.
 pub const MAX_CLUSTER_SIZE: u32 = 1000;
+/// Nodes a token of the largest size may hold (registrations and directories per [`max_keys`],
+/// plus the token's directory, `_config` and `_config/size`).
+pub const MAX_NODES_PER_TOKEN: usize = max_keys(MAX_CLUSTER_SIZE) + 3;
+/// Longest key accepted below a token, in bytes (etcd member ids are 16 hex digits); longer is
+/// refused with error 209.
+pub const MAX_KEY_BYTES: usize = 512;
+
+/// Keys (registrations and directories, hidden ones included) a token made for `size` members
+/// holds at most: twice its size and 32 more, room for members that lose the registration race
+/// and register past `size` (see the README); more is refused with error 103.
+pub const fn max_keys(size: u32) -> usize {
+    2 * size as usize + 32
+}
+
+/// What one token may hold; checked by [`TokenRecord::put`] before anything changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// Longest value, in bytes (error 209 beyond).
+    pub max_value_bytes: usize,
+    /// Bytes of keys and values all of the token's nodes hold together (error 103 beyond).
+    pub max_token_bytes: usize,
+}
+
+impl Default for TokenLimits {
+    fn default() -> TokenLimits {
+        TokenLimits {
+            max_value_bytes: crate::DEFAULT_MAX_VALUE_BYTES,
+            max_token_bytes: crate::DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// etcd v2 error codes used here (`v2error/error.go`).
 pub mod code {
@@ -170,8 +210,19 @@ pub struct TokenRecord {
     pub cleared_through: u64,
     /// Nodes by path relative to the token: `""` is the token's directory, `_config/size` its size.
     pub nodes: BTreeMap<String, StoredNode>,
-    /// The last [`HISTORY_CAPACITY`] changes, oldest first.
+    /// The last [`HISTORY_CAPACITY`] changes (at most [`HISTORY_MAX_BYTES`]), oldest first.
     pub history: VecDeque<Event>,
+    /// When the token was made, in milliseconds since the Unix epoch (0 in records written before
+    /// this was kept: the service counts those from when it loaded them).
+    #[serde(default)]
+    pub created_ms: u64,
+    /// When the token last changed (creation, or the last committed change), milliseconds since the
+    /// Unix epoch (0 as for `created_ms`).
+    #[serde(default)]
+    pub changed_ms: u64,
+    /// The address that asked for the token (`/new`), counted by the per-client token limit.
+    #[serde(default)]
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// What a PUT asks for (the form fields etcd's `parseKeyRequest` reads).
@@ -250,6 +301,7 @@ impl TokenRecord {
                 modified_index: index,
             },
         );
+        let now = now_ms();
         let mut rec = TokenRecord {
             format: 1,
             token: token.to_string(),
@@ -258,6 +310,9 @@ impl TokenRecord {
             cleared_through: 0,
             nodes,
             history: VecDeque::new(),
+            created_ms: now,
+            changed_ms: now,
+            client: None,
         };
         let ev = Event {
             action: "create".into(),
@@ -293,15 +348,119 @@ impl TokenRecord {
         full_key(&self.token, rel)
     }
 
-    /// Appends a change to the history, dropping the oldest beyond [`HISTORY_CAPACITY`].
+    /// Whether anything was written below the token since it was made (a registration, even if
+    /// deleted since).
+    pub fn used(&self) -> bool {
+        self.nodes
+            .get("")
+            .is_some_and(|root| self.last_index > root.created_index)
+    }
+
+    /// Bytes of keys and values of the token's nodes (what [`TokenLimits::max_token_bytes`] bounds).
+    pub fn data_bytes(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|(k, n)| k.len() + n.value.as_ref().map_or(0, String::len))
+            .sum()
+    }
+
+    /// Registrations and directories below the token, hidden ones included (what [`max_keys`] bounds).
+    pub fn key_count(&self) -> usize {
+        self.nodes
+            .keys()
+            .filter(|k| !k.is_empty() && !read_only(k))
+            .count()
+    }
+
+    /// Appends a change to the history, dropping the oldest beyond [`HISTORY_CAPACITY`] events or
+    /// [`HISTORY_MAX_BYTES`].
     pub fn push_history(&mut self, ev: Event) {
         self.last_index = self.last_index.max(ev.index());
         self.history.push_back(ev);
-        while self.history.len() > HISTORY_CAPACITY {
-            if let Some(old) = self.history.pop_front() {
-                self.cleared_through = self.cleared_through.max(old.index());
-            }
+        let mut bytes: usize = self.history.iter().map(event_bytes).sum();
+        while self.history.len() > HISTORY_CAPACITY || bytes > HISTORY_MAX_BYTES {
+            let Some(old) = self.history.pop_front() else {
+                break;
+            };
+            bytes -= event_bytes(&old);
+            self.cleared_through = self.cleared_through.max(old.index());
         }
+    }
+
+    /// Applies a change read back from a log (see [`crate::FileStore`]): `logged` is the event the
+    /// change produced, without `prevNode`, which is rebuilt from the state before it. Produces the
+    /// same nodes and history as the change did.
+    pub fn replay(&mut self, mut logged: Event, at_ms: u64) -> Result<(), String> {
+        let root = self.key("");
+        let rel = logged
+            .node
+            .key
+            .strip_prefix(&root)
+            .and_then(|r| r.strip_prefix('/'))
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| format!("key {:?} is not below {root}", logged.node.key))?
+            .to_string();
+        let before = self
+            .nodes
+            .contains_key(&rel)
+            .then(|| self.repr(&rel, false, false, false));
+        let n = &logged.node;
+        let prev = match logged.action.as_str() {
+            "create" | "set" => {
+                if logged.action == "create" && before.is_some() {
+                    return Err(format!("create of {rel:?}, which exists"));
+                }
+                let mut cur = String::new();
+                for comp in parent(&rel).split('/').filter(|c| !c.is_empty()) {
+                    let p = join(&cur, comp);
+                    self.nodes.entry(p.clone()).or_insert(StoredNode {
+                        dir: true,
+                        value: None,
+                        created_index: n.modified_index,
+                        modified_index: n.modified_index,
+                    });
+                    cur = p;
+                }
+                before
+            }
+            "update" | "compareAndSwap" => {
+                if before.is_none() {
+                    return Err(format!(
+                        "{} of {rel:?}, which does not exist",
+                        logged.action
+                    ));
+                }
+                before
+            }
+            "delete" | "compareAndDelete" => {
+                if before.is_none() {
+                    return Err(format!(
+                        "{} of {rel:?}, which does not exist",
+                        logged.action
+                    ));
+                }
+                let under = format!("{rel}/");
+                self.nodes
+                    .retain(|k, _| *k != rel && !k.starts_with(&under));
+                before
+            }
+            other => return Err(format!("unknown action {other:?}")),
+        };
+        if !matches!(logged.action.as_str(), "delete" | "compareAndDelete") {
+            self.nodes.insert(
+                rel,
+                StoredNode {
+                    dir: n.dir,
+                    value: (!n.dir).then(|| n.value.clone().unwrap_or_default()),
+                    created_index: n.created_index,
+                    modified_index: n.modified_index,
+                },
+            );
+        }
+        logged.prev_node = prev;
+        self.push_history(logged);
+        self.changed_ms = at_ms;
+        Ok(())
     }
 
     fn children(&self, rel: &str) -> Vec<(&String, &StoredNode)> {
@@ -390,6 +549,58 @@ impl TokenRecord {
         })
     }
 
+    /// How many directories above `rel` are missing (etcd's `checkDir` walk); 104 when one is a file.
+    /// Changes nothing.
+    fn missing_parents(&self, rel: &str, current: u64) -> Result<usize, V2Error> {
+        let mut cur = String::new();
+        let mut missing = 0;
+        for comp in parent(rel).split('/').filter(|c| !c.is_empty()) {
+            let p = join(&cur, comp);
+            match self.nodes.get(&p) {
+                Some(n) if n.dir => {}
+                Some(_) => return Err(V2Error::new(code::NOT_DIR, self.key(&p), current)),
+                None => missing += 1,
+            }
+            cur = p;
+        }
+        Ok(missing)
+    }
+
+    /// Refuses a change that would leave the token with more than its share of keys or bytes:
+    /// `new_keys` nodes added, `bytes` = bytes of keys and values after the change.
+    fn check_room(
+        &self,
+        new_keys: usize,
+        bytes: usize,
+        limits: &TokenLimits,
+        current: u64,
+    ) -> Result<(), V2Error> {
+        let size = self.size().unwrap_or(MAX_CLUSTER_SIZE);
+        if new_keys > 0 && self.key_count() + new_keys > max_keys(size) {
+            return Err(V2Error::new(
+                code::NO_MORE_PEER,
+                format!(
+                    "{}: a token for {size} members holds at most {} keys",
+                    self.key(""),
+                    max_keys(size)
+                ),
+                current,
+            ));
+        }
+        if bytes > limits.max_token_bytes {
+            return Err(V2Error::new(
+                code::NO_MORE_PEER,
+                format!(
+                    "{}: a token holds at most {} bytes of keys and values",
+                    self.key(""),
+                    limits.max_token_bytes
+                ),
+                current,
+            ));
+        }
+        Ok(())
+    }
+
     /// Creates the missing directories above `rel` (etcd's `checkDir` walk); 104 when one is a file.
     fn make_parents(&mut self, rel: &str, next: u64, current: u64) -> Result<(), V2Error> {
         let dir = parent(rel);
@@ -437,19 +648,56 @@ impl TokenRecord {
 
     /// `PUT <token>/<rel>` as etcd's v2 apply maps it: `prevExist=false` creates, `prevExist=true`
     /// updates, `prevValue`/`prevIndex` compare-and-swap, otherwise set. `current` is the store's
-    /// index; the change gets `current + 1`.
-    pub fn put(&mut self, rel: &str, req: &PutRequest, current: u64) -> Result<Event, V2Error> {
+    /// index; the change gets `current + 1`. A value or key over the limits is error 209, a token
+    /// full (keys per [`max_keys`], bytes per `limits`) error 103. A refused change changes nothing.
+    pub fn put(
+        &mut self,
+        rel: &str,
+        req: &PutRequest,
+        current: u64,
+        limits: &TokenLimits,
+    ) -> Result<Event, V2Error> {
         let next = current + 1;
         if read_only(rel) {
             return Err(V2Error::new(code::ROOT_RONLY, self.key(rel), current));
         }
+        if req.value.len() > limits.max_value_bytes {
+            return Err(V2Error::new(
+                code::INVALID_FIELD,
+                format!(
+                    "value of {} bytes: the discovery service keeps values of at most {} bytes",
+                    req.value.len(),
+                    limits.max_value_bytes
+                ),
+                current,
+            ));
+        }
+        if rel.len() > MAX_KEY_BYTES {
+            return Err(V2Error::new(
+                code::INVALID_FIELD,
+                format!(
+                    "key of {} bytes: the discovery service keeps keys of at most {MAX_KEY_BYTES} bytes",
+                    rel.len()
+                ),
+                current,
+            ));
+        }
         let cas = req.prev_index > 0 || req.prev_value.is_some();
         match (req.prev_exist, cas) {
-            (Some(false), _) => self.create(rel, req, next, current, false),
-            (Some(true), false) => self.update(rel, req, next, current),
-            (_, true) => self.compare_and_swap(rel, req, next, current),
-            (None, false) => self.create(rel, req, next, current, true),
+            (Some(false), _) => self.create(rel, req, next, current, false, limits),
+            (Some(true), false) => self.update(rel, req, next, current, limits),
+            (_, true) => self.compare_and_swap(rel, req, next, current, limits),
+            (None, false) => self.create(rel, req, next, current, true, limits),
         }
+    }
+
+    /// Bytes of keys and values once `rel`'s value is `value` (its key counted if it is new).
+    fn bytes_with(&self, rel: &str, value: &str) -> usize {
+        let old = match self.nodes.get(rel) {
+            Some(n) => rel.len() + n.value.as_ref().map_or(0, String::len),
+            None => 0,
+        };
+        self.data_bytes() - old + rel.len() + value.len()
     }
 
     fn create(
@@ -459,8 +707,10 @@ impl TokenRecord {
         next: u64,
         current: u64,
         replace: bool,
+        limits: &TokenLimits,
     ) -> Result<Event, V2Error> {
-        self.make_parents(rel, next, current)?;
+        let missing = self.missing_parents(rel, current)?;
+        let value = if req.dir { "" } else { req.value.as_str() };
         let mut prev = None;
         if let Some(n) = self.nodes.get(rel) {
             if !replace {
@@ -470,16 +720,19 @@ impl TokenRecord {
                 return Err(V2Error::new(code::NOT_FILE, self.key(rel), current));
             }
             prev = Some(self.repr(rel, false, false, false));
-        } else if self.nodes.len() >= MAX_NODES_PER_TOKEN {
-            return Err(V2Error::new(
-                code::NO_MORE_PEER,
-                format!(
-                    "{}: a token holds at most {MAX_NODES_PER_TOKEN} keys",
-                    self.key("")
-                ),
-                current,
-            ));
+            self.check_room(0, self.bytes_with(rel, value), limits, current)?;
+        } else {
+            let mut bytes = self.bytes_with(rel, value);
+            let mut cur = String::new();
+            for comp in parent(rel).split('/').filter(|c| !c.is_empty()) {
+                cur = join(&cur, comp);
+                if !self.nodes.contains_key(&cur) {
+                    bytes += cur.len();
+                }
+            }
+            self.check_room(missing + 1, bytes, limits, current)?;
         }
+        self.make_parents(rel, next, current)?;
         self.nodes.insert(
             rel.to_string(),
             StoredNode {
@@ -502,10 +755,14 @@ impl TokenRecord {
         req: &PutRequest,
         next: u64,
         current: u64,
+        limits: &TokenLimits,
     ) -> Result<Event, V2Error> {
         let n = self.walk(rel, current)?.clone();
         if n.dir && !req.value.is_empty() {
             return Err(V2Error::new(code::NOT_FILE, self.key(rel), current));
+        }
+        if !n.dir {
+            self.check_room(0, self.bytes_with(rel, &req.value), limits, current)?;
         }
         let prev = self.repr(rel, false, false, false);
         let node = self.nodes.get_mut(rel).expect("walked");
@@ -526,6 +783,7 @@ impl TokenRecord {
         req: &PutRequest,
         next: u64,
         current: u64,
+        limits: &TokenLimits,
     ) -> Result<Event, V2Error> {
         let n = self.walk(rel, current)?.clone();
         if n.dir {
@@ -534,6 +792,7 @@ impl TokenRecord {
         if let Some(cause) = self.compare(&n, req.prev_value.as_deref(), req.prev_index) {
             return Err(V2Error::new(code::TEST_FAILED, cause, current));
         }
+        self.check_room(0, self.bytes_with(rel, &req.value), limits, current)?;
         let prev = self.repr(rel, false, false, false);
         let node = self.nodes.get_mut(rel).expect("walked");
         node.modified_index = next;
@@ -621,6 +880,12 @@ impl TokenRecord {
     }
 }
 
+/// Bytes of keys and values an event holds (what [`HISTORY_MAX_BYTES`] bounds).
+fn event_bytes(e: &Event) -> usize {
+    let node = |n: &NodeJson| n.key.len() + n.value.as_ref().map_or(0, String::len);
+    node(&e.node) + e.prev_node.as_ref().map_or(0, node)
+}
+
 fn under(key: &str, prefix: &str) -> bool {
     let p = prefix.trim_end_matches('/');
     key.len() > p.len() && key.starts_with(p) && key.as_bytes()[p.len()] == b'/'
@@ -663,7 +928,7 @@ mod tests {
         req: PutRequest,
         cur: &mut u64,
     ) -> Result<Event, V2Error> {
-        let ev = rec.put(rel, &req, *cur)?;
+        let ev = rec.put(rel, &req, *cur, &TokenLimits::default())?;
         *cur = ev.index();
         rec.push_history(ev.clone());
         Ok(ev)

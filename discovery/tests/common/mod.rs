@@ -173,4 +173,8 @@ impl cairn_discovery::Store for MemStore {
             .insert(record.token.clone(), record.clone());
         Ok(())
     }
+    fn remove(&self, token: &str, _index: u64) -> Result<(), cairn_discovery::StoreError> {
+        self.0.lock().unwrap().remove(token);
+        Ok(())
+    }
 }
