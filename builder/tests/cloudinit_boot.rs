@@ -14,15 +14,12 @@
 //! 2. The small test image with a config with an error: the machine boots, the agent logs the
 //!    finding with its line, and nothing of the config is applied.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_qemu::{Vm, VmConfig};
+use cairn_testkit::StaticHttp;
 
 mod common;
 use common::{default_image, guest_sh, test_image, wait_cloudinit};
@@ -31,45 +28,6 @@ const BOOT: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(90);
 /// The port the guest uses for the test's HTTP server (10.0.2.100:80).
 const GUEST_HTTP: u16 = 80;
-
-/// A minimal HTTP/1.0 server for fixed paths; records each path asked for.
-struct Served {
-    port: u16,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-fn serve(files: BTreeMap<String, String>) -> Served {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let seen = requests.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            // drain the headers
-            let mut h = String::new();
-            while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
-                h.clear();
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-            seen.lock().unwrap().push(path.clone());
-            let resp = match files.get(&path) {
-                Some(body) => format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                ),
-                None => "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
-            };
-            let _ = conn.write_all(resp.as_bytes());
-        }
-    });
-    Served { port, requests }
-}
 
 fn boot(name: &str, out: &Path, disk: &Path, url: &str, http_port: u16) -> Vm {
     let cmdline =
@@ -150,18 +108,15 @@ coreos:
         pubkey = pubkey.trim()
     );
     let bad = "#cloud-config\nhostname: must-not-be-set\ncoreos:\n  update:\n    reboot-strategy: sometimes\n";
-    let server = serve(BTreeMap::from([
-        ("/good".to_string(), good),
-        ("/bad".to_string(), bad.to_string()),
-    ]));
+    let server = StaticHttp::start([("/good", good.as_str()), ("/bad", bad)]);
 
     // --- 1. the good config
     // the harness puts a qcow2 overlay over it: the image stays untouched
     let disk = out.join("disk.raw");
     let url = format!("http://10.0.2.100:{GUEST_HTTP}/good");
-    let mut vm = boot("cloudinit-good", &out, &disk, &url, server.port);
+    let mut vm = boot("cloudinit-good", &out, &disk, &url, server.port());
     assert!(
-        server.requests.lock().unwrap().iter().any(|p| p == "/good"),
+        server.requests().iter().any(|p| p == "/good"),
         "the agent never fetched the config"
     );
     let journal = guest_sh(
@@ -263,7 +218,7 @@ coreos:
     let url = format!("http://10.0.2.100:{GUEST_HTTP}/bad");
     let small = test_image();
     let disk = small.join("disk.raw");
-    let mut vm = boot("cloudinit-bad", &small, &disk, &url, server.port);
+    let mut vm = boot("cloudinit-bad", &small, &disk, &url, server.port());
     let journal = guest_sh(
         &mut vm,
         "journalctl -b -u cairn-cloudinit --no-pager -o cat",

@@ -4,14 +4,12 @@
 //! refused with a clear message and nothing kept in the cache. A tampered
 //! `.deb` in the cache is refused by a real build.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use cairn_builder::fetch::Cache;
 use cairn_builder::repo::{self, Archive, Mirrors};
 use cairn_debian::sources;
+use cairn_testkit::StaticHttp;
 
 mod common;
 use common::repo_root;
@@ -31,48 +29,11 @@ fn get(url: &str) -> Vec<u8> {
         .unwrap()
 }
 
-/// Serve `files` (path -> body) on loopback; everything else is 404.
-/// Returns the base URL and the list of requested paths.
-fn serve(files: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}/debian", l.local_addr().unwrap());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut first = String::new();
-            if r.read_line(&mut first).is_err() {
-                continue;
-            }
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-            }
-            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
-            log2.lock().unwrap().push(path.clone());
-            match files.iter().find(|(p, _)| format!("/debian/{p}") == path) {
-                Some((_, body)) => {
-                    let _ = write!(
-                        s,
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = s.write_all(body);
-                }
-                None => {
-                    let _ = write!(
-                        s,
-                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                }
-            }
-        }
-    });
-    (base, log)
+/// Serves `files` (path below `/debian/` -> body) on loopback; everything
+/// else is 404. Returns the base URL and the server (its request log).
+fn serve(files: Vec<(String, Vec<u8>)>) -> (String, StaticHttp) {
+    let srv = StaticHttp::start(files.into_iter().map(|(p, b)| (format!("/debian/{p}"), b)));
+    (format!("{}/debian", srv.url()), srv)
 }
 
 fn def() -> cairn_builder::definition::Definition {
@@ -131,7 +92,7 @@ fn tampered_packages_index_is_refused() {
             || msg.contains("hash"),
         "{msg}"
     );
-    assert!(log.lock().unwrap().iter().any(|p| p.ends_with("InRelease")));
+    assert!(log.requests().iter().any(|p| p.ends_with("InRelease")));
     // nothing was kept
     let kept: Vec<_> = walk(cache_dir.path())
         .into_iter()

@@ -3,27 +3,9 @@
 //! machines racing for two slots get exactly two; unlocking (or breaking another machine's slot)
 //! lets the next one in; the key holds locksmith's JSON.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-struct Etcd(Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use cairn_testkit::{free_port, Etcd};
 
 fn cli(endpoint: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cairn-update"))
@@ -39,52 +21,11 @@ fn ok(endpoint: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn start_etcd(dir: &Path) -> (Etcd, String) {
-    assert!(
-        Path::new("/usr/bin/etcd").exists(),
-        "/usr/bin/etcd is missing: install Debian's etcd-server package"
-    );
-    let client = format!("http://127.0.0.1:{}", free_port());
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-    let child = Command::new("/usr/bin/etcd")
-        .args(["--name", "lock", "--data-dir"])
-        .arg(dir.join("data"))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("lock={peer}")])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting /usr/bin/etcd");
-    let etcd = Etcd(child);
-    let t = Instant::now();
-    while !cli(&client, &["status"]).status.success() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "etcd never answered: {}",
-            std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    (etcd, client)
-}
-
 #[test]
 fn one_machine_at_a_time_through_etcd() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_etcd, ep) = start_etcd(tmp.path());
+    let etcd = Etcd::single(tmp.path(), "lock");
+    let ep = etcd.client_url.clone();
 
     // a fresh lock: one slot, nobody in
     assert_eq!(ok(&ep, &["status"]), "available: 1/1\nholders: none\n");

@@ -30,16 +30,7 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Fails the test, naming the Debian package, when `tool` is not on PATH.
-pub fn require(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} not found: install the Debian package `{package}`"
-    );
-}
+pub use cairn_testkit::require;
 
 pub struct Lan {
     prefix: String,

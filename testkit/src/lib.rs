@@ -1,0 +1,68 @@
+//! cairn-testkit: what the workspace's integration tests share, so a new
+//! test is short and every test fails the same clear way when the machine
+//! lacks something: [`require`] a tool (naming its Debian package), a
+//! [`free_port`] on loopback, a [`StaticHttp`] server of fixed files on
+//! loopback, and a real [`Etcd`] member (Debian's `etcd-server`). VM
+//! helpers live in `cairn-qemu`, image helpers beside the builder's tests.
+//!
+//! A dev-dependency only: nothing in a shipped binary links it.
+
+mod etcd;
+mod http;
+
+pub use etcd::Etcd;
+pub use http::StaticHttp;
+
+use std::net::TcpListener;
+use std::path::Path;
+
+/// Fails the test, naming the Debian package, when `tool` is not on
+/// `PATH` (or, for an absolute path, does not exist).
+pub fn require(tool: &str, package: &str) {
+    let found = if tool.contains('/') {
+        Path::new(tool).is_file()
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false)
+    };
+    assert!(
+        found,
+        "{tool} not found: install the Debian package `{package}` (apt-get install {package}; `bash .ci/run --install-only` installs every tool the tests use)"
+    );
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).
+/// Another process may take it before the caller binds it: callers that
+/// hand it to a child process retry or fail clearly.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_finds_sh_and_names_the_package_of_a_missing_tool() {
+        require("sh", "dash");
+        require("/bin/sh", "dash");
+        let e =
+            std::panic::catch_unwind(|| require("cairn-no-such-tool", "cairn-pkg")).unwrap_err();
+        let msg = e.downcast_ref::<String>().unwrap();
+        assert!(
+            msg.contains("cairn-no-such-tool") && msg.contains("`cairn-pkg`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn free_ports_are_bindable() {
+        let p = free_port();
+        assert!(p > 0);
+        TcpListener::bind(("127.0.0.1", p)).unwrap();
+    }
+}
