@@ -195,29 +195,39 @@ impl BusyLog {
 /// while the hard limit is far higher. An unlimited hard limit means the kernel's `fs.nr_open`.
 /// Failure leaves the limit as it was.
 pub fn raise_fd_limit() -> io::Result<Option<u64>> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let lim = getrlimit(Resource::Nofile);
-    let target = lim.maximum.or_else(|| {
+    let get = || {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid, writable rlimit that outlives the call.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            Ok(lim)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let lim = get()?;
+    let target = if lim.rlim_max == libc::RLIM_INFINITY {
         std::fs::read_to_string("/proc/sys/fs/nr_open")
             .ok()
-            .and_then(|s| s.trim().parse().ok())
-    });
-    let below = match (lim.current, target) {
-        (Some(cur), Some(t)) => cur < t,
-        (Some(_), None) => true,
-        (None, _) => false,
+            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(libc::RLIM_INFINITY)
+    } else {
+        lim.rlim_max
     };
-    if below {
-        setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: target,
-                maximum: lim.maximum,
-            },
-        )
-        .map_err(io::Error::from)?;
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit that outlives the call; the kernel only reads it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
-    Ok(getrlimit(Resource::Nofile).current)
+    let now = get()?.rlim_cur;
+    Ok((now != libc::RLIM_INFINITY).then_some(now))
 }
 
 /// A bound TFTP server; [`Server::serve`] runs it.
