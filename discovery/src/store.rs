@@ -477,4 +477,159 @@ mod tests {
         drop(store);
         FileStore::open(dir.path()).expect("the lock goes with the store");
     }
+
+    use crate::v2::{PutRequest, TokenLimits};
+
+    const T: &str = "0123456789abcdef0123456789abcdef";
+
+    /// Sets `rel` to `value` as a commit does; returns the event.
+    fn change(rec: &mut TokenRecord, rel: &str, value: &str) -> Event {
+        let req = PutRequest {
+            value: value.into(),
+            ..PutRequest::default()
+        };
+        let ev = rec
+            .put(rel, &req, rec.last_index, &TokenLimits::default())
+            .unwrap();
+        rec.push_history(ev.clone());
+        rec.changed_ms += 1;
+        ev
+    }
+
+    fn len(path: &Path) -> u64 {
+        fs::metadata(path).unwrap().len()
+    }
+
+    #[test]
+    fn a_change_appends_a_line_of_about_its_own_size_and_the_log_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let mut rec = TokenRecord::new(T, 3, None, 1);
+        store.save(&rec).unwrap();
+        let path = store.log_path(T);
+        for (value, what) in [('v', "a new key"), ('w', "a new value of that key")] {
+            let before = len(&path);
+            let ev = change(&mut rec, "m1", &value.to_string().repeat(2000));
+            store.append(&rec, &[ev]).unwrap();
+            let grown = len(&path) - before;
+            assert!(
+                (2000..2200).contains(&grown),
+                "{what}: the log grew by {grown} bytes for a 2000-byte value"
+            );
+        }
+        // Several changes of one commit go in one append.
+        let evs = vec![change(&mut rec, "m2", "x"), change(&mut rec, "m3", "y")];
+        store.append(&rec, &evs).unwrap();
+        drop(store);
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap(), vec![rec]);
+    }
+
+    #[test]
+    fn the_log_is_compacted_when_it_outgrows_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let mut rec = TokenRecord::new(T, 3, None, 1);
+        store.save(&rec).unwrap();
+        let path = store.log_path(T);
+        let mut largest = 0;
+        for i in 0..400 {
+            let ev = change(&mut rec, &format!("k{}", i % 5), &"v".repeat(1000));
+            store.append(&rec, &[ev]).unwrap();
+            largest = largest.max(len(&path));
+        }
+        let snapshot = serde_json::to_vec(&rec).unwrap().len() as u64;
+        assert!(
+            largest <= 2 * snapshot.max(COMPACT_MIN_BYTES) + 2000,
+            "the log reached {largest} bytes (snapshot {snapshot})"
+        );
+        let lines = fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines < 350, "never compacted: {lines} lines");
+        drop(store);
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap(), vec![rec]);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_and_a_bad_line_before_the_end_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileStore::open(dir.path()).unwrap();
+        let mut rec = TokenRecord::new(T, 3, None, 1);
+        store.save(&rec).unwrap();
+        let ev = change(&mut rec, "m1", "e1=http://127.0.0.1:2380");
+        store.append(&rec, &[ev]).unwrap();
+        let path = store.log_path(T);
+        let good = len(&path);
+        for torn in [&b"{\"t\":5,\"event\":{\"act"[..], b"not json at all\n"] {
+            fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .write_all(torn)
+                .unwrap();
+            drop(store);
+            store = FileStore::open(dir.path()).unwrap();
+            assert_eq!(store.load().unwrap(), vec![rec.clone()]);
+            assert_eq!(len(&path), good, "cut off");
+        }
+        // The next change lands on a line of its own.
+        let ev = change(&mut rec, "m2", "e2=http://127.0.0.1:2381");
+        store.append(&rec, &[ev]).unwrap();
+        drop(store);
+        let mut store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap(), vec![rec.clone()]);
+        // A line that does not parse with more after it is not a torn write.
+        let text = fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[1] = "{\"t\":1,\"event\":42}";
+        fs::write(&path, lines.join("\n") + "\n").unwrap();
+        drop(store);
+        store = FileStore::open(dir.path()).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(
+            err.contains(".log: not a discovery token record: line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn records_of_the_earlier_format_are_read_and_replaced_by_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let mut rec = TokenRecord::new(T, 3, Some("g".into()), 1);
+        rec.created_ms = 0;
+        rec.changed_ms = 0;
+        let mut old = serde_json::to_value(&rec).unwrap();
+        for k in ["created_ms", "changed_ms", "client"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let legacy = store.dir().join(format!("{T}.json"));
+        fs::write(&legacy, old.to_string()).unwrap();
+        assert_eq!(store.load().unwrap(), vec![rec.clone()]);
+        let ev = change(&mut rec, "m1", "e1=http://127.0.0.1:2380");
+        store.append(&rec, &[ev]).unwrap();
+        assert!(!legacy.exists());
+        assert!(store.log_path(T).exists());
+        drop(store);
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap(), vec![rec]);
+    }
+
+    #[test]
+    fn removed_tokens_leave_the_highest_index_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.index_floor().unwrap(), 0);
+        let rec = TokenRecord::new(T, 3, None, 1);
+        store.save(&rec).unwrap();
+        store.remove(T, 42).unwrap();
+        assert!(!store.log_path(T).exists());
+        assert_eq!(store.load().unwrap(), vec![]);
+        store
+            .remove("ffffffffffffffffffffffffffffffff", 10)
+            .unwrap();
+        drop(store);
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(store.index_floor().unwrap(), 42);
+    }
 }

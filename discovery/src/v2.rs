@@ -1209,4 +1209,228 @@ mod tests {
         assert!(!live_match("/a", true, &mk("/ab", "create")));
         assert!(history_match("/a", true, &mk("/a/_config/size", "create")));
     }
+
+    fn set(value: &str) -> PutRequest {
+        PutRequest {
+            value: value.into(),
+            ..PutRequest::default()
+        }
+    }
+
+    #[test]
+    fn replaying_the_logged_events_rebuilds_the_record_exactly() {
+        let mut live = TokenRecord::new(T, 3, Some("g".into()), 1);
+        let mut replayed = live.clone();
+        let mut cur = 1;
+        let mut log: Vec<Event> = Vec::new();
+        let mut apply = |live: &mut TokenRecord, r: Result<Event, V2Error>, cur: &mut u64| {
+            if let Ok(ev) = r {
+                *cur = ev.index();
+                live.push_history(ev.clone());
+                live.changed_ms = *cur * 10;
+                log.push(Event {
+                    prev_node: None,
+                    ..ev
+                });
+            }
+        };
+        let lim = TokenLimits::default();
+        let dir = PutRequest {
+            dir: true,
+            ..PutRequest::default()
+        };
+        let del = |recursive| DeleteRequest {
+            recursive,
+            ..DeleteRequest::default()
+        };
+        for (rel, req) in [
+            ("a", create("1")),
+            ("b", set("2")),
+            ("b", set("3")),
+            ("d/e/f", create("deep")),
+            ("d/e/f", create("again")),
+            ("x", dir.clone()),
+            ("x/y", set("in x")),
+            (
+                "a",
+                PutRequest {
+                    value: "4".into(),
+                    prev_exist: Some(true),
+                    ..PutRequest::default()
+                },
+            ),
+            (
+                "x",
+                PutRequest {
+                    dir: true,
+                    prev_exist: Some(true),
+                    ..PutRequest::default()
+                },
+            ),
+            (
+                "b",
+                PutRequest {
+                    value: "5".into(),
+                    prev_value: Some("3".into()),
+                    ..PutRequest::default()
+                },
+            ),
+            (
+                "b",
+                PutRequest {
+                    value: "6".into(),
+                    prev_value: Some("wrong".into()),
+                    ..PutRequest::default()
+                },
+            ),
+            ("a/under-a-file", create("no")),
+        ] {
+            let r = live.put(rel, &req, cur, &lim);
+            apply(&mut live, r, &mut cur);
+        }
+        for (rel, req) in [
+            ("d", del(true)),
+            ("x/y", del(false)),
+            (
+                "b",
+                DeleteRequest {
+                    prev_value: Some("5".into()),
+                    ..DeleteRequest::default()
+                },
+            ),
+            ("missing", del(false)),
+        ] {
+            let r = live.delete(rel, &req, cur);
+            apply(&mut live, r, &mut cur);
+        }
+        assert_eq!(log.len(), 12, "{log:#?}");
+        for ev in log {
+            let t = ev.index() * 10;
+            replayed.replay(ev, t).unwrap();
+        }
+        assert_eq!(replayed, live);
+        // A log that does not fit the record is refused, not half applied.
+        let before = replayed.clone();
+        let bad = Event {
+            action: "update".into(),
+            node: live.repr("a", false, false, false),
+            prev_node: None,
+        };
+        let mut gone = bad.clone();
+        gone.node.key = full_key(T, "nobody");
+        assert!(replayed.replay(gone, 1).is_err());
+        let mut outside = bad;
+        outside.node.key = "/_etcd/registry/other/a".into();
+        assert!(replayed.replay(outside, 1).is_err());
+        assert_eq!(replayed, before);
+    }
+
+    #[test]
+    fn values_keys_and_bytes_are_limited_and_a_refused_change_changes_nothing() {
+        let lim = TokenLimits {
+            max_value_bytes: 100,
+            max_token_bytes: 1000,
+        };
+        let mut rec = TokenRecord::new(T, 1, None, 1);
+        let mut cur = 1;
+        let e = rec
+            .put("k", &create(&"v".repeat(101)), cur, &lim)
+            .unwrap_err();
+        assert_eq!((e.code, e.status(), e.index), (209, 400, 1));
+        assert!(e.cause.contains("value of 101 bytes"), "{}", e.cause);
+        let long_key = "k".repeat(MAX_KEY_BYTES + 1);
+        let e = rec.put(&long_key, &create("v"), cur, &lim).unwrap_err();
+        assert_eq!(e.code, 209);
+        // max_keys(1) = 34 keys; 9 of 100 bytes reach the byte limit first.
+        let mut put = |rec: &mut TokenRecord, rel: &str, req: PutRequest| {
+            let r = rec.put(rel, &req, cur, &lim);
+            if let Ok(ev) = &r {
+                cur = ev.index();
+                rec.push_history(ev.clone());
+            }
+            r
+        };
+        for i in 0..9 {
+            put(&mut rec, &format!("m{i}"), create(&"v".repeat(100))).unwrap();
+        }
+        assert_eq!(rec.data_bytes(), 20 + 9 * 102);
+        let before = rec.clone();
+        let e = put(&mut rec, "m9", create(&"v".repeat(100))).unwrap_err();
+        assert_eq!((e.code, e.status()), (103, 400));
+        assert!(e.cause.contains("at most 1000 bytes"), "{}", e.cause);
+        // Growing a value past the limit: set, update and compare-and-swap alike.
+        let grow = "v".repeat(100 + 1000 - before.data_bytes() + 1);
+        let e = put(&mut rec, "m0", set(&grow[..100])).map(|_| ());
+        assert!(e.is_ok(), "same size is fine");
+        let lim2 = TokenLimits {
+            max_value_bytes: 4096,
+            ..lim
+        };
+        for req in [
+            set(&grow),
+            PutRequest {
+                value: grow.clone(),
+                prev_exist: Some(true),
+                ..PutRequest::default()
+            },
+            PutRequest {
+                value: grow.clone(),
+                prev_value: Some("v".repeat(100)),
+                ..PutRequest::default()
+            },
+        ] {
+            let e = rec.put("m0", &req, cur, &lim2).unwrap_err();
+            assert_eq!(e.code, 103, "{req:?}");
+        }
+        // Directories made on the way count too (the key and value alone would just fit), and a
+        // refusal leaves none of them behind.
+        let snapshot = rec.clone();
+        let fits = "v".repeat(1000 - rec.data_bytes() - "a/b/c".len());
+        let e = rec.put("a/b/c", &create(&fits), cur, &lim).unwrap_err();
+        assert_eq!(e.code, 103);
+        assert_eq!(rec, snapshot);
+        // A delete makes room again.
+        rec.delete("m1", &DeleteRequest::default(), cur).unwrap();
+        rec.put("a/b", &create("v"), cur + 1, &lim).unwrap();
+
+        // Keys: a token for one member holds 34.
+        let mut rec = TokenRecord::new(T, 1, None, 1);
+        let big = TokenLimits::default();
+        let mut cur = 1;
+        for i in 0..max_keys(1) {
+            let ev = rec.put(&format!("m{i}"), &create("v"), cur, &big).unwrap();
+            cur = ev.index();
+        }
+        assert_eq!(rec.key_count(), 34);
+        let e = rec.put("one-more", &create("v"), cur, &big).unwrap_err();
+        assert_eq!((e.code, e.status()), (103, 400));
+        assert_eq!(
+            e.message, "Reached the max number of peers in the cluster",
+            "etcd's message"
+        );
+        assert!(
+            e.cause
+                .contains("a token for 1 members holds at most 34 keys"),
+            "{}",
+            e.cause
+        );
+        // Changing an existing key is fine at the limit.
+        rec.put("m0", &set("w"), cur, &big).unwrap();
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes() {
+        let mut rec = TokenRecord::new(T, 3, None, 1);
+        let mut cur = 1;
+        let value = "v".repeat(4000);
+        for _ in 0..100 {
+            put(&mut rec, "k", set(&value), &mut cur).unwrap();
+        }
+        let bytes: usize = rec.history.iter().map(event_bytes).sum();
+        assert!(bytes <= HISTORY_MAX_BYTES, "{bytes}");
+        assert!(rec.history.len() < 40, "{}", rec.history.len());
+        assert_eq!(rec.history.back().unwrap().index(), cur);
+        let e = rec.scan(&full_key(T, ""), true, 2, cur).unwrap_err();
+        assert_eq!(e.code, 401);
+    }
 }

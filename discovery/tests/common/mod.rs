@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use cairn_discovery::Discovery;
+use cairn_discovery::{Discovery, Limits};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
@@ -34,12 +34,20 @@ pub async fn listen(port: u16) -> tokio::net::TcpListener {
     sock.listen(1024).unwrap()
 }
 
-/// Serves `d` nested at `/discovery` (as cairn serve mounts it) in the current runtime.
+/// Serves `d` nested at `/discovery` (as cairn serve mounts it, with each connection's peer
+/// address) in the current runtime.
 pub async fn serve(d: Discovery, port: u16) -> SocketAddr {
     let listener = listen(port).await;
     let addr = listener.local_addr().unwrap();
     let app: Router = Router::new().nest("/discovery", cairn_discovery::router(d));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
     addr
 }
 
@@ -53,6 +61,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(state_dir: &Path, port: u16, wait_timeout: Duration) -> TestServer {
+        TestServer::start_with(state_dir, port, wait_timeout, Limits::default())
+    }
+
+    pub fn start_with(
+        state_dir: &Path,
+        port: u16,
+        wait_timeout: Duration,
+        limits: Limits,
+    ) -> TestServer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -60,7 +77,8 @@ impl TestServer {
             .unwrap();
         let d = Discovery::open(state_dir, None)
             .unwrap()
-            .with_wait_timeout(wait_timeout);
+            .with_wait_timeout(wait_timeout)
+            .with_limits(limits);
         let addr = rt.block_on(serve(d.clone(), port));
         TestServer {
             rt: Some(rt),
@@ -94,6 +112,14 @@ pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector,
 
 pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A client whose connections come from `local` (any 127.0.0.0/8 address is loopback on Linux):
+/// another machine as far as per-client limits go.
+pub fn client_from(local: std::net::IpAddr) -> HttpClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(Some(local));
+    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 pub struct Answer {
