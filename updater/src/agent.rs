@@ -147,6 +147,8 @@ pub struct Agent {
     pub config: Config,
     pub keys: TrustedKeys,
     pub http: ureq::Agent,
+    /// How transient download failures are retried.
+    pub retry: fetch::Retry,
     /// Test hook: abort the process (as a power cut would stop it) after
     /// this many bytes were written to the slot and the ESP.
     pub abort_after: Option<u64>,
@@ -169,6 +171,7 @@ impl Agent {
             config,
             keys,
             http: fetch::http_agent(),
+            retry: fetch::Retry::default(),
             abort_after: None,
             written: AtomicU64::new(0),
         }
@@ -247,14 +250,24 @@ impl Agent {
             })
             .into_iter()
             .collect();
-        let bytes = fetch::get_small(&self.http, &format!("{base}manifest"), &headers)?;
-        let sig = fetch::get_small(&self.http, &format!("{base}manifest.sig"), &headers)?;
         if self.keys.is_empty() {
             return Err(UpdateError::Refused(format!(
                 "no trusted update keys in {}",
                 self.paths.trusted_keys.display()
             )));
         }
+        let bytes = fetch::get_small(
+            &self.http,
+            &self.retry,
+            &format!("{base}manifest"),
+            &headers,
+        )?;
+        let sig = fetch::get_small(
+            &self.http,
+            &self.retry,
+            &format!("{base}manifest.sig"),
+            &headers,
+        )?;
         let m = manifest::verify(
             &bytes,
             &sig,
@@ -266,6 +279,7 @@ impl Agent {
                 now: fsutil::now(),
             },
         )?;
+        admit(&self.state()?, &m.version)?;
         Ok((m, base))
     }
 
@@ -292,24 +306,22 @@ impl Agent {
                 return Ok(Outcome::UpToDate { running, offered });
             }
             Err(e) => {
-                self.record(None, &e);
+                let version = match &e {
+                    UpdateError::Denied { version, .. } => Some(version.as_str()),
+                    UpdateError::Replayed { offered, .. } => Some(offered.as_str()),
+                    _ => None,
+                };
+                self.record(version, &e);
                 return Err(e);
             }
         };
-        match &st.phase {
-            Phase::Staged { version, slot, .. } if *version == m.version => {
+        if let Phase::Staged { version, slot, .. } = &st.phase {
+            if *version == m.version {
                 return Ok(Outcome::AlreadyStaged {
                     version: version.clone(),
                     slot: *slot,
-                })
+                });
             }
-            Phase::RolledBack { version, .. } if *version == m.version => {
-                let e = UpdateError::Refused(format!(
-                    "version {version} rolled back on this machine; waiting for a newer one"
-                ));
-                return Err(e);
-            }
-            _ => {}
         }
         match self.install(&running, &m, &base) {
             Ok(o) => Ok(o),
@@ -367,7 +379,10 @@ impl Agent {
         for p in &m.parts {
             let url = format!("{base}{}", p.path);
             tracing::info!("downloading {url} ({} bytes)", p.size);
-            files.push((p, fetch::download_part(&self.http, &url, &dl, p)?));
+            files.push((
+                p,
+                fetch::download_part(&self.http, &self.retry, &url, &dl, p)?,
+            ));
         }
         // 2. the inactive slot loses its entry (and its ESP files) first
         let removed = entries::remove_slot_entries(&self.paths.esp, target)?;
@@ -609,6 +624,30 @@ fn libc_enospc() -> i32 {
     rustix::io::Errno::NOSPC.raw_os_error()
 }
 
+/// Whether a verified manifest for `version` may be installed given what
+/// this machine went through: not a version that failed here, and not
+/// older than the newest version ever accepted here (anti-replay: a
+/// validly signed, unexpired older manifest replayed by the network or a
+/// withdrawn channel). The same version as the newest accepted passes (an
+/// interrupted download resumes), unless it failed.
+pub fn admit(state: &State, version: &str) -> Result<()> {
+    if let Some(d) = state.denied(version) {
+        return Err(UpdateError::Denied {
+            version: d.version,
+            at: d.at,
+            reason: d.reason,
+        });
+    }
+    if let Some(a) = state.replayed(version) {
+        return Err(UpdateError::Replayed {
+            offered: version.to_string(),
+            newest: a.version.clone(),
+            at: a.at.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// What the ESP says about `slot`'s entry: its boot counter.
 fn entry_note(esp: &Path, slot: Slot) -> String {
     match entries::for_slot(esp, slot) {
@@ -827,6 +866,28 @@ impl std::fmt::Display for StatusReport {
                     .map(|v| format!(" (version {v})"))
                     .unwrap_or_default(),
                 fl.reason
+            )?;
+        }
+        if let Some(a) = &s.newest_accepted {
+            writeln!(
+                f,
+                "accepted: {} at {} (older versions are refused as replays)",
+                a.version, a.at
+            )?;
+        }
+        const SHOWN: usize = 5;
+        let hidden = s.denied.len().saturating_sub(SHOWN);
+        for d in s.denied.iter().rev().take(SHOWN) {
+            writeln!(
+                f,
+                "denied:   {} (failed here at {}: {})",
+                d.version, d.at, d.reason
+            )?;
+        }
+        if hidden > 0 {
+            writeln!(
+                f,
+                "          and {hidden} older failed versions (status --json lists them)"
             )?;
         }
         let c = &self.config;

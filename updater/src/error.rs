@@ -38,6 +38,18 @@ pub enum UpdateError {
     WrongChannel { expected: String, got: String },
     #[error("version {offered} is not newer than the running {running}")]
     NotNewer { offered: String, running: String },
+    #[error("version {version} rolled back on this machine ({at}: {reason}); it is not installed again: waiting for a newer one")]
+    Denied {
+        version: String,
+        at: String,
+        reason: String,
+    },
+    #[error("version {offered} is older than {newest}, which this machine accepted at {at}: a replayed or withdrawn manifest is not installed; waiting for a version newer than {newest}")]
+    Replayed {
+        offered: String,
+        newest: String,
+        at: String,
+    },
     #[error("{what}: SHA-256 {got}, manifest says {expected}")]
     HashMismatch {
         what: String,
@@ -60,6 +72,12 @@ pub enum UpdateError {
     Network { url: String, message: String },
     #[error("{url}: HTTP {status}")]
     HttpStatus { url: String, status: u16 },
+    #[error("{last} (gave up after {tries} tries in {secs} s)")]
+    GaveUp {
+        tries: u32,
+        secs: u64,
+        last: Box<UpdateError>,
+    },
     #[error("{0}")]
     Refused(String),
     #[error("state: {0}")]
@@ -70,6 +88,20 @@ impl UpdateError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> UpdateError {
         let path = path.into();
         move |source| UpdateError::Io { path, source }
+    }
+
+    /// A failure that may pass by itself (DNS, refused or reset
+    /// connections, timeouts, a server's 5xx, 408 or 429), as the builder
+    /// retries them. A 404, a bad signature, a wrong hash or size or a
+    /// local I/O error is final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UpdateError::Network { .. } => true,
+            UpdateError::HttpStatus { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
+        }
     }
 }
 

@@ -1,12 +1,15 @@
 //! HTTP for the agent (blocking ureq): small GETs for the manifest and its
 //! signature, and part downloads into `DIR/<sha256>.part` that resume with
 //! `Range: bytes=N-` after a cut, are checked against the manifest's size
-//! and SHA-256, and only then renamed to `DIR/<sha256>`.
+//! and SHA-256, and only then renamed to `DIR/<sha256>`. Transient failures
+//! (DNS, refused or reset connections, timeouts, HTTP 5xx, 408, 429) are
+//! retried with a growing delay ([`Retry`], the builder's policy); a 404, a
+//! wrong size or hash, or a bad signature never are.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -16,8 +19,58 @@ use crate::manifest::Part;
 
 /// Largest manifest or signature accepted.
 const SMALL_LIMIT: u64 = 1 << 20;
-/// Attempts per part (each resumes where the last stopped).
-const ATTEMPTS: u32 = 6;
+
+/// How transient failures are retried: `tries` attempts in all, waiting
+/// `first_delay` after the first failure and twice as long after each
+/// following one, at most `max_delay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub tries: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Retry {
+    /// 5 tries over about 15 s (1, 2, 4, 8 s between them).
+    fn default() -> Self {
+        Retry {
+            tries: 5,
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(16),
+        }
+    }
+}
+
+impl Retry {
+    /// Runs `attempt` until it succeeds, fails for good
+    /// ([`UpdateError::is_transient`] is false), or the tries are spent;
+    /// the last error then says how many tries were made.
+    pub fn run<T>(&self, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let tries = self.tries.max(1);
+        let mut delay = self.first_delay;
+        let mut n = 1;
+        loop {
+            match attempt() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && n < tries => {
+                    tracing::warn!("{e}; try {} of {tries} in {delay:.0?}", n + 1);
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(self.max_delay);
+                    n += 1;
+                }
+                Err(e) if e.is_transient() && tries > 1 => {
+                    return Err(UpdateError::GaveUp {
+                        tries: n,
+                        secs: start.elapsed().as_secs(),
+                        last: Box::new(e),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
 
 /// The HTTP client the agent uses.
 pub fn http_agent() -> ureq::Agent {
@@ -38,8 +91,18 @@ fn net(url: &str, e: impl std::fmt::Display) -> UpdateError {
     }
 }
 
-/// GET a small document (manifest, signature), with extra headers.
-pub fn get_small(http: &ureq::Agent, url: &str, headers: &[(&str, String)]) -> Result<Vec<u8>> {
+/// GET a small document (manifest, signature), with extra headers,
+/// retrying transient failures.
+pub fn get_small(
+    http: &ureq::Agent,
+    retry: &Retry,
+    url: &str,
+    headers: &[(&str, String)],
+) -> Result<Vec<u8>> {
+    retry.run(|| get_small_once(http, url, headers))
+}
+
+fn get_small_once(http: &ureq::Agent, url: &str, headers: &[(&str, String)]) -> Result<Vec<u8>> {
     let mut req = http.get(url);
     for (k, v) in headers {
         req = req.header(*k, v);
@@ -56,7 +119,12 @@ pub fn get_small(http: &ureq::Agent, url: &str, headers: &[(&str, String)]) -> R
         .with_config()
         .limit(SMALL_LIMIT)
         .read_to_vec()
-        .map_err(|e| net(url, e))
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => UpdateError::Refused(format!(
+                "{url}: larger than {SMALL_LIMIT} bytes, too large for a manifest or signature"
+            )),
+            e => net(url, e),
+        })
 }
 
 /// Where a part's download lives.
@@ -77,10 +145,17 @@ pub fn remaining(dir: &Path, part: &Part) -> u64 {
     part.size.saturating_sub(have)
 }
 
-/// Downloads `part` from `url` into `dir` (resuming a `.part` file) and
-/// returns the verified file. A complete file whose hash does not match is
-/// deleted (the next attempt starts over) and refused.
-pub fn download_part(http: &ureq::Agent, url: &str, dir: &Path, part: &Part) -> Result<PathBuf> {
+/// Downloads `part` from `url` into `dir` (resuming a `.part` file, also
+/// between the tries of a transient failure) and returns the verified
+/// file. A complete file whose hash does not match is deleted (the next
+/// run starts over) and refused, without a retry.
+pub fn download_part(
+    http: &ureq::Agent,
+    retry: &Retry,
+    url: &str,
+    dir: &Path,
+    part: &Part,
+) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(UpdateError::io(dir))?;
     let (partial, done) = part_paths(dir, part);
     if done.exists() {
@@ -90,24 +165,7 @@ pub fn download_part(http: &ureq::Agent, url: &str, dir: &Path, part: &Part) -> 
         }
         fs::remove_file(&done).map_err(UpdateError::io(&done))?;
     }
-    let mut last_err = None;
-    for attempt in 1..=ATTEMPTS {
-        match fetch_once(http, url, &partial, part.size) {
-            Ok(()) => {
-                last_err = None;
-                break;
-            }
-            Err(e @ UpdateError::Network { .. }) => {
-                tracing::warn!("{} (attempt {attempt} of {ATTEMPTS}): resuming", e);
-                last_err = Some(e);
-                std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    if let Some(e) = last_err {
-        return Err(e);
-    }
+    retry.run(|| fetch_once(http, url, &partial, part.size))?;
     let (sha, size) = hash_file(&partial)?;
     if size != part.size || sha != part.sha256 {
         let _ = fs::remove_file(&partial);

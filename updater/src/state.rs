@@ -4,6 +4,11 @@
 //! reboot), trial (booted into it, not yet healthy), committed, rolled
 //! back (with the reason). `State::apply` is the only way to change the
 //! phase and refuses the transitions that would be unsafe.
+//!
+//! Two records outlive the phases: the versions that failed on this
+//! machine (rolled back; the last [`DENY_LIMIT`] of them), never installed
+//! again, and the newest version this machine ever accepted for
+//! installation, below which no manifest is taken (a replayed older one).
 
 use std::fs;
 use std::path::Path;
@@ -75,6 +80,25 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// How many failed versions the deny-list keeps (the oldest go first).
+pub const DENY_LIMIT: usize = 64;
+
+/// A version that failed on this machine and is not installed again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denied {
+    pub version: String,
+    /// When it was given up.
+    pub at: String,
+    pub reason: String,
+}
+
+/// The newest version this machine accepted for installation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub version: String,
+    pub at: String,
+}
+
 /// The state file's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -86,6 +110,13 @@ pub struct State {
     /// The last refused or failed attempt (kept until an update is staged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,
+    /// Versions that rolled back here, oldest first, at most
+    /// [`DENY_LIMIT`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<Denied>,
+    /// The newest version ever accepted here (anti-replay floor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_accepted: Option<Accepted>,
 }
 
 impl Default for State {
@@ -94,6 +125,8 @@ impl Default for State {
             phase: Phase::Idle,
             since: String::new(),
             last_failure: None,
+            denied: Vec::new(),
+            newest_accepted: None,
         }
     }
 }
@@ -144,7 +177,18 @@ impl State {
                     "slot {slot} is on trial: the other slot is the fallback and is not overwritten until the trial is committed or rolled back"
                 )))
             }
-            (_, Event::Download { version, slot }) => Phase::Downloading { version, slot },
+            (_, Event::Download { version, slot }) => {
+                let newer = next.newest_accepted.as_ref().is_none_or(|a| {
+                    crate::version::compare(&version, &a.version).is_gt()
+                });
+                if newer {
+                    next.newest_accepted = Some(Accepted {
+                        version: version.clone(),
+                        at: stamp.clone(),
+                    });
+                }
+                Phase::Downloading { version, slot }
+            }
             (_, Event::Refused { version, reason }) => {
                 next.last_failure = Some(Failure {
                     at: stamp.clone(),
@@ -263,11 +307,59 @@ impl State {
             }
             (_, Event::HealthFailed { .. }) => return Ok(self.clone()),
         };
+        if let Phase::RolledBack {
+            version, reason, ..
+        } = &phase
+        {
+            if !matches!(&self.phase, Phase::RolledBack { version: v, .. } if v == version) {
+                next.deny(version, reason, &stamp);
+            }
+        }
         if phase != self.phase {
             next.since = stamp;
         }
         next.phase = phase;
         Ok(next)
+    }
+
+    /// Adds `version` to the deny-list (moving it to the end if it was
+    /// there), dropping the oldest entries beyond [`DENY_LIMIT`].
+    fn deny(&mut self, version: &str, reason: &str, at: &str) {
+        self.denied.retain(|d| d.version != version);
+        self.denied.push(Denied {
+            version: version.to_string(),
+            at: at.to_string(),
+            reason: reason.to_string(),
+        });
+        let excess = self.denied.len().saturating_sub(DENY_LIMIT);
+        self.denied.drain(..excess);
+    }
+
+    /// Why `version` must not be installed here: it failed on this machine
+    /// (the deny-list, or the current rolled-back phase of a state file
+    /// written before the deny-list existed).
+    pub fn denied(&self, version: &str) -> Option<Denied> {
+        if let Some(d) = self.denied.iter().rev().find(|d| d.version == version) {
+            return Some(d.clone());
+        }
+        match &self.phase {
+            Phase::RolledBack {
+                version: v, reason, ..
+            } if v == version => Some(Denied {
+                version: v.clone(),
+                at: self.since.clone(),
+                reason: reason.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The newest version accepted here, when `version` is older than it
+    /// (a replayed or withdrawn manifest).
+    pub fn replayed(&self, version: &str) -> Option<&Accepted> {
+        self.newest_accepted
+            .as_ref()
+            .filter(|a| crate::version::compare(version, &a.version).is_lt())
     }
 
     /// Reads the state file; a missing file is `Idle`.
@@ -557,6 +649,104 @@ mod tests {
                 s
             );
         }
+    }
+
+    fn rolled_back_from_staged(s: State, v: &str, boot: &str) -> State {
+        let s = s
+            .apply(dl(v, Slot::B), T)
+            .unwrap()
+            .apply(staged(v, Slot::B, "b0"), T)
+            .unwrap();
+        // systemd-boot fell back: slot a runs again
+        s.apply(booted(Slot::A, boot), T + 1).unwrap()
+    }
+
+    #[test]
+    fn a_rolled_back_version_stays_denied_after_later_failures() {
+        let s = rolled_back_from_staged(State::default(), "2", "b1");
+        assert_eq!(s.phase.name(), "rolled_back");
+        assert_eq!(s.denied.len(), 1);
+        assert!(s
+            .denied("2")
+            .unwrap()
+            .reason
+            .contains("slot a runs instead"));
+        // a later attempt at 3 fails while writing: the phase goes back to
+        // idle, and 2 is still denied
+        let s = s
+            .apply(dl("3", Slot::B), T + 2)
+            .unwrap()
+            .apply(
+                Event::Refused {
+                    version: Some("3".into()),
+                    reason: "hash mismatch".into(),
+                },
+                T + 3,
+            )
+            .unwrap();
+        assert_eq!(s.phase, Phase::Idle);
+        assert!(s.denied("2").is_some());
+        assert!(
+            s.denied("3").is_none(),
+            "a failed download is not a failed version"
+        );
+        // and the list survives the file
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("state.json");
+        s.save(&p).unwrap();
+        assert_eq!(State::load(&p).unwrap().denied("2"), s.denied("2"));
+        // observing the same rollback again adds nothing
+        let again = s.apply(booted(Slot::A, "b9"), T + 4).unwrap();
+        assert_eq!(again.denied.len(), 1);
+    }
+
+    #[test]
+    fn the_deny_list_is_bounded_and_keeps_the_newest() {
+        let mut s = State::default();
+        for i in 0..(DENY_LIMIT + 10) {
+            s = rolled_back_from_staged(s, &format!("{}", i + 2), &format!("boot{i}"));
+        }
+        assert_eq!(s.denied.len(), DENY_LIMIT);
+        assert!(s.denied("2").is_none(), "the oldest went first");
+        assert!(s.denied(&format!("{}", DENY_LIMIT + 11)).is_some());
+        // the same version failing twice is listed once, as the newest
+        let s = rolled_back_from_staged(s, "20", "again");
+        assert_eq!(s.denied.len(), DENY_LIMIT);
+        assert_eq!(s.denied.last().unwrap().version, "20");
+        assert_eq!(s.denied.iter().filter(|d| d.version == "20").count(), 1);
+    }
+
+    #[test]
+    fn the_newest_accepted_version_only_grows() {
+        let s = State::default().apply(dl("3", Slot::B), T).unwrap();
+        assert_eq!(s.newest_accepted.as_ref().unwrap().version, "3");
+        assert_eq!(s.replayed("2").unwrap().version, "3");
+        assert!(s.replayed("3").is_none(), "the same version may resume");
+        assert!(s.replayed("4").is_none());
+        // an older download (as the old agent would have started) does not
+        // lower it
+        let s = s.apply(dl("2", Slot::B), T + 1).unwrap();
+        assert_eq!(s.newest_accepted.as_ref().unwrap().version, "3");
+        let s = s.apply(dl("10", Slot::B), T + 2).unwrap();
+        assert_eq!(s.newest_accepted.as_ref().unwrap().version, "10");
+    }
+
+    #[test]
+    fn a_state_file_of_the_old_agent_still_loads_and_denies_its_rollback() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("state.json");
+        fs::write(
+            &p,
+            r#"{"phase": "rolled_back", "version": "2", "slot": "b", "reason": "why", "since": "2025-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let s = State::load(&p).unwrap();
+        assert!(s.denied.is_empty() && s.newest_accepted.is_none());
+        let d = s.denied("2").unwrap();
+        assert_eq!(
+            (d.reason.as_str(), d.at.as_str()),
+            ("why", "2025-01-01T00:00:00Z")
+        );
     }
 
     #[test]

@@ -526,3 +526,132 @@ fn no_trusted_keys_or_server_means_no_update() {
     assert!(e.to_string().contains("no SERVER="), "{e}");
     assert_untouched(&w.m, &before, "no keys / no server");
 }
+
+/// Serves a bundle of `v` whose rootfs has one flipped byte (the download
+/// is refused by its hash after the manifest was accepted).
+fn tampered(w: &World, v: &str) -> std::path::PathBuf {
+    let b = build(&w.bundles, "default", v, &key(), ROOTFS);
+    let p = b.root.join("rootfs.squashfs");
+    let mut d = read(&p);
+    d[ROOTFS / 2] ^= 1;
+    fs::remove_file(&p).unwrap(); // a hard link to the build's file
+    fs::write(&p, d).unwrap();
+    b.root
+}
+
+fn status_text(m: &Machine) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-update"))
+        .args(m.cli_args())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_rolled_back_version_is_not_installed_again_after_a_later_failure() {
+    let w = world();
+    let m = &w.m;
+    let v2 = build(&w.bundles, "default", "2", &key(), ROOTFS);
+    w.server.serve(&v2.root);
+    m_apply_ok(m);
+    // v2 never boots: systemd-boot falls back to slot a
+    fs::rename(
+        m.paths.esp.join("loader/entries/cairn-2+3.conf"),
+        m.paths.esp.join("loader/entries/cairn-2+0-3.conf"),
+    )
+    .unwrap();
+    m.reboot_into("a", "1", "boot-2");
+    // a later attempt at 3 fails (its download does not match): the phase
+    // is idle again
+    w.server.serve(&tampered(&w, "3"));
+    let e = m.agent().apply().unwrap_err();
+    assert!(e.to_string().contains("SHA-256"), "{e}");
+    assert_eq!(m.agent().state().unwrap().phase, Phase::Idle);
+    let before = snapshot(m);
+    // the channel offers the known-bad 2 again (replayed, or the server
+    // went back): refused, nothing written
+    w.server.serve(&v2.root);
+    let e = m.agent().apply().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("version 2 rolled back on this machine"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("slot a runs instead of slot b"),
+        "{e}"
+    );
+    assert_untouched(m, &before, "denied 2");
+    let st = m.agent().state().unwrap();
+    let f = st.last_failure.as_ref().unwrap();
+    assert_eq!(f.version.as_deref(), Some("2"));
+    assert!(f.reason.contains("not installed again"), "{}", f.reason);
+    let text = status_text(m);
+    assert!(text.contains("denied:   2 (failed here at"), "{text}");
+    assert!(
+        text.contains("last failure:") && text.contains("(version 2): version 2 rolled back"),
+        "{text}"
+    );
+    // the deny-list is in the JSON too
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-update"))
+        .args(m.cli_args())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["denied"][0]["version"], "2", "{j}");
+    // a newer version goes through
+    let _ = fs::remove_dir_all(w.bundles.join("3"));
+    let v3 = build(&w.bundles, "default", "3", &key(), ROOTFS);
+    w.server.serve(&v3.root);
+    m_apply_ok(m);
+    check_staged(m, &v3, "b", "3");
+}
+
+#[test]
+fn a_manifest_older_than_one_accepted_is_refused_as_a_replay() {
+    let w = world();
+    let m = &w.m;
+    let v2 = build(&w.bundles, "default", "2", &key(), ROOTFS);
+    let v3 = build(&w.bundles, "default", "3", &key(), ROOTFS - 7);
+    w.server.serve(&v3.root);
+    m_apply_ok(m);
+    check_staged(m, &v3, "b", "3");
+    let before = snapshot(m);
+    // still running 1, 3 staged: the (validly signed, unexpired) manifest
+    // of 2 comes back; it is newer than the running 1, but older than 3
+    w.server.serve(&v2.root);
+    let e = m.agent().apply().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("version 2 is older than 3, which this machine accepted"),
+        "{e}"
+    );
+    assert_untouched(m, &before, "replayed 2");
+    check_staged(m, &v3, "b", "3");
+    assert!(
+        matches!(&m.agent().state().unwrap().phase, Phase::Staged { version, .. } if version == "3")
+    );
+    // the same after an interrupted download of 4 (slot b has no entry)
+    let v4 = build(&w.bundles, "default", "4", &key(), ROOTFS);
+    w.server.serve(&v4.root);
+    w.server
+        .fail("rootfs.squashfs", &[common::Fail::Status(404)]);
+    let e = m.agent().apply().unwrap_err();
+    assert!(e.to_string().contains("HTTP 404"), "{e}");
+    w.server.serve(&v3.root);
+    let e = m.agent().apply().unwrap_err();
+    assert!(e.to_string().contains("version 3 is older than 4"), "{e}");
+    let text = status_text(m);
+    assert!(text.contains("accepted: 4 at "), "{text}");
+    assert!(
+        text.contains("(version 3): version 3 is older than 4"),
+        "{text}"
+    );
+    // 4 itself resumes
+    w.server.serve(&v4.root);
+    m_apply_ok(m);
+    check_staged(m, &v4, "b", "4");
+}

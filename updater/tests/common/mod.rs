@@ -1,10 +1,11 @@
 //! Test fixtures: a "machine" made of plain files (ESP folder, slot files,
 //! /proc-like files) and an HTTP server on 127.0.0.1 that serves update
-//! bundles with Range support and can cut a response mid-way.
+//! bundles with Range support and can cut a response mid-way, answer with
+//! an error status or drop the connection without an answer.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,6 +20,13 @@ use sha2::{Digest, Sha256};
 
 pub const RUNNING_OPTIONS: &str =
     "cairn.slot=a console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0";
+
+/// The retry policy of the tests' agents.
+pub const FAST_RETRY: cairn_updater::fetch::Retry = cairn_updater::fetch::Retry {
+    tries: 5,
+    first_delay: std::time::Duration::from_millis(10),
+    max_delay: std::time::Duration::from_millis(80),
+};
 
 /// Deterministic pseudo-random bytes.
 pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
@@ -100,7 +108,18 @@ struct Shared {
     root: Option<PathBuf>,
     /// file name -> (requests left to cut, bytes to send before cutting)
     cuts: HashMap<String, (u32, u64)>,
+    /// file name -> what the next requests get instead of the file
+    fails: HashMap<String, VecDeque<Fail>>,
     log: Vec<Seen>,
+}
+
+/// A failed answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fail {
+    /// This HTTP status, empty body.
+    Status(u16),
+    /// The connection is closed without an answer.
+    Drop,
 }
 
 /// A minimal HTTP/1.1 file server on 127.0.0.1 for `/update/v1/stable/`.
@@ -142,6 +161,26 @@ impl Server {
             .insert(file.to_string(), (times, after));
     }
 
+    /// The next requests for `file` get `fails`, in order, instead of
+    /// the file.
+    pub fn fail(&self, file: &str, fails: &[Fail]) {
+        self.shared
+            .lock()
+            .unwrap()
+            .fails
+            .entry(file.to_string())
+            .or_default()
+            .extend(fails.iter().copied());
+    }
+
+    /// How many requests for `file` were seen.
+    pub fn count(&self, file: &str) -> usize {
+        self.log()
+            .iter()
+            .filter(|s| s.path.rsplit('/').next() == Some(file))
+            .count()
+    }
+
     pub fn log(&self) -> Vec<Seen> {
         self.shared.lock().unwrap().log.clone()
     }
@@ -171,7 +210,7 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
         }
     }
     let mut w = conn;
-    let (root, cut) = {
+    let (root, cut, fail) = {
         let mut s = shared.lock().unwrap();
         s.log.push(Seen {
             path: path.clone(),
@@ -186,8 +225,25 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
             }
             _ => None,
         };
-        (s.root.clone(), cut)
+        let fail = s.fails.get_mut(&file).and_then(|q| q.pop_front());
+        (s.root.clone(), cut, fail)
     };
+    match fail {
+        Some(Fail::Status(code)) => {
+            w.write_all(
+                format!(
+                    "HTTP/1.1 {code} Failing\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )?;
+            return Ok(());
+        }
+        Some(Fail::Drop) => {
+            w.shutdown(std::net::Shutdown::Both)?;
+            return Ok(());
+        }
+        None => {}
+    }
     let file = path.strip_prefix("/update/v1/stable/").map(|f| {
         if f == "manifest" {
             "manifest.json"
@@ -326,13 +382,19 @@ impl Machine {
         }
     }
 
+    /// The agent, retrying transient failures quickly (5 tries, 10 ms
+    /// apart at first).
     pub fn agent(&self) -> Agent {
-        Agent::new(self.paths.clone()).unwrap()
+        let mut a = Agent::new(self.paths.clone()).unwrap();
+        a.retry = FAST_RETRY;
+        a
     }
 
     pub fn agent_with_keys(&self, keys: TrustedKeys) -> Agent {
         let c = Config::load(&self.paths.config).unwrap();
-        Agent::with(self.paths.clone(), c, keys)
+        let mut a = Agent::with(self.paths.clone(), c, keys);
+        a.retry = FAST_RETRY;
+        a
     }
 
     /// Simulates the reboot into `slot` running `version`.
