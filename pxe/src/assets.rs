@@ -1,5 +1,5 @@
-//! Files of image folders (`assets/<image>/<file>`) and of the iPXE directory: path-safe resolution, and
-//! HTTP responses with single-range requests, strong ETags, conditional requests, streamed bodies.
+//! Files of image folders (`assets/<image>/<file>`) and of the iPXE directory: path-safe resolution,
+//! non-blocking opens of regular files only, and HTTP responses with single-range requests, strong ETags, conditional requests, streamed bodies.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -39,9 +39,9 @@ fn plain_name(name: &str) -> Result<(), AssetError> {
     Ok(())
 }
 
-/// Opens `dir/name` where `dir` is canonical, refusing anything whose canonical path is not directly in
-/// `dir` (symlinks pointing elsewhere) and anything that is not a regular file.
-pub fn open_in(dir: &Path, name: &str) -> Result<(File, PathBuf), AssetError> {
+/// The canonical path of `dir/name` where `dir` is canonical, refusing anything whose canonical path is
+/// not directly in `dir` (symlinks pointing elsewhere).
+pub fn resolve_in(dir: &Path, name: &str) -> Result<PathBuf, AssetError> {
     plain_name(name)?;
     let candidate = dir.join(name);
     let canonical = match candidate.canonicalize() {
@@ -53,13 +53,41 @@ pub fn open_in(dir: &Path, name: &str) -> Result<(File, PathBuf), AssetError> {
             "{name:?} resolves outside its folder"
         )));
     }
-    let file = File::open(&canonical).map_err(|_| AssetError::NotFound(name.to_string()))?;
+    Ok(canonical)
+}
+
+/// Opens `path` (canonical: a link in its last component is refused) for reading without ever
+/// blocking: `O_NONBLOCK` keeps a FIFO from waiting for a writer, and anything that is not a regular
+/// file (FIFO, device, directory, socket) is refused after `fstat` on the open descriptor.
+pub fn open_regular(path: &Path) -> Result<File, AssetError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let shown = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK does not change reads of a regular file, the only kind served.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => AssetError::Refused(format!("{shown:?} became a symlink")),
+            _ => AssetError::NotFound(shown.clone()),
+        })?;
     let meta = file
         .metadata()
-        .map_err(|_| AssetError::NotFound(name.to_string()))?;
+        .map_err(|_| AssetError::NotFound(shown.clone()))?;
     if !meta.is_file() {
-        return Err(AssetError::NotFound(format!("{name:?} is not a file")));
+        return Err(AssetError::NotFound(format!("{shown:?} is not a file")));
     }
+    Ok(file)
+}
+
+/// Opens `dir/name` where `dir` is canonical, refusing anything whose canonical path is not directly in
+/// `dir` (symlinks pointing elsewhere) and anything that is not a regular file, without blocking.
+pub fn open_in(dir: &Path, name: &str) -> Result<(File, PathBuf), AssetError> {
+    let canonical = resolve_in(dir, name)?;
+    let file = open_regular(&canonical)?;
     Ok((file, canonical))
 }
 

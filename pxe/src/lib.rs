@@ -12,6 +12,7 @@ pub mod assets;
 pub mod facts;
 pub mod inventory;
 pub mod ipxe;
+pub mod programs;
 mod server;
 pub mod status;
 pub mod updates;
@@ -43,7 +44,8 @@ pub struct ServeArgs {
     /// Do not run the TFTP server.
     #[arg(long)]
     pub no_tftp: bool,
-    /// Directory holding undionly.kpxe and ipxe.efi (Debian package ipxe).
+    /// Directory holding undionly.kpxe, ipxe.efi and snponly.efi (Debian package ipxe), served over TFTP
+    /// when the image folders' own ipxe/ lacks them; its symlinks are followed (trusted).
     #[arg(long, default_value = "/usr/lib/ipxe", value_name = "DIR")]
     pub ipxe_dir: PathBuf,
     /// Base URL machines use to reach this server, e.g. http://10.0.0.1:8080 (default: from each

@@ -26,8 +26,8 @@ use crate::inventory::{Inventory, InventoryError, RenderContext};
 use crate::ipxe::{self, Endpoints};
 use crate::status::{Machine, Sighting, Stage, StatusTable};
 
-/// The iPXE binaries served at the TFTP root when present in the iPXE directory.
-pub const IPXE_FILES: [&str; 4] = ["undionly.kpxe", "undionly.kkpxe", "ipxe.efi", "snponly.efi"];
+use crate::programs::Programs;
+pub use crate::programs::IPXE_FILES;
 
 /// How to run a [`Server`].
 #[derive(Debug, Clone)]
@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     http_port: u16,
     tftp_port: std::sync::OnceLock<u16>,
     ipxe_dir: PathBuf,
+    /// The iPXE programs at the TFTP root, resolved at start and on reload.
+    programs: ArcSwap<Programs>,
     status: StatusTable,
     discovery: cairn_discovery::Discovery,
     /// Discovery token of each group with `etcd_cluster`, by group name.
@@ -103,6 +105,9 @@ impl Shared {
         })?;
         let tokens = group_tokens(&new, &self.discovery)?;
         self.etcd_tokens.store(Arc::new(tokens));
+        let programs = Programs::resolve(&new, self.ipxe_dir.canonicalize().ok().as_deref());
+        tracing::info!("iPXE programs: {}", programs.describe());
+        self.programs.store(Arc::new(programs));
         tracing::info!(
             config = %self.config_path.display(),
             profiles = new.profiles.len(),
@@ -334,8 +339,14 @@ async fn asset(
     headers: HeaderMap,
 ) -> Response<Body> {
     let ip = peer.ip().to_string();
-    let inv = s.inventory.load();
-    let opened = assets::open_asset(&inv, &rel);
+    let inv = s.inventory.load_full();
+    let opened = {
+        let rel = rel.clone();
+        // Path resolution and open are file-system calls: keep them off the runtime's workers.
+        tokio::task::spawn_blocking(move || assets::open_asset(&inv, &rel))
+            .await
+            .unwrap_or_else(|_| Err(AssetError::NotFound("open failed".into())))
+    };
     let who = s.status.key_for_ip(&ip).unwrap_or_else(|| ip.clone());
     match opened {
         Ok((file, path)) => {
@@ -486,7 +497,6 @@ fn router(state: AppState) -> Router {
 /// TFTP: iPXE binaries at the root, `boot.ipxe` generated, `assets/IMAGE/FILE` from image folders.
 struct TftpHandler {
     shared: Arc<Shared>,
-    ipxe_dir: Option<PathBuf>,
 }
 
 impl cairn_tftp::Handler for TftpHandler {
@@ -525,11 +535,9 @@ impl cairn_tftp::Handler for TftpHandler {
             let inv = self.shared.inventory.load();
             assets::open_asset(&inv, asset).map_err(refuse)?
         } else if IPXE_FILES.contains(&rel) {
-            let dir = self
-                .ipxe_dir
-                .as_deref()
-                .ok_or_else(|| TftpError::not_found("no iPXE directory"))?;
-            assets::open_in(dir, rel).map_err(refuse)?
+            // The name is one of a fixed list; the path was resolved from trusted places at start.
+            let file = self.shared.programs.load().open(rel).map_err(refuse)?;
+            (file, PathBuf::new())
         } else if rel.split('/').any(|c| c == "..") {
             return Err(refuse(AssetError::Refused("'..' is not allowed".into())));
         } else {
@@ -606,6 +614,10 @@ impl Server {
                 None
             }
         };
+        let programs = Programs::resolve(&inventory, ipxe_dir.as_deref());
+        if cfg.tftp_addr.is_some() {
+            tracing::info!("iPXE programs: {}", programs.describe());
+        }
         let discovery_dir = cfg.state_dir.join("discovery");
         let public_base = cfg
             .public_url
@@ -634,6 +646,7 @@ impl Server {
             http_port: http.port(),
             tftp_port: std::sync::OnceLock::new(),
             ipxe_dir: cfg.ipxe_dir.clone(),
+            programs: ArcSwap::from_pointee(programs),
             status: StatusTable::default(),
             discovery: discovery.clone(),
             etcd_tokens: ArcSwap::from_pointee(etcd_tokens),
@@ -642,7 +655,6 @@ impl Server {
             Some(addr) => {
                 let handler = Arc::new(TftpHandler {
                     shared: shared.clone(),
-                    ipxe_dir,
                 });
                 let server = cairn_tftp::Server::bind(addr, handler, cairn_tftp::Config::default())
                     .await
