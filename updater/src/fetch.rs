@@ -280,3 +280,96 @@ fn fetch_once(http: &ureq::Agent, url: &str, partial: &Path, size: u64) -> Resul
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn quick(tries: u32) -> Retry {
+        Retry {
+            tries,
+            first_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+        }
+    }
+
+    fn status(status: u16) -> UpdateError {
+        UpdateError::HttpStatus {
+            url: "http://x/p".into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn what_is_transient() {
+        for s in [500, 502, 503, 504, 408, 429] {
+            assert!(status(s).is_transient(), "{s}");
+        }
+        for s in [400, 401, 403, 404, 410, 416] {
+            assert!(!status(s).is_transient(), "{s}");
+        }
+        assert!(UpdateError::Network {
+            url: "u".into(),
+            message: "connection reset".into()
+        }
+        .is_transient());
+        for e in [
+            UpdateError::BadSignature { key_id: "k".into() },
+            UpdateError::HashMismatch {
+                what: "w".into(),
+                expected: "a".into(),
+                got: "b".into(),
+            },
+            UpdateError::SizeMismatch {
+                what: "w".into(),
+                expected: 1,
+                got: 2,
+            },
+        ] {
+            assert!(!e.is_transient(), "{e}");
+        }
+    }
+
+    #[test]
+    fn retry_counts_its_tries() {
+        // succeeds at the third try
+        let n = Cell::new(0);
+        let r = quick(5).run(|| {
+            n.set(n.get() + 1);
+            if n.get() < 3 {
+                Err(status(503))
+            } else {
+                Ok(n.get())
+            }
+        });
+        assert_eq!(r.unwrap(), 3);
+        // spent: the error says how many
+        let n = Cell::new(0);
+        let e = quick(4)
+            .run(|| -> Result<()> {
+                n.set(n.get() + 1);
+                Err(status(503))
+            })
+            .unwrap_err();
+        assert_eq!(n.get(), 4);
+        assert!(
+            e.to_string()
+                .starts_with("http://x/p: HTTP 503 (gave up after 4 tries in "),
+            "{e}"
+        );
+        // final errors are not retried
+        let n = Cell::new(0);
+        let e = quick(4)
+            .run(|| -> Result<()> {
+                n.set(n.get() + 1);
+                Err(status(404))
+            })
+            .unwrap_err();
+        assert_eq!(n.get(), 1);
+        assert_eq!(e.to_string(), "http://x/p: HTTP 404");
+        // one try: no "gave up"
+        let e = quick(1).run(|| -> Result<()> { Err(status(503)) });
+        assert_eq!(e.unwrap_err().to_string(), "http://x/p: HTTP 503");
+    }
+}

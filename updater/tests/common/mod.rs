@@ -218,14 +218,14 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
             seed,
         });
         let file = path.rsplit('/').next().unwrap_or("").to_string();
+        let fail = s.fails.get_mut(&file).and_then(|q| q.pop_front());
         let cut = match s.cuts.get_mut(&file) {
-            Some((n, after)) if *n > 0 => {
+            Some((n, after)) if *n > 0 && fail.is_none() => {
                 *n -= 1;
                 Some(*after)
             }
             _ => None,
         };
-        let fail = s.fails.get_mut(&file).and_then(|q| q.pop_front());
         (s.root.clone(), cut, fail)
     };
     match fail {
