@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -399,20 +399,13 @@ pub fn fetch_all(
     progress: &MultiProgress,
 ) -> Result<Vec<PathBuf>, FetchError> {
     let total: u64 = downloads.iter().map(|d| d.size).sum();
-    let bar = progress.add(ProgressBar::new(total));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix("fetch");
+    let bar = crate::progress::bytes_bar(progress, total, "fetch");
     let client = Client::new(retry);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<PathBuf, FetchError>>>> =
         Mutex::new((0..downloads.len()).map(|_| None).collect());
     let failed = std::sync::atomic::AtomicBool::new(false);
+    let cached = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
@@ -422,6 +415,9 @@ pub fn fetch_all(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(d) = downloads.get(i) else { break };
                 bar.set_message(d.label.clone());
+                if cache.blob_path(&d.sha256).exists() {
+                    cached.fetch_add(1, Ordering::Relaxed);
+                }
                 let r = fetch_one(&client, cache, d, &bar);
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
@@ -430,7 +426,17 @@ pub fn fetch_all(
             });
         }
     });
-    bar.finish_and_clear();
+    let cached = cached.into_inner();
+    crate::progress::finish(
+        progress,
+        &bar,
+        Some(format!(
+            "{} packages, {:.1} MiB ({} from the cache)",
+            downloads.len(),
+            total as f64 / 1048576.0,
+            cached
+        )),
+    );
     let mut out = Vec::with_capacity(downloads.len());
     for r in results.into_inner().expect("no poisoning") {
         match r {

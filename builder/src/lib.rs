@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod fixups;
 pub mod lock;
 pub mod pipeline;
+pub mod progress;
 pub mod repo;
 pub mod squashfs;
 pub mod tree;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::MultiProgress;
 use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -20,6 +20,7 @@ use crate::definition::{self, Loaded};
 use crate::fetch::{self, Cache, Download};
 use crate::fixups;
 use crate::lock::Lock;
+use crate::progress::{bar, finish, spinner};
 use crate::repo::{self, Mirrors};
 use crate::squashfs;
 use crate::tree::Tree;
@@ -113,29 +114,6 @@ pub struct BuildSummary {
     pub bundle: Option<cairn_updater::Bundle>,
 }
 
-fn bar(mp: &MultiProgress, len: u64, prefix: &str) -> ProgressBar {
-    let b = mp.add(ProgressBar::new(len));
-    b.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    b.set_prefix(prefix.to_string());
-    b
-}
-
-fn spinner(mp: &MultiProgress, prefix: &str, msg: &str) -> ProgressBar {
-    let b = mp.add(ProgressBar::new_spinner());
-    b.set_style(
-        ProgressStyle::with_template("{prefix:>10} {spinner} {msg} {elapsed}")
-            .expect("valid template"),
-    );
-    b.set_prefix(prefix.to_string());
-    b.set_message(msg.to_string());
-    b.enable_steady_tick(std::time::Duration::from_millis(200));
-    b
-}
-
 /// The lock to build from: the existing one when it still matches the
 /// definition (and `--update-lock` was not given), else a fresh resolution.
 fn lock_for(
@@ -162,7 +140,11 @@ fn lock_for(
     );
     let lock = repo::resolve_lock(&loaded.def, mirrors, &keys, cache, opts.retry)
         .with_context(|| format!("resolving the packages of {}", loaded.path.display()))?;
-    sp.finish_and_clear();
+    finish(
+        &opts.progress,
+        &sp,
+        Some(format!("{} packages", lock.packages.len())),
+    );
     lock.write(&path)?;
     tracing::info!(lock = %path.display(), packages = lock.packages.len(), "wrote lock");
     Ok((lock, true))
@@ -297,7 +279,7 @@ pub fn assemble(
             Ok::<_, anyhow::Error>(m)
         })
         .collect::<Result<_>>()?;
-    b.finish_and_clear();
+    finish(mp, &b, None);
     let mut tree = Tree::new_merged_usr();
     let mut installed = Vec::with_capacity(members.len());
     for (p, m) in lock.packages.iter().zip(members) {
@@ -416,7 +398,7 @@ fn finish_bundle(
             out.join(BUNDLE_DIR).display()
         )
     })?;
-    sp.finish_and_clear();
+    finish(&opts.progress, &sp, None);
     tracing::info!(
         dir = %bundle.dir.display(),
         version = %bundle.manifest.version,
@@ -556,7 +538,16 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
     )?;
     std::fs::rename(&tmp, &rootfs)
         .with_context(|| format!("moving the image to {}", rootfs.display()))?;
-    sp.finish_and_clear();
+    let size = std::fs::metadata(&rootfs).map(|m| m.len()).unwrap_or(0);
+    finish(
+        &opts.progress,
+        &sp,
+        Some(format!(
+            "{} entries -> rootfs.squashfs, {:.1} MiB",
+            tree.len(),
+            size as f64 / 1048576.0
+        )),
+    );
 
     let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
     let sp = spinner(
@@ -571,7 +562,7 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
     let pxe = artifacts::pxe_initramfs(&initrd, &rootfs, mtime)?;
     write_artifact(&opts.out, "pxe-initrd.img", &pxe)?;
     drop(pxe);
-    sp.finish_and_clear();
+    finish(&opts.progress, &sp, None);
     let root_art = sha256_and_size(&rootfs)?;
     let sp = spinner(
         &opts.progress,
@@ -595,7 +586,7 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
         allocated = report.allocated_bytes,
         "wrote disk.raw"
     );
-    sp.finish_and_clear();
+    finish(&opts.progress, &sp, None);
 
     let manifest = Manifest {
         name: def.name.clone(),
