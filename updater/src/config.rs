@@ -23,11 +23,13 @@ pub enum Strategy {
     Off,
     /// Reboot only inside the window (which must be set).
     Window,
-    /// CoreOS's `best-effort`: `etcd-lock` when etcd runs, else `reboot`.
-    /// Without the cluster lock (a later issue) it behaves as `reboot`.
+    /// CoreOS's `best-effort` (`etcd-lock` when etcd runs, else `reboot`):
+    /// cairn does not take the cluster lock for it and behaves as `reboot`.
     BestEffort,
-    /// Take a reboot lock in etcd first: not implemented yet; staged
-    /// updates wait for a manual reboot.
+    /// Take a slot of the cluster reboot lock in the local etcd first
+    /// (locksmith's semaphore, `crate::lock`), asking again while every
+    /// slot is held, inside the window if one is set; the health gate of
+    /// the new slot gives the slot back.
     EtcdLock,
 }
 

@@ -3,7 +3,8 @@
 //! parsing, logging, exit codes and the reboot command; everything else is
 //! the library's.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -138,14 +139,23 @@ enum LockCmd {
 /// The local etcd member, as locksmith used by default.
 const ETCD: &str = "http://127.0.0.1:2379";
 
-fn machine_id(given: Option<String>) -> Result<String> {
-    match given {
-        Some(id) => Ok(id),
-        None => Ok(std::fs::read_to_string("/etc/machine-id")
-            .context("reading /etc/machine-id (or name the machine)")?
-            .trim()
-            .to_string()),
+/// The id the reboot lock is held under: the one given, else the machine
+/// id from `path` (`--machine-id`, `/etc/machine-id` by default).
+fn machine_id(given: Option<String>, path: &Path) -> Result<String> {
+    if let Some(id) = given {
+        return Ok(id);
     }
+    let id = std::fs::read_to_string(path)
+        .with_context(|| {
+            format!(
+                "reading the machine id {} (or name the machine)",
+                path.display()
+            )
+        })?
+        .trim()
+        .to_string();
+    anyhow::ensure!(!id.is_empty(), "the machine id {} is empty", path.display());
+    Ok(id)
 }
 
 fn print_lock(s: &cairn_updater::lock::Semaphore) {
@@ -167,6 +177,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(colour_logs())
         .without_time()
         .init();
     let cli = Cli::parse();
@@ -177,6 +188,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Colour in the log lines only for a person at a terminal: stderr is a
+/// TTY and `NO_COLOR` is unset or empty (no-color.org). A pipe, a file or
+/// the journal gets plain text.
+fn colour_logs() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn agent(p: &PathArgs) -> Result<Agent> {
@@ -198,14 +216,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match cmd {
                 LockCmd::Status => print_lock(&lock.status().context("reading the reboot lock")?),
                 LockCmd::Lock { id } => {
-                    let id = machine_id(id)?;
+                    let id = machine_id(id, &cli.paths.machine_id)?;
                     let s = lock
                         .lock(&id)
                         .with_context(|| format!("taking the reboot lock for {id}"))?;
                     print_lock(&s);
                 }
                 LockCmd::Unlock { id } => {
-                    let id = machine_id(id)?;
+                    let id = machine_id(id, &cli.paths.machine_id)?;
                     let released = lock
                         .unlock(&id)
                         .with_context(|| format!("releasing the reboot lock of {id}"))?;
@@ -272,7 +290,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } else {
                     match a.config.may_reboot_now(cairn_updater::fsutil::now()) {
                         Ok(()) if a.config.strategy == Strategy::EtcdLock => {
-                            let id = machine_id(None)?;
+                            let id = machine_id(None, &cli.paths.machine_id)?;
                             if wait_for_lock(&a.config, &id, lock_poll) {
                                 reboot()?
                             }
@@ -391,7 +409,7 @@ fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCo
         );
         if a.config.strategy == Strategy::EtcdLock {
             // the slot taken before the reboot goes back once the new slot is healthy
-            let id = machine_id(None)?;
+            let id = machine_id(None, &p.machine_id)?;
             match cairn_updater::lock::RebootLock::new(ETCD).unlock(&id) {
                 Ok(true) => println!("released the cluster reboot lock ({id})"),
                 Ok(false) => {}
@@ -424,4 +442,23 @@ fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCo
         }
     }
     Ok(ExitCode::from(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_id_comes_from_the_given_file() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("machine-id");
+        std::fs::write(&p, "0123abcd\n").unwrap();
+        assert_eq!(machine_id(None, &p).unwrap(), "0123abcd");
+        assert_eq!(machine_id(Some("other".into()), &p).unwrap(), "other");
+        let missing = t.path().join("none");
+        let e = format!("{:#}", machine_id(None, &missing).unwrap_err());
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(machine_id(None, &p).is_err());
+    }
 }

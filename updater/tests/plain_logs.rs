@@ -1,0 +1,44 @@
+//! `cairn-update` writing its log to a pipe (as `apply >log 2>&1` or the
+//! journal would take it): plain text, no ANSI colour codes (issue 19
+//! item 3).
+
+mod common;
+
+use std::fs;
+use std::process::{Command, Stdio};
+
+use cairn_updater::keys::SecretKey;
+use common::*;
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let t = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let m = Machine::new(
+        &t.path().join("machine"),
+        &server,
+        &SecretKey::from_seed([42; 32]),
+        "1",
+        &bytes(1, 1 << 20),
+    );
+    // no trusted key: the refusal is logged as an error
+    fs::remove_file(m.paths.trusted_keys.join("update.pub")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-update"))
+        .args(m.cli_args())
+        .args(["apply", "--no-reboot"])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("ERROR") && err.contains("update refused: no trusted update keys"),
+        "{err}"
+    );
+    assert!(!err.contains("\x1b["), "colour codes in a pipe: {err:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("\x1b["));
+}
