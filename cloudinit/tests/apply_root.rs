@@ -14,15 +14,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn require_tool(tool: &str, package: &str) {
-    let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(tool).exists());
-    assert!(
-        found,
-        "{tool} is missing: install the Debian package {package}"
-    );
-}
+use cairn_testkit::require as require_tool;
 
 /// A minimal root: accounts (root, core, docker group), the units the image
 /// ships that the fixture refers to.

@@ -3,113 +3,17 @@
 
 mod common;
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cairn_testkit::Etcd;
 use common::{free_port, TestServer};
 
-const ETCD: &str = "/usr/bin/etcd";
 const ETCDCTL: &str = "/usr/bin/etcdctl";
 
 fn require_tools() {
-    assert!(
-        Path::new(ETCD).exists(),
-        "{ETCD} is missing: install Debian's etcd-server package (apt-get install etcd-server)"
-    );
-    assert!(
-        Path::new(ETCDCTL).exists(),
-        "{ETCDCTL} is missing: install Debian's etcd-client package (apt-get install etcd-client)"
-    );
-}
-
-struct Etcd {
-    name: String,
-    child: Child,
-    client_url: String,
-    peer_url: String,
-    log: PathBuf,
-}
-
-impl Etcd {
-    fn start(dir: &Path, name: &str, discovery: &str, extra: &[&str]) -> Etcd {
-        let (cp, pp) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{cp}");
-        let peer_url = format!("http://127.0.0.1:{pp}");
-        Etcd::start_at(dir, name, name, &client_url, &peer_url, discovery, extra)
-    }
-
-    /// `label` names the log and data directory, `name` the member.
-    fn start_at(
-        dir: &Path,
-        label: &str,
-        name: &str,
-        client_url: &str,
-        peer_url: &str,
-        discovery: &str,
-        extra: &[&str],
-    ) -> Etcd {
-        let (client_url, peer_url) = (client_url.to_string(), peer_url.to_string());
-        let log = dir.join(format!("{label}.log"));
-        let out = fs::File::create(&log).unwrap();
-        let child = Command::new(ETCD)
-            .args(["--name", name])
-            .arg("--data-dir")
-            .arg(dir.join(format!("{label}.etcd")))
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--discovery", discovery])
-            .args(extra)
-            .env_remove("ETCD_DISCOVERY")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {ETCD}: {e}"));
-        Etcd {
-            name: name.to_string(),
-            child,
-            client_url,
-            peer_url,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-
-    fn wait_log(&mut self, needle: &str, limit: Duration) -> bool {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    cairn_testkit::require(cairn_testkit::etcd::ETCD, "etcd-server");
+    cairn_testkit::require(ETCDCTL, "etcd-client");
 }
 
 fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
@@ -159,8 +63,8 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
     let token = server.discovery.create(3).unwrap();
     let url = format!("{}/{token}", server.base());
 
-    let e1 = Etcd::start(tmp.path(), "e1", &url, &[]);
-    let e2 = Etcd::start(tmp.path(), "e2", &url, &[]);
+    let e1 = Etcd::with_discovery(tmp.path(), "e1", &url, &[]);
+    let e2 = Etcd::with_discovery(tmp.path(), "e2", &url, &[]);
     wait_members(&server, &token, 2, &[&e1, &e2]);
     // Both now wait (long-poll) for the third; restart the server under them.
     let (mut e1, mut e2) = (e1, e2);
@@ -196,7 +100,7 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
         "e1 and e2 each had a wait end empty: {}",
         server.discovery.waits_timed_out()
     );
-    let e3 = Etcd::start(tmp.path(), "e3", &url, &[]);
+    let e3 = Etcd::with_discovery(tmp.path(), "e3", &url, &[]);
     let e3_started = Instant::now();
     wait_members(&server, &token, 3, &[&e1, &e2, &e3]);
     let all = [&e1, &e2, &e3];
@@ -249,7 +153,7 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
     // A fourth member with the same token: etcd 3.4 checks before registering and stops with
     // "discovery: cluster is full" (with --discovery-fallback=exit) ...
     eprintln!("cluster checked at {:?}", t0.elapsed());
-    let mut e4 = Etcd::start(tmp.path(), "e4", &url, &["--discovery-fallback", "exit"]);
+    let mut e4 = Etcd::with_discovery(tmp.path(), "e4", &url, &["--discovery-fallback", "exit"]);
     let status = e4.wait_exit(Duration::from_secs(60));
     let log4 = e4.log();
     assert!(
@@ -262,7 +166,7 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
     }
     // ... or, by default (--discovery-fallback=proxy), becomes a proxy.
     eprintln!("e4 turned away at {:?}", t0.elapsed());
-    let mut e5 = Etcd::start(tmp.path(), "e5", &url, &[]);
+    let mut e5 = Etcd::with_discovery(tmp.path(), "e5", &url, &[]);
     assert!(
         e5.wait_log(
             "discovery cluster full, falling back to proxy",
@@ -286,7 +190,14 @@ fn three_etcds_form_a_cluster_across_a_server_restart_and_a_fourth_is_turned_awa
     // id: its registration is refused with 412 (105), which etcd reports as a duplicate id.
     let (client, peer) = (e1.client_url.clone(), e1.peer_url.clone());
     drop(e1);
-    let mut again = Etcd::start_at(tmp.path(), "e1-again", "e1", &client, &peer, &url, &[]);
+    let mut again = Etcd::start_at(
+        tmp.path(),
+        "e1-again",
+        "e1",
+        &client,
+        &peer,
+        &["--discovery", &url],
+    );
     let status = again.wait_exit(Duration::from_secs(60));
     let log = again.log();
     assert!(

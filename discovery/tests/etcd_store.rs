@@ -3,61 +3,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_discovery::{store_from_spec, Discovery};
-use common::{call, free_port};
+use cairn_testkit::Etcd;
+use common::call;
 use hyper::{Method, StatusCode};
-
-struct Etcd(Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_etcd(dir: &Path) -> (Etcd, u16) {
-    assert!(
-        Path::new("/usr/bin/etcd").exists(),
-        "/usr/bin/etcd is missing: install Debian's etcd-server package (apt-get install etcd-server)"
-    );
-    let (cp, pp) = (free_port(), free_port());
-    let client = format!("http://127.0.0.1:{cp}");
-    let peer = format!("http://127.0.0.1:{pp}");
-    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-    let child = Command::new("/usr/bin/etcd")
-        .args(["--name", "store"])
-        .arg("--data-dir")
-        .arg(dir.join("store.etcd"))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("store={peer}")])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting /usr/bin/etcd");
-    (Etcd(child), cp)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_live_in_etcd_and_survive_a_new_service() {
     let tmp = tempfile::tempdir().unwrap();
-    let (etcd, port) = start_etcd(tmp.path());
+    let etcd = Etcd::single(tmp.path(), "store");
+    let port = etcd.client_port();
     let spec = format!("etcd://127.0.0.1:{port}/cairn-test");
     let t = Instant::now();
     loop {
@@ -67,7 +24,7 @@ async fn tokens_live_in_etcd_and_survive_a_new_service() {
                 break;
             }
             Err(e) => {
-                let log = std::fs::read_to_string(tmp.path().join("etcd.log")).unwrap_or_default();
+                let log = etcd.log();
                 assert!(
                     t.elapsed() < Duration::from_secs(30),
                     "etcd not ready: {e}\n{log}"

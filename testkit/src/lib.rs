@@ -7,24 +7,25 @@
 //!
 //! A dev-dependency only: nothing in a shipped binary links it.
 
-mod etcd;
 mod http;
 
+pub mod etcd;
 pub use etcd::Etcd;
 pub use http::StaticHttp;
 
 use std::net::TcpListener;
 use std::path::Path;
 
-/// Fails the test, naming the Debian package, when `tool` is not on
-/// `PATH` (or, for an absolute path, does not exist).
+/// Fails the test, naming the Debian package, when `tool` is neither on
+/// `PATH` nor in `/usr/sbin` or `/sbin` (or, for a path, does not exist).
 pub fn require(tool: &str, package: &str) {
     let found = if tool.contains('/') {
         Path::new(tool).is_file()
     } else {
-        std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false)
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|d| d.join(tool).is_file())
     };
     assert!(
         found,

@@ -20,15 +20,7 @@ const FILES: &[(&str, usize)] = &[
 /// More than 65535 blocks of 512 bytes: the block number wraps.
 const HUGE: (&str, usize) = ("huge.bin", 65_535 * 512 + 4_096);
 
-fn require(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{tool}` not found in PATH: install the Debian package `{package}` (apt-get install {package})"
-    );
-}
+use cairn_testkit::require;
 
 struct Setup {
     _dir: tempfile::TempDir,

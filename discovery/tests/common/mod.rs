@@ -2,7 +2,7 @@
 //! same port and state directory), and a small HTTP client on hyper.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,14 +15,8 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// A port free at the time of asking.
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use cairn_testkit::free_port;
 
 /// Binds with SO_REUSEADDR so a restarted server gets its port back at once.
 pub async fn listen(port: u16) -> tokio::net::TcpListener {
