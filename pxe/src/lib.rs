@@ -10,6 +10,7 @@
 
 pub mod assets;
 pub mod facts;
+pub mod http;
 pub mod inventory;
 pub mod ipxe;
 pub mod programs;
@@ -23,10 +24,11 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 pub use facts::{Facts, Mac};
+pub use http::HttpLimits;
 pub use inventory::{
     BootMode, Group, Inventory, InventoryError, Profile, RenderContext, Transport,
 };
-pub use server::{LocalAddrs, Server, ServerConfig, Stopper, IPXE_FILES};
+pub use server::{Limits, LocalAddrs, Server, ServerConfig, Stopper, IPXE_FILES};
 pub use status::{Machine, Stage};
 
 /// Command-line arguments of `cairn serve`.
@@ -63,6 +65,18 @@ pub struct ServeArgs {
     /// etcd://HOST:PORT[,HOST:PORT][/prefix].
     #[arg(long, value_name = "etcd://HOST:PORT")]
     pub store: Option<String>,
+    /// HTTP connections open at once; beyond it the longest-idle one is closed (503 when all are busy).
+    #[arg(long, default_value_t = HttpLimits::default().max_connections, value_name = "N")]
+    pub http_max_connections: usize,
+    /// Seconds a client has to send a whole request head.
+    #[arg(long, default_value_t = HttpLimits::default().header_timeout.as_secs(), value_name = "SECS")]
+    pub http_header_timeout: u64,
+    /// Seconds an HTTP keep-alive connection may stay idle (also: a response nobody reads).
+    #[arg(long, default_value_t = HttpLimits::default().idle_timeout.as_secs(), value_name = "SECS")]
+    pub http_idle_timeout: u64,
+    /// Machines kept in the status table (/machines); the one seen least recently goes first.
+    #[arg(long, default_value_t = status::DEFAULT_MAX_MACHINES, value_name = "N")]
+    pub max_machines: usize,
 }
 
 impl ServeArgs {
@@ -98,16 +112,41 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    /// The limits these arguments set.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        if self.http_max_connections == 0 || self.max_machines == 0 {
+            anyhow::bail!("--http-max-connections and --max-machines must be at least 1");
+        }
+        if self.http_header_timeout == 0 || self.http_idle_timeout == 0 {
+            anyhow::bail!(
+                "--http-header-timeout and --http-idle-timeout must be at least 1 second"
+            );
+        }
+        Ok(Limits {
+            http: HttpLimits {
+                max_connections: self.http_max_connections,
+                header_timeout: std::time::Duration::from_secs(self.http_header_timeout),
+                idle_timeout: std::time::Duration::from_secs(self.http_idle_timeout),
+                send_timeout: std::time::Duration::from_secs(self.http_idle_timeout),
+                ..HttpLimits::default()
+            },
+            max_machines: self.max_machines,
+        })
+    }
+}
+
 /// Runs `cairn serve` until Ctrl-C / SIGTERM (SIGHUP reloads the inventory). Builds its own tokio runtime.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.server_config()?;
+    let limits = args.limits()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cairn-serve")
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
-        let server = Server::start(cfg)
+        let server = Server::start_with_limits(cfg, limits)
             .await
             .with_context(|| format!("starting cairn serve with {}", args.config.display()))?;
         let stopper = server.stopper();
@@ -148,6 +187,25 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/cairn/serve"));
         assert_eq!((c.proxy_dhcp, c.store), (None, None));
         assert_eq!(c.tftp_addr, Some("0.0.0.0:69".parse().unwrap()));
+        let cli = |a: &[&str]| {
+            let mut argv = vec!["serve", "--config", "lab.yaml"];
+            argv.extend_from_slice(a);
+            Cli::try_parse_from(argv).unwrap().serve.limits()
+        };
+        assert_eq!(cli(&[]).unwrap(), Limits::default());
+        let l = cli(&[
+            "--http-max-connections",
+            "64",
+            "--http-header-timeout",
+            "5",
+            "--max-machines",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(l.http.max_connections, 64);
+        assert_eq!(l.http.header_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(l.max_machines, 10);
+        assert!(cli(&["--http-max-connections", "0"]).is_err());
         let c = config(&[
             "--proxy-dhcp",
             "eth1",

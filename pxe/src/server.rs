@@ -54,6 +54,25 @@ pub struct ServerConfig {
     pub store: Option<String>,
 }
 
+/// Limits of a [`Server`] (kept apart from [`ServerConfig`] so that existing struct literals still
+/// build); [`Default`] is what `cairn serve` uses without flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// HTTP connections and timeouts.
+    pub http: crate::http::HttpLimits,
+    /// Rows of the machine status table (least recently seen evicted beyond it).
+    pub max_machines: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            http: crate::http::HttpLimits::default(),
+            max_machines: crate::status::DEFAULT_MAX_MACHINES,
+        }
+    }
+}
+
 /// Shared by every request.
 pub(crate) struct Shared {
     inventory: ArcSwap<Inventory>,
@@ -588,6 +607,11 @@ impl Server {
     /// Loads the inventory (refusing to start on any error), binds the listeners and starts serving.
     /// Must be called inside a tokio runtime.
     pub async fn start(cfg: ServerConfig) -> anyhow::Result<Server> {
+        Self::start_with_limits(cfg, Limits::default()).await
+    }
+
+    /// [`Server::start`] with other limits than the defaults.
+    pub async fn start_with_limits(cfg: ServerConfig, limits: Limits) -> anyhow::Result<Server> {
         let inventory = Inventory::load(&cfg.config)?;
         check_transports(&inventory, cfg.tftp_addr.is_some())
             .map_err(|m| anyhow::anyhow!("{}: {m}", cfg.config.display()))?;
@@ -647,7 +671,7 @@ impl Server {
             tftp_port: std::sync::OnceLock::new(),
             ipxe_dir: cfg.ipxe_dir.clone(),
             programs: ArcSwap::from_pointee(programs),
-            status: StatusTable::default(),
+            status: StatusTable::new(limits.max_machines),
             discovery: discovery.clone(),
             etcd_tokens: ArcSwap::from_pointee(etcd_tokens),
         });
@@ -675,17 +699,11 @@ impl Server {
             None => None,
         };
         let app = router(shared.clone());
-        let mut rx = stopped.clone();
+        let rx = stopped.clone();
         tasks.push(tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-            .context("serving HTTP")
+            crate::http::serve(listener, app, limits.http, rx)
+                .await
+                .context("serving HTTP")
         }));
         {
             // long polls would hold axum's graceful shutdown for minutes

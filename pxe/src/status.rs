@@ -1,7 +1,8 @@
 //! The per-machine status table (seen, got iPXE script, kernel, initrd, cloud-config), logged on each change
-//! and served as JSON at `/machines`.
+//! and served as JSON at `/machines`. Bounded: beyond `max` rows the machine seen least recently is
+//! forgotten; indexed by IP; recency is the order of events, not a comparison of date strings.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -60,10 +61,38 @@ pub struct Machine {
     pub last_seen: String,
 }
 
-/// The table; keyed by machine key, with an index by IP for asset requests (which carry no MAC).
-#[derive(Debug, Default)]
+/// Rows kept by default; the machine seen least recently goes first beyond it.
+pub const DEFAULT_MAX_MACHINES: usize = 4096;
+
+/// The table; keyed by machine key, bounded (least recently seen evicted), with an index by IP for
+/// asset requests (which carry no MAC). Every operation is O(log n) or better under the lock.
+#[derive(Debug)]
 pub struct StatusTable {
-    inner: Mutex<BTreeMap<String, Machine>>,
+    max: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    rows: HashMap<String, Row>,
+    /// Recency order: tick of the last record -> key. Ticks grow with every record, so the order is
+    /// the order of events whatever the wall clock does.
+    lru: BTreeMap<u64, String>,
+    /// Key of the machine last recorded at each IP.
+    by_ip: HashMap<String, String>,
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct Row {
+    machine: Machine,
+    tick: u64,
+}
+
+impl Default for StatusTable {
+    fn default() -> Self {
+        StatusTable::new(DEFAULT_MAX_MACHINES)
+    }
 }
 
 /// What is known about the requester at the time of an event.
@@ -88,27 +117,55 @@ pub struct Sighting {
 }
 
 impl StatusTable {
+    /// A table of at most `max` rows (at least one).
+    pub fn new(max: usize) -> StatusTable {
+        StatusTable {
+            max: max.max(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records a stage for a machine identified by its facts; logs when the stage changes.
     pub fn record(&self, s: Sighting, stage: Stage) {
         let now = httpdate::fmt_http_date(SystemTime::now());
-        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.lock();
+        let t = &mut *guard;
+        t.tick += 1;
+        let tick = t.tick;
         let mut is_new = false;
-        let m = t.entry(s.key.clone()).or_insert_with(|| {
+        let row = t.rows.entry(s.key.clone()).or_insert_with(|| {
             is_new = true;
-            Machine {
-                key: s.key.clone(),
-                mac: None,
-                uuid: None,
-                hostname: None,
-                serial: None,
-                ip: s.ip.clone(),
-                group: None,
-                profile: None,
-                stage,
-                last_seen: now.clone(),
+            Row {
+                machine: Machine {
+                    key: s.key.clone(),
+                    mac: None,
+                    uuid: None,
+                    hostname: None,
+                    serial: None,
+                    ip: s.ip.clone(),
+                    group: None,
+                    profile: None,
+                    stage,
+                    last_seen: now.clone(),
+                },
+                tick,
             }
         });
+        if !is_new {
+            t.lru.remove(&row.tick);
+        }
+        row.tick = tick;
+        t.lru.insert(tick, s.key.clone());
+        let m = &mut row.machine;
         let changed = is_new || m.stage != stage || (s.group.is_some() && m.group != s.group);
+        if m.ip != s.ip && t.by_ip.get(&m.ip) == Some(&m.key) {
+            t.by_ip.remove(&m.ip);
+        }
+        t.by_ip.insert(s.ip.clone(), s.key.clone());
         m.mac = s.mac.or(m.mac.take());
         m.uuid = s.uuid.or(m.uuid.take());
         m.hostname = s.hostname.or(m.hostname.take());
@@ -131,38 +188,55 @@ impl StatusTable {
                 stage.describe()
             );
         }
+        while t.rows.len() > self.max {
+            let Some((_, old)) = t.lru.pop_first() else {
+                break;
+            };
+            if let Some(r) = t.rows.remove(&old) {
+                if t.by_ip.get(&r.machine.ip) == Some(&old) {
+                    t.by_ip.remove(&r.machine.ip);
+                }
+                tracing::debug!(machine = %old, "status table full: forgetting the machine seen least recently");
+            }
+        }
     }
 
     /// Records a stage for whichever machine last used this IP (asset fetches carry no MAC). Returns the
     /// machine's key, or None when the IP is unknown.
     pub fn record_by_ip(&self, ip: &str, stage: Stage) -> Option<String> {
-        let s = {
-            let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            let m = t
-                .values()
-                .filter(|m| m.ip == ip)
-                .max_by(|a, b| a.last_seen.cmp(&b.last_seen))?;
+        let key = self.key_for_ip(ip)?;
+        self.record(
             Sighting {
-                key: m.key.clone(),
+                key: key.clone(),
                 ip: ip.to_string(),
                 ..Sighting::default()
-            }
-        };
-        let key = s.key.clone();
-        self.record(s, stage);
+            },
+            stage,
+        );
         Some(key)
     }
 
-    /// Machine key last seen at this IP.
+    /// Key of the machine last seen at this IP.
     pub fn key_for_ip(&self, ip: &str) -> Option<String> {
-        let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        t.values().find(|m| m.ip == ip).map(|m| m.key.clone())
+        self.lock().by_ip.get(ip).cloned()
+    }
+
+    /// Rows kept now.
+    pub fn len(&self) -> usize {
+        self.lock().rows.len()
+    }
+
+    /// True when no machine has been seen (or all were forgotten).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A copy of every row, sorted by key.
     pub fn snapshot(&self) -> Vec<Machine> {
-        let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        t.values().cloned().collect()
+        let t = self.lock();
+        let mut rows: Vec<Machine> = t.rows.values().map(|r| r.machine.clone()).collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows
     }
 }
 
@@ -194,5 +268,58 @@ mod tests {
         assert_eq!(rows[0].stage, Stage::Kernel);
         assert_eq!(rows[0].group.as_deref(), Some("g"));
         assert_eq!(rows[0].mac.as_deref(), Some("52:54:00:00:00:01"));
+    }
+
+    fn at(t: &StatusTable, key: &str, ip: &str) {
+        t.record(
+            Sighting {
+                key: key.into(),
+                ip: ip.into(),
+                ..Sighting::default()
+            },
+            Stage::Seen,
+        );
+    }
+
+    #[test]
+    fn the_latest_machine_at_an_ip_wins() {
+        let t = StatusTable::default();
+        // "zz" first, then "aa" at the same address: the newer one is the machine at that IP (the old
+        // table returned the first in key order, and compared HTTP dates as strings: "Mon" > "Fri").
+        at(&t, "zz", "10.0.0.9");
+        at(&t, "aa", "10.0.0.9");
+        assert_eq!(t.key_for_ip("10.0.0.9").as_deref(), Some("aa"));
+        assert_eq!(
+            t.record_by_ip("10.0.0.9", Stage::Kernel).as_deref(),
+            Some("aa")
+        );
+        // A machine that moves leaves its old address.
+        at(&t, "aa", "10.0.0.10");
+        assert_eq!(t.key_for_ip("10.0.0.9"), None);
+        assert_eq!(t.key_for_ip("10.0.0.10").as_deref(), Some("aa"));
+    }
+
+    #[test]
+    fn bounded_least_recently_seen_goes_first() {
+        let t = StatusTable::new(3);
+        at(&t, "a", "10.0.0.1");
+        at(&t, "b", "10.0.0.2");
+        at(&t, "c", "10.0.0.3");
+        at(&t, "a", "10.0.0.1"); // a is recent again
+        at(&t, "d", "10.0.0.4"); // b goes
+        let keys: Vec<String> = t.snapshot().into_iter().map(|m| m.key).collect();
+        assert_eq!(keys, ["a", "c", "d"]);
+        assert_eq!(t.key_for_ip("10.0.0.2"), None);
+        for i in 0..10_000 {
+            at(
+                &t,
+                &format!("m{i}"),
+                &format!("10.1.{}.{}", i / 256, i % 256),
+            );
+        }
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.lock().by_ip.len(), 3);
+        assert_eq!(t.lock().lru.len(), 3);
+        assert_eq!(t.key_for_ip("10.1.39.15").as_deref(), Some("m9999"));
     }
 }

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 
-use cairn_pxe::{Server, ServerConfig};
+use cairn_pxe::{Limits, Server, ServerConfig};
 
 /// A fixture image folder `dir/name` with deterministic contents of the given sizes.
 pub fn image(dir: &Path, name: &str, version: &str, kernel_len: usize) -> PathBuf {
@@ -50,23 +50,37 @@ impl TestServer {
         ipxe_dir: &Path,
         public_url: Option<&str>,
     ) -> anyhow::Result<TestServer> {
+        Self::try_start_with(config, tftp, ipxe_dir, public_url, Limits::default())
+    }
+
+    /// A server with other limits than the defaults.
+    pub fn try_start_with(
+        config: &Path,
+        tftp: bool,
+        ipxe_dir: &Path,
+        public_url: Option<&str>,
+        limits: Limits,
+    ) -> anyhow::Result<TestServer> {
         let state = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let server = rt.block_on(Server::start(ServerConfig {
-            config: config.to_path_buf(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            tftp_addr: tftp.then(|| "127.0.0.1:0".parse().unwrap()),
-            ipxe_dir: ipxe_dir.to_path_buf(),
-            public_url: public_url.map(String::from),
-            reload_on_sighup: false,
-            state_dir: state.path().to_path_buf(),
-            proxy_dhcp: None,
-            store: None,
-        }))?;
+        let server = rt.block_on(Server::start_with_limits(
+            ServerConfig {
+                config: config.to_path_buf(),
+                http_addr: "127.0.0.1:0".parse().unwrap(),
+                tftp_addr: tftp.then(|| "127.0.0.1:0".parse().unwrap()),
+                ipxe_dir: ipxe_dir.to_path_buf(),
+                public_url: public_url.map(String::from),
+                reload_on_sighup: false,
+                state_dir: state.path().to_path_buf(),
+                proxy_dhcp: None,
+                store: None,
+            },
+            limits,
+        ))?;
         let addrs = server.local_addrs();
         Ok(TestServer {
             _state: state,
