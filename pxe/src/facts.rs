@@ -62,6 +62,48 @@ pub struct Facts {
     pub raw_query: String,
     /// A `mac=` value that was not a MAC address.
     pub bad_mac: Option<String>,
+    /// Other parameters dropped at the boundary (name or value outside its charset), by name; never
+    /// reach a template, a selector or the status table.
+    pub rejected: BTreeMap<String, String>,
+}
+
+/// Why a request fact is refused, if it is: names are `[A-Za-z0-9_.-]`; UUIDs hex and `-`; hostnames
+/// RFC 1123 characters; serials letters, digits, space and `._/+-`; any other value printable (no
+/// control characters: a `%0A` cannot start a new line in a rendered cloud-config), all bounded.
+pub fn check_fact(key: &str, value: &str) -> Result<(), String> {
+    let name_ok = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !name_ok {
+        return Err(format!("{key:?} is not a parameter name"));
+    }
+    let ok = match key {
+        "uuid" => value.len() <= 64 && value.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+        "hostname" => {
+            value.len() <= 253
+                && !value.starts_with(['-', '.'])
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+        }
+        "serial" => {
+            value.len() <= 128
+                && value.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b' ' | b'.' | b'_' | b'/' | b'+' | b'-')
+                })
+        }
+        _ => value.len() <= 256 && !value.chars().any(char::is_control),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}={value:?} has characters a {key} cannot have"
+        ))
+    }
 }
 
 impl Facts {
@@ -77,7 +119,11 @@ impl Facts {
             }
             match normalise(&k, &v) {
                 Ok(n) => {
-                    facts.labels.insert(k, n);
+                    if check_fact(&k, &n).is_ok() {
+                        facts.labels.insert(k, n);
+                    } else {
+                        facts.rejected.insert(k, v);
+                    }
                 }
                 Err(_) => facts.bad_mac = Some(v),
             }
@@ -120,6 +166,9 @@ impl Facts {
         }
         if let Some(b) = &self.bad_mac {
             parts.push(format!("invalid mac {b:?}"));
+        }
+        for (k, v) in &self.rejected {
+            parts.push(format!("invalid {k} {v:?}"));
         }
         if parts.is_empty() {
             "(no mac, uuid, hostname or serial)".to_string()
@@ -178,5 +227,24 @@ mod tests {
         let bad = Facts::from_query("mac=zz");
         assert_eq!(bad.bad_mac.as_deref(), Some("zz"));
         assert!(bad.describe().contains("invalid mac"));
+    }
+
+    #[test]
+    fn request_facts_outside_their_charsets_are_dropped() {
+        let f = Facts::from_query(
+            "hostname=node%0Ausers%3A&serial=A1%22%0A&uuid=12ab-zz&rack=r1%0Assh_authorized_keys%3A&ok=r%201&b%0Ad=1",
+        );
+        for k in ["hostname", "serial", "uuid", "rack"] {
+            assert!(!f.labels.contains_key(k), "{k} kept: {:?}", f.labels);
+            assert!(f.rejected.contains_key(k), "{k}");
+        }
+        assert_eq!(f.get("ok"), "r 1");
+        assert!(f.labels.keys().all(|k| !k.contains('\n')));
+        assert!(f.describe().contains("invalid hostname"));
+        let good = Facts::from_query("hostname=node-1.lab&serial=VMware-56%204d&uuid=ABCD-12");
+        assert_eq!(good.get("hostname"), "node-1.lab");
+        assert_eq!(good.get("serial"), "VMware-56 4d");
+        assert_eq!(good.get("uuid"), "abcd-12");
+        assert!(good.rejected.is_empty());
     }
 }

@@ -297,6 +297,7 @@ fn placeholder_context(group: &Group) -> RenderContext {
             labels,
             raw_query: String::new(),
             bad_mac: None,
+            rejected: BTreeMap::new(),
         },
         ip: "127.0.0.1".into(),
         public_url: "http://127.0.0.1:8080".into(),
@@ -1085,7 +1086,7 @@ mod tests {
         )
         .unwrap();
         let ctx = RenderContext {
-            facts: Facts::from_query("mac=52-54-00-00-00-0A&uuid=U&serial=S1&rack=r1"),
+            facts: Facts::from_query("mac=52-54-00-00-00-0A&uuid=AB-C1&serial=S1&rack=r1"),
             ip: "10.0.0.5".into(),
             public_url: "http://boot:8080".into(),
             etcd_discovery: None,
@@ -1094,7 +1095,7 @@ mod tests {
         let out = inv.render_cloud_config(g, &ctx).unwrap();
         assert_eq!(
             out,
-            "#cloud-config\nhostname: node-a\nwrite_files:\n  - path: /etc/facts\n    content: \"52:54:00:00:00:0a u S1 10.0.0.5 http://boot:8080 r1 42 g p\"\n"
+            "#cloud-config\nhostname: node-a\nwrite_files:\n  - path: /etc/facts\n    content: \"52:54:00:00:00:0a ab-c1 S1 10.0.0.5 http://boot:8080 r1 42 g p\"\n"
         );
     }
 

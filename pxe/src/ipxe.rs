@@ -178,7 +178,7 @@ mod tests {
         let s = no_match_script(&f, "http://h:1/boot.ipxe");
         assert!(
             s.starts_with(
-                "#!ipxe\necho cairn: no group matches mac 52:54:00:00:00:09 hostname a??b?\n"
+                "#!ipxe\necho cairn: no group matches mac 52:54:00:00:00:09 invalid hostname \"a??b?\"\n"
             ),
             "{s}"
         );

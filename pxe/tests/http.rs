@@ -380,7 +380,7 @@ fn machine_table_follows_the_boot() {
     let f = fixture(100);
     let s = start(&f);
     get(
-        &s.url("/ipxe?mac=52:54:00:12:34:56&uuid=U1&hostname=&serial="),
+        &s.url("/ipxe?mac=52:54:00:12:34:56&uuid=A1&hostname=&serial="),
         &[],
     );
     let m = s.server().machines();
@@ -406,7 +406,7 @@ fn machine_table_follows_the_boot() {
     assert_eq!(node["stage"], "cloud-config");
     assert_eq!(node["group"], "node1");
     assert_eq!(node["profile"], "ram");
-    assert_eq!(node["uuid"], "u1");
+    assert_eq!(node["uuid"], "a1");
     assert_eq!(node["ip"], "127.0.0.1");
 }
 
@@ -583,4 +583,23 @@ fn example_inventory_loads() {
         t.contains("cairn.state=label:cairn-state console=ttyS0,115200"),
         "{t}"
     );
+}
+
+#[test]
+fn request_facts_cannot_inject_yaml_lines() {
+    let f = fixture(100);
+    let s = start(&f);
+    for q in [
+        "mac=52:54:00:12:34:56&rack=r1%0Ausers:%0A%20%20-%20name:%20evil",
+        "mac=52:54:00:12:34:56&rack=r1%0D%0Assh_authorized_keys:%20[evil]",
+        "mac=52:54:00:12:34:56&rack=r1%22%0Aevil:%20x",
+    ] {
+        let r = raw_get(s.http, &format!("/cloud-config?{q}"));
+        assert_eq!(r.status, 200, "{q}");
+        let text = r.text();
+        assert!(!text.contains("evil"), "{q} injected:\n{text}");
+        assert!(text.contains("rack=-"), "{text}");
+    }
+    let r = raw_get(s.http, "/cloud-config?mac=52:54:00:12:34:56&rack=r9");
+    assert!(r.text().contains("rack=r9"), "{}", r.text());
 }
