@@ -77,6 +77,28 @@ pub struct ServeArgs {
     /// Machines kept in the status table (/machines); the one seen least recently goes first.
     #[arg(long, default_value_t = status::DEFAULT_MAX_MACHINES, value_name = "N")]
     pub max_machines: usize,
+    /// TFTP transfers at once; a request beyond it gets a TFTP error ("server busy").
+    #[arg(long, default_value_t = cairn_tftp::DEFAULT_MAX_TRANSFERS, value_name = "N")]
+    pub tftp_max_transfers: usize,
+    /// TFTP transfers at once from one client address.
+    #[arg(long, default_value_t = cairn_tftp::DEFAULT_MAX_TRANSFERS_PER_CLIENT, value_name = "N")]
+    pub tftp_max_transfers_per_client: usize,
+    /// A TFTP transfer whose client acknowledged nothing new for this long ends, whatever
+    /// timeout it asked for (e.g. 15s).
+    #[arg(long, default_value = "15s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub tftp_max_idle: std::time::Duration,
+    /// etcd discovery tokens kept at once (not counting the inventory's groups'); /new beyond it is 503.
+    #[arg(long, default_value_t = cairn_discovery::DEFAULT_MAX_TOKENS, value_name = "N")]
+    pub discovery_max_tokens: usize,
+    /// Discovery tokens one client address may have made and still kept; /new beyond it is 429.
+    #[arg(long, default_value_t = cairn_discovery::DEFAULT_MAX_TOKENS_PER_CLIENT, value_name = "N")]
+    pub discovery_max_tokens_per_client: usize,
+    /// A discovery token nobody registered with is removed this long after it was made.
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub discovery_unused_token_ttl: std::time::Duration,
+    /// A used discovery token is removed this long after its last change.
+    #[arg(long, default_value = "30d", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub discovery_idle_token_ttl: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -118,6 +140,21 @@ impl ServeArgs {
         if self.http_max_connections == 0 || self.max_machines == 0 {
             anyhow::bail!("--http-max-connections and --max-machines must be at least 1");
         }
+        if self.tftp_max_transfers == 0
+            || self.tftp_max_transfers_per_client == 0
+            || self.discovery_max_tokens == 0
+            || self.discovery_max_tokens_per_client == 0
+        {
+            anyhow::bail!("--tftp-max-transfers, --tftp-max-transfers-per-client, --discovery-max-tokens and --discovery-max-tokens-per-client must be at least 1");
+        }
+        if self.tftp_max_idle.is_zero()
+            || self.discovery_unused_token_ttl.is_zero()
+            || self.discovery_idle_token_ttl.is_zero()
+        {
+            anyhow::bail!(
+                "--tftp-max-idle and the --discovery-*-ttl durations must be longer than 0"
+            );
+        }
         if self.http_header_timeout == 0 || self.http_idle_timeout == 0 {
             anyhow::bail!(
                 "--http-header-timeout and --http-idle-timeout must be at least 1 second"
@@ -132,6 +169,19 @@ impl ServeArgs {
                 ..HttpLimits::default()
             },
             max_machines: self.max_machines,
+            tftp: cairn_tftp::Config {
+                max_transfers: self.tftp_max_transfers,
+                max_transfers_per_client: self.tftp_max_transfers_per_client,
+                max_idle: self.tftp_max_idle,
+                ..cairn_tftp::Config::default()
+            },
+            discovery: cairn_discovery::Limits {
+                max_tokens: self.discovery_max_tokens,
+                max_tokens_per_client: self.discovery_max_tokens_per_client,
+                unused_token_ttl: self.discovery_unused_token_ttl,
+                idle_token_ttl: self.discovery_idle_token_ttl,
+                ..cairn_discovery::Limits::default()
+            },
         })
     }
 }
@@ -206,6 +256,42 @@ mod tests {
         assert_eq!(l.http.header_timeout, std::time::Duration::from_secs(5));
         assert_eq!(l.max_machines, 10);
         assert!(cli(&["--http-max-connections", "0"]).is_err());
+        let l = cli(&[
+            "--tftp-max-transfers",
+            "16",
+            "--tftp-max-transfers-per-client",
+            "2",
+            "--tftp-max-idle",
+            "5s",
+            "--discovery-max-tokens",
+            "9",
+            "--discovery-max-tokens-per-client",
+            "3",
+            "--discovery-unused-token-ttl",
+            "1h",
+            "--discovery-idle-token-ttl",
+            "2d",
+        ])
+        .unwrap();
+        assert_eq!(
+            (l.tftp.max_transfers, l.tftp.max_transfers_per_client),
+            (16, 2)
+        );
+        assert_eq!(l.tftp.max_idle, std::time::Duration::from_secs(5));
+        assert_eq!(
+            (l.discovery.max_tokens, l.discovery.max_tokens_per_client),
+            (9, 3)
+        );
+        assert_eq!(
+            l.discovery.unused_token_ttl,
+            std::time::Duration::from_secs(3600)
+        );
+        assert_eq!(
+            l.discovery.idle_token_ttl,
+            std::time::Duration::from_secs(2 * 86400)
+        );
+        assert!(cli(&["--tftp-max-transfers", "0"]).is_err());
+        assert!(cli(&["--discovery-idle-token-ttl", "0s"]).is_err());
         let c = config(&[
             "--proxy-dhcp",
             "eth1",

@@ -56,12 +56,16 @@ pub struct ServerConfig {
 
 /// Limits of a [`Server`] (kept apart from [`ServerConfig`] so that existing struct literals still
 /// build); [`Default`] is what `cairn serve` uses without flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// HTTP connections and timeouts.
     pub http: crate::http::HttpLimits,
     /// Rows of the machine status table (least recently seen evicted beyond it).
     pub max_machines: usize,
+    /// TFTP transfers at once, per client, and how long one may stall.
+    pub tftp: cairn_tftp::Config,
+    /// Discovery tokens: sizes, counts, expiry.
+    pub discovery: cairn_discovery::Limits,
 }
 
 impl Default for Limits {
@@ -69,6 +73,8 @@ impl Default for Limits {
         Limits {
             http: crate::http::HttpLimits::default(),
             max_machines: crate::status::DEFAULT_MAX_MACHINES,
+            tftp: cairn_tftp::Config::default(),
+            discovery: cairn_discovery::Limits::default(),
         }
     }
 }
@@ -660,6 +666,7 @@ impl Server {
                     .with_context(|| format!("opening the discovery store --store {spec}"))?
             }
         };
+        let discovery = discovery.with_limits(limits.discovery.clone());
         let etcd_tokens = group_tokens(&inventory, &discovery)?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -680,7 +687,7 @@ impl Server {
                 let handler = Arc::new(TftpHandler {
                     shared: shared.clone(),
                 });
-                let server = cairn_tftp::Server::bind(addr, handler, cairn_tftp::Config::default())
+                let server = cairn_tftp::Server::bind(addr, handler, limits.tftp.clone())
                     .await
                     .with_context(|| format!("binding the TFTP server on {addr}"))?;
                 let bound = server.local_addr();
