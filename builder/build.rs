@@ -96,6 +96,8 @@ fn main() {
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
             "-C target-feature=+crt-static -C strip=symbols",
         )
+        // stripped anyway: no debug info to make and throw away
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         // do not inherit the outer build's settings meant for the host
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
