@@ -7,6 +7,7 @@ time from its binary's start to the line that reports it: exact for a binary
 with one test (every VM test), an upper bound where tests run side by side.
 """
 
+import os
 import re
 import sys
 import time
@@ -15,12 +16,14 @@ RUNNING = re.compile(r"^\s*Running (?:unittests )?(\S+) \((.+)\)")
 DOCTESTS = re.compile(r"^\s*Doc-tests (\S+)")
 RESULT = re.compile(r"^test (\S+)(?: - .*)? \.\.\. (ok|FAILED|ignored.*)$")
 SUMMARY = re.compile(r"^test result: ")
+COUNTS = re.compile(r"(\d+) (passed|failed|ignored)")
 
 start = time.monotonic()
 binary = None
 binary_start = start
 binaries = []  # (seconds, name)
 tests = []  # (seconds, binary, test, outcome)
+totals = {"passed": 0, "failed": 0, "ignored": 0}
 
 
 def close_binary(now):
@@ -51,6 +54,8 @@ for line in sys.stdin:
         tests.append((now - binary_start, binary, m.group(1), m.group(2)))
         continue
     if SUMMARY.match(text):
+        for n, kind in COUNTS.findall(text):
+            totals[kind] += int(n)
         close_binary(now)
 
 close_binary(time.monotonic())
@@ -64,3 +69,16 @@ for secs, name in sorted(binaries, reverse=True):
 out.write("\n== the 15 slowest tests (time from their binary's start to their result)\n")
 for secs, name, test, outcome in sorted(tests, reverse=True)[:15]:
     out.write("%8.1f s  %s  %s%s\n" % (secs, name, test, "" if outcome == "ok" else "  " + outcome))
+
+# One closing line for the whole run (every binary's "test result" added
+# up), written where .ci/run prints it last.
+line = "tests: %d passed, %d failed, %d skipped\n" % (
+    totals["passed"],
+    totals["failed"],
+    totals["ignored"],
+)
+out.write("\n" + line)
+summary = os.environ.get("CI_SUMMARY")
+if summary:
+    with open(summary, "w") as f:
+        f.write(line)

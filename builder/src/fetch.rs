@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar};
 use sha2::{Digest, Sha256};
@@ -54,78 +54,29 @@ pub enum FetchError {
     },
 }
 
-impl FetchError {
+/// The retry policy of `cairn build`'s downloads: the agent's
+/// (`cairn_updater::fetch::Retry`), so both retry the same failures the
+/// same way.
+pub use cairn_updater::fetch::Retry;
+
+impl cairn_updater::fetch::Transient for FetchError {
     /// A failure that may pass by itself (DNS, refused or reset
     /// connections, timeouts, a server's 5xx, 408 or 429), as apt retries
     /// them. A 404, a wrong hash or a local I/O error is final.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         match self {
             FetchError::Network { .. } => true,
             FetchError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
             _ => false,
         }
     }
-}
 
-/// How transient failures are retried: `tries` attempts in all, waiting
-/// `first_delay` after the first failure and twice as long after each
-/// following one, at most `max_delay`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    pub tries: u32,
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for Retry {
-    /// 5 tries over about 15 s (1, 2, 4, 8 s between them).
-    fn default() -> Self {
-        Retry {
-            tries: 5,
-            first_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(16),
+    fn gave_up(self, tries: u32, secs: u64) -> Self {
+        FetchError::GaveUp {
+            tries,
+            secs,
+            last: Box::new(self),
         }
-    }
-}
-
-impl Retry {
-    /// `retries` more tries after the first one (`cairn build --retries`).
-    pub fn with_retries(retries: u32) -> Retry {
-        Retry {
-            tries: retries.saturating_add(1),
-            ..Retry::default()
-        }
-    }
-
-    /// Runs `attempt` until it succeeds, fails for good, or the tries are
-    /// spent; the last error then says how many tries were made.
-    pub fn run<T>(
-        &self,
-        what: &str,
-        mut attempt: impl FnMut() -> Result<T, FetchError>,
-    ) -> Result<T, FetchError> {
-        let start = Instant::now();
-        let tries = self.tries.max(1);
-        let mut delay = self.first_delay;
-        for n in 1.. {
-            match attempt() {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_transient() && n < tries => {
-                    tracing::warn!("{e}; try {} of {tries} in {delay:.0?}", n + 1);
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(self.max_delay);
-                }
-                Err(e) if e.is_transient() && tries > 1 => {
-                    return Err(FetchError::GaveUp {
-                        tries: n,
-                        secs: start.elapsed().as_secs(),
-                        last: Box::new(e),
-                    })
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!("the loop returns by the last try ({what})")
     }
 }
 
@@ -269,7 +220,7 @@ fn net_err(url: &str, e: ureq::Error) -> FetchError {
 
 /// GET a (small) URL into memory, retrying transient failures.
 pub fn get_bytes(client: &Client, url: &str) -> Result<Vec<u8>, FetchError> {
-    client.retry.run(url, || get_bytes_once(&client.agent, url))
+    client.retry.run(|| get_bytes_once(&client.agent, url))
 }
 
 fn get_bytes_once(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, FetchError> {
@@ -305,7 +256,7 @@ pub fn fetch_one(
         return Ok(p);
     }
     let mut first = true;
-    client.retry.run(&d.url, || {
+    client.retry.run(|| {
         let r = fetch_once(&client.agent, cache, d, bar, first);
         first = false;
         r

@@ -20,9 +20,34 @@ use crate::manifest::Part;
 /// Largest manifest or signature accepted.
 const SMALL_LIMIT: u64 = 1 << 20;
 
-/// How transient failures are retried: `tries` attempts in all, waiting
-/// `first_delay` after the first failure and twice as long after each
-/// following one, at most `max_delay`.
+/// An error a [`Retry`] loop can judge and wrap: the agent's
+/// [`UpdateError`] and the builder's download errors.
+pub trait Transient: Sized + std::fmt::Display {
+    /// A failure that may pass by itself (DNS, refused or reset
+    /// connections, timeouts, HTTP 5xx, 408, 429).
+    fn is_transient(&self) -> bool;
+    /// The error to report after the last of `tries` tries, `secs` seconds
+    /// after the first: it must say how many tries were made.
+    fn gave_up(self, tries: u32, secs: u64) -> Self;
+}
+
+impl Transient for UpdateError {
+    fn is_transient(&self) -> bool {
+        UpdateError::is_transient(self)
+    }
+
+    fn gave_up(self, tries: u32, secs: u64) -> Self {
+        UpdateError::GaveUp {
+            tries,
+            secs,
+            last: Box::new(self),
+        }
+    }
+}
+
+/// How transient failures are retried, by the agent and by `cairn build`:
+/// `tries` attempts in all, waiting `first_delay` after the first failure
+/// and twice as long after each following one, at most `max_delay`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
     pub tries: u32,
@@ -42,10 +67,22 @@ impl Default for Retry {
 }
 
 impl Retry {
+    /// `retries` more tries after the first one (`cairn build --retries`).
+    pub fn with_retries(retries: u32) -> Retry {
+        Retry {
+            tries: retries.saturating_add(1),
+            ..Retry::default()
+        }
+    }
+
     /// Runs `attempt` until it succeeds, fails for good
-    /// ([`UpdateError::is_transient`] is false), or the tries are spent;
-    /// the last error then says how many tries were made.
-    pub fn run<T>(&self, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    /// ([`Transient::is_transient`] is false), or the tries are spent; the
+    /// last error then says how many tries were made
+    /// ([`Transient::gave_up`]).
+    pub fn run<T, E: Transient>(
+        &self,
+        mut attempt: impl FnMut() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         let start = Instant::now();
         let tries = self.tries.max(1);
         let mut delay = self.first_delay;
@@ -60,11 +97,7 @@ impl Retry {
                     n += 1;
                 }
                 Err(e) if e.is_transient() && tries > 1 => {
-                    return Err(UpdateError::GaveUp {
-                        tries: n,
-                        secs: start.elapsed().as_secs(),
-                        last: Box::new(e),
-                    })
+                    return Err(e.gave_up(n, start.elapsed().as_secs()))
                 }
                 Err(e) => return Err(e),
             }
