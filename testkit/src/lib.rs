@@ -15,6 +15,7 @@ pub use http::StaticHttp;
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// Fails the test, naming the Debian package, when `tool` is neither on
 /// `PATH` nor in `/usr/sbin` or `/sbin` (or, for a path, does not exist).
@@ -43,6 +44,28 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0")
 }
 
+/// Runs `cmd` as a daemon's log would see it (no terminal: stdin null,
+/// stdout and stderr pipes, `NO_COLOR` unset so the program decides by
+/// itself), asserts that neither stream carries an ANSI escape, and
+/// returns whether it succeeded and its stderr.
+pub fn run_piped_plain(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("\x1b["), "colour codes in a pipe: {err:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("\x1b["),
+        "colour codes in a pipe: {stdout:?}"
+    );
+    (out.status.success(), err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +81,16 @@ mod tests {
             msg.contains("cairn-no-such-tool") && msg.contains("`cairn-pkg`"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn piped_output_is_checked_for_escapes() {
+        let (ok, err) = run_piped_plain(Command::new("sh").args(["-c", "echo plain >&2"]));
+        assert!(ok && err == "plain\n", "{err}");
+        let r = std::panic::catch_unwind(|| {
+            run_piped_plain(Command::new("sh").args(["-c", "printf '\\033[31mERROR\\033[0m' >&2"]))
+        });
+        assert!(r.is_err(), "an escape went unnoticed");
     }
 
     #[test]

