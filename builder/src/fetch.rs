@@ -405,52 +405,6 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
 
-    /// A tiny HTTP/1.1 server on loopback serving `files` (path -> body),
-    /// honouring `Range: bytes=N-`. Returns its base URL.
-    fn serve(files: Vec<(&'static str, Vec<u8>)>) -> String {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let mut s = s.unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut first = String::new();
-                r.read_line(&mut first).unwrap();
-                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let mut range = None;
-                loop {
-                    let mut l = String::new();
-                    r.read_line(&mut l).unwrap();
-                    if l.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = l.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                        range = v.trim().trim_end_matches('-').parse::<usize>().ok();
-                    }
-                }
-                match files.iter().find(|(p, _)| *p == path) {
-                    Some((_, body)) => {
-                        let (status, body) = match range {
-                            Some(n) => ("206 Partial Content", &body[n..]),
-                            None => ("200 OK", &body[..]),
-                        };
-                        write!(
-                            s,
-                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        )
-                        .unwrap();
-                        s.write_all(body).unwrap();
-                    }
-                    None => {
-                        write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-                    }
-                }
-            }
-        });
-        format!("http://{addr}")
-    }
-
     fn sha(d: &[u8]) -> String {
         hex::encode(Sha256::digest(d))
     }
@@ -458,9 +412,9 @@ mod tests {
     #[test]
     fn fetches_verifies_caches_and_resumes() {
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let base = serve(vec![
-            ("/pool/a.deb", body.clone()),
-            ("/pool/bad.deb", b"evil".to_vec()),
+        let (base, _) = flaky(vec![
+            ("/pool/a.deb", body.clone(), vec![]),
+            ("/pool/bad.deb", b"evil".to_vec(), vec![]),
         ]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
