@@ -67,9 +67,45 @@ pub struct Facts {
     pub rejected: BTreeMap<String, String>,
 }
 
+/// True when `value` reads the same wherever a template puts it in a YAML document: as a plain
+/// scalar, inside a single- or double-quoted one, or in a block scalar. Letters, digits, inner
+/// spaces and `_ . / @ + = : - % & ? ~`, starting with a letter, digit or one of `_ . / + -`, with
+/// no `: ` and no trailing `:`. So no newline (a new key), no `#` (a comment), no quote or
+/// backslash (the end of a quoted scalar), no `[ ] { } ,` (a flow collection), and none of YAML's
+/// indicators (`& * ! | > % @`) where they would count, at the start.
+pub fn yaml_plain(value: &str) -> bool {
+    let Some(first) = value.bytes().next() else {
+        return false;
+    };
+    (first.is_ascii_alphanumeric() || matches!(first, b'_' | b'.' | b'/' | b'+' | b'-'))
+        && value.trim_end() == value
+        && value.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b' ' | b'_'
+                        | b'.'
+                        | b'/'
+                        | b'@'
+                        | b'+'
+                        | b'='
+                        | b':'
+                        | b'-'
+                        | b'%'
+                        | b'&'
+                        | b'?'
+                        | b'~'
+                )
+        })
+        && !value.contains(": ")
+        && !value.ends_with(':')
+}
+
 /// Why a request fact is refused, if it is: names are `[A-Za-z0-9_.-]`; UUIDs hex and `-`; hostnames
-/// RFC 1123 characters; serials letters, digits, space and `._/+-`; any other value printable (no
-/// control characters: a `%0A` cannot start a new line in a rendered cloud-config), all bounded.
+/// RFC 1123 characters; serials letters, digits, space and `._/+-`; any other value [`yaml_plain`]
+/// (a `%0A` cannot start a new line in a rendered cloud-config, a `%23` cannot start a comment, a
+/// `%22` cannot end a quoted string), all bounded. Refused facts are dropped: templates, selectors
+/// and the status table never see them.
 pub fn check_fact(key: &str, value: &str) -> Result<(), String> {
     let name_ok = !key.is_empty()
         && key.len() <= 64
@@ -95,7 +131,7 @@ pub fn check_fact(key: &str, value: &str) -> Result<(), String> {
                         || matches!(b, b' ' | b'.' | b'_' | b'/' | b'+' | b'-')
                 })
         }
-        _ => value.len() <= 256 && !value.chars().any(char::is_control),
+        _ => value.len() <= 256 && yaml_plain(value),
     };
     if ok {
         Ok(())
@@ -246,5 +282,35 @@ mod tests {
         assert_eq!(good.get("serial"), "VMware-56 4d");
         assert_eq!(good.get("uuid"), "abcd-12");
         assert!(good.rejected.is_empty());
+    }
+
+    #[test]
+    fn generic_values_must_read_the_same_anywhere_in_yaml() {
+        for ok in [
+            "r9",
+            "r 1",
+            "efi",
+            "x86_64",
+            "http://10.0.0.1:8080/x",
+            "a=b",
+            "-v",
+            "50%",
+            "user@host",
+            "r&1",
+            "a?b=c",
+        ] {
+            assert!(yaml_plain(ok), "{ok:?} refused");
+        }
+        for bad in [
+            "", " a", "a ", "a #b", "#x", "[evil]", "{a: b}", "a: b", "a:", "x\"", "'x", "x\\y",
+            "a,b", "&anchor", "*alias", "!tag", "|", ">", "@x", "%x", "a\tb", "é",
+        ] {
+            assert!(!yaml_plain(bad), "{bad:?} allowed");
+        }
+        let f = Facts::from_query("rack=a%20%23b&row=%5Bevil%5D&x=k%3A%20v&y=q%22&z=r9");
+        for k in ["rack", "row", "x", "y"] {
+            assert!(f.rejected.contains_key(k), "{k} kept: {:?}", f.labels);
+        }
+        assert_eq!(f.get("z"), "r9");
     }
 }

@@ -593,12 +593,21 @@ fn request_facts_cannot_inject_yaml_lines() {
         "mac=52:54:00:12:34:56&rack=r1%0Ausers:%0A%20%20-%20name:%20evil",
         "mac=52:54:00:12:34:56&rack=r1%0D%0Assh_authorized_keys:%20[evil]",
         "mac=52:54:00:12:34:56&rack=r1%22%0Aevil:%20x",
+        // no newline, and still: the end of the quoted string, a comment, a flow list
+        "mac=52:54:00:12:34:56&rack=r1%22%20evil:%20x",
+        "mac=52:54:00:12:34:56&rack=r1%20%23evil",
+        "mac=52:54:00:12:34:56&rack=%5Bevil%5D",
+        "mac=52:54:00:12:34:56&rack=r1%5C%22evil",
     ] {
         let r = raw_get(s.http, &format!("/cloud-config?{q}"));
         assert_eq!(r.status, 200, "{q}");
         let text = r.text();
         assert!(!text.contains("evil"), "{q} injected:\n{text}");
         assert!(text.contains("rack=-"), "{text}");
+        assert!(
+            !cairn_cloudconfig::validate(&text).has_errors(),
+            "{q}: the rendered cloud-config is broken:\n{text}"
+        );
     }
     let r = raw_get(s.http, "/cloud-config?mac=52:54:00:12:34:56&rack=r9");
     assert!(r.text().contains("rack=r9"), "{}", r.text());
