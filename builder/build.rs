@@ -63,11 +63,18 @@ fn main() {
     // One target directory for every outer build (test, check, clippy, doc
     // and their profiles all run this script with their own OUT_DIR): the
     // agents are built once and later runs find them fresh.
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|d| if d.is_relative() { root.join(d) } else { d })
-        .unwrap_or_else(|| root.join("target"))
-        .join("cairn-agents");
+    // `CAIRN_AGENTS_DIR` names it outright: CI lints with its own
+    // CARGO_TARGET_DIR (so clippy and the tests never wait on each other's
+    // lock) and points clippy here at the agents the test build made.
+    println!("cargo:rerun-if-env-changed=CAIRN_AGENTS_DIR");
+    let target_dir = match std::env::var_os("CAIRN_AGENTS_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|d| if d.is_relative() { root.join(d) } else { d })
+            .unwrap_or_else(|| root.join("target"))
+            .join("cairn-agents"),
+    };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)

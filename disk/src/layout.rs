@@ -25,6 +25,15 @@ pub const SLOT_B_LABEL: &str = "cairn-b";
 /// Label of the writable state partition (partition 4, the last one).
 pub const STATE_LABEL: &str = "cairn-state";
 
+/// The first bytes of a state partition that has never been formatted,
+/// written by [`write_disk`](crate::write_disk). `/init` formats the state
+/// partition only when it starts with this mark (and has no ext4 superblock),
+/// then erases the mark; a partition with neither (a damaged superblock, a
+/// foreign file system) is never formatted, so a machine's data is not wiped
+/// by a bad sector. The same bytes are `cairn_initrd::ext4::STATE_NEW_MARK`
+/// (the builder's tests check that the two agree).
+pub const STATE_NEW_MARK: &[u8; 32] = b"cairn-state: never formatted\n\0\0\0";
+
 /// Smallest ESP that can hold a FAT32 file system (at least 65525
 /// clusters of 512 bytes, plus the FATs).
 pub const MIN_ESP_SIZE: u64 = 33 << 20;

@@ -35,7 +35,7 @@ pub use guid::{derive_guid, DISK_GUID_NAME};
 pub use inspect::{inspect, DiskInfo};
 pub use layout::{
     Layout, ALIGNMENT, ESP_LABEL, MIN_ESP_SIZE, SECTOR_SIZE, SLOT_A_LABEL, SLOT_B_LABEL,
-    STATE_LABEL,
+    STATE_LABEL, STATE_NEW_MARK,
 };
 pub use table::{type_name, PartitionInfo};
 /// The GUID type used throughout the API.
@@ -271,6 +271,9 @@ fn write_image(
             tracing::debug!(partition = part.name, bytes = n, "slot image written");
         }
     }
+    // the state partition: the "never formatted" mark, the rest zero
+    std::os::unix::fs::FileExt::write_all_at(image, layout::STATE_NEW_MARK, plan[3].offset())
+        .map_err(|e| DiskError::io("writing the state partition's mark", path, e))?;
     let meta = image
         .metadata()
         .map_err(|e| DiskError::io("reading metadata of disk image", path, e))?;

@@ -388,11 +388,18 @@ fn slot_image_lands_raw_at_the_partition_offset() {
     let got = read_range(&disk, a.offset(), want.len() + 4096);
     assert!(got[..want.len()] == want[..], "slot A bytes differ");
     assert!(got[want.len()..].iter().all(|&b| b == 0));
-    // Slot B and the state partition are left empty (holes).
+    // Slot B is left empty (a hole); the state partition holds only the
+    // "never formatted" mark that lets /init format it.
     let b = &report.partitions[2];
     assert!(read_range(&disk, b.offset(), 1 << 16)
         .iter()
         .all(|&b| b == 0));
+    let st = &report.partitions[3];
+    assert_eq!(st.name, "cairn-state");
+    let got = read_range(&disk, st.offset(), 1 << 16);
+    let mark = cairn_disk::STATE_NEW_MARK;
+    assert_eq!(&got[..mark.len()], mark);
+    assert!(got[mark.len()..].iter().all(|&b| b == 0));
 }
 
 #[test]

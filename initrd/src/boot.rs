@@ -563,6 +563,62 @@ pub fn mke2fs(dev: &Path, label: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Erases the disk image's "never formatted" mark from a freshly formatted
+/// state partition (the mark sits in ext4's unused first 1024 bytes), so a
+/// later damaged superblock is never taken for a new partition.
+pub fn erase_state_mark(dev: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .ctx(|| format!("opening {}", dev.display()))?;
+    f.write_all_at(&[0u8; crate::ext4::STATE_NEW_MARK.len()], 0)
+        .and_then(|()| f.sync_all())
+        .ctx(|| format!("erasing the never-formatted mark of {}", dev.display()))
+}
+
+/// Runs the image's `/bin/sh` chrooted into `root` (with /dev, /proc, /sys
+/// and /run bound in) on the console, and waits for it to exit.
+pub fn emergency_shell(root: &str) -> Result<std::process::ExitStatus, Failure> {
+    use std::os::unix::process::CommandExt;
+    let sh = format!("{root}/bin/sh");
+    if !Path::new(&sh).exists() {
+        return fail("emergency shell", format!("no {sh}"));
+    }
+    for d in ["dev", "proc", "sys", "run"] {
+        let target = format!("{root}/{d}");
+        if let Err(e) = mount_bind(format!("/{d}"), &target) {
+            eprintln!("cairn-init: warning: binding /{d} on {target}: {e}");
+        }
+    }
+    eprintln!(
+        "cairn-init: emergency shell (the image's /bin/sh as root); the system is not started; `exit` reboots"
+    );
+    let root_c = CString::new(root).map_err(|e| Failure(e.to_string()))?;
+    let mut cmd = Command::new("/bin/sh");
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("TERM", "linux")
+        .env("HOME", "/")
+        .env("PS1", "(cairn emergency) # ");
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes the setsid(2), ioctl(2), chroot(2) and chdir(2) system calls,
+    // which are async-signal-safe; it allocates nothing (the path was made
+    // before).
+    unsafe {
+        cmd.pre_exec(move || {
+            // a session of its own with the console as its terminal, so the
+            // shell has job control and Ctrl-C reaches it
+            rustix::process::setsid()?;
+            let _ = rustix::process::ioctl_tiocsctty(std::io::stdin());
+            rustix::process::chroot(root_c.as_c_str())?;
+            rustix::process::chdir(c"/")?;
+            Ok(())
+        });
+    }
+    cmd.status().ctx(|| format!("starting {sh}"))
+}
+
 /// Mounts an ext4 file system read-write.
 pub fn mount_ext4(dev: &Path, target: &str) -> Result<(), Failure> {
     mkdir_p(target, 0o755)?;

@@ -11,7 +11,11 @@
 //! `/sbin/init`.
 //!
 //! Any failure prints one `cairn-init: FATAL: ...` line, waits 10 s and
-//! reboots; so does a panic. PID 1 never exits. The options are described
+//! reboots (so boot counting falls back to the other slot); so does a
+//! panic. One failure stops instead: a state partition that is neither ext4
+//! nor marked new by the disk image is never formatted, and `/init` starts
+//! the image's shell on the console (rebooting would not help, and an older
+//! slot's `/init` might format it). PID 1 never exits. The options are described
 //! in `cairn_initrd::cmdline`.
 
 use std::convert::Infallible;
@@ -195,7 +199,11 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
             "tmpfs".to_owned()
         }
         Some(part) => {
-            prepare_state(part, &clock)?;
+            match prepare_state(part, &clock) {
+                Ok(()) => {}
+                Err(StateError::Failure(f)) => return Err(f),
+                Err(StateError::NotOurs(msg)) => emergency(&msg),
+            }
             format!("{} (ext4)", part.node(Path::new(DEV)).display())
         }
     };
@@ -310,14 +318,40 @@ fn disk_node(disk: &str) -> PathBuf {
     Path::new(DEV).join(devname)
 }
 
-/// Mounts the state partition on STATE; on first boot (no ext4 yet) grows
-/// it to the end of its disk and formats it.
-fn prepare_state(part: &BlockDev, clock: &Clock) -> Result<(), Failure> {
+/// Why the state could not be set up: most failures reboot (boot counting
+/// then falls back to the other slot); a state partition that is neither
+/// ext4 nor marked new stops the boot with a shell instead (rebooting does
+/// not help, and an older slot's /init might format it).
+enum StateError {
+    Failure(Failure),
+    NotOurs(String),
+}
+
+impl From<Failure> for StateError {
+    fn from(f: Failure) -> Self {
+        StateError::Failure(f)
+    }
+}
+
+/// Mounts the state partition on STATE; on first boot (the disk image's
+/// "never formatted" mark, no ext4 yet) grows it to the end of its disk,
+/// formats it and erases the mark. A partition with neither is refused.
+fn prepare_state(part: &BlockDev, clock: &Clock) -> Result<(), StateError> {
     let node = part.node(Path::new(DEV));
-    let formatted = File::open(&node)
-        .and_then(|mut f| ext4::has_ext4_magic(&mut f))
+    let content = File::open(&node)
+        .and_then(|mut f| ext4::state_content(&mut f))
         .ctx(|| format!("reading {}", node.display()))?;
-    if !formatted {
+    if content == ext4::StateContent::Unknown {
+        return Err(StateError::NotOurs(format!(
+            "the state partition {} ({STATE_LABEL}) holds no ext4 file system and is not \
+             marked new by the disk image: not formatting it, it may hold this machine's data \
+             (check it with e2fsck -n {}; to start afresh, wipe it and write the mark: \
+             docs/security.md, \"At boot\")",
+            node.display(),
+            node.display()
+        )));
+    }
+    if content == ext4::StateContent::New {
         match (&part.disk, part.uevent.partn) {
             (Some(disk), Some(n)) => match grow(disk, n) {
                 Ok(Some(g)) => clock.step(&format!(
@@ -335,9 +369,34 @@ fn prepare_state(part: &BlockDev, clock: &Clock) -> Result<(), Failure> {
         }
         let label = part.uevent.partname.as_deref().unwrap_or(STATE_LABEL);
         boot::mke2fs(&node, label)?;
+        boot::erase_state_mark(&node)?;
         clock.step(&format!("formatted {} as ext4", node.display()));
     }
-    boot::mount_ext4(&node, STATE)
+    Ok(boot::mount_ext4(&node, STATE)?)
+}
+
+/// Stops the boot with `msg` and the image's shell on the console (its
+/// root is mounted on SYSROOT); reboots when the shell exits. Never
+/// returns.
+fn emergency(msg: &str) -> ! {
+    say(&format!("FATAL: {msg}"));
+    rustix::fs::sync();
+    match boot::emergency_shell(SYSROOT) {
+        Ok(status) => say(&format!("emergency shell exited ({status}); rebooting")),
+        Err(e) => {
+            say(&format!(
+                "no emergency shell: {e}; power the machine off to retry"
+            ));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
+    rustix::fs::sync();
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// Grows partition `n` of `disk` to the end of the disk (GPT rewrite, then
