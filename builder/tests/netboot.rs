@@ -98,6 +98,7 @@ fn netboot_through_cairn_serve() {
             state_dir: dir.join("state"),
             proxy_dhcp: None,
             store: None,
+            admin_addr: Some("127.0.0.1:0".parse().unwrap()),
         }))
         .expect("starting cairn serve");
     let http = server.local_addrs().http.port();

@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// TFTP listen address.
     #[arg(long, default_value = "0.0.0.0:69", value_name = "ADDR:PORT")]
     pub tftp_addr: SocketAddr,
+    /// Listen address of the operators' endpoints (`/machines`: every MAC, IP, hostname and
+    /// serial seen; `/healthz`), kept off the machines' HTTP listener; `off` serves them nowhere.
+    /// Put it on a management network, not the boot LAN.
+    #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR:PORT|off", value_parser = parse_admin_addr)]
+    pub admin_addr: AdminAddr,
     /// Do not run the TFTP server.
     #[arg(long)]
     pub no_tftp: bool,
@@ -130,6 +135,7 @@ impl ServeArgs {
             state_dir: self.state_dir.clone(),
             proxy_dhcp: self.proxy_dhcp.clone(),
             store: self.store.clone(),
+            admin_addr: self.admin_addr.0,
         })
     }
 }
@@ -316,4 +322,17 @@ mod tests {
             .to_string();
         assert!(e.contains("expected an http:// URL"), "{e}");
     }
+}
+
+/// `--admin-addr`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminAddr(pub Option<SocketAddr>);
+
+fn parse_admin_addr(s: &str) -> Result<AdminAddr, String> {
+    if s == "off" {
+        return Ok(AdminAddr(None));
+    }
+    s.parse::<SocketAddr>()
+        .map(|a| AdminAddr(Some(a)))
+        .map_err(|e| format!("{s:?}: {e}: expected ADDR:PORT such as 127.0.0.1:8081, or off"))
 }

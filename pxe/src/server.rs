@@ -52,6 +52,9 @@ pub struct ServerConfig {
     /// Where discovery tokens live: `etcd://HOST:PORT[,HOST:PORT][/prefix]`; None: files under
     /// `state_dir/discovery`.
     pub store: Option<String>,
+    /// The operators' listener: `/machines` (every MAC, IP, hostname and serial seen) and
+    /// `/healthz`, never on the machines' HTTP listener; None: not served at all.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// Limits of a [`Server`] (kept apart from [`ServerConfig`] so that existing struct literals still
@@ -506,13 +509,38 @@ fn router(state: AppState) -> Router {
         .route("/cloud", get(cloud_config))
         .route("/metadata", get(metadata))
         .route("/assets/{*rel}", get(asset))
-        .route("/machines", get(machines))
+        .route(
+            "/machines",
+            get(|| async {
+                text(
+                    StatusCode::NOT_FOUND,
+                    "cairn: /machines is served on the operators' address only (--admin-addr)\n"
+                        .to_string(),
+                )
+            }),
+        )
         .route("/update/v1/{channel}/{file}", get(update_file))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|uri: Uri| async move {
             text(
                 StatusCode::NOT_FOUND,
                 format!("cairn: no such endpoint {}\n", uri.path()),
+            )
+        })
+        .layer(middleware::from_fn(log_requests))
+        .with_state(state)
+}
+
+/// The operators' endpoints, on their own listener (`--admin-addr`, loopback by default): what
+/// the machines' listener must not tell any host on the LAN.
+fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/machines", get(machines))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|uri: Uri| async move {
+            text(
+                StatusCode::NOT_FOUND,
+                format!("cairn: no such operator endpoint {}\n", uri.path()),
             )
         })
         .layer(middleware::from_fn(log_requests))
@@ -599,6 +627,8 @@ pub struct LocalAddrs {
     pub http: SocketAddr,
     /// The TFTP socket, when TFTP runs.
     pub tftp: Option<SocketAddr>,
+    /// The operators' listener (`/machines`), when it runs.
+    pub admin: Option<SocketAddr>,
 }
 
 /// A running `cairn serve`: HTTP and (optionally) TFTP in the current tokio runtime.
@@ -632,6 +662,19 @@ impl Server {
             .await
             .with_context(|| format!("binding the HTTP listener on {}", cfg.http_addr))?;
         let http = listener.local_addr().context("reading the HTTP address")?;
+        let admin_listener = match cfg.admin_addr {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| {
+                format!("binding the operators' listener on {a} (--admin-addr)")
+            })?),
+            None => None,
+        };
+        let admin = match &admin_listener {
+            Some(l) => Some(l.local_addr().context("reading the operators' address")?),
+            None => None,
+        };
+        if let Some(a) = admin.filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!("the operators' endpoints (/machines) listen on {a}, not loopback: every host that reaches it sees every machine's MAC, IP, hostname and serial");
+        }
         let ipxe_dir = match cfg.ipxe_dir.canonicalize() {
             Ok(d) => Some(d),
             Err(e) => {
@@ -707,11 +750,22 @@ impl Server {
         };
         let app = router(shared.clone());
         let rx = stopped.clone();
+        let http_limits = limits.http;
         tasks.push(tokio::spawn(async move {
-            crate::http::serve(listener, app, limits.http, rx)
+            crate::http::serve(listener, app, http_limits, rx)
                 .await
                 .context("serving HTTP")
         }));
+        if let Some(l) = admin_listener {
+            let app = admin_router(shared.clone());
+            let rx = stopped.clone();
+            let admin_limits = limits.http;
+            tasks.push(tokio::spawn(async move {
+                crate::http::serve(l, app, admin_limits, rx)
+                    .await
+                    .context("serving the operators' endpoints")
+            }));
+        }
         {
             // long polls would hold axum's graceful shutdown for minutes
             let mut rx = stopped.clone();
@@ -771,12 +825,13 @@ impl Server {
         tracing::info!(
             http = %http,
             tftp = %tftp.map_or("off".to_string(), |a| a.to_string()),
+            admin = %admin.map_or("off".to_string(), |a| a.to_string()),
             ipxe_dir = %shared.ipxe_dir.display(),
             "cairn serve listening"
         );
         Ok(Server {
             shared,
-            addrs: LocalAddrs { http, tftp },
+            addrs: LocalAddrs { http, tftp, admin },
             stop,
             tasks,
         })

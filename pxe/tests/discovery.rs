@@ -33,6 +33,7 @@ fn start(rt: &tokio::runtime::Runtime, config: &Path, state: &Path) -> anyhow::R
         state_dir: state.to_path_buf(),
         proxy_dhcp: None,
         store: None,
+        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
     }))
 }
 

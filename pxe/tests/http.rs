@@ -392,7 +392,18 @@ fn machine_table_follows_the_boot() {
     assert_eq!(s.server().machines()[0].stage, cairn_pxe::Stage::Initrd);
     get(&s.url("/cloud-config?mac=52:54:00:12:34:56"), &[]);
     get(&s.url("/ipxe?mac=52:54:00:00:00:01"), &[]);
+    // the table is for operators: not on the machines' listener, on the admin one
     let r = get(&s.url("/machines"), &[]);
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("--admin-addr"), "{}", r.text());
+    let admin = s
+        .server()
+        .local_addrs()
+        .admin
+        .expect("the operators' listener");
+    assert!(admin.ip().is_loopback());
+    let r = get(&format!("http://{admin}/machines"), &[]);
+    assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let rows = v.as_array().unwrap();

@@ -41,6 +41,7 @@ fn sighup_reloads_the_inventory() {
             state_dir: dir.path().join("state"),
             proxy_dhcp: None,
             store: None,
+            admin_addr: Some("127.0.0.1:0".parse().unwrap()),
         }))
         .unwrap();
     let url = |rack: &str| format!("http://{}/metadata?rack={rack}", server.local_addrs().http);

@@ -203,9 +203,28 @@ impl Lan {
             .unwrap()
     }
 
-    /// The server's machine table (`/machines`, fetched on the `cairn` host).
+    /// The server's machine table (`/machines`, fetched on the `cairn` host
+    /// from the operators' listener, loopback there by default); `base`, the
+    /// machines' listener, refuses it.
     pub fn machines(&self, base: &str) -> serde_json::Value {
-        let out = self.exec("cairn", &["curl", "-fsS", &format!("{base}/machines")]);
+        let lan = self.exec(
+            "cairn",
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{base}/machines"),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&lan.stdout),
+            "404",
+            "/machines on the boot LAN: {lan:?}"
+        );
+        let out = self.exec("cairn", &["curl", "-fsS", "http://127.0.0.1:8081/machines"]);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("/machines: {e}: {out:?}"))
     }
 

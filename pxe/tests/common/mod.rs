@@ -78,6 +78,7 @@ impl TestServer {
                 state_dir: state.path().to_path_buf(),
                 proxy_dhcp: None,
                 store: None,
+                admin_addr: Some("127.0.0.1:0".parse().unwrap()),
             },
             limits,
         ))?;
