@@ -2,7 +2,8 @@
 //! fetched and verified `.deb` files -> an assembled root tree -> fixups ->
 //! a reproducible squashfs, plus the lock and manifest that describe it.
 //!
-//! The `cairn` binary (src/main.rs) only parses arguments and calls in here.
+//! The `cairn` binary (src/main.rs) only parses arguments and calls in here
+//! (`vm_drive` is the config drive `cairn vm` gives the guest).
 
 pub mod artifacts;
 pub mod containers;
@@ -16,3 +17,4 @@ pub mod progress;
 pub mod repo;
 pub mod squashfs;
 pub mod tree;
+pub mod vm_drive;

@@ -80,7 +80,11 @@ enum Command {
         out: PathBuf,
     },
     /// Boot an image in QEMU with its serial console on this terminal
-    /// (Ctrl-a x quits). The image is not changed unless --persist.
+    /// (Ctrl-a x quits). The image is not changed unless --persist. A
+    /// config drive gives `core` your SSH keys and, unless --cloud-config
+    /// or --no-autologin, logs `core` in on the serial console for this
+    /// boot; `ready: ssh -p PORT core@127.0.0.1` is printed to stderr once
+    /// the guest's SSH answers.
     Vm {
         /// An output folder (boots its disk.raw) or a disk image.
         target: PathBuf,
@@ -105,6 +109,28 @@ enum Command {
         /// Write changes into the image instead of a throwaway overlay.
         #[arg(long)]
         persist: bool,
+        /// Authorize this SSH public key for `core` (repeatable; sent as
+        /// config-drive metadata, applied by cairn-cloudinit). Default:
+        /// every ~/.ssh/id_*.pub there is.
+        #[arg(long, value_name = "FILE", conflicts_with = "no_ssh_key")]
+        ssh_key: Vec<PathBuf>,
+        /// Send no SSH key.
+        #[arg(long)]
+        no_ssh_key: bool,
+        /// Boot with this cloud-config as the config drive's user-data,
+        /// validated first as `cairn validate` does (any error refuses
+        /// it). It replaces cairn vm's own cloud-config, so there is no
+        /// console autologin then: your config owns the console.
+        #[arg(long, value_name = "FILE")]
+        cloud_config: Option<PathBuf>,
+        /// No autologin of `core` on the serial console (the login prompt
+        /// then wants a password, which `core` has none of).
+        #[arg(long)]
+        no_autologin: bool,
+        /// The guest's hostname (config-drive metadata; a hostname in
+        /// --cloud-config wins).
+        #[arg(long, value_name = "NAME")]
+        hostname: Option<String>,
     },
     /// Netboot machines: TFTP and HTTP (iPXE scripts, image assets,
     /// per-machine cloud-config) from an inventory of profiles and groups.
@@ -225,6 +251,11 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
             uefi: _,
             bios,
             persist,
+            ssh_key,
+            no_ssh_key,
+            cloud_config,
+            no_autologin,
+            hostname,
         } => {
             let mut o = cairn_qemu::InteractiveOptions::new(target);
             o.memory_mib = memory;
@@ -235,6 +266,73 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
             if bios {
                 o.firmware = cairn_qemu::Firmware::Bios;
             }
+            // a wrong folder is the first thing to hear about
+            cairn_qemu::interactive::resolve_disk(&o.target)?;
+            let home = std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(PathBuf::from);
+            let key_files = if no_ssh_key {
+                Vec::new()
+            } else if ssh_key.is_empty() {
+                home.as_deref()
+                    .map(cairn_builder::vm_drive::default_key_files)
+                    .unwrap_or_default()
+            } else {
+                ssh_key
+            };
+            let keys = cairn_builder::vm_drive::read_keys(&key_files)?;
+            if let Some(h) = &hostname {
+                cairn_builder::vm_drive::check_hostname(h)?;
+            }
+            let user_config = match &cloud_config {
+                Some(p) => {
+                    let (bytes, findings) = cairn_builder::vm_drive::read_cloud_config(p)?;
+                    eprint!("{findings}");
+                    Some(bytes)
+                }
+                None => None,
+            };
+            if keys.is_empty() && !no_ssh_key && cloud_config.is_none() && o.net {
+                tracing::warn!(
+                    "no SSH key (no ~/.ssh/id_*.pub; --ssh-key FILE): ssh as core will not get in"
+                );
+            }
+            let autologin = cloud_config.is_none() && !no_autologin;
+            let seed = cairn_builder::vm_drive::Seed::new(
+                &keys,
+                hostname.as_deref(),
+                user_config,
+                autologin,
+            );
+            tracing::info!(
+                "config drive: {} SSH key(s) for core{}{}",
+                keys.len(),
+                if autologin {
+                    ", autologin of core on the serial console"
+                } else {
+                    ""
+                },
+                cloud_config
+                    .as_ref()
+                    .map(|p| format!(", user-data {}", p.display()))
+                    .unwrap_or_default()
+            );
+            // beside the VM directories, gone when cairn vm ends
+            let parent = std::env::var_os(cairn_qemu::vm::VM_DIR_ENV)
+                .map_or_else(std::env::temp_dir, PathBuf::from);
+            std::fs::create_dir_all(&parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+            let drive_dir = tempfile::Builder::new()
+                .prefix("cairn-vm-drive-")
+                .tempdir_in(&parent)
+                .with_context(|| format!("creating a directory in {}", parent.display()))?;
+            if !seed.is_empty() {
+                let drive = drive_dir.path().join("config-2.img");
+                seed.write(&drive)
+                    .with_context(|| format!("writing the config drive {}", drive.display()))?;
+                o.config_drive = Some(drive);
+            }
+            o.ssh_identity = cairn_builder::vm_drive::identity_hint(&key_files, home.as_deref());
             let status = cairn_qemu::run_interactive(&o)?;
             if !status.success() {
                 anyhow::bail!("QEMU exited with {status}");

@@ -1,4 +1,4 @@
-//! Validation and application of one user-data text, in coreos-cloudinit's order: hostname, users, SSH keys, write_files, /etc/environment, units; the outcome for the status file.
+//! Validation and application of one user-data text (with a config drive's metadata merged in as coreos-cloudinit did), in coreos-cloudinit's order: hostname, users, SSH keys, write_files, /etc/environment, units; the outcome for the status file.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::addrs::MachineAddresses;
 use crate::envfile;
 use crate::fsutil::{self, Accounts, Written};
+use crate::metadata::{Metadata, MetadataError};
 use crate::services;
 use crate::ssh;
 use crate::units::{Systemd, UnitSpec};
@@ -115,6 +116,39 @@ fn to_addresses(m: &MachineAddresses) -> Addresses {
 /// Validates `text`; with no error finding, substitutes the addresses and
 /// applies it. Every finding is logged with its line.
 pub fn run(text: &str, source: &str, opts: &Options) -> Outcome {
+    run_with_metadata(text, source, None, opts)
+}
+
+/// The cloud-config with a config drive's metadata merged in, as
+/// coreos-cloudinit merged it: the metadata's SSH keys are added to
+/// `core`'s, its hostname is used only when the cloud-config sets none.
+pub fn merge_metadata(mut c: CloudConfig, md: &Metadata) -> CloudConfig {
+    if let Some(h) = &md.hostname {
+        match c.hostname.as_deref().filter(|h| !h.is_empty()) {
+            Some(own) if own != h => tracing::info!(
+                "the user-data's hostname {own} overrides the metadata's hostname {h}"
+            ),
+            Some(_) => {}
+            None => c.hostname = Some(h.clone()),
+        }
+    }
+    c.ssh_authorized_keys
+        .extend(md.public_keys.iter().map(|(_, k)| k.clone()));
+    c
+}
+
+/// [`run`] with a config drive's metadata: merged into a cloud-config
+/// ([`merge_metadata`]), applied on its own before a `#!` script or for
+/// empty user-data. Invalid user-data applies nothing, metadata neither;
+/// refused metadata (`Err`) is a failure and nothing of it is applied,
+/// while the user-data is. An Ignition config is ignored, metadata and
+/// all, as coreos-cloudinit did.
+pub fn run_with_metadata(
+    text: &str,
+    source: &str,
+    metadata: Option<&Result<Metadata, MetadataError>>,
+    opts: &Options,
+) -> Outcome {
     let mut out = Outcome::new(Status::Applied, Some(source.to_string()));
     let report = validate(text);
     for f in &report.findings {
@@ -131,13 +165,19 @@ pub fn run(text: &str, source: &str, opts: &Options) -> Outcome {
             .iter()
             .filter(|f| f.kind == Kind::Error)
             .count();
-        tracing::error!("{source}: {n} error(s) in the cloud-config: nothing applied");
+        let also = if metadata.is_some() {
+            " (nor the metadata)"
+        } else {
+            ""
+        };
+        tracing::error!("{source}: {n} error(s) in the cloud-config: nothing applied{also}");
         out.status = Status::Invalid;
         return out;
     }
     let text = substitute(text, &to_addresses(&opts.addresses));
     let start = Instant::now();
-    match parse_user_data(&text) {
+    let parsed = match parse_user_data(&text) {
+        Ok(p) => p,
         Err(e) => {
             tracing::error!(
                 "{source}: line {}: error: {}: nothing applied",
@@ -147,16 +187,38 @@ pub fn run(text: &str, source: &str, opts: &Options) -> Outcome {
             out.status = Status::Invalid;
             return out;
         }
-        Ok(UserData::Empty) => tracing::info!("{source}: empty user-data, nothing to do"),
-        Ok(UserData::Ignition(_)) => {
+    };
+    let md = match metadata {
+        None => None,
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            out.fail(anyhow::anyhow!("{e}: nothing applied from the metadata"));
+            None
+        }
+    };
+    match parsed {
+        UserData::Empty => match md {
+            Some(m) => {
+                tracing::info!("{source}: empty user-data, applying the metadata");
+                apply_config(&merge_metadata(CloudConfig::default(), m), opts, &mut out);
+            }
+            None => tracing::info!("{source}: empty user-data, nothing to do"),
+        },
+        UserData::Ignition(_) => {
             tracing::warn!("{source}: an Ignition config: not for cairn-cloudinit, ignored")
         }
-        Ok(UserData::Script(s)) => {
+        UserData::Script(s) => {
+            if let Some(m) = md {
+                apply_config(&merge_metadata(CloudConfig::default(), m), opts, &mut out);
+            }
             if let Err(e) = run_script(&s, opts, &mut out) {
                 out.fail(e);
             }
         }
-        Ok(UserData::CloudConfig(c)) => apply_config(&c, opts, &mut out),
+        UserData::CloudConfig(c) => match md {
+            Some(m) => apply_config(&merge_metadata(c, m), opts, &mut out),
+            None => apply_config(&c, opts, &mut out),
+        },
     }
     out.apply_ms = start.elapsed().as_millis() as u64;
     if !out.failures.is_empty() {
@@ -764,6 +826,101 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("Environment=\"ETCD_NAME=node1\"\n"), "{d}");
+    }
+
+    const MD_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMetadataKey000000000000000000000000000001 md";
+    const UD_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserDataKey000000000000000000000000000002 ud";
+
+    fn md(hostname: Option<&str>) -> Result<Metadata, MetadataError> {
+        Ok(Metadata {
+            hostname: hostname.map(String::from),
+            public_keys: vec![("vm".into(), MD_KEY.into())],
+        })
+    }
+
+    #[test]
+    fn metadata_merges_as_coreos_cloudinit_did() {
+        let t = tempfile::tempdir().unwrap();
+        seed(t.path());
+        let keys = || std::fs::read_to_string(t.path().join("home/core/.ssh/authorized_keys"));
+        let hostname = || std::fs::read_to_string(t.path().join("etc/hostname")).unwrap();
+        // the user-data's hostname wins; keys from both
+        let text = format!("#cloud-config\nhostname: own\nssh_authorized_keys:\n  - {UD_KEY}\n");
+        let out = run_with_metadata(&text, "t", Some(&md(Some("md-host"))), &opts(t.path()));
+        assert_eq!(out.status, Status::Applied, "{:?}", out.failures);
+        assert_eq!(hostname(), "own\n");
+        assert_eq!(keys().unwrap(), format!("{UD_KEY}\n{MD_KEY}\n"));
+        // no hostname in the user-data: the metadata's
+        let out = run_with_metadata(
+            "#cloud-config\n",
+            "t",
+            Some(&md(Some("md-host"))),
+            &opts(t.path()),
+        );
+        assert_eq!(out.status, Status::Applied, "{:?}", out.failures);
+        assert_eq!(hostname(), "md-host\n");
+        assert_eq!(keys().unwrap(), format!("{MD_KEY}\n"));
+        // empty user-data and a script: the metadata still applies
+        for text in ["", "#!/bin/sh\ntrue\n"] {
+            let t = tempfile::tempdir().unwrap();
+            seed(t.path());
+            let out = run_with_metadata(text, "t", Some(&md(Some("m2"))), &opts(t.path()));
+            assert_eq!(out.status, Status::Applied, "{text:?}: {:?}", out.failures);
+            assert_eq!(
+                std::fs::read_to_string(t.path().join("home/core/.ssh/authorized_keys")).unwrap(),
+                format!("{MD_KEY}\n"),
+                "{text:?}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(t.path().join("etc/hostname")).unwrap(),
+                "m2\n"
+            );
+        }
+        // empty user-data and no metadata: nothing at all, as before
+        let t2 = tempfile::tempdir().unwrap();
+        seed(t2.path());
+        let out = run_with_metadata("", "t", None, &opts(t2.path()));
+        assert_eq!(out.status, Status::Applied);
+        assert!(out.changed.is_empty(), "{:?}", out.changed);
+    }
+
+    #[test]
+    fn refused_metadata_applies_nothing_of_it_and_invalid_user_data_nothing_at_all() {
+        let t = tempfile::tempdir().unwrap();
+        seed(t.path());
+        let bad: Result<Metadata, MetadataError> = Err(MetadataError {
+            path: "/cd/openstack/latest/meta_data.json".into(),
+            reason: "public_keys is not a JSON object (key name -> key)".into(),
+        });
+        let out = run_with_metadata(
+            "#cloud-config\nhostname: own\n",
+            "t",
+            Some(&bad),
+            &opts(t.path()),
+        );
+        assert_eq!(out.status, Status::Failed);
+        assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
+        assert!(
+            out.failures[0].starts_with("/cd/openstack/latest/meta_data.json: public_keys is not")
+                && out.failures[0].ends_with("nothing applied from the metadata"),
+            "{:?}",
+            out.failures
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("etc/hostname")).unwrap(),
+            "own\n"
+        );
+        assert!(!t.path().join("home/core/.ssh").exists());
+        // a cloud-config with an error: the metadata is not applied either
+        let t = tempfile::tempdir().unwrap();
+        seed(t.path());
+        let text = "#cloud-config\ncoreos:\n  update:\n    reboot-strategy: sometimes\n";
+        let out = run_with_metadata(text, "t", Some(&md(Some("md-host"))), &opts(t.path()));
+        assert_eq!(out.status, Status::Invalid);
+        assert!(!t.path().join("etc/hostname").exists());
+        assert!(!t.path().join("home/core/.ssh").exists());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! cairn-cloudinit: the on-host agent that finds this machine's cloud-config (kernel command line URL, state partition, config drive), validates it and applies it at every boot, like CoreOS's coreos-cloudinit. It owns what it writes under the target root; it never touches the image's /usr.
+//! cairn-cloudinit: the on-host agent that finds this machine's cloud-config (kernel command line URL, state partition, config drive with its OpenStack metadata), validates it and applies it at every boot, like CoreOS's coreos-cloudinit. It owns what it writes under the target root; it never touches the image's /usr.
 
 pub mod addrs;
 pub mod apply;
@@ -6,6 +6,7 @@ pub mod cmdline;
 pub mod envfile;
 pub mod fetch;
 pub mod fsutil;
+pub mod metadata;
 pub mod safefs;
 pub mod services;
 pub mod source;

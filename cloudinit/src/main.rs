@@ -9,8 +9,9 @@ use cairn_cloudinit::{addrs, fetch::RetryPolicy, source};
 use clap::Parser;
 
 /// Find this machine's cloud-config (cloud-config-url= on the kernel command
-/// line, /run/cairn/state/user-data, a config-2 config drive), validate it
-/// and apply it. Run at every boot by cairn-cloudinit.service.
+/// line, /run/cairn/state/user-data, a config-2 config drive, whose
+/// meta_data.json SSH keys and hostname are merged in), validate it and
+/// apply it. Run at every boot by cairn-cloudinit.service.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -28,7 +29,8 @@ struct Args {
     /// The state partition's user-data file.
     #[arg(long, value_name = "FILE", default_value = source::STATE_USER_DATA)]
     state_user_data: PathBuf,
-    /// An already mounted config drive (instead of looking for label config-2).
+    /// An already mounted config drive (instead of looking for label
+    /// config-2): DIR/openstack/latest/user_data and meta_data.json.
     #[arg(long, value_name = "DIR")]
     config_drive: Option<PathBuf>,
     /// Do not look for a config drive.
@@ -98,6 +100,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             Ok(Some(source::Found {
                 source: p.display().to_string(),
                 bytes,
+                metadata: None,
             }))
         }
         None => source::find(&source::Sources {
@@ -154,7 +157,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                     live,
                     addresses: detected,
                 };
-                apply::run(&text, &found.source, &opts)
+                apply::run_with_metadata(&text, &found.source, found.metadata.as_ref(), &opts)
             }
         },
     };

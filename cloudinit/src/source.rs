@@ -1,4 +1,4 @@
-//! Where the user-data comes from, first found wins: `cloud-config-url=` on the kernel command line, the state partition's `user-data`, a `config-2` config drive.
+//! Where the user-data comes from, first found wins: `cloud-config-url=` on the kernel command line, the state partition's `user-data`, a `config-2` config drive (whose `meta_data.json` comes along).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::cmdline;
 use crate::fetch::{self, FetchError, RetryPolicy};
+use crate::metadata::{self, Metadata, MetadataError, CONFIG_DRIVE_META_DATA};
 
 /// The state partition's user-data file (the image's /init mounts the state partition at /run/cairn/state).
 pub const STATE_USER_DATA: &str = "/run/cairn/state/user-data";
@@ -45,7 +46,12 @@ impl Default for Sources {
 #[derive(Debug, Clone)]
 pub struct Found {
     pub source: String,
+    /// Empty when a config drive has metadata but no user_data.
     pub bytes: Vec<u8>,
+    /// A config drive's `meta_data.json`: `None` when the source is not a
+    /// config drive or the drive has none; `Some(Err)` when it is there
+    /// but refused (nothing of it is then applied).
+    pub metadata: Option<Result<Metadata, MetadataError>>,
 }
 
 /// The first source that holds user-data is the one used; a URL that
@@ -94,6 +100,7 @@ pub fn find(s: &Sources) -> Result<Option<Found>, SourceError> {
         return Ok(Some(Found {
             source: format!("{}={url}", cmdline::CLOUD_CONFIG_URL),
             bytes,
+            metadata: None,
         }));
     }
     if let Some(bytes) = read_if_exists(&s.state_user_data).map_err(SourceError::Other)? {
@@ -101,37 +108,41 @@ pub fn find(s: &Sources) -> Result<Option<Found>, SourceError> {
         return Ok(Some(Found {
             source: s.state_user_data.display().to_string(),
             bytes,
+            metadata: None,
         }));
     }
     if !s.config_drive {
         return Ok(None);
     }
     if let Some(dir) = &s.config_drive_dir {
-        let p = dir.join(CONFIG_DRIVE_USER_DATA);
-        return Ok(read_if_exists(&p)
-            .map_err(SourceError::Other)?
-            .map(|bytes| {
-                tracing::info!("data source: config drive {}", p.display());
-                Found {
-                    source: format!("config drive {}", p.display()),
-                    bytes,
-                }
-            }));
+        return read_drive_dir(dir, &format!("config drive {}", dir.display()))
+            .map_err(SourceError::Other);
     }
     match config_drive_device() {
         None => Ok(None),
-        Some(dev) => {
-            tracing::info!("data source: config drive {}", dev.display());
-            read_config_drive(&dev)
-                .map_err(SourceError::Other)
-                .map(|b| {
-                    b.map(|bytes| Found {
-                        source: format!("config drive {}", dev.display()),
-                        bytes,
-                    })
-                })
-        }
+        Some(dev) => read_config_drive(&dev).map_err(SourceError::Other),
     }
+}
+
+/// The user_data and meta_data.json of a config drive's directory tree;
+/// `None` when it has neither.
+fn read_drive_dir(dir: &Path, source: &str) -> Result<Option<Found>> {
+    let user_data = read_if_exists(&dir.join(CONFIG_DRIVE_USER_DATA))?;
+    let metadata = metadata::read(&dir.join(CONFIG_DRIVE_META_DATA)).transpose();
+    if user_data.is_none() && metadata.is_none() {
+        return Ok(None);
+    }
+    let what = match (&user_data, &metadata) {
+        (Some(_), Some(_)) => "user_data and meta_data.json",
+        (Some(_), None) => "user_data",
+        _ => "meta_data.json, no user_data",
+    };
+    tracing::info!("data source: {source} ({what})");
+    Ok(Some(Found {
+        source: source.to_string(),
+        bytes: user_data.unwrap_or_default(),
+        metadata,
+    }))
 }
 
 /// The block device labelled config-2: udev's by-label link, else blkid.
@@ -149,8 +160,9 @@ pub fn config_drive_device() -> Option<PathBuf> {
     (out.status.success() && !dev.is_empty()).then(|| PathBuf::from(dev))
 }
 
-/// Mounts `dev` read-only, reads openstack/latest/user_data, unmounts.
-fn read_config_drive(dev: &Path) -> Result<Option<Vec<u8>>> {
+/// Mounts `dev` read-only, reads openstack/latest/user_data and
+/// meta_data.json, unmounts.
+fn read_config_drive(dev: &Path) -> Result<Option<Found>> {
     use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
     let target = Path::new(CONFIG_DRIVE_MOUNT);
     std::fs::create_dir_all(target).with_context(|| format!("creating {CONFIG_DRIVE_MOUNT}"))?;
@@ -178,7 +190,7 @@ fn read_config_drive(dev: &Path) -> Result<Option<Vec<u8>>> {
             last.map(|e| e.to_string()).unwrap_or_default()
         );
     }
-    let data = read_if_exists(&target.join(CONFIG_DRIVE_USER_DATA));
+    let data = read_drive_dir(target, &format!("config drive {}", dev.display()));
     if let Err(e) = unmount(target, UnmountFlags::DETACH) {
         tracing::warn!("unmounting {CONFIG_DRIVE_MOUNT}: {e}");
     }
@@ -216,11 +228,9 @@ mod tests {
             "#cloud-config\n",
         )
         .unwrap();
-        assert!(find(&s)
-            .unwrap()
-            .unwrap()
-            .source
-            .starts_with("config drive"));
+        let f = find(&s).unwrap().unwrap();
+        assert!(f.source.starts_with("config drive"), "{}", f.source);
+        assert!(f.metadata.is_none());
         std::fs::create_dir_all(t.path().join("state")).unwrap();
         std::fs::write(t.path().join("state/user-data"), "#!/bin/sh\n").unwrap();
         let f = find(&s).unwrap().unwrap();
@@ -240,6 +250,39 @@ mod tests {
             find(&s),
             Err(SourceError::Fetch(FetchError::GaveUp { tries: 2, .. }))
         ));
+    }
+
+    #[test]
+    fn a_config_drive_brings_its_metadata_even_without_user_data() {
+        let t = tempfile::tempdir().unwrap();
+        let s = sources(t.path(), "console=ttyS0\n");
+        let latest = t.path().join("cd/openstack/latest");
+        std::fs::create_dir_all(&latest).unwrap();
+        std::fs::write(
+            latest.join("meta_data.json"),
+            r#"{"hostname": "h1", "public_keys": {"k": "ssh-ed25519 AAAA k\n"}}"#,
+        )
+        .unwrap();
+        let f = find(&s).unwrap().expect("metadata alone is a data source");
+        assert_eq!(
+            f.source,
+            format!("config drive {}", t.path().join("cd").display())
+        );
+        assert!(f.bytes.is_empty());
+        let md = f.metadata.unwrap().unwrap();
+        assert_eq!(md.hostname.as_deref(), Some("h1"));
+        assert_eq!(md.public_keys, [("k".into(), "ssh-ed25519 AAAA k".into())]);
+        // with user_data too; a refused metadata file still comes with the user-data
+        std::fs::write(latest.join("user_data"), "#cloud-config\n").unwrap();
+        std::fs::write(latest.join("meta_data.json"), r#"{"public_keys": []}"#).unwrap();
+        let f = find(&s).unwrap().unwrap();
+        assert_eq!(f.bytes, b"#cloud-config\n");
+        let e = f.metadata.unwrap().unwrap_err();
+        assert!(e.path.ends_with("openstack/latest/meta_data.json"), "{e}");
+        // the state partition's user-data wins, and brings no metadata
+        std::fs::create_dir_all(t.path().join("state")).unwrap();
+        std::fs::write(t.path().join("state/user-data"), "#cloud-config\n").unwrap();
+        assert!(find(&s).unwrap().unwrap().metadata.is_none());
     }
 
     #[test]

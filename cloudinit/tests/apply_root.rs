@@ -407,3 +407,144 @@ fn url_source_404_is_final_and_reported() {
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(status(t.path())["status"], "source-failed");
 }
+
+/// The binary on a config drive directory (`--config-drive`) under `--root`.
+fn run_drive(root: &Path, drive: &Path) -> Output {
+    let cmdline = root.join("cmdline");
+    fs::write(&cmdline, "console=ttyS0\n").unwrap();
+    Command::new(BIN)
+        .arg("--root")
+        .arg(root)
+        .arg("--cmdline")
+        .arg(&cmdline)
+        .arg("--state-user-data")
+        .arg(root.join("no-user-data"))
+        .arg("--config-drive")
+        .arg(drive)
+        .output()
+        .expect("running cairn-cloudinit")
+}
+
+const MD_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMetadataKey000000000000000000000000000001 vm@host";
+
+#[test]
+fn config_drive_metadata_gives_core_its_key_and_a_hostname_only_if_the_config_has_none() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, drive) = (t.path().join("root"), t.path().join("drive"));
+    seed(&root);
+    let latest = drive.join("openstack/latest");
+    fs::create_dir_all(&latest).unwrap();
+    fs::write(
+        latest.join("meta_data.json"),
+        format!(
+            r#"{{"uuid": "0b8f6c0e", "name": "vm", "hostname": "md-host",
+                "public_keys": {{"cairn-vm": "{MD_KEY}\n"}}, "files": []}}"#
+        ),
+    )
+    .unwrap();
+
+    // metadata alone (no user_data): applied
+    let out = run_drive(&root, &drive);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert_eq!(
+        read(&root, "home/core/.ssh/authorized_keys"),
+        format!("{MD_KEY}\n")
+    );
+    assert_eq!(
+        mode_owner(&root, "home/core/.ssh/authorized_keys"),
+        (0o600, 500, 500)
+    );
+    assert_eq!(read(&root, "etc/hostname"), "md-host\n");
+    let st = status(&root);
+    assert_eq!(st["status"], "applied", "{st}");
+    assert_eq!(
+        st["source"],
+        format!("config drive {}", drive.display()),
+        "{st}"
+    );
+
+    // a cloud-config that sets a hostname keeps it; keys from both
+    fs::write(
+        latest.join("user_data"),
+        "#cloud-config\nhostname: own-name\nssh_authorized_keys:\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserDataKey000000000000000000000000000002 ud\n",
+    )
+    .unwrap();
+    let out = run_drive(&root, &drive);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(&root, "etc/hostname"), "own-name\n");
+    let keys = read(&root, "home/core/.ssh/authorized_keys");
+    assert_eq!(keys.lines().count(), 2, "{keys}");
+    assert!(keys.contains(MD_KEY) && keys.contains("ud\n"), "{keys}");
+
+    // a user-data script: the metadata still applies
+    let t2 = tempfile::tempdir().unwrap();
+    let root2 = t2.path().join("root");
+    seed(&root2);
+    fs::write(latest.join("user_data"), "#!/bin/sh\necho hi\n").unwrap();
+    let out = run_drive(&root2, &drive);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read(&root2, "home/core/.ssh/authorized_keys"),
+        format!("{MD_KEY}\n")
+    );
+    assert_eq!(read(&root2, "etc/hostname"), "md-host\n");
+}
+
+#[test]
+fn hostile_config_drive_metadata_applies_nothing_of_it() {
+    let big = format!(r#"{{"meta": "{}"}}"#, "x".repeat(70 * 1024));
+    let cases = [
+        (
+            r#"{"hostname": "md-host", "public_keys": ["ssh-ed25519 AAAA a"]}"#.to_string(),
+            "public_keys is not a JSON object",
+        ),
+        (
+            format!(
+                r#"{{"hostname": "md-host", "public_keys": {{"a": "{MD_KEY}", "b": "ssh-ed25519 AAAA b\nssh-rsa BBBB evil"}}}}"#
+            ),
+            "public_keys.b has a line break or control character: a key must be one line",
+        ),
+        (big, "larger than 65536 bytes"),
+    ];
+    for (text, want) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let (root, drive) = (t.path().join("root"), t.path().join("drive"));
+        seed(&root);
+        let latest = drive.join("openstack/latest");
+        fs::create_dir_all(&latest).unwrap();
+        let md_path = latest.join("meta_data.json");
+        fs::write(&md_path, text).unwrap();
+        fs::write(
+            latest.join("user_data"),
+            "#cloud-config\nwrite_files:\n  - path: /etc/applied\n    content: yes\n",
+        )
+        .unwrap();
+        let out = run_drive(&root, &drive);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{want}: {log}");
+        let named = format!("{}: ", md_path.display());
+        assert!(log.contains(&named) && log.contains(want), "{want}: {log}");
+        assert!(log.contains("nothing applied from the metadata"), "{log}");
+        let st = status(&root);
+        assert_eq!(st["status"], "failed", "{st}");
+        let failures = st["failures"].as_array().unwrap();
+        assert_eq!(failures.len(), 1, "{st}");
+        assert!(failures[0].as_str().unwrap().contains(want), "{st}");
+        // nothing from the metadata; the user-data applied
+        assert!(!root.join("home/core/.ssh").exists(), "{want}");
+        assert!(!root.join("etc/hostname").exists(), "{want}");
+        assert_eq!(read(&root, "etc/applied"), "yes");
+    }
+}

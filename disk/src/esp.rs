@@ -230,14 +230,17 @@ pub(crate) struct EspStats {
     pub free_clusters: u32,
 }
 
-/// Formats FAT32 over `[offset, offset + size)` of `image` and writes
-/// `files` into it, every timestamp `mtime`.
+/// Formats FAT32 over `[offset, offset + size)` of `image` with volume
+/// label `label` (`ESP` for the ESP; also used for a config drive) and
+/// writes `files` into it, every timestamp `mtime`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_esp(
     image: &File,
     image_path: &Path,
     offset: u64,
     size: u64,
     volume_id: u32,
+    label: [u8; 11],
     mtime: u64,
     files: &[EspFile<'_, '_>],
 ) -> Result<EspStats, DiskError> {
@@ -268,7 +271,7 @@ pub(crate) fn write_esp(
         .total_sectors(sectors)
         .fats(2)
         .volume_id(volume_id)
-        .volume_label(*b"ESP        ");
+        .volume_label(label);
     fatfs::format_volume(slice()?, opts).map_err(fat_err("/"))?;
     // fatfs leaves "hidden sectors" (the partition's start LBA, which DOS
     // style boot code and some tools read) at 0: set it in the boot sector

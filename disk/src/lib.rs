@@ -13,6 +13,7 @@
 //! block devices.
 
 mod bls;
+pub mod config_drive;
 mod error;
 mod esp;
 mod fat_fixup;
@@ -254,6 +255,7 @@ fn write_image(
         esp_part.offset(),
         esp_part.size(),
         guid::volume_id(spec.identity),
+        *b"ESP        ",
         spec.mtime,
         files,
     )?;

@@ -3,15 +3,25 @@
 //! foreground with the serial port and the monitor multiplexed on stdio
 //! (`Ctrl-a x` quits, `Ctrl-a c` toggles the monitor, `Ctrl-c` goes to the
 //! guest), on a throwaway overlay unless `persist`, with user networking and
-//! SSH forwarded from 127.0.0.1. It logs the QEMU command line at info level
-//! and returns QEMU's exit status. The console is also logged to
-//! `serial.log` in the VM directory, kept when `CAIRN_KEEP_VM=1`.
+//! SSH forwarded from 127.0.0.1, and the caller's config drive (if any) as
+//! a second disk. Once the forwarded port answers with an SSH banner it
+//! prints `ready: ssh -p PORT USER@127.0.0.1` to stderr, once. It holds a
+//! [`crate::slots`] slot while QEMU runs, logs the QEMU command line at info
+//! level and returns QEMU's exit status. The console is also logged to
+//! `serial.log` in the VM directory, kept when `CAIRN_KEEP_VM=1`. Standard
+//! input need not be a terminal (a pipe works: bytes go to the console,
+//! `Ctrl-a x` still quits).
 
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::accel::Accel;
-use crate::config::{self, Console, Firmware, PortForward, UserNet, VmConfig};
+use crate::config::{self, Console, Disk, DiskFormat, Firmware, PortForward, UserNet, VmConfig};
 use crate::vm::{self, files, KEEP_ENV};
 use crate::VmError;
 
@@ -33,6 +43,15 @@ pub struct InteractiveOptions {
     /// Boot the image itself, keeping changes.
     pub persist: bool,
     pub accel: Accel,
+    /// A config drive image (raw, e.g. from `cairn_disk::config_drive`)
+    /// attached as a second virtio disk; an overlay protects it unless
+    /// `persist`.
+    pub config_drive: Option<PathBuf>,
+    /// The user in the `ready: ssh` line.
+    pub ssh_user: String,
+    /// A private key named with `-i` in the `ready: ssh` line (one ssh
+    /// would not try by itself).
+    pub ssh_identity: Option<PathBuf>,
     /// Appended to QEMU's arguments.
     pub extra_args: Vec<String>,
 }
@@ -50,8 +69,20 @@ impl InteractiveOptions {
             ssh_port: None,
             persist: false,
             accel: Accel::from_env(),
+            config_drive: None,
+            ssh_user: "core".to_owned(),
+            ssh_identity: None,
             extra_args: Vec::new(),
         }
+    }
+
+    /// The line printed once SSH answers on `port`.
+    pub fn ready_line(&self, port: u16) -> String {
+        let mut line = format!("ready: ssh -p {port} {}@127.0.0.1", self.ssh_user);
+        if let Some(key) = &self.ssh_identity {
+            line.push_str(&format!(" -i {}", key.display()));
+        }
+        line
     }
 
     /// The VM configuration these options stand for (disk resolved).
@@ -62,6 +93,12 @@ impl InteractiveOptions {
             .file_stem()
             .map_or_else(|| "vm".to_owned(), |s| s.to_string_lossy().into_owned());
         let mut c = VmConfig::new(name).disk(disk).persist(self.persist);
+        if let Some(drive) = &self.config_drive {
+            c.disks.push(Disk {
+                path: drive.clone(),
+                format: Some(DiskFormat::Raw),
+            });
+        }
         c.firmware = self.firmware;
         c.memory_mib = self.memory_mib;
         c.cpus = self.cpus;
@@ -104,6 +141,63 @@ pub fn resolve_disk(target: &Path) -> Result<PathBuf, VmError> {
     }
 }
 
+/// Whether `127.0.0.1:port` answers with an SSH-2 banner within the
+/// timeouts. A slirp forward accepts a connection even when nothing listens
+/// in the guest (and then closes it), so a connection alone proves nothing.
+pub fn ssh_answers(port: u16, timeout: Duration) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    if s.set_read_timeout(Some(timeout)).is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 8 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answers = got.starts_with(b"SSH-2.0-");
+    if answers {
+        // say who we are before leaving, so sshd logs a plain closed
+        // connection rather than a failed identification exchange
+        let _ = std::io::Write::write_all(&mut s, b"SSH-2.0-cairn-vm-probe\r\n");
+    }
+    answers
+}
+
+/// Polls the forwarded SSH port until it answers (then prints `line` to
+/// stderr, once) or `stop` is set; every round is bounded, so the thread
+/// ends soon after QEMU does.
+fn watch_ssh(port: u16, line: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if ssh_answers(port, Duration::from_secs(3)) {
+                if !stop.load(Ordering::Relaxed) {
+                    // on a terminal the console may be mid-line (a login
+                    // prompt): start a fresh one
+                    let fresh = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                        "\r\n"
+                    } else {
+                        ""
+                    };
+                    eprintln!("{fresh}{line}");
+                }
+                return;
+            }
+            for _ in 0..10 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+}
+
 /// Runs QEMU in the foreground on the terminal; see the module doc.
 pub fn run_interactive(opts: &InteractiveOptions) -> Result<ExitStatus, VmError> {
     let config = opts.to_config()?;
@@ -114,21 +208,38 @@ pub fn run_interactive(opts: &InteractiveOptions) -> Result<ExitStatus, VmError>
     let args = config::qemu_args(&config, &layout)?;
     let program = config.qemu.to_string_lossy().into_owned();
     tracing::info!("running: {}", config::shell_line(&program, &args));
-    if let Some((host, _)) = layout.forwards.iter().find(|(_, g)| *g == 22) {
-        tracing::info!("ssh: ssh -p {host} root@127.0.0.1");
+    let ssh_port = layout
+        .forwards
+        .iter()
+        .find(|(_, g)| *g == 22)
+        .map(|(h, _)| *h);
+    if let Some(port) = ssh_port {
+        tracing::info!(
+            "SSH: 127.0.0.1:{port} forwarded to the guest's port 22; the ssh command follows once sshd answers"
+        );
     }
     tracing::info!(
         "serial console on this terminal: Ctrl-a x quits, Ctrl-a c toggles the QEMU monitor"
     );
 
+    // one VM slot, as every harness VM holds (CAIRN_VM_JOBS)
+    let _slot = crate::slots::for_vm(&config.name)?;
     let mut cmd = Command::new(&config.qemu);
     cmd.args(&args);
     vm::die_with_parent(&mut cmd);
-    let status = cmd.status().map_err(|source| VmError::Spawn {
+    let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
         program,
         hint: " (install the Debian package `qemu-system-x86`)",
         source,
     })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = ssh_port.map(|port| watch_ssh(port, opts.ready_line(port), stop.clone()));
+    let status = child.wait().map_err(VmError::io(&config.qemu));
+    stop.store(true, Ordering::Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    let status = status?;
     if std::env::var(KEEP_ENV).is_ok_and(|v| v == "1") {
         let kept = dir.keep();
         tracing::info!("VM files kept in {}", kept.display());
@@ -183,6 +294,54 @@ mod tests {
         );
         o.net = false;
         assert_eq!(o.to_config().unwrap().net, None);
+    }
+
+    #[test]
+    fn config_drive_is_a_second_raw_disk_and_the_ready_line() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("disk.raw"), b"").unwrap();
+        let mut o = InteractiveOptions::new(d.path());
+        assert_eq!(o.ready_line(2222), "ready: ssh -p 2222 core@127.0.0.1");
+        o.config_drive = Some(d.path().join("config.img"));
+        o.ssh_identity = Some(PathBuf::from("/k/id_test"));
+        let c = o.to_config().unwrap();
+        assert_eq!(c.disks.len(), 2);
+        assert_eq!(c.disks[0].path, d.path().join("disk.raw"));
+        assert_eq!(
+            c.disks[1],
+            Disk {
+                path: d.path().join("config.img"),
+                format: Some(DiskFormat::Raw)
+            }
+        );
+        assert_eq!(
+            o.ready_line(2222),
+            "ready: ssh -p 2222 core@127.0.0.1 -i /k/id_test"
+        );
+    }
+
+    #[test]
+    fn only_an_ssh_banner_counts_as_ready() {
+        use std::io::Write;
+        use std::net::TcpListener;
+        let serve = |reply: &'static [u8]| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            std::thread::spawn(move || {
+                if let Ok((mut c, _)) = l.accept() {
+                    let _ = c.write_all(reply);
+                }
+            });
+            port
+        };
+        let t = Duration::from_secs(5);
+        assert!(ssh_answers(serve(b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n"), t));
+        // what slirp does with nothing listening in the guest: accept, close
+        assert!(!ssh_answers(serve(b""), t));
+        assert!(!ssh_answers(serve(b"HTTP/1.1 400 Bad Request\r\n"), t));
+        // nothing listening at all
+        let port = crate::vm::free_port().unwrap();
+        assert!(!ssh_answers(port, t));
     }
 
     #[test]
