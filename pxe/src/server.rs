@@ -501,7 +501,7 @@ async fn log_requests(req: Request, next: Next) -> Response<Body> {
 
 fn router(state: AppState) -> Router {
     let discovery = cairn_discovery::router(state.discovery.clone());
-    Router::new()
+    let routes = Router::new()
         .nest("/discovery", discovery)
         .route("/boot.ipxe", get(boot_ipxe))
         .route("/ipxe", get(machine_ipxe))
@@ -519,12 +519,19 @@ fn router(state: AppState) -> Router {
                 )
             }),
         )
-        .route("/update/v1/{channel}/{file}", get(update_file))
+        .route("/update/v1/{channel}/{file}", get(update_file));
+    finish(routes, "endpoint", state)
+}
+
+/// What both listeners share: `/healthz`, a 404 that names the path (`what`: the kind of
+/// endpoint), the request log.
+fn finish(routes: Router<AppState>, what: &'static str, state: AppState) -> Router {
+    routes
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|uri: Uri| async move {
+        .fallback(move |uri: Uri| async move {
             text(
                 StatusCode::NOT_FOUND,
-                format!("cairn: no such endpoint {}\n", uri.path()),
+                format!("cairn: no such {what} {}\n", uri.path()),
             )
         })
         .layer(middleware::from_fn(log_requests))
@@ -534,17 +541,11 @@ fn router(state: AppState) -> Router {
 /// The operators' endpoints, on their own listener (`--admin-addr`, loopback by default): what
 /// the machines' listener must not tell any host on the LAN.
 fn admin_router(state: AppState) -> Router {
-    Router::new()
-        .route("/machines", get(machines))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|uri: Uri| async move {
-            text(
-                StatusCode::NOT_FOUND,
-                format!("cairn: no such operator endpoint {}\n", uri.path()),
-            )
-        })
-        .layer(middleware::from_fn(log_requests))
-        .with_state(state)
+    finish(
+        Router::new().route("/machines", get(machines)),
+        "operator endpoint",
+        state,
+    )
 }
 
 /// TFTP: iPXE binaries at the root, `boot.ipxe` generated, `assets/IMAGE/FILE` from image folders.
