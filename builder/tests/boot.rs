@@ -9,9 +9,11 @@
 //!    healthy, Docker answers and runs a container from the preloaded
 //!    busybox image, sshd listens with host keys made on this boot, `core`
 //!    exists;
-//! 2. the same disk again: what was written under `/var` and `/etc`, and
-//!    the SSH host keys, are still there, and Docker did not load the
-//!    preloaded image again;
+//! 2. the same disk again, behind a decoy disk with the same partition
+//!    labels and another root in its `cairn-a`: `/init` takes the slot and
+//!    the state from the disk systemd-boot came from; what was written
+//!    under `/var` and `/etc`, and the SSH host keys, are still there, and
+//!    Docker did not load the preloaded image again;
 //! 3. the small image's vmlinuz + initrd.img booted directly with
 //!    `cairn.state=tmpfs`: a running system, diskless;
 //! 4. a disk whose slot A is damaged: `/init` says why on the console and
@@ -170,17 +172,31 @@ fn images_boot_from_disk_and_diskless() {
         .expect("the guest powers off");
     drop(vm);
 
-    // --- 2. second boot of the same disk keeps /var, /etc and the host keys
+    // --- 2. second boot of the same disk keeps /var, /etc and the host keys.
+    // A decoy disk comes first (vda): it carries the same partition labels
+    // and another system (the small image's root) in its cairn-a, but no
+    // boot loader. The firmware boots the real disk (vdb); /init must take
+    // the slot and the state from the disk systemd-boot came from, not
+    // from the first disk with a partition labelled cairn-a.
+    let small_root = test_image().join("rootfs.squashfs");
+    let decoy = work.path().join("decoy.raw");
+    let mut spec = cairn_disk::DiskSpec::new("decoy disk");
+    spec.slot_a = Some(&small_root);
+    cairn_disk::write_disk(&decoy, &spec).expect("writing the decoy disk");
     let mut vm = Vm::start(
         VmConfig::new("disk-boot-2")
             .uefi()
+            .disk(&decoy)
             .disk(&disk)
+            .boot_disk(1)
             .persist(true)
             .memory_mib(2048)
             .cpus(2)
             .user_net(),
     )
     .expect("starting QEMU");
+    vm.wait_for("cairn-init: root cairn-a (/dev/vdb2)", BOOT)
+        .expect("/init took slot A from the boot disk, vdb");
     check_running_system(&mut vm, true);
     assert_eq!(
         guest_sh(

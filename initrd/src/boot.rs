@@ -406,6 +406,30 @@ fn wait_open(path: &str, write: bool, timeout: Duration) -> Result<File, Failure
     }
 }
 
+/// Reads one EFI variable (file name `NAME-VENDORGUID` under efivarfs),
+/// attributes included. `Ok(None)` when the machine did not boot through
+/// UEFI or the variable does not exist. efivarfs is mounted read-only for
+/// the read and unmounted again, so systemd finds things as the kernel left
+/// them.
+pub fn read_efi_variable(name: &str) -> Result<Option<Vec<u8>>, Failure> {
+    let dir = crate::bootdisk::EFIVARS;
+    if !Path::new(dir).is_dir() {
+        return Ok(None);
+    }
+    let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount_fs("efivarfs", dir, "efivarfs", flags, "")?;
+    let path = format!("{dir}/{name}");
+    let read = match fs::read(&path) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => fail(format!("reading {path}"), e),
+    };
+    if let Err(e) = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::empty()) {
+        return fail(format!("unmounting {dir}"), e);
+    }
+    read
+}
+
 /// Logical sector size of a disk, from `/sys/class/block/<disk>/queue`.
 pub fn sector_size(disk: &str) -> Result<u64, Failure> {
     let p = format!("/sys/class/block/{disk}/queue/logical_block_size");

@@ -5,12 +5,13 @@
 //! kernel [`modules`] closure and the initramfs [`layout`] contract. It
 //! does not choose packages or build images.
 //!
-//! Modules used only by `/init` ([`cmdline`], [`blockdev`],
+//! Modules used only by `/init` ([`cmdline`], [`blockdev`], [`bootdisk`],
 //! [`partition_table`], [`ext4`], [`boot`]) are public so they can be tested
 //! and documented; the builder has no need for them.
 
 pub mod blockdev;
 pub mod boot;
+pub mod bootdisk;
 pub mod cmdline;
 pub mod cpio;
 pub mod ext4;

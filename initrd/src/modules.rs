@@ -24,13 +24,15 @@ pub const MODULES_ORDER_FILE: &str = "modules.order-cairn";
 /// in, `closure_with_builtin` skips those.
 ///
 /// * disk controllers: virtio (PCI, block, SCSI), SCSI disks, AHCI/SATA,
-///   NVMe, USB sticks (xHCI, EHCI, usb-storage, UAS), SD/eMMC. Legacy IDE
-///   (`ata_piix`, QEMU's i440fx `if=ide` disks) is left out: probing it
-///   costs 0.3 s under TCG on every boot of the default QEMU machine;
-///   add it through the image definition's `initrd.modules` if needed;
+///   NVMe, USB sticks (xHCI, EHCI, usb-storage, UAS), SD/eMMC, and the
+///   PIIX IDE controller (`ata_piix`: a plain `qemu-system-x86_64 -drive
+///   file=disk.raw` on the default `pc` machine attaches the disk there).
+///   Drivers are loaded per device present, so a controller the machine
+///   does not have costs nothing;
 /// * file systems: squashfs (the root image), overlay (`/etc`), ext4 (the
 ///   state partition), vfat + its code pages (the ESP), loop (network boot
-///   with the root image in RAM);
+///   with the root image in RAM), efivarfs (to read which disk
+///   systemd-boot came from, see `bootdisk`);
 /// * `virtio_rng`: a VM with a virtio RNG gets a seeded random pool at once;
 /// * `crc32c_generic`: ext4 and jbd2 need the "crc32c" crypto algorithm and
 ///   ask for it through `request_module`, which has no modprobe to call in
@@ -44,6 +46,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_scsi",
     "sd_mod",
     "ahci",
+    "ata_piix",
     "nvme",
     "xhci_pci",
     "ehci_pci",
@@ -62,6 +65,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nls_cp437",
     "nls_ascii",
     "loop",
+    // systemd-boot's variables (which disk the machine booted from)
+    "efivarfs",
 ];
 
 /// Why a closure could not be computed.

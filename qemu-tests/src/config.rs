@@ -178,6 +178,10 @@ pub struct VmConfig {
     pub firmware: Firmware,
     pub boot: Boot,
     pub disks: Vec<Disk>,
+    /// Which of `disks` the firmware boots first (`bootindex=1`) when
+    /// booting from disk; default 0. The guest still names the disks in
+    /// the order of `disks` (vda, vdb, ...).
+    pub boot_disk: usize,
     /// Write to the disks themselves instead of throwaway qcow2 overlays.
     pub persist: bool,
     pub memory_mib: u32,
@@ -226,6 +230,7 @@ impl VmConfig {
             firmware: Firmware::Uefi,
             boot: Boot::Default,
             disks: Vec::new(),
+            boot_disk: 0,
             persist: false,
             memory_mib: 1024,
             cpus: 1,
@@ -298,6 +303,12 @@ impl VmConfig {
             bootfile: bootfile.into(),
         });
         self.net.get_or_insert_with(UserNet::default);
+        self
+    }
+
+    /// Boot from `disks[index]` (counted in the order of [`Self::disk`]).
+    pub fn boot_disk(mut self, index: usize) -> Self {
+        self.boot_disk = index;
         self
     }
 
@@ -561,6 +572,13 @@ pub fn qemu_args(config: &VmConfig, layout: &Layout) -> Result<Vec<String>, VmEr
         push(&["-device", "isa-debugcon,iobase=0x402,chardev=fwdebug0"]);
     }
 
+    if config.boot == Boot::Disk && config.boot_disk >= layout.drives.len() {
+        return Err(VmError::Config(format!(
+            "boot disk {} of {} disks",
+            config.boot_disk,
+            layout.drives.len()
+        )));
+    }
     for (i, (path, format)) in layout.drives.iter().enumerate() {
         let drive = format!(
             "file={},format={},if=none,id=disk{i},discard=unmap",
@@ -568,7 +586,7 @@ pub fn qemu_args(config: &VmConfig, layout: &Layout) -> Result<Vec<String>, VmEr
             format.as_str()
         );
         let mut dev = format!("virtio-blk-pci,drive=disk{i},serial=cairn-disk{i}");
-        if i == 0 && config.boot == Boot::Disk {
+        if i == config.boot_disk && config.boot == Boot::Disk {
             dev.push_str(",bootindex=1");
         }
         push(&["-drive", &drive, "-device", &dev]);
@@ -808,6 +826,32 @@ mod tests {
         assert_eq!(values(&args, "-action"), ["watchdog=reset"]);
         assert!(!args.contains(&"-boot".to_string()));
         assert!(!args.contains(&"-kernel".to_string()));
+    }
+
+    #[test]
+    fn boot_disk_gets_the_bootindex() {
+        let c = base("two")
+            .disk("/img/decoy.raw")
+            .disk("/img/disk.raw")
+            .boot_disk(1);
+        let mut l = layout("/v");
+        l.drives = vec![
+            ("/v/disk0.qcow2".into(), DiskFormat::Qcow2),
+            ("/v/disk1.qcow2".into(), DiskFormat::Qcow2),
+        ];
+        let args = qemu_args(&c, &l).unwrap();
+        let devs = values(&args, "-device");
+        assert!(
+            devs.contains(&"virtio-blk-pci,drive=disk0,serial=cairn-disk0"),
+            "{devs:?}"
+        );
+        assert!(
+            devs.contains(&"virtio-blk-pci,drive=disk1,serial=cairn-disk1,bootindex=1"),
+            "{devs:?}"
+        );
+        let c = base("two").disk("/img/disk.raw").boot_disk(1);
+        l.drives.truncate(1);
+        assert!(qemu_args(&c, &l).is_err());
     }
 
     #[test]

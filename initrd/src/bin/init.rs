@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use cairn_initrd::blockdev::{self, BlockDev, Want};
 use cairn_initrd::boot::{self, fail, Context, Failure};
+use cairn_initrd::bootdisk;
 use cairn_initrd::cmdline::{self, Cmdline, RootSource, StateSource, STATE_LABEL};
 use cairn_initrd::ext4;
 use cairn_initrd::partition_table::{self as pt, Gpt};
@@ -126,7 +127,26 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
     let (slot, root_desc) = match cmd.root {
         RootSource::Disk => {
             let label = cmd.slot.map(|s| s.label()).unwrap_or("cairn-a");
-            let part = wait_partition(&Want::Label(label), label, &cmd, &mut modules)?;
+            let boot_disk = boot_disk(&cmd, &mut modules, &clock)?;
+            let want = match &boot_disk {
+                Some(disk) => Want::LabelOnDisk(label, disk),
+                None => Want::Label(label),
+            };
+            let part = wait_partition(&want, label, &cmd, &mut modules)?;
+            if boot_disk.is_none() {
+                // No loader told us the disk: refuse to choose between two.
+                let disks = bootdisk::disks_with_label(Path::new(CLASS_BLOCK), label);
+                if disks.len() > 1 {
+                    return fail(
+                        label,
+                        format!(
+                            "partitions labelled {label} on {}; the boot loader did not say which disk it came from (no {}), so none is taken: remove the other disks or boot through systemd-boot",
+                            disks.join(" and "),
+                            bootdisk::LOADER_DEVICE_PART_UUID
+                        ),
+                    );
+                }
+            }
             report_modules(&mut modules, &clock, &format!("while waiting for {label}"));
             let node = part.node(Path::new(DEV));
             clock.step(&format!("found {label} at {}", node.display()));
@@ -303,10 +323,85 @@ fn wait_partition(
             Want::Label(_) => String::new(),
             Want::LabelOnDisk(_, d) | Want::Number(d, _) => format!(" on {d}"),
         };
+        let seen: Vec<String> = blockdev::scan(Path::new(CLASS_BLOCK))
+            .into_iter()
+            .filter(|d| !d.name.starts_with("loop") && !d.name.starts_with("ram"))
+            .map(|d| match &d.uevent.partname {
+                Some(l) if d.is_partition() => format!("{} ({l})", d.name),
+                _ => d.name,
+            })
+            .collect();
+        let seen = if seen.is_empty() {
+            "no disk at all: is its controller's driver in the initramfs? (initrd.modules in the image definition)".to_owned()
+        } else {
+            format!("block devices: {}", seen.join(", "))
+        };
         Failure(format!(
-            "no partition labelled {what}{where_} appeared within {secs}s"
+            "no partition labelled {what}{where_} appeared within {secs}s; {seen}"
         ))
     })
+}
+
+/// The disk systemd-boot was started from, by the ESP partition GUID it
+/// left in `LoaderDevicePartUUID`; waits for that disk to appear. `None`
+/// when the machine did not boot through a loader that sets the variable
+/// (direct kernel boot, BIOS).
+fn boot_disk(
+    cmd: &Cmdline,
+    modules: &mut boot::ModuleLoader,
+    clock: &Clock,
+) -> Result<Option<String>, Failure> {
+    let Some(raw) = boot::read_efi_variable(bootdisk::LOADER_DEVICE_PART_UUID)? else {
+        return Ok(None);
+    };
+    let Some(guid) = bootdisk::parse_loader_device_part_uuid(&raw) else {
+        return fail(
+            bootdisk::LOADER_DEVICE_PART_UUID,
+            format!(
+                "not a partition GUID: {:?}",
+                String::from_utf8_lossy(&raw[raw.len().min(4)..])
+            ),
+        );
+    };
+    let text = bootdisk::format_gpt_guid(&guid);
+    let start = Instant::now();
+    let mut checked = std::collections::BTreeSet::new();
+    let sector = |d: &str| boot::sector_size(d).ok();
+    loop {
+        modules.tick();
+        let found = bootdisk::disks_with_partition(
+            Path::new(CLASS_BLOCK),
+            Path::new(DEV),
+            &guid,
+            &sector,
+            &mut checked,
+        );
+        match found.as_slice() {
+            [disk] => {
+                clock.step(&format!("boot disk {disk} (loader partition {text})"));
+                return Ok(Some(disk.clone()));
+            }
+            [] if start.elapsed() < cmd.timeout => std::thread::sleep(blockdev::POLL_INTERVAL),
+            [] => {
+                return fail(
+                    "the boot disk",
+                    format!(
+                        "no disk with the partition {text} that the boot loader came from appeared within {}s",
+                        cmd.timeout.as_secs_f64()
+                    ),
+                )
+            }
+            several => {
+                return fail(
+                    "the boot disk",
+                    format!(
+                        "the boot loader's partition {text} is on {}: disks with copied partition tables; remove the copy",
+                        several.join(" and ")
+                    ),
+                )
+            }
+        }
+    }
 }
 
 /// `/dev/<DEVNAME>` of a disk given its sysfs name.
