@@ -84,7 +84,14 @@ impl Paths {
     /// The block device (or file) of `slot`.
     pub fn slot_device(&self, s: Slot) -> Result<PathBuf> {
         match &self.slots {
-            SlotDevices::ByLabel(sys) => slot::find_partition(sys, s.label()),
+            SlotDevices::ByLabel(sys) => {
+                // the disk the running root came from (/init took it from
+                // the disk the boot loader named)
+                let disk = std::fs::read_to_string("/proc/self/mountinfo")
+                    .ok()
+                    .and_then(|m| slot::root_disk(&m, &sys.join("../../dev/block")));
+                slot::find_partition(sys, s.label(), disk.as_deref())
+            }
             SlotDevices::Fixed { a, b } => Ok(match s {
                 Slot::A => a.clone(),
                 Slot::B => b.clone(),
