@@ -2,6 +2,7 @@
 
 pub mod addrs;
 pub mod apply;
+pub mod banner;
 pub mod cmdline;
 pub mod envfile;
 pub mod fetch;

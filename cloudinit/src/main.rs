@@ -15,6 +15,11 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    /// Print the line that tells the console the machine is up (image,
+    /// version, slot, addresses, how to log in) and exit; run by
+    /// cairn-ready.service at the end of the boot.
+    #[arg(long, conflicts_with_all = ["from_file", "config_drive"])]
+    ready: bool,
     /// Use this user-data file instead of looking for a data source.
     #[arg(long, value_name = "PATH")]
     from_file: Option<PathBuf>,
@@ -80,6 +85,13 @@ fn main() {
 }
 
 fn run(args: &Args) -> anyhow::Result<i32> {
+    if args.ready {
+        println!(
+            "{}",
+            cairn_cloudinit::banner::line(&cairn_cloudinit::banner::gather())
+        );
+        return Ok(0);
+    }
     // useradd --root and systemctl --root want an absolute path
     let root = std::fs::canonicalize(&args.root)
         .with_context(|| format!("--root {}", args.root.display()))?;

@@ -1,7 +1,8 @@
 //! The `agents` fixup: installs cairn's own on-host programs into the tree,
 //! as static binaries built with the `cairn` binary (see `build.rs`) with
 //! their systemd units: `cairn-cloudinit` (applies the machine's
-//! cloud-config at every boot) and `cairn-update` (A/B updates: its timer,
+//! cloud-config at every boot; `cairn-ready.service` prints the console's
+//! ready line with it) and `cairn-update` (A/B updates: its timer,
 //! service and the health gate before `boot-complete.target`), plus the
 //! image's trusted update keys in `/usr/lib/cairn/update-keys/` (the
 //! definition's `update.keys`; the folder exists, empty, without them). The
@@ -28,6 +29,7 @@ pub static UPDATE_BINARY: &[u8] = include_bytes!(env!("CAIRN_UPDATE_PATH"));
 /// (`cairn-update.service` has no `[Install]`: its timer starts it).
 pub const AGENT_UNITS: &[&str] = &[
     "cairn-cloudinit.service",
+    "cairn-ready.service",
     "cairn-update.timer",
     "cairn-health.service",
 ];
@@ -40,6 +42,11 @@ pub fn files() -> Vec<(&'static str, &'static [u8], u32)> {
         (
             "usr/lib/systemd/system/cairn-cloudinit.service",
             include_bytes!("../../../cloudinit/units/cairn-cloudinit.service"),
+            0o644,
+        ),
+        (
+            "usr/lib/systemd/system/cairn-ready.service",
+            include_bytes!("../../../cloudinit/units/cairn-ready.service"),
             0o644,
         ),
         ("usr/bin/cairn-update", UPDATE_BINARY, 0o755),

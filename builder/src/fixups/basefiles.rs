@@ -92,7 +92,9 @@ pub fn os_release(tree: &mut Tree, ctx: &Context<'_>) -> Result<(), FixupError> 
     }
     put_file(tree, NAME, "usr/lib/os-release", text, 0o644, (0, 0))?;
     put_symlink(tree, NAME, "etc/os-release", "../usr/lib/os-release")?;
-    let issue = format!("cairn {} ({}) \\n \\l\n\n", d.version, d.name);
+    // agetty fills in the host name (\n), the line (\l) and the first
+    // configured interface's IPv4 address (\4), redrawn when it changes
+    let issue = format!("cairn {} ({}) \\n \\l \\4\n\n", d.version, d.name);
     put_file(tree, NAME, "etc/issue", issue, 0o644, (0, 0))?;
     put_file(
         tree,

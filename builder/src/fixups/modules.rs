@@ -14,6 +14,10 @@
 //! `modules.builtin.alias.bin`; udev's module autoloading and modprobe use
 //! only these). `modules.builtin`, `modules.builtin.modinfo` and
 //! `modules.order` are kept as the package ships them.
+//!
+//! Also writes [`BLACKLIST_FILE`]: drivers udev must not load on a cairn
+//! machine (the floppy driver, whose probe of the controller QEMU's default
+//! `pc` machine always has fills the console with I/O errors).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -25,6 +29,17 @@ use crate::tree::{Node, Tree};
 
 const NAME: &str = "kernel-modules";
 const MODULES_DIR: &str = "usr/lib/modules";
+
+/// modprobe.d file of modules never loaded automatically.
+pub const BLACKLIST_FILE: &str = "usr/lib/modprobe.d/cairn.conf";
+
+const BLACKLIST: &str = "\
+# Written by cairn build. Drivers that udev does not load on a cairn machine
+# (`modprobe NAME` by hand still does).
+# floppy: QEMU's default `pc` machine always has a floppy controller, usually
+# with no drive; probing it fills the console with I/O errors.
+blacklist floppy
+";
 
 // ---------------------------------------------------------------- ELF
 
@@ -707,6 +722,7 @@ pub fn apply(tree: &mut Tree, _ctx: &Context<'_>) -> Result<Report, FixupError> 
     if parts.is_empty() {
         return Ok(Report::new(NAME, "no kernel modules"));
     }
+    put_file(tree, NAME, BLACKLIST_FILE, BLACKLIST, 0o644, (0, 0))?;
     Ok(Report::new(NAME, parts.join("; ")))
 }
 
@@ -910,6 +926,8 @@ mod tests {
         let d = def("");
         let r = apply(&mut t, &ctx(&d, &[])).unwrap();
         assert_eq!(r.summary, "6.1.0-9-amd64: 6 modules");
+        let blacklist = t.read_text(BLACKLIST_FILE).unwrap();
+        assert!(blacklist.contains("\nblacklist floppy\n"), "{blacklist}");
         let dep = t.read_text(&format!("{K}/modules.dep")).unwrap();
         assert_eq!(
             dep,
