@@ -109,22 +109,15 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
         depth: 0,
         multiline: Vec::new(),
         last_line: 0,
+        last_written: last_written_line(text),
     };
     let result = builder.document().map_err(|e| {
         let (line, message) = match e {
             BuildError::Scan(e) => (e.marker().line(), libyaml_wording(e.info())),
             BuildError::Other(line, message) => (line, message),
         };
-        // At the end of the input the scanner's position has moved past the last line; name the last written line.
-        let last = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, _)| i + 1)
-            .last()
-            .unwrap_or(1);
         SyntaxError {
-            line: line.clamp(1, last),
+            line: line.clamp(1, builder.last_written),
             message,
         }
     });
@@ -139,6 +132,18 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
         }),
         None => result,
     }
+}
+
+/// The 1-based line of the last line with anything but white space on it (1 for a blank text). At the end of the
+/// input the scanner's position has moved past the last line: errors there, and the empty nodes that end a document
+/// (`? ` with no key, `key:` with no value), name this line instead.
+fn last_written_line(text: &str) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, _)| i + 1)
+        .last()
+        .unwrap_or(1)
 }
 
 /// libyaml refuses a tab at the start of a line in block context, even on a blank or comment-only line, which YAML 1.2
@@ -242,6 +247,8 @@ struct Builder<'a> {
     multiline: Vec<(usize, usize)>,
     /// Line of the last event read.
     last_line: usize,
+    /// [`last_written_line`] of the text: no node starts after it.
+    last_written: usize,
 }
 
 impl<'a> Builder<'a> {
@@ -293,7 +300,7 @@ impl<'a> Builder<'a> {
 
     /// The node that starts with `ev`, and its weight (aliases expanded).
     fn node(&mut self, ev: Event<'a>, span: Span) -> Result<(Node, Weight), BuildError> {
-        let line = span.start.line().max(1);
+        let line = span.start.line().clamp(1, self.last_written);
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let node = scalar(text.into_owned(), style, tag.as_deref(), line)?;
@@ -812,5 +819,30 @@ pub(crate) mod tests {
             assert_eq!(e.line, line, "{text:?}: {e:?}");
             assert!(!e.message.is_empty());
         }
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/cloud_config.rs): an empty key at the end of the text (`? ` and then
+    /// only a comment) was reported one line past the end of the file.
+    #[test]
+    fn empty_nodes_at_the_end_are_on_the_last_written_line() {
+        for (text, key_line) in [
+            ("? # c", 1),
+            ("a: 1\n?\n\n", 2),
+            ("coreos:\n  etcd1:\n? # c", 3),
+        ] {
+            let root = doc(text);
+            let Value::Map(entries) = &root.value else {
+                panic!("{text:?}: {root:?}")
+            };
+            let empty = entries.iter().find(|e| e.key.is_empty()).unwrap();
+            assert_eq!(empty.line, key_line, "{text:?}: {root:?}");
+        }
+        let text = "#cloud-config\ncoreos:\n  etcd1:\n? # c";
+        let lines: Vec<usize> = crate::validate(text)
+            .findings
+            .iter()
+            .map(|f| f.line)
+            .collect();
+        assert_eq!(lines, [3, 4], "{text:?}");
     }
 }
