@@ -82,7 +82,8 @@ pub struct ServeArgs {
     /// Machines kept in the status table (/machines); the one seen least recently goes first.
     #[arg(long, default_value_t = status::DEFAULT_MAX_MACHINES, value_name = "N")]
     pub max_machines: usize,
-    /// TFTP transfers at once; a request beyond it gets a TFTP error ("server busy").
+    /// TFTP transfers at once; a request beyond it takes the place of the oldest transfer whose
+    /// client never acknowledged data, else (all progressed) gets a TFTP error ("server busy").
     #[arg(long, default_value_t = cairn_tftp::DEFAULT_MAX_TRANSFERS, value_name = "N")]
     pub tftp_max_transfers: usize,
     /// TFTP transfers at once from one client address.

@@ -606,6 +606,11 @@ impl cairn_tftp::Handler for TftpHandler {
 
     fn finished(&self, path: &str, peer: SocketAddr, outcome: &cairn_tftp::Outcome) {
         let ip = peer.ip().to_string();
+        if *outcome == cairn_tftp::Outcome::Evicted {
+            // Most likely a spoofed request; cairn-tftp counts these in one warning every 10 s.
+            tracing::debug!(%peer, path, "tftp transfer evicted: its client never acknowledged data");
+            return;
+        }
         tracing::info!(%peer, machine = %self.shared.status.key_for_ip(&ip).unwrap_or(ip.clone()), path, ?outcome, "tftp transfer");
         if let cairn_tftp::Outcome::Completed { .. } = outcome {
             let name = path.rsplit('/').next().unwrap_or(path);

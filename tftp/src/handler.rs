@@ -100,6 +100,10 @@ pub enum Outcome {
         /// Blocks acknowledged before the server stopped.
         acked_blocks: u64,
     },
+    /// The server was full and took this transfer's place for a newer request because its client had
+    /// acknowledged no data block yet (most likely a spoofed source address, see
+    /// `Config::max_transfers`); nothing more was sent to it.
+    Evicted,
 }
 
 /// Resolves read requests. The pxe crate implements this to serve files from image folders and generated
@@ -108,7 +112,7 @@ pub trait Handler: Send + Sync + 'static {
     /// Resolves `path` (exactly as the client sent it) for the client at `peer`.
     fn open(&self, path: &str, peer: SocketAddr) -> Result<Content, TftpError>;
 
-    /// Called when a transfer ends (ok, refused, client error packet, timeout), for logging/status.
+    /// Called when a transfer ends (ok, refused, client error packet, timeout, evicted), for logging/status.
     fn finished(&self, _path: &str, _peer: SocketAddr, _outcome: &Outcome) {}
 }
 

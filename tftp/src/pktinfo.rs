@@ -1,5 +1,7 @@
-//! Learning which local address a request was sent to (IP_PKTINFO / IPV6_PKTINFO), so that a server bound to
-//! the wildcard address answers from the address the client talked to (PXE firmware checks it).
+//! Receiving datagrams with what `std` does not give: which local address a request was sent to
+//! (IP_PKTINFO / IPV6_PKTINFO), so that a server bound to the wildcard address answers from the address
+//! the client talked to (PXE firmware checks it); and a blocking receive that survives a socket shut
+//! down for reading (how an evicted transfer's thread is woken).
 
 use std::io;
 use std::mem::{size_of, size_of_val, zeroed};
@@ -101,6 +103,31 @@ fn recvmsg(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<I
         cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
     Ok((n as usize, peer, local))
+}
+
+/// Receives one datagram on a blocking socket: length and sender. Unlike `std`'s `recv_from`, a
+/// receive on a socket shut down for reading (an evicted transfer) is an error, where `std` panics
+/// on the empty sender address the kernel reports.
+pub fn recv_from(socket: &std::net::UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    // SAFETY: all-zero bytes are a valid sockaddr_storage (a plain C struct).
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the descriptor is borrowed from a live socket; `buf` and `storage` are exclusively
+    // borrowed for the call, with their true sizes (`len`).
+    let n = unsafe {
+        libc::recvfrom(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            0,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((n as usize, to_socket_addr(&storage)?))
 }
 
 fn to_socket_addr(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {

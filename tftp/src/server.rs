@@ -1,11 +1,13 @@
 //! The server: the request socket (async, on the caller's tokio runtime) and, per request, a task that
 //! resolves it through the `Handler` and hands the transfer to its own thread (see `transfer`), within
-//! the limits of [`Config`] (transfers in all, per client address, idle lifetime, shutdown grace).
+//! the limits of [`Config`] (transfers in all, per client address, idle lifetime, shutdown grace). At
+//! a cap a new request takes the place of the oldest transfer whose client never acknowledged data.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,7 @@ use crate::handler::{Handler, Outcome, TftpError};
 use crate::options::{self, negotiate};
 use crate::packet::{error_code, DecodeError, Mode, Packet};
 use crate::pktinfo;
-use crate::transfer::{self, send_error, StopFlag, Transfer};
+use crate::transfer::{self, send_error, Lease, StopFlag, Transfer};
 
 /// Server settings. `Default`: 1 s timeout, 5 retries, blksize up to 1468, windowsize up to 16,
 /// 64 transfers at once (8 per client address), 15 s without progress ends a transfer, 2 s of grace at
@@ -34,12 +36,16 @@ pub struct Config {
     /// Largest windowsize (RFC 7440) granted.
     pub max_windowsize: u16,
     /// Requests handled at once, all clients together: transfers in flight and requests still being
-    /// opened. Each holds a thread, a socket and usually an open file. A request beyond it is answered
-    /// with error 0 "server busy, try again" and nothing else is done for it.
+    /// opened. Each holds a thread, a socket and usually an open file. A request beyond it takes the
+    /// place of the oldest transfer whose client has not acknowledged a DATA block yet (evicted: it
+    /// ends without sending anything more, [`crate::Outcome::Evicted`]), so requests from spoofed
+    /// addresses, whose data goes to a host that never answers, cannot keep out a client that does.
+    /// When every transfer has progressed, the request is answered with error 0 "server busy, try
+    /// again" and nothing else is done for it.
     pub max_transfers: usize,
     /// Requests handled at once for one client address (IPv4-mapped IPv6 counts as IPv4). A request
-    /// beyond it is answered with error 0 "too many transfers from this address". It bounds what a
-    /// spoofed source address can draw (see the README on reflection).
+    /// beyond it takes the place of that address's oldest transfer without an acknowledged DATA
+    /// block, else it is answered with error 0 "too many transfers from this address".
     pub max_transfers_per_client: usize,
     /// A transfer ends ([`crate::Outcome::TimedOut`]) when its client has acknowledged nothing new for
     /// this long, whatever `timeout` option (up to 255 s) and `retries` would allow.
@@ -86,25 +92,76 @@ enum Busy {
     Client,
 }
 
-/// Counts the requests being handled, in all and per client address.
+/// The requests being handled, in all and per client address, in the order they came, with their
+/// [`Lease`]s; and the resources a transfer needs (a socket, a file, a thread), as permits.
 #[derive(Debug)]
 struct Slots {
     max_total: usize,
     max_per_client: usize,
+    /// One permit per transfer holding a socket, a file or a thread. An evicted transfer keeps its
+    /// permit until it has really let go of them, so the request that took its place waits for it:
+    /// never more than `max_total` at once, however fast places change hands.
+    resources: Arc<tokio::sync::Semaphore>,
     state: Mutex<SlotState>,
 }
 
 #[derive(Debug, Default)]
 struct SlotState {
-    total: usize,
+    /// Admission number -> the request holding the place: oldest first.
+    entries: BTreeMap<u64, Entry>,
     per_client: HashMap<IpAddr, usize>,
+    next: u64,
 }
 
-/// One request's place in [`Slots`]; given back when dropped (when the transfer thread ends).
+#[derive(Debug)]
+struct Entry {
+    ip: IpAddr,
+    lease: Arc<Lease>,
+}
+
+/// One request's place in [`Slots`]; given back when dropped (when the transfer thread ends), unless
+/// it was taken back before (evicted).
 #[derive(Debug)]
 struct Slot {
     slots: Arc<Slots>,
-    ip: IpAddr,
+    id: u64,
+    lease: Arc<Lease>,
+}
+
+/// A request let in: its place, and whether it took the place of a transfer (evicted).
+#[derive(Debug)]
+struct Admitted {
+    slot: Slot,
+    evicted: bool,
+}
+
+impl SlotState {
+    /// Takes back the place of the oldest request (of `ip` only, when given) whose client has not
+    /// acknowledged a DATA block. False when every such request has progressed.
+    fn evict_oldest(&mut self, ip: Option<IpAddr>) -> bool {
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(_, e)| ip.is_none_or(|ip| e.ip == ip))
+            .find(|(_, e)| e.lease.evict())
+            .map(|(id, _)| *id);
+        match victim.and_then(|id| self.entries.remove(&id)) {
+            Some(e) => {
+                self.release(e.ip);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn release(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_client.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&ip);
+            }
+        }
+    }
 }
 
 impl Slots {
@@ -112,6 +169,7 @@ impl Slots {
         Slots {
             max_total: config.max_transfers,
             max_per_client: config.max_transfers_per_client,
+            resources: Arc::new(tokio::sync::Semaphore::new(config.max_transfers.max(1))),
             state: Mutex::default(),
         }
     }
@@ -120,21 +178,43 @@ impl Slots {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn acquire(self: &Arc<Slots>, ip: IpAddr) -> Result<Slot, Busy> {
+    /// A place for a request from `ip`: a free one, else the place of the oldest request (of this
+    /// address at its cap, of any address at the total cap) whose client never acknowledged data.
+    fn acquire(self: &Arc<Slots>, ip: IpAddr) -> Result<Admitted, Busy> {
         let ip = ip.to_canonical();
         let mut st = self.lock();
-        let mine = st.per_client.get(&ip).copied().unwrap_or(0);
-        if mine >= self.max_per_client {
-            return Err(Busy::Client);
+        let mut evicted = false;
+        if st.per_client.get(&ip).copied().unwrap_or(0) >= self.max_per_client {
+            if !st.evict_oldest(Some(ip)) {
+                return Err(Busy::Client);
+            }
+            evicted = true;
         }
-        if st.total >= self.max_total {
-            return Err(Busy::Total);
+        // (After an eviction of this address's own request there is room.)
+        if st.entries.len() >= self.max_total {
+            if !st.evict_oldest(None) {
+                return Err(Busy::Total);
+            }
+            evicted = true;
         }
-        st.total += 1;
-        st.per_client.insert(ip, mine + 1);
-        Ok(Slot {
-            slots: self.clone(),
-            ip,
+        let id = st.next;
+        st.next += 1;
+        let lease = Arc::new(Lease::default());
+        st.entries.insert(
+            id,
+            Entry {
+                ip,
+                lease: lease.clone(),
+            },
+        );
+        *st.per_client.entry(ip).or_insert(0) += 1;
+        Ok(Admitted {
+            slot: Slot {
+                slots: self.clone(),
+                id,
+                lease,
+            },
+            evicted,
         })
     }
 }
@@ -142,34 +222,72 @@ impl Slots {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut st = self.slots.lock();
-        st.total = st.total.saturating_sub(1);
-        if let Some(n) = st.per_client.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                st.per_client.remove(&self.ip);
-            }
+        if let Some(e) = st.entries.remove(&self.id) {
+            st.release(e.ip);
         }
     }
 }
 
-/// Requests refused for lack of a slot, logged once at first and then as a count at most every
-/// [`BusyLog::EVERY`], so that a flood does not flood the log as well.
-#[derive(Debug)]
-struct BusyLog {
+/// Counters of a [`Server`], from [`Server::stats`]; they only grow.
+#[derive(Debug, Default)]
+pub struct Stats {
+    admitted: AtomicU64,
+    refused_busy: AtomicU64,
+    refused_client_busy: AtomicU64,
+    evicted: AtomicU64,
+}
+
+impl Stats {
+    /// Requests that got a place (a transfer, or an error packet from the handler or for a WRQ).
+    pub fn admitted(&self) -> u64 {
+        self.admitted.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused with [`BUSY_MESSAGE`]: every place held by a transfer that has progressed.
+    pub fn refused_busy(&self) -> u64 {
+        self.refused_busy.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused with [`CLIENT_BUSY_MESSAGE`]: their address's places all held by transfers
+    /// that have progressed.
+    pub fn refused_client_busy(&self) -> u64 {
+        self.refused_client_busy.load(Ordering::Relaxed)
+    }
+
+    /// Transfers (or requests still being opened) whose place went to a newer request because their
+    /// client had acknowledged no DATA block.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+}
+
+/// Requests refused for lack of a slot and transfers evicted, logged once at first and then as
+/// counts at most every [`PressureLog::EVERY`], so that a flood does not flood the log as well.
+#[derive(Debug, Default)]
+struct PressureLog {
     since: Option<Instant>,
     total: u64,
     client: u64,
+    evicted: u64,
 }
 
-impl BusyLog {
+/// What [`PressureLog`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pressure {
+    Refused(Busy),
+    Evicted,
+}
+
+impl PressureLog {
     const EVERY: Duration = Duration::from_secs(10);
 
-    fn note(&mut self, busy: Busy, peer: SocketAddr, config: &Config) {
-        match busy {
-            Busy::Total => self.total += 1,
-            Busy::Client => self.client += 1,
+    fn note(&mut self, what: Pressure, peer: SocketAddr, config: &Config) {
+        match what {
+            Pressure::Refused(Busy::Total) => self.total += 1,
+            Pressure::Refused(Busy::Client) => self.client += 1,
+            Pressure::Evicted => self.evicted += 1,
         }
-        debug!(%peer, ?busy, "TFTP request refused: no transfer slot");
+        debug!(%peer, ?what, "TFTP transfer places full");
         match self.since {
             Some(t) if t.elapsed() < Self::EVERY => {}
             _ => {
@@ -177,13 +295,15 @@ impl BusyLog {
                     %peer,
                     refused_server_busy = self.total,
                     refused_client_busy = self.client,
+                    evicted_never_acknowledged = self.evicted,
                     max_transfers = config.max_transfers,
                     max_transfers_per_client = config.max_transfers_per_client,
-                    "TFTP requests refused: too many transfers at once (counts since the last such message)"
+                    "TFTP transfer places full: requests took the places of transfers whose clients never acknowledged data (evicted), or were refused when every transfer had progressed (counts since the last such message)"
                 );
                 self.since = Some(Instant::now());
                 self.total = 0;
                 self.client = 0;
+                self.evicted = 0;
             }
         }
     }
@@ -238,6 +358,7 @@ pub struct Server {
     config: Arc<Config>,
     /// Bound to the wildcard address and the kernel reports each request's destination address.
     pktinfo: bool,
+    stats: Arc<Stats>,
 }
 
 impl std::fmt::Debug for Server {
@@ -278,7 +399,14 @@ impl Server {
             handler,
             config: Arc::new(config),
             pktinfo,
+            stats: Arc::default(),
         })
+    }
+
+    /// The server's counters (admitted, refused, evicted); the handle stays valid while and after
+    /// [`Server::serve`] runs.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// The address the request socket is bound to.
@@ -296,6 +424,7 @@ impl Server {
             handler,
             config,
             pktinfo,
+            stats,
         } = self;
         info!(
             %local_addr,
@@ -305,11 +434,7 @@ impl Server {
         );
         let slots = Arc::new(Slots::new(&config));
         let stop = Arc::new(StopFlag::default());
-        let mut busy_log = BusyLog {
-            since: None,
-            total: 0,
-            client: 0,
-        };
+        let mut pressure_log = PressureLog::default();
         let mut tasks = JoinSet::new();
         let mut buf = vec![0u8; 65536];
         tokio::pin!(shutdown);
@@ -339,24 +464,33 @@ impl Server {
                     }
                     let reply_from = reply_ip(local_ip.unwrap_or(local_addr.ip()), peer);
                     match slots.acquire(peer.ip()) {
-                        Ok(slot) => {
+                        Ok(Admitted { slot, evicted }) => {
+                            stats.admitted.fetch_add(1, Ordering::Relaxed);
+                            if evicted {
+                                stats.evicted.fetch_add(1, Ordering::Relaxed);
+                                pressure_log.note(Pressure::Evicted, peer, &config);
+                            }
                             tasks.spawn(handle_request(
                                 datagram.to_vec(),
                                 peer,
                                 reply_from,
-                                handler.clone(),
-                                config.clone(),
                                 slot,
-                                stop.clone(),
+                                RequestContext {
+                                    handler: handler.clone(),
+                                    config: config.clone(),
+                                    resources: slots.resources.clone(),
+                                    stop: stop.clone(),
+                                },
                             ));
                         }
                         Err(busy) => {
-                            let message = match busy {
-                                Busy::Total => BUSY_MESSAGE,
-                                Busy::Client => CLIENT_BUSY_MESSAGE,
+                            let (message, counter) = match busy {
+                                Busy::Total => (BUSY_MESSAGE, &stats.refused_busy),
+                                Busy::Client => (CLIENT_BUSY_MESSAGE, &stats.refused_client_busy),
                             };
+                            counter.fetch_add(1, Ordering::Relaxed);
                             refuse_busy(&socket, peer, reply_from, message);
-                            busy_log.note(busy, peer, &config);
+                            pressure_log.note(Pressure::Refused(busy), peer, &config);
                         }
                     }
                 }
@@ -445,15 +579,28 @@ fn transfer_socket(local_ip: IpAddr) -> io::Result<std::net::UdpSocket> {
     }
 }
 
+/// What every request's task shares with the server.
+struct RequestContext {
+    handler: Arc<dyn Handler>,
+    config: Arc<Config>,
+    /// [`Slots::resources`].
+    resources: Arc<tokio::sync::Semaphore>,
+    stop: Arc<StopFlag>,
+}
+
 async fn handle_request(
     datagram: Vec<u8>,
     peer: SocketAddr,
     local_ip: IpAddr,
-    handler: Arc<dyn Handler>,
-    config: Arc<Config>,
     slot: Slot,
-    stop: Arc<StopFlag>,
+    cx: RequestContext,
 ) {
+    let RequestContext {
+        handler,
+        config,
+        resources,
+        stop,
+    } = cx;
     let refusal = match Packet::decode(&datagram) {
         Ok(Packet::Rrq(req)) => {
             if req.mode == Mode::Mail {
@@ -486,6 +633,20 @@ async fn handle_request(
             return;
         }
     };
+    // The place may have been another transfer's, evicted: wait until that one let go of its
+    // resources, unless this request loses its place first (then nothing at all is sent for it).
+    let lease = slot.lease.clone();
+    let permit = tokio::select! {
+        biased;
+        () = lease.evicted() => {
+            debug!(%peer, "TFTP request evicted before it started");
+            return;
+        }
+        permit = resources.acquire_owned() => match permit {
+            Ok(p) => p,
+            Err(_) => return,
+        },
+    };
     let socket = match transfer_socket(local_ip) {
         Ok(s) => s,
         Err(e) => {
@@ -495,6 +656,7 @@ async fn handle_request(
     };
     let req = match refusal {
         Ok(req) => req,
+        Err(_) if lease.is_evicted() => return,
         Err((path, err)) => {
             info!(%peer, path, "TFTP request refused: {err}");
             send_error(&socket, peer, &err);
@@ -508,6 +670,11 @@ async fn handle_request(
         let path = path.clone();
         tokio::task::spawn_blocking(move || handler.open(&path, peer)).await
     };
+    if lease.is_evicted() {
+        debug!(%peer, path, "TFTP request evicted while its content was opened");
+        handler.finished(&path, peer, &Outcome::Evicted);
+        return;
+    }
     let content = match opened {
         Ok(Ok(c)) => c,
         Ok(Err(err)) => {
@@ -533,7 +700,7 @@ async fn handle_request(
     let len = content.len();
     let negotiated = negotiate(&req.options, len, config.max_blksize, config.max_windowsize);
     let started = std::time::Instant::now();
-    let transfer = Transfer::new(
+    let mut transfer = Transfer::new(
         socket,
         peer,
         content,
@@ -542,13 +709,21 @@ async fn handle_request(
         config.retries,
     )
     .with_limits(config.max_idle, stop);
-    let outcome = run_on_thread(transfer, peer, local_ip, slot).await;
+    let outcome = if transfer.with_lease(lease) {
+        run_on_thread(transfer, peer, local_ip, (slot, permit)).await
+    } else {
+        Outcome::Evicted
+    };
     let elapsed = started.elapsed();
     match &outcome {
         Outcome::Completed { bytes } => info!(
             %peer, path, bytes, blksize = negotiated.blksize, windowsize = negotiated.windowsize,
             ms = elapsed.as_millis() as u64, "TFTP transfer complete"
         ),
+        // Counted and logged at most every 10 s by the request loop: a flood must not flood the log.
+        Outcome::Evicted => {
+            debug!(%peer, path, ms = elapsed.as_millis() as u64, "TFTP transfer evicted")
+        }
         other => {
             info!(%peer, path, ms = elapsed.as_millis() as u64, "TFTP transfer ended: {other:?}")
         }
@@ -558,12 +733,13 @@ async fn handle_request(
 
 /// Runs the transfer on a thread of its own (small stack, blocking socket) and waits for its outcome
 /// without holding a runtime worker. The thread logs through the caller's tracing dispatcher and holds
-/// the request's slot until it ends (even if the server stopped waiting for it).
+/// the request's slot and resource permit until it ends (even if the server stopped waiting for it);
+/// the transfer's socket and file are closed before they are given back.
 async fn run_on_thread(
     transfer: Transfer,
     peer: SocketAddr,
     local_ip: IpAddr,
-    slot: Slot,
+    slot: (Slot, tokio::sync::OwnedSemaphorePermit),
 ) -> Outcome {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
@@ -600,8 +776,14 @@ pub const MAX_BLKSIZE: u16 = options::MAX_BLKSIZE;
 mod tests {
     use super::*;
 
+    /// A place whose client acknowledged a DATA block.
+    fn progressed(a: Admitted) -> Slot {
+        assert!(a.slot.lease.mark_acked());
+        a.slot
+    }
+
     #[test]
-    fn slots_cap_in_all_and_per_address_and_come_back_when_dropped() {
+    fn slots_of_progressed_transfers_cap_in_all_and_per_address_and_come_back_when_dropped() {
         let config = Config {
             max_transfers: 3,
             max_transfers_per_client: 2,
@@ -612,21 +794,95 @@ mod tests {
         let a_mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let c: IpAddr = "10.0.0.3".parse().unwrap();
-        let a1 = slots.acquire(a).unwrap();
-        let a2 = slots.acquire(a_mapped).unwrap();
+        let a1 = progressed(slots.acquire(a).unwrap());
+        let a2 = progressed(slots.acquire(a_mapped).unwrap());
         assert_eq!(
             slots.acquire(a).unwrap_err(),
             Busy::Client,
             "IPv4-mapped is the same client"
         );
-        let b1 = slots.acquire(b).unwrap();
+        let b1 = progressed(slots.acquire(b).unwrap());
         assert_eq!(slots.acquire(c).unwrap_err(), Busy::Total);
         drop(a1);
-        let c1 = slots.acquire(c).unwrap();
+        let c1 = progressed(slots.acquire(c).unwrap());
         assert_eq!(slots.acquire(b).unwrap_err(), Busy::Total);
         drop((a2, b1, c1));
         let st = slots.lock();
-        assert_eq!(st.total, 0);
+        assert!(st.entries.is_empty());
         assert!(st.per_client.is_empty(), "{:?}", st.per_client);
+    }
+
+    #[test]
+    fn eviction_takes_the_oldest_never_acknowledged_and_spares_progressed_ones() {
+        let config = Config {
+            max_transfers: 4,
+            max_transfers_per_client: 2,
+            ..Config::default()
+        };
+        let slots = Arc::new(Slots::new(&config));
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        // Full: 1 progressed, 2 and 3 never acknowledged (2 older), 4 progressed.
+        let s1 = progressed(slots.acquire(ip(1)).unwrap());
+        let s2 = slots.acquire(ip(2)).unwrap();
+        let s3 = slots.acquire(ip(3)).unwrap();
+        let s4 = progressed(slots.acquire(ip(4)).unwrap());
+        assert!(!s2.evicted && !s3.evicted);
+        // A newcomer takes the place of the oldest never-acknowledged request: 2.
+        let s5 = slots.acquire(ip(5)).unwrap();
+        assert!(s5.evicted);
+        assert!(s2.slot.lease.is_evicted() && !s3.slot.lease.is_evicted());
+        assert!(!s2.slot.lease.mark_acked(), "an evicted place stays lost");
+        // Then 3, then the newcomer 5 (oldest left unacknowledged).
+        let s6 = progressed(slots.acquire(ip(6)).unwrap());
+        assert!(s3.slot.lease.is_evicted());
+        let s7 = slots.acquire(ip(7)).unwrap();
+        assert!(s7.evicted && s5.slot.lease.is_evicted());
+        // 1, 4, 6 progressed, 7 too: nothing left to take; the newcomer is refused.
+        let s7 = progressed(s7);
+        assert_eq!(slots.acquire(ip(8)).unwrap_err(), Busy::Total);
+        {
+            let st = slots.lock();
+            assert_eq!(st.entries.len(), 4);
+            let held: Vec<IpAddr> = st.entries.values().map(|e| e.ip).collect();
+            assert_eq!(held, [ip(1), ip(4), ip(6), ip(7)]);
+        }
+        // Evicted places dropped late do not give anything back twice.
+        drop((s2, s3, s5));
+        assert_eq!(slots.lock().entries.len(), 4);
+        assert_eq!(slots.acquire(ip(8)).unwrap_err(), Busy::Total);
+        drop((s1, s4, s6, s7));
+        let st = slots.lock();
+        assert!(st.entries.is_empty() && st.per_client.is_empty());
+    }
+
+    #[test]
+    fn an_address_at_its_cap_evicts_only_its_own_never_acknowledged_requests() {
+        let config = Config {
+            max_transfers: 10,
+            max_transfers_per_client: 2,
+            ..Config::default()
+        };
+        let slots = Arc::new(Slots::new(&config));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let b1 = slots.acquire(b).unwrap(); // older than a's, never acknowledged
+        let a1 = slots.acquire(a).unwrap();
+        let a2 = progressed(slots.acquire(a).unwrap());
+        let a3 = slots.acquire(a).unwrap();
+        assert!(
+            a3.evicted,
+            "a at its cap takes its own oldest unacknowledged place"
+        );
+        assert!(a1.slot.lease.is_evicted() && !b1.slot.lease.is_evicted());
+        let _a3 = progressed(a3);
+        assert_eq!(
+            slots.acquire(a).unwrap_err(),
+            Busy::Client,
+            "both of a's places progressed: the cap holds, b's place is not taken"
+        );
+        assert!(!b1.slot.lease.is_evicted());
+        assert_eq!(slots.lock().per_client[&a], 2);
+        drop((a1, a2));
+        assert_eq!(slots.lock().per_client[&a], 1);
     }
 }

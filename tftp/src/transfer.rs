@@ -6,13 +6,16 @@
 //! left differs from the one set (after a packet that did not advance the transfer), and never longer
 //! than [`POLL`] so that the thread sees a server shutdown; file blocks are read with positional reads
 //! into a small chunk buffer. A transfer also ends when its client made no progress for the server's
-//! idle limit, whatever `timeout` it asked for.
+//! idle limit, whatever `timeout` it asked for, and at once when the server takes its place back
+//! ([`Lease::evict`]) before its client acknowledged any data.
 
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,6 +61,95 @@ impl StopFlag {
     }
 }
 
+/// A transfer's place in the server's table, shared by the table and the transfer: whether the client
+/// ever acknowledged a DATA block, and whether the server took the place back for a newer request
+/// ([`Lease::evict`], only while no DATA block was acknowledged). An evicted transfer sends nothing
+/// more and ends at once: its socket is shut down for reading, which wakes a thread blocked in
+/// `recvfrom`, and a task still waiting for its turn is woken too.
+#[derive(Debug, Default)]
+pub struct Lease {
+    /// Set with `state.evicted`; read without the lock on every wait of the transfer.
+    evicted: AtomicBool,
+    state: Mutex<LeaseState>,
+    /// Woken at eviction, for a request still waiting for resources.
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct LeaseState {
+    acked: bool,
+    evicted: bool,
+    /// The transfer's socket once bound, to wake a blocked receive at eviction.
+    socket: Option<Weak<UdpSocket>>,
+}
+
+impl Lease {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True once the place was taken back.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    /// The client acknowledged a DATA block. False when the place was taken back before (the
+    /// transfer must end without sending more).
+    pub fn mark_acked(&self) -> bool {
+        let mut st = self.lock();
+        if st.evicted {
+            return false;
+        }
+        st.acked = true;
+        true
+    }
+
+    /// Takes the place back unless the client acknowledged a DATA block (then false, and nothing
+    /// changes): the transfer, or the request still preparing it, ends without sending anything more.
+    pub fn evict(&self) -> bool {
+        let socket = {
+            let mut st = self.lock();
+            if st.acked || st.evicted {
+                return false;
+            }
+            st.evicted = true;
+            self.evicted.store(true, Ordering::Release);
+            st.socket.take()
+        };
+        self.wake.notify_one();
+        if let Some(socket) = socket.and_then(|w| w.upgrade()) {
+            // Linux wakes every reader of a UDP socket shut down for reading, connected or not
+            // (the call itself reports ENOTCONN for an unconnected one); later receives return at
+            // once. Without it the thread would still notice within `POLL`.
+            // SAFETY: the descriptor belongs to `socket`, which this Arc keeps open during the call.
+            unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RD) };
+        }
+        true
+    }
+
+    /// Registers the transfer's socket so that an eviction wakes its thread. False when the place was
+    /// taken back already.
+    pub fn attach(&self, socket: &Arc<UdpSocket>) -> bool {
+        let mut st = self.lock();
+        if st.evicted {
+            return false;
+        }
+        st.socket = Some(Arc::downgrade(socket));
+        true
+    }
+
+    /// Completes once the place was taken back.
+    pub async fn evicted(&self) {
+        loop {
+            let notified = self.wake.notified();
+            if self.is_evicted() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Sends a TFTP error packet; failures are only logged (the client times out instead).
 pub fn send_error(socket: &UdpSocket, peer: SocketAddr, err: &TftpError) {
     let mut out = Vec::with_capacity(5 + err.message.len());
@@ -92,11 +184,13 @@ enum Event {
     Idle,
     /// The server is stopping and this transfer's time is up.
     Stop,
+    /// The server took the transfer's place back ([`Lease::evict`]).
+    Evicted,
 }
 
 /// One read transfer on a blocking socket; [`Transfer::run`] drives it to its [`Outcome`].
 pub struct Transfer {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     peer: SocketAddr,
     source: Source,
     len: u64,
@@ -118,6 +212,10 @@ pub struct Transfer {
     /// When the transfer ends for lack of progress.
     idle_deadline: Option<Instant>,
     stop: Option<Arc<StopFlag>>,
+    /// The transfer's place in the server's table (`None`: not evictable).
+    lease: Option<Arc<Lease>>,
+    /// A DATA block was acknowledged (and the lease told so).
+    data_acked: bool,
 }
 
 impl Transfer {
@@ -146,7 +244,7 @@ impl Transfer {
             },
         };
         Transfer {
-            socket,
+            socket: Arc::new(socket),
             peer,
             source,
             len,
@@ -164,6 +262,8 @@ impl Transfer {
             max_idle: None,
             idle_deadline: None,
             stop: None,
+            lease: None,
+            data_acked: false,
         }
     }
 
@@ -173,6 +273,19 @@ impl Transfer {
         self.max_idle = Some(max_idle);
         self.stop = Some(stop);
         self
+    }
+
+    /// Ties the transfer to its place in the server's table: it ends at once, sending nothing more,
+    /// when the place is taken back ([`Lease::evict`]), and tells the lease when the client
+    /// acknowledges its first DATA block. False when the place was taken back already.
+    pub fn with_lease(&mut self, lease: Arc<Lease>) -> bool {
+        let attached = lease.attach(&self.socket);
+        self.lease = Some(lease);
+        attached
+    }
+
+    fn evicted(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.is_evicted())
     }
 
     /// The client acknowledged something new: the idle limit starts again.
@@ -189,6 +302,9 @@ impl Transfer {
 
     /// Runs the transfer to its end: completion, client error, timeout or a local error.
     pub fn run(mut self) -> Outcome {
+        if self.evicted() {
+            return Outcome::Evicted;
+        }
         self.progress();
         if let Some(opts) = self.oack.take() {
             let mut oack = Vec::new();
@@ -211,6 +327,7 @@ impl Transfer {
                         }
                         Event::Idle => return Outcome::TimedOut { acked_blocks: 0 },
                         Event::Stop => return self.stopped(0),
+                        Event::Evicted => return Outcome::Evicted,
                         Event::Timeout => {
                             attempts += 1;
                             if attempts > self.retries {
@@ -257,6 +374,7 @@ impl Transfer {
                     })
                 }
                 Event::Stop => return Ok(self.stopped(acked)),
+                Event::Evicted => return Ok(Outcome::Evicted),
                 Event::Timeout => {
                     attempts += 1;
                     if attempts > self.retries {
@@ -286,6 +404,13 @@ impl Transfer {
                         }
                         Some(0) => {}
                         Some(d) => {
+                            if !self.data_acked {
+                                self.data_acked = true;
+                                if self.lease.as_ref().is_some_and(|l| !l.mark_acked()) {
+                                    // Taken back just before this ACK arrived: the place is gone.
+                                    return Ok(Outcome::Evicted);
+                                }
+                            }
                             acked += d;
                             attempts = 0;
                             self.progress();
@@ -387,6 +512,9 @@ impl Transfer {
     /// ERROR is ignored. Ends early for the idle limit and at the end of a server shutdown's grace.
     fn wait(&mut self) -> Event {
         loop {
+            if self.evicted() {
+                return Event::Evicted;
+            }
             let now = Instant::now();
             if self
                 .stop
@@ -427,7 +555,7 @@ impl Transfer {
                     }
                 }
             }
-            let (len, from) = match self.socket.recv_from(&mut self.rbuf) {
+            let (len, from) = match crate::pktinfo::recv_from(&self.socket, &mut self.rbuf) {
                 Ok(r) => r,
                 Err(e)
                     if matches!(
@@ -439,6 +567,7 @@ impl Transfer {
                 {
                     continue
                 }
+                Err(_) if self.evicted() => return Event::Evicted,
                 Err(e) => {
                     debug!(peer = %self.peer, "receiving: {e}");
                     // An error returns at once; do not spin until the deadline.
@@ -596,6 +725,54 @@ mod tests {
                 "outcome (blksize {blksize})"
             );
         }
+    }
+
+    #[test]
+    fn an_evicted_transfer_ends_at_once_sends_nothing_more_and_closes_its_socket() {
+        // The client never answers block 1 and the server would wait 255 s before resending it: the
+        // eviction must wake the thread blocked in recvfrom (shutdown), not wait for the timer.
+        let (server, client) = pair();
+        let peer = client.local_addr().unwrap();
+        let mut t = Transfer::new(
+            server,
+            peer,
+            Content::Bytes(Bytes::from_static(&[1u8; 2000])),
+            &Negotiated {
+                timeout: Some(Duration::from_secs(255)),
+                ..negotiated(512, 1)
+            },
+            Duration::from_secs(1),
+            5,
+        );
+        let lease = Arc::new(Lease::default());
+        assert!(t.with_lease(lease.clone()));
+        let run = std::thread::spawn(move || t.run());
+        let mut buf = vec![0u8; 1024];
+        let (n, tid) = client.recv_from(&mut buf).unwrap();
+        assert_eq!((n, &buf[..4]), (516, &[0u8, 3, 0, 1][..]));
+        std::thread::sleep(Duration::from_millis(50)); // the thread is in recvfrom now
+        assert!(lease.evict());
+        assert!(!lease.evict(), "evicted once");
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while !run.is_finished() {
+            assert!(
+                Instant::now() < give_up,
+                "the evicted transfer's thread was not woken"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(run.join().unwrap(), Outcome::Evicted);
+        // Its socket is closed: an ACK now meets a closed port (ICMP port unreachable).
+        client.connect(tid).unwrap();
+        client.send(&[0, 4, 0, 1]).unwrap();
+        match client.recv(&mut buf) {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}"),
+            Ok(n) => panic!("the evicted transfer answered: {:?}", &buf[..n]),
+        }
+        // A lease whose client acknowledged data is never evicted.
+        let kept = Lease::default();
+        assert!(kept.mark_acked());
+        assert!(!kept.evict() && !kept.is_evicted());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Resource limits (issue 15, item 3), on loopback: the transfer caps in all and per client address
-//! (refusals are TFTP error packets, descriptors and threads stay bounded, other clients are served),
-//! the idle lifetime whatever `timeout` a client asks for, and a shutdown that does not wait for stuck
+//! (beyond them a request takes the place of the oldest transfer whose client never acknowledged
+//! data, so never-answering spoofed requests cannot keep out a real client; refusals, when every
+//! transfer progressed, are TFTP error packets; descriptors and threads stay bounded), the idle
+//! lifetime whatever `timeout` a client asks for, and a shutdown that does not wait for stuck
 //! transfers. Its own binary: it counts the process's descriptors and threads, so its tests also run
 //! one at a time (`serial`).
 
@@ -48,147 +50,324 @@ fn threads() -> usize {
         .unwrap()
 }
 
-/// What one flooding address got back for its requests.
-#[derive(Debug, Default)]
-struct Answers {
-    oacks: Vec<SocketAddr>,
-    busy: usize,
-    client_busy: usize,
-}
-
-/// Sends `n` stuck requests from `c` and reads the answers until `n` arrived (or nothing more comes).
-fn flood(c: &Client, n: usize) -> Answers {
+/// Sends `n` stuck requests from `c`, one each.
+fn send_stuck(c: &Client, n: usize) {
     for _ in 0..n {
         c.send_rrq("f.bin", STUCK);
     }
+}
+
+/// What a flooding address got back: OACKs (from the transfers' ports) and error packets.
+#[derive(Debug, Default)]
+struct Answers {
+    oacks: Vec<SocketAddr>,
+    errors: Vec<(u16, String)>,
+    other: Vec<Pkt>,
+}
+
+/// Everything that arrived at `c` (when the server has long sent it: a short read timeout).
+fn answers(c: &Client) -> Answers {
+    c.sock
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
     let mut a = Answers::default();
-    while a.oacks.len() + a.busy + a.client_busy < n {
-        match c.recv_from() {
-            Some((Pkt::Oack(_), from)) => a.oacks.push(from),
-            Some((Pkt::Error(0, m), from)) => {
-                assert_ne!(from, c.server, "answers come from a port of their own");
-                match m.as_str() {
-                    BUSY_MESSAGE => a.busy += 1,
-                    CLIENT_BUSY_MESSAGE => a.client_busy += 1,
-                    other => panic!("unexpected error message {other:?}"),
-                }
-            }
-            Some((p, _)) => panic!("unexpected {p:?}"),
-            None => break,
+    while let Some((p, from)) = c.recv_from() {
+        assert_ne!(from, c.server, "answers come from a port of their own");
+        match p {
+            Pkt::Oack(_) => a.oacks.push(from),
+            Pkt::Error(code, m) => a.errors.push((code, m)),
+            other => a.other.push(other),
         }
     }
     a
 }
 
+/// Waits (at most 20 s) until `done` holds: the server has handled what the test sent.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < give_up, "still waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Each of `clients` sends `each` stuck requests, a client at a time, waiting until the server has
+/// taken them in (a burst of hundreds would overflow the request socket's receive buffer).
+fn flood(h: &Harness, clients: &[Client], each: usize) {
+    for c in clients {
+        let want = h.stats.admitted() + h.stats.refused_busy() + h.stats.refused_client_busy();
+        send_stuck(c, each);
+        wait_until("the server to take in the requests", || {
+            h.stats.admitted() + h.stats.refused_busy() + h.stats.refused_client_busy()
+                == want + each as u64
+        });
+    }
+}
+
+/// `n` addresses 127.0.`net`.1..=n, one never-answering client each.
+fn flooders(h: &Harness, net: u8, n: u8) -> Vec<Client> {
+    (1..=n)
+        .map(|i| Client::new_from(h.addr, IpAddr::V4(Ipv4Addr::new(127, 0, net, i))))
+        .collect()
+}
+
+/// A client that fetches `f.bin` by hand, one block at a time, so that the test can pause it.
+struct Stepper {
+    c: Client,
+    got: Vec<u8>,
+    next: u16,
+    /// Block `next` was received and not acknowledged yet.
+    pending: bool,
+}
+
+impl Stepper {
+    /// Asks for `f.bin` (blksize 1468, tsize, as PXE firmware does, and `timeout`: how long the
+    /// test may pause the client) and acknowledges the OACK.
+    fn start(h: &Harness, from: IpAddr, timeout: &str) -> Stepper {
+        let mut c = Client::new_from(h.addr, from);
+        c.send_rrq(
+            "f.bin",
+            &[("blksize", "1468"), ("tsize", "0"), ("timeout", timeout)],
+        );
+        match c.recv() {
+            Some(Pkt::Oack(_)) => {}
+            other => panic!("expected an OACK, got {other:?}"),
+        }
+        c.send(&ack(0));
+        Stepper {
+            c,
+            got: Vec::new(),
+            next: 1,
+            pending: false,
+        }
+    }
+
+    /// Receives the next block (without acknowledging it). True when it was the last.
+    /// Copies of the block acknowledged last (resent while the client paused) are skipped.
+    fn receive(&mut self) -> bool {
+        assert!(!self.pending);
+        loop {
+            match self.c.recv() {
+                Some(Pkt::Data(n, data)) if n == self.next => {
+                    let last = data.len() < 1468;
+                    self.got.extend_from_slice(&data);
+                    self.pending = true;
+                    return last;
+                }
+                Some(Pkt::Data(n, _)) if n + 1 == self.next => {}
+                other => panic!("expected block {}, got {other:?}", self.next),
+            }
+        }
+    }
+
+    /// Acknowledges the block received last.
+    fn ack(&mut self) {
+        assert!(self.pending);
+        self.c.send(&ack(self.next));
+        self.next += 1;
+        self.pending = false;
+    }
+
+    /// Receives and acknowledges the rest; returns the file.
+    fn finish(mut self) -> Vec<u8> {
+        if self.pending {
+            self.ack();
+        }
+        loop {
+            let last = self.receive();
+            self.ack();
+            if last {
+                return self.got;
+            }
+        }
+    }
+}
+
 #[test]
-fn one_address_is_capped_and_other_clients_are_served() {
+fn one_address_never_holds_more_than_its_cap() {
     let _serial = serial();
     let dir = root();
     let h = Harness::dir(dir.path(), Config::default());
     let flooder = Client::new_from(h.addr, loopback(2));
-    let a = flood(&flooder, 20);
-    assert_eq!(
-        (a.oacks.len(), a.client_busy, a.busy),
-        (8, 12, 0),
-        "8 transfers per address by default, the other 12 refused with an error packet: {a:?}"
-    );
+    flood(&h, std::slice::from_ref(&flooder), 20);
+    // 8 places per address: each request beyond takes the place of that address's oldest request
+    // that got no ACK; no error packet, no more than 8 at once.
+    assert_eq!(h.stats.evicted(), 12);
+    let a = answers(&flooder);
+    assert!(a.errors.is_empty() && a.other.is_empty(), "{a:?}");
+    assert!((8..=20).contains(&a.oacks.len()), "{a:?}");
     // Another machine is served while the flooder holds its 8.
     let mut c = Client::new(h.addr);
     let got = c
         .fetch("f.bin", &[("blksize", "1468")], Loss::default())
         .unwrap();
     assert_eq!(got.data, pattern(100_000, 1));
-    // Still capped: the flooder's transfers are alive (15 s idle limit by default).
-    let again = flood(&flooder, 1);
-    assert_eq!(again.client_busy, 1, "{again:?}");
+    assert_eq!(h.stats.evicted(), 12, "nobody else's place was taken");
+    assert_eq!(h.stats.refused_busy() + h.stats.refused_client_busy(), 0);
+    let mut evicted = 0;
+    while let Some(o) = h.rec.wait("f.bin", Duration::from_millis(300)) {
+        evicted += usize::from(o == Outcome::Evicted);
+    }
+    // Evicted before its content was opened, a request never reaches the handler.
+    assert!(evicted <= 12, "{evicted}");
 }
 
 #[test]
-fn a_flood_from_many_addresses_is_refused_with_errors_and_resources_stay_bounded() {
+fn never_acknowledged_requests_cannot_keep_out_a_client_that_answers() {
     let _serial = serial();
-    // The issue's numbers: 600 requests (they would hold 1200 descriptors and 600 threads). Ten
-    // addresses send 60 each; the server takes 64 in all (8 per address at most) and refuses the rest
-    // with error packets. Once the stuck transfers reach the idle limit, other clients are served.
+    // Default limits: 64 places, 8 per address. 640 never-answering requests (80 spoofed addresses
+    // x 8) fill the table ten times over; every one beyond 64 takes the place of the oldest one
+    // (evicted: its socket, file and thread are let go of before the newcomer starts). The idle
+    // limit is raised so that the real client may pause as long as the test needs.
     let dir = root();
     let config = Config {
-        max_idle: Duration::from_secs(2),
+        max_idle: Duration::from_secs(120),
         ..Config::default()
     };
     let h = Harness::dir(dir.path(), config);
-    let floods: Vec<Client> = (2..12)
-        .map(|i| Client::new_from(h.addr, loopback(i)))
-        .collect();
-    let legit = Client::new(h.addr);
+    let fill = flooders(&h, 1, 80);
+    let more = flooders(&h, 2, 63);
+    let after = flooders(&h, 3, 80);
     std::thread::sleep(Duration::from_millis(100));
     let (fds, threads_before) = (open_fds(), threads());
-    let started = Instant::now();
-    let mut accepted = 0;
-    let mut refused = 0;
-    for c in &floods {
-        let a = flood(c, 60);
-        assert_eq!(
-            a.oacks.len() + a.busy + a.client_busy,
-            60,
-            "every request is answered: {a:?}"
-        );
-        assert!(a.oacks.len() <= 8, "{a:?}");
-        accepted += a.oacks.len();
-        refused += a.busy + a.client_busy;
-    }
-    assert_eq!((accepted, refused), (64, 536));
+    flood(&h, &fill, 8);
+    assert_eq!(h.stats.admitted(), 640);
+    assert_eq!(h.stats.evicted(), 640 - 64);
     let (fds_full, threads_full) = (open_fds(), threads());
     assert!(
         fds_full <= fds + 2 * 64 + 8,
-        "{fds} descriptors before, {fds_full} with the server full"
+        "{fds} descriptors before, {fds_full} after 640 requests: evicted transfers kept theirs"
     );
     // 64 transfer threads, and the blocking pool's threads that opened the files (at most 64).
     assert!(
         threads_full <= threads_before + 2 * 64 + 8,
-        "{threads_before} threads before, {threads_full} with the server full"
+        "{threads_before} threads before, {threads_full} after 640 requests"
     );
+
+    // A real client (blksize 1468, tsize, like PXE firmware) takes the oldest place. Its transfer
+    // is the newest of the 64; until it acknowledges block 1 it is evictable like any other: 63
+    // newer never-answering requests take the 63 older places, not its own.
+    let mut real = Stepper::start(&h, loopback(1), "60");
+    real.receive();
+    flood(&h, &more, 1);
+    for c in &more {
+        let a = answers(c);
+        assert_eq!((a.oacks.len(), a.errors.len()), (1, 0), "{a:?}");
+    }
+    assert_eq!(h.stats.evicted(), 640 - 64 + 1 + 63);
+    real.ack();
+    // Once it has acknowledged data its place is never taken: 640 more never-answering requests
+    // while it pauses in the middle of the file.
+    for _ in 0..5 {
+        real.receive();
+        real.ack();
+    }
+    flood(&h, &after, 8);
+    assert_eq!(h.stats.admitted(), 640 + 1 + 63 + 640);
+    assert_eq!(h.stats.evicted(), 640 - 64 + 1 + 63 + 640);
+    let real = real.finish();
+    assert_eq!(real, pattern(100_000, 1), "byte-exact");
+    assert_eq!(h.stats.refused_busy() + h.stats.refused_client_busy(), 0);
+    // No flooder got an error packet; each request drew at most its OACK.
+    for c in fill.iter().chain(&after) {
+        let a = answers(c);
+        assert!(
+            a.errors.is_empty() && a.other.is_empty() && a.oacks.len() <= 8,
+            "{a:?}"
+        );
+    }
     assert!(
-        started.elapsed() < Duration::from_millis(1800),
-        "the flood took {:?}: too slow for the idle-limit check below",
-        started.elapsed()
+        open_fds() <= fds + 2 * 64 + 8,
+        "descriptors: {fds} before, {} at the end",
+        open_fds()
     );
-    // Full: a newcomer is refused with an error packet, not left without an answer.
-    legit.send_rrq("f.bin", &[]);
-    match legit.recv_from() {
+    let mut completed = 0;
+    while let Some(o) = h.rec.wait("f.bin", Duration::from_millis(300)) {
+        completed += usize::from(matches!(o, Outcome::Completed { .. }));
+    }
+    assert_eq!(completed, 1);
+}
+
+#[test]
+fn a_table_full_of_progressing_transfers_refuses_the_newcomer_with_an_error() {
+    let _serial = serial();
+    // 64 real clients (8 addresses x 8) each acknowledged a block and paused: nothing is evicted,
+    // newcomers get error packets, and the 64 finish undisturbed.
+    let dir = root();
+    let config = Config {
+        max_idle: Duration::from_secs(120),
+        ..Config::default()
+    };
+    let h = Harness::dir(dir.path(), config);
+    let mut held = Vec::new();
+    for i in 1..=8 {
+        for _ in 0..8 {
+            let mut s = Stepper::start(&h, IpAddr::V4(Ipv4Addr::new(127, 0, 4, i)), "60");
+            s.receive();
+            s.ack();
+            s.receive();
+            held.push(s);
+        }
+    }
+    let newcomer = Client::new(h.addr);
+    newcomer.send_rrq("f.bin", &[]);
+    match newcomer.recv_from() {
         Some((Pkt::Error(0, m), _)) => assert_eq!(m, BUSY_MESSAGE),
         other => panic!("expected a busy error, got {other:?}"),
     }
-    // The stuck transfers end at the idle limit (2 s here) and free their places.
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let mut c = Client::new(h.addr);
-    let got = loop {
-        match c.fetch("f.bin", &[], Loss::default()) {
-            Ok(got) => break got,
-            Err(e) if e.contains(BUSY_MESSAGE) && Instant::now() < deadline => {
-                c = Client::new(h.addr);
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => panic!("after the flood: {e}"),
-        }
-    };
-    assert_eq!(got.data, pattern(100_000, 1));
-    assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "served only {:?} after the flood began",
-        started.elapsed()
-    );
-    let mut timed_out = 0;
-    while let Some(o) = h.rec.wait("f.bin", Duration::from_secs(1)) {
-        if o == (Outcome::TimedOut { acked_blocks: 0 }) {
-            timed_out += 1;
-        }
+    let same_address = Client::new_from(h.addr, IpAddr::V4(Ipv4Addr::new(127, 0, 4, 1)));
+    same_address.send_rrq("f.bin", &[]);
+    match same_address.recv_from() {
+        Some((Pkt::Error(0, m), _)) => assert_eq!(m, CLIENT_BUSY_MESSAGE),
+        other => panic!("expected a per-address busy error, got {other:?}"),
     }
-    assert_eq!(timed_out, 64, "each stuck transfer ended at the idle limit");
-    assert!(
-        open_fds() <= fds + 4,
-        "descriptors left behind: {} before, {} after",
-        fds,
-        open_fds()
+    assert_eq!(
+        (
+            h.stats.evicted(),
+            h.stats.refused_busy(),
+            h.stats.refused_client_busy()
+        ),
+        (0, 1, 1)
     );
+    for s in held {
+        assert_eq!(s.finish(), pattern(100_000, 1));
+    }
+    // Places free again: the newcomer is served.
+    let mut c = Client::new(h.addr);
+    let got = c.fetch("f.bin", &[], Loss::default()).unwrap();
+    assert_eq!(got.data, pattern(100_000, 1));
+    assert_eq!(h.stats.evicted(), 0);
+}
+
+#[test]
+fn an_evicted_transfer_stops_retransmitting_at_once() {
+    let _serial = serial();
+    // Reflection: a never-answering request without options draws block 1, resent every `timeout`
+    // (1 s) at most `retries` (5) times; once its place is taken it sends nothing more.
+    let dir = root();
+    std::fs::write(dir.path().join("g.bin"), pattern(10_000, 2)).unwrap();
+    let config = Config {
+        max_transfers: 1,
+        ..Config::default()
+    };
+    let h = Harness::dir(dir.path(), config);
+    let mut victim = Client::new_from(h.addr, loopback(5));
+    victim.send_rrq("g.bin", &[]);
+    let block1 = Pkt::Data(1, pattern(10_000, 2)[..512].to_vec());
+    assert_eq!(victim.recv(), Some(block1.clone()));
+    // The first retransmission (the client reads with a 300 ms timeout: wait up to 3 s).
+    let resent = (0..10).find_map(|_| victim.recv());
+    assert_eq!(resent, Some(block1));
+    let other = Client::new_from(h.addr, loopback(6));
+    other.send_rrq("f.bin", &[]);
+    assert!(matches!(other.recv_from(), Some((Pkt::Data(1, _), _))));
+    assert_eq!(
+        h.rec.wait("g.bin", Duration::from_secs(5)),
+        Some(Outcome::Evicted)
+    );
+    assert_eq!(h.stats.evicted(), 1);
+    // Silent for longer than two retransmission timeouts.
+    victim.assert_silent(Duration::from_millis(2500));
 }
 
 #[test]
@@ -257,7 +436,8 @@ fn shutdown_returns_promptly_while_transfers_are_stuck() {
     }));
     // Eight transfers waiting for ACK 0 with a 255 s timeout...
     let stuck = Client::new_from(addr, loopback(2));
-    let a = flood(&stuck, 8);
+    send_stuck(&stuck, 8);
+    let a = answers(&stuck);
     assert_eq!(a.oacks.len(), 8, "{a:?}");
     // ... and one that stopped answering after two blocks.
     let mut mid = Client::new_from(addr, loopback(3));

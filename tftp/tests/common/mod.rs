@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_tftp::{Config, Content, Handler, Outcome, Server, TftpError};
+use cairn_tftp::{Config, Content, Handler, Outcome, Server, Stats, TftpError};
 
 /// Wraps a handler and records every `finished` call.
 pub struct Recorder {
@@ -51,6 +51,7 @@ impl Recorder {
 pub struct Harness {
     pub addr: SocketAddr,
     pub rec: Arc<Recorder>,
+    pub stats: Arc<Stats>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -77,7 +78,7 @@ impl Harness {
                 .unwrap();
             rt.block_on(async move {
                 let server = Server::bind(bind, rec2, config).await.unwrap();
-                tx.send(server.local_addr()).unwrap();
+                tx.send((server.local_addr(), server.stats())).unwrap();
                 server
                     .serve(async {
                         let _ = stopped.await;
@@ -86,12 +87,13 @@ impl Harness {
                     .unwrap();
             });
         });
-        let addr = rx
+        let (addr, stats) = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("server did not start");
         Harness {
             addr,
             rec,
+            stats,
             stop: Some(stop),
             thread: Some(thread),
         }
