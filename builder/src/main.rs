@@ -421,9 +421,12 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // a server says where it listens and what it serves; a command that
+    // ends speaks up only about trouble unless asked (-v)
+    let server = matches!(cli.command, Command::Serve(_));
     let level = match cli.verbose {
-        0 => "warn",
-        1 => "info",
+        0 if !server => "warn",
+        0 | 1 => "info",
         _ => "debug",
     };
     let progress = MultiProgress::new();

@@ -1,10 +1,14 @@
-//! `cairn vm` as a user runs it, in QEMU (TCG), one boot: the real binary
-//! boots the small test image with a fresh SSH key (`--ssh-key`) and a
-//! hostname (`--hostname`) on its config drive, standard input a pipe, and
-//! prints `ready: ssh -p P core@127.0.0.1 -i KEY` once the guest's SSH
-//! answers. Then `ssh` with the key runs `systemctl is-system-running
+//! `cairn vm` as a user runs it, in QEMU (TCG), one boot: the command of
+//! docs/usage.md's recorded session ("First steps", transcript `vm`), run
+//! as written: the real binary boots the small test image with the user's
+//! default SSH key (`~/.ssh/id_ed25519.pub`, a fresh one in a throwaway
+//! home) and a hostname (`--hostname`) on its config drive, standard input
+//! a pipe, and prints `ready: ssh -p P core@127.0.0.1` once the guest's
+//! SSH answers; every expected line of the session is checked, and its ssh
+//! commands are run. Then `ssh` with the key runs `systemctl is-system-running
 //! --wait` (`running`), the hostname is the metadata's, the serial console
-//! (cairn vm's standard output) shows agetty's automatic login of `core`
+//! (cairn vm's standard output) shows cairn's ready banner (slot, address,
+//! `ssh core@...`) and agetty's automatic login of `core`
 //! and runs a command typed into it, the autologin drop-in is under /run
 //! only, and killing `cairn vm` takes QEMU with it. The VM holds a slot of
 //! the machine-wide pool like every test VM (`cairn vm` takes it).
@@ -16,10 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::transcript;
 
 /// From start to the ready line (a cold TCG boot takes a few minutes).
 const READY: Duration = Duration::from_secs(420);
-const HOSTNAME: &str = "vm-ssh-test";
+/// The hostname docs/usage.md's session gives the VM.
+const HOSTNAME: &str = "myvm";
 
 /// `cairn vm` running, its output collected; killed when dropped.
 struct CairnVm {
@@ -147,7 +153,9 @@ fn cairn_vm_with_a_key_prints_a_working_ssh_line_and_logs_core_in_on_the_console
     cairn_testkit::require("ssh-keygen", "openssh-client");
     let image = common::test_image();
     let work = tempfile::tempdir().unwrap();
-    let key = work.path().join("vm_key");
+    // a user's default key, found by cairn vm in $HOME/.ssh
+    std::fs::create_dir_all(work.path().join(".ssh")).unwrap();
+    let key = work.path().join(".ssh/id_ed25519");
     let st = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "cairn-vm-test", "-f"])
         .arg(&key)
@@ -156,15 +164,28 @@ fn cairn_vm_with_a_key_prints_a_working_ssh_line_and_logs_core_in_on_the_console
     assert!(st.success(), "ssh-keygen: {st}");
     let port = cairn_testkit::free_port();
 
+    // docs/usage.md's recorded session, run as written: its build is the
+    // one common::test_image made (the same definition, through the
+    // library), its port is one that is free here
+    let steps = transcript::load("vm");
+    assert_eq!(steps[0].command, "cairn build images/test.yaml -o out/test");
+    let doc_port = "2222";
+    let subst = |w: &str| match w {
+        "out/test" => image.display().to_string(),
+        w if w == doc_port => port.to_string(),
+        w => w.to_owned(),
+    };
+    let argv: Vec<String> = steps[1].argv().iter().map(|w| subst(w)).collect();
+    assert_eq!(argv[..2], ["cairn", "vm"], "{:?}", steps[1].command);
+    assert!(
+        argv.windows(2).any(|w| w == ["--hostname", HOSTNAME]),
+        "the session names the hostname {HOSTNAME}: {:?}",
+        steps[1].command
+    );
+
     let t0 = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .arg("vm")
-        .arg(&image)
-        .arg("--ssh-key")
-        .arg(key.with_extension("pub"))
-        .args(["--ssh-port", &port.to_string(), "--hostname", HOSTNAME])
-        .arg("-v")
-        // not a default identity: the ready line names it with -i
+        .args(&argv[1..])
         .env("HOME", work.path())
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
@@ -185,7 +206,8 @@ fn cairn_vm_with_a_key_prints_a_working_ssh_line_and_logs_core_in_on_the_console
     };
 
     // 1. the ready line, once, after the guest's sshd answered
-    let ready = format!("ready: ssh -p {port} core@127.0.0.1 -i {}", key.display());
+    // a default identity: the ready line has no -i
+    let ready = format!("ready: ssh -p {port} core@127.0.0.1");
     vm.wait("ready line", READY, |_, log| {
         log.lines().any(|l| l.trim_end() == ready)
     });
@@ -262,6 +284,43 @@ fn cairn_vm_with_a_key_prints_a_working_ssh_line_and_logs_core_in_on_the_console
         "{}",
         text(&out.stderr)
     );
+
+    // the console's banner, after cloud-config gave core the key (the guest
+    // sees slirp's address, not the forwarded port)
+    vm.wait(
+        "the console's ready banner",
+        Duration::from_secs(120),
+        |c, _| c.contains("cairn-test 0.1.0 ready: slot a, "),
+    );
+    let console = vm.console();
+    let banner = console
+        .lines()
+        .find(|l| l.contains("cairn-test 0.1.0 ready: "))
+        .unwrap()
+        .trim();
+    assert!(
+        banner.contains(" 10.0.2.15") && banner.ends_with("; log in: ssh core@10.0.2.15"),
+        "{banner}"
+    );
+
+    // the session's expected lines, and its ssh commands run as written
+    // (plus the key and no host-key check: the test's throwaway home is
+    // not the one ssh reads)
+    let doc = |t: &str| t.replace(&format!("-p {doc_port} "), &format!("-p {port} "));
+    let mut step = steps[1].clone();
+    step.expect = step.expect.iter().map(|l| doc(l)).collect();
+    step.check(&format!("{}\n{}", vm.console(), vm.log()));
+    for step in &steps[2..] {
+        let argv = step.argv();
+        assert_eq!(
+            argv[..4],
+            ["ssh", "-p", doc_port, "core@127.0.0.1"],
+            "{:?}",
+            step.command
+        );
+        let out = ssh(&key, port, &argv[4..].join(" "));
+        step.check(&format!("{}{}", text(&out.stdout), text(&out.stderr)));
+    }
 
     // 4. the autologin is a runtime drop-in, nothing of it under /etc
     let out = ssh(

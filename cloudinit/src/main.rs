@@ -86,10 +86,10 @@ fn main() {
 
 fn run(args: &Args) -> anyhow::Result<i32> {
     if args.ready {
-        println!(
-            "{}",
-            cairn_cloudinit::banner::line(&cairn_cloudinit::banner::gather())
-        );
+        let line = cairn_cloudinit::banner::line(&cairn_cloudinit::banner::gather());
+        tracing::info!("{line}");
+        // on a line of its own: agetty's prompt may be waiting on the console
+        println!("\n{line}");
         return Ok(0);
     }
     // useradd --root and systemctl --root want an absolute path

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod lan;
+pub mod transcript;
 pub mod updates;
 
 use std::path::{Path, PathBuf};
