@@ -86,14 +86,14 @@ pub enum ModulesError {
     Cycle(String),
 }
 
-/// The module name of a path: its file name without `.ko`/`.ko.xz`/
-/// `.ko.zst`/`.ko.gz`, with `-` turned into `_` (modprobe treats them alike).
+/// The module name of a path as kmod computes it (`modname_normalize`):
+/// the file name up to its first `.`, with `-` turned into `_` (modprobe
+/// treats them alike). `kernel/a/snd-hda-intel.ko.xz` is `snd_hda_intel`;
+/// a file `foo.bar.ko` is module `foo`, as depmod and modprobe see it. The
+/// one definition for the builder's depmod and for `/init`.
 pub fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"]
-        .iter()
-        .find_map(|ext| file.strip_suffix(ext))
-        .unwrap_or(file);
+    let stem = file.split('.').next().unwrap_or(file);
     normalize(stem)
 }
 
@@ -480,6 +480,8 @@ kernel/drivers/nvme/host/nvme.ko.xz: kernel/drivers/nvme/host/nvme-core.ko.xz
         );
         assert_eq!(module_name("kernel/fs/ext4/ext4.ko.zst"), "ext4");
         assert_eq!(module_name("squashfs.ko"), "squashfs");
+        // a dot in the file name: kmod's name ends at the first dot
+        assert_eq!(module_name("kernel/drivers/x/foo.bar-baz.ko.zst"), "foo");
     }
 
     #[test]

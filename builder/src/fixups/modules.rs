@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
+use cairn_initrd::modules::module_name;
 use rayon::prelude::*;
 
 use super::{put_file, Context, FixupError, Report};
@@ -160,13 +161,6 @@ fn decompress(path: &str, data: &[u8]) -> Result<Vec<u8>, String> {
         return Ok(data.to_vec());
     };
     r.map(|_| out).map_err(|e| format!("decompressing: {e}"))
-}
-
-/// `path/to/snd-hda-intel.ko.xz` -> `snd_hda_intel`.
-pub fn modname(path: &str) -> String {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    let stem = base.split('.').next().unwrap_or(base);
-    stem.replace('-', "_")
 }
 
 fn is_module(path: &str) -> bool {
@@ -441,7 +435,7 @@ pub fn depmod(
     // depmod's default search order: updates/ before the rest.
     sorted_parsed.sort_by_key(|(rel, _)| (!rel.starts_with("updates/"), rel.clone()));
     for (rel, info) in sorted_parsed {
-        let name = modname(&rel);
+        let name = module_name(&rel);
         if by_name.contains_key(&name) {
             tracing::warn!(module = rel, "duplicate module name, ignored");
             continue;
@@ -623,7 +617,7 @@ pub fn depmod(
     let mut builtin_idx = Index::default();
     for l in builtin.unwrap_or("").lines() {
         if l.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            builtin_idx.insert(&modname(l), "", 0);
+            builtin_idx.insert(&module_name(l), "", 0);
         }
     }
     let mut builtin_alias_idx = Index::default();
@@ -915,7 +909,7 @@ mod tests {
         assert_eq!(m.exports, ["x"]);
         assert_eq!(m.undefined, ["y", "z"]);
         assert!(parse_module(b"not elf").is_err());
-        assert_eq!(modname("kernel/sound/snd-hda-intel.ko.xz"), "snd_hda_intel");
+        assert_eq!(module_name("kernel/sound/snd-hda-intel.ko.xz"), "snd_hda_intel");
         assert_eq!(alias_normalize("snd-x[a-b]-y").unwrap(), "snd_x[a-b]_y");
         assert!(alias_normalize("a]").is_none());
     }
