@@ -188,15 +188,20 @@ pub fn parse(bytes: &[u8]) -> Result<Message, PacketError> {
 /// Walks the options' type-length-value chain before dhcproto decodes it: dhcproto 0.15 asserts
 /// (debug builds) or subtracts without checking on a few option lengths (80, 81, 94, 151-155), so a
 /// packet with such an option of the wrong size would panic the receive loop instead of being ignored.
+/// dhcproto joins adjacent options of one code into one (RFC 3396 long options) before it decodes
+/// them, so the rules hold for the joined length: two adjacent 4-byte options 152 are one of 8 bytes.
 fn check_option_lengths(mut opts: &[u8]) -> Result<(), String> {
+    // The run of adjacent options of one code read so far: its code, its joined length, how many.
+    let mut run: Option<(u8, usize, usize)> = None;
     while let Some((&code, rest)) = opts.split_first() {
-        match code {
-            0 => {
-                opts = rest;
-                continue;
+        if code == 0 || code == 255 {
+            // PAD and END end a run, as they do in dhcproto.
+            check_joined_length(run.take())?;
+            if code == 255 {
+                return Ok(());
             }
-            255 => return Ok(()),
-            _ => {}
+            opts = rest;
+            continue;
         }
         let Some((&len, rest)) = rest.split_first() else {
             return Err(format!("option {code} has no length byte"));
@@ -208,20 +213,38 @@ fn check_option_lengths(mut opts: &[u8]) -> Result<(), String> {
                 rest.len()
             ));
         }
-        let ok = match code {
-            80 => len == 0,
-            81 => len >= 3,
-            94 => len == 3,
-            151 => len >= 1,
-            152..=155 => len == 4,
-            _ => true,
+        run = match run {
+            Some((c, joined, n)) if c == code => Some((c, joined + len, n + 1)),
+            other => {
+                check_joined_length(other)?;
+                Some((code, len, 1))
+            }
         };
-        if !ok {
-            return Err(format!("option {code} has the wrong length {len}"));
-        }
         opts = &rest[len..];
     }
-    Ok(())
+    check_joined_length(run)
+}
+
+/// The length rules of [`check_option_lengths`] for one run of `(code, joined length, options)`.
+fn check_joined_length(run: Option<(u8, usize, usize)>) -> Result<(), String> {
+    let Some((code, len, n)) = run else {
+        return Ok(());
+    };
+    let ok = match code {
+        80 => len == 0,
+        81 => len >= 3,
+        94 => len == 3,
+        151 => len >= 1,
+        152..=155 => len == 4,
+        _ => true,
+    };
+    match (ok, n) {
+        (true, _) => Ok(()),
+        (false, 1) => Err(format!("option {code} has the wrong length {len}")),
+        (false, n) => Err(format!(
+            "option {code} has the wrong length {len} (joined from {n} adjacent options {code})"
+        )),
+    }
 }
 
 /// The boot file name of a message, without the NUL padding dhcproto keeps.
@@ -768,6 +791,40 @@ mod tests {
         let e = parse(&b).unwrap_err();
         assert!(
             e.to_string().contains("option 94 has the wrong length 2"),
+            "{e}"
+        );
+        // Found by fuzzing (fuzz/fuzz_targets/dhcp_packet.rs): adjacent options of one code are
+        // joined (RFC 3396) before dhcproto decodes them, so two 4-byte options 152 are one of 8
+        // bytes, on which dhcproto asserts; likewise two 3-byte options 94.
+        for (code, len) in [(152u8, 4u8), (155, 4), (94, 3)] {
+            let mut b = good[..240].to_vec();
+            b.extend_from_slice(&[53, 1, 1]);
+            for _ in 0..2 {
+                b.extend_from_slice(&[code, len]);
+                b.extend(std::iter::repeat_n(1, usize::from(len)));
+            }
+            b.push(255);
+            let e = parse(&b).unwrap_err();
+            let want = format!(
+                "option {code} has the wrong length {} (joined from 2 adjacent options {code})",
+                2 * len
+            );
+            assert!(e.to_string().contains(&want), "{e}");
+            // Apart (PAD between them), each is an option of its own: the last one wins.
+            let at = 243 + 2 + usize::from(len);
+            b.insert(at, 0);
+            let m = parse(&b).unwrap();
+            assert!(m.opts().get(OptionCode::from(code)).is_some());
+        }
+        // Options 81 of 1 byte each join to 3 bytes: fine; a single one is refused.
+        let mut b = good[..240].to_vec();
+        b.extend_from_slice(&[53, 1, 1, 81, 1, 0, 81, 1, 0, 81, 1, 0, 255]);
+        assert!(parse(&b).is_ok());
+        b.truncate(243 + 3);
+        b.push(255);
+        let e = parse(&b).unwrap_err();
+        assert!(
+            e.to_string().contains("option 81 has the wrong length 1"),
             "{e}"
         );
         // An option running past the end of the packet.
