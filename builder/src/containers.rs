@@ -153,14 +153,10 @@ pub fn archive(tree: &Tree, img: &ContainerImage, mtime: u64) -> Result<(Vec<u8>
 }
 
 fn created_rfc3339(t: u64) -> String {
-    let (y, m, d) = cairn_debian::release::civil_from_days((t / 86400) as i64);
-    let secs = t % 86400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    chrono::DateTime::from_timestamp(i64::try_from(t).unwrap_or(i64::MAX), 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Write every definition image into the tree: `NAME_TAG.tar` (the

@@ -903,40 +903,6 @@ const MONTHS: [&str; 12] = [
 ];
 const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The proleptic Gregorian (year, month, day) of a day count since
-/// 1970-01-01 (H. Hinnant's algorithm); the inverse of `days_from_civil`.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
 /// Parse an RFC 2822 date as found in Release files, e.g.
 /// `Sat, 11 Jul 2026 10:16:37 UTC` (zone `UTC`, `GMT`, `UT`, `Z` or
 /// `+hhmm`/`-hhmm`; the weekday is optional and not cross-checked, as apt
@@ -967,16 +933,14 @@ pub fn parse_date(s: &str) -> Option<SystemTime> {
         Some(v) => num(v, 2)?,
         None => 0,
     };
-    if hms.next().is_some()
-        || year < 1970
-        || day == 0
-        || day > days_in_month(year, month)
-        || h > 23
-        || m > 59
-        || sec > 60
-    {
+    if hms.next().is_some() || year < 1970 || h > 23 || m > 59 || sec > 60 {
         return None;
     }
+    // None for 30 February and the like
+    let midnight = chrono::NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?
+        .and_hms_opt(0, 0, 0)?
+        .and_utc()
+        .timestamp();
     let offset: i64 = match zone {
         "UTC" | "GMT" | "UT" | "Z" => 0,
         z if z.len() == 5 && (z.starts_with('+') || z.starts_with('-')) => {
@@ -991,28 +955,15 @@ pub fn parse_date(s: &str) -> Option<SystemTime> {
         }
         _ => return None,
     };
-    let t = days_from_civil(year, month, day) * 86_400
-        + i64::from(h) * 3600
-        + i64::from(m) * 60
-        + i64::from(sec)
-        - offset;
+    let t = midnight + i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(sec) - offset;
     u64::try_from(t).ok().map(to_time)
 }
 
 /// Format a time like Release files do: `Sat, 11 Jul 2026 10:16:37 UTC`.
 pub fn format_date(t: SystemTime) -> String {
-    let secs = unix_secs(t) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{}, {d:02} {} {y} {:02}:{:02}:{:02} UTC",
-        WEEKDAYS[(days + 4).rem_euclid(7) as usize],
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%a, %d %b %Y %H:%M:%S UTC")
+        .to_string()
 }
 
 #[cfg(test)]

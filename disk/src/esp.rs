@@ -88,21 +88,6 @@ impl Drop for TimeGuard {
     }
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day)
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 /// SOURCE_DATE_EPOCH (UTC seconds) as a FAT timestamp, clamped to what FAT
 /// can store (1980-01-01 to 2107-12-31). FAT keeps 2-second steps in the
 /// main field and the odd second in the create-time fine field.
@@ -110,18 +95,20 @@ pub(crate) fn fat_time(epoch: u64) -> DateTime {
     const MIN: u64 = 315_532_800; // 1980-01-01T00:00:00Z
     const MAX: u64 = 4_354_819_199; // 2107-12-31T23:59:59Z
     let t = epoch.clamp(MIN, MAX);
-    let (y, m, d) = civil_from_days((t / 86_400) as i64);
-    let s = t % 86_400;
+    let at = chrono::DateTime::from_timestamp(t as i64, 0)
+        .expect("1980..2107 is in chrono's range")
+        .naive_utc();
+    use chrono::{Datelike, Timelike};
     DateTime {
         date: Date {
-            year: y as u16,
-            month: m as u16,
-            day: d as u16,
+            year: at.year() as u16,
+            month: at.month() as u16,
+            day: at.day() as u16,
         },
         time: Time {
-            hour: (s / 3600) as u16,
-            min: (s / 60 % 60) as u16,
-            sec: (s % 60) as u16,
+            hour: at.hour() as u16,
+            min: at.minute() as u16,
+            sec: at.second() as u16,
             millis: 0,
         },
     }
