@@ -909,7 +909,10 @@ mod tests {
         assert_eq!(m.exports, ["x"]);
         assert_eq!(m.undefined, ["y", "z"]);
         assert!(parse_module(b"not elf").is_err());
-        assert_eq!(module_name("kernel/sound/snd-hda-intel.ko.xz"), "snd_hda_intel");
+        assert_eq!(
+            module_name("kernel/sound/snd-hda-intel.ko.xz"),
+            "snd_hda_intel"
+        );
         assert_eq!(alias_normalize("snd-x[a-b]-y").unwrap(), "snd_x[a-b]_y");
         assert!(alias_normalize("a]").is_none());
     }
