@@ -76,6 +76,19 @@ pub enum Transport {
     Tftp,
 }
 
+/// Who may fetch a group's rendered cloud-config (`/cloud-config`, `/cloud`) and its `/metadata`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloudConfigAccess {
+    /// Any host that names a machine of the group (its MAC, UUID or labels).
+    #[default]
+    Any,
+    /// Only the address that netbooted that machine from this server: the address that last fetched
+    /// its iPXE script (`/ipxe?mac=...`), within [`crate::status::BOOT_SESSION`] and since the server
+    /// started. For netbooted machines only: one that booted from disk has no such boot.
+    BootedIp,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInventory {
@@ -116,6 +129,8 @@ struct RawGroup {
     metadata: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     etcd_cluster: Option<RawEtcdCluster>,
+    #[serde(default)]
+    cloud_config_access: CloudConfigAccess,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +231,8 @@ pub struct Group {
     /// cluster of N members through a discovery token `cairn serve` keeps
     /// for the group (`{{ etcd_discovery }}` in the template).
     pub etcd_cluster: Option<u32>,
+    /// Who may fetch the group's cloud-config and metadata.
+    pub cloud_config_access: CloudConfigAccess,
 }
 
 impl Group {
@@ -574,6 +591,7 @@ impl Inventory {
                 metadata: g.metadata,
                 line: lines.item_line("groups", i),
                 etcd_cluster,
+                cloud_config_access: g.cloud_config_access,
             });
         }
 
@@ -1169,6 +1187,51 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("does not render for group \"g\""), "{e}");
+    }
+
+    #[test]
+    fn cloud_config_access_per_group() {
+        let dir = tempfile::tempdir().unwrap();
+        image(dir.path(), "img");
+        let inv = load(
+            dir.path(),
+            &with_groups(
+                "  - name: open\n    profile: p\n\
+                 \x20 - name: closed\n    profile: p\n    selector: {mac: 52:54:00:00:00:01}\n    cloud_config_access: booted-ip\n\
+                 \x20 - name: explicit\n    profile: p\n    selector: {mac: 52:54:00:00:00:02}\n    cloud_config_access: any\n",
+            ),
+        )
+        .unwrap();
+        let access: Vec<CloudConfigAccess> =
+            inv.groups.iter().map(|g| g.cloud_config_access).collect();
+        assert_eq!(
+            access,
+            [
+                CloudConfigAccess::Any,
+                CloudConfigAccess::BootedIp,
+                CloudConfigAccess::Any
+            ]
+        );
+        let e = load(
+            dir.path(),
+            &with_groups("  - name: g\n    profile: p\n    cloud_config_access: booted\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("inv.yaml:7:26: groups[0].cloud_config_access: unknown variant `booted`, expected `any` or `booted-ip`"),
+            "{e}"
+        );
+        let e = load(
+            dir.path(),
+            "profiles:\n  - name: p\n    image: img\n    cloud_config_access: booted-ip\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("inv.yaml:4:5: profiles[0].cloud_config_access: unknown field"),
+            "a group setting, not a profile's: {e}"
+        );
     }
 
     #[test]

@@ -26,7 +26,8 @@ use anyhow::Context as _;
 pub use facts::{Facts, Mac};
 pub use http::HttpLimits;
 pub use inventory::{
-    BootMode, Group, Inventory, InventoryError, Profile, RenderContext, Transport,
+    BootMode, CloudConfigAccess, Group, Inventory, InventoryError, Profile, RenderContext,
+    Transport,
 };
 pub use server::{Limits, LocalAddrs, Server, ServerConfig, Stopper, IPXE_FILES};
 pub use status::{Machine, Stage};

@@ -22,9 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::assets::{self, AssetError};
 use crate::facts::Facts;
-use crate::inventory::{Inventory, InventoryError, RenderContext};
+use crate::inventory::{CloudConfigAccess, Group, Inventory, InventoryError, RenderContext};
 use crate::ipxe::{self, Endpoints};
-use crate::status::{Machine, Sighting, Stage, StatusTable};
+use crate::status::{self, Machine, Sighting, Stage, StatusTable, BOOT_SESSION};
 
 use crate::programs::Programs;
 pub use crate::programs::IPXE_FILES;
@@ -262,6 +262,9 @@ async fn machine_ipxe(
     let profile = inv.profile_of(group);
     match ipxe::machine_script(&inv, group, &facts, &s.endpoints(&base)) {
         Ok(script) => {
+            if group.cloud_config_access == CloudConfigAccess::BootedIp {
+                warn_moved_boot(&s, group, &who, peer);
+            }
             s.status.record(
                 sighting(&facts, &ip, Some((&group.name, &profile.name))),
                 Stage::Script,
@@ -270,6 +273,62 @@ async fn machine_ipxe(
         }
         Err(m) => tagged(text(StatusCode::INTERNAL_SERVER_ERROR, m + "\n"), who),
     }
+}
+
+/// A machine of a `booted-ip` group netbooting from another address than its last netboot within
+/// the boot session: a new DHCP lease, or a host claiming its MAC. The session follows the newest
+/// netboot either way; the operator should know.
+fn warn_moved_boot(s: &Shared, group: &Group, who: &str, peer: SocketAddr) {
+    let ip = peer.ip().to_canonical();
+    if let Some(prev) = s.status.boot(who) {
+        let ago = prev.at.elapsed();
+        if prev.ip != ip && ago <= BOOT_SESSION {
+            tracing::warn!(
+                machine = %who,
+                group = %group.name,
+                previous = %prev.ip,
+                now = %ip,
+                secs_since_previous = ago.as_secs(),
+                "machine netbooted again from another address: its cloud-config now goes to the new address only (cloud_config_access: booted-ip); a new DHCP lease, or a host claiming its MAC"
+            );
+        }
+    }
+}
+
+/// For a group with `cloud_config_access: booted-ip`, the 403 for a request that does not come from
+/// the address that netbooted the machine from this server within [`BOOT_SESSION`]; None when the
+/// request may have what it asked for. The answer says why without telling where the machine
+/// booted or whether it did.
+fn refuse_unbooted(
+    s: &Shared,
+    group: &Group,
+    facts: &Facts,
+    peer: SocketAddr,
+    what: &str,
+) -> Option<Response<Body>> {
+    if group.cloud_config_access != CloudConfigAccess::BootedIp {
+        return None;
+    }
+    let who = facts.machine_key(&peer.ip().to_string());
+    let why =
+        status::check_boot(s.status.boot(&who), peer.ip(), Instant::now(), BOOT_SESSION).err()?;
+    let hint = match why {
+        status::NotBooted::Elsewhere { .. } => " (if this is the machine itself, its operating system got another DHCP lease than iPXE: key leases on the MAC, e.g. systemd-networkd's [DHCPv4] ClientIdentifier=mac, or reserve its address)",
+        _ => "",
+    };
+    tracing::warn!(machine = %who, %peer, group = %group.name, "{what} refused (cloud_config_access: booted-ip): {why}{hint}");
+    Some(tagged(
+        text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "cairn: group {:?} has cloud_config_access: booted-ip: its cloud-config and metadata go only to the address that netbooted {who} from this server (fetched its iPXE script) in the last {} minutes, and this request comes from {}; a machine that did not netboot from this server (booted from disk, or before the server started) gets none\n",
+                group.name,
+                BOOT_SESSION.as_secs() / 60,
+                peer.ip().to_canonical(),
+            ),
+        ),
+        who,
+    ))
 }
 
 async fn cloud_config(
@@ -291,6 +350,9 @@ async fn cloud_config(
             who,
         );
     };
+    if let Some(refused) = refuse_unbooted(&s, group, &facts, peer, "cloud-config") {
+        return refused;
+    }
     let profile = inv.profile_of(group);
     if profile.cloud_config.is_none() {
         return tagged(
@@ -349,7 +411,9 @@ async fn metadata(
     let who = facts.machine_key(&peer.ip().to_string());
     let inv = s.inventory.load();
     match inv.select(&facts) {
-        Some(group) => tagged(text(StatusCode::OK, ipxe::metadata_env(group, &facts)), who),
+        Some(group) => refuse_unbooted(&s, group, &facts, peer, "metadata").unwrap_or_else(|| {
+            tagged(text(StatusCode::OK, ipxe::metadata_env(group, &facts)), who)
+        }),
         None => tagged(
             text(
                 StatusCode::NOT_FOUND,

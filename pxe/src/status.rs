@@ -1,10 +1,14 @@
 //! The per-machine status table (seen, got iPXE script, kernel, initrd, cloud-config), logged on each change
 //! and served as JSON at `/machines`. Bounded: beyond `max` rows the machine seen least recently is
-//! forgotten; indexed by IP; recency is the order of events, not a comparison of date strings.
+//! forgotten; indexed by IP; recency is the order of events, not a comparison of date strings. Each row
+//! also keeps the machine's last netboot (the address that fetched its iPXE script, and when), which
+//! `cloud_config_access: booted-ip` groups check.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -87,6 +91,81 @@ struct Inner {
 struct Row {
     machine: Machine,
     tick: u64,
+    /// The machine's last netboot: who fetched its iPXE script, and when.
+    boot: Option<Boot>,
+}
+
+/// A machine's netboot as this server saw it: the address that fetched its iPXE script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Boot {
+    /// The address the script went to (IPv4-mapped IPv6 as IPv4).
+    pub ip: IpAddr,
+    /// When (monotonic: a boot is always newer than the server's start).
+    pub at: Instant,
+}
+
+/// How long after a netboot its address may fetch the machine's cloud-config and metadata under
+/// `cloud_config_access: booted-ip`: room for a slow kernel and initrd download and a slow boot.
+pub const BOOT_SESSION: Duration = Duration::from_secs(60 * 60);
+
+/// Why a `booted-ip` request is refused (for the operator's log; the client is told less).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotBooted {
+    /// The machine did not netboot from this server since it started (or its row was forgotten).
+    Never,
+    /// Its last netboot is older than the window.
+    Expired {
+        /// How long ago it was.
+        ago: Duration,
+    },
+    /// It netbooted from another address.
+    Elsewhere {
+        /// That address.
+        booted: IpAddr,
+        /// How long ago.
+        ago: Duration,
+    },
+}
+
+impl fmt::Display for NotBooted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotBooted::Never => f.write_str("it did not netboot from this server since it started"),
+            NotBooted::Expired { ago } => write!(
+                f,
+                "its last netboot from this server was {} s ago, more than {} s",
+                ago.as_secs(),
+                BOOT_SESSION.as_secs()
+            ),
+            NotBooted::Elsewhere { booted, ago } => {
+                write!(f, "it netbooted from {booted} {} s ago", ago.as_secs())
+            }
+        }
+    }
+}
+
+/// Whether `peer` may have the machine's cloud-config at `now`: it is the address of the machine's
+/// last netboot (`boot`), which is at most `window` old.
+pub fn check_boot(
+    boot: Option<Boot>,
+    peer: IpAddr,
+    now: Instant,
+    window: Duration,
+) -> Result<(), NotBooted> {
+    let Some(boot) = boot else {
+        return Err(NotBooted::Never);
+    };
+    let ago = now.saturating_duration_since(boot.at);
+    if boot.ip != peer.to_canonical() {
+        return Err(NotBooted::Elsewhere {
+            booted: boot.ip,
+            ago,
+        });
+    }
+    if ago > window {
+        return Err(NotBooted::Expired { ago });
+    }
+    Ok(())
 }
 
 impl Default for StatusTable {
@@ -130,6 +209,7 @@ impl StatusTable {
     }
 
     /// Records a stage for a machine identified by its facts; logs when the stage changes.
+    /// [`Stage::Script`] is a netboot: the row's [`Boot`] becomes this address, now.
     pub fn record(&self, s: Sighting, stage: Stage) {
         let now = httpdate::fmt_http_date(SystemTime::now());
         let mut guard = self.lock();
@@ -153,8 +233,17 @@ impl StatusTable {
                     last_seen: now.clone(),
                 },
                 tick,
+                boot: None,
             }
         });
+        if stage == Stage::Script {
+            if let Ok(ip) = s.ip.parse::<IpAddr>() {
+                row.boot = Some(Boot {
+                    ip: ip.to_canonical(),
+                    at: Instant::now(),
+                });
+            }
+        }
         if !is_new {
             t.lru.remove(&row.tick);
         }
@@ -214,6 +303,11 @@ impl StatusTable {
             stage,
         );
         Some(key)
+    }
+
+    /// The last netboot of the machine filed under `key`.
+    pub fn boot(&self, key: &str) -> Option<Boot> {
+        self.lock().rows.get(key).and_then(|r| r.boot)
     }
 
     /// Key of the machine last seen at this IP.
@@ -278,6 +372,82 @@ mod tests {
                 ..Sighting::default()
             },
             Stage::Seen,
+        );
+    }
+
+    #[test]
+    fn a_netboot_is_the_last_script_fetch_and_other_stages_keep_it() {
+        let t = StatusTable::default();
+        let mac = "52:54:00:00:00:01";
+        let sighting = |ip: &str| Sighting {
+            key: mac.into(),
+            mac: Some(mac.into()),
+            ip: ip.into(),
+            ..Sighting::default()
+        };
+        assert_eq!(t.boot(mac), None);
+        t.record(sighting("10.0.0.1"), Stage::Seen);
+        assert_eq!(t.boot(mac), None, "only the iPXE script is a netboot");
+        let before = Instant::now();
+        t.record(sighting("10.0.0.1"), Stage::Script);
+        let boot = t.boot(mac).unwrap();
+        assert_eq!(boot.ip, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert!(boot.at >= before);
+        // A cloud-config fetch from elsewhere moves the row's address, not the boot.
+        t.record(sighting("10.0.0.9"), Stage::CloudConfig);
+        t.record_by_ip("10.0.0.9", Stage::Kernel);
+        assert_eq!(t.boot(mac), Some(boot));
+        // The next script fetch is the next netboot, IPv4-mapped addresses as IPv4.
+        t.record(sighting("::ffff:10.0.0.2"), Stage::Script);
+        assert_eq!(
+            t.boot(mac).unwrap().ip,
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn booted_ip_check() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let at = Instant::now();
+        let boot = Some(Boot {
+            ip: ip("10.0.0.1"),
+            at,
+        });
+        let window = Duration::from_secs(3600);
+        let later = |s: u64| at + Duration::from_secs(s);
+        assert_eq!(check_boot(boot, ip("10.0.0.1"), later(5), window), Ok(()));
+        assert_eq!(
+            check_boot(boot, ip("::ffff:10.0.0.1"), later(5), window),
+            Ok(())
+        );
+        assert_eq!(
+            check_boot(boot, ip("10.0.0.1"), later(3600), window),
+            Ok(())
+        );
+        assert_eq!(
+            check_boot(boot, ip("10.0.0.1"), later(3601), window),
+            Err(NotBooted::Expired {
+                ago: Duration::from_secs(3601)
+            })
+        );
+        assert_eq!(
+            check_boot(boot, ip("10.0.0.2"), later(5), window),
+            Err(NotBooted::Elsewhere {
+                booted: ip("10.0.0.1"),
+                ago: Duration::from_secs(5)
+            })
+        );
+        assert_eq!(
+            check_boot(None, ip("10.0.0.1"), later(5), window),
+            Err(NotBooted::Never)
+        );
+        assert_eq!(
+            NotBooted::Elsewhere {
+                booted: ip("10.0.0.1"),
+                ago: Duration::from_secs(5)
+            }
+            .to_string(),
+            "it netbooted from 10.0.0.1 5 s ago"
         );
     }
 

@@ -572,7 +572,16 @@ fn example_inventory_loads() {
         "node1"
     );
     let s = TestServer::start(&ex.join("lab.yaml"), true, dir.path());
-    let cc = get(&s.url("/cloud-config?mac=52:54:00:12:34:56"), &[]).text();
+    // node1 has cloud_config_access: booted-ip: its cloud-config goes to the address that netbooted
+    // it (here 127.0.0.1), not to another host naming its MAC.
+    let mac1 = "/cloud-config?mac=52:54:00:12:34:56";
+    assert_eq!(get(&s.url(mac1), &[]).status, 403, "before its netboot");
+    assert_eq!(get(&s.url("/ipxe?mac=52:54:00:12:34:56"), &[]).status, 200);
+    assert_eq!(
+        common::get_from(&s, "127.0.0.2".parse().unwrap(), mac1).status,
+        403
+    );
+    let cc = get(&s.url(mac1), &[]).text();
     assert!(
         cc.starts_with("#cloud-config\nhostname: node1\nssh_authorized_keys:\n  - ssh-ed25519 "),
         "{cc}"

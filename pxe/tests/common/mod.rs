@@ -157,6 +157,42 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     }
 }
 
+/// GET through hyper's client with the connection bound to `local` (any 127.0.0.0/8 address is
+/// loopback on Linux: another host as far as the server can tell); 4xx/5xx are returned.
+pub fn get_from(server: &TestServer, local: std::net::IpAddr, path: &str) -> Reply {
+    use http_body_util::BodyExt as _;
+    let url = server.url(path);
+    server.rt.block_on(async {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_local_address(Some(local));
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        let resp = client
+            .get(url.parse().unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("GET {url} from {local}: {e:?}"));
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    })
+}
+
 /// A raw GET: the request target goes on the wire exactly as given (no client-side normalisation).
 pub fn raw_get(addr: SocketAddr, target: &str) -> Reply {
     let mut s = TcpStream::connect(addr).unwrap();
