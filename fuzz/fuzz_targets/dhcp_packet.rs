@@ -41,7 +41,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(bytes.len() >= 300, "reply of {} bytes", bytes.len());
         let reply = parse(&bytes).expect("our reply parses");
         assert_eq!(reply.xid(), msg.xid());
-        assert_eq!(reply.yiaddr(), Ipv4Addr::UNSPECIFIED, "ProxyDHCP never hands out addresses");
+        assert_eq!(
+            reply.yiaddr(),
+            Ipv4Addr::UNSPECIFIED,
+            "ProxyDHCP never hands out addresses"
+        );
         assert_eq!(boot_file(&reply).as_deref(), Some(answer.file.as_str()));
     }
 });

@@ -100,7 +100,10 @@ fuzz_target!(|data: &[u8]| {
                 .unwrap()
                 .parse()
                 .unwrap();
-            assert!(index >= last_index, "{method} {target}: X-Etcd-Index went back from {last_index} to {index}");
+            assert!(
+                index >= last_index,
+                "{method} {target}: X-Etcd-Index went back from {last_index} to {index}"
+            );
             last_index = index;
             let json = resp
                 .headers()
@@ -112,8 +115,9 @@ fuzz_target!(|data: &[u8]| {
                 .unwrap()
                 .to_bytes();
             if json && !bytes.is_empty() {
-                serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .unwrap_or_else(|e| panic!("{method} {target}: body is not JSON ({e}): {bytes:?}"));
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_else(|e| {
+                    panic!("{method} {target}: body is not JSON ({e}): {bytes:?}")
+                });
             }
         }
     });

@@ -25,6 +25,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(url) = cairn_cloudinit::cmdline::cloud_config_url(text) {
         assert!(!url.is_empty());
-        assert!(words.iter().any(|w| w.ends_with(url.as_str())), "{url:?} from {words:?}");
+        assert!(
+            words.iter().any(|w| w.ends_with(url.as_str())),
+            "{url:?} from {words:?}"
+        );
     }
 });

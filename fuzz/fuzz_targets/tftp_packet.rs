@@ -23,8 +23,14 @@ fuzz_target!(|data: &[u8]| {
             (12_345, 0, 0),
         ] {
             let n = negotiate(&req.options, size, max_blksize, max_window);
-            assert!(n.blksize >= MIN_BLKSIZE && n.blksize <= MAX_BLKSIZE, "{n:?}");
-            assert!(n.blksize <= max_blksize.max(MIN_BLKSIZE) || n.blksize == 512, "{n:?}");
+            assert!(
+                n.blksize >= MIN_BLKSIZE && n.blksize <= MAX_BLKSIZE,
+                "{n:?}"
+            );
+            assert!(
+                n.blksize <= max_blksize.max(MIN_BLKSIZE) || n.blksize == 512,
+                "{n:?}"
+            );
             assert!(n.windowsize >= 1, "{n:?}");
             assert!(
                 n.windowsize == 1

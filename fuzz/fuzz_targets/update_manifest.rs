@@ -69,7 +69,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(m.created_secs() < m.expires_secs(), "{m:?}");
     // The canonical form `cairn build --sign` writes reads back as the same manifest.
     let canonical = m.to_bytes();
-    assert_eq!(Manifest::parse(&canonical).expect("canonical bytes parse"), m);
+    assert_eq!(
+        Manifest::parse(&canonical).expect("canonical bytes parse"),
+        m
+    );
     assert_eq!(version::compare(&m.version, &m.version), Ordering::Equal);
 
     // Signed by a trusted key, valid now, of the expected name and channel: verify says yes exactly
