@@ -307,18 +307,6 @@ mod tests {
     use super::*;
     use crate::tree::Entry;
 
-    /// The disk image writes the state partition's "never formatted" mark
-    /// that `/init` looks for: one contract, spelled in two crates that do
-    /// not depend on each other.
-    #[test]
-    fn the_state_mark_of_the_disk_is_the_one_init_formats() {
-        assert_eq!(
-            cairn_disk::STATE_NEW_MARK,
-            cairn_initrd::ext4::STATE_NEW_MARK
-        );
-        assert_eq!(cairn_disk::STATE_LABEL, cairn_initrd::cmdline::STATE_LABEL);
-    }
-
     fn tree_with(paths: &[&str]) -> Tree {
         let o: std::sync::Arc<str> = std::sync::Arc::from("t");
         let mut t = Tree::new_merged_usr();

@@ -6,7 +6,7 @@ pub const CLOUD_CONFIG_URL: &str = "cloud-config-url";
 /// Splits a kernel command line into parameters. Double quotes group words
 /// (`key="a b"`) and are removed, as the kernel itself does (the same
 /// splitting `/init` uses).
-pub use cairn_initrd::cmdline::split_words as split;
+pub use cairn_formats::cmdline::split_words as split;
 
 /// The value of `cloud-config-url` (also spelled `cloud_config_url`) on a
 /// kernel command line. Given more than once, the last one with a value wins,

@@ -13,7 +13,7 @@ use std::path::Path;
 use cairn_cloudconfig::check_hostname;
 
 /// The metadata file inside a config drive.
-pub const CONFIG_DRIVE_META_DATA: &str = "openstack/latest/meta_data.json";
+pub use cairn_formats::config_drive::META_DATA as CONFIG_DRIVE_META_DATA;
 /// The most a meta_data.json may hold (keys and a hostname fit many times over).
 pub const MAX_META_DATA: u64 = 64 * 1024;
 

@@ -11,10 +11,11 @@ use crate::metadata::{self, Metadata, MetadataError, CONFIG_DRIVE_META_DATA};
 
 /// The state partition's user-data file (the image's /init mounts the state partition at /run/cairn/state).
 pub const STATE_USER_DATA: &str = "/run/cairn/state/user-data";
-/// The file system label of an OpenStack-style config drive.
-pub const CONFIG_DRIVE_LABEL: &str = "config-2";
-/// The user-data file inside a config drive.
-pub const CONFIG_DRIVE_USER_DATA: &str = "openstack/latest/user_data";
+/// The file system label of an OpenStack-style config drive, and its
+/// user-data file.
+pub use cairn_formats::config_drive::{
+    LABEL as CONFIG_DRIVE_LABEL, USER_DATA as CONFIG_DRIVE_USER_DATA,
+};
 /// Where a config drive is mounted (read-only) while it is read.
 pub const CONFIG_DRIVE_MOUNT: &str = "/run/cairn/configdrive";
 

@@ -15,12 +15,9 @@ use crate::error::DiskError;
 use crate::esp;
 use crate::EspSource;
 
-/// The volume label `cairn-cloudinit` looks for (`/dev/disk/by-label/config-2`).
-pub const LABEL: &str = "config-2";
-/// The user-data file inside the drive.
-pub const USER_DATA: &str = "openstack/latest/user_data";
-/// The metadata file inside the drive.
-pub const META_DATA: &str = "openstack/latest/meta_data.json";
+/// The volume label `cairn-cloudinit` looks for, and the files in the
+/// drive (user-data, metadata).
+pub use cairn_formats::config_drive::{LABEL, META_DATA, USER_DATA};
 /// The most the files may hold together.
 pub const MAX_CONTENT: u64 = 64 << 20;
 

@@ -16,23 +16,9 @@ const GPT_ARRAY_SECTORS: u64 = GPT_ENTRIES * 128 / SECTOR_SIZE;
 /// Sectors reserved at the end of the disk: backup entry array + header.
 const GPT_BACKUP_SECTORS: u64 = GPT_ARRAY_SECTORS + 1;
 
-/// Label of the EFI system partition (partition 1).
-pub const ESP_LABEL: &str = "ESP";
-/// Label of root slot A (partition 2).
-pub const SLOT_A_LABEL: &str = "cairn-a";
-/// Label of root slot B (partition 3).
-pub const SLOT_B_LABEL: &str = "cairn-b";
-/// Label of the writable state partition (partition 4, the last one).
-pub const STATE_LABEL: &str = "cairn-state";
-
-/// The first bytes of a state partition that has never been formatted,
-/// written by [`write_disk`](crate::write_disk). `/init` formats the state
-/// partition only when it starts with this mark (and has no ext4 superblock),
-/// then erases the mark; a partition with neither (a damaged superblock, a
-/// foreign file system) is never formatted, so a machine's data is not wiped
-/// by a bad sector. The same bytes are `cairn_initrd::ext4::STATE_NEW_MARK`
-/// (the builder's tests check that the two agree).
-pub const STATE_NEW_MARK: &[u8; 32] = b"cairn-state: never formatted\n\0\0\0";
+pub use cairn_formats::partitions::{
+    ESP_LABEL, SLOT_A_LABEL, SLOT_B_LABEL, STATE_LABEL, STATE_NEW_MARK,
+};
 
 /// Smallest ESP that can hold a FAT32 file system (at least 65525
 /// clusters of 512 bytes, plus the FATs).

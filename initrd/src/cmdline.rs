@@ -15,22 +15,10 @@
 
 use std::time::Duration;
 
+use cairn_formats::cmdline as keys;
+pub use cairn_formats::cmdline::split_words;
 /// Which root slot to boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl Slot {
-    /// The GPT partition label of the slot.
-    pub fn label(self) -> &'static str {
-        match self {
-            Slot::A => "cairn-a",
-            Slot::B => "cairn-b",
-        }
-    }
-}
+pub use cairn_formats::Slot;
 
 /// Where the root squashfs comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,7 +47,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `init=`.
 pub const DEFAULT_INIT: &str = "/sbin/init";
 /// Label of the state partition.
-pub const STATE_LABEL: &str = "cairn-state";
+pub use cairn_formats::partitions::STATE_LABEL;
 
 /// What `/init` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,37 +88,6 @@ pub struct CmdlineError {
     pub why: &'static str,
 }
 
-/// Splits a command line into words the way the kernel does: on whitespace,
-/// except inside double quotes, which are removed.
-pub fn split_words(cmdline: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_quotes = false;
-    let mut any = false;
-    for c in cmdline.chars() {
-        match c {
-            '"' => {
-                in_quotes = !in_quotes;
-                any = true;
-            }
-            c if c.is_whitespace() && !in_quotes => {
-                if any {
-                    words.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        words.push(cur);
-    }
-    words
-}
-
 /// Parses the text of `/proc/cmdline`. Later words override earlier ones.
 pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
     let mut c = Cmdline::default();
@@ -145,21 +102,19 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
             None => (word.as_str(), None),
         };
         match (key, value) {
-            ("cairn.slot", Some(v)) => {
-                c.slot = Some(match v {
-                    "a" | "A" => Slot::A,
-                    "b" | "B" => Slot::B,
-                    _ => return Err(err(key, v, "expected a or b")),
-                })
+            (keys::SLOT, Some(v)) => {
+                c.slot = Some(
+                    Slot::from_cmdline_value(v).ok_or_else(|| err(key, v, "expected a or b"))?,
+                )
             }
-            ("cairn.root", Some(v)) => {
+            (keys::ROOT, Some(v)) => {
                 c.root = match v {
                     "ram" => RootSource::Ram,
                     "disk" => RootSource::Disk,
                     _ => return Err(err(key, v, "expected ram or disk")),
                 }
             }
-            ("cairn.state", Some(v)) => c.state = match v {
+            (keys::STATE, Some(v)) => c.state = match v {
                 "auto" => StateSource::Auto,
                 "tmpfs" => StateSource::Tmpfs,
                 _ => match v.strip_prefix("label:") {
@@ -173,7 +128,7 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
                     )),
                 },
             },
-            ("cairn.timeout", Some(v)) => {
+            (keys::TIMEOUT, Some(v)) => {
                 let secs: f64 = v
                     .parse()
                     .ok()
@@ -181,8 +136,8 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
                     .ok_or_else(|| err(key, v, "expected a number of seconds"))?;
                 c.timeout = Duration::from_secs_f64(secs);
             }
-            ("cairn.debug", None | Some("1" | "yes" | "true")) => c.debug = true,
-            ("cairn.debug", Some("0" | "no" | "false")) => c.debug = false,
+            (keys::DEBUG, None | Some("1" | "yes" | "true")) => c.debug = true,
+            (keys::DEBUG, Some("0" | "no" | "false")) => c.debug = false,
             ("init", Some(v)) => {
                 if !v.starts_with('/') {
                     return Err(err(key, v, "expected an absolute path"));
@@ -196,7 +151,7 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
     }
     if c.slot.is_none() && c.root == RootSource::Disk {
         return Err(err(
-            "cairn.slot",
+            keys::SLOT,
             "",
             "missing: expected cairn.slot=a or cairn.slot=b",
         ));

@@ -16,7 +16,7 @@ pub const MAGIC: u16 = 0xEF53;
 /// The first bytes of a state partition that was never formatted: written
 /// by the disk image (`cairn_disk::STATE_NEW_MARK`, the same bytes), erased
 /// by `/init` once the partition is formatted.
-pub const STATE_NEW_MARK: &[u8; 32] = b"cairn-state: never formatted\n\0\0\0";
+pub use cairn_formats::partitions::STATE_NEW_MARK;
 
 /// What a state partition holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,4 +25,4 @@ pub use modules::{
 };
 
 /// Where `/init` expects the root image when booted with `cairn.root=ram`.
-pub const RAM_ROOT_IMAGE: &str = "rootfs.squashfs";
+pub use cairn_formats::image_dir::RAM_ROOT_IMAGE;

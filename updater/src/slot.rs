@@ -5,66 +5,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Result, UpdateError};
 
-/// A root slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl Slot {
-    /// The value of `cairn.slot=`.
-    pub fn letter(self) -> &'static str {
-        match self {
-            Slot::A => "a",
-            Slot::B => "b",
-        }
-    }
-
-    /// The GPT partition label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Slot::A => "cairn-a",
-            Slot::B => "cairn-b",
-        }
-    }
-
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-
-    /// `a`, `b` (also `cairn-a`, `cairn-b`).
-    pub fn parse(s: &str) -> Option<Slot> {
-        match s {
-            "a" | "cairn-a" => Some(Slot::A),
-            "b" | "cairn-b" => Some(Slot::B),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.letter())
-    }
-}
+pub use cairn_formats::Slot;
 
 /// The slot a kernel command line names (`cairn.slot=`; the last one
 /// wins, as in `/init`).
 pub fn slot_from_cmdline(cmdline: &str) -> Option<Slot> {
-    cairn_initrd::cmdline::split_words(cmdline)
-        .iter()
-        .filter_map(|w| w.strip_prefix("cairn.slot="))
-        .next_back()
-        .and_then(Slot::parse)
+    cairn_formats::cmdline::slot(cmdline)
 }
 
 /// The running slot from a `/proc/cmdline`-like file.

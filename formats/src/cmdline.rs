@@ -1,0 +1,101 @@
+//! The kernel command line: the keys cairn puts there and reads back
+//! (`/init`, `cairn-update`, `cairn-cloudinit`, the boot entries the disk
+//! and the updater write, the iPXE scripts of `cairn serve`) and the
+//! kernel's rule for splitting it into words.
+
+use crate::partitions::Slot;
+
+/// `cairn.slot=a|b`: the root slot to boot.
+pub const SLOT: &str = "cairn.slot";
+/// `cairn.root=ram|disk`: where the root image is (`ram`: network boot).
+pub const ROOT: &str = "cairn.root";
+/// `cairn.state=auto|tmpfs|label:NAME`: the writable state.
+pub const STATE: &str = "cairn.state";
+/// `cairn.timeout=SECONDS`: how long `/init` waits for each device.
+pub const TIMEOUT: &str = "cairn.timeout";
+/// `cairn.debug`: `/init` prints each step with its time.
+pub const DEBUG: &str = "cairn.debug";
+/// `cairn.cloudinit=0`: do not run `cairn-cloudinit` at boot.
+pub const CLOUDINIT: &str = "cairn.cloudinit";
+/// `cloud-config-url=URL` (also `cloud_config_url`), as on CoreOS.
+pub const CLOUD_CONFIG_URL: &str = "cloud-config-url";
+
+/// Splits a command line into words the way the kernel does: on whitespace,
+/// except inside double quotes, which are removed.
+pub fn split_words(cmdline: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut any = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                in_quotes = !in_quotes;
+                any = true;
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if any {
+                    words.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(cur);
+    }
+    words
+}
+
+/// The slot a command line names (`cairn.slot=`; the last one wins, as
+/// `/init` reads it). `None` without one or with an unknown value.
+pub fn slot(cmdline: &str) -> Option<Slot> {
+    split_words(cmdline)
+        .iter()
+        .filter_map(|w| w.strip_prefix(SLOT)?.strip_prefix('='))
+        .next_back()
+        .and_then(Slot::from_cmdline_value)
+}
+
+/// True when the root image comes from RAM (`cairn.root=ram`, the last
+/// `cairn.root=` wins).
+pub fn root_in_ram(cmdline: &str) -> bool {
+    split_words(cmdline)
+        .iter()
+        .filter_map(|w| w.strip_prefix(ROOT)?.strip_prefix('='))
+        .next_back()
+        == Some("ram")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_as_the_kernel_splits_them() {
+        assert_eq!(
+            split_words("  a b=\"c d\" \"e f\"=g  \"\" h\n"),
+            ["a", "b=c d", "e f=g", "", "h"]
+        );
+        assert!(split_words(" \t\n").is_empty());
+    }
+
+    #[test]
+    fn slot_and_root() {
+        assert_eq!(
+            slot("initrd=x cairn.slot=a cairn.slot=b quiet"),
+            Some(Slot::B)
+        );
+        assert_eq!(slot("cairn.slot=c"), None);
+        assert_eq!(slot("cairn.slot=A"), Some(Slot::A));
+        assert_eq!(slot("cairn.slots=a"), None);
+        assert_eq!(slot(""), None);
+        assert!(root_in_ram("cairn.root=ram cairn.state=tmpfs"));
+        assert!(!root_in_ram("cairn.root=ram cairn.root=disk"));
+        assert!(!root_in_ram("cairn.slot=a"));
+    }
+}

@@ -1,0 +1,21 @@
+//! cairn-formats: the contracts between the programs that make, serve and
+//! run a cairn image, in one place so that a producer and its consumers
+//! cannot disagree: the GPT partition labels and the state partition's
+//! never-formatted mark ([`partitions`]), the kernel command-line keys and
+//! the kernel's word splitting ([`cmdline`]), the files of an image folder
+//! that `cairn build` writes ([`image_dir`]) and the config drive's layout
+//! ([`config_drive`]). Dependency-free (serde behind a feature), so that
+//! `/init` can use it and stay small.
+//!
+//! Who uses what: `cairn-disk` writes the partitions, `/init` finds them,
+//! `cairn-update` writes the slots; the builder writes the image folder,
+//! `cairn serve` and `cairn vm` read it; `cairn vm` writes the config drive,
+//! `cairn-cloudinit` reads it.
+
+pub mod cmdline;
+pub mod config_drive;
+pub mod image_dir;
+pub mod partitions;
+
+pub use image_dir::ImageDir;
+pub use partitions::Slot;
