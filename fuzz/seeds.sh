@@ -61,7 +61,7 @@ pxe_class() { printf '\74\40PXEClient:Arch:0000%s:UNDI:002001' "$1"; }
 
 # discovery_request: what `etcd --discovery` does (size, self-registration, listing, waits), /new and
 # hostile keys.
-printf 'GET /@/_config/size\nPUT /@/m1 value=m1%%3Dhttp%%3A%2F%2F10.0.0.1%%3A2380\nGET /@?recursive=true&sorted=true\nGET /@?wait=true&waitIndex=1&recursive=true\nDELETE /@/m1?prevValue=x\n' | seed discovery_request etcd
+printf 'GET /@/_config/size\nPUT /@/m1 value=m1%%3Dhttp%%3A%%2F%%2F10.0.0.1%%3A2380\nGET /@?recursive=true&sorted=true\nGET /@?wait=true&waitIndex=1&recursive=true\nDELETE /@/m1?prevValue=x\n' | seed discovery_request etcd
 printf 'GET /new?size=5\nPOST /new size=3\nGET /\nPUT /@/_config/size value=9\nPUT /@/d?dir=true\nPUT /@/d/k?prevExist=false value=v\nDELETE /@/d?dir=true&recursive=true\n' | seed discovery_request admin
 printf 'GET /@/../x\nGET /@/a%%2Fb\nPUT /@/k?ttl=5 value=v\nGET /@?wait=yes\nPUT /@/k?prevIndex=x value=v\nGET /%%ff\n' | seed discovery_request hostile
 
