@@ -229,8 +229,10 @@ pub fn pxe_initramfs(initrd: &[u8], rootfs: &Path, mtime: u32) -> Result<Vec<u8>
 pub fn cmdline(def: &Definition, slot: char) -> String {
     // systemd.gpt_auto=0: /init mounts the ESP and the state itself; the
     // generator's automounts would only collide with those mounts.
-    let mut c =
-        format!("cairn.slot={slot} console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0");
+    let mut c = format!(
+        "{}={slot} console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0",
+        cairn_formats::cmdline::SLOT
+    );
     if let Some(extra) = def.cmdline.as_deref().filter(|s| !s.trim().is_empty()) {
         c.push(' ');
         c.push_str(extra.trim());

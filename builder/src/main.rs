@@ -157,7 +157,7 @@ enum Command {
 fn inspect(path: &std::path::Path) -> Result<()> {
     use anyhow::Context;
     let disk = if path.is_dir() {
-        let m = path.join("manifest.json");
+        let m = path.join(cairn_formats::image_dir::MANIFEST);
         let text =
             std::fs::read_to_string(&m).with_context(|| format!("reading {}", m.display()))?;
         let man: cairn_builder::pipeline::Manifest =
@@ -175,7 +175,7 @@ fn inspect(path: &std::path::Path) -> Result<()> {
             println!("  {:<16} {:>12} bytes  sha256 {}", a.name, a.size, a.sha256);
         }
         println!();
-        path.join("disk.raw")
+        path.join(cairn_formats::image_dir::DISK)
     } else {
         path.to_path_buf()
     };

@@ -5,6 +5,7 @@
 //! Owns the order of the steps, progress reporting and the output folder;
 //! each step's logic lives in its own module.
 
+use cairn_formats::image_dir;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -245,7 +246,7 @@ pub fn fingerprint(opts: &BuildOptions) -> Result<String> {
 /// are intact.
 fn current_output(out: &Path, inputs: &str) -> Option<Manifest> {
     let m: Manifest =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).ok()?).ok()?;
+        serde_json::from_slice(&std::fs::read(out.join(image_dir::MANIFEST)).ok()?).ok()?;
     if m.inputs != inputs {
         return None;
     }
@@ -384,9 +385,9 @@ fn finish_bundle(
             name: &manifest.name,
             version: &manifest.version,
             channel: &s.channel,
-            rootfs: &out.join("rootfs.squashfs"),
-            kernel: &out.join("vmlinuz"),
-            initrd: &out.join("initrd.img"),
+            rootfs: &out.join(image_dir::ROOTFS),
+            kernel: &out.join(image_dir::KERNEL),
+            initrd: &out.join(image_dir::INITRD),
             created: bundle_created()?,
             validity_secs: s.validity_secs,
         },
@@ -510,7 +511,7 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
         .with_context(|| format!("creating {}", opts.out.display()))?;
     // the artifacts change below: an old bundle must not outlive them
     remove_bundle(&opts.out)?;
-    let ipxe_dir = opts.out.join("ipxe");
+    let ipxe_dir = opts.out.join(image_dir::IPXE_DIR);
     if ipxe.is_empty() {
         let _ = std::fs::remove_dir_all(&ipxe_dir);
     } else {
@@ -520,7 +521,7 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
             write_artifact(&ipxe_dir, name, data)?;
         }
     }
-    let rootfs = opts.out.join("rootfs.squashfs");
+    let rootfs = opts.out.join(image_dir::ROOTFS);
     let tmp = opts.out.join(".rootfs.squashfs.tmp");
     let sp = spinner(
         &opts.progress,
@@ -557,10 +558,10 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
     );
     let cpio = artifacts::initramfs_cpio(&tree, &kernel, def, mtime)?;
     let initrd = artifacts::compress(&cpio)?;
-    write_artifact(&opts.out, "vmlinuz", &kernel.image)?;
-    write_artifact(&opts.out, "initrd.img", &initrd)?;
+    write_artifact(&opts.out, image_dir::KERNEL, &kernel.image)?;
+    write_artifact(&opts.out, image_dir::INITRD, &initrd)?;
     let pxe = artifacts::pxe_initramfs(&initrd, &rootfs, mtime)?;
-    write_artifact(&opts.out, "pxe-initrd.img", &pxe)?;
+    write_artifact(&opts.out, image_dir::PXE_INITRD, &pxe)?;
     drop(pxe);
     finish(&opts.progress, &sp, None);
     let root_art = sha256_and_size(&rootfs)?;
@@ -569,7 +570,7 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
         "disk",
         &format!("{} GPT, ESP + A/B", def.disk.size),
     );
-    let disk = opts.out.join("disk.raw");
+    let disk = opts.out.join(image_dir::DISK);
     let _ = std::fs::remove_file(&disk);
     let report = artifacts::write_disk(
         &disk,
@@ -608,9 +609,9 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
         kernel_release: kernel.release.clone(),
         artifacts: vec![
             root_art,
-            sha256_and_size(&opts.out.join("vmlinuz"))?,
-            sha256_and_size(&opts.out.join("initrd.img"))?,
-            sha256_and_size(&opts.out.join("pxe-initrd.img"))?,
+            sha256_and_size(&opts.out.join(image_dir::KERNEL))?,
+            sha256_and_size(&opts.out.join(image_dir::INITRD))?,
+            sha256_and_size(&opts.out.join(image_dir::PXE_INITRD))?,
             sha256_and_size(&disk)?,
         ],
     };
@@ -620,7 +621,7 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
         a.name = format!("ipxe/{name}");
         manifest.artifacts.push(a);
     }
-    let mpath = opts.out.join("manifest.json");
+    let mpath = opts.out.join(image_dir::MANIFEST);
     std::fs::write(&mpath, serde_json::to_string_pretty(&manifest)? + "\n")
         .with_context(|| format!("writing {}", mpath.display()))?;
     let bundle = finish_bundle(opts, &manifest, signer.as_ref())?;

@@ -26,7 +26,7 @@ use crate::vm::{self, files, KEEP_ENV};
 use crate::VmError;
 
 /// The image file looked for inside a directory argument.
-pub const DISK_FILE: &str = "disk.raw";
+pub const DISK_FILE: &str = cairn_formats::image_dir::DISK;
 
 /// Options of `cairn vm`.
 #[derive(Debug, Clone, PartialEq, Eq)]
