@@ -39,12 +39,24 @@ pub(crate) fn decode_base64(content: &[u8]) -> Result<Vec<u8>, DecodeError> {
         .map_err(|e| DecodeError::Base64(e.to_string()))
 }
 
-/// Decompress gzip data (several members allowed, as Go's gzip reader does).
+/// The most gzip user-data or `write_files` content may decompress to
+/// (the size of the largest config drive): a few KiB of gzip can expand to
+/// gigabytes, at boot as in `cairn validate` and the server's inventory.
+pub const MAX_DECOMPRESSED: u64 = 64 << 20;
+
+/// Decompress gzip data (several members allowed, as Go's gzip reader
+/// does), at most [`MAX_DECOMPRESSED`] bytes.
 pub(crate) fn decode_gzip(content: &[u8]) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::new();
     flate2::read::MultiGzDecoder::new(content)
+        .take(MAX_DECOMPRESSED + 1)
         .read_to_end(&mut out)
         .map_err(|e| DecodeError::Gzip(e.to_string()))?;
+    if out.len() as u64 > MAX_DECOMPRESSED {
+        return Err(DecodeError::TooLarge {
+            limit: MAX_DECOMPRESSED,
+        });
+    }
     Ok(out)
 }
 
@@ -181,6 +193,17 @@ mod tests {
             std::borrow::Cow::Borrowed(_)
         ));
         assert!(decompress_user_data(&[0x1f, 0x8b, 0, 0]).is_err());
+        // a gzip bomb: 65 MiB of zeros in about 65 KiB is refused, not expanded
+        let bomb = gzip(&vec![0u8; (MAX_DECOMPRESSED + (1 << 20)) as usize]);
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        assert!(matches!(
+            decompress_user_data(&bomb),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_bytes(&bomb, "gzip"),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]

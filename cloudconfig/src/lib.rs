@@ -11,7 +11,7 @@ mod substitute;
 mod validate;
 mod yaml;
 
-pub use decode::{decode_content, decompress_user_data, parse_mode, ENCODINGS};
+pub use decode::{decode_content, decompress_user_data, parse_mode, ENCODINGS, MAX_DECOMPRESSED};
 pub use env::environment;
 pub use model::{
     CloudConfig, Coreos, DecodeError, DropIn, ModeError, ParseError, Unit, Update, User, UserData,

@@ -80,6 +80,8 @@ pub enum DecodeError {
     Base64(String),
     #[error("content is not valid gzip: {0}")]
     Gzip(String),
+    #[error("gzip content decompresses to more than {limit} bytes (the most cairn accepts)")]
+    TooLarge { limit: u64 },
 }
 
 /// `permissions` is not an octal file mode.

@@ -1,6 +1,5 @@
 //! Where the user-data comes from, first found wins: `cloud-config-url=` on the kernel command line, the state partition's `user-data`, a `config-2` config drive (whose `meta_data.json` comes along).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -67,13 +66,12 @@ pub enum SourceError {
 
 /// Gunzips user-data that starts with the gzip magic (coreos-cloudinit
 /// accepted compressed user-data too).
+/// At most `cairn_cloudconfig::MAX_DECOMPRESSED` bytes come out.
 pub fn maybe_gunzip(bytes: Vec<u8>) -> Result<Vec<u8>> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
+        let out = cairn_cloudconfig::decompress_user_data(&bytes)
             .context("decompressing gzip user-data")?;
-        Ok(out)
+        Ok(out.into_owned())
     } else {
         Ok(bytes)
     }
