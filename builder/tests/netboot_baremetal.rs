@@ -12,7 +12,10 @@
 //! ProxyDHCP answer (iPXE is sent straight to `/boot.ipxe`); its profile
 //! says `transport: tftp`, so iPXE fetches the kernel and `pxe-initrd.img`
 //! (hundreds of MB) from cairn's TFTP with option negotiation. Each boots
-//! diskless to a running system configured by its own group's cloud-config.
+//! diskless to a running system configured by its own group's cloud-config,
+//! which the groups give only to the address that netbooted the machine
+//! (`cloud_config_access: booted-ip`): the image's networkd asks dnsmasq by
+//! MAC (`ClientIdentifier=mac`), so the system keeps iPXE's address.
 //! On the side, a TFTP client on the `dhcp` host fetches `undionly.kpxe`
 //! byte-exact from port 69 and is refused a path outside the root.
 //!
@@ -46,7 +49,7 @@ fn bare_metal_netboot_with_site_dhcp_and_proxy_dhcp() {
     )
     .unwrap();
     let inventory = format!(
-        "profiles:\n  - name: tftp-diskless\n    image: {}\n    boot: ram\n    transport: tftp\n    kernel_args: console=ttyS0,115200 panic=10\n    cloud_config: node.yaml.j2\ngroups:\n  - name: rack1-node1\n    profile: tftp-diskless\n    selector:\n      mac: {}\n    metadata:\n      hostname: rack1-node1\n  - name: rack1-node2\n    profile: tftp-diskless\n    selector:\n      mac: {}\n    metadata:\n      hostname: rack1-node2\n",
+        "profiles:\n  - name: tftp-diskless\n    image: {}\n    boot: ram\n    transport: tftp\n    kernel_args: console=ttyS0,115200 panic=10\n    cloud_config: node.yaml.j2\ngroups:\n  - name: rack1-node1\n    profile: tftp-diskless\n    selector:\n      mac: {}\n    cloud_config_access: booted-ip\n    metadata:\n      hostname: rack1-node1\n  - name: rack1-node2\n    profile: tftp-diskless\n    selector:\n      mac: {}\n    cloud_config_access: booted-ip\n    metadata:\n      hostname: rack1-node2\n",
         out.display(),
         MACHINES[0].1,
         MACHINES[1].1,
@@ -127,6 +130,15 @@ fn bare_metal_netboot_with_site_dhcp_and_proxy_dhcp() {
             t.elapsed()
         );
         vm.wait_guest_agent(BOOT).expect("the guest agent answers");
+        // /init had nothing to warn about (no module it could not load:
+        // efivarfs is loaded only on a UEFI boot)
+        let warnings: Vec<String> = vm
+            .serial_log()
+            .lines()
+            .filter(|l| l.contains("cairn-init: warning"))
+            .map(str::to_owned)
+            .collect();
+        assert!(warnings.is_empty(), "{firmware:?}: {warnings:?}");
         let sh = |vm: &mut Vm, s: &str| guest_sh(vm, s, CMD);
         wait_cloudinit(&mut vm, 120);
         let journal = sh(

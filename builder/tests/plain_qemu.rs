@@ -134,8 +134,14 @@ fn plain_qemu_pc_console_says_ready_and_nothing_about_absent_hardware() {
         "no issue line from agetty:\n{text}"
     );
     assert!(text.contains("login:"), "no login prompt:\n{text}");
-    // 4. nothing about absent hardware, no I/O errors
-    for bad in ["floppy", "fd0", "I/O error", "blk_update_request"] {
+    // 4. nothing about absent hardware, no I/O errors, no /init warning
+    for bad in [
+        "floppy",
+        "fd0",
+        "I/O error",
+        "blk_update_request",
+        "cairn-init: warning",
+    ] {
         let hits: Vec<&str> = text.lines().filter(|l| l.contains(bad)).collect();
         assert!(
             hits.is_empty(),

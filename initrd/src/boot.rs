@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rustix::mount::{mount, mount_bind, mount_move, MountFlags};
 
-use crate::modules::Hotplug;
+use crate::modules::{module_name, Hotplug};
 
 /// One line saying what failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +178,9 @@ pub struct ModuleLoader {
     pub report: ModuleReport,
     /// Why the device-driven mode is off, when the files exist but are bad.
     pub plan_error: Option<String>,
+    /// Carried modules of [`crate::modules::ON_DEMAND`] when every module
+    /// is loaded at start (no device-driven plan).
+    on_demand: Vec<String>,
 }
 
 impl ModuleLoader {
@@ -190,6 +193,7 @@ impl ModuleLoader {
             seen: HashSet::new(),
             report: ModuleReport::default(),
             plan_error: None,
+            on_demand: Vec::new(),
         };
         let Ok(list) = fs::read_to_string(dir.join(crate::modules::MODULES_ORDER_FILE)) else {
             return l;
@@ -197,7 +201,7 @@ impl ModuleLoader {
         let order = crate::modules::parse_order_file(&list);
         let dep = fs::read_to_string(dir.join("modules.dep"));
         let alias = fs::read_to_string(dir.join("modules.alias"));
-        let first = match (dep, alias) {
+        let first: Vec<String> = match (dep, alias) {
             (Ok(dep), Ok(alias)) => match Hotplug::new(&order, &dep, &alias) {
                 Ok(mut plan) => {
                     let first = plan.initial();
@@ -212,10 +216,38 @@ impl ModuleLoader {
             },
             _ => order.iter().map(|s| (*s).to_owned()).collect(),
         };
+        let first: Vec<String> = first
+            .into_iter()
+            .filter(|p| {
+                let on_demand = crate::modules::ON_DEMAND.contains(&module_name(p).as_str());
+                if on_demand {
+                    l.on_demand.push(p.clone());
+                }
+                !on_demand
+            })
+            .collect();
         for rel in &first {
             l.load(rel);
         }
         l
+    }
+
+    /// Loads module `name` (one of [`crate::modules::ON_DEMAND`]) and what
+    /// it needs, if the initramfs carries it and it is not loaded yet.
+    pub fn load_named(&mut self, name: &str) {
+        let paths = match self.plan.as_mut() {
+            Some(plan) => plan.named(name),
+            None => {
+                let (want, keep) = std::mem::take(&mut self.on_demand)
+                    .into_iter()
+                    .partition(|p| module_name(p) == name);
+                self.on_demand = keep;
+                want
+            }
+        };
+        for rel in &paths {
+            self.load(rel);
+        }
     }
 
     /// True when drivers are loaded per device (see the type's doc).

@@ -65,9 +65,15 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nls_cp437",
     "nls_ascii",
     "loop",
-    // systemd-boot's variables (which disk the machine booted from)
+    // systemd-boot's variables (which disk the machine booted from); see
+    // ON_DEMAND
     "efivarfs",
 ];
+
+/// Modules carried in the initramfs but loaded only when `/init` asks for
+/// them ([`Hotplug::named`]), not at start: efivarfs refuses to load
+/// (`ENODEV`) on a machine that did not boot through UEFI.
+pub const ON_DEMAND: &[&str] = &["efivarfs"];
 
 /// Why a closure could not be computed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -405,6 +411,19 @@ impl Hotplug {
             .order
             .iter()
             .filter(|p| !is_dep.contains(p) && !drivers.contains(p))
+            .filter(|p| !ON_DEMAND.contains(&module_name(p).as_str()))
+            .cloned()
+            .collect();
+        self.take(&roots)
+    }
+
+    /// The module called `name` (see [`ON_DEMAND`]) with what it needs,
+    /// minus what was already returned; empty when it is not carried.
+    pub fn named(&mut self, name: &str) -> Vec<String> {
+        let roots: Vec<String> = self
+            .order
+            .iter()
+            .filter(|p| module_name(p) == name)
             .cloned()
             .collect();
         self.take(&roots)
@@ -646,6 +665,20 @@ alias crypto-crc32c crc32c_intel
 alias pci:v*d*sv*sd*bc01sc08i02* nvme
 alias devname:nvme-fabrics nvme_core
 ";
+
+    #[test]
+    fn on_demand_modules_wait_until_asked() {
+        let order = [
+            "kernel/fs/efivarfs/efivarfs.ko",
+            "kernel/fs/squashfs/squashfs.ko",
+        ];
+        let dep = "kernel/fs/efivarfs/efivarfs.ko:\nkernel/fs/squashfs/squashfs.ko:\n";
+        let mut h = Hotplug::new(&order, dep, "alias fs-efivarfs efivarfs\n").unwrap();
+        assert_eq!(h.initial(), ["kernel/fs/squashfs/squashfs.ko"]);
+        assert_eq!(h.named("efivarfs"), ["kernel/fs/efivarfs/efivarfs.ko"]);
+        assert!(h.named("efivarfs").is_empty(), "loaded once");
+        assert!(h.named("nonesuch").is_empty());
+    }
 
     #[test]
     fn hotplug_loads_drivers_for_present_devices_only() {

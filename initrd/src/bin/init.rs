@@ -351,8 +351,19 @@ fn boot_disk(
     modules: &mut boot::ModuleLoader,
     clock: &Clock,
 ) -> Result<Option<String>, Failure> {
-    let Some(raw) = boot::read_efi_variable(bootdisk::LOADER_DEVICE_PART_UUID)? else {
-        return Ok(None);
+    if !Path::new(bootdisk::EFIVARS).is_dir() {
+        return Ok(None); // not a UEFI boot
+    }
+    modules.load_named("efivarfs");
+    report_modules(modules, clock, "for efivarfs");
+    let raw = match boot::read_efi_variable(bootdisk::LOADER_DEVICE_PART_UUID) {
+        Ok(Some(raw)) => raw,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            // the slot is then taken by label, one disk only (as without a loader)
+            say(&format!("warning: {e}; cannot tell the boot disk"));
+            return Ok(None);
+        }
     };
     let Some(guid) = bootdisk::parse_loader_device_part_uuid(&raw) else {
         return fail(
