@@ -47,11 +47,14 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("initrd/Cargo.toml").display()
     );
+    // the agents' contracts: partitions, command line, the update channel
     for d in [
         "cloudinit/src",
         "cloudinit/Cargo.toml",
         "updater/src",
         "updater/Cargo.toml",
+        "formats/src",
+        "formats/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(d).display());
     }
@@ -76,49 +79,48 @@ fn main() {
             .join("cairn-agents"),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--offline",
-            "--release",
-            "-p",
-            "cairn-initrd",
-            "--bin",
-            "init",
-            "-p",
-            "cairn-cloudinit",
-            "--bin",
-            "cairn-cloudinit",
-            "-p",
-            "cairn-updater",
-            "--bin",
-            "cairn-update",
-            "--target",
-            target,
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static -C strip=symbols",
-        )
-        // stripped anyway: no debug info to make and throw away
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        // do not inherit the outer build's settings meant for the host
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_TARGET_DIR")
-        // `cargo clippy` sets this for the outer build: the agents are
-        // linted by its own run over the workspace, not rebuilt under it
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .status()
-        .expect("running cargo to build the static /init");
-    assert!(
-        status.success(),
-        "building the static /init (cairn-initrd), cairn-cloudinit and cairn-update failed"
-    );
+    // Two runs: in one, cargo unifies the features of the packages it
+    // builds, and /init must not link what the agents' `cairn-formats`
+    // features bring (the update channel's ed25519, JSON and chrono).
+    let build = |packages: &[(&str, &str)]| {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&root)
+            .args(["build", "--offline", "--release"]);
+        for (package, bin) in packages {
+            cmd.args(["-p", package, "--bin", bin]);
+        }
+        let status = cmd
+            .args(["--target", target])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env(
+                "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+                "-C target-feature=+crt-static -C strip=symbols",
+            )
+            // stripped anyway: no debug info to make and throw away
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            // do not inherit the outer build's settings meant for the host
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("CARGO_TARGET_DIR")
+            // `cargo clippy` sets this for the outer build: the agents are
+            // linted by its own run over the workspace, not rebuilt under it
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .status()
+            .expect("running cargo to build the static /init and agents");
+        let names: Vec<&str> = packages.iter().map(|(p, _)| *p).collect();
+        assert!(
+            status.success(),
+            "building the static {} failed",
+            names.join(", ")
+        );
+    };
+    build(&[("cairn-initrd", "init")]);
+    build(&[
+        ("cairn-cloudinit", "cairn-cloudinit"),
+        ("cairn-updater", "cairn-update"),
+    ]);
     let init = target_dir.join(target).join("release/init");
     assert!(init.exists(), "{} was not built", init.display());
     println!("cargo:rustc-env=CAIRN_INIT_PATH={}", init.display());
@@ -146,6 +148,7 @@ fn main() {
         "cloudconfig/src",
         "updater/src",
         "updater/units",
+        "formats/src",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(d).display());
         hash_tree(&mut h, &root, &root.join(d));

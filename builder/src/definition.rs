@@ -710,7 +710,7 @@ fn load_update_keys(
                 file.display()
             ))
         })?;
-        let trusted = cairn_updater::TrustedKeys::parse(&key_text, &file)
+        let trusted = cairn_formats::channel::TrustedKeys::parse(&key_text, &file)
             .map_err(|e| err(format!("not a cairn public key file: {e}")))?;
         if trusted.is_empty() {
             return Err(err(format!(
@@ -862,7 +862,7 @@ mod tests {
     fn update_keys_are_read_and_checked_at_load() {
         let t = tempfile::tempdir().unwrap();
         let keys = t.path().join("keys");
-        let pair = cairn_updater::keygen(&keys).unwrap();
+        let pair = cairn_formats::channel::keygen(&keys).unwrap();
         let def = t.path().join("img.yaml");
         std::fs::write(
             &def,

@@ -231,7 +231,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
         Command::Serve(args) => cairn_pxe::run(args).map(|()| ExitCode::SUCCESS),
         Command::Inspect { path } => inspect(&path).map(|()| ExitCode::SUCCESS),
         Command::Keygen { out } => {
-            let k = cairn_updater::keygen(&out)
+            let k = cairn_formats::channel::keygen(&out)
                 .with_context(|| format!("making an update key pair in {}", out.display()))?;
             println!(
                 "wrote {} (secret, keep it safe) and {} (key id {}): list the .pub file under update.keys in an image definition, sign with `cairn build --sign {}`",

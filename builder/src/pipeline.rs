@@ -1,11 +1,11 @@
 //! `cairn build` end to end: definition -> lock -> verified `.deb` files ->
 //! tree -> fixups -> `rootfs.squashfs` + `manifest.json`, and with
-//! `--sign` the signed update bundle `OUT/update/` (see `cairn_updater::bundle`).
+//! `--sign` the signed update bundle `OUT/update/` (see `cairn_formats::channel::bundle`).
 //!
 //! Owns the order of the steps, progress reporting and the output folder;
 //! each step's logic lives in its own module.
 
-use cairn_formats::image_dir;
+use cairn_formats::{channel, image_dir};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -64,7 +64,7 @@ pub struct SignOptions {
 pub const DEFAULT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
 
 /// The update bundle's folder under the output.
-pub const BUNDLE_DIR: &str = cairn_updater::BUNDLE_DIR;
+pub const BUNDLE_DIR: &str = channel::BUNDLE_DIR;
 
 /// One artifact in `manifest.json`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -112,7 +112,7 @@ pub struct BuildSummary {
     /// The output was already current: nothing was rebuilt.
     pub up_to_date: bool,
     /// The signed update bundle, when the build was asked to sign.
-    pub bundle: Option<cairn_updater::Bundle>,
+    pub bundle: Option<channel::Bundle>,
 }
 
 /// The lock to build from: the existing one when it still matches the
@@ -302,14 +302,14 @@ pub fn assemble(
 /// The signing key, channel and validity of a `--sign` build, checked
 /// before anything is built.
 struct Signer {
-    key: cairn_updater::SecretKey,
+    key: channel::SecretKey,
     channel: String,
     validity_secs: i64,
 }
 
 impl Signer {
     fn new(sign: &SignOptions, loaded: &Loaded) -> Result<Signer> {
-        let key = cairn_updater::SecretKey::load(&sign.key)
+        let key = channel::SecretKey::load(&sign.key)
             .with_context(|| format!("reading the update signing key {}", sign.key.display()))?;
         let channel = sign
             .channel
@@ -365,7 +365,7 @@ fn finish_bundle(
     opts: &BuildOptions,
     manifest: &Manifest,
     signer: Option<&Signer>,
-) -> Result<Option<cairn_updater::Bundle>> {
+) -> Result<Option<channel::Bundle>> {
     let Some(s) = signer else {
         remove_bundle(&opts.out)?;
         return Ok(None);
@@ -379,9 +379,9 @@ fn finish_bundle(
         ),
     );
     let out = &opts.out;
-    let bundle = cairn_updater::write_bundle(
+    let bundle = channel::write_bundle(
         out,
-        &cairn_updater::BundleInput {
+        &channel::BundleInput {
             name: &manifest.name,
             version: &manifest.version,
             channel: &s.channel,

@@ -28,8 +28,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cairn_formats::channel::{write_bundle, BundleInput, SecretKey};
 use cairn_qemu::{DiskFormat, Vm, VmConfig};
-use cairn_updater::{write_bundle, BundleInput, SecretKey};
 
 mod common;
 use common::guest_sh;
@@ -345,7 +345,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     let w = work.path();
     let imgs = update_images();
     let keys = &imgs.keys;
-    let other = cairn_updater::keygen(&w.join("other-keys")).unwrap();
+    let other = cairn_formats::channel::keygen(&w.join("other-keys")).unwrap();
     let v1 = imgs.build("1.0.0");
     let v2 = imgs.build("2.0.0");
     let v3 = imgs.build("3.0.0");

@@ -141,7 +141,7 @@ fn signed_build_writes_a_verifiable_bundle_and_an_image_that_trusts_its_key() {
         before,
         "keygen overwrote a key"
     );
-    let trusted = cairn_updater::TrustedKeys::load(&public).unwrap();
+    let trusted = cairn_formats::channel::TrustedKeys::load(&public).unwrap();
     let key_id = trusted.ids()[0].clone();
 
     // --- the definition: images/test.yaml with an update section
@@ -225,13 +225,13 @@ fn signed_build_writes_a_verifiable_bundle_and_an_image_that_trusts_its_key() {
     let sig = std::fs::read(bundle.join("manifest.sig")).unwrap();
 
     // the bundle verifies with the public key, for this image and channel
-    let expect = cairn_updater::Expect {
+    let expect = cairn_formats::channel::Expect {
         name: "cairn-test",
         running_version: "0.0.1",
         channel: Some("lab"),
         now: EPOCH + 60,
     };
-    let m = cairn_updater::verify(&manifest_bytes, &sig, &trusted, &expect)
+    let m = cairn_formats::channel::verify(&manifest_bytes, &sig, &trusted, &expect)
         .unwrap_or_else(|e| panic!("the bundle does not verify: {e}"));
     assert_eq!(
         (m.name.as_str(), m.version.as_str()),
@@ -241,22 +241,21 @@ fn signed_build_writes_a_verifiable_bundle_and_an_image_that_trusts_its_key() {
     assert_eq!(m.created, "2027-01-15T08:00:00Z");
     assert_eq!(m.expires_secs(), EPOCH + 2 * 86400);
     // ... and with no other key, nor after it expires, nor on another channel
-    let other =
-        cairn_updater::TrustedKeys::new(
-            vec![cairn_updater::SecretKey::from_seed([9; 32]).public()],
-        );
-    let e = cairn_updater::verify(&manifest_bytes, &sig, &other, &expect).unwrap_err();
+    let other = cairn_formats::channel::TrustedKeys::new(vec![
+        cairn_formats::channel::SecretKey::from_seed([9; 32]).public(),
+    ]);
+    let e = cairn_formats::channel::verify(&manifest_bytes, &sig, &other, &expect).unwrap_err();
     assert!(e.to_string().contains("not among the trusted keys"), "{e}");
-    let late = cairn_updater::Expect {
+    let late = cairn_formats::channel::Expect {
         now: EPOCH + 2 * 86400,
         ..expect.clone()
     };
-    assert!(cairn_updater::verify(&manifest_bytes, &sig, &trusted, &late).is_err());
-    let beta = cairn_updater::Expect {
+    assert!(cairn_formats::channel::verify(&manifest_bytes, &sig, &trusted, &late).is_err());
+    let beta = cairn_formats::channel::Expect {
         channel: Some("beta"),
         ..expect.clone()
     };
-    assert!(cairn_updater::verify(&manifest_bytes, &sig, &trusted, &beta).is_err());
+    assert!(cairn_formats::channel::verify(&manifest_bytes, &sig, &trusted, &beta).is_err());
 
     // its parts are the build's artifacts, byte for byte
     let build_manifest: serde_json::Value =
@@ -271,9 +270,9 @@ fn signed_build_writes_a_verifiable_bundle_and_an_image_that_trusts_its_key() {
             .clone()
     };
     for (kind, name) in [
-        (cairn_updater::PartKind::Rootfs, "rootfs.squashfs"),
-        (cairn_updater::PartKind::Kernel, "vmlinuz"),
-        (cairn_updater::PartKind::Initrd, "initrd.img"),
+        (cairn_formats::channel::PartKind::Rootfs, "rootfs.squashfs"),
+        (cairn_formats::channel::PartKind::Kernel, "vmlinuz"),
+        (cairn_formats::channel::PartKind::Initrd, "initrd.img"),
     ] {
         let p = m.part(kind);
         let a = artifact(name);

@@ -4,14 +4,19 @@
 //! never-formatted mark ([`partitions`]), the kernel command-line keys and
 //! the kernel's word splitting ([`cmdline`]), the files of an image folder
 //! that `cairn build` writes ([`image_dir`]) and the config drive's layout
-//! ([`config_drive`]). Dependency-free (serde behind a feature), so that
-//! `/init` can use it and stay small.
+//! ([`config_drive`]), and the signed update channel (`channel`, behind
+//! the feature of that name). Dependency-free without features (serde and
+//! the channel's crypto and JSON behind them), so that `/init` can use it
+//! and stay small.
 //!
 //! Who uses what: `cairn-disk` writes the partitions, `/init` finds them,
 //! `cairn-update` writes the slots; the builder writes the image folder,
 //! `cairn serve` and `cairn vm` read it; `cairn vm` writes the config drive,
-//! `cairn-cloudinit` reads it.
+//! `cairn-cloudinit` reads it; the builder writes update bundles,
+//! `cairn serve` offers them, `cairn-update` verifies and installs them.
 
+#[cfg(feature = "channel")]
+pub mod channel;
 pub mod cmdline;
 pub mod config_drive;
 pub mod image_dir;

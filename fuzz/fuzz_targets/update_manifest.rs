@@ -10,9 +10,9 @@
 use std::cmp::Ordering;
 use std::path::Path;
 
-use cairn_updater::fsutil::{parse_rfc3339, rfc3339};
-use cairn_updater::manifest::{sign, DetachedSignature};
-use cairn_updater::{verify, version, Expect, Manifest, PartKind, SecretKey, TrustedKeys};
+use cairn_formats::channel::manifest::{sign, DetachedSignature};
+use cairn_formats::channel::timestamp::{parse_rfc3339, rfc3339};
+use cairn_formats::channel::{verify, version, Expect, Manifest, PartKind, SecretKey, TrustedKeys};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

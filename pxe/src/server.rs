@@ -505,7 +505,7 @@ async fn update_file(
     };
     match assets::open_in(&ch.dir, name) {
         Ok((f, _)) => {
-            if name == cairn_updater::MANIFEST_FILE {
+            if name == cairn_formats::channel::MANIFEST_FILE {
                 tracing::info!(machine = %who, channel, version = %ch.version, "update manifest offered");
             }
             tagged(assets::file_response(f, &headers).await, who)

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use cairn_updater::{Manifest, BUNDLE_DIR, MANIFEST_FILE, SIGNATURE_FILE};
+use cairn_formats::channel::{version, Manifest, BUNDLE_DIR, MANIFEST_FILE, SIGNATURE_FILE};
 
 /// One bundle on offer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub fn newest(bundles: Vec<Channel>) -> Result<BTreeMap<String, Channel>, String
                 b.dir.display()
             ))
             }
-            Some(have) => match cairn_updater::version::compare(&b.version, &have.version) {
+            Some(have) => match version::compare(&b.version, &have.version) {
                 std::cmp::Ordering::Greater => {
                     out.insert(b.name.clone(), b);
                 }

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use cairn_updater::{keygen, verify, write_bundle, BundleInput, Expect, SecretKey, TrustedKeys};
+use cairn_formats::channel::{
+    keygen, verify, write_bundle, BundleInput, Expect, SecretKey, TrustedKeys,
+};
 
 mod common;
 use common::{get, image, pattern, TestServer};

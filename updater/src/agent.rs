@@ -11,6 +11,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use cairn_formats::channel::manifest::{self, Expect, Manifest, PartKind};
+use cairn_formats::channel::{rollout, version, ChannelError, TrustedKeys};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
@@ -18,8 +20,6 @@ use crate::entries::{self, EntryFile};
 use crate::error::{Result, UpdateError};
 use crate::fetch;
 use crate::fsutil::{self, fsync_dir};
-use crate::keys::TrustedKeys;
-use crate::manifest::{self, Expect, Manifest, PartKind};
 use crate::slot::{self, Slot};
 use crate::state::{self, Event, Phase, State};
 
@@ -249,12 +249,7 @@ impl Agent {
         let headers: Vec<(&str, String)> = fs::read_to_string(&self.paths.machine_id)
             .ok()
             .filter(|id| !id.trim().is_empty())
-            .map(|id| {
-                (
-                    crate::rollout::SEED_HEADER,
-                    crate::rollout::machine_seed(&id).to_string(),
-                )
-            })
+            .map(|id| (rollout::SEED_HEADER, rollout::machine_seed(&id).to_string()))
             .into_iter()
             .collect();
         if self.keys.is_empty() {
@@ -304,8 +299,8 @@ impl Agent {
         let checked = self.check(&running);
         let (m, base) = match checked {
             Ok(x) => x,
-            Err(UpdateError::NotNewer { offered, running }) => {
-                if crate::version::compare(&offered, &running).is_lt() {
+            Err(UpdateError::Channel(ChannelError::NotNewer { offered, running })) => {
+                if version::compare(&offered, &running).is_lt() {
                     tracing::warn!(
                         "the channel offers {offered}, older than the running {running} (a replayed or rolled-back channel): ignored"
                     );
@@ -689,7 +684,7 @@ pub fn running_entry(esp: &Path, running: Slot) -> Result<EntryFile> {
     let mut es = entries::for_slot(esp, running)?;
     // newest version first, the way systemd-boot would pick
     es.sort_by(|a, b| {
-        crate::version::compare(
+        version::compare(
             &b.get("version").unwrap_or_default(),
             &a.get("version").unwrap_or_default(),
         )

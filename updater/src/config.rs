@@ -227,7 +227,7 @@ impl Config {
                     }
                 }
                 "GROUP" => {
-                    if !crate::manifest::safe_name(&v) {
+                    if !cairn_formats::channel::manifest::safe_name(&v) {
                         return Err(err(
                             n,
                             format!("GROUP: {v:?}: expected letters, digits, '.', '_', '-'"),

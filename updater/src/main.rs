@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use cairn_formats::channel::ChannelError;
 use cairn_updater::agent::{Agent, Outcome, Paths, SlotDevices};
 use cairn_updater::health::{self, HealthOptions};
 use cairn_updater::state::{Event, Phase};
@@ -252,7 +253,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(cairn_updater::UpdateError::NotNewer { offered, running }) => {
+                Err(cairn_updater::UpdateError::Channel(ChannelError::NotNewer {
+                    offered,
+                    running,
+                })) => {
                     println!("up to date: running {running}, channel offers {offered}");
                     Ok(ExitCode::SUCCESS)
                 }

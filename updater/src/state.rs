@@ -13,10 +13,12 @@
 use std::fs;
 use std::path::Path;
 
+use cairn_formats::channel::timestamp::rfc3339;
+use cairn_formats::channel::version;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, UpdateError};
-use crate::fsutil::{now, rfc3339, write_atomic};
+use crate::fsutil::{now, write_atomic};
 use crate::slot::Slot;
 
 /// Where the agent is in an update.
@@ -179,7 +181,7 @@ impl State {
             }
             (_, Event::Download { version, slot }) => {
                 let newer = next.newest_accepted.as_ref().is_none_or(|a| {
-                    crate::version::compare(&version, &a.version).is_gt()
+                    version::compare(&version, &a.version).is_gt()
                 });
                 if newer {
                     next.newest_accepted = Some(Accepted {
@@ -359,7 +361,7 @@ impl State {
     pub fn replayed(&self, version: &str) -> Option<&Accepted> {
         self.newest_accepted
             .as_ref()
-            .filter(|a| crate::version::compare(version, &a.version).is_lt())
+            .filter(|a| version::compare(version, &a.version).is_lt())
     }
 
     /// Reads the state file; a missing file is `Idle`.

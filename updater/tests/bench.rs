@@ -11,8 +11,9 @@ use std::fs;
 use std::process::Command;
 use std::time::Instant;
 
+use cairn_formats::channel::TrustedKeys;
 use cairn_updater::agent::{Agent, Paths, SlotDevices};
-use cairn_updater::{Config, TrustedKeys};
+use cairn_updater::Config;
 
 fn mib_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs

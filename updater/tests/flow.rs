@@ -9,9 +9,9 @@ mod common;
 use std::fs;
 use std::process::Command;
 
+use cairn_formats::channel::keys::{SecretKey, TrustedKeys};
+use cairn_formats::channel::manifest::{sign, Manifest};
 use cairn_updater::agent::Outcome;
-use cairn_updater::keys::{SecretKey, TrustedKeys};
-use cairn_updater::manifest::{sign, Manifest};
 use cairn_updater::state::{Event, Phase, State};
 use cairn_updater::Slot;
 use common::*;
@@ -107,7 +107,8 @@ fn v1_to_v2_to_v3() {
     let st = m.agent().state().unwrap();
     assert!(matches!(&st.phase, Phase::Staged { version, slot: Slot::B, .. } if version == "2"));
     // the manifest requests carried the machine's rollout seed
-    let seed = cairn_updater::rollout::machine_seed("0123456789abcdef0123456789abcdef").to_string();
+    let seed = cairn_formats::channel::rollout::machine_seed("0123456789abcdef0123456789abcdef")
+        .to_string();
     for s in w
         .server
         .log()

@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use cairn_updater::keys::SecretKey;
+use cairn_formats::channel::keys::SecretKey;
 use common::*;
 
 #[test]

@@ -9,8 +9,8 @@ mod common;
 
 use std::fs;
 
+use cairn_formats::channel::keys::SecretKey;
 use cairn_updater::agent::Outcome;
-use cairn_updater::keys::SecretKey;
 use common::*;
 
 const ROOTFS: usize = 3 * (1 << 20) + 999;

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_builder::pipeline::SignOptions;
-use cairn_updater::KeyPairFiles;
+use cairn_formats::channel::KeyPairFiles;
 
 use super::{cached_build, images_copy, images_root};
 
@@ -76,7 +76,7 @@ impl UpdateImages {
 pub fn update_images() -> UpdateImages {
     let kdir = images_root().join("update-keys");
     let keys = if kdir.join("update.key").exists() {
-        let secret = cairn_updater::SecretKey::load(&kdir.join("update.key")).unwrap();
+        let secret = cairn_formats::channel::SecretKey::load(&kdir.join("update.key")).unwrap();
         KeyPairFiles {
             secret: kdir.join("update.key"),
             public: kdir.join("update.pub"),
@@ -84,7 +84,7 @@ pub fn update_images() -> UpdateImages {
         }
     } else {
         let _ = std::fs::remove_dir_all(&kdir);
-        cairn_updater::keygen(&kdir).unwrap()
+        cairn_formats::channel::keygen(&kdir).unwrap()
     };
     let sign = SignOptions {
         key: keys.secret.clone(),

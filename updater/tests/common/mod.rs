@@ -12,9 +12,9 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use cairn_formats::channel::bundle::{write_bundle, BundleInput};
+use cairn_formats::channel::keys::{public_key_text, SecretKey, TrustedKeys};
 use cairn_updater::agent::{Agent, Paths, SlotDevices};
-use cairn_updater::bundle::{write_bundle, BundleInput};
-use cairn_updater::keys::{public_key_text, SecretKey, TrustedKeys};
 use cairn_updater::Config;
 use sha2::{Digest, Sha256};
 
@@ -204,7 +204,7 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
             if k.eq_ignore_ascii_case("range") {
                 range = Some(v.trim().to_string());
             }
-            if k.eq_ignore_ascii_case(cairn_updater::rollout::SEED_HEADER) {
+            if k.eq_ignore_ascii_case(cairn_formats::channel::rollout::SEED_HEADER) {
                 seed = Some(v.trim().to_string());
             }
         }

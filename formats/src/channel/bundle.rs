@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Result, UpdateError};
-use crate::fsutil::{rfc3339, write_atomic};
-use crate::keys::SecretKey;
-use crate::manifest::{self, Manifest, Part, PartKind, FORMAT};
+use super::error::{ChannelError, Result};
+use super::files::write_atomic;
+use super::keys::SecretKey;
+use super::manifest::{self, Manifest, Part, PartKind, FORMAT};
+use super::timestamp::rfc3339;
 
-/// The bundle's folder under a build output.
-pub const BUNDLE_DIR: &str = "update";
+/// The bundle's folder under a build output (the image folder's
+/// [`UPDATE_DIR`](crate::image_dir::UPDATE_DIR)).
+pub const BUNDLE_DIR: &str = crate::image_dir::UPDATE_DIR;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 
@@ -47,12 +49,12 @@ pub struct Bundle {
 
 /// SHA-256 and size of a file, streamed.
 pub fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = fs::File::open(path).map_err(UpdateError::io(path))?;
+    let mut f = fs::File::open(path).map_err(ChannelError::io(path))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {
-        let k = f.read(&mut buf).map_err(UpdateError::io(path))?;
+        let k = f.read(&mut buf).map_err(ChannelError::io(path))?;
         if k == 0 {
             break;
         }
@@ -68,18 +70,15 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
 /// signature sees a complete bundle.
 pub fn write_bundle(out_dir: &Path, input: &BundleInput<'_>, key: &SecretKey) -> Result<Bundle> {
     if input.validity_secs <= 0 {
-        return Err(UpdateError::Refused(format!(
-            "bundle validity must be positive, got {} s",
-            input.validity_secs
-        )));
+        return Err(ChannelError::BadValidity(input.validity_secs));
     }
     let dir = out_dir.join(BUNDLE_DIR);
-    fs::create_dir_all(&dir).map_err(UpdateError::io(&dir))?;
+    fs::create_dir_all(&dir).map_err(ChannelError::io(&dir))?;
     // a stale signature must never sit beside new parts
     let sig_path = dir.join(SIGNATURE_FILE);
     match fs::remove_file(&sig_path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(UpdateError::Io {
+            return Err(ChannelError::Io {
                 path: sig_path,
                 source: e,
             })
@@ -97,7 +96,7 @@ pub fn write_bundle(out_dir: &Path, input: &BundleInput<'_>, key: &SecretKey) ->
         if !same {
             let _ = fs::remove_file(&dest);
             if fs::hard_link(src, &dest).is_err() {
-                fs::copy(src, &dest).map_err(UpdateError::io(&dest))?;
+                fs::copy(src, &dest).map_err(ChannelError::io(&dest))?;
             }
         }
         let (sha256, size) = hash_file(&dest)?;
@@ -134,8 +133,8 @@ pub fn write_bundle(out_dir: &Path, input: &BundleInput<'_>, key: &SecretKey) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::TrustedKeys;
-    use crate::manifest::{verify, Expect};
+    use crate::channel::keys::TrustedKeys;
+    use crate::channel::manifest::{verify, Expect};
 
     #[test]
     fn bundle_is_signed_complete_and_deterministic() {

@@ -17,10 +17,11 @@ use base64::Engine;
 use ed25519_dalek::{Signature, Signer, Verifier};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, UpdateError};
-use crate::fsutil::{parse_rfc3339, rfc3339};
-use crate::keys::{key_id, SecretKey, TrustedKeys};
-use crate::version;
+use super::error::{ChannelError, Result};
+use super::keys::{key_id, SecretKey, TrustedKeys};
+use super::timestamp::{parse_rfc3339, rfc3339};
+use super::version;
+use crate::image_dir;
 
 /// The manifest format this crate writes and accepts.
 pub const FORMAT: u32 = 1;
@@ -49,12 +50,13 @@ impl PartKind {
     }
 
     /// The file name of the part in a bundle (and on the ESP for the
-    /// kernel and initrd, matching what `cairn build` writes there).
+    /// kernel and initrd, matching what `cairn build` writes there): the
+    /// image folder's names.
     pub fn file_name(self) -> &'static str {
         match self {
-            PartKind::Rootfs => "rootfs.squashfs",
-            PartKind::Kernel => "vmlinuz",
-            PartKind::Initrd => "initrd.img",
+            PartKind::Rootfs => image_dir::ROOTFS,
+            PartKind::Kernel => image_dir::KERNEL,
+            PartKind::Initrd => image_dir::INITRD,
         }
     }
 }
@@ -88,13 +90,13 @@ pub struct Manifest {
     pub parts: Vec<Part>,
 }
 
-fn bad(why: impl Into<String>) -> UpdateError {
-    UpdateError::Malformed(why.into())
+fn bad(why: impl Into<String>) -> ChannelError {
+    ChannelError::Malformed(why.into())
 }
 
 /// Whether a version is one `cairn build` accepts (letters, digits and
 /// `. - _ ~ ^ +`) and is safe as an ESP folder name.
-pub(crate) fn safe_version(s: &str) -> bool {
+pub fn safe_version(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('.')
         && s.len() <= 128
@@ -104,8 +106,9 @@ pub(crate) fn safe_version(s: &str) -> bool {
 }
 
 /// Whether a name is safe as a path component: letters, digits, `.`,
-/// `_`, `-`, `~`, not starting with `.`.
-pub(crate) fn safe_name(s: &str) -> bool {
+/// `_`, `-`, `~`, not starting with `.` (image and channel names, part
+/// file names).
+pub fn safe_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('.')
         && s.len() <= 128
@@ -236,7 +239,7 @@ pub struct DetachedSignature {
 impl DetachedSignature {
     pub fn parse(text: &[u8]) -> Result<DetachedSignature> {
         let text = std::str::from_utf8(text)
-            .map_err(|_| UpdateError::BadSignatureFile("not UTF-8 text".into()))?;
+            .map_err(|_| ChannelError::BadSignatureFile("not UTF-8 text".into()))?;
         let words: Vec<&str> = text.split_whitespace().collect();
         match words.as_slice() {
             ["ed25519", id, b64] => {
@@ -245,7 +248,7 @@ impl DetachedSignature {
                     .ok()
                     .and_then(|v| v.try_into().ok())
                     .ok_or_else(|| {
-                        UpdateError::BadSignatureFile(
+                        ChannelError::BadSignatureFile(
                             "expected the base64 of a 64-byte ed25519 signature".into(),
                         )
                     })?;
@@ -254,7 +257,7 @@ impl DetachedSignature {
                     signature: Signature::from_bytes(&bytes),
                 })
             }
-            _ => Err(UpdateError::BadSignatureFile(
+            _ => Err(ChannelError::BadSignatureFile(
                 "expected one line \"ed25519 <key-id> <base64 signature>\"".into(),
             )),
         }
@@ -289,44 +292,44 @@ pub fn verify(
     let sig = DetachedSignature::parse(sig)?;
     let key = trusted
         .find(&sig.key_id)
-        .ok_or_else(|| UpdateError::UnknownKey {
+        .ok_or_else(|| ChannelError::UnknownKey {
             key_id: sig.key_id.clone(),
             trusted: trusted.ids().join(", "),
         })?;
     debug_assert_eq!(key_id(key), sig.key_id);
     key.verify(bytes, &sig.signature)
-        .map_err(|_| UpdateError::BadSignature {
+        .map_err(|_| ChannelError::BadSignature {
             key_id: sig.key_id.clone(),
         })?;
     let m = Manifest::parse(bytes)?;
     if expect.now >= m.expires_secs() {
-        return Err(UpdateError::Expired {
+        return Err(ChannelError::Expired {
             expires: m.expires.clone(),
             now: rfc3339(expect.now),
         });
     }
     if m.created_secs() > expect.now + CLOCK_SKEW {
-        return Err(UpdateError::NotYetValid {
+        return Err(ChannelError::NotYetValid {
             created: m.created.clone(),
             now: rfc3339(expect.now),
         });
     }
     if m.name != expect.name {
-        return Err(UpdateError::WrongName {
+        return Err(ChannelError::WrongName {
             expected: expect.name.to_string(),
             got: m.name,
         });
     }
     if let Some(c) = expect.channel {
         if m.channel != c {
-            return Err(UpdateError::WrongChannel {
+            return Err(ChannelError::WrongChannel {
                 expected: c.to_string(),
                 got: m.channel,
             });
         }
     }
     if !version::is_newer(&m.version, expect.running_version) {
-        return Err(UpdateError::NotNewer {
+        return Err(ChannelError::NotNewer {
             offered: m.version,
             running: expect.running_version.to_string(),
         });
@@ -399,12 +402,12 @@ mod tests {
         // flip one byte of the size; still valid JSON
         let text = String::from_utf8(b).unwrap().replace("1000", "1001");
         let e = verify(text.as_bytes(), s.as_bytes(), &trusted(), &expect()).unwrap_err();
-        assert!(matches!(e, UpdateError::BadSignature { .. }), "{e}");
+        assert!(matches!(e, ChannelError::BadSignature { .. }), "{e}");
         // re-serialised JSON (same content, other whitespace) is not the signed bytes either
         let v: serde_json::Value = serde_json::from_str(&text.replace("1001", "1000")).unwrap();
         let compact = serde_json::to_vec(&v).unwrap();
         let e = verify(&compact, s.as_bytes(), &trusted(), &expect()).unwrap_err();
-        assert!(matches!(e, UpdateError::BadSignature { .. }), "{e}");
+        assert!(matches!(e, ChannelError::BadSignature { .. }), "{e}");
     }
 
     #[test]
@@ -413,19 +416,22 @@ mod tests {
         let other = SecretKey::from_seed([4; 32]);
         let (b, s) = signed(&m, &other);
         let e = verify(&b, s.as_bytes(), &trusted(), &expect()).unwrap_err();
-        assert!(matches!(e, UpdateError::UnknownKey { .. }), "{e}");
+        assert!(matches!(e, ChannelError::UnknownKey { .. }), "{e}");
         assert!(e.to_string().contains(&other.id()), "{e}");
         // a signature by another key that claims the trusted key's id
         let forged = s.replace(&other.id(), &key().id());
         let e = verify(&b, forged.as_bytes(), &trusted(), &expect()).unwrap_err();
-        assert!(matches!(e, UpdateError::BadSignature { .. }), "{e}");
+        assert!(matches!(e, ChannelError::BadSignature { .. }), "{e}");
         // no trusted keys at all
         let e = verify(&b, s.as_bytes(), &TrustedKeys::default(), &expect()).unwrap_err();
-        assert!(matches!(e, UpdateError::UnknownKey { .. }), "{e}");
+        assert!(matches!(e, ChannelError::UnknownKey { .. }), "{e}");
         // garbage signature files
         for junk in ["", "ed25519 x", "rsa a b", "ed25519 id AAAA"] {
             let e = verify(&b, junk.as_bytes(), &trusted(), &expect()).unwrap_err();
-            assert!(matches!(e, UpdateError::BadSignatureFile(_)), "{junk}: {e}");
+            assert!(
+                matches!(e, ChannelError::BadSignatureFile(_)),
+                "{junk}: {e}"
+            );
         }
     }
 
@@ -435,7 +441,7 @@ mod tests {
         m.expires = rfc3339(NOW);
         let (b, s) = signed(&m, &key());
         let e = verify(&b, s.as_bytes(), &trusted(), &expect()).unwrap_err();
-        assert!(matches!(e, UpdateError::Expired { .. }), "{e}");
+        assert!(matches!(e, ChannelError::Expired { .. }), "{e}");
         let ok = Expect {
             now: NOW - 1,
             ..expect()
@@ -446,7 +452,7 @@ mod tests {
         m.expires = rfc3339(NOW + 3 * 86400);
         let (b, s) = signed(&m, &key());
         let e = verify(&b, s.as_bytes(), &trusted(), &expect()).unwrap_err();
-        assert!(matches!(e, UpdateError::NotYetValid { .. }), "{e}");
+        assert!(matches!(e, ChannelError::NotYetValid { .. }), "{e}");
     }
 
     #[test]
@@ -455,16 +461,16 @@ mod tests {
         m.name = "other".into();
         let (b, s) = signed(&m, &key());
         let e = verify(&b, s.as_bytes(), &trusted(), &expect()).unwrap_err();
-        assert!(matches!(e, UpdateError::WrongName { .. }), "{e}");
+        assert!(matches!(e, ChannelError::WrongName { .. }), "{e}");
         let mut m = manifest("1.1");
         m.channel = "beta".into();
         let (b, s) = signed(&m, &key());
         let e = verify(&b, s.as_bytes(), &trusted(), &expect()).unwrap_err();
-        assert!(matches!(e, UpdateError::WrongChannel { .. }), "{e}");
+        assert!(matches!(e, ChannelError::WrongChannel { .. }), "{e}");
         for v in ["1.0", "0.9", "1.0~rc1", "1", "01.0", "1.00"] {
             let (b, s) = signed(&manifest(v), &key());
             let e = verify(&b, s.as_bytes(), &trusted(), &expect()).unwrap_err();
-            assert!(matches!(e, UpdateError::NotNewer { .. }), "{v}: {e}");
+            assert!(matches!(e, ChannelError::NotNewer { .. }), "{v}: {e}");
         }
         // "1.0.1" and "1.0^1" are newer
         for v in ["1.0.1", "1.0^1", "1.0a", "1.0+b1"] {

@@ -22,7 +22,8 @@ use base64::Engine;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Result, UpdateError};
+use super::error::{ChannelError, Result};
+use super::files::write_atomic;
 
 /// First word of a public key line.
 pub const PUBLIC_TAG: &str = "cairn-ed25519";
@@ -52,8 +53,7 @@ impl SecretKey {
     /// A new random key (from the OS random source).
     pub fn generate() -> Result<SecretKey> {
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed)
-            .map_err(|e| UpdateError::Refused(format!("no random numbers for a key: {e}")))?;
+        getrandom::fill(&mut seed).map_err(|e| ChannelError::NoRandom(e.to_string()))?;
         Ok(SecretKey {
             key: SigningKey::from_bytes(&seed),
         })
@@ -84,7 +84,7 @@ impl SecretKey {
 
     /// Reads `update.key`.
     pub fn load(path: &Path) -> Result<SecretKey> {
-        let text = fs::read_to_string(path).map_err(UpdateError::io(path))?;
+        let text = fs::read_to_string(path).map_err(ChannelError::io(path))?;
         Self::parse(&text, path)
     }
 
@@ -92,7 +92,7 @@ impl SecretKey {
     pub fn parse(text: &str, path: &Path) -> Result<SecretKey> {
         let mut found = None;
         for (n, line) in lines(text) {
-            let err = |why: String| UpdateError::KeyFile {
+            let err = |why: String| ChannelError::KeyFile {
                 path: path.to_path_buf(),
                 line: n,
                 why,
@@ -125,7 +125,7 @@ impl SecretKey {
                 (None, _) => {}
             }
         }
-        found.ok_or_else(|| UpdateError::KeyFile {
+        found.ok_or_else(|| ChannelError::KeyFile {
             path: path.to_path_buf(),
             line: 0,
             why: format!("no \"{SECRET_TAG}\" line"),
@@ -162,15 +162,12 @@ pub struct KeyPairFiles {
 /// `cairn keygen --out DIR`: creates DIR if needed and writes a new key
 /// pair as `update.key` (mode 0600, never overwritten) and `update.pub`.
 pub fn keygen(dir: &Path) -> Result<KeyPairFiles> {
-    fs::create_dir_all(dir).map_err(UpdateError::io(dir))?;
+    fs::create_dir_all(dir).map_err(ChannelError::io(dir))?;
     let secret = dir.join(SECRET_FILE);
     let public = dir.join(PUBLIC_FILE);
     for p in [&secret, &public] {
         if p.exists() {
-            return Err(UpdateError::Refused(format!(
-                "{} exists: refusing to overwrite a key",
-                p.display()
-            )));
+            return Err(ChannelError::KeyExists { path: p.clone() });
         }
     }
     let key = SecretKey::generate()?;
@@ -179,12 +176,12 @@ pub fn keygen(dir: &Path) -> Result<KeyPairFiles> {
         .create_new(true)
         .mode(0o600)
         .open(&secret)
-        .map_err(UpdateError::io(&secret))?;
+        .map_err(ChannelError::io(&secret))?;
     f.write_all(key.to_text().as_bytes())
         .and_then(|_| f.sync_all())
-        .map_err(UpdateError::io(&secret))?;
+        .map_err(ChannelError::io(&secret))?;
     let id = key.id();
-    crate::fsutil::write_atomic(
+    write_atomic(
         &public,
         public_key_text(&key.public(), &format!("cairn update key {id}")).as_bytes(),
     )?;
@@ -210,7 +207,7 @@ impl TrustedKeys {
     pub fn parse(text: &str, path: &Path) -> Result<TrustedKeys> {
         let mut keys = Vec::new();
         for (n, line) in lines(text) {
-            let err = |why: String| UpdateError::KeyFile {
+            let err = |why: String| ChannelError::KeyFile {
                 path: path.to_path_buf(),
                 line: n,
                 why,
@@ -252,17 +249,17 @@ impl TrustedKeys {
         let mut out = TrustedKeys::default();
         if path.is_dir() {
             let mut files: Vec<PathBuf> = fs::read_dir(path)
-                .map_err(UpdateError::io(path))?
+                .map_err(ChannelError::io(path))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|e| e == "pub"))
                 .collect();
             files.sort();
             for f in files {
-                let text = fs::read_to_string(&f).map_err(UpdateError::io(&f))?;
+                let text = fs::read_to_string(&f).map_err(ChannelError::io(&f))?;
                 out.keys.extend(Self::parse(&text, &f)?.keys);
             }
         } else {
-            let text = fs::read_to_string(path).map_err(UpdateError::io(path))?;
+            let text = fs::read_to_string(path).map_err(ChannelError::io(path))?;
             out = Self::parse(&text, path)?;
         }
         Ok(out)
