@@ -362,13 +362,11 @@ impl Loaded {
     }
 }
 
-/// A channel name as update manifests allow it: letters, digits, `.`, `_`,
-/// `-`, `~`, not starting with `.`.
+/// A channel name as update manifests allow it (the channel format's own
+/// rule): letters, digits, `.`, `_`, `-`, `~`, not starting with `.`, at
+/// most 128 bytes.
 pub fn is_channel_name(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-~".contains(c))
+    cairn_formats::channel::manifest::safe_name(s)
 }
 
 /// 1-based line of the first `key:` (at the start of a line, after
@@ -582,7 +580,7 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
                     text,
                     "update.channel",
                     None,
-                    format!("{c:?} is not a channel name: expected letters, digits, '.', '_', '-', '~' (not starting with '.')"),
+                    format!("{c:?} is not a channel name: expected at most 128 letters, digits, '.', '_', '-', '~' (not starting with '.')"),
                 ));
             }
         }
@@ -847,6 +845,16 @@ mod tests {
         let text = format!("{MIN}update:\n  channel: .hidden\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
         assert!(e.starts_with("x.yaml:6: update.channel:"), "{e}");
+        // the channel format's limit, not only its characters: refused here,
+        // not when the bundle is written
+        let text = format!("{MIN}update:\n  channel: {}\n", "c".repeat(129));
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.contains("at most 128"), "{e}");
+        assert!(parse(
+            "x.yaml",
+            &format!("{MIN}update:\n  channel: {}\n", "c".repeat(128))
+        )
+        .is_ok());
         let text = format!("{MIN}update:\n  keys:\n    - keys/update.key\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
         assert!(

@@ -316,7 +316,7 @@ impl Signer {
             .clone()
             .unwrap_or_else(|| loaded.channel().to_string());
         if !definition::is_channel_name(&channel) {
-            bail!("--channel {channel:?} is not a channel name: expected letters, digits, '.', '_', '-', '~' (not starting with '.')");
+            bail!("--channel {channel:?} is not a channel name: expected at most 128 letters, digits, '.', '_', '-', '~' (not starting with '.')");
         }
         let validity_secs = i64::try_from(sign.valid_for.as_secs()).unwrap_or(i64::MAX);
         if validity_secs <= 0 {
