@@ -12,7 +12,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::MultiProgress;
 use rayon::prelude::*;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::artifacts;
@@ -66,38 +65,8 @@ pub const DEFAULT_VALIDITY: std::time::Duration = std::time::Duration::from_secs
 /// The update bundle's folder under the output.
 pub const BUNDLE_DIR: &str = channel::BUNDLE_DIR;
 
-/// One artifact in `manifest.json`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct Artifact {
-    pub name: String,
-    pub sha256: String,
-    pub size: u64,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct ManifestPackage {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-    pub sha256: String,
-}
-
-/// `manifest.json`: what an output folder holds and what it was made from.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct Manifest {
-    pub name: String,
-    pub version: String,
-    pub suite: String,
-    pub source_date_epoch: u64,
-    pub builder: String,
-    /// SHA-256 over everything the build read (definition, lock, overlay,
-    /// options) and the builder's own sources: equal inputs mean the output is current.
-    pub inputs: String,
-    /// `uname -r` of the image's kernel.
-    pub kernel_release: String,
-    pub packages: Vec<ManifestPackage>,
-    pub artifacts: Vec<Artifact>,
-}
+/// `manifest.json` and its parts: the image folder's contract.
+pub use cairn_formats::image_dir::{Artifact, Manifest, ManifestPackage};
 
 /// What a build did, for the summary line and for tests.
 #[derive(Debug, Clone)]

@@ -24,6 +24,65 @@ pub const UPDATE_DIR: &str = "update";
 /// The path of the root image inside `pxe-initrd.img`'s root.
 pub const RAM_ROOT_IMAGE: &str = ROOTFS;
 
+/// One artifact in `manifest.json`.
+#[cfg(feature = "serde")]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Artifact {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// One package in `manifest.json`.
+#[cfg(feature = "serde")]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ManifestPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub sha256: String,
+}
+
+/// `manifest.json`: what an image folder holds and what it was made from.
+/// Written by `cairn build`, read by `cairn serve` (name and version name
+/// the image in URLs), `cairn inspect` and the tests.
+#[cfg(feature = "serde")]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub suite: String,
+    pub source_date_epoch: u64,
+    pub builder: String,
+    /// SHA-256 over everything the build read (definition, lock, overlay,
+    /// options) and the builder's own sources: equal inputs mean the
+    /// output is current.
+    pub inputs: String,
+    /// `uname -r` of the image's kernel.
+    pub kernel_release: String,
+    pub packages: Vec<ManifestPackage>,
+    pub artifacts: Vec<Artifact>,
+}
+
+#[cfg(feature = "serde")]
+impl Manifest {
+    /// A manifest that names an image and nothing else (test fixtures,
+    /// hand-made image folders).
+    pub fn named(name: &str, version: &str) -> Manifest {
+        Manifest {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            suite: String::new(),
+            source_date_epoch: 0,
+            builder: String::new(),
+            inputs: String::new(),
+            kernel_release: String::new(),
+            packages: Vec::new(),
+            artifacts: Vec::new(),
+        }
+    }
+}
+
 /// An image folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageDir(PathBuf);

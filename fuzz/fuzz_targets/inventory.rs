@@ -26,7 +26,8 @@ fn inventory_path() -> &'static PathBuf {
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(
                 d.join("manifest.json"),
-                format!(r#"{{"name":"{name}","version":"1.0"}}"#),
+                serde_json::to_string(&cairn_formats::image_dir::Manifest::named(name, "1.0"))
+                    .unwrap(),
             )
             .unwrap();
             std::fs::write(d.join("vmlinuz"), b"kernel").unwrap();

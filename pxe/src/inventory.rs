@@ -3,6 +3,7 @@
 //!
 //! Owns the meaning of the inventory file only; HTTP, TFTP and the machine table live elsewhere.
 
+use cairn_formats::image_dir;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -804,21 +805,16 @@ fn read_image(dir: &Path) -> Result<Image, String> {
     let canonical = dir
         .canonicalize()
         .map_err(|e| format!("image folder {}: {e}", dir.display()))?;
-    let manifest = canonical.join("manifest.json");
+    let manifest = canonical.join(image_dir::MANIFEST);
     let text = std::fs::read_to_string(&manifest).map_err(|e| {
         format!(
             "{}: {e} (expected an output folder of `cairn build`)",
             manifest.display()
         )
     })?;
-    #[derive(Deserialize)]
-    struct Manifest {
-        name: String,
-        version: String,
-    }
-    let m: Manifest = serde_json::from_str(&text).map_err(|e| {
+    let m: image_dir::Manifest = serde_json::from_str(&text).map_err(|e| {
         format!(
-            "{}: {e} (expected \"name\" and \"version\")",
+            "{}: {e} (expected the manifest.json of `cairn build`)",
             manifest.display()
         )
     })?;
@@ -830,7 +826,7 @@ fn read_image(dir: &Path) -> Result<Image, String> {
             m.version
         ));
     }
-    for f in ["vmlinuz", "pxe-initrd.img"] {
+    for f in [image_dir::KERNEL, image_dir::PXE_INITRD] {
         if !canonical.join(f).is_file() {
             return Err(format!(
                 "{} has no {f} (expected an output folder of `cairn build`)",
@@ -931,7 +927,7 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(
             d.join("manifest.json"),
-            format!(r#"{{"name":"{name}","version":"1.0"}}"#),
+            serde_json::to_string(&image_dir::Manifest::named(name, "1.0")).unwrap(),
         )
         .unwrap();
         std::fs::write(d.join("vmlinuz"), b"kernel").unwrap();

@@ -557,7 +557,8 @@ fn example_inventory_loads() {
     image(dir.path(), "out/default", "1.0", 10);
     std::fs::write(
         dir.path().join("out/default/manifest.json"),
-        r#"{"name":"cairn","version":"0.1.0"}"#,
+        serde_json::to_string(&cairn_formats::image_dir::Manifest::named("cairn", "0.1.0"))
+            .unwrap(),
     )
     .unwrap();
     let inv = cairn_pxe::Inventory::load(&ex.join("lab.yaml")).unwrap();

@@ -43,7 +43,7 @@ fn channel_offers_the_newest_signed_bundle() {
     for (d, v) in [(&v1, "1"), (&v2, "2")] {
         std::fs::write(
             d.join("manifest.json"),
-            format!(r#"{{"name":"img","version":"{v}"}}"#),
+            serde_json::to_string(&cairn_formats::image_dir::Manifest::named("img", v)).unwrap(),
         )
         .unwrap();
         sign(d, v, &key);

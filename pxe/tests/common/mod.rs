@@ -15,7 +15,7 @@ pub fn image(dir: &Path, name: &str, version: &str, kernel_len: usize) -> PathBu
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(
         d.join("manifest.json"),
-        format!(r#"{{"name":"{name}","version":"{version}"}}"#),
+        serde_json::to_string(&cairn_formats::image_dir::Manifest::named(name, version)).unwrap(),
     )
     .unwrap();
     std::fs::write(d.join("vmlinuz"), pattern(kernel_len, 7)).unwrap();
