@@ -20,6 +20,7 @@ mod fat_fixup;
 mod guid;
 mod inspect;
 mod layout;
+pub mod qcow2;
 mod table;
 
 use std::borrow::Cow;
