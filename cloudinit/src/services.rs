@@ -126,8 +126,8 @@ pub fn settings_units(root: &Path, c: &Coreos) -> Vec<UnitSpec> {
 }
 
 /// The KEY=value pairs of update.conf: REBOOT_STRATEGY, GROUP, SERVER from
-/// coreos.update, REBOOT_WINDOW_START and REBOOT_WINDOW_LENGTH from
-/// coreos.locksmith.
+/// coreos.update, REBOOT_WINDOW_START, REBOOT_WINDOW_LENGTH and
+/// LOCKSMITHD_ENDPOINT (the reboot lock's etcd) from coreos.locksmith.
 pub fn update_vars(c: &Coreos) -> Vec<(String, String)> {
     let u = &c.update;
     let mut vars: Vec<(String, String)> = [
@@ -145,7 +145,12 @@ pub fn update_vars(c: &Coreos) -> Vec<(String, String)> {
     vars.extend(
         environment("locksmith", &c.locksmith)
             .into_iter()
-            .filter(|(k, _)| k == "REBOOT_WINDOW_START" || k == "REBOOT_WINDOW_LENGTH"),
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "REBOOT_WINDOW_START" | "REBOOT_WINDOW_LENGTH" | "LOCKSMITHD_ENDPOINT"
+                )
+            }),
     );
     vars
 }
@@ -268,6 +273,18 @@ mod tests {
         assert_eq!(
             write_update_conf(t.path(), &Coreos::default()).unwrap(),
             None
+        );
+        // coreos.locksmith.endpoint: the reboot lock's etcd, for cairn-update
+        let c = Coreos {
+            locksmith: map(&[("endpoint", "http://10.0.0.1:2379")]),
+            ..Default::default()
+        };
+        assert_eq!(
+            update_vars(&c),
+            [(
+                "LOCKSMITHD_ENDPOINT".to_string(),
+                "http://10.0.0.1:2379".to_string()
+            )]
         );
     }
 }

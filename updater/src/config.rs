@@ -4,7 +4,10 @@
 //! (`reboot`, `off`, `window`, `best-effort`, `etcd-lock`), `GROUP` (the
 //! channel), `SERVER` (base URL of `cairn serve`), `REBOOT_WINDOW_START`
 //! (`[Day ]HH:MM`, UTC) and `REBOOT_WINDOW_LENGTH` (`1h`, `1h30m`, `45m`),
-//! as locksmith took them. Also the reboot decision (`may_reboot_now`).
+//! as locksmith took them, and `LOCKSMITHD_ENDPOINT` (the etcd client URLs
+//! of the cluster reboot lock, comma-separated, as locksmith's; the first
+//! is used; default the local member). Also the reboot decision
+//! (`may_reboot_now`).
 
 use std::path::Path;
 
@@ -174,7 +177,12 @@ pub struct Config {
     /// Base URL; manifests are at `SERVER/update/v1/<channel>/manifest`.
     pub server: Option<String>,
     pub window: Option<Window>,
+    /// etcd client URLs for `etcd-lock` (`LOCKSMITHD_ENDPOINT`).
+    pub etcd_endpoints: Vec<String>,
 }
+
+/// The local etcd member, as locksmith used by default.
+pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
 
 impl Default for Config {
     fn default() -> Self {
@@ -183,6 +191,7 @@ impl Default for Config {
             channel: DEFAULT_CHANNEL.into(),
             server: None,
             window: None,
+            etcd_endpoints: vec![DEFAULT_ETCD_ENDPOINT.to_string()],
         }
     }
 }
@@ -244,13 +253,31 @@ impl Config {
                     }
                     c.server = Some(v.trim_end_matches('/').to_string());
                 }
+                "LOCKSMITHD_ENDPOINT" => {
+                    let urls: Vec<String> = v
+                        .split(',')
+                        .map(|u| u.trim().trim_end_matches('/').to_string())
+                        .filter(|u| !u.is_empty())
+                        .collect();
+                    if urls.is_empty()
+                        || urls
+                            .iter()
+                            .any(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+                    {
+                        return Err(err(
+                            n,
+                            format!("LOCKSMITHD_ENDPOINT: {v:?}: expected etcd client URLs (http:// or https://), comma-separated"),
+                        ));
+                    }
+                    c.etcd_endpoints = urls;
+                }
                 "REBOOT_WINDOW_START" => start = Some((n, v)),
                 "REBOOT_WINDOW_LENGTH" => length = Some((n, v)),
                 _ => {
                     return Err(err(
                         n,
                         format!(
-                        "unknown key {k:?} (expected REBOOT_STRATEGY, GROUP, SERVER, REBOOT_WINDOW_START, REBOOT_WINDOW_LENGTH)"
+                        "unknown key {k:?} (expected REBOOT_STRATEGY, GROUP, SERVER, REBOOT_WINDOW_START, REBOOT_WINDOW_LENGTH, LOCKSMITHD_ENDPOINT)"
                     ),
                     ))
                 }
@@ -359,6 +386,29 @@ mod tests {
             Config::parse("", Path::new("x")).unwrap(),
             Config::default()
         );
+        assert_eq!(c.etcd_endpoints, [DEFAULT_ETCD_ENDPOINT]);
+    }
+
+    #[test]
+    fn the_lock_endpoint_is_locksmiths() {
+        let c = Config::parse(
+            "LOCKSMITHD_ENDPOINT=http://10.0.0.1:2379/, http://10.0.0.2:2379\n",
+            Path::new("update.conf"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.etcd_endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        for bad in ["LOCKSMITHD_ENDPOINT=", "LOCKSMITHD_ENDPOINT=10.0.0.1:2379"] {
+            let e = Config::parse(bad, Path::new("update.conf"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("update.conf:1") && e.contains("LOCKSMITHD_ENDPOINT"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -118,8 +118,10 @@ enum Cmd {
     /// The cluster reboot lock in etcd (REBOOT_STRATEGY=etcd-lock), as locksmithctl had it.
     Lock {
         /// An etcd client URL.
-        #[arg(long, default_value = ETCD)]
-        etcd: String,
+        /// An etcd client URL (default: update.conf's LOCKSMITHD_ENDPOINT,
+        /// else the local member).
+        #[arg(long)]
+        etcd: Option<String>,
         #[command(subcommand)]
         cmd: LockCmd,
     },
@@ -136,9 +138,6 @@ enum LockCmd {
     /// Set the number of machines that may reboot at once.
     SetMax { max: u32 },
 }
-
-/// The local etcd member, as locksmith used by default.
-const ETCD: &str = "http://127.0.0.1:2379";
 
 /// The id the reboot lock is held under: the one given, else the machine
 /// id from `path` (`--machine-id`, `/etc/machine-id` by default).
@@ -213,6 +212,12 @@ fn agent(p: &PathArgs) -> Result<Agent> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Lock { etcd, cmd } => {
+            let etcd = match etcd {
+                Some(e) => e,
+                None => cairn_updater::Config::load(&cli.paths.config)?
+                    .etcd_endpoints
+                    .swap_remove(0),
+            };
             let lock = cairn_updater::lock::RebootLock::new(&etcd);
             match cmd {
                 LockCmd::Status => print_lock(&lock.status().context("reading the reboot lock")?),
@@ -340,7 +345,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// member reboots), asks again every `poll`. True once taken; false when the
 /// reboot window closed meanwhile (the next timer run tries again).
 fn wait_for_lock(config: &cairn_updater::Config, id: &str, poll: Duration) -> bool {
-    let lock = cairn_updater::lock::RebootLock::new(ETCD);
+    let lock = cairn_updater::lock::RebootLock::new(&config.etcd_endpoints[0]);
     let mut last = String::new();
     loop {
         if let Err(why) = config.may_reboot_now(cairn_updater::fsutil::now()) {
@@ -414,7 +419,7 @@ fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCo
         if a.config.strategy == Strategy::EtcdLock {
             // the slot taken before the reboot goes back once the new slot is healthy
             let id = machine_id(None, &p.machine_id)?;
-            match cairn_updater::lock::RebootLock::new(ETCD).unlock(&id) {
+            match cairn_updater::lock::RebootLock::new(&a.config.etcd_endpoints[0]).unlock(&id) {
                 Ok(true) => println!("released the cluster reboot lock ({id})"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!("releasing the cluster reboot lock: {e}"),
