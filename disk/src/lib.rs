@@ -6,6 +6,8 @@
 //! empty so `/init` can create and grow it). All GUIDs and the FAT volume
 //! id derive from the image identity and FAT timestamps from
 //! SOURCE_DATE_EPOCH, so the same spec gives a byte-identical image.
+//! [`qcow2::write`] converts that raw image to a compressed qcow2 image
+//! (for KVM and OpenStack Glance), just as reproducibly.
 //!
 //! This crate owns the disk format only. It does not decide what goes into
 //! the ESP (the builder passes files; [`loader_conf`], [`bls_entry`] and

@@ -103,7 +103,7 @@ impl Default for Options {
     }
 }
 
-/// What [`write`] produced.
+/// What [`write()`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// The guest disk's size: the raw image's size.
@@ -357,6 +357,11 @@ fn convert(
     // and number of blocks that cover every cluster, theirs included.
     w.pad()?;
     let first = w.pos / CLUSTER_SIZE;
+    debug_assert_eq!(
+        w.refcounts.len() as u64,
+        first,
+        "every cluster so far counted"
+    );
     let (mut table_clusters, mut blocks) = (1, 1);
     loop {
         let b = (first + table_clusters + blocks).div_ceil(REFCOUNTS_PER_BLOCK);
