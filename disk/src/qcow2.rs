@@ -29,9 +29,10 @@
 //! The bytes depend only on the raw file's contents (and the deflate code
 //! in `Cargo.lock`): no timestamps, clusters are compressed independently
 //! (in parallel with rayon, written in guest order), and where the raw
-//! file has holes does not matter. Memory stays bounded: 16 MiB of input
-//! at a time plus its compressed form, one L2 table, the L1 table (8 bytes
-//! per 512 MiB of guest) and the refcounts (2 bytes per output cluster).
+//! file has holes does not matter. Memory stays bounded: two batches of
+//! 8 MiB of input (one deflated while the other is written and refilled)
+//! and their compressed forms, one L2 table, the L1 table (8 bytes per
+//! 512 MiB of guest) and the refcounts (2 bytes per output cluster).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -59,8 +60,9 @@ const REFCOUNTS_PER_BLOCK: u64 = CLUSTER_SIZE * 8 / (1 << REFCOUNT_ORDER);
 const HEADER_LENGTH: u32 = 112;
 /// qemu refuses L1 tables larger than 32 MiB.
 const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
-/// Guest clusters read and compressed at a time (16 MiB).
-const BATCH: usize = 256;
+/// Guest clusters read and compressed at a time (8 MiB; two batches are
+/// in flight).
+const BATCH: usize = 128;
 /// qemu inflates compressed clusters with a 4 KiB window (`inflateInit2`
 /// with -12): matches must not reach further back.
 const DEFLATE_WINDOW_BITS: u8 = 12;
@@ -289,68 +291,56 @@ fn convert(
     // The header is written last, when the tables' places are known.
     w.table(&[0; HEADER_LENGTH as usize])?;
 
-    let mut l1 = vec![0u64; l1_entries as usize];
-    // The L2 table being filled: its L1 index and entries.
-    let mut l2: Option<(u64, Vec<u64>)> = None;
-    let mut data_clusters = 0;
-    let mut compressed_clusters = 0;
-
+    let mut map = Mapping {
+        l1: vec![0u64; l1_entries as usize],
+        l2: None,
+        data_clusters: 0,
+        compressed_clusters: 0,
+    };
     let mut candidates = DataClusters {
         file: input,
         size,
         next: 0,
         end: 0,
     };
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut buf = vec![0u8; BATCH * CLUSTER];
+    let source = Source {
+        file: input,
+        path: raw,
+        size,
+    };
+
+    // A pipeline of two batches: while one is deflated (by the other
+    // threads), the current thread writes the one before and reads the
+    // next into its buffer. The order of the output is that of the guest.
+    let mut current = Batch::new();
+    let mut other = Batch::new();
+    current.fill(&source, &mut candidates)?;
+    let mut deflated: Option<Vec<Encoded>> = None;
     loop {
-        batch.clear();
-        while batch.len() < BATCH {
-            match candidates
-                .next()
-                .map_err(|e| Qcow2Error::io("finding the data of raw image", raw, e))?
-            {
-                Some(c) => batch.push(c),
-                None => break,
-            }
-        }
-        if batch.is_empty() {
+        let to_write = deflated.take();
+        let (io, encoded) = rayon::join(
+            || {
+                if let Some(encoded) = to_write {
+                    map.store(&mut w, &other, encoded)?;
+                }
+                other.fill(&source, &mut candidates)
+            },
+            || current.encode(raw, opts.compress),
+        );
+        io?;
+        let encoded = encoded?;
+        std::mem::swap(&mut current, &mut other);
+        if other.clusters.is_empty() {
             break;
         }
-        let buf = &mut buf[..batch.len() * CLUSTER];
-        read_batch(input, raw, size, &batch, buf)?;
-        let encoded = encode(buf, opts.compress).map_err(|(i, reason)| Qcow2Error::Deflate {
-            path: raw.to_path_buf(),
-            offset: batch[i] * CLUSTER_SIZE,
-            reason,
-        })?;
-        for (slot, (&guest, enc)) in batch.iter().zip(encoded).enumerate() {
-            if let Encoded::Zero = enc {
-                continue;
-            }
-            let l1_index = guest / L2_ENTRIES;
-            if l2.as_ref().is_some_and(|(i, _)| *i != l1_index) {
-                flush_l2(&mut w, &mut l1, l2.take())?;
-            }
-            let entry = match enc {
-                Encoded::Zero => unreachable!(),
-                Encoded::Plain => w.table(&buf[slot * CLUSTER..][..CLUSTER])? | OFLAG_COPIED,
-                Encoded::Deflated(bytes) => {
-                    compressed_clusters += 1;
-                    w.compressed(&bytes)?
-                }
-            };
-            data_clusters += 1;
-            let (_, table) = l2.get_or_insert_with(|| (l1_index, vec![0; L2_ENTRIES as usize]));
-            table[(guest % L2_ENTRIES) as usize] = entry;
-        }
+        deflated = Some(encoded);
     }
-    flush_l2(&mut w, &mut l1, l2.take())?;
+    flush_l2(&mut w, &mut map.l1, map.l2.take())?;
 
-    let l1_offset = if l1.is_empty() {
+    let l1_offset = if map.l1.is_empty() {
         0
     } else {
-        w.table(&be_bytes(&l1))?
+        w.table(&be_bytes(&map.l1))?
     };
 
     // The refcount structures count themselves: find the smallest table
@@ -403,10 +393,113 @@ fn convert(
     Ok(Report {
         virtual_size: size,
         file_size,
-        data_clusters,
-        compressed_clusters,
-        zero_clusters: guest_clusters - data_clusters,
+        data_clusters: map.data_clusters,
+        compressed_clusters: map.compressed_clusters,
+        zero_clusters: guest_clusters - map.data_clusters,
     })
+}
+
+/// The guest-to-host mapping built while the data is written.
+struct Mapping {
+    l1: Vec<u64>,
+    /// The L2 table being filled: its L1 index and entries.
+    l2: Option<(u64, Vec<u64>)>,
+    data_clusters: u64,
+    compressed_clusters: u64,
+}
+
+impl Mapping {
+    /// Writes the batch's clusters as `encoded` says, in guest order, and
+    /// maps them; writes each L2 table once the data it maps is written.
+    fn store(
+        &mut self,
+        w: &mut Writer<'_>,
+        batch: &Batch,
+        encoded: Vec<Encoded>,
+    ) -> Result<(), Qcow2Error> {
+        for (slot, (&guest, enc)) in batch.clusters.iter().zip(encoded).enumerate() {
+            let entry = match enc {
+                Encoded::Zero => continue,
+                Encoded::Plain => None,
+                Encoded::Deflated(bytes) => Some(bytes),
+            };
+            let l1_index = guest / L2_ENTRIES;
+            if self.l2.as_ref().is_some_and(|(i, _)| *i != l1_index) {
+                flush_l2(w, &mut self.l1, self.l2.take())?;
+            }
+            let entry = match entry {
+                None => w.table(batch.cluster(slot))? | OFLAG_COPIED,
+                Some(bytes) => {
+                    self.compressed_clusters += 1;
+                    w.compressed(&bytes)?
+                }
+            };
+            self.data_clusters += 1;
+            let (_, table) = self
+                .l2
+                .get_or_insert_with(|| (l1_index, vec![0; L2_ENTRIES as usize]));
+            table[(guest % L2_ENTRIES) as usize] = entry;
+        }
+        Ok(())
+    }
+}
+
+/// The raw image being read.
+struct Source<'a> {
+    file: &'a File,
+    path: &'a Path,
+    size: u64,
+}
+
+/// Up to [`BATCH`] guest clusters that may hold data, read.
+struct Batch {
+    /// Their indices, ascending.
+    clusters: Vec<u64>,
+    /// Their contents, one cluster each.
+    buf: Vec<u8>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            clusters: Vec::with_capacity(BATCH),
+            buf: vec![0; BATCH * CLUSTER],
+        }
+    }
+
+    fn cluster(&self, slot: usize) -> &[u8] {
+        &self.buf[slot * CLUSTER..][..CLUSTER]
+    }
+
+    /// Reads the next clusters `candidates` gives (none at the end).
+    fn fill(
+        &mut self,
+        source: &Source<'_>,
+        candidates: &mut DataClusters<'_>,
+    ) -> Result<(), Qcow2Error> {
+        self.clusters.clear();
+        while self.clusters.len() < BATCH {
+            match candidates
+                .next()
+                .map_err(|e| Qcow2Error::io("finding the data of raw image", source.path, e))?
+            {
+                Some(c) => self.clusters.push(c),
+                None => break,
+            }
+        }
+        read_batch(source, &self.clusters, &mut self.buf)
+    }
+
+    /// Decides how each cluster is stored, deflating in parallel.
+    fn encode(&self, raw: &Path, compress: bool) -> Result<Vec<Encoded>, Qcow2Error> {
+        encode(&self.buf[..self.clusters.len() * CLUSTER], compress).map_err(|(i, reason)| {
+            Qcow2Error::Deflate {
+                path: raw.to_path_buf(),
+                offset: self.clusters[i] * CLUSTER_SIZE,
+                reason,
+            }
+        })
+    }
 }
 
 /// Writes the L2 table `l2` (if any) and points its L1 entry at it.
@@ -592,13 +685,7 @@ fn next_extent(file: &File, from: u64, size: u64) -> io::Result<Option<(u64, u64
 /// Reads the guest clusters `batch` (ascending) into consecutive clusters
 /// of `buf`, one read per run of adjacent clusters; the part of the last
 /// cluster past the end of the disk reads as zero.
-fn read_batch(
-    file: &File,
-    path: &Path,
-    size: u64,
-    batch: &[u64],
-    buf: &mut [u8],
-) -> Result<(), Qcow2Error> {
+fn read_batch(source: &Source<'_>, batch: &[u64], buf: &mut [u8]) -> Result<(), Qcow2Error> {
     let mut k = 0;
     while k < batch.len() {
         let mut n = 1;
@@ -606,15 +693,17 @@ fn read_batch(
             n += 1;
         }
         let offset = batch[k] * CLUSTER_SIZE;
-        let len = (n as u64 * CLUSTER_SIZE).min(size - offset) as usize;
+        let len = (n as u64 * CLUSTER_SIZE).min(source.size - offset) as usize;
         let run = &mut buf[k * CLUSTER..(k + n) * CLUSTER];
-        file.read_exact_at(&mut run[..len], offset)
+        source
+            .file
+            .read_exact_at(&mut run[..len], offset)
             .map_err(|e| match e.kind() {
                 io::ErrorKind::UnexpectedEof => Qcow2Error::Shrank {
-                    path: path.to_path_buf(),
-                    size,
+                    path: source.path.to_path_buf(),
+                    size: source.size,
                 },
-                _ => Qcow2Error::io("reading raw image", path, e),
+                _ => Qcow2Error::io("reading raw image", source.path, e),
             })?;
         run[len..].fill(0);
         k += n;
