@@ -151,41 +151,20 @@ pub fn wait_for(
     }
 }
 
+/// A fake /sys and /dev for the tests of this module and of `bootdisk`.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fake {
     use std::fs;
     use std::os::unix::fs::symlink;
-
-    const VDA2: &str = "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nDISKSEQ=9\nPARTN=2\nPARTNAME=cairn-a\n";
-
-    #[test]
-    fn parses_partition_uevent() {
-        let u = parse_uevent(VDA2);
-        assert_eq!(
-            u,
-            Uevent {
-                major: Some(254),
-                minor: Some(2),
-                devname: Some("vda2".into()),
-                devtype: Some("partition".into()),
-                partn: Some(2),
-                partname: Some("cairn-a".into()),
-            }
-        );
-        let disk = parse_uevent("MAJOR=259\nMINOR=0\nDEVNAME=nvme0n1\nDEVTYPE=disk\nDISKSEQ=1\n");
-        assert_eq!(disk.devtype.as_deref(), Some("disk"));
-        assert_eq!(disk.partn, None);
-        assert_eq!(parse_uevent("garbage\nPARTN=x\n"), Uevent::default());
-    }
+    use std::path::PathBuf;
 
     /// Builds a fake /sys (devices tree + class/block symlinks) and /dev.
-    struct Fake {
+    pub(crate) struct Fake {
         dir: tempfile::TempDir,
     }
 
     impl Fake {
-        fn new() -> Fake {
+        pub(crate) fn new() -> Fake {
             let f = Fake {
                 dir: tempfile::tempdir().unwrap(),
             };
@@ -193,15 +172,15 @@ mod tests {
             fs::create_dir_all(f.dev()).unwrap();
             f
         }
-        fn class(&self) -> PathBuf {
+        pub(crate) fn class(&self) -> PathBuf {
             self.dir.path().join("sys/class/block")
         }
-        fn dev(&self) -> PathBuf {
+        pub(crate) fn dev(&self) -> PathBuf {
             self.dir.path().join("dev")
         }
         /// Adds a disk and its partitions `(n, label)`; `nodes` says whether
         /// devtmpfs has created the /dev nodes yet.
-        fn disk(&self, disk: &str, sep: &str, parts: &[(u32, &str)], nodes: bool) {
+        pub(crate) fn disk(&self, disk: &str, sep: &str, parts: &[(u32, &str)], nodes: bool) {
             let base = format!("devices/pci0000:00/0000:00:04.0/block/{disk}");
             let d = self.dir.path().join("sys").join(&base);
             fs::create_dir_all(&d).unwrap();
@@ -229,6 +208,36 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::Fake;
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    const VDA2: &str = "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nDISKSEQ=9\nPARTN=2\nPARTNAME=cairn-a\n";
+
+    #[test]
+    fn parses_partition_uevent() {
+        let u = parse_uevent(VDA2);
+        assert_eq!(
+            u,
+            Uevent {
+                major: Some(254),
+                minor: Some(2),
+                devname: Some("vda2".into()),
+                devtype: Some("partition".into()),
+                partn: Some(2),
+                partname: Some("cairn-a".into()),
+            }
+        );
+        let disk = parse_uevent("MAJOR=259\nMINOR=0\nDEVNAME=nvme0n1\nDEVTYPE=disk\nDISKSEQ=1\n");
+        assert_eq!(disk.devtype.as_deref(), Some("disk"));
+        assert_eq!(disk.partn, None);
+        assert_eq!(parse_uevent("garbage\nPARTN=x\n"), Uevent::default());
     }
 
     #[test]

@@ -132,9 +132,8 @@ pub fn disks_with_label(class_block: &Path, label: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blockdev::fake::Fake;
     use std::fs;
-    use std::os::unix::fs::symlink;
-    use std::path::PathBuf;
 
     const GUID: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
@@ -196,47 +195,16 @@ mod tests {
         assert_eq!(parse_loader_device_part_uuid(&vec![0x41; 4096]), None);
     }
 
-    /// A fake sysfs with disks whose /dev nodes are real GPT images written
-    /// by hand: a protective MBR-less primary header and one entry array.
-    struct Fake {
-        dir: tempfile::TempDir,
-    }
-
-    impl Fake {
-        fn new() -> Fake {
-            let f = Fake {
-                dir: tempfile::tempdir().unwrap(),
-            };
-            fs::create_dir_all(f.class()).unwrap();
-            fs::create_dir_all(f.dev()).unwrap();
-            f
-        }
-        fn class(&self) -> PathBuf {
-            self.dir.path().join("sys/class/block")
-        }
-        fn dev(&self) -> PathBuf {
-            self.dir.path().join("dev")
-        }
-        /// A disk with partitions `(label, unique guid)`.
-        fn disk(&self, disk: &str, parts: &[(&str, &str)]) {
-            let base = format!("devices/pci0000:00/block/{disk}");
-            let d = self.dir.path().join("sys").join(&base);
-            fs::create_dir_all(&d).unwrap();
-            fs::write(d.join("uevent"), format!("DEVNAME={disk}\nDEVTYPE=disk\n")).unwrap();
-            symlink(format!("../../{base}"), self.class().join(disk)).unwrap();
-            for (i, (label, _)) in parts.iter().enumerate() {
-                let n = i + 1;
-                let name = format!("{disk}{n}");
-                fs::create_dir_all(d.join(&name)).unwrap();
-                fs::write(
-                    d.join(&name).join("uevent"),
-                    format!("DEVNAME={name}\nDEVTYPE=partition\nPARTN={n}\nPARTNAME={label}\n"),
-                )
-                .unwrap();
-                symlink(format!("../../{base}/{name}"), self.class().join(&name)).unwrap();
-            }
-            fs::write(self.dev().join(disk), gpt_image(parts)).unwrap();
-        }
+    /// The block devices' fake sysfs, with /dev nodes that are real GPT
+    /// images written by hand.
+    fn gpt_disk(f: &Fake, disk: &str, parts: &[(&str, &str)]) {
+        let numbered: Vec<(u32, &str)> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, (label, _))| (i as u32 + 1, *label))
+            .collect();
+        f.disk(disk, "", &numbered, false);
+        fs::write(f.dev().join(disk), gpt_image(parts)).unwrap();
     }
 
     /// 512-byte sectors: LBA 1 the header, LBA 2.. 128 entries of 128 bytes.
@@ -278,14 +246,16 @@ mod tests {
     fn finds_the_disk_holding_the_loader_partition() {
         let f = Fake::new();
         // the decoy sorts first and carries the same labels
-        f.disk(
+        gpt_disk(
+            &f,
             "sda",
             &[
                 ("ESP", ESP_B),
                 ("cairn-a", "00000000-0000-0000-0000-00000000000A"),
             ],
         );
-        f.disk(
+        gpt_disk(
+            &f,
             "vda",
             &[
                 ("ESP", ESP_A),
@@ -325,8 +295,8 @@ mod tests {
     #[test]
     fn lists_disks_by_label() {
         let f = Fake::new();
-        f.disk("vda", &[("ESP", ESP_A), ("cairn-a", ESP_B)]);
-        f.disk("vdb", &[("cairn-a", ESP_A)]);
+        gpt_disk(&f, "vda", &[("ESP", ESP_A), ("cairn-a", ESP_B)]);
+        gpt_disk(&f, "vdb", &[("cairn-a", ESP_A)]);
         assert_eq!(disks_with_label(&f.class(), "cairn-a"), ["vda", "vdb"]);
         assert_eq!(disks_with_label(&f.class(), "ESP"), ["vda"]);
         assert!(disks_with_label(&f.class(), "cairn-b").is_empty());
