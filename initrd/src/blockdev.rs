@@ -216,7 +216,6 @@ mod tests {
     use super::fake::Fake;
     use super::*;
     use std::fs;
-    use std::os::unix::fs::symlink;
 
     const VDA2: &str = "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nDISKSEQ=9\nPARTN=2\nPARTNAME=cairn-a\n";
 
