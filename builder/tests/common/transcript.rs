@@ -15,35 +15,10 @@ pub struct Step {
 }
 
 impl Step {
-    /// The command's words (the transcripts use no quoting but single
-    /// quotes around one word, e.g. a URL with `&`).
+    /// The command's words, split as a POSIX shell would.
     pub fn argv(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut cur = String::new();
-        let mut quoted = false;
-        let mut any = false;
-        for c in self.command.chars() {
-            match c {
-                '\'' => {
-                    quoted = !quoted;
-                    any = true;
-                }
-                c if c.is_whitespace() && !quoted => {
-                    if any {
-                        out.push(std::mem::take(&mut cur));
-                        any = false;
-                    }
-                }
-                c => {
-                    cur.push(c);
-                    any = true;
-                }
-            }
-        }
-        if any {
-            out.push(cur);
-        }
-        out
+        shlex::split(&self.command)
+            .unwrap_or_else(|| panic!("unbalanced quotes in {:?}", self.command))
     }
 
     /// Panics naming the first expected line that `output` lacks.
