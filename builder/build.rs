@@ -47,12 +47,15 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("initrd/Cargo.toml").display()
     );
-    // the agents' contracts: partitions, command line, the update channel
+    // the agents, their HTTP (cairn-fetch) and their contracts:
+    // partitions, command line, the update channel
     for d in [
         "cloudinit/src",
         "cloudinit/Cargo.toml",
         "updater/src",
         "updater/Cargo.toml",
+        "fetch/src",
+        "fetch/Cargo.toml",
         "formats/src",
         "formats/Cargo.toml",
     ] {
@@ -148,6 +151,7 @@ fn main() {
         "cloudconfig/src",
         "updater/src",
         "updater/units",
+        "fetch/src",
         "formats/src",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(d).display());

@@ -3,19 +3,18 @@
 //! is kept as `*.part`, resumed with a Range request and hashed in full
 //! before it is renamed into place.
 //!
-//! Owns HTTP (ureq), retries of transient failures, parallelism and
-//! progress bars for downloads. Does not know what the hashes mean: callers
-//! pass the expected ones.
+//! Owns the cache, parallelism and progress bars for downloads; HTTP,
+//! retries of transient failures, resumption and verification are
+//! cairn-fetch's (the agent's too). Does not know what the hashes mean:
+//! callers pass the expected ones.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -52,31 +51,56 @@ pub enum FetchError {
         secs: u64,
         last: Box<FetchError>,
     },
+    /// Any other final failure of a download (a malformed URL, a body
+    /// larger than allowed, more bytes than the index says).
+    #[error(transparent)]
+    Http(cairn_fetch::Error),
 }
 
-/// The retry policy of `cairn build`'s downloads: the agent's
-/// (`cairn_updater::fetch::Retry`), so both retry the same failures the
-/// same way.
-pub use cairn_updater::fetch::Retry;
+/// The retry policy of `cairn build`'s downloads: cairn-fetch's, which the
+/// agent uses too, so both retry the same failures the same way.
+pub use cairn_fetch::Retry;
 
-impl cairn_updater::fetch::Transient for FetchError {
-    /// A failure that may pass by itself (DNS, refused or reset
-    /// connections, timeouts, a server's 5xx, 408 or 429), as apt retries
-    /// them. A 404, a wrong hash or a local I/O error is final.
-    fn is_transient(&self) -> bool {
-        match self {
-            FetchError::Network { .. } => true,
-            FetchError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
-            _ => false,
+impl FetchError {
+    /// cairn-fetch's error for the download of `label` (the package name;
+    /// `None` for index files, which have no hash check there).
+    fn from_fetch(e: cairn_fetch::Error, label: Option<&str>) -> FetchError {
+        use cairn_fetch::Error as E;
+        match e {
+            E::Status { url, status: 404 } => FetchError::NotFound { url },
+            E::Status { url, status } => FetchError::Status { url, status },
+            E::Network { url, message } => FetchError::Network { url, message },
+            E::Resume { url, message } => FetchError::Network {
+                url,
+                message: format!("{message}; starting over"),
+            },
+            E::HashMismatch {
+                url,
+                expected,
+                actual,
+            } => FetchError::HashMismatch {
+                label: label.unwrap_or(&url).to_string(),
+                url,
+                expected,
+                actual,
+            },
+            E::Io { path, source } => FetchError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            E::GaveUp { tries, secs, last } => FetchError::GaveUp {
+                tries,
+                secs,
+                last: Box::new(FetchError::from_fetch(*last, label)),
+            },
+            e => FetchError::Http(e),
         }
     }
+}
 
-    fn gave_up(self, tries: u32, secs: u64) -> Self {
-        FetchError::GaveUp {
-            tries,
-            secs,
-            last: Box::new(self),
-        }
+impl From<cairn_fetch::Error> for FetchError {
+    fn from(e: cairn_fetch::Error) -> FetchError {
+        FetchError::from_fetch(e, None)
     }
 }
 
@@ -130,17 +154,7 @@ pub fn default_cache_dir() -> PathBuf {
 
 /// SHA-256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    Ok(cairn_fetch::sha256_file(path)?.0)
 }
 
 impl Cache {
@@ -200,46 +214,27 @@ impl Cache {
     }
 }
 
-/// An HTTP client with the settings cairn uses everywhere.
+/// The HTTP client of `cairn build`.
 pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(15)))
-        .timeout_recv_body(Some(Duration::from_secs(60)))
-        .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent()
-}
-
-fn net_err(url: &str, e: ureq::Error) -> FetchError {
-    FetchError::Network {
-        url: url.to_string(),
-        message: e.to_string(),
-    }
+    cairn_fetch::agent(
+        concat!("cairn/", env!("CARGO_PKG_VERSION")),
+        cairn_fetch::Timeouts {
+            connect: Some(Duration::from_secs(15)),
+            recv_body: Some(Duration::from_secs(60)),
+            ..Default::default()
+        },
+    )
 }
 
 /// GET a (small) URL into memory, retrying transient failures.
 pub fn get_bytes(client: &Client, url: &str) -> Result<Vec<u8>, FetchError> {
-    client.retry.run(|| get_bytes_once(&client.agent, url))
-}
-
-fn get_bytes_once(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, FetchError> {
-    let resp = agent.get(url).call().map_err(|e| net_err(url, e))?;
-    match resp.status().as_u16() {
-        200 => {}
-        404 => return Err(FetchError::NotFound { url: url.into() }),
-        status => {
-            return Err(FetchError::Status {
-                url: url.into(),
-                status,
-            })
-        }
-    }
-    resp.into_body()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_vec()
-        .map_err(|e| net_err(url, e))
+    Ok(cairn_fetch::get(
+        &client.agent,
+        &client.retry,
+        url,
+        &[],
+        1 << 30,
+    )?)
 }
 
 /// Fetch one file into the cache, resuming a partial download (also
@@ -255,87 +250,27 @@ pub fn fetch_one(
         bar.inc(d.size);
         return Ok(p);
     }
-    let mut first = true;
-    client.retry.run(|| {
-        let r = fetch_once(&client.agent, cache, d, bar, first);
-        first = false;
-        r
-    })
-}
-
-/// One try; `first` says whether bytes of a leftover `.part` still need to
-/// be counted on the progress bar (a later try counted them as they came).
-fn fetch_once(
-    agent: &ureq::Agent,
-    cache: &Cache,
-    d: &Download,
-    bar: &ProgressBar,
-    first: bool,
-) -> Result<PathBuf, FetchError> {
-    let part = cache.part_path(&d.sha256);
-    let mut have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-    if have >= d.size && d.size > 0 {
-        // a complete but unverified leftover: check it below from scratch
-        have = 0;
-        let _ = fs::remove_file(&part);
-    }
-    let mut req = agent.get(&d.url);
-    if have > 0 {
-        req = req.header("Range", &format!("bytes={have}-"));
-    }
-    let resp = req.call().map_err(|e| net_err(&d.url, e))?;
-    let status = resp.status().as_u16();
-    let append = match status {
-        206 if have > 0 => true,
-        200 => false,
-        404 => return Err(FetchError::NotFound { url: d.url.clone() }),
-        status => {
-            return Err(FetchError::Status {
-                url: d.url.clone(),
-                status,
-            })
-        }
-    };
-    let mut out = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(append)
-        .truncate(!append)
-        .open(&part)
-        .map_err(io_err(&part))?;
-    if append && first {
-        bar.inc(have);
-    }
-    let mut body = resp.into_body();
-    let mut reader = body.as_reader();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| FetchError::Network {
-            url: d.url.clone(),
-            message: e.to_string(),
-        })?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n]).map_err(io_err(&part))?;
-        bar.inc(n as u64);
-    }
-    out.sync_all().map_err(io_err(&part))?;
-    drop(out);
-    let actual = sha256_file(&part)?;
-    if actual != d.sha256 {
-        let _ = fs::remove_file(&part);
-        return Err(FetchError::HashMismatch {
-            label: d.label.clone(),
-            url: d.url.clone(),
-            expected: d.sha256.clone(),
-            actual,
-        });
-    }
     let dest = cache.blob_path(&d.sha256);
-    let dir = dest.parent().expect("blob has a parent");
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    fs::rename(&part, &dest).map_err(io_err(&dest))?;
+    // the bar counts the bytes of this file once, a resumed part included
+    let mut counted = 0;
+    cairn_fetch::download(
+        &client.agent,
+        &client.retry,
+        &cairn_fetch::Resumable {
+            url: &d.url,
+            partial: &cache.part_path(&d.sha256),
+            dest: &dest,
+            size: d.size,
+            sha256: &d.sha256,
+        },
+        &mut |n| {
+            if n > counted {
+                bar.inc(n - counted);
+                counted = n;
+            }
+        },
+    )
+    .map_err(|e| FetchError::from_fetch(e, Some(&d.label)))?;
     Ok(dest)
 }
 
@@ -402,7 +337,8 @@ pub fn fetch_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader};
+    use sha2::{Digest, Sha256};
+    use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
 
     fn sha(d: &[u8]) -> String {
@@ -516,11 +452,15 @@ mod tests {
                     );
                     continue;
                 };
+                let total = body.len();
                 let body = &body[range.unwrap_or(0)..];
-                let status = if range.is_some() {
-                    "206 Partial Content"
-                } else {
-                    "200 OK"
+                // a 206 says which bytes it carries, as a real server does
+                let status = match range {
+                    Some(start) => format!(
+                        "206 Partial Content\r\nContent-Range: bytes {start}-{}/{total}",
+                        total - 1
+                    ),
+                    None => "200 OK".to_string(),
                 };
                 match faults.get(n - 1) {
                     Some(Fault::Drop) => drop(s),

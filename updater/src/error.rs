@@ -27,12 +27,6 @@ pub enum UpdateError {
     /// (`ChannelError::NotNewer`: the channel offers nothing newer).
     #[error(transparent)]
     Channel(#[from] ChannelError),
-    /// A manifest signature that does not verify. The agent reports it as
-    /// `Channel(ChannelError::BadSignature)`; this variant stays while
-    /// `fetch`'s tests name it (the download code is being merged with the
-    /// builder's).
-    #[error("manifest signature does not verify with key {key_id}")]
-    BadSignature { key_id: String },
     #[error("version {version} rolled back on this machine ({at}: {reason}); it is not installed again: waiting for a newer one")]
     Denied {
         version: String,
@@ -86,15 +80,14 @@ impl UpdateError {
     }
 
     /// A failure that may pass by itself (DNS, refused or reset
-    /// connections, timeouts, a server's 5xx, 408 or 429), as the builder
-    /// retries them. A 404, a bad signature, a wrong hash or size or a
-    /// local I/O error is final.
+    /// connections, timeouts, a server's 5xx, 408 or 429:
+    /// [`cairn_fetch::transient_status`]), as every cairn download retries
+    /// them. A 404, a bad signature, a wrong hash or size or a local I/O
+    /// error is final.
     pub fn is_transient(&self) -> bool {
         match self {
             UpdateError::Network { .. } => true,
-            UpdateError::HttpStatus { status, .. } => {
-                *status >= 500 || *status == 408 || *status == 429
-            }
+            UpdateError::HttpStatus { status, .. } => cairn_fetch::transient_status(*status),
             _ => false,
         }
     }

@@ -19,10 +19,6 @@ pub mod lock;
 pub mod slot;
 pub mod state;
 
-// `fetch` names these as `crate::bundle` and `crate::manifest`; nothing
-// outside this crate reaches the channel through it.
-pub(crate) use cairn_formats::channel::{bundle, manifest};
-
 pub use agent::{Agent, Outcome, Paths, SlotDevices};
 pub use config::{Config, Strategy, Window};
 pub use error::UpdateError;
