@@ -1,7 +1,8 @@
-//! HTTP(S) fetch of user-data with coreos-cloudinit's retry policy: exponential backoff on network errors and 5xx, 4xx final.
+//! HTTP(S) fetch of user-data with coreos-cloudinit's retry policy: exponential backoff on network errors and 5xx, 4xx final; the client, the GET and the retry loop are cairn-fetch's.
 
-use std::io::Read;
 use std::time::Duration;
+
+use cairn_fetch::{Retry, Transient};
 
 /// How hard to try. [`RetryPolicy::default`] is coreos-cloudinit's: 15 tries,
 /// backoff 100 ms doubling up to 5 s, 10 s timeout per try (about 2.5 min at
@@ -31,15 +32,18 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The tries and waits, as cairn-fetch runs them.
+    pub fn retry(&self) -> Retry {
+        Retry {
+            tries: self.max_tries,
+            first_delay: self.initial_backoff,
+            max_delay: self.max_backoff,
+        }
+    }
+
     /// The sleep after failed try number `try_no` (1-based).
     pub fn backoff(&self, try_no: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(try_no.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.initial_backoff
-            .checked_mul(factor)
-            .unwrap_or(self.max_backoff)
-            .min(self.max_backoff)
+        self.retry().delay(try_no)
     }
 }
 
@@ -62,64 +66,35 @@ pub enum FetchError {
     },
 }
 
-/// One try's result.
-enum Attempt {
-    Ok(Vec<u8>),
-    Retry(String),
-    Final(FetchError),
-}
+/// One try's failure under coreos-cloudinit's rule, which retries network
+/// errors and 5xx only: a 408 or 429 is final here, as every 4xx.
+struct Try(cairn_fetch::Error);
 
-fn agent(policy: &RetryPolicy) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(policy.timeout))
-        .http_status_as_error(false)
-        .max_redirects(10)
-        .user_agent(concat!("cairn-cloudinit/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
-}
-
-fn attempt(agent: &ureq::Agent, url: &str, policy: &RetryPolicy) -> Attempt {
-    let mut resp = match agent.get(url).call() {
-        Ok(r) => r,
-        Err(e) => return classify(url, e),
-    };
-    let status = resp.status().as_u16();
-    match status {
-        200..=299 => {
-            let mut body = Vec::new();
-            let reader = resp
-                .body_mut()
-                .with_config()
-                .limit(policy.max_bytes)
-                .reader();
-            match reader.take(policy.max_bytes + 1).read_to_end(&mut body) {
-                Ok(_) => Attempt::Ok(body),
-                Err(e) => Attempt::Retry(format!("reading the body: {e}")),
-            }
-        }
-        500..=599 => Attempt::Retry(format!("HTTP status {status}")),
-        _ => Attempt::Final(FetchError::Status {
-            url: url.to_string(),
-            status,
-        }),
+impl std::fmt::Display for Try {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
-fn classify(url: &str, e: ureq::Error) -> Attempt {
-    use ureq::Error as E;
-    match e {
-        E::BadUri(_)
-        | E::Http(_)
-        | E::InvalidProxyUrl
-        | E::RequireHttpsOnly(_)
-        | E::TooManyRedirects
-        | E::RedirectFailed
-        | E::BodyExceedsLimit(_) => Attempt::Final(FetchError::Final {
-            url: url.to_string(),
-            message: e.to_string(),
-        }),
-        other => Attempt::Retry(other.to_string()),
+impl Transient for Try {
+    fn is_transient(&self) -> bool {
+        match &self.0 {
+            cairn_fetch::Error::Status { status, .. } => (500..=599).contains(status),
+            e => e.is_transient(),
+        }
+    }
+
+    fn gave_up(self, tries: u32, secs: u64) -> Self {
+        Try(self.0.gave_up(tries, secs))
+    }
+}
+
+/// `e`'s message without the URL in front.
+fn reason(url: &str, e: &cairn_fetch::Error) -> String {
+    let s = e.to_string();
+    match s.strip_prefix(url).and_then(|r| r.strip_prefix(": ")) {
+        Some(r) => r.to_string(),
+        None => s,
     }
 }
 
@@ -130,35 +105,47 @@ pub fn fetch(url: &str, policy: &RetryPolicy) -> Result<Vec<u8>, FetchError> {
             url: url.to_string(),
         });
     }
-    let agent = agent(policy);
+    let agent = cairn_fetch::agent(
+        concat!("cairn-cloudinit/", env!("CARGO_PKG_VERSION")),
+        cairn_fetch::Timeouts {
+            global: Some(policy.timeout),
+            ..Default::default()
+        },
+    );
     let tries = policy.max_tries.max(1);
-    let mut last = String::new();
-    for try_no in 1..=tries {
+    let mut try_no = 0;
+    let got = policy.retry().run(|| {
+        try_no += 1;
         tracing::info!("fetching {url} (try {try_no} of {tries})");
-        match attempt(&agent, url, policy) {
-            Attempt::Ok(body) => {
-                tracing::info!("fetched {url}: {} bytes", body.len());
-                return Ok(body);
-            }
-            Attempt::Final(e) => {
-                tracing::error!("{e}");
-                return Err(e);
-            }
-            Attempt::Retry(msg) => {
-                tracing::warn!("fetching {url}: {msg}");
-                last = msg;
-            }
+        cairn_fetch::get_once(&agent, url, &[], policy.max_bytes).map_err(Try)
+    });
+    let e = match got {
+        Ok(body) => {
+            tracing::info!("fetched {url}: {} bytes", body.len());
+            return Ok(body);
         }
-        if try_no < tries {
-            let sleep = policy.backoff(try_no);
-            tracing::info!("retrying {url} in {sleep:?}");
-            std::thread::sleep(sleep);
-        }
-    }
-    let e = FetchError::GaveUp {
-        url: url.to_string(),
-        tries,
-        last,
+        Err(e) => e,
+    };
+    let e = match e {
+        Try(cairn_fetch::Error::GaveUp { tries, last, .. }) => FetchError::GaveUp {
+            url: url.to_string(),
+            tries,
+            last: reason(url, &last),
+        },
+        // a single try (`max_tries` 1) that failed for a passing reason
+        e if e.is_transient() => FetchError::GaveUp {
+            url: url.to_string(),
+            tries: try_no,
+            last: reason(url, &e.0),
+        },
+        Try(cairn_fetch::Error::Status { status, .. }) => FetchError::Status {
+            url: url.to_string(),
+            status,
+        },
+        Try(e) => FetchError::Final {
+            url: url.to_string(),
+            message: reason(url, &e),
+        },
     };
     tracing::error!("{e}");
     Err(e)
