@@ -481,7 +481,15 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     let st = status(&mut vm);
     assert!(st.contains("2.0.0 staged in slot b"), "{st}");
     let t = Instant::now();
-    guest_sh(&mut vm, "systemctl --no-block reboot", CMD);
+    // the reboot starts 2 s after the command returned: the guest agent
+    // must still be there to report how the command ended (a reboot that
+    // stops qemu-ga first makes guest-exec-status fail: "Invalid parameter
+    // 'pid'", seen once on a loaded machine)
+    guest_sh(
+        &mut vm,
+        "systemd-run --quiet --on-active=2 --unit=cairn-test-reboot systemctl reboot",
+        CMD,
+    );
     wait_booted(&mut vm, 'b');
     let downtime = t.elapsed();
     eprintln!(
