@@ -231,7 +231,8 @@ fn three_machines_take_an_update_one_at_a_time() {
     let mut on_b: BTreeMap<usize, f64> = BTreeMap::new();
     while on_b.len() < 3 {
         assert!(
-            t1.elapsed() < Duration::from_secs(3000),
+            // ~300 s on CI; a hung machine fails here, not at CI's limit
+            t1.elapsed() < Duration::from_secs(1200),
             "not all machines updated: slot b seen on {on_b:?}; holders: {:?}",
             samples.last()
         );

@@ -118,6 +118,11 @@ impl GuestAgent {
         }
     }
 
+    /// The agent's unix socket.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     pub fn socket_path(&self) -> &Path {
         &self.path
     }

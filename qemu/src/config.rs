@@ -16,6 +16,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::accel::Accel;
 use crate::VmError;
@@ -210,6 +211,11 @@ pub struct VmConfig {
     pub firmware_debug_log: bool,
     /// `-no-reboot`: a guest reboot makes QEMU exit.
     pub no_reboot: bool,
+    /// Power-cycle QEMU when the console stays silent this long after the
+    /// guest kernel's reboot line ([`crate::power`]); `None`: never.
+    /// Default 180 s: a firmware that works speaks within seconds even
+    /// under TCG on a loaded machine.
+    pub reset_stall: Option<Duration>,
     /// SMBIOS system UUID (`-uuid`).
     pub uuid: Option<String>,
     /// Copy serial output to stderr live (default: `CAIRN_VM_ECHO=1`).
@@ -245,6 +251,7 @@ impl VmConfig {
             bios_serial_console: true,
             firmware_debug_log: false,
             no_reboot: false,
+            reset_stall: Some(Duration::from_secs(180)),
             uuid: None,
             echo_serial: std::env::var("CAIRN_VM_ECHO").is_ok_and(|v| v == "1"),
             qemu: std::env::var_os("CAIRN_QEMU")
@@ -421,6 +428,12 @@ impl VmConfig {
         self
     }
 
+    /// See [`VmConfig::reset_stall`].
+    pub fn reset_stall(mut self, stall: Option<Duration>) -> Self {
+        self.reset_stall = stall;
+        self
+    }
+
     pub fn echo_serial(mut self, on: bool) -> Self {
         self.echo_serial = on;
         self
@@ -537,7 +550,9 @@ pub fn qemu_args(config: &VmConfig, layout: &Layout) -> Result<Vec<String>, VmEr
         Console::File(log) => {
             push(&[
                 "-chardev",
-                &format!("file,id=serial0,path={}", opt_path(log)?),
+                // append: a power cycle ([`crate::power`]) starts QEMU again
+                // on the same log.
+                &format!("file,id=serial0,path={},append=on", opt_path(log)?),
             ]);
             push(&["-serial", "chardev:serial0"]);
         }
@@ -774,7 +789,7 @@ mod tests {
                 "-drive",
                 "if=pflash,format=raw,unit=1,file=/v/OVMF_VARS.fd",
                 "-chardev",
-                "file,id=serial0,path=/v/serial.log",
+                "file,id=serial0,path=/v/serial.log,append=on",
                 "-serial",
                 "chardev:serial0",
                 "-chardev",
@@ -970,7 +985,7 @@ mod tests {
         assert_eq!(
             values(&args, "-chardev"),
             [
-                "file,id=serial0,path=/v/serial.log",
+                "file,id=serial0,path=/v/serial.log,append=on",
                 "socket,id=qmp0,path=/v/qmp.sock,server=on,wait=off",
                 "file,id=fwdebug0,path=/v/firmware-debug.log",
                 "socket,id=qga0,path=/v/qga.sock,server=on,wait=off",

@@ -17,9 +17,9 @@ use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use tempfile::TempDir;
 
 use crate::agent::{ExecOutput, GuestAgent};
 use crate::config::{self, Boot, Console, DiskFormat, Firmware, Layout, VmConfig};
+use crate::power::{self, Launcher, Proc, ResetWatchdog};
 use crate::qmp::{Event, Qmp, QmpError};
 use crate::serial::{LogWatcher, WaitError};
 use crate::VmError;
@@ -70,8 +71,11 @@ pub struct Vm {
     name: String,
     dir: Option<TempDir>,
     dir_path: PathBuf,
-    child: Child,
-    exit: Option<ExitStatus>,
+    /// QEMU, shared with the reset watchdog (which may replace it).
+    proc: power::Shared,
+    /// The [`power::Proc::generation`] `qmp` is connected to.
+    qmp_generation: u64,
+    qmp_path: PathBuf,
     qmp: Option<Qmp>,
     agent: Option<GuestAgent>,
     serial: LogWatcher,
@@ -82,6 +86,7 @@ pub struct Vm {
     keep: Option<bool>,
     failed: bool,
     echo: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    watchdog: Option<power::ResetWatchdog>,
     /// This VM's place in the machine-wide VM limit, given back on drop
     /// (after QEMU has exited).
     slot: Option<crate::slots::Held>,
@@ -91,9 +96,9 @@ impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vm")
             .field("name", &self.name)
-            .field("pid", &self.child.id())
+            .field("pid", &self.pid())
             .field("dir", &self.dir_path)
-            .field("exit", &self.exit)
+            .field("exit", &power::lock(&self.proc).exit)
             .finish_non_exhaustive()
     }
 }
@@ -371,28 +376,18 @@ impl Vm {
         let cmd_file = dir.join(files::COMMAND);
         fs::write(&cmd_file, format!("{line}\n")).map_err(VmError::io(&cmd_file))?;
         let stderr_path = dir.join(files::QEMU_STDERR);
-        let stderr = fs::File::create(&stderr_path).map_err(VmError::io(&stderr_path))?;
-        for sock in [&layout.qmp_socket, &layout.qga_socket]
-            .into_iter()
-            .flatten()
-        {
-            let _ = fs::remove_file(sock);
-        }
-
-        let mut cmd = match &config.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns.as_str()]).arg(&config.qemu);
-                c
-            }
-            None => Command::new(&config.qemu),
+        let launcher = Launcher {
+            program: config.qemu.clone(),
+            args: args.clone(),
+            netns: config.netns.clone(),
+            stderr: stderr_path.clone(),
+            sockets: [&layout.qmp_socket, &layout.qga_socket]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
         };
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|source| VmError::Spawn {
+        let child = launcher.spawn(false).map_err(|source| VmError::Spawn {
             program: program.clone(),
             hint: " (install the Debian package `qemu-system-x86`)",
             source,
@@ -405,8 +400,13 @@ impl Vm {
             name: config.name.clone(),
             dir: None,
             dir_path: dir.to_owned(),
-            child,
-            exit: None,
+            proc: Arc::new(Mutex::new(Proc {
+                child,
+                exit: None,
+                generation: 0,
+            })),
+            qmp_generation: 0,
+            qmp_path: layout.qmp_socket.clone().expect("test VMs always have QMP"),
             qmp: None,
             agent: layout.qga_socket.clone().map(GuestAgent::new),
             serial: LogWatcher::new(&serial_path),
@@ -416,11 +416,10 @@ impl Vm {
             keep: None,
             failed: false,
             echo: None,
+            watchdog: None,
             slot: None,
         };
-        let qmp_path = layout.qmp_socket.clone().expect("test VMs always have QMP");
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let sock = loop {
+        if let Err(e) = vm.connect_qmp() {
             if let Some(status) = vm.try_exit_status() {
                 return Err(VmError::EarlyExit {
                     status,
@@ -429,25 +428,72 @@ impl Vm {
                     dir: dir.to_owned(),
                 });
             }
-            match UnixStream::connect(&qmp_path) {
+            return Err(e);
+        }
+        if let Some(stall) = config.reset_stall {
+            vm.watchdog = Some(ResetWatchdog::start(
+                config.name.clone(),
+                vm.proc.clone(),
+                launcher,
+                serial_path.clone(),
+                stall,
+            ));
+        }
+        if config.echo_serial {
+            vm.echo = Some(spawn_echo(serial_path));
+        }
+        Ok(vm)
+    }
+
+    /// (Re)connects QMP to the current QEMU: waits for its socket, up to
+    /// [`STARTUP_TIMEOUT`], unless QEMU exits first.
+    fn connect_qmp(&mut self) -> Result<(), VmError> {
+        self.qmp = None;
+        let generation = power::lock(&self.proc).generation;
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let sock = loop {
+            if let Some(status) = self.try_exit_status() {
+                return Err(VmError::Qmp(QmpError::Io(io::Error::other(format!(
+                    "QEMU exited ({status}) before its QMP socket {} answered",
+                    self.qmp_path.display()
+                )))));
+            }
+            match UnixStream::connect(&self.qmp_path) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() >= deadline => {
                     return Err(VmError::Qmp(QmpError::Io(io::Error::new(
                         e.kind(),
                         format!(
                             "QMP socket {} not ready after {STARTUP_TIMEOUT:?}: {e}",
-                            qmp_path.display()
+                            self.qmp_path.display()
                         ),
                     ))))
                 }
                 Err(_) => thread::sleep(Duration::from_millis(20)),
             }
         };
-        vm.qmp = Some(Qmp::from_stream(sock, QMP_TIMEOUT)?);
-        if config.echo_serial {
-            vm.echo = Some(spawn_echo(serial_path));
+        self.qmp = Some(Qmp::from_stream(sock, QMP_TIMEOUT)?);
+        self.qmp_generation = generation;
+        Ok(())
+    }
+
+    /// After a power cycle by the reset watchdog: a new QMP connection and
+    /// a new guest-agent client (the old ones talked to the killed QEMU).
+    fn follow_power_cycle(&mut self) -> Result<(), VmError> {
+        let generation = power::lock(&self.proc).generation;
+        if generation == self.qmp_generation {
+            return Ok(());
         }
-        Ok(vm)
+        if let Some(a) = self.agent.as_ref() {
+            self.agent = Some(GuestAgent::new(a.path().to_owned()));
+        }
+        self.connect_qmp()
+    }
+
+    /// How many times the reset watchdog power-cycled this VM because its
+    /// firmware hung after a guest reboot ([`crate::power`]).
+    pub fn power_cycles(&self) -> u32 {
+        self.watchdog.as_ref().map_or(0, ResetWatchdog::cycles)
     }
 
     pub fn name(&self) -> &str {
@@ -472,7 +518,7 @@ impl Vm {
 
     /// QEMU's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        power::lock(&self.proc).child.id()
     }
 
     /// The QEMU arguments (without the program).
@@ -531,13 +577,8 @@ impl Vm {
         patterns: &[&str],
         timeout: Duration,
     ) -> Result<(usize, String), WaitError> {
-        let Vm {
-            serial,
-            child,
-            exit,
-            ..
-        } = self;
-        let r = serial.wait_for_any(patterns, timeout, || poll_exit(child, exit));
+        let Vm { serial, proc, .. } = self;
+        let r = serial.wait_for_any(patterns, timeout, || power::lock(proc).poll());
         self.note(r)
     }
 
@@ -554,7 +595,7 @@ impl Vm {
 
     /// QEMU's exit status if it has exited (reaps it).
     pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
-        poll_exit(&mut self.child, &mut self.exit)
+        power::lock(&self.proc).poll()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -573,7 +614,7 @@ impl Vm {
             if start.elapsed() >= timeout {
                 self.failed = true;
                 return Err(VmError::ExitTimeout {
-                    pid: self.child.id(),
+                    pid: self.pid(),
                     waited: start.elapsed(),
                 });
             }
@@ -586,8 +627,9 @@ impl Vm {
         if let Some(s) = self.try_exit_status() {
             return Ok(s);
         }
-        let pid = self.child.id();
-        match self.child.kill() {
+        let mut p = power::lock(&self.proc);
+        let pid = p.child.id();
+        match p.child.kill() {
             Ok(()) => {}
             // Exited between the check and the kill.
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {}
@@ -598,11 +640,9 @@ impl Vm {
                 })
             }
         }
-        let status = self
-            .child
-            .wait()
-            .map_err(VmError::io(format!("pid {pid}")))?;
-        self.exit = Some(status);
+        let status = p.child.wait().map_err(VmError::io(format!("pid {pid}")))?;
+        p.exit = Some(status);
+        drop(p);
         self.qmp = None;
         Ok(status)
     }
@@ -611,6 +651,7 @@ impl Vm {
 
     /// Runs any QMP command; the escape hatch.
     pub fn qmp(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, VmError> {
+        self.follow_power_cycle()?;
         let qmp = self.qmp.as_mut().ok_or(VmError::Qmp(QmpError::Closed {
             command: command.to_owned(),
         }))?;
@@ -661,6 +702,7 @@ impl Vm {
 
     /// Events QEMU sent so far and not yet returned.
     pub fn events(&mut self) -> Result<Vec<Event>, VmError> {
+        self.follow_power_cycle()?;
         let qmp = self.qmp.as_mut().ok_or(VmError::Qmp(QmpError::Closed {
             command: "events".into(),
         }))?;
@@ -669,6 +711,7 @@ impl Vm {
 
     /// Waits for an event by name (`SHUTDOWN`, `RESET`, `WATCHDOG`, ...).
     pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Event, VmError> {
+        self.follow_power_cycle()?;
         let qmp = self.qmp.as_mut().ok_or(VmError::Qmp(QmpError::Closed {
             command: name.into(),
         }))?;
@@ -679,6 +722,8 @@ impl Vm {
     // ---- guest agent ----
 
     fn agent(&mut self) -> Result<&mut GuestAgent, VmError> {
+        // A power cycle mid-way is survivable: the agent reconnects itself.
+        let _ = self.follow_power_cycle();
         self.agent.as_mut().ok_or(VmError::NoAgent)
     }
 
@@ -740,15 +785,6 @@ impl Vm {
     }
 }
 
-fn poll_exit(child: &mut Child, exit: &mut Option<ExitStatus>) -> Option<ExitStatus> {
-    if exit.is_none() {
-        if let Ok(Some(s)) = child.try_wait() {
-            *exit = Some(s);
-        }
-    }
-    *exit
-}
-
 /// Copies the serial log to stderr as it grows, until stopped.
 fn spawn_echo(path: PathBuf) -> (Arc<AtomicBool>, JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -780,12 +816,18 @@ fn spawn_echo(path: PathBuf) -> (Arc<AtomicBool>, JoinHandle<()>) {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if self.try_exit_status().is_none() {
-            let _ = self.child.kill();
-            if let Ok(s) = self.child.wait() {
-                self.exit = Some(s);
+        {
+            let mut p = power::lock(&self.proc);
+            if p.poll().is_none() {
+                let _ = p.child.kill();
+                if let Ok(s) = p.child.wait() {
+                    p.exit = Some(s);
+                }
             }
         }
+        // After QEMU is gone: the watchdog thread is the parent of any QEMU
+        // it started, which its exit would kill.
+        self.watchdog.take();
         if let Some((stop, handle)) = self.echo.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = handle.join();
