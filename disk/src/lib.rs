@@ -16,6 +16,7 @@
 
 mod bls;
 pub mod config_drive;
+mod convert;
 mod error;
 mod esp;
 mod fat_fixup;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use bls::{bls_entry, entry_file_name, loader_conf, BootEntry};
+pub use convert::ConvertError;
 pub use error::DiskError;
 pub use esp::{EspEntry, EspInfo};
 pub use guid::{derive_guid, DISK_GUID_NAME};

@@ -34,14 +34,15 @@
 //! and their compressed forms, one L2 table, the L1 table (8 bytes per
 //! 512 MiB of guest) and the refcounts (2 bytes per output cluster).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::Instant;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
-use rayon::prelude::*;
+
+use crate::convert::{self, Raw, SECTOR};
 
 /// Bytes per cluster (the guest's and the host file's allocation unit).
 pub const CLUSTER_SIZE: u64 = 1 << CLUSTER_BITS;
@@ -50,7 +51,6 @@ pub const DEFLATE_LEVEL: u32 = 6;
 
 const CLUSTER_BITS: u32 = 16;
 const CLUSTER: usize = CLUSTER_SIZE as usize;
-const SECTOR: u64 = 512;
 /// Entries of an L2 table (8 bytes each, one cluster).
 const L2_ENTRIES: u64 = CLUSTER_SIZE / 8;
 const REFCOUNT_ORDER: u32 = 4;
@@ -60,9 +60,6 @@ const REFCOUNTS_PER_BLOCK: u64 = CLUSTER_SIZE * 8 / (1 << REFCOUNT_ORDER);
 const HEADER_LENGTH: u32 = 112;
 /// qemu refuses L1 tables larger than 32 MiB.
 const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
-/// Guest clusters read and compressed at a time (8 MiB; two batches are
-/// in flight).
-const BATCH: usize = 128;
 /// qemu inflates compressed clusters with a 4 KiB window (`inflateInit2`
 /// with -12): matches must not reach further back.
 const DEFLATE_WINDOW_BITS: u8 = 12;
@@ -120,129 +117,18 @@ pub struct Report {
     pub zero_clusters: u64,
 }
 
-/// Why a raw image could not be converted. Each names the file involved.
-#[derive(Debug, thiserror::Error)]
-pub enum Qcow2Error {
-    /// An I/O error on the raw image or the qcow2 file.
-    #[error("{action} {path}: {source}")]
-    Io {
-        /// What was being done, e.g. "reading raw image".
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
-
-    /// The input is a directory, device, ...
-    #[error("raw image {path}: expected a regular file")]
-    NotAFile {
-        /// The input.
-        path: PathBuf,
-    },
-
-    /// qcow2 sizes are whole sectors.
-    #[error("raw image {path} is {size} bytes: expected a multiple of 512 (whole sectors)")]
-    Unaligned {
-        /// The input.
-        path: PathBuf,
-        /// Its size.
-        size: u64,
-    },
-
-    /// Larger than qemu's 32 MiB L1 table can map with 64 KiB clusters.
-    #[error("raw image {path} is {size} bytes: expected at most {max} bytes")]
-    TooLarge {
-        /// The input.
-        path: PathBuf,
-        /// Its size.
-        size: u64,
-        /// The largest size qemu can open.
-        max: u64,
-    },
-
-    /// The raw image got shorter while it was read.
-    #[error("raw image {path} shrank while it was converted: expected {size} bytes")]
-    Shrank {
-        /// The input.
-        path: PathBuf,
-        /// Its size when the conversion started.
-        size: u64,
-    },
-
-    /// The output path is the input file.
-    #[error("{path} is both the raw image and the qcow2 image being written")]
-    InputIsOutput {
-        /// The file.
-        path: PathBuf,
-    },
-
-    /// The deflate library failed (not expected to happen).
-    #[error("raw image {path}: deflating the cluster at byte {offset}: {reason}")]
-    Deflate {
-        /// The input.
-        path: PathBuf,
-        /// Guest byte offset of the cluster.
-        offset: u64,
-        /// What the library reported.
-        reason: String,
-    },
-}
-
-impl Qcow2Error {
-    fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
-        Qcow2Error::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
+/// Why a raw image could not be converted (the error of both converters).
+pub use crate::convert::ConvertError as Qcow2Error;
 
 /// Converts the raw disk image `raw` into the qcow2 image `out` (replacing
 /// any file there; removed again on failure). The same raw contents and
 /// options give the same bytes.
 pub fn write(raw: &Path, out: &Path, opts: &Options) -> Result<Report, Qcow2Error> {
     let started = Instant::now();
-    let input = File::open(raw).map_err(|e| Qcow2Error::io("opening raw image", raw, e))?;
-    let meta = input
-        .metadata()
-        .map_err(|e| Qcow2Error::io("reading metadata of raw image", raw, e))?;
-    if !meta.is_file() {
-        return Err(Qcow2Error::NotAFile {
-            path: raw.to_path_buf(),
-        });
-    }
-    let size = meta.len();
-    if size % SECTOR != 0 {
-        return Err(Qcow2Error::Unaligned {
-            path: raw.to_path_buf(),
-            size,
-        });
-    }
     let max = MAX_L1_ENTRIES * L2_ENTRIES * CLUSTER_SIZE;
-    if size > max {
-        return Err(Qcow2Error::TooLarge {
-            path: raw.to_path_buf(),
-            size,
-            max,
-        });
-    }
-    // Creating the output truncates it: refuse if it is the input.
-    if let Ok(m) = std::fs::metadata(out) {
-        if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) {
-            return Err(Qcow2Error::InputIsOutput {
-                path: out.to_path_buf(),
-            });
-        }
-    }
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(out)
-        .map_err(|e| Qcow2Error::io("creating qcow2 image", out, e))?;
-    match convert(&input, raw, file, out, size, opts) {
+    let input = Raw::open(raw, out, "qcow2", max)?;
+    let file = convert::create(out, "qcow2")?;
+    match write_image(&input, file, out, opts) {
         Ok(report) => {
             tracing::info!(
                 path = %out.display(),
@@ -262,24 +148,21 @@ pub fn write(raw: &Path, out: &Path, opts: &Options) -> Result<Report, Qcow2Erro
     }
 }
 
-/// How one guest cluster is stored.
+/// How one guest cluster that is not all zero is stored.
 enum Encoded {
-    /// All zero: not stored.
-    Zero,
-    /// Stored as is.
+    /// As is.
     Plain,
-    /// Stored deflated.
+    /// Deflated.
     Deflated(Vec<u8>),
 }
 
-fn convert(
-    input: &File,
-    raw: &Path,
+fn write_image(
+    input: &Raw<'_>,
     file: File,
     out: &Path,
-    size: u64,
     opts: &Options,
 ) -> Result<Report, Qcow2Error> {
+    let size = input.size;
     let guest_clusters = size.div_ceil(CLUSTER_SIZE);
     let l1_entries = guest_clusters.div_ceil(L2_ENTRIES);
     let mut w = Writer {
@@ -297,44 +180,26 @@ fn convert(
         data_clusters: 0,
         compressed_clusters: 0,
     };
-    let mut candidates = DataClusters {
-        file: input,
-        size,
-        next: 0,
-        end: 0,
-    };
-    let source = Source {
-        file: input,
-        path: raw,
-        size,
-    };
-
-    // A pipeline of two batches: while one is deflated (by the other
-    // threads), the current thread writes the one before and reads the
-    // next into its buffer. The order of the output is that of the guest.
-    let mut current = Batch::new();
-    let mut other = Batch::new();
-    current.fill(&source, &mut candidates)?;
-    let mut deflated: Option<Vec<Encoded>> = None;
-    loop {
-        let to_write = deflated.take();
-        let (io, encoded) = rayon::join(
-            || {
-                if let Some(encoded) = to_write {
-                    map.store(&mut w, &other, encoded)?;
-                }
-                other.fill(&source, &mut candidates)
-            },
-            || current.encode(raw, opts.compress),
-        );
-        io?;
-        let encoded = encoded?;
-        std::mem::swap(&mut current, &mut other);
-        if other.clusters.is_empty() {
-            break;
-        }
-        deflated = Some(encoded);
-    }
+    let compress = opts.compress;
+    convert::run(
+        input,
+        || {
+            let z = Compress::new_with_window_bits(
+                Compression::new(DEFLATE_LEVEL),
+                false,
+                DEFLATE_WINDOW_BITS,
+            );
+            (z, vec![0u8; CLUSTER])
+        },
+        |(z, scratch), data| {
+            if compress {
+                deflate(z, scratch, data)
+            } else {
+                Ok(Encoded::Plain)
+            }
+        },
+        |guest, data, enc| map.store(&mut w, guest, data, enc),
+    )?;
     flush_l2(&mut w, &mut map.l1, map.l2.take())?;
 
     let l1_offset = if map.l1.is_empty() {
@@ -409,96 +274,33 @@ struct Mapping {
 }
 
 impl Mapping {
-    /// Writes the batch's clusters as `encoded` says, in guest order, and
-    /// maps them; writes each L2 table once the data it maps is written.
+    /// Writes guest cluster `guest` as `enc` says and maps it; writes each
+    /// L2 table once the data it maps is written (clusters come in guest
+    /// order).
     fn store(
         &mut self,
         w: &mut Writer<'_>,
-        batch: &Batch,
-        encoded: Vec<Encoded>,
+        guest: u64,
+        data: &[u8],
+        enc: Encoded,
     ) -> Result<(), Qcow2Error> {
-        for (slot, (&guest, enc)) in batch.clusters.iter().zip(encoded).enumerate() {
-            let entry = match enc {
-                Encoded::Zero => continue,
-                Encoded::Plain => None,
-                Encoded::Deflated(bytes) => Some(bytes),
-            };
-            let l1_index = guest / L2_ENTRIES;
-            if self.l2.as_ref().is_some_and(|(i, _)| *i != l1_index) {
-                flush_l2(w, &mut self.l1, self.l2.take())?;
-            }
-            let entry = match entry {
-                None => w.table(batch.cluster(slot))? | OFLAG_COPIED,
-                Some(bytes) => {
-                    self.compressed_clusters += 1;
-                    w.compressed(&bytes)?
-                }
-            };
-            self.data_clusters += 1;
-            let (_, table) = self
-                .l2
-                .get_or_insert_with(|| (l1_index, vec![0; L2_ENTRIES as usize]));
-            table[(guest % L2_ENTRIES) as usize] = entry;
+        let l1_index = guest / L2_ENTRIES;
+        if self.l2.as_ref().is_some_and(|(i, _)| *i != l1_index) {
+            flush_l2(w, &mut self.l1, self.l2.take())?;
         }
+        let entry = match enc {
+            Encoded::Plain => w.table(data)? | OFLAG_COPIED,
+            Encoded::Deflated(bytes) => {
+                self.compressed_clusters += 1;
+                w.compressed(&bytes)?
+            }
+        };
+        self.data_clusters += 1;
+        let (_, table) = self
+            .l2
+            .get_or_insert_with(|| (l1_index, vec![0; L2_ENTRIES as usize]));
+        table[(guest % L2_ENTRIES) as usize] = entry;
         Ok(())
-    }
-}
-
-/// The raw image being read.
-struct Source<'a> {
-    file: &'a File,
-    path: &'a Path,
-    size: u64,
-}
-
-/// Up to [`BATCH`] guest clusters that may hold data, read.
-struct Batch {
-    /// Their indices, ascending.
-    clusters: Vec<u64>,
-    /// Their contents, one cluster each.
-    buf: Vec<u8>,
-}
-
-impl Batch {
-    fn new() -> Self {
-        Batch {
-            clusters: Vec::with_capacity(BATCH),
-            buf: vec![0; BATCH * CLUSTER],
-        }
-    }
-
-    fn cluster(&self, slot: usize) -> &[u8] {
-        &self.buf[slot * CLUSTER..][..CLUSTER]
-    }
-
-    /// Reads the next clusters `candidates` gives (none at the end).
-    fn fill(
-        &mut self,
-        source: &Source<'_>,
-        candidates: &mut DataClusters<'_>,
-    ) -> Result<(), Qcow2Error> {
-        self.clusters.clear();
-        while self.clusters.len() < BATCH {
-            match candidates
-                .next()
-                .map_err(|e| Qcow2Error::io("finding the data of raw image", source.path, e))?
-            {
-                Some(c) => self.clusters.push(c),
-                None => break,
-            }
-        }
-        read_batch(source, &self.clusters, &mut self.buf)
-    }
-
-    /// Decides how each cluster is stored, deflating in parallel.
-    fn encode(&self, raw: &Path, compress: bool) -> Result<Vec<Encoded>, Qcow2Error> {
-        encode(&self.buf[..self.clusters.len() * CLUSTER], compress).map_err(|(i, reason)| {
-            Qcow2Error::Deflate {
-                path: raw.to_path_buf(),
-                offset: self.clusters[i] * CLUSTER_SIZE,
-                reason,
-            }
-        })
     }
 }
 
@@ -629,115 +431,6 @@ impl Writer<'_> {
     }
 }
 
-/// The guest clusters that may hold data, ascending: those overlapping
-/// the raw file's data extents, or all of them where the file system
-/// cannot tell holes from data.
-struct DataClusters<'a> {
-    file: &'a File,
-    size: u64,
-    /// The next cluster to return.
-    next: u64,
-    /// End (exclusive) of the clusters of the current data extent.
-    end: u64,
-}
-
-impl DataClusters<'_> {
-    fn next(&mut self) -> io::Result<Option<u64>> {
-        loop {
-            if self.next < self.end {
-                self.next += 1;
-                return Ok(Some(self.next - 1));
-            }
-            let from = self.next * CLUSTER_SIZE;
-            match next_extent(self.file, from, self.size)? {
-                None => return Ok(None),
-                Some((start, end)) => {
-                    self.next = self.next.max(start / CLUSTER_SIZE);
-                    self.end = end.div_ceil(CLUSTER_SIZE);
-                }
-            }
-        }
-    }
-}
-
-/// The first data extent at or after byte `from`: `[start, end)`.
-fn next_extent(file: &File, from: u64, size: u64) -> io::Result<Option<(u64, u64)>> {
-    use rustix::fs::{seek, SeekFrom};
-    use rustix::io::Errno;
-    if from >= size {
-        return Ok(None);
-    }
-    let start = match seek(file, SeekFrom::Data(from)) {
-        Ok(start) => start,
-        // No data after `from`.
-        Err(Errno::NXIO) => return Ok(None),
-        // No SEEK_DATA here: everything is data.
-        Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(Some((from, size))),
-        Err(e) => return Err(e.into()),
-    };
-    if start >= size {
-        return Ok(None);
-    }
-    let end = seek(file, SeekFrom::Hole(start))?;
-    Ok(Some((start, end.min(size))))
-}
-
-/// Reads the guest clusters `batch` (ascending) into consecutive clusters
-/// of `buf`, one read per run of adjacent clusters; the part of the last
-/// cluster past the end of the disk reads as zero.
-fn read_batch(source: &Source<'_>, batch: &[u64], buf: &mut [u8]) -> Result<(), Qcow2Error> {
-    let mut k = 0;
-    while k < batch.len() {
-        let mut n = 1;
-        while k + n < batch.len() && batch[k + n] == batch[k] + n as u64 {
-            n += 1;
-        }
-        let offset = batch[k] * CLUSTER_SIZE;
-        let len = (n as u64 * CLUSTER_SIZE).min(source.size - offset) as usize;
-        let run = &mut buf[k * CLUSTER..(k + n) * CLUSTER];
-        source
-            .file
-            .read_exact_at(&mut run[..len], offset)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => Qcow2Error::Shrank {
-                    path: source.path.to_path_buf(),
-                    size: source.size,
-                },
-                _ => Qcow2Error::io("reading raw image", source.path, e),
-            })?;
-        run[len..].fill(0);
-        k += n;
-    }
-    Ok(())
-}
-
-/// Decides how each cluster of `buf` is stored, deflating in parallel.
-/// An error names the cluster's index in `buf`.
-fn encode(buf: &[u8], compress: bool) -> Result<Vec<Encoded>, (usize, String)> {
-    buf.par_chunks(CLUSTER)
-        .enumerate()
-        .map_init(
-            || {
-                let z = Compress::new_with_window_bits(
-                    Compression::new(DEFLATE_LEVEL),
-                    false,
-                    DEFLATE_WINDOW_BITS,
-                );
-                (z, vec![0u8; CLUSTER])
-            },
-            |(z, scratch), (i, data)| {
-                if is_zero(data) {
-                    Ok(Encoded::Zero)
-                } else if !compress {
-                    Ok(Encoded::Plain)
-                } else {
-                    deflate(z, scratch, data).map_err(|e| (i, e))
-                }
-            },
-        )
-        .collect()
-}
-
 /// Deflates one cluster; keeps it plain unless that takes fewer bytes
 /// than the cluster (qemu's rule).
 fn deflate(z: &mut Compress, scratch: &mut [u8], data: &[u8]) -> Result<Encoded, String> {
@@ -750,11 +443,6 @@ fn deflate(z: &mut Compress, scratch: &mut [u8], data: &[u8]) -> Result<Encoded,
         Ok(Status::Ok | Status::BufError) => Ok(Encoded::Plain),
         Err(e) => Err(e.to_string()),
     }
-}
-
-fn is_zero(data: &[u8]) -> bool {
-    data.chunks(4096)
-        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 #[cfg(test)]
