@@ -2,7 +2,9 @@
 //! channel, download with resume, write the inactive slot, its kernel and
 //! initrd and, last, its counted boot entry; [`state`]: the update state
 //! machine; [`health`]: the gate before `boot-complete.target`; [`lock`]:
-//! the etcd reboot semaphore; [`config`]: `update.conf`). It never touches
+//! the etcd reboot semaphore; [`strategy`]: the reboot strategies, one
+//! file each; [`gate`]: the health gate's run and verdict; [`config`]:
+//! `update.conf`). It never touches
 //! the running slot or its boot entry, and knows nothing about building
 //! images or serving them. The channel's format (manifest, keys,
 //! signatures, bundle, version order, rollouts) is
@@ -14,10 +16,12 @@ pub mod entries;
 pub mod error;
 pub mod fetch;
 pub mod fsutil;
+pub mod gate;
 pub mod health;
 pub mod lock;
 pub mod slot;
 pub mod state;
+pub mod strategy;
 
 pub use agent::{Agent, Outcome, Paths, SlotDevices};
 pub use config::{Config, Strategy, Window};

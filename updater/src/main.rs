@@ -5,15 +5,15 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cairn_formats::channel::ChannelError;
 use cairn_updater::agent::{Agent, Outcome, Paths, SlotDevices};
-use cairn_updater::health::{self, HealthOptions};
-use cairn_updater::state::{Event, Phase};
-use cairn_updater::Strategy;
+use cairn_updater::gate::{Gate, Verdict};
+use cairn_updater::state::Event;
+use cairn_updater::strategy::{self, Decision, Facts};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -141,21 +141,12 @@ enum LockCmd {
 
 /// The id the reboot lock is held under: the one given, else the machine
 /// id from `path` (`--machine-id`, `/etc/machine-id` by default).
+/// The lock holder's name: the one given, else the machine id.
 fn machine_id(given: Option<String>, path: &Path) -> Result<String> {
-    if let Some(id) = given {
-        return Ok(id);
+    match given {
+        Some(id) => Ok(id),
+        None => strategy::machine_id(path).context("reading the machine id (or name the machine)"),
     }
-    let id = std::fs::read_to_string(path)
-        .with_context(|| {
-            format!(
-                "reading the machine id {} (or name the machine)",
-                path.display()
-            )
-        })?
-        .trim()
-        .to_string();
-    anyhow::ensure!(!id.is_empty(), "the machine id {} is empty", path.display());
-    Ok(id)
 }
 
 fn print_lock(s: &cairn_updater::lock::Semaphore) {
@@ -297,15 +288,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if no_reboot {
                     println!("not rebooting (--no-reboot)");
                 } else {
-                    match a.config.may_reboot_now(cairn_updater::fsutil::now()) {
-                        Ok(()) if a.config.strategy == Strategy::EtcdLock => {
-                            let id = machine_id(None, &cli.paths.machine_id)?;
-                            if wait_for_lock(&a.config, &id, lock_poll) {
-                                reboot()?
-                            }
-                        }
-                        Ok(()) => reboot()?,
-                        Err(why) => println!("not rebooting now: {why}"),
+                    let s = strategy::for_config(&a.config, &a.paths.machine_id, lock_poll)?;
+                    let cx = Facts {
+                        config: &a.config,
+                        now: cairn_updater::fsutil::now,
+                    };
+                    match s.before_reboot(&cx) {
+                        Decision::Reboot => strategy::reboot()?,
+                        Decision::NotNow(why) => println!("not rebooting now: {why}"),
                     }
                 }
             }
@@ -340,117 +330,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Takes a slot of the cluster reboot lock for `id`, as locksmithd did:
-/// while the slots are all held (or etcd does not answer, e.g. while another
-/// member reboots), asks again every `poll`. True once taken; false when the
-/// reboot window closed meanwhile (the next timer run tries again).
-fn wait_for_lock(config: &cairn_updater::Config, id: &str, poll: Duration) -> bool {
-    let lock = cairn_updater::lock::RebootLock::new(&config.etcd_endpoints[0]);
-    let mut last = String::new();
-    loop {
-        if let Err(why) = config.may_reboot_now(cairn_updater::fsutil::now()) {
-            println!("not rebooting now: {why}");
-            return false;
-        }
-        match lock.lock(id) {
-            Ok(s) => {
-                println!(
-                    "took a slot of the cluster reboot lock as {id} (holders: {})",
-                    s.holders.join(", ")
-                );
-                return true;
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if msg != last {
-                    println!("waiting for the cluster reboot lock: {msg}");
-                    last = msg;
-                }
-            }
-        }
-        std::thread::sleep(poll);
-    }
-}
-
-fn reboot() -> Result<()> {
-    println!("rebooting into the new slot");
-    let st = Command::new("systemctl")
-        .arg("reboot")
-        .status()
-        .context("running systemctl reboot")?;
-    anyhow::ensure!(st.success(), "systemctl reboot: {st}");
-    Ok(())
-}
-
 fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCode> {
     let a = agent(p)?;
-    let (running, state) = a.observe_boot().context("reading the running system")?;
-    let on_trial = matches!(state.phase, Phase::Trial { .. });
-    let o = HealthOptions::default();
-    let start = Instant::now();
-    let problems = loop {
-        // a check that cannot even run is a problem, not a reason to fail
-        // outside a trial
-        let problems = health::check_once(&o, &a.paths.cmdline, &a.paths.efivars, &a.paths.esp)
-            .unwrap_or_else(|e| vec![format!("running the health checks: {e}")]);
-        if problems.is_empty()
-            || start.elapsed() >= timeout
-            || problems.iter().any(|p| health::is_final(p))
-        {
-            break problems;
-        }
-        tracing::info!("not healthy yet ({}); retrying", problems.join("; "));
-        std::thread::sleep(Duration::from_secs(5));
-    };
-    let sf = a.paths.state_file();
-    if problems.is_empty() {
-        let s = cairn_updater::state::transition(
-            &sf,
-            Event::HealthPassed {
-                running: running.slot,
-            },
-        )?;
-        println!(
-            "healthy: slot {} ({}); update state {}",
-            running.slot,
-            running.version,
-            s.phase.name()
-        );
-        if a.config.strategy == Strategy::EtcdLock {
-            // the slot taken before the reboot goes back once the new slot is healthy
-            let id = machine_id(None, &p.machine_id)?;
-            match cairn_updater::lock::RebootLock::new(&a.config.etcd_endpoints[0]).unlock(&id) {
-                Ok(true) => println!("released the cluster reboot lock ({id})"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!("releasing the cluster reboot lock: {e}"),
-            }
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let reason = problems.join("; ");
-    if !on_trial {
-        // Not a trial boot: nothing to roll back to; report, do not fail
-        // the boot (a failed gate would reboot into the same slot).
-        tracing::warn!("unhealthy, but no update is on trial: {reason}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    tracing::error!("health gate failed on slot {}: {reason}", running.slot);
-    cairn_updater::state::transition(
-        &sf,
-        Event::HealthFailed {
-            running: running.slot,
-            reason: reason.clone(),
+    let s = strategy::for_config(&a.config, &a.paths.machine_id, Duration::from_secs(15))?;
+    let gate = Gate {
+        timeout,
+        no_bless,
+        strategy: &*s,
+        facts: Facts {
+            config: &a.config,
+            now: cairn_updater::fsutil::now,
         },
-    )?;
-    if !no_bless {
-        let bless = "/usr/lib/systemd/systemd-bless-boot";
-        match Command::new(bless).arg("bad").status() {
-            Ok(s) if s.success() => tracing::info!("entry marked bad ({bless} bad)"),
-            Ok(s) => tracing::error!("{bless} bad: {s}"),
-            Err(e) => tracing::error!("{bless}: {e}"),
-        }
+    };
+    match gate.run(&a).context("running the health gate")? {
+        Verdict::Healthy | Verdict::UnhealthyNoTrial(_) => Ok(ExitCode::SUCCESS),
+        Verdict::Failed(_) => Ok(ExitCode::from(1)),
     }
-    Ok(ExitCode::from(1))
 }
 
 #[cfg(test)]
@@ -458,7 +353,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_machine_id_comes_from_the_given_file() {
+    fn a_given_machine_name_wins_over_the_file() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("machine-id");
         std::fs::write(&p, "0123abcd\n").unwrap();
@@ -467,7 +362,5 @@ mod tests {
         let missing = t.path().join("none");
         let e = format!("{:#}", machine_id(None, &missing).unwrap_err());
         assert!(e.contains(&missing.display().to_string()), "{e}");
-        std::fs::write(&p, "\n").unwrap();
-        assert!(machine_id(None, &p).is_err());
     }
 }
