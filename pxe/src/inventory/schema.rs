@@ -1,0 +1,129 @@
+//! The inventory file's schema as serde reads it (`deny_unknown_fields`
+//! everywhere) and the mapping of serde's errors to `file:line:column: key`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use super::{BootMode, CloudConfigAccess, InventoryError, Transport};
+
+/// Reads the text into the schema; a mismatch names file, line, column and
+/// the key path.
+pub(super) fn deserialize(path: &Path, text: &str) -> Result<RawInventory, InventoryError> {
+    let shown = path.display().to_string();
+    let de = serde_norway::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let loc = inner.location();
+        let mut message = inner.to_string();
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        // serde_norway prefixes the path of the map it was in ("profiles[0]: unknown field"); the
+        // full key path is printed already.
+        if let Some((head, rest)) = message.split_once(": ") {
+            if !head.contains(' ') && key.starts_with(head) {
+                message = rest.to_string();
+            }
+        }
+        InventoryError::Syntax {
+            path: shown.clone(),
+            line: loc.as_ref().map_or(1, |l| l.line()),
+            column: loc.as_ref().map_or(1, |l| l.column()),
+            key: if key.is_empty() || key == "." {
+                String::new()
+            } else {
+                format!("{key}: ")
+            },
+            message,
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInventory {
+    #[serde(default)]
+    pub(super) profiles: Vec<RawProfile>,
+    #[serde(default)]
+    pub(super) groups: Vec<RawGroup>,
+    /// More image folders whose signed bundles are offered as updates.
+    #[serde(default)]
+    pub(super) updates: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProfile {
+    pub(super) name: String,
+    pub(super) image: PathBuf,
+    #[serde(default)]
+    pub(super) boot: BootMode,
+    #[serde(default)]
+    pub(super) state_label: Option<String>,
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub(super) kernel_args: Vec<String>,
+    #[serde(default)]
+    pub(super) cloud_config: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) transport: Transport,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGroup {
+    pub(super) name: String,
+    pub(super) profile: String,
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub(super) selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) metadata: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub(super) etcd_cluster: Option<RawEtcdCluster>,
+    #[serde(default)]
+    pub(super) cloud_config_access: CloudConfigAccess,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEtcdCluster {
+    pub(super) size: u32,
+}
+
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(
+        match OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a string or a list of strings (kernel arguments)")
+        })? {
+            OneOrMany::One(s) => s.split_whitespace().map(String::from).collect(),
+            OneOrMany::Many(v) => v,
+        },
+    )
+}
+
+fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw: BTreeMap<String, serde_json::Value> = BTreeMap::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "selector {k:?}: expected a string, number or boolean, found {other}"
+                    )))
+                }
+            };
+            Ok((k, s))
+        })
+        .collect()
+}
