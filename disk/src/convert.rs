@@ -66,6 +66,16 @@ pub enum ConvertError {
         max: u64,
     },
 
+    /// The raw image is empty and the format has no empty disks (a VMDK
+    /// header with capacity 0 means "descriptor file" to readers).
+    #[error("raw image {path} is empty: a {format} image cannot describe an empty disk")]
+    Empty {
+        /// The input.
+        path: PathBuf,
+        /// `VMDK`.
+        format: &'static str,
+    },
+
     /// The output grew past what the format's offsets can address (VMDK:
     /// 32-bit sector numbers, 2 TiB).
     #[error("{path}: the {format} image would be larger than {max} bytes, which its tables cannot address")]
@@ -187,9 +197,9 @@ pub(crate) fn create(out: &Path, format: &'static str) -> Result<File, ConvertEr
 
 /// Reads every unit of `raw` that is not all zero, in guest order, has
 /// `encode` turn it into a `T` (in parallel; `init` makes each thread's
-/// scratch state) and gives it to `store` with its unit index (guest
-/// offset / 64 KiB) and its bytes (the part of the last unit past the end
-/// of the disk reads as zero). `encode` reports failure as text, turned
+/// scratch state; it gets the unit's index, guest offset / 64 KiB, and
+/// bytes) and gives it to `store` with the unit's index and bytes. The
+/// part of the last unit past the end of the disk reads as zero. `encode` reports failure as text, turned
 /// into [`ConvertError::Deflate`] naming the unit.
 pub(crate) fn run<St, T, Init, Enc, Store>(
     raw: &Raw<'_>,
@@ -200,7 +210,7 @@ pub(crate) fn run<St, T, Init, Enc, Store>(
 where
     T: Send,
     Init: Fn() -> St + Sync + Send,
-    Enc: Fn(&mut St, &[u8]) -> Result<T, String> + Sync + Send,
+    Enc: Fn(&mut St, u64, &[u8]) -> Result<T, String> + Sync + Send,
     Store: FnMut(u64, &[u8], T) -> Result<(), ConvertError> + Send,
 {
     let mut candidates = DataUnits {
@@ -286,7 +296,7 @@ impl Batch {
     where
         T: Send,
         Init: Fn() -> St + Sync + Send,
-        Enc: Fn(&mut St, &[u8]) -> Result<T, String> + Sync + Send,
+        Enc: Fn(&mut St, u64, &[u8]) -> Result<T, String> + Sync + Send,
     {
         self.buf[..self.units.len() * UNIT]
             .par_chunks(UNIT)
@@ -295,7 +305,9 @@ impl Batch {
                 if is_zero(data) {
                     Ok(None)
                 } else {
-                    encode(state, data).map(Some).map_err(|reason| (i, reason))
+                    encode(state, self.units[i], data)
+                        .map(Some)
+                        .map_err(|reason| (i, reason))
                 }
             })
             .collect::<Result<Vec<_>, _>>()
@@ -418,7 +430,7 @@ mod tests {
         run(
             &raw,
             || (),
-            |(), data: &[u8]| Ok(data.iter().find(|&&b| b != 0).copied().unwrap()),
+            |(), _, data: &[u8]| Ok(data.iter().find(|&&b| b != 0).copied().unwrap()),
             |unit, data, first| {
                 assert_eq!(data.len(), UNIT);
                 seen.push((unit, first));
@@ -445,7 +457,7 @@ mod tests {
         let err = run(
             &raw,
             || (),
-            |(), _: &[u8]| Err::<(), _>("broken".to_string()),
+            |(), _, _: &[u8]| Err::<(), _>("broken".to_string()),
             |_, _, ()| Ok(()),
         )
         .unwrap_err();

@@ -7,7 +7,9 @@
 //! id derive from the image identity and FAT timestamps from
 //! SOURCE_DATE_EPOCH, so the same spec gives a byte-identical image.
 //! [`qcow2::write`] converts that raw image to a compressed qcow2 image
-//! (for KVM and OpenStack Glance), just as reproducibly.
+//! (for KVM and OpenStack Glance), [`vmdk::write`] to a streamOptimized
+//! VMDK (VMware, VirtualBox), just as reproducibly, and [`ova::write`]
+//! packs such a VMDK with an OVF descriptor into an `.ova` appliance.
 //!
 //! This crate owns the disk format only. It does not decide what goes into
 //! the ESP (the builder passes files; [`loader_conf`], [`bls_entry`] and
@@ -25,6 +27,7 @@ mod inspect;
 mod layout;
 pub mod qcow2;
 mod table;
+pub mod vmdk;
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};

@@ -191,7 +191,7 @@ fn write_image(
             );
             (z, vec![0u8; CLUSTER])
         },
-        |(z, scratch), data| {
+        |(z, scratch), _, data| {
             if compress {
                 deflate(z, scratch, data)
             } else {
