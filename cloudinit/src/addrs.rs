@@ -11,6 +11,25 @@ pub struct MachineAddresses {
     pub private_ipv6: Option<Ipv6Addr>,
 }
 
+impl MachineAddresses {
+    /// Takes the addresses `known` has over these: a private address
+    /// `known` has replaces this one and, unless `known` also has a public
+    /// one of its family, the public one too (cairn's rule when nothing
+    /// tells public apart: public = private).
+    pub fn overlay(&mut self, known: &MachineAddresses) {
+        if let Some(a) = known.private_ipv4 {
+            self.private_ipv4 = Some(a);
+            self.public_ipv4 = Some(a);
+        }
+        if let Some(a) = known.private_ipv6 {
+            self.private_ipv6 = Some(a);
+            self.public_ipv6 = Some(a);
+        }
+        self.public_ipv4 = known.public_ipv4.or(self.public_ipv4);
+        self.public_ipv6 = known.public_ipv6.or(self.public_ipv6);
+    }
+}
+
 const RTF_UP: u32 = 0x0001;
 const RTF_REJECT: u32 = 0x0200;
 
@@ -165,6 +184,12 @@ fn detect_once() -> (Option<String>, Option<String>, MachineAddresses) {
 /// would give etcd an unusable URL.
 pub fn detect_for(text: &str, timeout: std::time::Duration) -> MachineAddresses {
     let (want4, want6) = wanted_families(text);
+    detect_waiting(want4, want6, timeout)
+}
+
+/// The running machine's addresses, waiting up to `timeout` for an IPv4
+/// address (`want4`) and an IPv6 one (`want6`).
+pub fn detect_waiting(want4: bool, want6: bool, timeout: std::time::Duration) -> MachineAddresses {
     let start = std::time::Instant::now();
     loop {
         let (v4, v6, found) = detect_once();
@@ -286,6 +311,46 @@ fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
             ("eth0".into(), "169.254.3.4".parse().unwrap()),
         ];
         assert_eq!(pick(None, None, &lo), MachineAddresses::default());
+    }
+
+    #[test]
+    fn known_addresses_overlay_detected_ones() {
+        let detected = MachineAddresses {
+            private_ipv4: Some("10.0.2.15".parse().unwrap()),
+            public_ipv4: Some("10.0.2.15".parse().unwrap()),
+            private_ipv6: Some("fd00::15".parse().unwrap()),
+            public_ipv6: Some("fd00::15".parse().unwrap()),
+        };
+        // a private address alone is the public one too
+        let mut a = detected.clone();
+        a.overlay(&MachineAddresses {
+            private_ipv4: Some("172.31.1.2".parse().unwrap()),
+            ..Default::default()
+        });
+        assert_eq!(a.private_ipv4, Some("172.31.1.2".parse().unwrap()));
+        assert_eq!(a.public_ipv4, Some("172.31.1.2".parse().unwrap()));
+        assert_eq!(a.private_ipv6, detected.private_ipv6);
+        // with a public one, each its own
+        let mut a = detected.clone();
+        a.overlay(&MachineAddresses {
+            private_ipv4: Some("172.31.1.2".parse().unwrap()),
+            public_ipv4: Some("203.0.113.7".parse().unwrap()),
+            ..Default::default()
+        });
+        assert_eq!(a.private_ipv4, Some("172.31.1.2".parse().unwrap()));
+        assert_eq!(a.public_ipv4, Some("203.0.113.7".parse().unwrap()));
+        // a public one alone keeps the detected private one
+        let mut a = detected.clone();
+        a.overlay(&MachineAddresses {
+            public_ipv4: Some("203.0.113.7".parse().unwrap()),
+            ..Default::default()
+        });
+        assert_eq!(a.private_ipv4, detected.private_ipv4);
+        assert_eq!(a.public_ipv4, Some("203.0.113.7".parse().unwrap()));
+        // nothing known changes nothing
+        let mut a = detected.clone();
+        a.overlay(&MachineAddresses::default());
+        assert_eq!(a, detected);
     }
 
     #[test]

@@ -837,6 +837,7 @@ mod tests {
         Ok(Metadata {
             hostname: hostname.map(String::from),
             public_keys: vec![("vm".into(), MD_KEY.into())],
+            ..Default::default()
         })
     }
 

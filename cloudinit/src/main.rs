@@ -5,13 +5,15 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cairn_cloudinit::apply::{self, Options, Outcome, Status};
-use cairn_cloudinit::{addrs, fetch::RetryPolicy, source};
+use cairn_cloudinit::{addrs, cloud, fetch::RetryPolicy, source};
 use clap::Parser;
 
 /// Find this machine's cloud-config (cloud-config-url= on the kernel command
 /// line, /run/cairn/state/user-data, a config-2 config drive, whose
-/// meta_data.json SSH keys and hostname are merged in), validate it and
-/// apply it. Run at every boot by cairn-cloudinit.service.
+/// meta_data.json SSH keys and hostname are merged in, then an
+/// EC2-compatible or DigitalOcean metadata service, whose hostname, keys
+/// and addresses come along), validate it and apply it. Run at every boot
+/// by cairn-cloudinit.service.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -44,6 +46,20 @@ struct Args {
     /// Where to write the status (JSON); default ROOT/run/cairn/cloudinit.status.
     #[arg(long, value_name = "FILE")]
     status_file: Option<PathBuf>,
+    /// The metadata services to ask when no other source has user-data, in
+    /// order: `ec2`, `digitalocean`, both comma-separated, or `off`
+    /// (default: as `cairn.metadata=` on the kernel command line says,
+    /// else `ec2,digitalocean`).
+    #[arg(long, value_name = "LIST")]
+    metadata: Option<String>,
+    /// The metadata services' base URL (default http://169.254.169.254).
+    /// Under `--root DIR` the services are asked only when this is given.
+    #[arg(long, value_name = "URL")]
+    metadata_url: Option<String>,
+    /// Read an EC2 metadata service that refuses the IMDSv2 session token
+    /// without one (IMDSv1), as `cairn.metadata.imdsv1=1` does.
+    #[arg(long)]
+    imdsv1: bool,
     /// Tries for a URL data source (network errors and 5xx are retried).
     #[arg(long, default_value_t = 15)]
     fetch_tries: u32,
@@ -106,6 +122,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         }
         None => (root.clone(), apply::STATUS_FILE.to_string()),
     };
+    let metadata = metadata_sources(args, live)?;
     let found = match &args.from_file {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -124,6 +141,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 max_tries: args.fetch_tries,
                 ..Default::default()
             },
+            metadata,
         }),
     };
     let outcome = match found {
@@ -135,7 +153,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         }
         Ok(None) => {
             tracing::info!(
-                "no user-data found (kernel command line, {}, config drive): nothing to do",
+                "no user-data found (kernel command line, {}, config drive, metadata services): nothing to do",
                 args.state_user_data.display()
             );
             Outcome::new(Status::NoConfig, None)
@@ -148,26 +166,33 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 "user-data is not UTF-8 text".into(),
             ),
             Ok(Ok(text)) => {
-                let mut detected =
-                    if args.private_ipv4.is_some() || args.private_ipv6.is_some() || !live {
+                // the addresses: these flags, else the metadata service's,
+                // else the detected ones
+                let given = addrs::MachineAddresses {
+                    private_ipv4: args.private_ipv4,
+                    public_ipv4: args.public_ipv4,
+                    private_ipv6: args.private_ipv6,
+                    public_ipv6: args.public_ipv6,
+                };
+                let known = match &found.metadata {
+                    Some(Ok(md)) => md.addresses.clone(),
+                    _ => addrs::MachineAddresses::default(),
+                };
+                let (want4, want6) = addrs::wanted_families(&text);
+                let need4 = want4 && given.private_ipv4.is_none() && known.private_ipv4.is_none();
+                let need6 = want6 && given.private_ipv6.is_none() && known.private_ipv6.is_none();
+                let mut addresses =
+                    if !live || (given.private_ipv4.is_some() || given.private_ipv6.is_some()) {
                         addrs::MachineAddresses::default()
                     } else {
-                        addrs::detect_for(&text, std::time::Duration::from_secs(60))
+                        addrs::detect_waiting(need4, need6, std::time::Duration::from_secs(60))
                     };
-                if let Some(a) = args.private_ipv4 {
-                    detected.private_ipv4 = Some(a);
-                    detected.public_ipv4 = Some(a);
-                }
-                if let Some(a) = args.private_ipv6 {
-                    detected.private_ipv6 = Some(a);
-                    detected.public_ipv6 = Some(a);
-                }
-                detected.public_ipv4 = args.public_ipv4.or(detected.public_ipv4);
-                detected.public_ipv6 = args.public_ipv6.or(detected.public_ipv6);
+                addresses.overlay(&known);
+                addresses.overlay(&given);
                 let opts = Options {
                     root: root.clone(),
                     live,
-                    addresses: detected,
+                    addresses,
                 };
                 apply::run_with_metadata(&text, &found.source, found.metadata.as_ref(), &opts)
             }
@@ -177,6 +202,34 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         tracing::error!("{e:#}");
     }
     Ok(outcome.status.exit_code())
+}
+
+/// The metadata services as the flags say. Under `--root DIR` (a test, an
+/// image being prepared) they are asked only at an explicit
+/// `--metadata-url`: never the link-local service of the machine the
+/// command happens to run on.
+fn metadata_sources(args: &Args, live: bool) -> anyhow::Result<source::MetadataSources> {
+    let services = args
+        .metadata
+        .as_deref()
+        .map(cloud::Service::parse_list)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--metadata")?;
+    let mut m = source::MetadataSources {
+        services,
+        imdsv1: args.imdsv1,
+        ..Default::default()
+    };
+    match &args.metadata_url {
+        Some(url) => m.base = url.clone(),
+        None if !live => {
+            tracing::debug!("--root is not /: no metadata service without --metadata-url");
+            m.services = Some(Vec::new());
+        }
+        None => {}
+    }
+    Ok(m)
 }
 
 fn outcome_error(status: Status, source: &str, msg: String) -> Outcome {

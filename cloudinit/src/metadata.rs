@@ -1,4 +1,4 @@
-//! OpenStack config-drive metadata (`openstack/latest/meta_data.json`): the `public_keys` and `hostname` that coreos-cloudinit merged into the cloud-config, read bounded and checked before anything of it is used.
+//! Instance metadata ([`Metadata`]: hostname, SSH keys, addresses) and the OpenStack config drive's `openstack/latest/meta_data.json`, whose `public_keys` and `hostname` coreos-cloudinit merged into the cloud-config, read bounded and checked before anything of it is used; the checks ([`check_hostname_field`], [`check_key`]) are shared with the metadata services of [`crate::cloud`].
 //!
 //! The file is OpenStack's format, not ours: fields this agent does not use
 //! (`uuid`, `name`, `availability_zone`, `files`, ...) are ignored rather
@@ -11,6 +11,8 @@ use std::io::Read;
 use std::path::Path;
 
 use cairn_cloudconfig::check_hostname;
+
+use crate::addrs::MachineAddresses;
 
 /// The metadata file inside a config drive.
 pub use cairn_formats::config_drive::META_DATA as CONFIG_DRIVE_META_DATA;
@@ -25,6 +27,39 @@ pub struct Metadata {
     /// `public_keys` as (name, key), sorted by name; each key one trimmed
     /// line, added to `core`'s authorized keys.
     pub public_keys: Vec<(String, String)>,
+    /// Addresses for `$private_ipv4` & co, from a metadata service (a
+    /// config drive's meta_data.json gives none); they win over the
+    /// detected ones.
+    pub addresses: MachineAddresses,
+}
+
+/// Checks a hostname from metadata (`field` names it in the reason):
+/// trimmed, no control character, and the rules of a cloud-config
+/// hostname. `Ok(None)` when it is empty.
+pub fn check_hostname_field(field: &str, raw: &str) -> Result<Option<String>, String> {
+    let h = raw.trim();
+    if h.is_empty() {
+        return Ok(None);
+    }
+    check_hostname(h).map_err(|why| format!("{field} {h:?}: {why}"))?;
+    Ok(Some(h.to_string()))
+}
+
+/// Checks an SSH public key from metadata (`field` names it in the
+/// reason): trimmed (clouds end keys with a newline), not empty, one line
+/// (a line break would smuggle a second key or options into
+/// `authorized_keys`).
+pub fn check_key(field: &str, raw: &str) -> Result<String, String> {
+    let key = raw.trim();
+    if key.is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    if key.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(format!(
+            "{field} has a line break or control character: a key must be one line"
+        ));
+    }
+    Ok(key.to_string())
 }
 
 /// A metadata file that cannot be used; names the file.
@@ -76,11 +111,7 @@ pub fn parse(bytes: &[u8], shown: &str) -> Result<Metadata, MetadataError> {
     match top.get("hostname") {
         None | Some(serde_json::Value::Null) => {}
         Some(serde_json::Value::String(h)) => {
-            let h = h.trim();
-            if !h.is_empty() {
-                check_hostname(h).map_err(|why| err(format!("hostname {h:?}: {why}")))?;
-                md.hostname = Some(h.to_string());
-            }
+            md.hostname = check_hostname_field("hostname", h).map_err(err)?;
         }
         Some(_) => return Err(err("hostname is not a string".into())),
     }
@@ -92,16 +123,8 @@ pub fn parse(bytes: &[u8], shown: &str) -> Result<Metadata, MetadataError> {
                     return Err(err(format!("public_keys.{name} is not a string")));
                 };
                 // Nova writes each key with a trailing newline
-                let key = key.trim();
-                if key.is_empty() {
-                    return Err(err(format!("public_keys.{name} is empty")));
-                }
-                if key.chars().any(|c| c.is_control() && c != '\t') {
-                    return Err(err(format!(
-                        "public_keys.{name} has a line break or control character: a key must be one line"
-                    )));
-                }
-                md.public_keys.push((name.clone(), key.to_string()));
+                let key = check_key(&format!("public_keys.{name}"), key).map_err(err)?;
+                md.public_keys.push((name.clone(), key));
             }
         }
         Some(_) => {

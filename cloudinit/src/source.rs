@@ -1,9 +1,10 @@
-//! Where the user-data comes from, first found wins: `cloud-config-url=` on the kernel command line, the state partition's `user-data`, a `config-2` config drive (whose `meta_data.json` comes along).
+//! Where the user-data comes from, first found wins: `cloud-config-url=` on the kernel command line, the state partition's `user-data`, a `config-2` config drive (whose `meta_data.json` comes along), then the cloud metadata services of [`crate::cloud`] (EC2-compatible, DigitalOcean), whose instance facts come along.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::cloud::{self, CloudError, Limits, Service};
 use crate::cmdline;
 use crate::fetch::{self, FetchError, RetryPolicy};
 use crate::metadata::{self, Metadata, MetadataError, CONFIG_DRIVE_META_DATA};
@@ -28,6 +29,65 @@ pub struct Sources {
     pub config_drive_dir: Option<PathBuf>,
     pub config_drive: bool,
     pub policy: RetryPolicy,
+    pub metadata: MetadataSources,
+}
+
+/// Which cloud metadata services to ask, and where.
+#[derive(Debug, Clone)]
+pub struct MetadataSources {
+    /// Their base URL ([`cloud::DEFAULT_URL`]).
+    pub base: String,
+    /// `None`: as the kernel command line says (`cairn.metadata=`), else
+    /// [`cloud::DEFAULT_SERVICES`]; `Some(empty)`: none.
+    pub services: Option<Vec<Service>>,
+    /// IMDSv1 allowed even without `cairn.metadata.imdsv1` on the command line.
+    pub imdsv1: bool,
+    pub limits: Limits,
+}
+
+impl Default for MetadataSources {
+    fn default() -> Self {
+        MetadataSources {
+            base: cloud::DEFAULT_URL.into(),
+            services: None,
+            imdsv1: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl MetadataSources {
+    /// No metadata service at all.
+    pub fn off() -> Self {
+        MetadataSources {
+            services: Some(Vec::new()),
+            ..Default::default()
+        }
+    }
+
+    /// The configuration for a machine whose kernel command line is
+    /// `cmdline`: the services and IMDSv1 as it says unless set here.
+    pub fn resolve(&self, cmdline: &str) -> cloud::Config {
+        let services = match &self.services {
+            Some(s) => s.clone(),
+            None => match cmdline::metadata_services(cmdline) {
+                None => cloud::DEFAULT_SERVICES.to_vec(),
+                Some(v) => Service::parse_list(&v).unwrap_or_else(|e| {
+                    tracing::warn!(
+                        "{}={v} on the kernel command line: {e}; asking the default services",
+                        cmdline::METADATA
+                    );
+                    cloud::DEFAULT_SERVICES.to_vec()
+                }),
+            },
+        };
+        cloud::Config {
+            base: self.base.clone(),
+            services,
+            imdsv1: self.imdsv1 || cmdline::metadata_imdsv1(cmdline),
+            limits: self.limits.clone(),
+        }
+    }
 }
 
 impl Default for Sources {
@@ -38,6 +98,7 @@ impl Default for Sources {
             config_drive_dir: None,
             config_drive: true,
             policy: RetryPolicy::default(),
+            metadata: MetadataSources::default(),
         }
     }
 }
@@ -48,9 +109,9 @@ pub struct Found {
     pub source: String,
     /// Empty when a config drive has metadata but no user_data.
     pub bytes: Vec<u8>,
-    /// A config drive's `meta_data.json`: `None` when the source is not a
-    /// config drive or the drive has none; `Some(Err)` when it is there
-    /// but refused (nothing of it is then applied).
+    /// A config drive's `meta_data.json` or a metadata service's instance
+    /// facts: `None` when the source has none; `Some(Err)` when they are
+    /// there but refused (nothing of them is then applied).
     pub metadata: Option<Result<Metadata, MetadataError>>,
 }
 
@@ -60,6 +121,8 @@ pub struct Found {
 pub enum SourceError {
     #[error("fetching the cloud-config from the kernel command line: {0}")]
     Fetch(#[from] FetchError),
+    #[error("reading the metadata service: {0}")]
+    Metadata(#[from] CloudError),
     #[error("{0:#}")]
     Other(anyhow::Error),
 }
@@ -110,17 +173,27 @@ pub fn find(s: &Sources) -> Result<Option<Found>, SourceError> {
             metadata: None,
         }));
     }
-    if !s.config_drive {
+    if s.config_drive {
+        let drive = match &s.config_drive_dir {
+            Some(dir) => read_drive_dir(dir, &format!("config drive {}", dir.display())),
+            None => match config_drive_device() {
+                None => Ok(None),
+                Some(dev) => read_config_drive(&dev),
+            },
+        };
+        if let Some(found) = drive.map_err(SourceError::Other)? {
+            return Ok(Some(found));
+        }
+    }
+    let cfg = s.metadata.resolve(&line);
+    let Some(data) = cloud::find(&cfg)? else {
         return Ok(None);
-    }
-    if let Some(dir) = &s.config_drive_dir {
-        return read_drive_dir(dir, &format!("config drive {}", dir.display()))
-            .map_err(SourceError::Other);
-    }
-    match config_drive_device() {
-        None => Ok(None),
-        Some(dev) => read_config_drive(&dev).map_err(SourceError::Other),
-    }
+    };
+    Ok(Some(Found {
+        source: data.source,
+        bytes: data.user_data.unwrap_or_default(),
+        metadata: Some(data.metadata),
+    }))
 }
 
 /// The user_data and meta_data.json of a config drive's directory tree;
@@ -213,6 +286,8 @@ mod tests {
                 initial_backoff: std::time::Duration::from_millis(1),
                 ..Default::default()
             },
+            // never the real link-local service from a test
+            metadata: MetadataSources::off(),
         }
     }
 

@@ -1,5 +1,8 @@
 //! Test helpers: a machine root with a non-root user who plants symlinks, and snapshots that show whether anything outside changed.
 
+#[path = "../tests/support/fake_cloud.rs"]
+pub mod fake_cloud;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{chown, lchown, MetadataExt, PermissionsExt};

@@ -19,6 +19,13 @@ pub const DEBUG: &str = "cairn.debug";
 pub const CLOUDINIT: &str = "cairn.cloudinit";
 /// `cloud-config-url=URL` (also `cloud_config_url`), as on CoreOS.
 pub const CLOUD_CONFIG_URL: &str = "cloud-config-url";
+/// `cairn.metadata=off|ec2|digitalocean|ec2,digitalocean`: the cloud
+/// metadata services `cairn-cloudinit` asks, in that order, when no other
+/// data source has user-data (default `ec2,digitalocean`; `off`: none).
+pub const METADATA: &str = "cairn.metadata";
+/// `cairn.metadata.imdsv1=1`: an EC2-compatible metadata service that
+/// refuses the IMDSv2 session token may be read without one (IMDSv1).
+pub const METADATA_IMDSV1: &str = "cairn.metadata.imdsv1";
 
 /// Splits a command line into words the way the kernel does: on whitespace,
 /// except inside double quotes, which are removed.
