@@ -25,6 +25,7 @@ mod fat_fixup;
 mod guid;
 mod inspect;
 mod layout;
+pub mod ova;
 pub mod qcow2;
 mod table;
 pub mod vmdk;
