@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::lines::Checker;
+use super::checker::Checker;
 use super::profiles::is_name;
 use super::schema::RawGroup;
 use super::{Group, InventoryError, Profile, MAX_ETCD_CLUSTER};
@@ -108,7 +108,7 @@ pub(super) fn check(
             profile,
             selector,
             metadata: g.metadata,
-            line: cx.lines.item_line("groups", i),
+            line: cx.line(&format!("groups[{i}]")),
             etcd_cluster,
             cloud_config_access: g.cloud_config_access,
         });

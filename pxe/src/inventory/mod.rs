@@ -2,11 +2,11 @@
 //! loading with errors that name file, line and key; selector precedence; template rendering.
 //!
 //! Owns the meaning of the inventory file only; HTTP, TFTP and the machine table live elsewhere.
-//! `schema` reads the YAML, `profiles`, `groups` and `templates` check their parts, `lines` finds
-//! where each part is in the file.
+//! `schema` is the YAML's shape (read with `cairn_yaml`, whose positions name the line of every
+//! finding), `profiles`, `groups` and `templates` check their parts.
 
+mod checker;
 mod groups;
-mod lines;
 mod profiles;
 mod schema;
 mod templates;
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::facts::Facts;
-use lines::Checker;
+use checker::Checker;
 
 /// The well-known selector keys (any other key is a label matched against query parameters).
 pub const WELL_KNOWN_SELECTORS: [&str; 4] = ["mac", "uuid", "hostname", "serial"];
@@ -60,6 +60,37 @@ pub enum InventoryError {
         /// What is wrong and what was expected.
         message: String,
     },
+}
+
+impl From<cairn_yaml::Error> for InventoryError {
+    fn from(e: cairn_yaml::Error) -> Self {
+        match e {
+            cairn_yaml::Error::Syntax {
+                file,
+                line,
+                column,
+                key,
+                message,
+            } => InventoryError::Syntax {
+                path: file,
+                line,
+                column,
+                key,
+                message,
+            },
+            cairn_yaml::Error::Invalid {
+                file,
+                line,
+                key,
+                message,
+            } => InventoryError::Invalid {
+                path: file,
+                line,
+                key,
+                message,
+            },
+        }
+    }
 }
 
 /// How a profile boots.
@@ -234,8 +265,9 @@ impl Inventory {
     /// Like [`Inventory::load`] with the text given (`path` names the file in messages and anchors
     /// relative paths).
     pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
-        let raw = schema::deserialize(path, text)?;
-        let cx = Checker::new(path, text);
+        let doc = cairn_yaml::from_str::<schema::RawInventory>(&path.display().to_string(), text)?;
+        let raw = doc.value;
+        let cx = Checker::new(path, doc.positions);
         let mut env = templates::environment();
         let p = profiles::check(&cx, raw.profiles, &mut env)?;
         let groups = groups::check(&cx, raw.groups, &p.profiles, &p.names, &env)?;
@@ -314,7 +346,7 @@ fn offered_updates(
     }
     crate::updates::newest(bundles).map_err(|m| InventoryError::Invalid {
         path: cx.shown.clone(),
-        line: cx.lines.section("updates").map_or(1, |l| l + 1),
+        line: cx.line("updates"),
         key: "updates".into(),
         message: m,
     })
@@ -463,6 +495,12 @@ mod tests {
             (
                 "profiles:\n  - name: p\n    image: img\ngroups:\n  - name: g\n    profile: q\n",
                 "inv.yaml:6: groups[0].profile: no profile named \"q\" (profiles: p)",
+            ),
+            // flow style, and `profile:` written earlier inside a block
+            // scalar of the same group: the line of the key itself
+            (
+                "profiles: [{name: p, image: img}]\ngroups:\n  - {name: a, profile: p, selector: {rack: r1}}\n  - name: h\n    metadata:\n      note: |\n        profile: old\n    profile: q\n",
+                "inv.yaml:8: groups[1].profile: no profile named \"q\" (profiles: p)",
             ),
             (
                 "profiles:\n  - name: p\n    image: img\ngroups:\n  - name: g\n    profile: p\n    selector:\n      mac: 52:54:00\n",

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use cairn_formats::image_dir;
 
-use super::lines::Checker;
+use super::checker::Checker;
 use super::schema::RawProfile;
 use super::templates::template_message;
 use super::{Image, InventoryError, Profile};

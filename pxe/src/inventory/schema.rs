@@ -1,46 +1,13 @@
 //! The inventory file's schema as serde reads it (`deny_unknown_fields`
-//! everywhere) and the mapping of serde's errors to `file:line:column: key`.
+//! everywhere); `cairn_yaml` reads it and names file, line, column and key
+//! of what does not fit.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
-use super::{BootMode, CloudConfigAccess, InventoryError, Transport};
-
-/// Reads the text into the schema; a mismatch names file, line, column and
-/// the key path.
-pub(super) fn deserialize(path: &Path, text: &str) -> Result<RawInventory, InventoryError> {
-    let shown = path.display().to_string();
-    let de = serde_norway::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        let loc = inner.location();
-        let mut message = inner.to_string();
-        if let Some(i) = message.find(" at line ") {
-            message.truncate(i);
-        }
-        // serde_norway prefixes the path of the map it was in ("profiles[0]: unknown field"); the
-        // full key path is printed already.
-        if let Some((head, rest)) = message.split_once(": ") {
-            if !head.contains(' ') && key.starts_with(head) {
-                message = rest.to_string();
-            }
-        }
-        InventoryError::Syntax {
-            path: shown.clone(),
-            line: loc.as_ref().map_or(1, |l| l.line()),
-            column: loc.as_ref().map_or(1, |l| l.column()),
-            key: if key.is_empty() || key == "." {
-                String::new()
-            } else {
-                format!("{key}: ")
-            },
-            message,
-        }
-    })
-}
+use super::{BootMode, CloudConfigAccess, Transport};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

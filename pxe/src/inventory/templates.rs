@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::lines::Checker;
+use super::checker::Checker;
 use super::{Group, Inventory, InventoryError, Profile, RenderContext};
 use crate::facts::Facts;
 
