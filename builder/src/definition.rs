@@ -369,73 +369,52 @@ pub fn is_channel_name(s: &str) -> bool {
     cairn_formats::channel::manifest::safe_name(s)
 }
 
-/// 1-based line of the first `key:` (at the start of a line, after
-/// indentation or `- `) and, when `value` is given, of the first line at or
-/// after it that holds the value: for checks made after deserialisation.
-fn line_of(text: &str, key: &str, value: Option<&str>) -> usize {
-    let key_colon = format!("{key}:");
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| {
-            l.trim_start()
-                .trim_start_matches("- ")
-                .trim_start()
-                .starts_with(&key_colon)
-        })
-        .unwrap_or(0);
-    let found = match value {
-        Some(v) => lines[start..]
-            .iter()
-            .position(|l| l.contains(v))
-            .map(|i| i + start),
-        None => Some(start),
-    };
-    found.unwrap_or(start) + 1
-}
-
 /// Parse definition text (`path` is only used in messages).
 pub fn parse(path: &str, text: &str) -> Result<Definition, DefinitionError> {
-    let de = serde_norway::Deserializer::from_str(text);
-    let def: Definition = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        let loc = inner.location();
-        let mut message = inner.to_string();
-        // serde_norway appends " at line L column C"; we print it up front.
-        if let Some(i) = message.find(" at line ") {
-            message.truncate(i);
-        }
-        DefinitionError::Syntax {
-            path: path.to_string(),
-            line: loc.as_ref().map_or(1, |l| l.line()),
-            column: loc.as_ref().map_or(1, |l| l.column()),
-            key: if key.is_empty() || key == "." {
-                String::new()
-            } else {
-                format!("{key}: ")
-            },
-            message,
-        }
-    })?;
-    validate(path, text, &def)?;
-    Ok(def)
+    let doc = cairn_yaml::from_str::<Definition>(path, text)?;
+    validate(path, text, &doc.value)?;
+    Ok(doc.value)
 }
 
-fn invalid(
-    path: &str,
-    text: &str,
-    key: &str,
-    value: Option<&str>,
-    message: String,
-) -> DefinitionError {
-    let leaf = key.rsplit('.').next().unwrap_or(key);
-    let leaf = leaf.split('[').next().unwrap_or(leaf);
+/// A finding about `key` (a path as serde names it: `users[2].uid`) after
+/// deserialisation, at the line where the key is written.
+fn invalid(path: &str, text: &str, key: &str, message: String) -> DefinitionError {
     DefinitionError::Invalid {
         path: path.to_string(),
-        line: line_of(text, leaf, value),
+        line: cairn_yaml::Positions::index(text).line(key),
         key: key.to_string(),
         message,
+    }
+}
+
+impl From<cairn_yaml::Error> for DefinitionError {
+    fn from(e: cairn_yaml::Error) -> Self {
+        match e {
+            cairn_yaml::Error::Syntax {
+                file,
+                line,
+                column,
+                key,
+                message,
+            } => DefinitionError::Syntax {
+                path: file,
+                line,
+                column,
+                key,
+                message,
+            },
+            cairn_yaml::Error::Invalid {
+                file,
+                line,
+                key,
+                message,
+            } => DefinitionError::Invalid {
+                path: file,
+                line,
+                key,
+                message,
+            },
+        }
     }
 }
 
@@ -452,7 +431,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             path,
             text,
             "name",
-            None,
             format!(
                 "{:?} is not a valid image name: expected lowercase letters, digits and '-'",
                 d.name
@@ -469,7 +447,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             path,
             text,
             "version",
-            None,
             format!(
                 "{:?} is not a valid version: expected letters, digits and . - _ ~ ^ +",
                 d.version
@@ -481,7 +458,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             path,
             text,
             "architecture",
-            None,
             format!("{:?} is not supported: expected amd64", d.architecture),
         ));
     }
@@ -491,7 +467,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
                 path,
                 text,
                 "mirror",
-                None,
                 format!("{m:?} is not an http:// or https:// URL"),
             ));
         }
@@ -506,7 +481,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
                 path,
                 text,
                 &format!("packages[{i}]"),
-                Some(p),
                 format!("{p:?} is not a Debian package name"),
             ));
         }
@@ -517,7 +491,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
                 path,
                 text,
                 &format!("drop[{i}]"),
-                Some(p),
                 format!("{p:?} must be an absolute path pattern"),
             ));
         }
@@ -526,13 +499,16 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
                 path,
                 text,
                 &format!("drop[{i}]"),
-                Some(p),
                 format!("{p:?} is not a valid glob: {e}"),
             ));
         }
     }
-    for list in [&d.units.enable, &d.units.disable, &d.units.mask] {
-        for u in list {
+    for (field, list) in [
+        ("enable", &d.units.enable),
+        ("disable", &d.units.disable),
+        ("mask", &d.units.mask),
+    ] {
+        for (i, u) in list.iter().enumerate() {
             let ok = [
                 ".service",
                 ".socket",
@@ -547,7 +523,7 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             .iter()
             .any(|s| u.ends_with(s));
             if !ok {
-                return Err(invalid(path, text, "units", Some(u), format!("{u:?} is not a unit name: expected a suffix such as .service, .socket, .timer or .target")));
+                return Err(invalid(path, text, &format!("units.{field}[{i}]"), format!("{u:?} is not a unit name: expected a suffix such as .service, .socket, .timer or .target")));
             }
         }
     }
@@ -558,7 +534,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
                 path,
                 text,
                 &format!("users[{i}].name"),
-                Some(&u.name),
                 format!("user {:?} is defined twice", u.name),
             ));
         }
@@ -567,7 +542,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
                 path,
                 text,
                 &format!("users[{i}].uid"),
-                None,
                 "uid 0 is root's; pick another".into(),
             ));
         }
@@ -576,10 +550,9 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
         if let Some(c) = &u.channel {
             if !is_channel_name(c) {
                 return Err(invalid(
-                    path,
-                    text,
-                    "update.channel",
-                    None,
+path,
+text,
+"update.channel",
                     format!("{c:?} is not a channel name: expected at most 128 letters, digits, '.', '_', '-', '~' (not starting with '.')"),
                 ));
             }
@@ -590,19 +563,17 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             let name = k.file_name().map(|n| n.to_string_lossy().into_owned());
             let Some(name) = name.filter(|n| n.ends_with(".pub") && n.len() > 4) else {
                 return Err(invalid(
-                    path,
-                    text,
-                    &format!("update.keys[{i}]"),
-                    Some(&shown),
+path,
+text,
+&format!("update.keys[{i}]"),
                     format!("{shown:?} is not a public key file: expected a path ending in .pub (cairn keygen writes update.pub)"),
                 ));
             };
             if !seen.insert(name.clone()) {
                 return Err(invalid(
-                    path,
-                    text,
-                    &format!("update.keys[{i}]"),
-                    Some(&shown),
+path,
+text,
+&format!("update.keys[{i}]"),
                     format!("a second key file named {name}: the image keeps them side by side in /{UPDATE_KEYS_DIR}, so file names must differ"),
                 ));
             }
@@ -614,7 +585,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             path,
             text,
             "disk.esp",
-            None,
             format!(
                 "{} is too small for a FAT32 ESP: expected at least 64MiB",
                 d.disk.esp
@@ -626,7 +596,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             path,
             text,
             "disk",
-            None,
             "slot and state must be at least 8MiB".into(),
         ));
     }
@@ -636,7 +605,6 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             path,
             text,
             "disk.size",
-            None,
             format!(
                 "{} cannot hold the ESP, two slots and the state partition: expected at least {}",
                 d.disk.size,
@@ -661,7 +629,6 @@ pub fn load(path: &Path) -> Result<Loaded, DefinitionError> {
                 &path.display().to_string(),
                 &text,
                 "overlay",
-                None,
                 format!("{} is not a directory", dir.display()),
             ));
         }
@@ -690,16 +657,8 @@ fn load_update_keys(
     let mut out = Vec::new();
     for (i, k) in u.keys.iter().enumerate() {
         let file = dir.join(k);
-        let shown = k.display().to_string();
-        let err = |message: String| {
-            invalid(
-                &shown_def,
-                text,
-                &format!("update.keys[{i}]"),
-                Some(&shown),
-                message,
-            )
-        };
+        let err =
+            |message: String| invalid(&shown_def, text, &format!("update.keys[{i}]"), message);
         let data = std::fs::read(&file)
             .map_err(|e| err(format!("reading the update key {}: {e}", file.display())))?;
         let key_text = String::from_utf8(data.clone()).map_err(|_| {
@@ -797,6 +756,19 @@ mod tests {
     }
 
     #[test]
+    fn findings_point_at_the_key_not_at_a_name_alike() {
+        // the first `uid:` and a `- Bad` in a comment come before the one at fault
+        let text = format!(
+            "{MIN}# packages: [ok]\nusers:\n  - {{name: a, uid: 1000}}\n  - name: b\n    groups: [uid]\n    uid: 0\n"
+        );
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:10: users[1].uid: uid 0"), "{e}");
+        let text = format!("{MIN}units: {{enable: [a.service], mask: [docker.service, docker]}}\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.starts_with("x.yaml:5: units.mask[1]:"), "{e}");
+    }
+
+    #[test]
     fn bad_values_point_at_their_line() {
         let text = format!("{MIN}packages:\n  - systemd\n  - Bad_Name\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
@@ -841,7 +813,7 @@ mod tests {
         let text = format!("{MIN}update:\n  chanel: lab\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
         assert!(e.starts_with("x.yaml:6:"), "{e}");
-        assert!(e.contains("update: unknown field `chanel`"), "{e}");
+        assert!(e.contains("update.chanel: unknown field `chanel`"), "{e}");
         let text = format!("{MIN}update:\n  channel: .hidden\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
         assert!(e.starts_with("x.yaml:6: update.channel:"), "{e}");
