@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod containers;
 pub mod debfile;
 pub mod definition;
+pub mod disk_formats;
 pub mod fetch;
 pub mod fixups;
 pub mod lock;

@@ -58,6 +58,18 @@ enum Command {
         /// Rebuild even when the output folder is already current.
         #[arg(long)]
         force: bool,
+        /// Disk image formats, comma-separated: raw (disk.raw, always
+        /// written), qcow2 (disk.qcow2: KVM, OpenStack), vmdk (disk.vmdk,
+        /// streamOptimized: VMware, VirtualBox), ova (disk.ova: an OVF
+        /// appliance holding the VMDK). Formats no longer asked for are
+        /// removed from OUT; a current OUT only gets the missing ones made.
+        #[arg(
+            long,
+            value_name = "LIST",
+            default_value = "raw",
+            value_parser = cairn_builder::disk_formats::Formats::parse
+        )]
+        format: cairn_builder::disk_formats::Formats,
         /// Write a signed update bundle into OUT/update/ with this secret key
         /// (update.key from `cairn keygen`). Without it no bundle is written
         /// and a previous OUT/update/ is removed.
@@ -350,6 +362,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
             zstd_level,
             keys,
             force,
+            format,
             sign,
             channel,
             valid_for,
@@ -373,8 +386,20 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
                 channel,
                 valid_for,
             });
-            let s = cairn_builder::pipeline::build_signed(&opts, sign.as_ref())?;
+            let s = cairn_builder::pipeline::build_with(&opts, &format, sign.as_ref())?;
             let root = &s.manifest.artifacts[0];
+            let formats_lines = |s: &cairn_builder::pipeline::BuildSummary| {
+                for name in &s.formats_made {
+                    if let Some(a) = s.manifest.artifacts.iter().find(|a| &a.name == name) {
+                        println!(
+                            "wrote {} ({:.1} MiB, sha256 {})",
+                            s.out.join(name).display(),
+                            a.size as f64 / 1048576.0,
+                            a.sha256
+                        );
+                    }
+                }
+            };
             let bundle_line = |s: &cairn_builder::pipeline::BuildSummary| {
                 if let Some(b) = &s.bundle {
                     println!(
@@ -396,6 +421,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
                     s.manifest.version,
                     root.sha256
                 );
+                formats_lines(&s);
                 bundle_line(&s);
                 return Ok(ExitCode::SUCCESS);
             }
@@ -410,6 +436,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
                 root.size as f64 / 1048576.0,
                 root.sha256
             );
+            formats_lines(&s);
             if s.lock_written {
                 println!("wrote {}", s.lock_path.display());
             }

@@ -5,6 +5,7 @@
 //! Owns the order of the steps, progress reporting and the output folder;
 //! each step's logic lives in its own module.
 
+use cairn_formats::image_dir::DiskFormat;
 use cairn_formats::{channel, image_dir};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::artifacts;
 use crate::debfile::{self, InstalledPackage};
 use crate::definition::{self, Loaded};
+use crate::disk_formats::{self, Appliance, Formats};
 use crate::fetch::{self, Cache, Download};
 use crate::fixups;
 use crate::lock::Lock;
@@ -82,6 +84,9 @@ pub struct BuildSummary {
     pub up_to_date: bool,
     /// The signed update bundle, when the build was asked to sign.
     pub bundle: Option<channel::Bundle>,
+    /// Disk image files (`disk.qcow2`, ...) this run made, also when the
+    /// rest of the folder was current.
+    pub formats_made: Vec<String>,
 }
 
 /// The lock to build from: the existing one when it still matches the
@@ -120,6 +125,12 @@ fn lock_for(
     Ok((lock, true))
 }
 
+/// Writes `OUT/manifest.json` aside and renames it into place.
+fn write_manifest(out: &Path, manifest: &Manifest) -> Result<()> {
+    let text = serde_json::to_string_pretty(manifest)? + "\n";
+    write_artifact(out, image_dir::MANIFEST, text.as_bytes())
+}
+
 fn write_artifact(out: &Path, name: &str, data: &[u8]) -> Result<()> {
     let p = out.join(name);
     let tmp = out.join(format!(".{name}.tmp"));
@@ -128,7 +139,8 @@ fn write_artifact(out: &Path, name: &str, data: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", p.display()))
 }
 
-fn sha256_and_size(p: &Path) -> Result<Artifact> {
+/// The manifest entry of the file `p`: its name, SHA-256 and size.
+pub(crate) fn sha256_and_size(p: &Path) -> Result<Artifact> {
     Ok(Artifact {
         name: p
             .file_name()
@@ -211,15 +223,22 @@ pub fn fingerprint(opts: &BuildOptions) -> Result<String> {
     inputs_fingerprint(&loaded, opts, source_date_epoch(&lock))
 }
 
+/// Is this manifest entry one of the disk formats made from `disk.raw`
+/// (`disk.qcow2`, `disk.vmdk`, `disk.ova`)?
+fn is_derived_format(a: &Artifact) -> bool {
+    DiskFormat::of_file(&a.name).is_some_and(|f| f != DiskFormat::Raw)
+}
+
 /// The manifest of `out` if it was built from `inputs` and its artifacts
-/// are intact.
+/// are intact (the disk formats made from `disk.raw` are checked, and
+/// made again if need be, by [`disk_formats::write`]).
 fn current_output(out: &Path, inputs: &str) -> Option<Manifest> {
     let m: Manifest =
         serde_json::from_slice(&std::fs::read(out.join(image_dir::MANIFEST)).ok()?).ok()?;
     if m.inputs != inputs {
         return None;
     }
-    for a in &m.artifacts {
+    for a in m.artifacts.iter().filter(|a| !is_derived_format(a)) {
         let p = out.join(&a.name);
         if std::fs::metadata(&p).ok()?.len() != a.size || fetch::sha256_file(&p).ok()? != a.sha256 {
             return None;
@@ -387,7 +406,61 @@ pub fn build(opts: &BuildOptions) -> Result<BuildSummary> {
 
 /// Run `cairn build`, and with `sign` write the signed update bundle
 /// `OUT/update/` after the artifacts (also when the output was current).
+/// The disk image is `disk.raw` only; see [`build_with`].
 pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<BuildSummary> {
+    build_with(opts, &Formats::default(), sign)
+}
+
+/// The disk formats of an output folder that is otherwise current: made
+/// where missing or damaged, removed where not asked for; the manifest is
+/// rewritten when its list changed.
+fn refresh_formats(
+    opts: &BuildOptions,
+    formats: &Formats,
+    manifest: &mut Manifest,
+) -> Result<Vec<String>> {
+    let have: Vec<Artifact> = manifest
+        .artifacts
+        .iter()
+        .filter(|a| is_derived_format(a))
+        .cloned()
+        .collect();
+    let written = disk_formats::write(
+        &opts.out,
+        formats,
+        &have,
+        &Appliance {
+            name: &manifest.name,
+            version: &manifest.version,
+            mtime: manifest.source_date_epoch,
+        },
+        &opts.progress,
+    )?;
+    if written.artifacts != have {
+        let mut artifacts: Vec<Artifact> = Vec::new();
+        for a in manifest.artifacts.drain(..) {
+            if is_derived_format(&a) {
+                continue;
+            }
+            let after = a.name == image_dir::DISK;
+            artifacts.push(a);
+            if after {
+                artifacts.extend(written.artifacts.iter().cloned());
+            }
+        }
+        manifest.artifacts = artifacts;
+        write_manifest(&opts.out, manifest)?;
+    }
+    Ok(written.made)
+}
+
+/// Run `cairn build` writing the disk image in `formats` (`--format`;
+/// `disk.raw` always), and with `sign` the signed update bundle.
+pub fn build_with(
+    opts: &BuildOptions,
+    formats: &Formats,
+    sign: Option<&SignOptions>,
+) -> Result<BuildSummary> {
     let t0 = Instant::now();
     let loaded = definition::load(&opts.definition)?;
     let def = &loaded.def;
@@ -402,10 +475,12 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
     let epoch = source_date_epoch(&lock);
     let inputs = inputs_fingerprint(&loaded, opts, epoch)?;
     if !opts.force {
-        if let Some(manifest) = current_output(&opts.out, &inputs) {
+        if let Some(mut manifest) = current_output(&opts.out, &inputs) {
             tracing::info!(out = %opts.out.display(), "output is up to date");
+            let formats_made = refresh_formats(opts, formats, &mut manifest)?;
             let bundle = finish_bundle(opts, &manifest, signer.as_ref())?;
             return Ok(BuildSummary {
+                formats_made,
                 bundle,
                 manifest,
                 out: opts.out.clone(),
@@ -557,6 +632,17 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
         "wrote disk.raw"
     );
     finish(&opts.progress, &sp, None);
+    let written = disk_formats::write(
+        &opts.out,
+        formats,
+        &[],
+        &Appliance {
+            name: &def.name,
+            version: &def.version,
+            mtime: epoch,
+        },
+        &opts.progress,
+    )?;
 
     let manifest = Manifest {
         name: def.name.clone(),
@@ -585,17 +671,17 @@ pub fn build_signed(opts: &BuildOptions, sign: Option<&SignOptions>) -> Result<B
         ],
     };
     let mut manifest = manifest;
+    manifest.artifacts.extend(written.artifacts);
     for (name, _) in &ipxe {
         let mut a = sha256_and_size(&ipxe_dir.join(name))?;
         a.name = format!("ipxe/{name}");
         manifest.artifacts.push(a);
     }
-    let mpath = opts.out.join(image_dir::MANIFEST);
-    std::fs::write(&mpath, serde_json::to_string_pretty(&manifest)? + "\n")
-        .with_context(|| format!("writing {}", mpath.display()))?;
+    write_manifest(&opts.out, &manifest)?;
     let bundle = finish_bundle(opts, &manifest, signer.as_ref())?;
     tracing::info!(seconds = t0.elapsed().as_secs_f64(), "build done");
     Ok(BuildSummary {
+        formats_made: written.made,
         bundle,
         manifest,
         out: opts.out.clone(),
