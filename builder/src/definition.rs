@@ -308,22 +308,10 @@ pub enum DefinitionError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {key}{message}")]
-    Syntax {
-        path: String,
-        line: usize,
-        column: usize,
-        /// `key: ` prefix naming the offending key path, or empty.
-        key: String,
-        message: String,
-    },
-    #[error("{path}:{line}: {key}: {message}")]
-    Invalid {
-        path: String,
-        line: usize,
-        key: String,
-        message: String,
-    },
+    /// `FILE:LINE:COLUMN: key: ...` (schema) or `FILE:LINE: key: ...`
+    /// (a later check).
+    #[error(transparent)]
+    Yaml(#[from] cairn_yaml::Error),
 }
 
 /// A loaded definition and where it came from.
@@ -379,43 +367,12 @@ pub fn parse(path: &str, text: &str) -> Result<Definition, DefinitionError> {
 /// A finding about `key` (a path as serde names it: `users[2].uid`) after
 /// deserialisation, at the line where the key is written.
 fn invalid(path: &str, text: &str, key: &str, message: String) -> DefinitionError {
-    DefinitionError::Invalid {
-        path: path.to_string(),
+    DefinitionError::Yaml(cairn_yaml::Error::Invalid {
+        file: path.to_string(),
         line: cairn_yaml::Positions::index(text).line(key),
         key: key.to_string(),
         message,
-    }
-}
-
-impl From<cairn_yaml::Error> for DefinitionError {
-    fn from(e: cairn_yaml::Error) -> Self {
-        match e {
-            cairn_yaml::Error::Syntax {
-                file,
-                line,
-                column,
-                key,
-                message,
-            } => DefinitionError::Syntax {
-                path: file,
-                line,
-                column,
-                key,
-                message,
-            },
-            cairn_yaml::Error::Invalid {
-                file,
-                line,
-                key,
-                message,
-            } => DefinitionError::Invalid {
-                path: file,
-                line,
-                key,
-                message,
-            },
-        }
-    }
+    })
 }
 
 fn is_name(s: &str) -> bool {

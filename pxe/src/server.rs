@@ -108,11 +108,13 @@ fn group_tokens(
         if let Some(size) = g.etcd_cluster {
             let token = discovery
                 .ensure_group_token(&g.name, u64::from(size))
-                .map_err(|e| InventoryError::Invalid {
-                    path: inv.path.display().to_string(),
-                    line: g.line,
-                    key: format!("groups[{i}].etcd_cluster"),
-                    message: e.to_string(),
+                .map_err(|e| {
+                    InventoryError::Yaml(cairn_yaml::Error::Invalid {
+                        file: inv.path.display().to_string(),
+                        line: g.line,
+                        key: format!("groups[{i}].etcd_cluster"),
+                        message: e.to_string(),
+                    })
                 })?;
             tokens.insert(g.name.clone(), token);
         }
@@ -124,12 +126,12 @@ impl Shared {
     fn reload(&self) -> Result<(), InventoryError> {
         let new = Inventory::load(&self.config_path)?;
         check_transports(&new, self.tftp_port.get().is_some()).map_err(|m| {
-            InventoryError::Invalid {
-                path: self.config_path.display().to_string(),
+            InventoryError::Yaml(cairn_yaml::Error::Invalid {
+                file: self.config_path.display().to_string(),
                 line: 1,
                 key: "profiles".into(),
                 message: m,
-            }
+            })
         })?;
         let tokens = group_tokens(&new, &self.discovery)?;
         self.etcd_tokens.store(Arc::new(tokens));

@@ -1,9 +1,8 @@
-//! Crash-safe file writes for the agent's files (temp file, fsync,
-//! rename, fsync of the directory) and the clock. The timestamps of
+//! Crash-safe file writes for the agent's files (the channel's
+//! `write_atomic`, fsync of a directory) and the clock. The timestamps of
 //! manifests and state are `cairn_formats::channel::timestamp`.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs::File;
 use std::path::Path;
 
 use crate::error::{Result, UpdateError};
@@ -15,23 +14,10 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(UpdateError::io(dir))
 }
 
-/// Writes `data` to `path` atomically: a temp file beside it, fsync,
-/// rename over `path`, fsync of the directory. A crash leaves either the
-/// old file or the new one (plus, at worst, a `.tmp` leftover that the
-/// next write replaces).
+/// Writes `data` to `path` atomically (temp file, fsync, rename, fsync of
+/// the directory): [`cairn_formats::channel::write_atomic`].
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| UpdateError::Refused(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let mut f = File::create(&tmp).map_err(UpdateError::io(&tmp))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .map_err(UpdateError::io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(UpdateError::io(path))?;
-    fsync_dir(dir)
+    Ok(cairn_formats::channel::write_atomic(path, data)?)
 }
 
 /// Now, in seconds since the epoch.
@@ -47,12 +33,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn atomic_write_replaces() {
+    fn atomic_write_names_the_path_it_could_not_write() {
         let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("f");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
+        let p = t.path().join("missing-dir").join("f");
+        let e = write_atomic(&p, b"one").unwrap_err().to_string();
+        assert!(e.contains("missing-dir"), "{e}");
     }
 }

@@ -1,7 +1,6 @@
-//! Crash-safe writes of the files the channel produces (`update.pub`,
-//! `manifest.json`, `manifest.sig`): temp file, fsync, rename, fsync of
-//! the directory. The agent has the same for its own files
-//! (`cairn_updater::fsutil`), with its own error type.
+//! Crash-safe writes: temp file, fsync, rename, fsync of the directory;
+//! for the files the channel produces (`update.pub`, `manifest.json`,
+//! `manifest.sig`) and the agent's own (`cairn_updater::fsutil`).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -13,7 +12,7 @@ use super::error::{ChannelError, Result};
 /// rename over `path`, fsync of the directory. A crash leaves either the
 /// old file or the new one (plus, at worst, a `.tmp` leftover that the
 /// next write replaces).
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()

@@ -15,6 +15,7 @@
 pub mod bundle;
 pub mod error;
 mod files;
+pub use files::write_atomic;
 pub mod keys;
 pub mod manifest;
 pub mod rollout;

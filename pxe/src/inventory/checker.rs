@@ -1,7 +1,7 @@
 //! [`Checker`]: what every check of the inventory needs: the file's name
 //! as shown, where each key is written ([`cairn_yaml::Positions`]), and the
 //! folder relative paths start from; it turns a finding about
-//! `section[i].key` into an [`InventoryError::Invalid`] at that key's line.
+//! `section[i].key` into an [`cairn_yaml::Error::Invalid`] at that key's line.
 
 use std::path::Path;
 
@@ -37,11 +37,11 @@ impl<'a> Checker<'a> {
         } else {
             format!("{section}[{i}].{key}")
         };
-        InventoryError::Invalid {
-            path: self.shown.clone(),
+        InventoryError::Yaml(cairn_yaml::Error::Invalid {
+            file: self.shown.clone(),
             line: self.line(&key),
             key,
             message,
-        }
+        })
     }
 }

@@ -137,15 +137,15 @@ pub(super) fn check_ambiguity(cx: &Checker<'_>, groups: &[Group]) -> Result<(), 
                         a.selector.len()
                     )
                 };
-                return Err(InventoryError::Invalid {
-                    path: cx.shown.clone(),
+                return Err(InventoryError::Yaml(cairn_yaml::Error::Invalid {
+                    file: cx.shown.clone(),
                     line: a.line,
                     key: format!("groups[{i}].selector"),
                     message: format!(
                         "groups {:?} (line {}) and {:?} (line {}) are ambiguous: {what}",
                         b.name, b.line, a.name, a.line
                     ),
-                });
+                }));
             }
         }
     }

@@ -34,63 +34,11 @@ pub enum InventoryError {
         /// The cause.
         source: std::io::Error,
     },
-    /// YAML that does not fit the schema.
-    #[error("{path}:{line}:{column}: {key}{message}")]
-    Syntax {
-        /// The inventory file.
-        path: String,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// `groups[1].selector: ` or empty.
-        key: String,
-        /// What serde said.
-        message: String,
-    },
-    /// Well-formed YAML with a meaning that is wrong (unknown profile, ambiguous groups, bad template...).
-    #[error("{path}:{line}: {key}: {message}")]
-    Invalid {
-        /// The file the problem is in.
-        path: String,
-        /// 1-based line.
-        line: usize,
-        /// Key path, e.g. `groups[2].profile`.
-        key: String,
-        /// What is wrong and what was expected.
-        message: String,
-    },
-}
-
-impl From<cairn_yaml::Error> for InventoryError {
-    fn from(e: cairn_yaml::Error) -> Self {
-        match e {
-            cairn_yaml::Error::Syntax {
-                file,
-                line,
-                column,
-                key,
-                message,
-            } => InventoryError::Syntax {
-                path: file,
-                line,
-                column,
-                key,
-                message,
-            },
-            cairn_yaml::Error::Invalid {
-                file,
-                line,
-                key,
-                message,
-            } => InventoryError::Invalid {
-                path: file,
-                line,
-                key,
-                message,
-            },
-        }
-    }
+    /// YAML that does not fit the schema (`FILE:LINE:COLUMN: key: ...`), or
+    /// whose meaning is wrong (`FILE:LINE: key: ...`: unknown profile,
+    /// ambiguous groups, bad template...).
+    #[error(transparent)]
+    Yaml(#[from] cairn_yaml::Error),
 }
 
 /// How a profile boots.
@@ -344,11 +292,13 @@ fn offered_updates(
             Err(m) => return Err(cx.invalid("updates", i, "", m)),
         }
     }
-    crate::updates::newest(bundles).map_err(|m| InventoryError::Invalid {
-        path: cx.shown.clone(),
-        line: cx.line("updates"),
-        key: "updates".into(),
-        message: m,
+    crate::updates::newest(bundles).map_err(|m| {
+        InventoryError::Yaml(cairn_yaml::Error::Invalid {
+            file: cx.shown.clone(),
+            line: cx.line("updates"),
+            key: "updates".into(),
+            message: m,
+        })
     })
 }
 

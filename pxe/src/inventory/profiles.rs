@@ -92,12 +92,12 @@ pub(super) fn check(
                         )
                     })?;
                     env.add_template_owned(name.clone(), source).map_err(|e| {
-                        InventoryError::Invalid {
-                            path: file.display().to_string(),
+                        InventoryError::Yaml(cairn_yaml::Error::Invalid {
+                            file: file.display().to_string(),
                             line: e.line().unwrap_or(1),
                             key: format!("profiles[{i}].cloud_config"),
                             message: format!("template syntax: {}", template_message(&e)),
-                        }
+                        })
                     })?;
                 }
                 Some(name)

@@ -28,8 +28,8 @@ pub(super) fn check_groups(cx: &Checker<'_>, inventory: &Inventory) -> Result<()
         let template_path = cx.base.join(template).display().to_string();
         let text = inventory
             .render_cloud_config(g, &placeholder_context(g))
-            .map_err(|e| InventoryError::Invalid {
-                path: template_path.clone(),
+            .map_err(|e| InventoryError::Yaml(cairn_yaml::Error::Invalid {
+                file: template_path.clone(),
                 line: e.line().unwrap_or(1),
                 key: format!("groups[{i}] ({})", g.name),
                 message: format!(
@@ -40,7 +40,7 @@ pub(super) fn check_groups(cx: &Checker<'_>, inventory: &Inventory) -> Result<()
                     cx.shown,
                     template_message(&e)
                 ),
-            })?;
+            }))?;
         let report = cairn_cloudconfig::validate(&text);
         if report.has_errors() {
             let findings: Vec<String> = report
@@ -49,8 +49,8 @@ pub(super) fn check_groups(cx: &Checker<'_>, inventory: &Inventory) -> Result<()
                 .filter(|f| f.kind == cairn_cloudconfig::Kind::Error)
                 .map(|f| format!("line {}: {}", f.line, f.message))
                 .collect();
-            return Err(InventoryError::Invalid {
-                path: template_path,
+            return Err(InventoryError::Yaml(cairn_yaml::Error::Invalid {
+                file: template_path,
                 line: report
                     .findings
                     .iter()
@@ -64,7 +64,7 @@ pub(super) fn check_groups(cx: &Checker<'_>, inventory: &Inventory) -> Result<()
                     cx.shown,
                     findings.join("; ")
                 ),
-            });
+            }));
         }
     }
     Ok(())
