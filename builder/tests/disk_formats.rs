@@ -8,13 +8,14 @@
 //!    (`compare`; `check` clean; the VMDK is a streamOptimized `vmdk`):
 //!    identical contents boot identically, so the VMDK needs no boot here;
 //! 3. the OVA lists the OVF descriptor first, then its manifest and the
-//!    VMDK, which is `disk.vmdk` byte for byte;
+//!    VMDK; its manifest gives `disk.vmdk`'s SHA-256;
 //! 4. reproducible: made again from the same `disk.raw`, the files have the
 //!    same SHA-256; a second run with the same formats makes nothing;
 //! 5. `--format qcow2` afterwards removes the VMDK and the OVA, from the
 //!    folder and the manifest;
 //! 6. `disk.qcow2` boots under OVMF (one TCG boot): `/init` mounts slot A
-//!    and the guest agent answers.
+//!    and the guest agent answers;
+//! 7. (no VM) `--format qcow2,vdi` is refused, naming the valid formats.
 //!
 //! The folder is a scratch copy of the cached image (hard links; the
 //! build only adds files and replaces the manifest by renaming), so the
@@ -201,4 +202,20 @@ fn formats_are_listed_identical_to_disk_raw_reproducible_and_qcow2_boots() {
         t.elapsed()
     );
     vm.kill().ok();
+}
+
+#[test]
+fn an_unknown_format_is_refused_naming_the_valid_ones() {
+    let o = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["build", "images/test.yaml", "-o", "/nonexistent/out"])
+        .args(["--format", "qcow2,vdi"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown disk format \"vdi\": expected raw, qcow2, vmdk or ova"),
+        "{err}"
+    );
+    assert!(err.contains("--format <LIST>"), "{err}");
 }
