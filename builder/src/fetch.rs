@@ -337,8 +337,8 @@ pub fn fetch_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_testkit::{Reply, StaticHttp};
     use sha2::{Digest, Sha256};
-    use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
 
     fn sha(d: &[u8]) -> String {
@@ -348,10 +348,11 @@ mod tests {
     #[test]
     fn fetches_verifies_caches_and_resumes() {
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let (base, _) = flaky(vec![
+        let srv = StaticHttp::with_faults(vec![
             ("/pool/a.deb", body.clone(), vec![]),
             ("/pool/bad.deb", b"evil".to_vec(), vec![]),
         ]);
+        let base = srv.url();
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let d = Download {
@@ -399,96 +400,6 @@ mod tests {
         assert!(matches!(e, FetchError::NotFound { .. }), "{e}");
     }
 
-    /// How a flaky server answers one request.
-    #[derive(Clone, Copy, Debug)]
-    enum Fault {
-        /// close the connection without a word (a reset)
-        Drop,
-        /// answer with this status
-        Status(u16),
-        /// announce the whole body, send half, close
-        Truncate,
-    }
-
-    /// A loopback HTTP server whose paths fail their first requests as
-    /// `faults` says, then serve `body` (with `Range: bytes=N-`). Returns
-    /// the base URL and the log of (path, range) requests.
-    /// Each request's path and `Range` start.
-    type Log = std::sync::Arc<Mutex<Vec<(String, Option<usize>)>>>;
-
-    fn flaky(files: Vec<(&'static str, Vec<u8>, Vec<Fault>)>) -> (String, Log) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let seen = log.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { continue };
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut first = String::new();
-                if r.read_line(&mut first).is_err() {
-                    continue;
-                }
-                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let mut range = None;
-                loop {
-                    let mut l = String::new();
-                    if r.read_line(&mut l).is_err() || l.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = l.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                        range = v.trim().trim_end_matches('-').parse::<usize>().ok();
-                    }
-                }
-                let n = {
-                    let mut log = seen.lock().unwrap();
-                    log.push((path.clone(), range));
-                    log.iter().filter(|(p, _)| *p == path).count()
-                };
-                let Some((_, body, faults)) = files.iter().find(|(p, _, _)| *p == path) else {
-                    let _ = write!(
-                        s,
-                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                    continue;
-                };
-                let total = body.len();
-                let body = &body[range.unwrap_or(0)..];
-                // a 206 says which bytes it carries, as a real server does
-                let status = match range {
-                    Some(start) => format!(
-                        "206 Partial Content\r\nContent-Range: bytes {start}-{}/{total}",
-                        total - 1
-                    ),
-                    None => "200 OK".to_string(),
-                };
-                match faults.get(n - 1) {
-                    Some(Fault::Drop) => drop(s),
-                    Some(Fault::Status(code)) => {
-                        let _ = write!(s, "HTTP/1.1 {code} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                    }
-                    Some(Fault::Truncate) => {
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = s.write_all(&body[..body.len() / 2]);
-                    }
-                    None => {
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = s.write_all(body);
-                    }
-                }
-            }
-        });
-        (format!("http://{addr}"), log)
-    }
-
     fn quick(tries: u32) -> Retry {
         Retry {
             tries,
@@ -497,30 +408,22 @@ mod tests {
         }
     }
 
-    fn requests(log: &Mutex<Vec<(String, Option<usize>)>>, path: &str) -> Vec<Option<usize>> {
-        log.lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, r)| *r)
-            .collect()
-    }
-
     #[test]
     fn transient_failures_are_retried_and_a_cut_download_resumes() {
         let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        let (base, log) = flaky(vec![
+        let srv = StaticHttp::with_faults(vec![
             (
                 "/pool/a.deb",
                 body.clone(),
-                vec![Fault::Status(503), Fault::Drop, Fault::Truncate],
+                vec![Reply::Status(503), Reply::Drop, Reply::Cut(150_000)],
             ),
             (
                 "/dists/InRelease",
                 b"signed".to_vec(),
-                vec![Fault::Status(502), Fault::Drop],
+                vec![Reply::Status(502), Reply::Drop],
             ),
         ]);
+        let base = srv.url();
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let d = Download {
@@ -534,22 +437,23 @@ mod tests {
         assert_eq!(fs::read(&got[0]).unwrap(), body);
         // 503, reset, half the body, then the other half by Range
         assert_eq!(
-            requests(&log, "/pool/a.deb"),
+            srv.ranges("/pool/a.deb"),
             vec![None, None, None, Some(body.len() / 2)]
         );
         let client = Client::new(quick(3));
         let got = get_bytes(&client, &format!("{base}/dists/InRelease")).unwrap();
         assert_eq!(got, b"signed");
-        assert_eq!(requests(&log, "/dists/InRelease").len(), 3);
+        assert_eq!(srv.ranges("/dists/InRelease").len(), 3);
     }
 
     #[test]
     fn the_last_try_says_how_many_were_made() {
-        let (base, log) = flaky(vec![(
+        let srv = StaticHttp::with_faults(vec![(
             "/pool/busy.deb",
             b"x".to_vec(),
-            vec![Fault::Status(503); 10],
+            vec![Reply::Status(503); 10],
         )]);
+        let base = srv.url();
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let d = Download {
@@ -566,7 +470,7 @@ mod tests {
             msg.contains("/pool/busy.deb: HTTP 503") && msg.contains("gave up after 3 tries"),
             "{msg}"
         );
-        assert_eq!(requests(&log, "/pool/busy.deb").len(), 3);
+        assert_eq!(srv.ranges("/pool/busy.deb").len(), 3);
         assert!(!cache.blob_path(&d.sha256).exists());
 
         // nobody listening: connection refused, tried as often
@@ -580,7 +484,8 @@ mod tests {
 
     #[test]
     fn a_404_or_a_wrong_hash_is_not_retried() {
-        let (base, log) = flaky(vec![("/pool/bad.deb", b"evil".to_vec(), vec![])]);
+        let srv = StaticHttp::with_faults(vec![("/pool/bad.deb", b"evil".to_vec(), vec![])]);
+        let base = srv.url();
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let mp = MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -592,14 +497,14 @@ mod tests {
         };
         let e = fetch_all(&cache, std::slice::from_ref(&bad), 1, quick(5), &mp).unwrap_err();
         assert!(matches!(e, FetchError::HashMismatch { .. }), "{e:?}");
-        assert_eq!(requests(&log, "/pool/bad.deb").len(), 1);
+        assert_eq!(srv.ranges("/pool/bad.deb").len(), 1);
         let gone = Download {
             url: format!("{base}/pool/gone.deb"),
             ..bad
         };
         let e = fetch_all(&cache, &[gone], 1, quick(5), &mp).unwrap_err();
         assert!(matches!(e, FetchError::NotFound { .. }), "{e:?}");
-        assert_eq!(requests(&log, "/pool/gone.deb").len(), 1);
+        assert_eq!(srv.ranges("/pool/gone.deb").len(), 1);
     }
 
     #[test]

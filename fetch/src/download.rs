@@ -197,8 +197,9 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testserver::{quick, Reply, Server};
+    use crate::quick;
     use crate::Timeouts;
+    use cairn_testkit::{Reply, StaticHttp as Server};
 
     fn body(n: u32) -> Vec<u8> {
         (0..n).map(|i| (i % 251) as u8).collect()
@@ -223,7 +224,7 @@ mod tests {
             Case {
                 partial: t.path().join("partial/x.part"),
                 dest: t.path().join("done/x"),
-                url: s.url(path),
+                url: s.at(path),
                 size: want.len() as u64,
                 sha256: sha(want),
                 _t: t,
@@ -258,7 +259,7 @@ mod tests {
     #[test]
     fn transient_failures_are_retried_and_a_cut_download_resumes() {
         let b = body(300_000);
-        let s = Server::start(vec![(
+        let s = Server::with_faults(vec![(
             "/f",
             b.clone(),
             vec![Reply::Status(503), Reply::Drop, Reply::Cut(100_000)],
@@ -279,7 +280,7 @@ mod tests {
     #[test]
     fn a_partial_file_is_resumed_and_counted() {
         let b = body(200_000);
-        let s = Server::start(vec![("/f", b.clone(), vec![])]);
+        let s = Server::with_faults(vec![("/f", b.clone(), vec![])]);
         let c = Case::new(&s, "/f", &b);
         c.partial(&b[..1000]);
         let (r, seen) = c.run(1);
@@ -301,7 +302,7 @@ mod tests {
     #[test]
     fn a_server_that_ignores_or_misplaces_the_range_starts_over() {
         let b = body(50_000);
-        let s = Server::start(vec![
+        let s = Server::with_faults(vec![
             ("/ignore", b.clone(), vec![Reply::IgnoreRange]),
             ("/wrong", b.clone(), vec![Reply::WrongRange; 2]),
             ("/416", b.clone(), vec![Reply::Status(416); 2]),
@@ -333,7 +334,7 @@ mod tests {
     #[test]
     fn too_many_bytes_a_wrong_hash_or_a_404_are_final() {
         let b = body(10_000);
-        let s = Server::start(vec![
+        let s = Server::with_faults(vec![
             ("/long", b.clone(), vec![]),
             ("/evil", b"evil".to_vec(), vec![]),
         ]);

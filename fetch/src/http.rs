@@ -76,7 +76,8 @@ pub fn get_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testserver::{quick, Reply, Server};
+    use crate::quick;
+    use cairn_testkit::{Reply, StaticHttp as Server};
 
     fn client() -> ureq::Agent {
         agent(
@@ -90,7 +91,7 @@ mod tests {
 
     #[test]
     fn transient_failures_are_retried_final_ones_are_not() {
-        let s = Server::start(vec![
+        let s = Server::with_faults(vec![
             (
                 "/doc",
                 b"hello".to_vec(),
@@ -100,16 +101,16 @@ mod tests {
             ("/busy", b"x".to_vec(), vec![Reply::Status(502); 9]),
         ]);
         let hdr = [("X-Test", "1".to_string())];
-        let got = get(&client(), &quick(5), &s.url("/doc"), &hdr, 100).unwrap();
+        let got = get(&client(), &quick(5), &s.at("/doc"), &hdr, 100).unwrap();
         assert_eq!(got, b"hello");
         assert_eq!(s.ranges("/doc").len(), 4);
         assert_eq!(s.header("/doc", "x-test").as_deref(), Some("1"));
 
-        let e = get(&client(), &quick(5), &s.url("/gone"), &[], 100).unwrap_err();
+        let e = get(&client(), &quick(5), &s.at("/gone"), &[], 100).unwrap_err();
         assert!(matches!(e, Error::Status { status: 404, .. }), "{e:?}");
         assert_eq!(s.ranges("/gone").len(), 1);
 
-        let e = get(&client(), &quick(3), &s.url("/busy"), &[], 100).unwrap_err();
+        let e = get(&client(), &quick(3), &s.at("/busy"), &[], 100).unwrap_err();
         assert!(matches!(e, Error::GaveUp { tries: 3, .. }), "{e:?}");
         assert!(
             e.to_string()
@@ -121,8 +122,8 @@ mod tests {
 
     #[test]
     fn a_body_over_the_limit_is_final() {
-        let s = Server::start(vec![("/big", vec![7; 1000], vec![])]);
-        let e = get(&client(), &quick(5), &s.url("/big"), &[], 999).unwrap_err();
+        let s = Server::with_faults(vec![("/big", vec![7; 1000], vec![])]);
+        let e = get(&client(), &quick(5), &s.at("/big"), &[], 999).unwrap_err();
         assert!(matches!(e, Error::TooLarge { limit: 999, .. }), "{e:?}");
         assert!(
             e.to_string().ends_with("/big: larger than 999 bytes"),
@@ -130,7 +131,7 @@ mod tests {
         );
         assert_eq!(s.ranges("/big").len(), 1);
         assert_eq!(
-            get(&client(), &quick(5), &s.url("/big"), &[], 1000).unwrap(),
+            get(&client(), &quick(5), &s.at("/big"), &[], 1000).unwrap(),
             vec![7; 1000]
         );
     }

@@ -19,8 +19,15 @@ mod error;
 mod http;
 mod retry;
 
+/// A retry policy with short waits, for this crate's tests.
 #[cfg(test)]
-mod testserver;
+fn quick(tries: u32) -> Retry {
+    Retry {
+        tries,
+        first_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_millis(20),
+    }
+}
 
 pub use download::{download, sha256_file, Resumable};
 pub use error::{Error, Result};

@@ -11,7 +11,7 @@ mod http;
 
 pub mod etcd;
 pub use etcd::Etcd;
-pub use http::StaticHttp;
+pub use http::{Reply, Request, StaticHttp};
 
 use std::net::TcpListener;
 use std::path::Path;
