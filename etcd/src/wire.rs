@@ -69,15 +69,29 @@ pub(crate) fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     u64::try_from(v).map_err(|_| de::Error::custom(format!("{v} out of uint64 range")))
 }
 
+struct B64Visitor;
+
+impl Visitor<'_> for B64Visitor {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a base64 string")
+    }
+
+    // the text is decoded where it lies (no copy into a String first)
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+        B64.decode(v.as_bytes())
+            .map_err(|e| E::custom(format!("not base64: {e}")))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Vec<u8>, E> {
+        Ok(Vec::new())
+    }
+}
+
 /// Bytes from base64 (`null`: empty).
 pub(crate) fn de_b64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-    let s: Option<String> = Option::deserialize(d)?;
-    match s {
-        None => Ok(Vec::new()),
-        Some(s) => B64
-            .decode(s.as_bytes())
-            .map_err(|e| de::Error::custom(format!("not base64: {e}"))),
-    }
+    d.deserialize_any(B64Visitor)
 }
 
 /// A list of base64 byte strings.
