@@ -437,6 +437,8 @@ struct Lines {
     endpoint: String,
     body: Incoming,
     buf: BytesMut,
+    /// The first `scanned` bytes of `buf` hold no newline.
+    scanned: usize,
     max: usize,
     timeout: Duration,
     ended: bool,
@@ -448,6 +450,7 @@ impl Lines {
             endpoint,
             body,
             buf: BytesMut::new(),
+            scanned: 0,
             max,
             timeout,
             ended: false,
@@ -460,11 +463,20 @@ impl Lines {
     async fn next_line(&mut self) -> Result<Option<Bytes>, Error> {
         let mut deadline = None;
         loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+            // search only the bytes not searched yet: a long line in many small pieces costs
+            // linear time
+            let from = self.scanned;
+            let found = self.buf[from..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map(|j| from + j);
+            self.scanned = self.buf.len();
+            if let Some(i) = found {
                 if i > self.max {
                     return Err(too_large(&self.endpoint, PATH, self.max));
                 }
                 let line = self.buf.split_to(i + 1).freeze();
+                self.scanned = 0;
                 if line.iter().all(u8::is_ascii_whitespace) {
                     deadline = None;
                     continue;
@@ -479,6 +491,7 @@ impl Lines {
                     return Ok(None);
                 }
                 // a last line without its newline
+                self.scanned = 0;
                 return Ok(Some(std::mem::take(&mut self.buf).freeze()));
             }
             if deadline.is_none() && !self.buf.is_empty() {

@@ -193,6 +193,24 @@ fn watch_slow_loris(s: &mut TcpStream) {
     }
 }
 
+/// A watch line of 4 MiB (an event with a 3 MiB value) in 1 KiB pieces, then quiet.
+fn watch_big_line_in_small_pieces(s: &mut TcpStream) {
+    use base64::Engine as _;
+    if s.write_all(CHUNKED_200).is_err() || chunk(s, CREATED).is_err() {
+        return;
+    }
+    let value = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 3 * MIB]);
+    let line = format!(
+        "{{\"result\":{{\"header\":{{\"revision\":\"9\"}},\"events\":[{{\"kv\":{{\"key\":\"aw==\",\"mod_revision\":\"9\",\"value\":\"{value}\"}}}}]}}}}\n"
+    );
+    for piece in line.as_bytes().chunks(1024) {
+        if chunk(s, piece).is_err() {
+            return;
+        }
+    }
+    thread::sleep(Duration::from_secs(10));
+}
+
 /// Headers and nothing more.
 fn watch_silent_start(s: &mut TcpStream) {
     let _ = s.write_all(CHUNKED_200);
@@ -407,6 +425,31 @@ async fn hostile_watch_streams_end_with_an_error() {
         matches!(&e, Error::Etcd { code: 7, message, .. } if message == "permission denied"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_watch_line_in_small_pieces_is_read_in_linear_time() {
+    let h = hostile(watch_big_line_in_small_pieces);
+    let c = Client::with_config(
+        [h.url.as_str()],
+        Config {
+            request_timeout: Duration::from_secs(5),
+            max_watch_line: 8 * MIB,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let mut w = c.watch("k", WatchOptions::new()).await.unwrap();
+    let (r, took) = within(Duration::from_secs(10), w.next()).await;
+    match r.unwrap().unwrap() {
+        WatchUpdate::Events { events, header } => {
+            assert_eq!(header.revision, 9);
+            assert_eq!(events[0].kv.value.len(), 3 * MIB);
+            assert_eq!(events[0].mod_revision(), 9);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
