@@ -284,6 +284,10 @@ impl Client {
         let req = Request::post(uri)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::ACCEPT, "application/json")
+            // gRPC metadata through the gateway: a member without a leader refuses the request
+            // ("etcdserver: no leader", Unavailable) instead of serving it, and ends a watch
+            // when it loses its leader, as etcd's own client asks with WithRequireLeader
+            .header("grpc-metadata-hasleader", "true")
             .body(Full::new(body))
             .expect("a valid request");
         self.inner.http.request(req).await.map_err(|e| {

@@ -2,7 +2,8 @@
 //! with every option, transactions with every compare, a compare-and-swap race that exactly one
 //! task wins, elections and fencing, lease expiry and keep-alive (and its loss reported),
 //! watches in order, across a restart of the member (same data dir) and across the loss of one
-//! member of three, compaction surfaced, and failover past a dead endpoint.
+//! member of three (and a member left without a leader ends its watches and refuses requests),
+//! compaction surfaced, and failover past a dead endpoint.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -866,5 +867,34 @@ async fn three_members_one_dies_requests_and_watches_move_on() {
         .map(|k| k.key_str().into_owned())
         .collect();
     assert_eq!(keys.len(), 2);
+
+    // a watch on m1 alone; then m2 dies too: m1 has no quorum, hence no leader, and ends the
+    // watch rather than leaving it silent, and refuses requests at once
+    let solo = client(&[eps[1]]);
+    let mut w1 = solo
+        .watch("/m/", WatchOptions::new().prefix())
+        .await
+        .unwrap();
+    members[2].kill();
+    let t = Instant::now();
+    let note = tokio::time::timeout(Duration::from_secs(30), w1.next())
+        .await
+        .expect("a watch on a member without a leader stayed silent for 30 s")
+        .unwrap()
+        .unwrap();
+    let WatchUpdate::Reconnecting { error, .. } = note else {
+        panic!("{note:?}")
+    };
+    eprintln!(
+        "watch on a leaderless member ended after {:?}: {error}",
+        t.elapsed()
+    );
+    assert!(error.is_transient(), "{error}");
+    let e = solo
+        .get("/m/", GetOptions::new().prefix().serializable())
+        .await
+        .unwrap_err();
+    assert_eq!(e.grpc_code(), Some(code::UNAVAILABLE), "{e}");
+    assert!(e.to_string().contains("no leader"), "{e}");
     drop(members);
 }
