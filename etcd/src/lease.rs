@@ -225,6 +225,7 @@ impl Client {
             id,
             status: rx,
             task,
+            client: self.clone(),
         })
     }
 
@@ -262,6 +263,7 @@ pub struct LeaseKeeper {
     id: i64,
     status: watch::Receiver<LeaseStatus>,
     task: JoinHandle<()>,
+    client: Client,
 }
 
 impl LeaseKeeper {
@@ -294,10 +296,11 @@ impl LeaseKeeper {
         }
     }
 
-    /// Stops refreshing and revokes the lease (its keys go at once).
-    pub async fn revoke(self, client: &Client) -> Result<(), Error> {
+    /// Stops refreshing and revokes the lease (its keys go at once); a lease already gone is
+    /// no error.
+    pub async fn revoke(self) -> Result<(), Error> {
         self.task.abort();
-        match client.revoke(self.id).await {
+        match self.client.revoke(self.id).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),

@@ -520,7 +520,7 @@ async fn lease_expiry_deletes_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_keeps_keys_and_reports_loss() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_etcd, c) = single(tmp.path(), "keep");
+    let (mut etcd, c) = single(tmp.path(), "keep");
 
     let mut kept = c.grant_kept(2).await.unwrap();
     c.put("/k/kept", "1", PutOptions::new().lease(kept.id()))
@@ -556,8 +556,32 @@ async fn keep_alive_keeps_keys_and_reports_loss() {
     c.put("/k/k2", "1", PutOptions::new().lease(k2.id()))
         .await
         .unwrap();
-    k2.revoke(&c).await.unwrap();
+    k2.revoke().await.unwrap();
     assert_eq!(c.get("/k/k2", GetOptions::new()).await.unwrap().count, 0);
+
+    // etcd gone: no refresh can be confirmed, the keeper gives the lease up when it would expire
+    let mut k3 = c.grant_kept(2).await.unwrap();
+    let LeaseStatus::Alive { expires, .. } = k3.status() else {
+        panic!("{:?}", k3.status())
+    };
+    etcd.kill();
+    let why = tokio::time::timeout(Duration::from_secs(5), k3.lost())
+        .await
+        .expect("expiry not reported within 5 s");
+    let now = tokio::time::Instant::now();
+    assert!(
+        now >= expires,
+        "reported before the lease could have expired"
+    );
+    assert!(
+        now - expires < Duration::from_secs(1),
+        "{:?} late",
+        now - expires
+    );
+    match why {
+        LeaseLost::Expired(e) => assert!(e.contains("cannot connect"), "{e}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
