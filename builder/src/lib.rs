@@ -2,8 +2,8 @@
 //! fetched and verified `.deb` files -> an assembled root tree -> fixups ->
 //! a reproducible squashfs, plus the lock and manifest that describe it.
 //!
-//! The `cairn` binary (src/main.rs) only parses arguments and calls in here
-//! (`vm_drive` is the config drive `cairn vm` gives the guest).
+//! The `cairn` command (the `cairn-cli` crate, `cli/`) parses arguments and
+//! calls in here.
 
 pub mod artifacts;
 pub mod containers;
@@ -18,4 +18,3 @@ pub mod progress;
 pub mod repo;
 pub mod squashfs;
 pub mod tree;
-pub mod vm_drive;

@@ -1,5 +1,9 @@
-//! The `cairn` command: parses arguments and dispatches to the library.
-//! Errors are printed once, with their whole chain of causes.
+//! The `cairn` command: parses arguments, dispatches to the libraries
+//! (`cairn_builder` for build, inspect and validate, `cairn_pxe` for serve,
+//! `cairn_qemu` for vm) and formats their results. Errors are printed
+//! once, with their whole chain of causes.
+
+mod vm_drive;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -287,18 +291,18 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
                 Vec::new()
             } else if ssh_key.is_empty() {
                 home.as_deref()
-                    .map(cairn_builder::vm_drive::default_key_files)
+                    .map(vm_drive::default_key_files)
                     .unwrap_or_default()
             } else {
                 ssh_key
             };
-            let keys = cairn_builder::vm_drive::read_keys(&key_files)?;
+            let keys = vm_drive::read_keys(&key_files)?;
             if let Some(h) = &hostname {
-                cairn_builder::vm_drive::check_hostname(h)?;
+                vm_drive::check_hostname(h)?;
             }
             let user_config = match &cloud_config {
                 Some(p) => {
-                    let (bytes, findings) = cairn_builder::vm_drive::read_cloud_config(p)?;
+                    let (bytes, findings) = vm_drive::read_cloud_config(p)?;
                     eprint!("{findings}");
                     Some(bytes)
                 }
@@ -310,12 +314,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
                 );
             }
             let autologin = cloud_config.is_none() && !no_autologin;
-            let seed = cairn_builder::vm_drive::Seed::new(
-                &keys,
-                hostname.as_deref(),
-                user_config,
-                autologin,
-            );
+            let seed = vm_drive::Seed::new(&keys, hostname.as_deref(), user_config, autologin);
             tracing::info!(
                 "config drive: {} SSH key(s) for core{}{}",
                 keys.len(),
@@ -344,7 +343,7 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
                     .with_context(|| format!("writing the config drive {}", drive.display()))?;
                 o.config_drive = Some(drive);
             }
-            o.ssh_identity = cairn_builder::vm_drive::identity_hint(&key_files, home.as_deref());
+            o.ssh_identity = vm_drive::identity_hint(&key_files, home.as_deref());
             let status = cairn_qemu::run_interactive(&o)?;
             if !status.success() {
                 anyhow::bail!("QEMU exited with {status}");
