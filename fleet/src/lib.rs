@@ -10,5 +10,4 @@
 
 pub mod model;
 pub mod schedule;
-pub mod systemd;
 pub mod unit;

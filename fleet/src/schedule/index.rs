@@ -5,11 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use globset::GlobSetBuilder;
-
 use super::{Cluster, Machine, SchedUnit};
-use crate::unit::xfleet::glob_spec;
-use crate::unit::UnitName;
+use crate::unit::{Glob, GlobIndex, UnitName};
 
 /// What kind of unit the scheduler sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,34 +114,36 @@ impl<'a> Index<'a> {
             .map(|(u, k)| *k != Kind::Template && u.desired.wants_machine())
             .collect();
 
-        // Conflicts: every distinct glob once, one set matched once per name.
+        // Conflicts: every distinct glob once, in one index matched once
+        // per name.
         let mut pattern_ix: HashMap<&str, u32> = HashMap::new();
         let mut patterns: Vec<&str> = Vec::new();
         let mut conf = vec![Vec::new(); n];
-        let mut builder = GlobSetBuilder::new();
+        let mut globs = GlobIndex::new();
         for (ui, u) in units.iter().enumerate() {
             if kind[ui] == Kind::Template {
                 continue;
             }
             for p in &u.requirements.conflicts {
-                let Ok(glob) = glob_spec(p) else { continue };
-                let pi = *pattern_ix.entry(p.as_str()).or_insert_with(|| {
-                    patterns.push(p.as_str());
-                    builder.add(glob);
-                    (patterns.len() - 1) as u32
-                });
+                let pi = match pattern_ix.get(p.as_str()) {
+                    Some(&pi) => pi,
+                    None => {
+                        let Ok(glob) = Glob::new(p) else { continue };
+                        let pi = globs.push(glob);
+                        patterns.push(p.as_str());
+                        pattern_ix.insert(p.as_str(), pi);
+                        pi
+                    }
+                };
                 if !conf[ui].contains(&pi) {
                     conf[ui].push(pi);
                 }
             }
         }
-        let set = builder.build().expect("globs compiled one by one");
         let mut matched_by = vec![Vec::new(); n];
-        if !patterns.is_empty() {
-            let mut hits = Vec::new();
+        if !globs.is_empty() {
             for (ui, u) in units.iter().enumerate() {
-                set.matches_into(u.name.as_str(), &mut hits);
-                matched_by[ui] = hits.iter().map(|&p| p as u32).collect();
+                matched_by[ui] = globs.matches(&u.name);
             }
         }
 
@@ -356,36 +355,37 @@ fn replace_graph<'a>(
     let mut pattern_ix: HashMap<&str, u32> = HashMap::new();
     let mut owners: Vec<Vec<u32>> = Vec::new();
     let mut patterns: Vec<&'a str> = Vec::new();
-    let mut builder = GlobSetBuilder::new();
+    let mut globs = GlobIndex::new();
     for (ui, u) in units.iter().enumerate() {
         if kind[ui] != Kind::Normal {
             continue;
         }
         for p in &u.requirements.replaces {
-            let Ok(glob) = glob_spec(p) else { continue };
-            let pi = *pattern_ix.entry(p.as_str()).or_insert_with(|| {
-                builder.add(glob);
-                owners.push(Vec::new());
-                patterns.push(p.as_str());
-                (owners.len() - 1) as u32
-            });
+            let pi = match pattern_ix.get(p.as_str()) {
+                Some(&pi) => pi,
+                None => {
+                    let Ok(glob) = Glob::new(p) else { continue };
+                    let pi = globs.push(glob);
+                    owners.push(Vec::new());
+                    patterns.push(p.as_str());
+                    pattern_ix.insert(p.as_str(), pi);
+                    pi
+                }
+            };
             owners[pi as usize].push(ui as u32);
         }
     }
     if owners.is_empty() {
         return (out, vec![Vec::new(); n], vec![Vec::new(); n]);
     }
-    let set = builder.build().expect("globs compiled one by one");
-    let mut hits = Vec::new();
     for (vi, v) in units.iter().enumerate() {
         if kind[vi] != Kind::Normal {
             continue;
         }
-        set.matches_into(v.name.as_str(), &mut hits);
-        for &pi in &hits {
-            for &ui in &owners[pi] {
+        for pi in globs.matches(&v.name) {
+            for &ui in &owners[pi as usize] {
                 if ui as usize != vi && !out[ui as usize].iter().any(|(x, _)| *x == vi as u32) {
-                    out[ui as usize].push((vi as u32, patterns[pi]));
+                    out[ui as usize].push((vi as u32, patterns[pi as usize]));
                 }
             }
         }

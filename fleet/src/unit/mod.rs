@@ -3,6 +3,7 @@
 //! each fleetctl verb does to them.
 
 pub mod file;
+pub mod glob;
 pub mod name;
 pub mod state;
 pub mod xfleet;
@@ -10,6 +11,7 @@ pub mod xfleet;
 use thiserror::Error;
 
 pub use file::{ParseError, UnitFile, UnitHash, UnitOption};
+pub use glob::{Glob, GlobError, GlobIndex};
 pub use name::{NameError, SpecifierError, UnitName};
 pub use state::{may_replace, transition, JobState, Transition, Verb, VerbError};
 pub use xfleet::{FleetKey, Problem, Requirements, XFleetError};
