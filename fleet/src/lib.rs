@@ -10,4 +10,5 @@
 
 pub mod model;
 pub mod schedule;
+pub mod systemd;
 pub mod unit;
