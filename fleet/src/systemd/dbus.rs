@@ -21,10 +21,12 @@
 //!   (`path_namespace=/org/freedesktop/systemd1/unit`; systemd puts the new
 //!   `LoadState`/`ActiveState`/`SubState` values in the signal), filtered
 //!   here to the managed units (one rule, not one per unit: the system bus
-//!   limits match rules per connection). `JobRemoved` and `UnitNew` of a
-//!   managed unit, `Reloading(false)` and a new owner of the systemd name
-//!   (daemon-reexec) ask for a state refresh, which a second task answers
-//!   with one `ListUnitsByNames` for all units asked about meanwhile.
+//!   limits match rules per connection). `JobRemoved` of a managed unit,
+//!   `Reloading(false)` and a new owner of the systemd name (daemon-reexec)
+//!   ask for a state refresh, which a second task answers with one
+//!   `ListUnitsByNames` for all units asked about meanwhile. `UnitNew` is
+//!   not answered with a query (asking loads the unit, systemd drops the
+//!   idle unit again, and the next `UnitNew` would ask again, forever);
 //!   `UnitRemoved` (systemd unloaded an unused, inactive unit from memory)
 //!   makes it `inactive`/`dead`.
 //!
@@ -367,6 +369,19 @@ impl Shared {
         self.managed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A daemon-reload for `unit`'s change, shared with the changes of
+    /// other units made meanwhile ([`Coalescer`]).
+    async fn daemon_reload(&self, unit: &str) -> Result<(), SystemdError> {
+        self.reload
+            .run(|| async { self.manager.reload().await.map_err(Arc::new) })
+            .await
+            .map_err(|source| SystemdError::Call {
+                unit: unit.to_string(),
+                call: "Reload",
+                source,
+            })
+    }
+
     /// Asks the refresher for the states of `names` (or of all managed
     /// units), without waiting.
     fn refresh_later(&self, names: impl IntoIterator<Item = String>, all: bool) {
@@ -523,13 +538,11 @@ fn on_manager(shared: &Shared, msg: &zbus::Message) {
                 }
             }
         }
-        "UnitNew" => {
-            if let Ok((unit, _path)) = body.deserialize::<(String, OwnedObjectPath)>() {
-                if managed(&unit) {
-                    shared.refresh_later([unit], false);
-                }
-            }
-        }
+        // `UnitNew` is not followed by a query: asking loads the unit, and
+        // systemd drops an idle unit from memory again soon (`UnitRemoved`),
+        // so answering each `UnitNew` with a query would go round forever.
+        // A unit loaded for our own start reports through its job; one
+        // loaded for anything else is idle, as we last saw it.
         "UnitRemoved" => {
             // systemd dropped an unused unit from memory: it was inactive.
             // Asking again would load it again; the load state stays as
@@ -544,6 +557,8 @@ fn on_manager(shared: &Shared, msg: &zbus::Message) {
             }
         }
         "Reloading" => {
+            // After a daemon-reload (ours or an administrator's) a unit may
+            // load differently: one query for all, batched with the rest.
             if let Ok(false) = body.deserialize::<bool>() {
                 shared.refresh_later(Vec::new(), true);
             }
@@ -588,7 +603,7 @@ async fn refresher(shared: Arc<Shared>) {
                 outcome = Err(Arc::new(e));
             }
         }
-        let names: Vec<String> = if batch.all {
+        let mut names: Vec<String> = if batch.all {
             shared.lock().digests.keys().cloned().collect()
         } else {
             let managed = shared.lock();
@@ -598,6 +613,7 @@ async fn refresher(shared: Arc<Shared>) {
                 .filter(|n| managed.digests.contains_key(n))
                 .collect()
         };
+        names.sort();
         if !names.is_empty() {
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             match shared.manager.list_units_by_names(&refs).await {
@@ -654,15 +670,7 @@ impl UnitManager for DbusUnitManager {
                     .await
                     .map_err(SystemdError::call(name, "EnableUnitFiles"))?;
             }
-            self.shared
-                .reload
-                .run(|| async { m.reload().await.map_err(Arc::new) })
-                .await
-                .map_err(|source| SystemdError::Call {
-                    unit: name.to_string(),
-                    call: "Reload",
-                    source,
-                })
+            self.shared.daemon_reload(name).await
         }
         .await;
         if let Err(e) = linked {
@@ -733,15 +741,7 @@ impl UnitManager for DbusUnitManager {
         }
         let owned = name.to_string();
         self.blocking(name, move |dir| dir.remove(&owned)).await?;
-        self.shared
-            .reload
-            .run(|| async { m.reload().await.map_err(Arc::new) })
-            .await
-            .map_err(|source| SystemdError::Call {
-                unit: name.to_string(),
-                call: "Reload",
-                source,
-            })?;
+        self.shared.daemon_reload(name).await?;
         let managed = {
             let mut managed = self.shared.lock();
             managed.remove(name);

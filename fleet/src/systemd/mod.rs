@@ -59,7 +59,7 @@ use tokio::sync::watch;
 use crate::unit::UnitName;
 
 pub use dbus::{DbusOptions, DbusUnitManager};
-pub use dir::UnitsDir;
+pub use dir::{UnitsDir, MAX_UNIT_FILE};
 pub use sim::{SimOptions, SimUnitManager};
 
 /// Where fleet wrote its unit files, and where this agent writes them.
