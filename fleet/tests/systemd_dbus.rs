@@ -265,6 +265,11 @@ struct World {
     reload_delay: Duration,
     start_delay: Duration,
     stop_delay: Duration,
+    /// Units of the same name that systemd prefers (`/etc/systemd/system`).
+    shadowed: BTreeMap<String, String>,
+    /// Report a linked unit's `FragmentPath` as the link's target (systemd
+    /// before 248) instead of the link.
+    fragment_is_target: bool,
 }
 
 type WorldRef = Arc<Mutex<World>>;
@@ -336,9 +341,42 @@ async fn set_state(conn: &Connection, w: &WorldRef, name: &str, state: UnitState
     emit_properties(conn, name, &state).await;
 }
 
+/// A unit object's properties (only what the backend reads).
+struct FakeUnit {
+    world: WorldRef,
+    name: String,
+}
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
+impl FakeUnit {
+    #[zbus(property)]
+    fn fragment_path(&self) -> String {
+        let mut w = world(&self.world);
+        w.calls.push(format!("Get FragmentPath {}", self.name));
+        if let Some(other) = w.shadowed.get(&self.name) {
+            return other.clone();
+        }
+        match w.linked.get(&self.name) {
+            Some(target) if w.fragment_is_target => target.clone(),
+            Some(_) => format!("/run/systemd/system/{}", self.name),
+            None => String::new(),
+        }
+    }
+}
+
 /// Loads a unit into memory as systemd does on first use: loaded when the
 /// last reload found its file, not-found otherwise.
 async fn ensure_loaded(conn: &Connection, w: &WorldRef, name: &str) -> UnitState {
+    conn.object_server()
+        .at(
+            unit_object_path(name).as_str(),
+            FakeUnit {
+                world: w.clone(),
+                name: name.to_string(),
+            },
+        )
+        .await
+        .unwrap();
     let (present, state) = {
         let w = world(w);
         let state = if w.known.contains(name) {
@@ -432,6 +470,7 @@ impl FakeManager {
                 .iter()
                 .filter(|(_, path)| Path::new(path).is_file())
                 .map(|(name, _)| name.clone())
+                .chain(w.shadowed.keys().cloned())
                 .collect();
             w.known = known;
             let known = w.known.clone();
@@ -740,6 +779,7 @@ async fn fake_load_start_stop_unload() {
             "Subscribe".to_string(),
             format!("LinkUnitFiles {name} runtime=true force=true"),
             "Reload".to_string(),
+            format!("Get FragmentPath {name}"),
         ]
     );
     let queries = s.fake.calls_matching("ListUnitsByNames").len();
@@ -985,6 +1025,8 @@ async fn fake_a_restarted_agent_adopts_its_units() {
         st == Some(&running())
     })
     .await;
+    // Let the query that the start job's end asked for finish first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     drop(m);
 
     s.fake.clear_calls();
@@ -996,9 +1038,22 @@ async fn fake_a_restarted_agent_adopts_its_units() {
         s.fake.calls(),
         ["Subscribe", "ListUnitsByNames a.service b.service"]
     );
-    // Loading the same text after a restart goes through once (the digest
-    // was not known), and the unit keeps running.
+    // Loading the same text after a restart asks systemd nothing; new
+    // text goes through, and the unit keeps running.
+    s.fake.clear_calls();
     m.load("a.service", SLEEP_UNIT).await.unwrap();
+    assert!(s.fake.calls().is_empty(), "{:?}", s.fake.calls());
+    m.load("a.service", "[Service]\nExecStart=/bin/sleep 60\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        without_queries(s.fake.calls()),
+        [
+            "LinkUnitFiles a.service runtime=true force=true",
+            "Reload",
+            "Get FragmentPath a.service"
+        ]
+    );
     assert_eq!(m.states()["a.service"], running());
     // And the adopted unit can be driven.
     m.stop("b.service").await.unwrap();
@@ -1033,4 +1088,72 @@ async fn fake_systemd_reexec_is_followed() {
     })
     .await;
     drop((m, units));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_a_shadowed_unit_is_refused() {
+    let Some(s) = Setup::new("fake_a_shadowed_unit_is_refused", |w| {
+        // The administrator's own sshd.service, running.
+        w.shadowed.insert(
+            "sshd.service".into(),
+            "/etc/systemd/system/sshd.service".into(),
+        );
+        w.units.insert("sshd.service".into(), running());
+    })
+    .await
+    else {
+        return;
+    };
+    let m = s.connect().await;
+    // systemd reports the link (252) or its target (before 248): both ours.
+    m.load("a.service", SLEEP_UNIT).await.unwrap();
+    world(&s.fake.world).fragment_is_target = true;
+    m.load("b.service", SLEEP_UNIT).await.unwrap();
+    m.start("b.service").await.unwrap();
+
+    let e = m.load("sshd.service", SLEEP_UNIT).await.unwrap_err();
+    match &e {
+        SystemdError::Shadowed { unit, fragment, .. } => {
+            assert_eq!(unit, "sshd.service");
+            assert_eq!(fragment, "/etc/systemd/system/sshd.service");
+        }
+        other => panic!("expected Shadowed, got {other:?}"),
+    }
+    assert!(e.to_string().contains("takes precedence"), "{e}");
+    // Never started, stopped or reset through us: it is someone else's.
+    s.fake.clear_calls();
+    assert!(matches!(
+        m.start("sshd.service").await,
+        Err(SystemdError::Shadowed { .. })
+    ));
+    assert!(matches!(
+        m.stop("sshd.service").await,
+        Err(SystemdError::Shadowed { .. })
+    ));
+    // Unloading removes what we wrote and leaves their unit running.
+    m.unload("sshd.service").await.unwrap();
+    assert!(!s.units_dir().join("sshd.service").exists());
+    let calls = without_queries(s.fake.calls());
+    assert_eq!(
+        calls,
+        [
+            "DisableUnitFiles sshd.service runtime=true (active)",
+            "Reload"
+        ]
+    );
+    assert_eq!(world(&s.fake.world).units["sshd.service"], running());
+
+    // Shadowed after it was loaded: the next start finds out.
+    world(&s.fake.world)
+        .shadowed
+        .insert("a.service".into(), "/etc/systemd/system/a.service".into());
+    assert!(matches!(
+        m.start("a.service").await,
+        Err(SystemdError::Shadowed { .. })
+    ));
+    assert!(s.fake.calls_matching("StartUnit a.service").is_empty());
+    // And once the other unit is gone, a load clears it.
+    world(&s.fake.world).shadowed.clear();
+    m.load("a.service", SLEEP_UNIT).await.unwrap();
+    m.start("a.service").await.unwrap();
 }

@@ -4,7 +4,9 @@
 //! can write to or own, and hostile unit names are refused or defused.
 //! Runs anywhere; the ownership cases need root and say so when skipped.
 
+use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -129,12 +131,16 @@ fn a_symlink_anywhere_on_the_path_is_refused() {
 }
 
 #[test]
-fn relative_paths_and_dot_dot_are_refused() {
+fn relative_dot_dot_and_non_utf8_paths_are_refused() {
     let e = unsafe_dir(UnitsDir::open("run/fleet/units").unwrap_err());
     assert!(e.contains("absolute"), "{e}");
     let t = tmp();
     let e = unsafe_dir(UnitsDir::open(t.path().join("a/../units")).unwrap_err());
     assert!(e.contains("'..'"), "{e}");
+    let latin1 = t.path().join(OsStr::from_bytes(b"caf\xe9"));
+    let e = unsafe_dir(UnitsDir::open(&latin1).unwrap_err());
+    assert!(e.contains("UTF-8"), "{e}");
+    assert!(!latin1.exists());
 }
 
 #[test]

@@ -9,7 +9,9 @@
 //!   `EnableUnitFiles` when the unit has an `[Install]` section, as fleet
 //!   did), then `Reload` (daemon-reload), shared by all loads that queued
 //!   while one ran ([`super::reload`]), then one `ListUnitsByNames` for the
-//!   state. Loading the same text again does nothing.
+//!   state and the unit's `FragmentPath`: a unit of the same name that
+//!   systemd prefers (in `/etc/systemd/system`) is refused as shadowing
+//!   ours. Loading the same text again does nothing.
 //! * **unload**: `StopUnit(name, "replace")` if the unit runs, waiting (at
 //!   most [`DbusOptions::stop_timeout`]) until the signals say it stopped;
 //!   `DisableUnitFiles([name], runtime=true)` removes the links,
@@ -40,7 +42,7 @@
 //! reconciler does so); operations on different units may overlap freely.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -65,6 +67,8 @@ pub const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
 /// escaped name.
 pub const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit";
 const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
+/// Where `LinkUnitFiles(runtime=true)` puts its links (system manager).
+const RUNTIME_UNIT_DIR: &str = "/run/systemd/system";
 const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
 /// Messages a signal stream may hold before zbus's reader waits for us.
@@ -172,11 +176,15 @@ pub fn unit_object_path(name: &str) -> String {
 /// The managed units: their file digests and object paths.
 #[derive(Debug, Default)]
 struct Managed {
-    /// name -> SHA-1 of the text last loaded (`None`: adopted or not
-    /// loaded successfully, so a load always goes through).
+    /// name -> SHA-1 of the text in its file (`None`: not loaded
+    /// successfully, so the next load goes through whatever the text).
     digests: HashMap<String, Option<[u8; 20]>>,
     /// object path -> name, to match signals.
     paths: HashMap<String, String>,
+    /// name -> the file systemd loads instead of ours (see
+    /// [`DbusUnitManager::check_fragment`]): never started, stopped or
+    /// reset through us, since that would act on someone else's unit.
+    shadowed: HashMap<String, String>,
 }
 
 impl Managed {
@@ -188,6 +196,7 @@ impl Managed {
     fn remove(&mut self, name: &str) {
         self.digests.remove(name);
         self.paths.remove(&unit_object_path(name));
+        self.shadowed.remove(name);
     }
 }
 
@@ -265,9 +274,14 @@ impl DbusUnitManager {
             .await
             .map_err(SystemdError::bus("Subscribe"))?;
 
+        // The files a previous run left: managed again, with their digests,
+        // so loading the same text again costs nothing.
         let mut managed = Managed::default();
         for name in dir.list()? {
-            managed.add(&name, None);
+            let digest = dir
+                .read(&name)?
+                .map(|text| <[u8; 20]>::from(Sha1::digest(&text)));
+            managed.add(&name, digest);
         }
         let shared = Arc::new(Shared {
             manager,
@@ -319,15 +333,73 @@ impl DbusUnitManager {
             })
     }
 
+    /// Refuses a loaded unit that systemd reads from another file than
+    /// ours: a unit of the same name in a directory systemd prefers
+    /// (`/etc/systemd/system`, `/run/systemd/transient`, ...) shadows the
+    /// runtime link, and starting it would run the administrator's unit
+    /// while fleet reports its own as running. systemd reports a linked
+    /// unit's `FragmentPath` as the link's target before version 248 and
+    /// as the link itself since; both are ours.
+    async fn check_fragment(&self, name: &str) -> Result<(), SystemdError> {
+        let loaded = self
+            .shared
+            .states
+            .borrow()
+            .get(name)
+            .is_some_and(|s| s.load_state == "loaded");
+        if !loaded {
+            // Not found, a bad setting, masked: the state says so.
+            return Ok(());
+        }
+        let conn = self.shared.manager.inner().connection();
+        let props = zbus::fdo::PropertiesProxy::builder(conn)
+            .destination(SYSTEMD_SERVICE)
+            .and_then(|b| b.path(unit_object_path(name)))
+            .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
+            .map_err(SystemdError::call(name, "Get(FragmentPath)"))?
+            .build()
+            .await
+            .map_err(SystemdError::call(name, "Get(FragmentPath)"))?;
+        let value = props
+            .get(
+                zbus::names::InterfaceName::from_static_str_unchecked(UNIT_INTERFACE),
+                "FragmentPath",
+            )
+            .await
+            .map_err(|e| SystemdError::call(name, "Get(FragmentPath)")(e.into()))?;
+        let fragment = value_str(&value).unwrap_or_default();
+        let ours = self.shared.dir.unit_path(name);
+        let link = format!("{RUNTIME_UNIT_DIR}/{name}");
+        let mut managed = self.shared.lock();
+        if fragment.is_empty() || Path::new(&fragment) == ours || fragment == link {
+            managed.shadowed.remove(name);
+            return Ok(());
+        }
+        managed.shadowed.insert(name.to_string(), fragment.clone());
+        Err(SystemdError::Shadowed {
+            unit: name.to_string(),
+            fragment,
+            ours,
+        })
+    }
+
+    /// Managed, and not known to be shadowed.
     fn require_managed(&self, name: &str) -> Result<(), SystemdError> {
         check_unit_name(name)?;
-        if self.shared.lock().digests.contains_key(name) {
-            Ok(())
-        } else {
-            Err(SystemdError::NotManaged {
+        let managed = self.shared.lock();
+        if !managed.digests.contains_key(name) {
+            return Err(SystemdError::NotManaged {
                 unit: name.to_string(),
-            })
+            });
         }
+        if let Some(fragment) = managed.shadowed.get(name) {
+            return Err(SystemdError::Shadowed {
+                unit: name.to_string(),
+                fragment: fragment.clone(),
+                ours: self.shared.dir.unit_path(name),
+            });
+        }
+        Ok(())
     }
 
     async fn blocking<T: Send + 'static>(
@@ -639,13 +711,15 @@ impl UnitManager for DbusUnitManager {
     async fn load(&self, name: &str, contents: &str) -> Result<(), SystemdError> {
         check_unit_name(name)?;
         let digest: [u8; 20] = Sha1::digest(contents.as_bytes()).into();
-        let unchanged = self.shared.lock().digests.get(name) == Some(&Some(digest))
-            && self
-                .shared
-                .states
-                .borrow()
-                .get(name)
-                .is_some_and(|s| s.load_state == "loaded");
+        let unchanged = {
+            let managed = self.shared.lock();
+            managed.digests.get(name) == Some(&Some(digest)) && !managed.shadowed.contains_key(name)
+        } && self
+            .shared
+            .states
+            .borrow()
+            .get(name)
+            .is_some_and(|s| s.load_state == "loaded");
         if unchanged {
             return Ok(());
         }
@@ -685,6 +759,7 @@ impl UnitManager for DbusUnitManager {
                 call: "ListUnitsByNames",
                 source,
             })?;
+        self.check_fragment(name).await?;
         if let Some(d) = self.shared.lock().digests.get_mut(name) {
             *d = Some(digest);
         }
@@ -697,13 +772,15 @@ impl UnitManager for DbusUnitManager {
             return Ok(());
         }
         let m = &self.shared.manager;
+        // A shadowed unit's state is the other unit's: leave it alone.
+        let ours = !self.shared.lock().shadowed.contains_key(name);
         let running = self
             .shared
             .states
             .borrow()
             .get(name)
             .is_some_and(|s| !s.is_stopped() && !s.active_state.is_empty());
-        if running {
+        if ours && running {
             let mut rx = self.shared.states.subscribe();
             match m.stop_unit(name, "replace").await {
                 Ok(_job) => {}
@@ -734,7 +811,11 @@ impl UnitManager for DbusUnitManager {
         m.disable_unit_files(&[name], true)
             .await
             .map_err(SystemdError::call(name, "DisableUnitFiles"))?;
-        match m.reset_failed_unit(name).await {
+        match if ours {
+            m.reset_failed_unit(name).await
+        } else {
+            Ok(())
+        } {
             Ok(()) => {}
             Err(e) if is_no_such_unit(&e) => {}
             Err(e) => return Err(SystemdError::call(name, "ResetFailedUnit")(e)),
@@ -756,6 +837,9 @@ impl UnitManager for DbusUnitManager {
 
     async fn start(&self, name: &str) -> Result<(), SystemdError> {
         self.require_managed(name)?;
+        // Checked again at each start: an administrator may have put a
+        // unit of that name in /etc since it was loaded (or adopted).
+        self.check_fragment(name).await?;
         self.shared
             .manager
             .start_unit(name, "replace")

@@ -41,7 +41,7 @@ pub struct UnitsDir {
 
 impl UnitsDir {
     /// Opens `path`, creating it and its missing parents (mode 0755, owned
-    /// by us). Refused: a relative path, `.`/`..` components, a symlink
+    /// by us). Refused: a relative or non-UTF-8 path, `.`/`..` components, a symlink
     /// anywhere on the path, a component that is not a directory, one owned
     /// by another user than root or us, one that others may write to
     /// (unless sticky, like `/tmp`); and for the directory itself, anything
@@ -54,6 +54,10 @@ impl UnitsDir {
         };
         if !path.is_absolute() {
             return Err(unsafe_dir("the path must be absolute".into()));
+        }
+        if path.to_str().is_none() {
+            // systemd is given the path as a D-Bus string.
+            return Err(unsafe_dir("the path must be UTF-8".into()));
         }
         let mut names = Vec::new();
         for c in path.components() {

@@ -33,8 +33,8 @@
 //! * The same file runs the same sequence against a stand-in systemd served
 //!   on a private `dbus-daemon` (the Manager methods and signals with
 //!   systemd's signatures), which proves the D-Bus calls, the signal
-//!   handling, the batched reloads and the unload order on any machine
-//!   with `dbus-daemon`.
+//!   handling, the batched reloads, the unload order and the refusal of
+//!   shadowed units on any machine with `dbus-daemon`.
 //! * The file system side (the units directory, planted symlinks, hostile
 //!   names) is tested everywhere (`fleet/tests/systemd_security.rs`).
 //! * The QEMU fleet test (a cairn cluster with `fleet.service` from
@@ -192,6 +192,16 @@ pub enum SystemdError {
         call: &'static str,
         #[source]
         source: DbusError,
+    },
+    #[error(
+        "{unit}: systemd loads it from {fragment}, not from fleet's {}: a unit of that name \
+         where systemd looks first (such as /etc/systemd/system) takes precedence",
+        ours.display()
+    )]
+    Shadowed {
+        unit: String,
+        fragment: String,
+        ours: PathBuf,
     },
     #[error("{unit}: still {state} {waited:?} after StopUnit")]
     StopTimeout {
