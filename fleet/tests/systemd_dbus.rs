@@ -1157,3 +1157,25 @@ async fn fake_a_shadowed_unit_is_refused() {
     m.load("a.service", SLEEP_UNIT).await.unwrap();
     m.start("a.service").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_a_lost_bus_is_reported() {
+    let Some(s) = Setup::new("fake_a_lost_bus_is_reported", |_| {}).await else {
+        return;
+    };
+    let m = s.connect().await;
+    m.load("a.service", SLEEP_UNIT).await.unwrap();
+    assert!(m.is_connected());
+    let mut rx = m.subscribe();
+    let Setup { bus, fake, units } = s;
+    drop(bus);
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("subscribers are woken")
+        .unwrap();
+    assert!(!m.is_connected());
+    // Calls fail, naming the unit and the call.
+    let e = m.start("a.service").await.unwrap_err();
+    assert!(e.to_string().starts_with("a.service: D-Bus "), "{e}");
+    drop((fake, units));
+}

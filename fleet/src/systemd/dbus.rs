@@ -43,6 +43,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -222,6 +223,8 @@ struct Shared {
     states: watch::Sender<UnitStates>,
     reload: Coalescer<DbusError>,
     refresh: RefreshQueue,
+    /// Cleared when the signal stream ends (the bus connection is gone).
+    connected: AtomicBool,
     options: DbusOptions,
 }
 
@@ -290,6 +293,7 @@ impl DbusUnitManager {
             states: watch::Sender::new(UnitStates::new()),
             reload: Coalescer::new(),
             refresh: RefreshQueue::default(),
+            connected: AtomicBool::new(true),
             options,
         });
         let tasks = Tasks(vec![
@@ -314,6 +318,14 @@ impl DbusUnitManager {
     /// The units directory in use.
     pub fn units_dir(&self) -> &std::path::Path {
         self.shared.dir.path()
+    }
+
+    /// Whether the bus connection still delivers systemd's signals. When
+    /// it does not (the bus or the connection went away), states no longer
+    /// change: drop this manager and connect again (the units directory
+    /// brings the units back).
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
     }
 
     /// How many daemon-reloads this manager asked for.
@@ -410,7 +422,7 @@ impl DbusUnitManager {
         let dir = self.shared.dir.clone();
         tokio::task::spawn_blocking(move || f(&dir))
             .await
-            .map_err(|_| SystemdError::Closed {
+            .map_err(|_| SystemdError::FileTask {
                 unit: name.to_string(),
             })?
     }
@@ -549,6 +561,9 @@ impl Streams {
                 else => break,
             }
         }
+        shared.connected.store(false, Ordering::SeqCst);
+        // Wake subscribers, who may look at is_connected().
+        shared.states.send_modify(|_| {});
     }
 }
 

@@ -209,8 +209,8 @@ pub enum SystemdError {
         state: UnitState,
         waited: std::time::Duration,
     },
-    #[error("{unit}: the systemd connection is closed")]
-    Closed { unit: String },
+    #[error("{unit}: the task writing or removing its file failed")]
+    FileTask { unit: String },
 }
 
 impl SystemdError {
