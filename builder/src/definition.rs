@@ -359,20 +359,22 @@ pub fn is_channel_name(s: &str) -> bool {
 
 /// Parse definition text (`path` is only used in messages).
 pub fn parse(path: &str, text: &str) -> Result<Definition, DefinitionError> {
-    let doc = cairn_yaml::from_str::<Definition>(path, text)?;
-    validate(path, text, &doc.value)?;
-    Ok(doc.value)
+    Ok(parse_doc(path, text)?.value)
 }
+
+/// The definition with where each key is written, checked.
+fn parse_doc(path: &str, text: &str) -> Result<Doc, DefinitionError> {
+    let doc = cairn_yaml::from_str::<Definition>(path, text)?;
+    validate(&doc)?;
+    Ok(doc)
+}
+
+type Doc = cairn_yaml::Document<Definition>;
 
 /// A finding about `key` (a path as serde names it: `users[2].uid`) after
 /// deserialisation, at the line where the key is written.
-fn invalid(path: &str, text: &str, key: &str, message: String) -> DefinitionError {
-    DefinitionError::Yaml(cairn_yaml::Error::Invalid {
-        file: path.to_string(),
-        line: cairn_yaml::Positions::index(text).line(key),
-        key: key.to_string(),
-        message,
-    })
+fn invalid(doc: &Doc, key: &str, message: String) -> DefinitionError {
+    doc.invalid(key, message).into()
 }
 
 fn is_name(s: &str) -> bool {
@@ -382,11 +384,11 @@ fn is_name(s: &str) -> bool {
         && !s.starts_with('-')
 }
 
-fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionError> {
+fn validate(doc: &Doc) -> Result<(), DefinitionError> {
+    let d = &doc.value;
     if !is_name(&d.name) {
         return Err(invalid(
-            path,
-            text,
+            doc,
             "name",
             format!(
                 "{:?} is not a valid image name: expected lowercase letters, digits and '-'",
@@ -401,8 +403,7 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             .all(|c| c.is_ascii_alphanumeric() || ".-_~^+".contains(c))
     {
         return Err(invalid(
-            path,
-            text,
+            doc,
             "version",
             format!(
                 "{:?} is not a valid version: expected letters, digits and . - _ ~ ^ +",
@@ -412,8 +413,7 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
     }
     if d.architecture != "amd64" {
         return Err(invalid(
-            path,
-            text,
+            doc,
             "architecture",
             format!("{:?} is not supported: expected amd64", d.architecture),
         ));
@@ -421,8 +421,7 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
     for m in [&d.mirror, &d.security_mirror].into_iter().flatten() {
         if !(m.starts_with("http://") || m.starts_with("https://")) {
             return Err(invalid(
-                path,
-                text,
+                doc,
                 "mirror",
                 format!("{m:?} is not an http:// or https:// URL"),
             ));
@@ -435,8 +434,7 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
         {
             return Err(invalid(
-                path,
-                text,
+                doc,
                 &format!("packages[{i}]"),
                 format!("{p:?} is not a Debian package name"),
             ));
@@ -445,16 +443,14 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
     for (i, p) in d.drop.iter().enumerate() {
         if !p.starts_with('/') {
             return Err(invalid(
-                path,
-                text,
+                doc,
                 &format!("drop[{i}]"),
                 format!("{p:?} must be an absolute path pattern"),
             ));
         }
         if let Err(e) = globset::Glob::new(p) {
             return Err(invalid(
-                path,
-                text,
+                doc,
                 &format!("drop[{i}]"),
                 format!("{p:?} is not a valid glob: {e}"),
             ));
@@ -480,7 +476,7 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
             .iter()
             .any(|s| u.ends_with(s));
             if !ok {
-                return Err(invalid(path, text, &format!("units.{field}[{i}]"), format!("{u:?} is not a unit name: expected a suffix such as .service, .socket, .timer or .target")));
+                return Err(invalid(doc, &format!("units.{field}[{i}]"), format!("{u:?} is not a unit name: expected a suffix such as .service, .socket, .timer or .target")));
             }
         }
     }
@@ -488,16 +484,14 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
     for (i, u) in d.users.iter().enumerate() {
         if !names.insert(&u.name) {
             return Err(invalid(
-                path,
-                text,
+                doc,
                 &format!("users[{i}].name"),
                 format!("user {:?} is defined twice", u.name),
             ));
         }
         if u.uid == Some(0) {
             return Err(invalid(
-                path,
-                text,
+                doc,
                 &format!("users[{i}].uid"),
                 "uid 0 is root's; pick another".into(),
             ));
@@ -506,10 +500,7 @@ fn validate(path: &str, text: &str, d: &Definition) -> Result<(), DefinitionErro
     if let Some(u) = &d.update {
         if let Some(c) = &u.channel {
             if !is_channel_name(c) {
-                return Err(invalid(
-path,
-text,
-"update.channel",
+                return Err(invalid(doc, "update.channel",
                     format!("{c:?} is not a channel name: expected at most 128 letters, digits, '.', '_', '-', '~' (not starting with '.')"),
                 ));
             }
@@ -519,18 +510,12 @@ text,
             let shown = k.display().to_string();
             let name = k.file_name().map(|n| n.to_string_lossy().into_owned());
             let Some(name) = name.filter(|n| n.ends_with(".pub") && n.len() > 4) else {
-                return Err(invalid(
-path,
-text,
-&format!("update.keys[{i}]"),
+                return Err(invalid(doc, &format!("update.keys[{i}]"),
                     format!("{shown:?} is not a public key file: expected a path ending in .pub (cairn keygen writes update.pub)"),
                 ));
             };
             if !seen.insert(name.clone()) {
-                return Err(invalid(
-path,
-text,
-&format!("update.keys[{i}]"),
+                return Err(invalid(doc, &format!("update.keys[{i}]"),
                     format!("a second key file named {name}: the image keeps them side by side in /{UPDATE_KEYS_DIR}, so file names must differ"),
                 ));
             }
@@ -539,8 +524,7 @@ text,
     let min = 8 << 20;
     if d.disk.esp.0 < 64 << 20 {
         return Err(invalid(
-            path,
-            text,
+            doc,
             "disk.esp",
             format!(
                 "{} is too small for a FAT32 ESP: expected at least 64MiB",
@@ -550,8 +534,7 @@ text,
     }
     if d.disk.slot.0 < min || d.disk.state.0 < min {
         return Err(invalid(
-            path,
-            text,
+            doc,
             "disk",
             "slot and state must be at least 8MiB".into(),
         ));
@@ -559,8 +542,7 @@ text,
     let need = d.disk.esp.0 + 2 * d.disk.slot.0 + d.disk.state.0 + (2 << 20);
     if d.disk.size.0 < need {
         return Err(invalid(
-            path,
-            text,
+            doc,
             "disk.size",
             format!(
                 "{} cannot hold the ESP, two slots and the state partition: expected at least {}",
@@ -578,21 +560,20 @@ pub fn load(path: &Path) -> Result<Loaded, DefinitionError> {
         path: path.display().to_string(),
         source,
     })?;
-    let def = parse(&path.display().to_string(), &text)?;
-    if let Some(o) = &def.overlay {
+    let doc = parse_doc(&path.display().to_string(), &text)?;
+    if let Some(o) = &doc.value.overlay {
         let dir = path.parent().unwrap_or(Path::new(".")).join(o);
         if !dir.is_dir() {
             return Err(invalid(
-                &path.display().to_string(),
-                &text,
+                &doc,
                 "overlay",
                 format!("{} is not a directory", dir.display()),
             ));
         }
     }
-    let update_keys = load_update_keys(path, &text, &def)?;
+    let update_keys = load_update_keys(path, &doc)?;
     Ok(Loaded {
-        def,
+        def: doc.value,
         path: path.to_path_buf(),
         text,
         update_keys,
@@ -601,21 +582,15 @@ pub fn load(path: &Path) -> Result<Loaded, DefinitionError> {
 
 /// Reads and parses every file of `update.keys`: each must hold at least
 /// one cairn public key (`cairn-ed25519 <base64>`), never a secret key.
-fn load_update_keys(
-    path: &Path,
-    text: &str,
-    def: &Definition,
-) -> Result<Vec<UpdateKey>, DefinitionError> {
-    let Some(u) = &def.update else {
+fn load_update_keys(path: &Path, doc: &Doc) -> Result<Vec<UpdateKey>, DefinitionError> {
+    let Some(u) = &doc.value.update else {
         return Ok(Vec::new());
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let shown_def = path.display().to_string();
     let mut out = Vec::new();
     for (i, k) in u.keys.iter().enumerate() {
         let file = dir.join(k);
-        let err =
-            |message: String| invalid(&shown_def, text, &format!("update.keys[{i}]"), message);
+        let err = |message: String| invalid(doc, &format!("update.keys[{i}]"), message);
         let data = std::fs::read(&file)
             .map_err(|e| err(format!("reading the update key {}: {e}", file.display())))?;
         let key_text = String::from_utf8(data.clone()).map_err(|_| {
