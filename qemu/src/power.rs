@@ -16,7 +16,7 @@
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -153,7 +153,7 @@ fn watch(
     name: &str,
     proc: &Shared,
     launcher: &Launcher,
-    serial: &PathBuf,
+    serial: &Path,
     stall: Duration,
     stop: &AtomicBool,
     cycles: &AtomicU32,
@@ -219,7 +219,7 @@ fn watch(
 
 /// Whether the last non-empty line of the log (`len` bytes) is the
 /// kernel's last word before a reset.
-fn ends_with_reboot(serial: &PathBuf, len: u64) -> bool {
+fn ends_with_reboot(serial: &Path, len: u64) -> bool {
     let tail = (|| -> io::Result<Vec<u8>> {
         let mut f = fs::File::open(serial)?;
         f.seek(SeekFrom::Start(len.saturating_sub(512)))?;
