@@ -9,6 +9,7 @@
 //! explanations) and [`model`] (the JSON records the registry stores).
 
 pub mod model;
+pub mod registry;
 pub mod schedule;
 pub mod systemd;
 pub mod unit;

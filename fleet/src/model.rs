@@ -125,21 +125,55 @@ impl MachineRecord {
     }
 }
 
-/// One line of the schedule: this unit goes on this machine.
+/// One line of the schedule: this unit goes on this machine, in this
+/// desired state (`loaded` or `launched`), with this text. The entry
+/// carries the unit's text and hash so that an agent needs nothing but its
+/// own schedule prefix: it never reads or watches the unit list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleEntry {
     pub unit: String,
     pub machine: String,
+    pub desired_state: JobState,
+    pub hash: UnitHash,
+    pub contents: String,
 }
 
 impl ScheduleEntry {
+    /// The entry that puts `unit` on `machine`.
+    pub fn new(unit: &UnitRecord, machine: &str) -> ScheduleEntry {
+        ScheduleEntry {
+            unit: unit.name.clone(),
+            machine: machine.to_string(),
+            desired_state: unit.desired_state,
+            hash: unit.hash,
+            contents: unit.contents.clone(),
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("plain data")
     }
 
+    /// Reads an entry and checks its text against its hash.
     pub fn from_json(s: &str) -> Result<ScheduleEntry, RecordError> {
-        from_json("schedule", s)
+        let e: ScheduleEntry = from_json("schedule", s)?;
+        e.unit()?;
+        Ok(e)
+    }
+
+    /// The unit, parsed again; its hash must be the stored one.
+    pub fn unit(&self) -> Result<Unit, RecordError> {
+        let unit = Unit::parse(&self.unit, self.contents.as_str())?;
+        let computed = unit.hash();
+        if computed != self.hash {
+            return Err(RecordError::HashMismatch {
+                name: self.unit.clone(),
+                stored: self.hash,
+                computed,
+            });
+        }
+        Ok(unit)
     }
 }
 
@@ -283,13 +317,15 @@ mod tests {
 
     #[test]
     fn schedule_and_state_records() {
-        let e = ScheduleEntry {
-            unit: "web@1.service".into(),
-            machine: "m1".into(),
-        };
-        assert_eq!(e.to_json(), r#"{"unit":"web@1.service","machine":"m1"}"#);
+        let u = UnitRecord::submit("web@1.service", HELLO, JobState::Launched).unwrap();
+        let e = ScheduleEntry::new(&u, "m1");
+        assert_eq!(
+            e.to_json(),
+            r#"{"unit":"web@1.service","machine":"m1","desired_state":"launched","hash":"1c6fb6f3684bafb0c173d8b8b957ceff031180c1","contents":"[Service]\nExecStart=/bin/sleep 100\n"}"#
+        );
         assert_eq!(ScheduleEntry::from_json(&e.to_json()).unwrap(), e);
-        assert!(ScheduleEntry::from_json(r#"{"unit":"a","machine":"b","when":1}"#).is_err());
+        let extra = e.to_json().replace("{\"unit\"", "{\"when\":1,\"unit\"");
+        assert!(ScheduleEntry::from_json(&extra).is_err());
         let s = UnitStateReport {
             unit: "hello.service".into(),
             load: "loaded".into(),
