@@ -452,7 +452,10 @@ mod tests {
     fn put(unit: &str, size: usize) -> ScheduleChange {
         let r = UnitRecord::submit(
             unit,
-            format!("[Service]\nExecStart=/bin/true {}\n", "x".repeat(size)),
+            format!(
+                "[Service]\n{}ExecStart=/bin/true\n",
+                "# padding\n".repeat(size / 10)
+            ),
             JobState::Launched,
         )
         .unwrap();
