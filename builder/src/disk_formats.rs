@@ -1,8 +1,9 @@
-//! `disk_formats` is the output step of `cairn build --format raw,qcow2,vmdk,ova`:
-//! which disk images the output folder holds beside `disk.raw`, and making
-//! them from it with `cairn-disk` (`qcow2::write`, `vmdk::write`,
-//! `ova::write`), each written aside and renamed into place. The formats
-//! are a function of `disk.raw` (and, for the OVA, of the image's name,
+//! `disk_formats` is the output step of `cairn build --format
+//! raw,qcow2,vmdk,ova,vagrant-libvirt`: which disk images the output folder
+//! holds beside `disk.raw`, and making them from it with `cairn-disk`
+//! (`qcow2::write`, `vmdk::write`, `ova::write`, `vagrant::write`), each
+//! written aside and renamed into place. The formats are a function of
+//! `disk.raw` (and, for the OVA and the Vagrant box, of the image's name,
 //! version and SOURCE_DATE_EPOCH), so a folder that is otherwise current
 //! gets the missing ones made and the ones no longer asked for removed,
 //! without a rebuild.
@@ -77,12 +78,12 @@ fn names() -> String {
     v.join(", ")
 }
 
-/// What the OVA's descriptor and members need from the image.
+/// What the OVA's descriptor and the archives' members need from the image.
 #[derive(Debug, Clone)]
 pub struct Appliance<'a> {
     pub name: &'a str,
     pub version: &'a str,
-    /// SOURCE_DATE_EPOCH: the members' mtime.
+    /// SOURCE_DATE_EPOCH: the members' mtime (OVA, Vagrant box).
     pub mtime: u64,
 }
 
@@ -137,8 +138,10 @@ fn write_staged(
     std::fs::create_dir(staging).with_context(|| format!("creating {}", staging.display()))?;
     let raw = out.join(image_dir::DISK);
     let mut written = Written::default();
-    // An OVA without `vmdk` asked for packs a VMDK made here for it.
+    // An OVA without `vmdk` asked for packs a VMDK made here for it; a
+    // Vagrant box without `qcow2` a qcow2 image.
     let mut vmdk_for_ova: Option<PathBuf> = None;
+    let mut qcow2_for_box: Option<PathBuf> = None;
     for f in formats.iter().filter(|&f| f != DiskFormat::Raw) {
         let name = f.file_name();
         let dest = out.join(name);
@@ -183,6 +186,24 @@ fn write_staged(
                 cairn_disk::ova::write(&vmdk, &staged, &machine, appliance.mtime)
                     .with_context(|| format!("writing {}", dest.display()))?;
             }
+            DiskFormat::VagrantLibvirt => {
+                // `qcow2` comes first in the order: made or kept above
+                let qcow2 = if formats.contains(DiskFormat::Qcow2) {
+                    out.join(image_dir::DISK_QCOW2)
+                } else {
+                    let dir = staging.join("qcow2");
+                    std::fs::create_dir(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    let p = dir.join(image_dir::DISK_QCOW2);
+                    cairn_disk::qcow2::write(&raw, &p, &Default::default()).with_context(|| {
+                        format!("writing the qcow2 image for {}", dest.display())
+                    })?;
+                    qcow2_for_box = Some(p.clone());
+                    p
+                };
+                cairn_disk::vagrant::write(&qcow2, &staged, appliance.mtime)
+                    .with_context(|| format!("writing {}", dest.display()))?;
+            }
         }
         std::fs::rename(&staged, &dest)
             .with_context(|| format!("moving {} to {}", staged.display(), dest.display()))?;
@@ -196,7 +217,7 @@ fn write_staged(
         written.made.push(name.to_owned());
         written.artifacts.push(a);
     }
-    if let Some(p) = vmdk_for_ova {
+    for p in [vmdk_for_ova, qcow2_for_box].into_iter().flatten() {
         remove_file(&p)?;
     }
     Ok(written)
@@ -240,6 +261,10 @@ mod tests {
             "raw,vmdk"
         );
         assert_eq!(Formats::default().to_string(), "raw");
+        assert_eq!(
+            Formats::parse("vagrant-libvirt,qcow2").unwrap().to_string(),
+            "raw,qcow2,vagrant-libvirt"
+        );
     }
 
     #[test]
@@ -247,11 +272,11 @@ mod tests {
         let e = Formats::parse("qcow2,vdi").unwrap_err();
         assert_eq!(
             e,
-            "unknown disk format \"vdi\": expected raw, qcow2, vmdk or ova"
+            "unknown disk format \"vdi\": expected raw, qcow2, vmdk, ova or vagrant-libvirt"
         );
         let e = Formats::parse("qcow2,").unwrap_err();
         assert!(
-            e.contains("empty format name") && e.contains("raw, qcow2, vmdk, ova"),
+            e.contains("empty format name") && e.contains("raw, qcow2, vmdk, ova, vagrant-libvirt"),
             "{e}"
         );
         assert!(Formats::parse("").is_err());

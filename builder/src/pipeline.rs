@@ -224,7 +224,7 @@ pub fn fingerprint(opts: &BuildOptions) -> Result<String> {
 }
 
 /// Is this manifest entry one of the disk formats made from `disk.raw`
-/// (`disk.qcow2`, `disk.vmdk`, `disk.ova`)?
+/// (`disk.qcow2`, `disk.vmdk`, `disk.ova`, `disk.box`)?
 fn is_derived_format(a: &Artifact) -> bool {
     DiskFormat::of_file(&a.name).is_some_and(|f| f != DiskFormat::Raw)
 }

@@ -65,7 +65,8 @@ enum Command {
         /// Disk image formats, comma-separated: raw (disk.raw, always
         /// written), qcow2 (disk.qcow2: KVM, OpenStack), vmdk (disk.vmdk,
         /// streamOptimized: VMware, VirtualBox), ova (disk.ova: an OVF
-        /// appliance holding the VMDK). Formats no longer asked for are
+        /// appliance holding the VMDK), vagrant-libvirt (disk.box: a Vagrant
+        /// box for the libvirt provider). Formats no longer asked for are
         /// removed from OUT; a current OUT only gets the missing ones made.
         #[arg(
             long,

@@ -9,7 +9,9 @@
 //! [`qcow2::write`] converts that raw image to a compressed qcow2 image
 //! (for KVM and OpenStack Glance), [`vmdk::write`] to a streamOptimized
 //! VMDK (VMware, VirtualBox), just as reproducibly, and [`ova::write`]
-//! packs such a VMDK with an OVF descriptor into an `.ova` appliance.
+//! packs such a VMDK with an OVF descriptor into an `.ova` appliance;
+//! [`vagrant::write`] packs a qcow2 image into a Vagrant box for the
+//! libvirt provider.
 //!
 //! This crate owns the disk format only. It does not decide what goes into
 //! the ESP (the builder passes files; [`loader_conf`], [`bls_entry`] and
@@ -28,6 +30,7 @@ mod layout;
 pub mod ova;
 pub mod qcow2;
 mod table;
+pub mod vagrant;
 pub mod vmdk;
 
 use std::borrow::Cow;

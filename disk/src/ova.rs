@@ -206,7 +206,7 @@ fn write_archive(
 }
 
 /// A ustar header for a regular file.
-fn member(name: &str, size: u64, mtime: u64) -> tar::Header {
+pub(crate) fn member(name: &str, size: u64, mtime: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     // Names here are short constants: set_path cannot fail on them.
     h.set_path(name).expect("a short relative member name");

@@ -28,6 +28,16 @@ pub const OVA: &str = "disk.ova";
 pub const OVA_DESCRIPTOR: &str = "disk.ovf";
 /// The manifest (SHA-256 of the descriptor and the VMDK) inside [`OVA`].
 pub const OVA_MANIFEST: &str = "disk.mf";
+/// A Vagrant box for the libvirt provider (`--format vagrant-libvirt`): a
+/// tar of [`VAGRANT_METADATA`], [`VAGRANTFILE`] and [`VAGRANT_BOX_IMAGE`].
+pub const VAGRANT_BOX: &str = "disk.box";
+/// The box's `metadata.json` (provider, format, virtual size in GiB).
+pub const VAGRANT_METADATA: &str = "metadata.json";
+/// The box's `Vagrantfile`: the settings a cairn machine needs.
+pub const VAGRANTFILE: &str = "Vagrantfile";
+/// The disk inside [`VAGRANT_BOX`]: `disk.raw` as qcow2 (the bytes of
+/// [`DISK_QCOW2`]).
+pub const VAGRANT_BOX_IMAGE: &str = "box.img";
 /// What was built: packages, artifacts with their hashes.
 pub const MANIFEST: &str = "manifest.json";
 /// iPXE's network-boot programs taken from the definition's `ipxe` package.
@@ -51,15 +61,18 @@ pub enum DiskFormat {
     Vmdk,
     /// [`OVA`]: an importable appliance for VMware and VirtualBox.
     Ova,
+    /// [`VAGRANT_BOX`]: a box for Vagrant's libvirt provider.
+    VagrantLibvirt,
 }
 
 impl DiskFormat {
     /// Every format, in the order the folder's manifest lists them.
-    pub const ALL: [DiskFormat; 4] = [
+    pub const ALL: [DiskFormat; 5] = [
         DiskFormat::Raw,
         DiskFormat::Qcow2,
         DiskFormat::Vmdk,
         DiskFormat::Ova,
+        DiskFormat::VagrantLibvirt,
     ];
 
     /// The name `--format` takes.
@@ -69,6 +82,7 @@ impl DiskFormat {
             DiskFormat::Qcow2 => "qcow2",
             DiskFormat::Vmdk => "vmdk",
             DiskFormat::Ova => "ova",
+            DiskFormat::VagrantLibvirt => "vagrant-libvirt",
         }
     }
 
@@ -79,6 +93,7 @@ impl DiskFormat {
             DiskFormat::Qcow2 => DISK_QCOW2,
             DiskFormat::Vmdk => DISK_VMDK,
             DiskFormat::Ova => OVA,
+            DiskFormat::VagrantLibvirt => VAGRANT_BOX,
         }
     }
 
@@ -263,10 +278,15 @@ mod tests {
         }
         assert_eq!(" QCOW2 ".parse::<DiskFormat>(), Ok(DiskFormat::Qcow2));
         assert_eq!(DiskFormat::of_file("rootfs.squashfs"), None);
+        assert_eq!(
+            "Vagrant-Libvirt".parse::<DiskFormat>(),
+            Ok(DiskFormat::VagrantLibvirt)
+        );
+        assert_eq!(DiskFormat::VagrantLibvirt.file_name(), "disk.box");
         let err = "qcow3".parse::<DiskFormat>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown disk format \"qcow3\": expected raw, qcow2, vmdk or ova"
+            "unknown disk format \"qcow3\": expected raw, qcow2, vmdk, ova or vagrant-libvirt"
         );
     }
 }
