@@ -8,6 +8,8 @@
 //! `[X-Fleet]`, states and verbs), [`schedule`] (the scheduler and its
 //! explanations) and [`model`] (the JSON records the registry stores).
 
+pub mod agent;
+pub mod engine;
 pub mod model;
 pub mod registry;
 pub mod schedule;

@@ -1,0 +1,1 @@
+//! The engine: the one elected leader that turns the registry into a schedule (placeholder, being written).

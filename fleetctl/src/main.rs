@@ -1,0 +1,3 @@
+//! `fleetctl` (being written).
+
+fn main() {}

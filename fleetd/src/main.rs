@@ -1,0 +1,3 @@
+//! `fleetd` (being written).
+
+fn main() {}
