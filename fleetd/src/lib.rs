@@ -1,0 +1,5 @@
+//! fleetd: the fleet daemon of every cairn machine. It runs the agent (this
+//! machine's units) and, unless `disable_engine`, a candidate for the
+//! cluster's one engine; [`config`] reads fleet's settings.
+
+pub mod config;
