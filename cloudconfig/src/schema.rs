@@ -254,8 +254,17 @@ pub(crate) const FLANNEL: &[Field] = &[
     e("public_ip", Str, "FLANNELD_PUBLIC_IP"),
 ];
 
+/// Why fleetd refuses the etcd TLS and password options.
+const FLEET_TLS_WHY: &str =
+    "cairn's fleetd does not support etcd TLS or passwords yet: fleet.service refuses to start with it";
+
+/// fleet's options, with the values cairn's fleetd accepts (it refuses to
+/// start on any other, naming the variable: see fleetd/src/config.rs).
 pub(crate) const FLEET: &[Field] = &[
-    e("agent_ttl", Str, "FLEET_AGENT_TTL"),
+    valid(
+        e("agent_ttl", Str, "FLEET_AGENT_TTL"),
+        r"^([0-9]+(\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$",
+    ),
     e("authorized_keys_file", Str, "FLEET_AUTHORIZED_KEYS_FILE"),
     e("disable_engine", Bool, "FLEET_DISABLE_ENGINE"),
     e(
@@ -263,18 +272,30 @@ pub(crate) const FLEET: &[Field] = &[
         Float,
         "FLEET_ENGINE_RECONCILE_INTERVAL",
     ),
-    e("etcd_cafile", Str, "FLEET_ETCD_CAFILE"),
-    e("etcd_certfile", Str, "FLEET_ETCD_CERTFILE"),
-    e("etcd_keyfile", Str, "FLEET_ETCD_KEYFILE"),
-    e("etcd_key_prefix", Str, "FLEET_ETCD_KEY_PREFIX"),
+    ed("etcd_cafile", Str, "FLEET_ETCD_CAFILE", FLEET_TLS_WHY),
+    ed("etcd_certfile", Str, "FLEET_ETCD_CERTFILE", FLEET_TLS_WHY),
+    ed("etcd_keyfile", Str, "FLEET_ETCD_KEYFILE", FLEET_TLS_WHY),
+    valid(
+        e("etcd_key_prefix", Str, "FLEET_ETCD_KEY_PREFIX"),
+        r"^/[^\s]*$",
+    ),
     e("etcd_request_timeout", Float, "FLEET_ETCD_REQUEST_TIMEOUT"),
-    e("etcd_servers", Str, "FLEET_ETCD_SERVERS"),
-    e("etcd_username", Str, "FLEET_ETCD_USERNAME"),
-    e("etcd_password", Str, "FLEET_ETCD_PASSWORD"),
-    e("metadata", Str, "FLEET_METADATA"),
-    e("public_ip", Str, "FLEET_PUBLIC_IP"),
+    valid(
+        e("etcd_servers", Str, "FLEET_ETCD_SERVERS"),
+        r"^\s*http://[^\s,/]+/?\s*(,\s*http://[^\s,/]+/?\s*)*$",
+    ),
+    ed("etcd_username", Str, "FLEET_ETCD_USERNAME", FLEET_TLS_WHY),
+    ed("etcd_password", Str, "FLEET_ETCD_PASSWORD", FLEET_TLS_WHY),
+    valid(
+        e("metadata", Str, "FLEET_METADATA"),
+        r"^\s*[^=,\s][^=,]*=[^,]*(,\s*[^=,\s][^=,]*=[^,]*)*$",
+    ),
+    valid(
+        e("public_ip", Str, "FLEET_PUBLIC_IP"),
+        r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|\$[a-z0-9_]+)$",
+    ),
     e("token_limit", Int, "FLEET_TOKEN_LIMIT"),
-    e("verbosity", Int, "FLEET_VERBOSITY"),
+    valid(e("verbosity", Int, "FLEET_VERBOSITY"), "^[0-2]$"),
     e("verify_units", Bool, "FLEET_VERIFY_UNITS"),
 ];
 
@@ -369,10 +390,7 @@ pub(crate) const COREOS: &[Field] = &[
     ),
     f("etcd2", Ty::Struct(ETCD2)),
     f("flannel", Ty::Struct(FLANNEL)),
-    deprecated(
-        f("fleet", Ty::Struct(FLEET)),
-        "fleet is not part of cairn images: its settings are written but nothing runs them",
-    ),
+    f("fleet", Ty::Struct(FLEET)),
     f("locksmith", Ty::Struct(LOCKSMITH)),
     f("oem", Ty::Struct(OEM)),
     f("update", Ty::Struct(UPDATE)),

@@ -252,6 +252,7 @@ static VALID: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
         }
     };
     add(schema::ETCD2);
+    add(schema::FLEET);
     add(schema::LOCKSMITH);
     add(schema::UPDATE);
     add(schema::UNIT);
@@ -812,12 +813,20 @@ mod tests {
             &[(W, "incorrect type for \"users[1]\" (want struct)", 3)],
         );
         check(
-            "coreos:\n  fleet:\n    verbosity: 2",
-            &[(
-                W,
-                "deprecated key \"fleet\" (fleet is not part of cairn images: its settings are written but nothing runs them)",
-                2,
-            )],
+            "coreos:\n  fleet:\n    verbosity: 2\n    metadata: \"role=web, region=eu\"\n    public-ip: 10.0.0.7\n    agent_ttl: 1m30s\n    etcd_servers: http://127.0.0.1:2379,http://10.0.0.1:2379/\n    etcd_key_prefix: /cairn/fleet/\n    engine_reconcile_interval: 0.5",
+            &[],
+        );
+        check(
+            "coreos:\n  fleet:\n    verbosity: 3\n    metadata: role\n    public_ip: somewhere\n    agent-ttl: 30\n    etcd_servers: https://10.0.0.1:2379\n    etcd_key_prefix: cairn\n    etcd_cafile: /etc/ssl/etcd/ca.pem",
+            &[
+                (E, "invalid value 3", 3),
+                (E, "invalid value role", 4),
+                (E, "invalid value somewhere", 5),
+                (E, "invalid value 30", 6),
+                (E, "invalid value https://10.0.0.1:2379", 7),
+                (E, "invalid value cairn", 8),
+                (W, "deprecated key \"etcd_cafile\" (cairn's fleetd does not support etcd TLS or passwords yet: fleet.service refuses to start with it)", 9),
+            ],
         );
         check(
             "coreos:\n  locksmith:\n    group: x\n  etcd2:\n    snapshot-count: 1.5\n    heartbeat-interval: 100",

@@ -8,7 +8,6 @@ use cairn_cloudconfig::{parse_user_data, substitute, validate, Addresses, Kind, 
 
 const DEP_ETCD: &str =
     "deprecated key \"etcd\" (etcd 0.4 options; cairn runs etcd 3, configure it with etcd2)";
-const DEP_FLEET: &str = "deprecated key \"fleet\" (fleet is not part of cairn images: its settings are written but nothing runs them)";
 const NOT_A_TOKEN: &str = "found character that cannot start any token";
 const MAP_KEY: &str = "invalid map key: a mapping key must be a scalar, not a collection";
 
@@ -17,14 +16,8 @@ use Kind::{Error as E, Warning as W};
 /// File name -> every finding expected (kind, line, message), checked by hand against the file.
 fn expected() -> BTreeMap<&'static str, Vec<(Kind, usize, &'static str)>> {
     BTreeMap::from([
-        (
-            "coreos+coreos-vagrant__user-data.sample",
-            vec![(W, 14, DEP_FLEET)],
-        ),
-        (
-            "jimmycuadra+rust-fleet__user-data",
-            vec![(W, 5, DEP_ETCD), (W, 8, DEP_FLEET)],
-        ),
+        ("coreos+coreos-vagrant__user-data.sample", vec![]),
+        ("jimmycuadra+rust-fleet__user-data", vec![(W, 5, DEP_ETCD)]),
         (
             // ${etcd_discovery_url} is not an absolute URI.
             "maxenglander+etcd-terraform-example__etcd_cloud_config.yaml.tpl",
@@ -47,7 +40,7 @@ fn expected() -> BTreeMap<&'static str, Vec<(Kind, usize, &'static str)>> {
         (
             // `proxy: on ` is the text "on" for the string field: valid.
             "poseidon+matchbox__examples_etcd-large_cloud_worker.yaml",
-            vec![(W, 7, DEP_FLEET)],
+            vec![],
         ),
         (
             "poseidon+matchbox__examples_kubernetes_cloud_etcd.yaml",
@@ -56,10 +49,7 @@ fn expected() -> BTreeMap<&'static str, Vec<(Kind, usize, &'static str)>> {
         (
             // line 6: `discovery: #DISCOVERY_URL` is an empty (null) value.
             "deis+deis__contrib_coreos_user-data.example",
-            vec![
-                (W, 6, "incorrect type for \"discovery\" (want string)"),
-                (W, 15, DEP_FLEET),
-            ],
+            vec![(W, 6, "incorrect type for \"discovery\" (want string)")],
         ),
         (
             // line 21: `version-id: @@OEM_VERSION_ID@@`.
@@ -79,10 +69,7 @@ fn expected() -> BTreeMap<&'static str, Vec<(Kind, usize, &'static str)>> {
         (
             // line 117: `reboot-strategy: ${coreos_reboot_strategy}`.
             "samsung-cnct+kraken-lib__terraform_local_templates_etcd.yaml.tpl",
-            vec![
-                (W, 29, DEP_FLEET),
-                (E, 117, "invalid value ${coreos_reboot_strategy}"),
-            ],
+            vec![(E, 117, "invalid value ${coreos_reboot_strategy}")],
         ),
     ])
 }
