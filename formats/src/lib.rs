@@ -5,7 +5,9 @@
 //! the kernel's word splitting ([`cmdline`]), the files of an image folder
 //! that `cairn build` writes ([`image_dir`]) and the config drive's layout
 //! ([`config_drive`]), and the signed update channel (`channel`, behind
-//! the feature of that name). Dependency-free without features (serde and
+//! the feature of that name), and the cluster's reboot lock that
+//! `cairn-update` takes and fleet's engine drains for (`reboot_lock`,
+//! behind `serde`). Dependency-free without features (serde and
 //! the channel's crypto and JSON behind them), so that `/init` can use it
 //! and stay small.
 //!
@@ -13,7 +15,8 @@
 //! `cairn-update` writes the slots; the builder writes the image folder,
 //! `cairn serve` and `cairn vm` read it; `cairn vm` writes the config drive,
 //! `cairn-cloudinit` reads it; the builder writes update bundles,
-//! `cairn serve` offers them, `cairn-update` verifies and installs them.
+//! `cairn serve` offers them, `cairn-update` verifies and installs them;
+//! `cairn-update` takes the reboot lock, fleet's engine reads it.
 
 #[cfg(feature = "channel")]
 pub mod channel;
@@ -21,6 +24,8 @@ pub mod cmdline;
 pub mod config_drive;
 pub mod image_dir;
 pub mod partitions;
+#[cfg(feature = "serde")]
+pub mod reboot_lock;
 
 pub use image_dir::ImageDir;
 pub use partitions::Slot;

@@ -7,10 +7,10 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-/// The key locksmith used, so operators find it where they always did.
-pub const LOCK_KEY: &str = "coreos.com/updateengine/rebootlock/semaphore";
+/// The key and the semaphore's JSON live in `cairn-formats` (fleet's engine reads them too).
+pub use cairn_formats::reboot_lock::{Semaphore, LOCK_KEY};
 
 /// What the lock refuses or fails at.
 #[derive(Debug, thiserror::Error)]
@@ -32,64 +32,24 @@ pub enum LockError {
     Invalid(String),
 }
 
-/// The semaphore as stored (locksmith's JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Semaphore {
-    /// Free slots.
-    pub semaphore: u32,
-    /// Slots in all.
-    pub max: u32,
-    /// Who holds a slot (machine ids).
-    pub holders: Vec<String>,
+impl From<cairn_formats::reboot_lock::Busy> for LockError {
+    fn from(b: cairn_formats::reboot_lock::Busy) -> LockError {
+        LockError::Busy {
+            max: b.max,
+            holders: b.holders,
+        }
+    }
 }
 
-impl Semaphore {
-    fn new(max: u32) -> Semaphore {
-        Semaphore {
-            semaphore: max,
-            max,
-            holders: Vec::new(),
-        }
+/// Changes the number of slots, keeping the holders; refuses 0.
+fn set_max(sem: &mut Semaphore, max: u32) -> Result<(), LockError> {
+    if max == 0 {
+        return Err(LockError::Invalid(
+            "the reboot lock needs at least 1 slot".into(),
+        ));
     }
-
-    /// Takes a slot for `id` (already holding one: unchanged).
-    pub fn lock(&mut self, id: &str) -> Result<bool, LockError> {
-        if self.holders.iter().any(|h| h == id) {
-            return Ok(false);
-        }
-        if self.semaphore == 0 {
-            return Err(LockError::Busy {
-                max: self.max,
-                holders: self.holders.clone(),
-            });
-        }
-        self.semaphore -= 1;
-        self.holders.push(id.to_string());
-        Ok(true)
-    }
-
-    /// Gives `id`'s slot back (holding none: unchanged).
-    pub fn unlock(&mut self, id: &str) -> bool {
-        let before = self.holders.len();
-        self.holders.retain(|h| h != id);
-        if self.holders.len() == before {
-            return false;
-        }
-        self.semaphore = (self.semaphore + 1).min(self.max);
-        true
-    }
-
-    /// Changes the number of slots, keeping the holders.
-    pub fn set_max(&mut self, max: u32) -> Result<(), LockError> {
-        if max == 0 {
-            return Err(LockError::Invalid(
-                "the reboot lock needs at least 1 slot".into(),
-            ));
-        }
-        self.max = max;
-        self.semaphore = max.saturating_sub(self.holders.len() as u32);
-        Ok(())
-    }
+    sem.set_max(max);
+    Ok(())
 }
 
 /// The lock in one etcd cluster.
@@ -224,7 +184,7 @@ impl RebootLock {
 
     /// Takes a slot for `id`; `Err(Busy)` when none is free. Holding one already is success.
     pub fn lock(&self, id: &str) -> Result<Semaphore, LockError> {
-        self.update(|s| s.lock(id)).map(|(_, s)| s)
+        self.update(|s| Ok(s.lock(id)?)).map(|(_, s)| s)
     }
 
     /// Gives `id`'s slot back; true when it held one.
@@ -235,7 +195,7 @@ impl RebootLock {
 
     /// Sets the number of slots.
     pub fn set_max(&self, max: u32) -> Result<Semaphore, LockError> {
-        self.update(|s| s.set_max(max)).map(|(_, s)| s)
+        self.update(|s| set_max(s, max)).map(|(_, s)| s)
     }
 }
 
@@ -253,7 +213,7 @@ mod tests {
         );
         assert!(s.lock("b").unwrap());
         assert_eq!(s.semaphore, 0);
-        match s.lock("c") {
+        match s.lock("c").map_err(LockError::from) {
             Err(LockError::Busy { max: 2, holders }) => assert_eq!(holders, ["a", "b"]),
             other => panic!("{other:?}"),
         }
@@ -261,9 +221,9 @@ mod tests {
         assert!(!s.unlock("a"));
         assert!(!s.unlock("nobody"));
         assert_eq!((s.semaphore, s.holders.clone()), (1, vec!["b".to_string()]));
-        s.set_max(1).unwrap();
+        set_max(&mut s, 1).unwrap();
         assert_eq!(s.semaphore, 0);
-        assert!(s.set_max(0).is_err());
+        assert!(set_max(&mut s, 0).is_err());
         // locksmith's JSON, field for field
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(json, r#"{"semaphore":0,"max":1,"holders":["b"]}"#);
