@@ -48,8 +48,11 @@ pub fn images_copy() -> tempfile::TempDir {
         .status()
         .unwrap();
     assert!(status.success());
-    for lock in ["default.lock", "test.lock"] {
-        let _ = std::fs::remove_file(tmp.path().join("images").join(lock));
+    for e in std::fs::read_dir(tmp.path().join("images")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "lock") {
+            std::fs::remove_file(&p).unwrap();
+        }
     }
     tmp
 }
