@@ -128,9 +128,14 @@ pub async fn load_or_start(
         "Error loading units"
     };
     let mut waiting = Vec::new();
-    for name in &names {
-        let Some(r) = set_state(&ctx.reg, verb, name).await.context(what)? else {
-            continue;
+    for (name, created) in names {
+        // a unit created now was created in the verb's state
+        let r = match created {
+            Some(r) => r,
+            None => match set_state(&ctx.reg, verb, &name).await.context(what)? {
+                Some(r) => r,
+                None => continue,
+            },
         };
         if is_global(&r) {
             println!("Triggered global unit {} {verb}", r.name);
@@ -284,11 +289,11 @@ pub async fn create_units(
     verb: Verb,
     args: &[String],
     replace: bool,
-) -> Result<Vec<UnitName>> {
-    let mut names: Vec<UnitName> = Vec::new();
+) -> Result<Vec<(UnitName, Option<UnitRecord>)>> {
+    let mut names: Vec<(UnitName, Option<UnitRecord>)> = Vec::new();
     for arg in args {
         let name = unit_name(arg)?;
-        if names.contains(&name) {
+        if names.iter().any(|(n, _)| n == &name) {
             continue;
         }
         // refuse templates before anything is written
@@ -300,12 +305,15 @@ pub async fn create_units(
             .unit(name.as_str())
             .await
             .with_context(|| format!("error retrieving Unit({name}) from Registry"))?;
-        match existing {
-            Some(v) => check_existing(ctx, verb, arg, &name, v, replace).await?,
+        let created = match existing {
+            Some(v) => {
+                check_existing(ctx, verb, arg, &name, v, replace).await?;
+                None
+            }
             None => {
                 let (text, from) = unit_text(ctx, arg, &name).await?;
                 let record = UnitRecord::submit(name.as_str(), text, desired)
-                    .with_context(|| format!("Unit({name}) from {from}"))?;
+                    .map_err(|e| anyhow!("Unit({name}) from {from}: {e}"))?;
                 let raced = ctx
                     .reg
                     .create_unit(&record)
@@ -313,12 +321,14 @@ pub async fn create_units(
                     .with_context(|| format!("failed creating unit {name}"))?;
                 if raced.is_some() {
                     tracing::debug!("Unit({name}) was created meanwhile; using it");
+                    None
                 } else {
-                    tracing::debug!("Created Unit({name}) in Registry");
+                    tracing::debug!("Created Unit({name}) in Registry as {desired}");
+                    Some(record)
                 }
             }
-        }
-        names.push(name);
+        };
+        names.push((name, created));
     }
     Ok(names)
 }
@@ -384,12 +394,13 @@ async fn check_existing(
         eprintln!("WARNING: Unit {name} in registry differs from {kind} {arg}. Add --replace to override.");
         return Ok(());
     }
-    local.with_context(|| format!("Unit({name}) from file {}", file.display()))?;
+    local.map_err(|e| anyhow!("Unit({name}) from file {}: {e}", file.display()))?;
     if let Err(e) = may_replace(verb, name, v.record.desired_state) {
         eprintln!("Warning: {e}");
         return Ok(());
     }
-    let record = UnitRecord::submit(name.as_str(), text, v.record.desired_state)?;
+    let record = UnitRecord::submit(name.as_str(), text, v.record.desired_state)
+        .map_err(|e| anyhow!("Unit({name}) from file {}: {e}", file.display()))?;
     // set_desired_state writes the whole record if it did not change
     // since it was read: here, the new text with the desired state kept
     let desired = record.desired_state;
