@@ -10,6 +10,7 @@ pub mod keys;
 use cairn_etcd::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, Leader, Op, PutOptions, Txn,
 };
+use cairn_formats::reboot_lock;
 use thiserror::Error;
 
 use crate::model::{MachineRecord, RecordError, ScheduleEntry, UnitRecord, UnitStateReport};
@@ -381,6 +382,68 @@ impl Registry {
             }
         })
     }
+}
+
+/// What the engine reads besides the registry's records: who leads and
+/// the cluster's reboot lock. (Added for the engine; the functions above
+/// are shared.)
+impl Registry {
+    /// Who holds the engine's election key at `revision` (0: now).
+    pub async fn leader_at(&self, revision: i64) -> Result<Option<Leader>, RegistryError> {
+        let mut opts = GetOptions::new();
+        if revision != 0 {
+            opts = opts.revision(revision);
+        }
+        let r = self.etcd.get(self.keys.leader(), opts).await?;
+        Ok(r.kvs.into_iter().next().map(|kv| Leader {
+            key: kv.key,
+            value: kv.value,
+            lease: kv.lease,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+        }))
+    }
+
+    /// The reboot lock (locksmith's semaphore, `cairn_formats::reboot_lock`,
+    /// outside the registry's prefix) at `revision` (0: now): `None` when
+    /// the key does not exist, [`RegistryError::Unreadable`] when it holds
+    /// something else.
+    pub async fn reboot_lock(
+        &self,
+        revision: i64,
+    ) -> Result<Option<reboot_lock::Semaphore>, RegistryError> {
+        let mut opts = GetOptions::new();
+        if revision != 0 {
+            opts = opts.revision(revision);
+        }
+        let r = self.etcd.get(reboot_lock::LOCK_KEY, opts).await?;
+        let Some(kv) = r.kvs.into_iter().next() else {
+            return Ok(None);
+        };
+        parse_reboot_lock(&kv.value)
+            .map(Some)
+            .map_err(|error| RegistryError::Unreadable {
+                key: reboot_lock::LOCK_KEY.to_string(),
+                error,
+            })
+    }
+}
+
+/// Reads the reboot lock's value (locksmith's JSON).
+pub fn parse_reboot_lock(value: &[u8]) -> Result<reboot_lock::Semaphore, String> {
+    serde_json::from_slice(value).map_err(|e| format!("not a reboot lock semaphore: {e}"))
+}
+
+/// How many range requests [`Registry::range`] makes for a span of `keys`
+/// keys (pages of 1000; one for an empty span): for request counters.
+pub fn range_requests(keys: usize) -> u64 {
+    keys.div_ceil(PAGE as usize).max(1) as u64
+}
+
+/// How many transactions [`Registry::apply`] makes for `changes` when
+/// every fence holds: for request counters.
+pub fn transactions(changes: &[ScheduleChange]) -> u64 {
+    chunks(changes).len() as u64
 }
 
 fn check_size(unit: &UnitRecord) -> Result<(), RegistryError> {

@@ -1,0 +1,460 @@
+//! The engine's in-memory model of the cluster ([`ClusterView`]): the
+//! machines, the units, the schedule as stored and the machines drained
+//! for a reboot; built from one [`Snapshot`] and kept current from watch
+//! events. From it come the schedule changes the leader writes and the
+//! explanations `fleetctl explain` shows, by the same code.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_etcd::{Event, EventKind};
+use cairn_formats::reboot_lock::Semaphore;
+use tracing::warn;
+
+use crate::model::{MachineRecord, ScheduleEntry, UnitRecord};
+use crate::registry::{Keys, Registry, RegistryError, ScheduleChange, Snapshot};
+use crate::schedule::{
+    schedule, Cluster, Explanation, Machine, MachineNote, Note, Plan, SchedUnit, Verdict,
+};
+use crate::unit::JobState;
+
+/// Why a drained machine takes nothing.
+pub const DRAINED: &str = "drained for a reboot (it holds the reboot lock)";
+
+/// A unit as the view keeps it: the record, what the scheduler needs of
+/// it, and whether it is a template.
+#[derive(Debug, Clone)]
+struct ViewUnit {
+    record: UnitRecord,
+    sched: SchedUnit,
+    template: bool,
+}
+
+impl ViewUnit {
+    fn read(name: &str, value: &str) -> Result<ViewUnit, String> {
+        let record = UnitRecord::from_json(value).map_err(|e| e.to_string())?;
+        if record.name != name {
+            return Err(format!(
+                "the record names {:?}, not the unit of its key",
+                record.name
+            ));
+        }
+        ViewUnit::from_record(record)
+    }
+
+    fn from_record(record: UnitRecord) -> Result<ViewUnit, String> {
+        let unit = record.unit().map_err(|e| e.to_string())?;
+        Ok(ViewUnit {
+            sched: SchedUnit::from_unit(&unit, record.desired_state),
+            template: unit.name.is_template(),
+            record,
+        })
+    }
+
+    fn global(&self) -> bool {
+        self.sched.requirements.global
+    }
+}
+
+/// The cluster as the engine sees it; see the module documentation.
+///
+/// Records that do not read are skipped with a warning: a machine whose
+/// record does not read stays a machine (its previous record, else no
+/// metadata), since only the deletion of its key takes it away; a unit
+/// whose record does not read is frozen (its schedule entries are left as
+/// they are, and it takes no part in placement) until it reads again or
+/// is removed; a schedule entry that does not read is rewritten or
+/// removed.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    keys: Keys,
+    revision: i64,
+    machines: BTreeMap<String, Machine>,
+    units: BTreeMap<String, ViewUnit>,
+    frozen: BTreeSet<String>,
+    /// unit -> machine -> entry (`None`: there, but unreadable).
+    schedule: BTreeMap<String, BTreeMap<String, Option<ScheduleEntry>>>,
+    drained: BTreeSet<String>,
+    /// The revision of the engine's last write: schedule events up to it
+    /// are its own, already in the view.
+    own_revision: i64,
+}
+
+impl ClusterView {
+    /// The view of `snapshot` (records under `keys`) with the reboot lock
+    /// `lock` (its holders are drained).
+    pub fn new(keys: &Keys, snapshot: &Snapshot, lock: Option<&Semaphore>) -> ClusterView {
+        let mut v = ClusterView {
+            keys: keys.clone(),
+            revision: snapshot.revision,
+            machines: BTreeMap::new(),
+            units: BTreeMap::new(),
+            frozen: BTreeSet::new(),
+            schedule: BTreeMap::new(),
+            drained: BTreeSet::new(),
+            own_revision: 0,
+        };
+        for m in &snapshot.machines {
+            v.machines.insert(m.id.clone(), m.machine());
+        }
+        for u in &snapshot.units {
+            match ViewUnit::from_record(u.clone()) {
+                Ok(vu) => {
+                    v.units.insert(u.name.clone(), vu);
+                }
+                Err(e) => {
+                    warn!(unit = %u.name, "skipping a unit record: {e}");
+                    v.frozen.insert(u.name.clone());
+                }
+            }
+        }
+        for e in &snapshot.schedule {
+            v.schedule
+                .entry(e.unit.clone())
+                .or_default()
+                .insert(e.machine.clone(), Some(e.clone()));
+        }
+        for bad in &snapshot.bad {
+            warn!(key = %bad.key, "skipping a record that does not read: {}", bad.error);
+            if let Some((m, u)) = keys.split_machine_unit(&bad.key) {
+                if bad.key.starts_with(&keys.schedule()) {
+                    v.schedule
+                        .entry(u.to_string())
+                        .or_default()
+                        .insert(m.to_string(), None);
+                }
+            } else if let Some(name) = keys.last(&bad.key) {
+                if bad.key.starts_with(&keys.machines()) {
+                    v.machines.insert(name.to_string(), Machine::new(name));
+                } else if bad.key.starts_with(&keys.units()) {
+                    v.frozen.insert(name.to_string());
+                }
+            }
+        }
+        v.set_lock(lock);
+        v
+    }
+
+    /// Reads the registry and the reboot lock (for `fleetctl explain`);
+    /// a reboot lock that does not read drains nothing (with a warning).
+    pub async fn read(registry: &Registry) -> Result<ClusterView, RegistryError> {
+        let snapshot = registry.snapshot().await?;
+        let lock = read_lock(registry, snapshot.revision).await?;
+        Ok(ClusterView::new(registry.keys(), &snapshot, lock.as_ref()))
+    }
+
+    /// The revision the view is current to (the latest event taken in).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The machines holding the reboot lock.
+    pub fn drained(&self) -> &BTreeSet<String> {
+        &self.drained
+    }
+
+    /// The machines present (drained ones included).
+    pub fn machines(&self) -> impl Iterator<Item = &Machine> {
+        self.machines.values()
+    }
+
+    /// The stored schedule: (unit, machine) pairs, by unit.
+    pub fn schedule(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.schedule
+            .iter()
+            .flat_map(|(u, ms)| ms.keys().map(move |m| (u.as_str(), m.as_str())))
+    }
+
+    /// What the scheduler is given: the machines that are not drained, the
+    /// units that read, and where each (non-global) unit is now.
+    pub fn cluster(&self) -> Cluster {
+        let present = |m: &str| self.machines.contains_key(m) && !self.drained.contains(m);
+        let mut assignments = BTreeMap::new();
+        for (unit, ms) in &self.schedule {
+            let Some(u) = self.units.get(unit) else {
+                continue;
+            };
+            if u.global() {
+                continue;
+            }
+            // One entry per unit; should there be more, keep the one on a
+            // machine that can still hold it (the others are removed).
+            let m = ms.keys().find(|m| present(m)).or_else(|| ms.keys().next());
+            if let Some(m) = m {
+                assignments.insert(unit.clone(), m.clone());
+            }
+        }
+        Cluster {
+            machines: self
+                .machines
+                .values()
+                .filter(|m| !self.drained.contains(&m.id))
+                .cloned()
+                .collect(),
+            units: self.units.values().map(|u| u.sched.clone()).collect(),
+            assignments,
+        }
+    }
+
+    /// Plans and returns the changes that turn the stored schedule into
+    /// the plan's: deletions first (so that a machine never holds two
+    /// units that exclude each other in between), then puts.
+    pub fn changes(&self) -> Vec<ScheduleChange> {
+        let cluster = self.cluster();
+        let plan = schedule(&cluster);
+        self.diff(&plan)
+    }
+
+    /// The entries the plan wants: (unit, machine) -> the unit.
+    fn desired<'s>(&'s self, plan: &Plan<'_>) -> BTreeMap<(&'s str, String), &'s UnitRecord> {
+        let mut want = BTreeMap::new();
+        for (unit, machine) in plan.assignments() {
+            if let Some((name, u)) = self.units.get_key_value(&unit) {
+                want.insert((name.as_str(), machine), &u.record);
+            }
+        }
+        for (name, u) in &self.units {
+            if !u.global() || u.template || u.record.desired_state == JobState::Inactive {
+                continue;
+            }
+            for m in plan.global_machines(name) {
+                want.insert((name.as_str(), m.to_string()), &u.record);
+            }
+            // A drained machine keeps the global units it has (they run
+            // until it reboots, and are there when it is back) but gets no
+            // new ones.
+            for m in self.schedule.get(name).into_iter().flat_map(|ms| ms.keys()) {
+                if self.drained.contains(m) && self.machines.contains_key(m) {
+                    want.insert((name.as_str(), m.clone()), &u.record);
+                }
+            }
+        }
+        want
+    }
+
+    fn diff(&self, plan: &Plan<'_>) -> Vec<ScheduleChange> {
+        let want = self.desired(plan);
+        let mut out = Vec::new();
+        for (unit, ms) in &self.schedule {
+            if self.frozen.contains(unit) {
+                continue;
+            }
+            for m in ms.keys() {
+                if !want.contains_key(&(unit.as_str(), m.clone())) {
+                    out.push(ScheduleChange::Delete {
+                        machine: m.clone(),
+                        unit: unit.clone(),
+                    });
+                }
+            }
+        }
+        for ((unit, m), record) in want {
+            let entry = ScheduleEntry::new(record, &m);
+            let stored = self.schedule.get(unit).and_then(|ms| ms.get(&m));
+            if stored != Some(&Some(entry.clone())) {
+                out.push(ScheduleChange::Put(entry));
+            }
+        }
+        out
+    }
+
+    /// Why `unit` is where it is, or nowhere (`fleetctl explain`): the
+    /// scheduler's explanation, with drained machines said as such.
+    pub fn explain(&self, unit: &str) -> Explanation {
+        let cluster = self.cluster();
+        let plan = schedule(&cluster);
+        let mut ex = plan.explain(unit);
+        if self.frozen.contains(unit) {
+            ex.notes.push(
+                "its record in the registry does not read: its schedule entries are kept as they are".into(),
+            );
+        }
+        if self.drained.is_empty() {
+            return ex;
+        }
+        let want = self.desired(&plan);
+        let stored: Vec<&String> = self
+            .schedule
+            .get(unit)
+            .into_iter()
+            .flat_map(|ms| ms.keys())
+            .collect();
+        match &mut ex.verdict {
+            Verdict::Placed {
+                machine,
+                moved_from,
+                ..
+            } => {
+                if let Some(from) = stored
+                    .iter()
+                    .find(|m| self.drained.contains(m.as_str()) && m.as_str() != machine.as_str())
+                {
+                    *moved_from = Some(((*from).clone(), DRAINED.to_string()));
+                }
+            }
+            Verdict::Global { machines } => {
+                for m in &stored {
+                    if self.drained.contains(m.as_str()) && want.contains_key(&(unit, (*m).clone()))
+                    {
+                        machines.push((*m).clone());
+                    }
+                }
+                machines.sort();
+            }
+            _ => {}
+        }
+        if !ex.machines.is_empty() {
+            for d in &self.drained {
+                if !self.machines.contains_key(d) {
+                    continue;
+                }
+                let units = want.keys().filter(|(_, m)| m == d).count();
+                let note = if want.contains_key(&(unit, d.clone())) {
+                    Note::Here
+                } else {
+                    Note::Excluded(vec![DRAINED.to_string()])
+                };
+                ex.machines.push(MachineNote {
+                    machine: d.clone(),
+                    units,
+                    note,
+                });
+            }
+            ex.machines.sort_by(|a, b| a.machine.cmp(&b.machine));
+        }
+        ex
+    }
+
+    /// Sets the reboot lock's holders as the drained machines; true when
+    /// that changed them.
+    pub(crate) fn set_lock(&mut self, lock: Option<&Semaphore>) -> bool {
+        let drained: BTreeSet<String> = lock
+            .map(|s| s.holders.iter().cloned().collect())
+            .unwrap_or_default();
+        if drained == self.drained {
+            return false;
+        }
+        self.drained = drained;
+        true
+    }
+
+    /// Takes in one event of the registry's machines/, units/ or
+    /// schedule/; true when the view changed.
+    pub(crate) fn apply_event(&mut self, ev: &Event) -> bool {
+        let rev = ev.mod_revision();
+        self.revision = self.revision.max(rev);
+        let key = ev.kv.key_str();
+        let put = ev.kind == EventKind::Put;
+        let value = ev.kv.value_str();
+        if key.starts_with(&self.keys.schedule()) {
+            if rev <= self.own_revision {
+                return false; // the engine's own write, already in
+            }
+            let Some((m, u)) = self.keys.split_machine_unit(&key) else {
+                return false;
+            };
+            let ms = self.schedule.entry(u.to_string()).or_default();
+            if put {
+                let entry = match ScheduleEntry::from_json(&value) {
+                    Ok(e) if e.unit == u && e.machine == m => Some(e),
+                    Ok(_) => {
+                        warn!(%key, "a schedule entry for another unit or machine than its key's");
+                        None
+                    }
+                    Err(e) => {
+                        warn!(%key, "a schedule entry that does not read: {e}");
+                        None
+                    }
+                };
+                ms.insert(m.to_string(), entry);
+            } else {
+                ms.remove(m);
+                if ms.is_empty() {
+                    self.schedule.remove(u);
+                }
+            }
+            return true;
+        }
+        let Some(name) = self.keys.last(&key) else {
+            return false;
+        };
+        if key.starts_with(&self.keys.machines()) {
+            if !put {
+                return self.machines.remove(name).is_some();
+            }
+            let machine = match MachineRecord::from_json(&value) {
+                Ok(r) if r.id == name => r.machine(),
+                other => {
+                    let why = match other {
+                        Ok(r) => format!("the record names machine {:?}", r.id),
+                        Err(e) => e.to_string(),
+                    };
+                    warn!(%key, "a machine record that does not read ({why}); the machine stays");
+                    self.machines
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| Machine::new(name))
+                }
+            };
+            let old = self.machines.insert(name.to_string(), machine.clone());
+            return old.as_ref() != Some(&machine);
+        }
+        if key.starts_with(&self.keys.units()) {
+            if !put {
+                let was = self.units.remove(name).is_some();
+                return self.frozen.remove(name) || was;
+            }
+            match ViewUnit::read(name, &value) {
+                Ok(u) => {
+                    self.frozen.remove(name);
+                    self.units.insert(name.to_string(), u);
+                }
+                Err(e) => {
+                    warn!(%key, "skipping a unit record: {e}; its schedule entries stay as they are");
+                    self.units.remove(name);
+                    self.frozen.insert(name.to_string());
+                }
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Takes in the engine's own changes, written at `revision`.
+    pub(crate) fn applied(&mut self, changes: &[ScheduleChange], revision: i64) {
+        self.own_revision = self.own_revision.max(revision);
+        self.revision = self.revision.max(revision);
+        for c in changes {
+            match c {
+                ScheduleChange::Put(e) => {
+                    self.schedule
+                        .entry(e.unit.clone())
+                        .or_default()
+                        .insert(e.machine.clone(), Some(e.clone()));
+                }
+                ScheduleChange::Delete { machine, unit } => {
+                    if let Some(ms) = self.schedule.get_mut(unit) {
+                        ms.remove(machine);
+                        if ms.is_empty() {
+                            self.schedule.remove(unit);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The reboot lock at `revision`; one that does not read drains nothing.
+pub(crate) async fn read_lock(
+    registry: &Registry,
+    revision: i64,
+) -> Result<Option<Semaphore>, RegistryError> {
+    match registry.reboot_lock(revision).await {
+        Ok(lock) => Ok(lock),
+        Err(RegistryError::Unreadable { key, error }) => {
+            warn!(%key, "the reboot lock does not read ({error}); draining no machine");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
