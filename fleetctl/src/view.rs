@@ -34,7 +34,7 @@ pub fn check_machine(m: &MachineRecord) -> Result<(), String> {
     check_machine_id(&m.id).map_err(|e| e.to_string())?;
     if !m.public_ip.is_empty() && m.public_ip.parse::<IpAddr>().is_err() {
         return Err(format!(
-            "machine {}: public IP {:?} is not an IP address",
+            "machine {}: public IP \"{}\" is not an IP address",
             m.id,
             clean(&m.public_ip, 64)
         ));
@@ -50,7 +50,7 @@ pub fn check_report(r: &UnitStateReport) -> Result<(), String> {
     for (what, v) in [("load", &r.load), ("active", &r.active), ("sub", &r.sub)] {
         if v.len() > MAX_STATE_WORD || v.chars().any(|c| c.is_control() || c == ' ') {
             return Err(format!(
-                "unit {} on {}: {what} state {:?} is not a systemd state",
+                "unit {} on {}: {what} state \"{}\" is not a systemd state",
                 r.unit,
                 r.machine,
                 clean(v, MAX_STATE_WORD)
@@ -94,7 +94,7 @@ pub async fn reports(reg: &Registry) -> Result<Vec<UnitStateReport>> {
             Ok(()) => true,
             Err(e) => {
                 warn_bad(&[BadRecord {
-                    key: reg.keys().states(),
+                    key: reg.keys().state(&s.machine, &s.unit),
                     error: e,
                 }]);
                 false
