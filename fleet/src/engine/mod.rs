@@ -46,7 +46,7 @@ use tracing::{debug, info, warn};
 
 use crate::registry::{self, parse_reboot_lock, Registry, RegistryError};
 pub use metrics::{Counters, Metrics};
-pub use view::{ClusterView, DRAINED};
+pub use view::{explain, ClusterView, DRAINED};
 
 /// How the engine runs.
 #[derive(Debug, Clone)]

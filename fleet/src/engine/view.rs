@@ -444,6 +444,19 @@ impl ClusterView {
     }
 }
 
+/// `fleetctl explain UNIT` from a snapshot (records under `keys`) and the
+/// reboot lock: what the leader's plan says of the unit, drained machines
+/// included. (`ClusterView::read(&registry).await?.explain(unit)` reads
+/// both.)
+pub fn explain(
+    keys: &Keys,
+    snapshot: &Snapshot,
+    lock: Option<&Semaphore>,
+    unit: &str,
+) -> Explanation {
+    ClusterView::new(keys, snapshot, lock).explain(unit)
+}
+
 /// The reboot lock at `revision`; one that does not read drains nothing.
 pub(crate) async fn read_lock(
     registry: &Registry,
@@ -456,5 +469,258 @@ pub(crate) async fn read_lock(
             Ok(None)
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::BadRecord;
+
+    const SLEEP: &str = "[Service]\nExecStart=/bin/sleep 1000\n";
+    const GLOBAL: &str = "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nGlobal=true\n";
+
+    fn machine(id: &str) -> MachineRecord {
+        MachineRecord {
+            id: id.into(),
+            public_ip: String::new(),
+            metadata: BTreeMap::new(),
+            version: "t".into(),
+        }
+    }
+
+    fn unit(name: &str, text: &str, state: JobState) -> UnitRecord {
+        UnitRecord::submit(name, text, state).unwrap()
+    }
+
+    fn snapshot(
+        machines: &[&str],
+        units: &[UnitRecord],
+        schedule: &[(&str, &str)],
+        bad: &[(&str, &str)],
+    ) -> Snapshot {
+        Snapshot {
+            revision: 10,
+            machines: machines.iter().map(|m| machine(m)).collect(),
+            units: units.to_vec(),
+            schedule: schedule
+                .iter()
+                .map(|(u, m)| {
+                    let r = units.iter().find(|r| r.name == *u).unwrap();
+                    ScheduleEntry::new(r, m)
+                })
+                .collect(),
+            bad: bad
+                .iter()
+                .map(|(k, e)| BadRecord {
+                    key: k.to_string(),
+                    error: e.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn lock(holders: &[&str]) -> Semaphore {
+        let mut s = Semaphore::new(3);
+        for h in holders {
+            s.lock(h).unwrap();
+        }
+        s
+    }
+
+    fn show(changes: &[ScheduleChange]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                ScheduleChange::Put(e) => {
+                    format!("put {} {} {}", e.unit, e.machine, e.desired_state.as_str())
+                }
+                ScheduleChange::Delete { machine, unit } => format!("delete {unit} {machine}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changes_from_nothing_and_a_fixed_point() {
+        let units = [
+            unit("a.service", SLEEP, JobState::Launched),
+            unit("b.service", SLEEP, JobState::Loaded),
+            unit("g.service", GLOBAL, JobState::Launched),
+            unit("off.service", SLEEP, JobState::Inactive),
+        ];
+        let keys = Keys::default();
+        let v = ClusterView::new(&keys, &snapshot(&["m1", "m2"], &units, &[], &[]), None);
+        assert_eq!(
+            show(&v.changes()),
+            [
+                "put a.service m1 launched",
+                "put b.service m2 loaded",
+                "put g.service m1 launched",
+                "put g.service m2 launched",
+            ]
+        );
+        let mut v2 = v.clone();
+        v2.applied(&v.changes(), 11);
+        assert!(v2.changes().is_empty());
+        // Its own write coming back through the watch changes nothing.
+        let ev = Event {
+            kind: EventKind::Put,
+            kv: cairn_etcd::KeyValue {
+                key: keys.schedule_entry("m1", "a.service").into_bytes(),
+                value: ScheduleEntry::new(&units[0], "m1").to_json().into_bytes(),
+                mod_revision: 11,
+                ..Default::default()
+            },
+            prev_kv: None,
+        };
+        assert!(!v2.apply_event(&ev));
+    }
+
+    #[test]
+    fn a_state_change_rewrites_and_stale_entries_go() {
+        let a = unit("a.service", SLEEP, JobState::Launched);
+        let gone = unit("gone.service", SLEEP, JobState::Launched);
+        let keys = Keys::default();
+        // a is stored launched on m1 and on m2 (twice, as no leader would
+        // write it); gone.service left the registry.
+        let mut s = snapshot(
+            &["m1", "m2"],
+            &[a.clone(), gone.clone()],
+            &[("a.service", "m1"), ("a.service", "m2"), ("gone.service", "m2")],
+            &[],
+        );
+        s.units.retain(|u| u.name != "gone.service");
+        s.units[0].desired_state = JobState::Loaded;
+        let v = ClusterView::new(&keys, &s, None);
+        assert_eq!(
+            show(&v.changes()),
+            [
+                "delete a.service m2",
+                "delete gone.service m2",
+                "put a.service m1 loaded"
+            ]
+        );
+    }
+
+    #[test]
+    fn drained_machines_lose_their_units_but_keep_their_globals() {
+        let units = [
+            unit("a.service", SLEEP, JobState::Launched),
+            unit("b.service", SLEEP, JobState::Launched),
+            unit("g.service", GLOBAL, JobState::Launched),
+        ];
+        let keys = Keys::default();
+        let s = snapshot(
+            &["m1", "m2"],
+            &units,
+            &[
+                ("a.service", "m1"),
+                ("b.service", "m2"),
+                ("g.service", "m1"),
+                ("g.service", "m2"),
+            ],
+            &[],
+        );
+        let v = ClusterView::new(&keys, &s, Some(&lock(&["m2"])));
+        assert_eq!(
+            show(&v.changes()),
+            ["delete b.service m2", "put b.service m1 launched"]
+        );
+        let ex = v.explain("b.service");
+        assert_eq!(
+            ex.verdict,
+            Verdict::Placed {
+                machine: "m1".into(),
+                stayed: false,
+                moved_from: Some(("m2".into(), DRAINED.into())),
+            }
+        );
+        let m2 = ex.machines.iter().find(|m| m.machine == "m2").unwrap();
+        assert_eq!(m2.note, Note::Excluded(vec![DRAINED.into()]));
+        let ex = v.explain("g.service");
+        assert_eq!(
+            ex.verdict,
+            Verdict::Global {
+                machines: vec!["m1".into(), "m2".into()]
+            }
+        );
+        // A drained machine gets no new global unit.
+        let new_g = unit("h.service", GLOBAL, JobState::Launched);
+        let mut all = units.to_vec();
+        all.push(new_g);
+        let s = snapshot(&["m1", "m2"], &all, &[], &[]);
+        let v = ClusterView::new(&keys, &s, Some(&lock(&["m2"])));
+        let puts = show(&v.changes());
+        assert!(puts.iter().all(|p| !p.ends_with("m2 launched")), "{puts:?}");
+        // The same through the free function, for fleetctl.
+        let ex = explain(&keys, &s, Some(&lock(&["m2"])), "h.service");
+        assert_eq!(
+            ex.verdict,
+            Verdict::Global {
+                machines: vec!["m1".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn unreadable_records() {
+        let a = unit("a.service", SLEEP, JobState::Launched);
+        let keys = Keys::default();
+        let s = snapshot(
+            &["m1"],
+            &[a.clone()],
+            &[("a.service", "m1")],
+            &[
+                ("/cairn/fleet/units/frozen.service", "bad unit record"),
+                ("/cairn/fleet/machines/m2", "bad machine record"),
+                ("/cairn/fleet/schedule/m1/junk.service", "bad schedule record"),
+            ],
+        );
+        let mut v = ClusterView::new(&keys, &s, None);
+        // m2 stays a machine; junk goes; frozen's entries would stay.
+        assert_eq!(v.machines().count(), 2);
+        assert_eq!(show(&v.changes()), ["delete junk.service m1"]);
+        let frozen = Event {
+            kind: EventKind::Put,
+            kv: cairn_etcd::KeyValue {
+                key: keys.schedule_entry("m1", "frozen.service").into_bytes(),
+                value: b"{}".to_vec(),
+                mod_revision: 12,
+                ..Default::default()
+            },
+            prev_kv: None,
+        };
+        assert!(v.apply_event(&frozen));
+        assert_eq!(show(&v.changes()), ["delete junk.service m1"]);
+        assert!(v
+            .explain("frozen.service")
+            .notes
+            .iter()
+            .any(|n| n.contains("does not read")));
+        // a turns unreadable: frozen where it is.
+        let bad = Event {
+            kind: EventKind::Put,
+            kv: cairn_etcd::KeyValue {
+                key: keys.unit("a.service").into_bytes(),
+                value: b"{not json".to_vec(),
+                mod_revision: 13,
+                ..Default::default()
+            },
+            prev_kv: None,
+        };
+        assert!(v.apply_event(&bad));
+        assert_eq!(show(&v.changes()), ["delete junk.service m1"]);
+        // A machine's key deleted: gone.
+        let gone = Event {
+            kind: EventKind::Delete,
+            kv: cairn_etcd::KeyValue {
+                key: keys.machine("m2").into_bytes(),
+                mod_revision: 14,
+                ..Default::default()
+            },
+            prev_kv: None,
+        };
+        assert!(v.apply_event(&gone));
+        assert_eq!(v.machines().count(), 1);
     }
 }
