@@ -1,9 +1,13 @@
 //! [`Client`] and its transport: endpoints, failover, timeouts and size limits. Every call is one
-//! `POST /v3/...` with a JSON body over HTTP/1.1 (hyper-util's pooled client); the answer is read
-//! within the request timeout and up to a byte limit, then decoded.
+//! `POST /v3/...` with a JSON body over HTTP/1.1 (hyper-util's pooled client), in clear or over
+//! TLS (hyper-rustls) for every endpoint of a client; the answer is read within the request
+//! timeout and up to a byte limit, then decoded.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::tls::Tls;
 use crate::wire::ErrorBody;
 use crate::Error;
 
@@ -26,7 +31,7 @@ pub(crate) const SMALL_LIMIT: usize = 256 * 1024;
 /// Limits and timeouts; [`Config::default`] suits a LAN.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Connecting to one endpoint (then the next is tried).
+    /// Connecting to one endpoint, TLS handshake included (then the next is tried).
     pub connect_timeout: Duration,
     /// One whole request: connect, send, status line, headers and the complete body. A watch
     /// gets it for its start (up to etcd's `created` message) and for each line once its first
@@ -38,6 +43,11 @@ pub struct Config {
     pub max_watch_line: usize,
     /// TCP keep-alive on every connection, so a watch on a silently dead peer ends.
     pub tcp_keepalive: Duration,
+    /// TLS for `https://` endpoints (a CA bundle, optionally a client certificate); `None`
+    /// (the default) speaks plain HTTP and refuses `https://`. With it, every endpoint must be
+    /// `https://` (a bare `HOST:PORT` means that), and every request, watch and lease refresh
+    /// goes over TLS.
+    pub tls: Option<Tls>,
 }
 
 impl Default for Config {
@@ -48,11 +58,66 @@ impl Default for Config {
             max_response: 64 << 20,
             max_watch_line: 64 << 20,
             tcp_keepalive: Duration::from_secs(15),
+            tls: None,
         }
     }
 }
 
-type Http = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The pooled client, in clear or over TLS.
+enum Http {
+    Plain(hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>),
+    Tls(hyper_util::client::legacy::Client<Handshake<HttpsConnector>, Full<Bytes>>),
+}
+
+impl Http {
+    fn request(&self, req: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Http::Plain(c) => c.request(req),
+            Http::Tls(c) => c.request(req),
+        }
+    }
+}
+
+/// A connector whose whole connection (TCP connect and TLS handshake) must be done within a
+/// limit; past it, a connect error (so nothing was sent and any request may move on).
+#[derive(Clone)]
+struct Handshake<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> tower_service::Service<Uri> for Handshake<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("TCP connection and TLS handshake not done within {limit:?}"),
+                )
+                .into()),
+            }
+        })
+    }
+}
 
 /// A handle to an etcd cluster through its members' client URLs; cheap to clone (clones share
 /// the connection pool and the current endpoint).
@@ -89,8 +154,9 @@ pub(crate) enum Retry {
 }
 
 impl Client {
-    /// A client for `endpoints` (`http://HOST:PORT`, or `HOST:PORT`), with [`Config::default`].
-    /// Nothing is connected yet.
+    /// A client for `endpoints` (`http://HOST:PORT`, or `HOST:PORT`), with [`Config::default`]
+    /// (no TLS: `https://` needs [`Client::with_config`] and [`Config::tls`]). Nothing is
+    /// connected yet.
     pub fn new<I, S>(endpoints: I) -> Result<Client, Error>
     where
         I: IntoIterator<Item = S>,
@@ -99,15 +165,23 @@ impl Client {
         Client::with_config(endpoints, Config::default())
     }
 
-    /// A client with its own limits.
+    /// A client with its own limits, and TLS when [`Config::tls`] is set: then the endpoints
+    /// are `https://HOST:PORT` (or `HOST:PORT`), and `http://` ones are refused; without it,
+    /// `https://` ones are. Endpoints mixing both schemes are refused either way.
     pub fn with_config<I, S>(endpoints: I, config: Config) -> Result<Client, Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let endpoints = endpoints
+        let raw: Vec<String> = endpoints
             .into_iter()
-            .map(|e| parse_endpoint(e.as_ref()))
+            .map(|e| e.as_ref().to_string())
+            .collect();
+        check_schemes(&raw)?;
+        let tls = config.tls.is_some();
+        let endpoints = raw
+            .iter()
+            .map(|e| parse_endpoint(e, tls))
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
             return Err(Error::NoEndpoints);
@@ -118,11 +192,28 @@ impl Client {
         connector.set_keepalive_interval(Some(Duration::from_secs(5)));
         connector.set_keepalive_retries(Some(3));
         connector.set_nodelay(true);
-        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(connector);
+            .pool_max_idle_per_host(64);
+        let http = match &config.tls {
+            None => Http::Plain(builder.build(connector)),
+            Some(tls) => {
+                connector.enforce_http(false);
+                // the server name checked is the endpoint's host: a DNS name, or an IP address
+                // (then the certificate needs it as an IP address SAN)
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.client_config())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Http::Tls(builder.build(Handshake {
+                    inner: https,
+                    limit: config.connect_timeout,
+                }))
+            }
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 endpoints,
@@ -133,7 +224,7 @@ impl Client {
         })
     }
 
-    /// The endpoints, normalised (`http://HOST:PORT`).
+    /// The endpoints, normalised (`http://HOST:PORT`, or `https://HOST:PORT` with TLS).
     pub fn endpoints(&self) -> &[String] {
         &self.inner.endpoints
     }
@@ -244,7 +335,7 @@ impl Client {
                     return Ok(v);
                 }
                 Err(e) => {
-                    if e.is_transient() {
+                    if e.is_transient() || e.is_connect() {
                         // the next request starts at the next endpoint, unless another
                         // request already moved on
                         let _ = self.inner.current.compare_exchange(
@@ -255,7 +346,7 @@ impl Client {
                         );
                     }
                     let go_on = match retry {
-                        Retry::Idempotent => e.is_transient(),
+                        Retry::Idempotent => e.is_transient() || e.is_connect(),
                         Retry::OnlyUnsent => e.is_connect(),
                     };
                     if !go_on {
@@ -291,6 +382,18 @@ impl Client {
             .body(Full::new(body))
             .expect("a valid request");
         self.inner.http.request(req).await.map_err(|e| {
+            if let Some(reason) = self
+                .inner
+                .config
+                .tls
+                .as_ref()
+                .and_then(|tls| crate::tls::failure(&e, e.is_connect(), tls))
+            {
+                return Error::Tls {
+                    endpoint: endpoint.to_string(),
+                    reason,
+                };
+            }
             let reason = chain(&e);
             if e.is_connect() {
                 Error::Connect {
@@ -308,8 +411,41 @@ impl Client {
     }
 }
 
-/// `http://HOST:PORT` from what an operator writes.
-fn parse_endpoint(raw: &str) -> Result<String, Error> {
+/// Refuses endpoints that mix `http://` and `https://`, naming the first that differs from the
+/// first one's scheme.
+fn check_schemes(raw: &[String]) -> Result<(), Error> {
+    let scheme = |e: &str| {
+        let e = e.trim();
+        if e.len() >= 8 && e[..8].eq_ignore_ascii_case("https://") {
+            Some("https")
+        } else if e.len() >= 7 && e[..7].eq_ignore_ascii_case("http://") {
+            Some("http")
+        } else {
+            None
+        }
+    };
+    let mut first: Option<(&str, &str)> = None;
+    for e in raw {
+        let Some(s) = scheme(e) else { continue };
+        match first {
+            None => first = Some((s, e)),
+            Some((f, fe)) if f != s => {
+                return Err(Error::BadEndpoint {
+                    endpoint: e.clone(),
+                    reason: format!(
+                        "{s}:// next to {f}:// ({fe}): one client speaks TLS to every \
+                         endpoint or to none"
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// `http://HOST:PORT` (or `https://HOST:PORT` when `tls`) from what an operator writes.
+fn parse_endpoint(raw: &str, tls: bool) -> Result<String, Error> {
     let bad = |reason: &str| Error::BadEndpoint {
         endpoint: raw.to_string(),
         reason: reason.to_string(),
@@ -317,15 +453,27 @@ fn parse_endpoint(raw: &str) -> Result<String, Error> {
     let s = raw.trim();
     let with_scheme = if s.contains("://") {
         s.to_string()
+    } else if tls {
+        format!("https://{s}")
     } else {
         format!("http://{s}")
     };
     let uri: Uri = with_scheme.parse().map_err(|e| bad(&format!("{e}")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(bad("https is not supported yet (use http://)")),
-        _ => return Err(bad("not an http:// URL")),
-    }
+    let scheme = match uri.scheme_str() {
+        Some("http") if tls => {
+            return Err(bad(
+                "http:// in clear, but TLS is configured (Config::tls): write https://",
+            ))
+        }
+        Some("https") if !tls => {
+            return Err(bad(
+                "https:// needs TLS settings, at least a CA file to verify etcd's certificate \
+                 (Config::tls; fleet's etcd_cafile, fleetctl's --ca-file)",
+            ))
+        }
+        Some(s @ ("http" | "https")) => s,
+        _ => return Err(bad("not an http:// or https:// URL")),
+    };
     let Some(auth) = uri.authority() else {
         return Err(bad("no host"));
     };
@@ -337,7 +485,7 @@ fn parse_endpoint(raw: &str) -> Result<String, Error> {
     }
     let port = auth.port_u16().unwrap_or(2379);
     let host = auth.host();
-    Ok(format!("http://{host}:{port}"))
+    Ok(format!("{scheme}://{host}:{port}"))
 }
 
 /// The whole body of a 200 answer, at most `limit` bytes; any other status becomes an error.
@@ -472,6 +620,7 @@ mod tests {
 
     #[test]
     fn endpoints_are_normalised_or_refused() {
+        let parse_endpoint = |e| parse_endpoint(e, false);
         assert_eq!(
             parse_endpoint("http://127.0.0.1:2379/").unwrap(),
             "http://127.0.0.1:2379"
@@ -506,6 +655,38 @@ mod tests {
         let c = Client::new(["127.0.0.1:1", "127.0.0.1:2"]).unwrap();
         assert_eq!(c.current_endpoint(), "http://127.0.0.1:1");
         assert_eq!(c.endpoints().len(), 2);
+    }
+
+    #[test]
+    fn https_needs_tls_and_tls_needs_https() {
+        let e = parse_endpoint("https://127.0.0.1:2379", false).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("\"https://127.0.0.1:2379\"") && text.contains("CA file"),
+            "{text}"
+        );
+        assert_eq!(
+            parse_endpoint("https://etcd.local", true).unwrap(),
+            "https://etcd.local:2379"
+        );
+        assert_eq!(
+            parse_endpoint("10.0.0.1:4001", true).unwrap(),
+            "https://10.0.0.1:4001"
+        );
+        assert_eq!(
+            parse_endpoint("https://[::1]:2379/", true).unwrap(),
+            "https://[::1]:2379"
+        );
+        let e = parse_endpoint("http://127.0.0.1:2379", true).unwrap_err();
+        assert!(e.to_string().contains("TLS is configured"), "{e}");
+        // mixing is refused, naming the odd one out, whatever the configuration
+        let e = Client::new(["http://a:1", "b:2", "https://c:3"]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("etcd endpoint \"https://c:3\"") && text.contains("http://a:1"),
+            "{text}"
+        );
+        assert!(matches!(e, Error::BadEndpoint { .. }));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! [`Error`]: everything a call to etcd can end with, each naming the endpoint and the gateway path
 //! it happened at, and [`Error::is_transient`], the line between "try again" and "give up".
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// gRPC status codes etcd answers with (in the gateway's `"code"` field).
@@ -28,12 +29,32 @@ pub enum Error {
     /// `Client::new` was given no endpoint.
     #[error("no etcd endpoint given")]
     NoEndpoints,
-    /// An endpoint that is not `http://HOST:PORT`.
+    /// An endpoint that is not `http://HOST:PORT` (or `https://HOST:PORT` with
+    /// [`Config::tls`](crate::Config::tls)), or endpoints mixing the two.
     #[error("etcd endpoint {endpoint:?}: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
+    /// A PEM file of a [`Tls`](crate::Tls) setting is missing, unreadable or holds nothing
+    /// usable; `what` is `"CA file"`, `"client certificate file"` or `"client key file"`.
+    #[error("etcd TLS {what} {}: {reason}", path.display())]
+    TlsFile {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    /// [`Tls`](crate::Tls) files that do not go together (a certificate without its key, a key
+    /// that is not the certificate's).
+    #[error("etcd TLS: {reason}")]
+    TlsConfig { reason: String },
     /// No TCP connection (refused, unreachable, connect timeout); nothing was sent.
     #[error("etcd at {endpoint}: cannot connect: {reason}")]
     Connect { endpoint: String, reason: String },
+    /// The TLS handshake failed, or the server refused the client's certificate right after
+    /// it: a certificate that does not verify (wrong CA, wrong name, expired), no or a refused
+    /// client certificate, a peer that does not speak TLS. Nothing was applied; not transient
+    /// (it is a matter of configuration), but [`Error::is_connect`], so a request still moves on
+    /// to the next endpoint.
+    #[error("etcd at {endpoint}: TLS failed: {reason}")]
+    Tls { endpoint: String, reason: String },
     /// The connection broke after the request was (perhaps) sent.
     #[error("etcd at {endpoint}{path}: connection failed: {reason}")]
     Transport {
@@ -101,9 +122,10 @@ impl Error {
         }
     }
 
-    /// True when nothing reached the endpoint (safe to send anything again, anywhere).
+    /// True when nothing reached the endpoint, or the endpoint refused the connection before
+    /// it read the request (TLS), so it is safe to send anything again, anywhere.
     pub fn is_connect(&self) -> bool {
-        matches!(self, Error::Connect { .. })
+        matches!(self, Error::Connect { .. } | Error::Tls { .. })
     }
 
     /// etcd's gRPC code, for [`Error::Etcd`].
@@ -122,9 +144,10 @@ impl Error {
     /// The endpoint the error happened at, when there was one.
     pub fn endpoint(&self) -> Option<&str> {
         match self {
-            Error::NoEndpoints => None,
+            Error::NoEndpoints | Error::TlsFile { .. } | Error::TlsConfig { .. } => None,
             Error::BadEndpoint { endpoint, .. }
             | Error::Connect { endpoint, .. }
+            | Error::Tls { endpoint, .. }
             | Error::Transport { endpoint, .. }
             | Error::Timeout { endpoint, .. }
             | Error::Http { endpoint, .. }
@@ -171,6 +194,11 @@ mod tests {
             c.to_string(),
             "etcd at http://127.0.0.1:1: cannot connect: refused"
         );
+        let tls = Error::Tls {
+            endpoint: "https://127.0.0.1:1".into(),
+            reason: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert!(!tls.is_transient() && tls.is_connect());
         let big = Error::TooLarge {
             endpoint: ep(),
             path: "/v3/kv/range",

@@ -1,5 +1,6 @@
 //! [`Etcd`]: a real etcd member (Debian's `etcd-server`, 3.4) on
-//! 127.0.0.1 for tests, alone or joining a cluster through a discovery URL;
+//! 127.0.0.1 for tests, alone or joining a cluster through a discovery URL,
+//! serving clients over plain HTTP or over TLS ([`Etcd::single_tls`]);
 //! killed when dropped, its log kept in the test's directory.
 
 use std::fs;
@@ -14,10 +15,26 @@ use crate::{free_port, require};
 /// Where Debian's etcd-server puts the daemon.
 pub const ETCD: &str = "/usr/bin/etcd";
 
+/// PEM files for an etcd that serves clients over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTls<'a> {
+    /// The server's certificate (`--cert-file`). etcd 3.4's JSON gateway
+    /// dials etcd's own gRPC with it, so it needs both the serverAuth and
+    /// the clientAuth extended key usage, and an IP address SAN 127.0.0.1.
+    pub cert_file: &'a Path,
+    /// Its key (`--key-file`).
+    pub key_file: &'a Path,
+    /// With a CA, clients must present a certificate it signed
+    /// (`--client-cert-auth --trusted-ca-file`); the server's own
+    /// certificate must chain to it too (the gateway's own connection).
+    pub client_ca_file: Option<&'a Path>,
+}
+
 /// One etcd process.
 pub struct Etcd {
     pub name: String,
-    /// `http://127.0.0.1:PORT` for clients.
+    /// `http://127.0.0.1:PORT` (or `https://` for [`Etcd::single_tls`])
+    /// for clients.
     pub client_url: String,
     /// `http://127.0.0.1:PORT` for peers.
     pub peer_url: String,
@@ -39,6 +56,30 @@ impl Etcd {
             &peer_url,
             &["--initial-cluster", &cluster],
         );
+        e.wait_healthy(Duration::from_secs(30));
+        e
+    }
+
+    /// A one-member cluster serving clients over TLS only, on
+    /// `https://127.0.0.1:PORT` (peers stay on http); returns once it is
+    /// ready ([`Etcd::healthy`]).
+    pub fn single_tls(dir: &Path, name: &str, tls: ServerTls<'_>) -> Etcd {
+        let (client_url, peer_url) = urls();
+        let client_url = client_url.replacen("http://", "https://", 1);
+        let cluster = format!("{name}={peer_url}");
+        let utf8 = |p: &'_ Path| {
+            p.to_str()
+                .unwrap_or_else(|| panic!("{} is not UTF-8", p.display()))
+                .to_string()
+        };
+        let (cert, key) = (utf8(tls.cert_file), utf8(tls.key_file));
+        let mut args = vec!["--initial-cluster", &cluster, "--cert-file", &cert];
+        args.extend(["--key-file", &key]);
+        let ca = tls.client_ca_file.map(utf8);
+        if let Some(ca) = &ca {
+            args.extend(["--client-cert-auth", "--trusted-ca-file", ca]);
+        }
+        let mut e = Etcd::start_at(dir, name, name, &client_url, &peer_url, &args);
         e.wait_healthy(Duration::from_secs(30));
         e
     }
@@ -105,11 +146,17 @@ impl Etcd {
         self.child.id()
     }
 
-    /// True when `GET /health` says `"health":"true"`.
+    /// True when `GET /health` says `"health":"true"`; for an `https://`
+    /// client URL (the kit speaks no TLS), when the client port accepts
+    /// connections and etcd logged "ready to serve client requests" (it has
+    /// a leader and joined the cluster).
     pub fn healthy(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port())) else {
             return false;
         };
+        if self.client_url.starts_with("https://") {
+            return self.log().contains("ready to serve client requests");
+        }
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         if write!(s, "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
             return false;

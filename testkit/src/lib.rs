@@ -10,7 +10,7 @@
 mod http;
 
 pub mod etcd;
-pub use etcd::Etcd;
+pub use etcd::{Etcd, ServerTls};
 pub use http::{Reply, Request, StaticHttp};
 
 use std::net::TcpListener;
