@@ -54,7 +54,14 @@ impl std::fmt::Debug for Run {
 }
 
 impl Fleet {
+    /// etcd, with the test as the engine (it holds the engine's leader key).
     pub fn new() -> Fleet {
+        Fleet::with_leader_key(&Keys::default().leader())
+    }
+
+    /// etcd, the test's leadership on `key` (not the engine's when a real
+    /// engine runs).
+    pub fn with_leader_key(key: &str) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let etcd = Etcd::single(dir.path(), "fleetctl");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -65,11 +72,7 @@ impl Fleet {
         let reg = Registry::new(client.clone(), Keys::default());
         let (lease, leader) = rt.block_on(async {
             let lease = client.grant(600).await.unwrap().id;
-            let leader = match client
-                .campaign(reg.keys().leader(), "test-engine", lease)
-                .await
-                .unwrap()
-            {
+            let leader = match client.campaign(key, "test-engine", lease).await.unwrap() {
                 Campaign::Elected(l) => l,
                 Campaign::Follower(_) => panic!("not elected"),
             };
