@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -82,7 +82,8 @@ impl Http {
 }
 
 /// A connector whose whole connection (TCP connect and TLS handshake) must be done within a
-/// limit; past it, a connect error (so nothing was sent and any request may move on).
+/// limit; past it, a connect error (so nothing was sent and any request may move on). Its
+/// connections remember the TLS error that broke them ([`Recorded`]).
 #[derive(Clone)]
 struct Handshake<C> {
     inner: C,
@@ -95,9 +96,9 @@ where
     C::Error: Into<BoxError>,
     C::Future: Send + 'static,
 {
-    type Response = C::Response;
+    type Response = Recorded<C::Response>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -108,7 +109,7 @@ where
         let limit = self.limit;
         Box::pin(async move {
             match tokio::time::timeout(limit, connecting).await {
-                Ok(r) => r.map_err(Into::into),
+                Ok(r) => r.map(Recorded::new).map_err(Into::into),
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("TCP connection and TLS handshake not done within {limit:?}"),
@@ -116,6 +117,98 @@ where
                 .into()),
             }
         })
+    }
+}
+
+/// The TLS error a connection broke with, shared between the connection and what hyper-util
+/// attaches to an error about it ([`Connected::extra`]).
+///
+/// With TLS 1.3 the server checks the client's certificate after the client finished its
+/// handshake: its refusal (an alert) arrives on the first read, and when hyper's connection
+/// task reads it before the first request was handed over, the request fails as "canceled:
+/// connection was not ready" without the cause. This keeps the cause.
+///
+/// [`Connected::extra`]: hyper_util::client::legacy::connect::Connected::extra
+#[derive(Clone, Default)]
+struct TlsFailure(Arc<std::sync::Mutex<Option<rustls::Error>>>);
+
+impl TlsFailure {
+    /// What the connection an error is about recorded, if anything.
+    fn of(e: &hyper_util::client::legacy::Error) -> Option<rustls::Error> {
+        let connected = e.connect_info()?;
+        let mut ext = hyper::http::Extensions::new();
+        connected.get_extras(&mut ext);
+        let slot = ext.get::<TlsFailure>()?;
+        let r = slot.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        r
+    }
+}
+
+/// A connection that records the first TLS error its reads end with.
+struct Recorded<S> {
+    inner: S,
+    failure: TlsFailure,
+}
+
+impl<S> Recorded<S> {
+    fn new(inner: S) -> Recorded<S> {
+        Recorded {
+            inner,
+            failure: TlsFailure::default(),
+        }
+    }
+}
+
+impl<S: Connection> Connection for Recorded<S> {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.inner.connected().extra(self.failure.clone())
+    }
+}
+
+impl<S: hyper::rt::Read + Unpin> hyper::rt::Read for Recorded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Err(e)) = &r {
+            if let Some(tls) = crate::tls::find_rustls(e) {
+                let mut slot = self.failure.0.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| tls.clone());
+            }
+        }
+        r
+    }
+}
+
+impl<S: hyper::rt::Write + Unpin> hyper::rt::Write for Recorded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -382,13 +475,11 @@ impl Client {
             .body(Full::new(body))
             .expect("a valid request");
         self.inner.http.request(req).await.map_err(|e| {
-            if let Some(reason) = self
-                .inner
-                .config
-                .tls
-                .as_ref()
-                .and_then(|tls| crate::tls::failure(&e, e.is_connect(), tls))
-            {
+            if let Some(reason) = self.inner.config.tls.as_ref().and_then(|tls| {
+                let recorded = TlsFailure::of(&e);
+                let r = crate::tls::find_rustls(&e).or(recorded.as_ref())?;
+                crate::tls::failure(r, e.is_connect(), tls)
+            }) {
                 return Error::Tls {
                     endpoint: endpoint.to_string(),
                     reason,

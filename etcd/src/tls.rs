@@ -234,17 +234,12 @@ fn pem_error(e: &pem::Error) -> String {
     }
 }
 
-/// Why a handshake (or the first read after it) failed, when rustls says: the rustls error
-/// with a hint naming the file to look at. `in_connect`: the error came while connecting, so
-/// any TLS error counts; afterwards only a peer refusing the certificates does (TLS 1.3 checks
-/// the client's certificate after the client finished its handshake).
-pub(crate) fn failure(
-    e: &(dyn std::error::Error + 'static),
-    in_connect: bool,
-    tls: &Tls,
-) -> Option<String> {
+/// Why a handshake (or the first read after it) failed with `r`: the rustls error with a hint
+/// naming the file to look at. `in_connect`: the error came while connecting, so any TLS error
+/// counts; afterwards only a peer refusing the certificates does (TLS 1.3 checks the client's
+/// certificate after the client finished its handshake).
+pub(crate) fn failure(r: &rustls::Error, in_connect: bool, tls: &Tls) -> Option<String> {
     use rustls::AlertDescription as A;
-    let r = find_rustls(e)?;
     let hint = match r {
         rustls::Error::InvalidCertificate(c) => match c {
             rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature => {
@@ -277,7 +272,9 @@ pub(crate) fn failure(
 
 /// The rustls error in an error's chain, also inside `io::Error`s (whose `source` skips the
 /// error they wrap; hyper-rustls wraps tokio-rustls' `io::Error` in another).
-fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+pub(crate) fn find_rustls<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
     if let Some(r) = e.downcast_ref::<rustls::Error>() {
         return Some(r);
     }
