@@ -586,7 +586,11 @@ mod tests {
         let mut s = snapshot(
             &["m1", "m2"],
             &[a.clone(), gone.clone()],
-            &[("a.service", "m1"), ("a.service", "m2"), ("gone.service", "m2")],
+            &[
+                ("a.service", "m1"),
+                ("a.service", "m2"),
+                ("gone.service", "m2"),
+            ],
             &[],
         );
         s.units.retain(|u| u.name != "gone.service");
@@ -668,12 +672,15 @@ mod tests {
         let keys = Keys::default();
         let s = snapshot(
             &["m1"],
-            &[a.clone()],
+            std::slice::from_ref(&a),
             &[("a.service", "m1")],
             &[
                 ("/cairn/fleet/units/frozen.service", "bad unit record"),
                 ("/cairn/fleet/machines/m2", "bad machine record"),
-                ("/cairn/fleet/schedule/m1/junk.service", "bad schedule record"),
+                (
+                    "/cairn/fleet/schedule/m1/junk.service",
+                    "bad schedule record",
+                ),
             ],
         );
         let mut v = ClusterView::new(&keys, &s, None);
