@@ -328,8 +328,8 @@ impl<M: UnitManager> Core<M> {
             self.dispatch();
             let flush_at = self.flush_deadline();
             let retry_at = self.retry.values().filter_map(|r| r.at).min();
+            // not biased: every branch gets its turn, none can starve another
             tokio::select! {
-                biased;
                 () = &mut shutdown => break,
                 why = lease_lost(&mut self.lease) => self.on_lease_lost(why),
                 a = take(&mut self.acquiring) => self.on_acquired(a),
@@ -569,10 +569,13 @@ impl<M: UnitManager> Core<M> {
                 continue;
             }
             let desired = self.schedule.get(&name);
+            // the backend's states as they are now (`self.states` is what
+            // was reported, and may be behind)
+            let present = self.states_rx.borrow().contains_key(&name);
             let step = plan::next_step(
                 desired,
                 self.applied.get(&name),
-                self.states.contains_key(&name),
+                present,
                 self.synced && !self.held.contains(&name),
             );
             match (step, desired) {
@@ -630,7 +633,17 @@ impl<M: UnitManager> Core<M> {
     fn on_done(&mut self, done: Vec<Done>) {
         for d in done {
             self.busy.remove(&d.name);
-            match d.result {
+            // an unload that leaves the unit managed would be tried again
+            // at once, for ever: count it as failed (and back off)
+            let result = match d.result {
+                Ok(())
+                    if d.step == Step::Unload && self.states_rx.borrow().contains_key(&d.name) =>
+                {
+                    Err("the unit is still managed after unloading it".to_string())
+                }
+                r => r.map_err(|e| e.to_string()),
+            };
+            match result {
                 Ok(()) => {
                     self.retry.remove(&d.name);
                     self.step_done(&d.name, d.step, d.hash);
