@@ -75,9 +75,9 @@ const OPTIONS: &[(&str, Kind, Use)] = &[
     ("etcd_servers", Kind::Str, Use::Used),
     ("etcd_key_prefix", Kind::Str, Use::Used),
     ("etcd_request_timeout", Kind::Float, Use::Used),
-    ("etcd_cafile", Kind::Str, Use::Tls),
-    ("etcd_certfile", Kind::Str, Use::Tls),
-    ("etcd_keyfile", Kind::Str, Use::Tls),
+    ("etcd_cafile", Kind::Str, Use::Used),
+    ("etcd_certfile", Kind::Str, Use::Used),
+    ("etcd_keyfile", Kind::Str, Use::Used),
     ("etcd_username", Kind::Str, Use::Auth),
     ("etcd_password", Kind::Str, Use::Auth),
     ("public_ip", Kind::Str, Use::Used),
@@ -96,6 +96,7 @@ const OPTIONS: &[(&str, Kind, Use)] = &[
     ("machine_id", Kind::Str, Use::Used),
     ("systemd", Kind::Str, Use::Used),
     ("units_dir", Kind::Str, Use::Used),
+    ("sim_agents", Kind::Int, Use::Used),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,8 +104,6 @@ enum Use {
     Used,
     /// Accepted for compatibility; cairn's design has no use for it.
     Ignored,
-    /// etcd TLS: not supported yet; refused rather than silently ignored.
-    Tls,
     /// etcd user/password: not supported; refused.
     Auth,
 }
@@ -116,6 +115,10 @@ pub struct Settings {
     pub etcd_servers: Vec<String>,
     pub keys: Keys,
     pub etcd_request_timeout: Duration,
+    /// etcd TLS: the CA bundle, the client certificate and key (PEM).
+    pub etcd_cafile: Option<PathBuf>,
+    pub etcd_certfile: Option<PathBuf>,
+    pub etcd_keyfile: Option<PathBuf>,
     /// `None`: detect.
     pub public_ip: Option<String>,
     pub metadata: BTreeMap<String, String>,
@@ -126,6 +129,8 @@ pub struct Settings {
     pub machine_id: Option<String>,
     pub systemd: SystemdMode,
     pub units_dir: PathBuf,
+    /// Simulated agents in this process (`--systemd=sim` only).
+    pub sim_agents: usize,
     /// Options given that cairn accepts and ignores, with where.
     pub ignored: Vec<(String, Origin)>,
 }
@@ -136,7 +141,13 @@ impl Default for Settings {
             verbosity: 0,
             etcd_servers: vec!["http://127.0.0.1:2379".into()],
             keys: Keys::default(),
-            etcd_request_timeout: Duration::from_secs(1),
+            // fleet's was 1 s; cairn's client counts a whole request in
+            // it (connect to the last byte), and a thousand agents
+            // starting together make etcd slower than that
+            etcd_request_timeout: Duration::from_secs(5),
+            etcd_cafile: None,
+            etcd_certfile: None,
+            etcd_keyfile: None,
             public_ip: None,
             metadata: BTreeMap::new(),
             agent_ttl: Duration::from_secs(30),
@@ -145,6 +156,7 @@ impl Default for Settings {
             machine_id: None,
             systemd: SystemdMode::Dbus,
             units_dir: PathBuf::from(cairn_fleet::systemd::DEFAULT_UNITS_DIR),
+            sim_agents: 1,
             ignored: Vec::new(),
         }
     }
@@ -316,12 +328,6 @@ impl Settings {
                 self.ignored.push((key, s.origin.clone()));
                 return Ok(());
             }
-            Use::Tls if v.is_empty() => return Ok(()),
-            Use::Tls => {
-                return Err(bad(
-                    "etcd TLS is not supported by cairn's fleetd yet: reach etcd over http on a trusted network (see docs/security.md)".into(),
-                ))
-            }
             Use::Auth if v.is_empty() => return Ok(()),
             Use::Auth => {
                 return Err(bad(
@@ -350,13 +356,13 @@ impl Settings {
                     ));
                 }
                 for u in &servers {
-                    if let Some(rest) = u.strip_prefix("https://") {
+                    let rest = u
+                        .strip_prefix("http://")
+                        .or_else(|| u.strip_prefix("https://"));
+                    if rest.is_none_or(str::is_empty) {
                         return Err(bad(format!(
-                            "{u:?}: https (etcd TLS) is not supported by cairn's fleetd yet; use http://{rest}"
+                            "{u:?} is not an http://HOST:PORT or https://HOST:PORT URL"
                         )));
-                    }
-                    if !u.starts_with("http://") || u.len() == "http://".len() {
-                        return Err(bad(format!("{u:?} is not an http://HOST:PORT URL")));
                     }
                 }
                 self.etcd_servers = servers;
@@ -405,6 +411,27 @@ impl Settings {
                 }
             }
             "systemd" => self.systemd = v.parse().map_err(bad)?,
+            "etcd_cafile" | "etcd_certfile" | "etcd_keyfile" => {
+                let path = if v.is_empty() {
+                    None
+                } else if v.starts_with('/') {
+                    Some(PathBuf::from(v))
+                } else {
+                    return Err(bad(format!("expected an absolute path, got {v:?}")));
+                };
+                match key.as_str() {
+                    "etcd_cafile" => self.etcd_cafile = path,
+                    "etcd_certfile" => self.etcd_certfile = path,
+                    _ => self.etcd_keyfile = path,
+                }
+            }
+            "sim_agents" => {
+                let n: i64 = v.parse().expect("checked");
+                if !(1..=10_000).contains(&n) {
+                    return Err(bad(format!("expected 1 to 10000, got {v:?}")));
+                }
+                self.sim_agents = n as usize;
+            }
             "units_dir" => {
                 if !v.starts_with('/') {
                     return Err(bad(format!("expected an absolute path, got {v:?}")));
@@ -521,7 +548,9 @@ mod tests {
             ("agent_ttl=1s\n", "/etc/fleet/fleet.conf:1: agent_ttl: expected a duration from 2s to 1h, got \"1s\""),
             ("metadata=role\n", "/etc/fleet/fleet.conf:1: metadata: metadata \"role\" is not key=value"),
             ("public_ip=somewhere\n", "/etc/fleet/fleet.conf:1: public_ip: expected an IP address, got \"somewhere\""),
-            ("etcd_servers=ftp://x\n", "/etc/fleet/fleet.conf:1: etcd_servers: \"ftp://x\" is not an http://HOST:PORT URL"),
+            ("etcd_servers=ftp://x\n", "/etc/fleet/fleet.conf:1: etcd_servers: \"ftp://x\" is not an http://HOST:PORT or https://HOST:PORT URL"),
+            ("etcd_cafile=ca.pem\n", "/etc/fleet/fleet.conf:1: etcd_cafile: expected an absolute path, got \"ca.pem\""),
+            ("sim_agents=0\n", "/etc/fleet/fleet.conf:1: sim_agents: expected 1 to 10000, got \"0\""),
             ("engine_reconcile_interval=0\n", "/etc/fleet/fleet.conf:1: engine_reconcile_interval: expected a number of seconds above 0 and at most 86400, got \"0\""),
             ("disable_engine=yes\n", "/etc/fleet/fleet.conf:1: disable_engine: expected true or false, got \"yes\""),
             ("agent_tl=30s\n", "/etc/fleet/fleet.conf:1: unknown option \"agent_tl\" (did you mean \"agent_ttl\"?)"),
@@ -534,14 +563,18 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(file(text).unwrap_err().to_string(), want, "{text:?}");
         }
-        let e = file("etcd_cafile=/etc/ssl/etcd/ca.pem\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("etcd TLS is not supported"), "{e}");
-        let e = file("etcd_servers=https://10.0.0.1:2379\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("use http://10.0.0.1:2379"), "{e}");
+        let e = file("etcd_password=secret\n").unwrap_err().to_string();
+        assert!(
+            e.contains("etcd user authentication is not supported"),
+            "{e}"
+        );
+        let s =
+            file("etcd_servers=https://10.0.0.1:2379\netcd_cafile=/etc/ssl/etcd/ca.pem\n").unwrap();
+        assert_eq!(
+            s.etcd_cafile.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/ca.pem"))
+        );
+        assert_eq!(s.etcd_servers, ["https://10.0.0.1:2379"]);
         // empty TLS settings (coreos-cloudinit wrote them empty) are fine
         file("etcd_cafile=\"\"\netcd_password=\n").unwrap();
     }
