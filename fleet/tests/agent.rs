@@ -5,7 +5,7 @@
 //!
 //! Covered: an entry loaded, started and reported; launched -> loaded
 //! stops it; a new hash reloads; a deletion stops, unloads and removes the
-//! report; presence on one lease, gone with it in one revision (shutdown,
+//! report (and an entry stopped, then deleted: the report stays gone); presence on one lease, gone with it in one revision (shutdown,
 //! revoke); an etcd killed and restarted (units keep running, reports
 //! resume); a lease that expired during an outage (a new one, everything
 //! written again, units untouched); stale units unloaded only after the
@@ -502,6 +502,61 @@ async fn entry_loaded_started_stopped_reloaded_and_removed() {
 
     agent.shutdown().await;
     assert!(c.presence("m1").await.is_none());
+}
+
+/// `fleetctl stop` then `fleetctl unload`: the engine makes the entry
+/// `loaded` (the unit stops), then deletes it. The unit is unloaded and its
+/// report deleted, and nothing writes it again: the key stays gone over
+/// many report intervals and the agent makes no request at rest. (The
+/// agent of 5f891c6 unloaded the stopped unit again and again on its stale
+/// view of the backend's states, and never wrote the deletion.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_stopped_then_deleted_leaves_no_report() {
+    let c = cluster("stopped-deleted").await;
+    let sim = sim();
+    let agent = Running::start(c.registry.clone(), &sim, options("m1"));
+    c.schedule(&[
+        entry("a.service", "m1", JobState::Launched, V1),
+        entry("b.service", "m1", JobState::Launched, V1),
+    ])
+    .await;
+    c.wait_report("m1", "a.service", "active", "running", V1)
+        .await;
+    c.wait_report("m1", "b.service", "active", "running", V1)
+        .await;
+
+    // stop: loaded inactive dead, reported
+    c.schedule(&[entry("a.service", "m1", JobState::Loaded, V1)])
+        .await;
+    c.wait_report("m1", "a.service", "inactive", "dead", V1)
+        .await;
+    // unload: the entry deleted
+    c.unschedule("m1", "a.service").await;
+    c.wait_no_report("m1", "a.service").await;
+    assert!(
+        !sim.states().contains_key("a.service"),
+        "{:?}",
+        sim.states()
+    );
+
+    // and it stays gone: ten report intervals, no more unloads, no write
+    let before = agent.stats();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(c.report("m1", "a.service").await.is_none());
+    let after = agent.stats();
+    assert_eq!(after.unloads, 1, "{after:?}");
+    assert_eq!(
+        (after.report_puts, after.report_deletes, after.unit_errors),
+        (before.report_puts, before.report_deletes, 0),
+        "{after:?}"
+    );
+    assert_eq!(after.report_deletes, 1, "{after:?}");
+    // the other unit is untouched and still reported
+    c.wait_report("m1", "b.service", "active", "running", V1)
+        .await;
+    assert_eq!(sim.states()["b.service"], running());
+
+    agent.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

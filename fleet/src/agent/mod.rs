@@ -35,7 +35,11 @@
 //!   [`UnitStateReport`] per changed unit, coalesced: changes are
 //!   gathered for [`AgentOptions::report_interval`] and the latest state
 //!   of each unit is written once; a report equal to the one written is
-//!   not written again; an unloaded unit's report is deleted. With nothing
+//!   not written again; an unloaded unit's report is deleted. A write
+//!   that failed (it may have landed) or was made on an older lease
+//!   generation leaves the key unknown: the unit's next report is written
+//!   whatever the agent last wrote, so a report put late cannot outlive
+//!   the unit's unloading. With nothing
 //!   changing the agent makes no etcd request but the lease's keep-alive.
 //! * **Cheap.** One task per agent (plus the lease keeper's and the
 //!   watch's), no thread: `fleetd --systemd=sim` runs a thousand in one
@@ -263,6 +267,11 @@ struct Core<M: UnitManager> {
     pending: BTreeSet<String>,
     pending_since: Option<Instant>,
     written: HashMap<String, UnitStateReport>,
+    /// Units whose key may hold something else than `written` says: a
+    /// write failed (it may have landed all the same) or was made on an
+    /// older lease generation. Their next report is written whatever
+    /// `written` says, a deletion included.
+    unsure: BTreeSet<String>,
     flushing: Option<BoxFuture<'static, Flushed>>,
     flush_not_before: Option<Instant>,
     flush_backoff: Backoff,
@@ -307,6 +316,7 @@ impl<M: UnitManager> Core<M> {
             pending: BTreeSet::new(),
             pending_since: None,
             written: HashMap::new(),
+            unsure: BTreeSet::new(),
             flushing: None,
             flush_not_before: None,
             flush_failing: false,
@@ -402,6 +412,7 @@ impl<M: UnitManager> Core<M> {
             .applied
             .keys()
             .chain(self.written.keys())
+            .chain(self.unsure.iter())
             .cloned()
             .collect();
         self.pending.extend(names);
@@ -767,7 +778,7 @@ impl<M: UnitManager> Core<M> {
         let mut writes = Vec::new();
         for name in std::mem::take(&mut self.pending) {
             let want = self.report_for(&name);
-            if want.as_ref() != self.written.get(&name) {
+            if self.unsure.contains(&name) || want.as_ref() != self.written.get(&name) {
                 writes.push((name, want));
             }
         }
@@ -787,8 +798,10 @@ impl<M: UnitManager> Core<M> {
 
     fn on_flushed(&mut self, f: Flushed) {
         if f.generation != self.generation {
-            // written on a lease that is no longer this agent's
+            // written on a lease that is no longer this agent's (or the
+            // same one, kept): what the key holds is not known
             for (name, _, _) in f.results {
+                self.unsure.insert(name.clone());
                 self.mark_report(&name);
             }
             return;
@@ -796,17 +809,22 @@ impl<M: UnitManager> Core<M> {
         let mut failed = None;
         for (name, want, result) in f.results {
             match result {
-                Ok(()) => match want {
-                    Some(report) => {
-                        self.written.insert(name, report);
+                Ok(()) => {
+                    self.unsure.remove(&name);
+                    match want {
+                        Some(report) => {
+                            self.written.insert(name, report);
+                        }
+                        None => {
+                            self.written.remove(&name);
+                        }
                     }
-                    None => {
-                        self.written.remove(&name);
-                    }
-                },
+                }
                 Err(e) => {
                     bump(&self.counters.report_failures);
                     failed = Some(e);
+                    // it may have landed: write (or delete) it again
+                    self.unsure.insert(name.clone());
                     self.mark_report(&name);
                 }
             }
