@@ -13,11 +13,12 @@ pub mod table;
 pub mod verbs;
 pub mod view;
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use cairn_etcd::{Client, Config};
+use cairn_etcd::{Client, Config, Tls};
 use cairn_fleet::registry::{Keys, Registry, DEFAULT_PREFIX};
 use cairn_fleet::unit::name::with_default_type;
 use cairn_fleet::unit::UnitName;
@@ -96,6 +97,33 @@ pub struct Global {
         default_value_t = 10.0
     )]
     pub ssh_timeout: f64,
+    /// Location of TLS CA file that will be used to verify the etcd server certificate (endpoints are then https://).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_CA_FILE",
+        value_name = "FILE",
+        value_parser = clap::value_parser!(OsString)
+    )]
+    pub ca_file: Option<OsString>,
+    /// Location of TLS Cert file shared with the etcd server (a client certificate, with --key-file).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_CERT_FILE",
+        value_name = "FILE",
+        value_parser = clap::value_parser!(OsString)
+    )]
+    pub cert_file: Option<OsString>,
+    /// Location of TLS Key file shared with the etcd server (the key of --cert-file).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_KEY_FILE",
+        value_name = "FILE",
+        value_parser = clap::value_parser!(OsString)
+    )]
+    pub key_file: Option<OsString>,
     /// Reach the machines that `status` and `journal` run on through this SSH host (HOST[:PORT]).
     #[arg(
         long,
@@ -255,6 +283,7 @@ impl Ctx {
         let config = Config {
             request_timeout: timeout,
             connect_timeout: timeout.min(Duration::from_secs(2)),
+            tls: tls(&global)?,
             ..Config::default()
         };
         let etcd = Client::with_config(&endpoints, config)
@@ -265,6 +294,43 @@ impl Ctx {
             global,
         })
     }
+}
+
+/// TLS from `--ca-file`, `--cert-file` and `--key-file` (fleet's flags;
+/// an empty one counts as not given): none without any, the CA alone to
+/// verify etcd, the CA and a client certificate with its key.
+pub fn tls(global: &Global) -> Result<Option<Tls>> {
+    fn given(f: &Option<OsString>) -> Option<&Path> {
+        f.as_deref().filter(|p| !p.is_empty()).map(Path::new)
+    }
+    let (ca, cert, key) = (
+        given(&global.ca_file),
+        given(&global.cert_file),
+        given(&global.key_file),
+    );
+    let Some(ca) = ca else {
+        if cert.is_some() || key.is_some() {
+            bail!(
+                "--cert-file and --key-file need --ca-file (the CA that signed etcd's server \
+                 certificate)"
+            );
+        }
+        return Ok(None);
+    };
+    match (cert, key) {
+        (Some(c), None) => bail!(
+            "--cert-file {} needs --key-file (the client certificate's key)",
+            c.display()
+        ),
+        (None, Some(k)) => bail!(
+            "--key-file {} needs --cert-file (the client certificate)",
+            k.display()
+        ),
+        _ => {}
+    }
+    Tls::from_files(ca, cert, key)
+        .map(Some)
+        .context("Unable to set up TLS from --ca-file, --cert-file, --key-file")
 }
 
 /// fleetctl's `unitNameMangle`: the last path element of an argument,
