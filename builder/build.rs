@@ -1,8 +1,9 @@
 //! Builds the static programs `cairn build` puts into images: `/init`
 //! (crate `cairn-initrd`, in every initramfs) and the on-host agents
-//! `cairn-cloudinit` and `cairn-update` (crate `cairn-updater`, in every
-//! root image), and hands their paths to the builder through
-//! `CAIRN_INIT_PATH`, `CAIRN_CLOUDINIT_PATH` and `CAIRN_UPDATE_PATH` so the
+//! `cairn-cloudinit` and `cairn-update` (crate `cairn-updater`), and fleet's
+//! `fleetd` and `fleetctl`, in every root image), and hands their paths to
+//! the builder through `CAIRN_INIT_PATH`, `CAIRN_CLOUDINIT_PATH`,
+//! `CAIRN_UPDATE_PATH`, `CAIRN_FLEETD_PATH` and `CAIRN_FLEETCTL_PATH` so the
 //! `cairn` binary carries them (include_bytes!).
 //!
 //! A nested cargo with its own target directory (`target/cairn-agents`,
@@ -58,6 +59,14 @@ fn main() {
         "fetch/Cargo.toml",
         "formats/src",
         "formats/Cargo.toml",
+        "fleet/src",
+        "fleet/Cargo.toml",
+        "fleetd/src",
+        "fleetd/Cargo.toml",
+        "fleetctl/src",
+        "fleetctl/Cargo.toml",
+        "etcd/src",
+        "etcd/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(d).display());
     }
@@ -123,6 +132,8 @@ fn main() {
     build(&[
         ("cairn-cloudinit", "cairn-cloudinit"),
         ("cairn-updater", "cairn-update"),
+        ("cairn-fleetd", "fleetd"),
+        ("cairn-fleetctl", "fleetctl"),
     ]);
     let init = target_dir.join(target).join("release/init");
     assert!(init.exists(), "{} was not built", init.display());
@@ -136,6 +147,12 @@ fn main() {
     let update = target_dir.join(target).join("release/cairn-update");
     assert!(update.exists(), "{} was not built", update.display());
     println!("cargo:rustc-env=CAIRN_UPDATE_PATH={}", update.display());
+    let fleetd = target_dir.join(target).join("release/fleetd");
+    assert!(fleetd.exists(), "{} was not built", fleetd.display());
+    println!("cargo:rustc-env=CAIRN_FLEETD_PATH={}", fleetd.display());
+    let fleetctl = target_dir.join(target).join("release/fleetctl");
+    assert!(fleetctl.exists(), "{} was not built", fleetctl.display());
+    println!("cargo:rustc-env=CAIRN_FLEETCTL_PATH={}", fleetctl.display());
 
     // What the image bytes depend on besides the definition and the lock:
     // the code of the builder and the crates it packs with, and the lock of
@@ -153,12 +170,17 @@ fn main() {
         "updater/units",
         "fetch/src",
         "formats/src",
+        "fleet/src",
+        "fleetd/src",
+        "fleetd/units",
+        "fleetctl/src",
+        "etcd/src",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(d).display());
         hash_tree(&mut h, &root, &root.join(d));
     }
     hash_tree(&mut h, &root, &root.join("Cargo.lock"));
-    for bin in [&init, &cloudinit, &update] {
+    for bin in [&init, &cloudinit, &update, &fleetd, &fleetctl] {
         if let Ok(bin) = std::fs::read(bin) {
             for b in bin {
                 h ^= u64::from(b);

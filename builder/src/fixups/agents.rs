@@ -1,6 +1,7 @@
 //! The `agents` fixup: installs cairn's own on-host programs into the tree,
 //! as static binaries built with the `cairn` binary (see `build.rs`) with
-//! their systemd units: `cairn-cloudinit` (applies the machine's
+//! their systemd units: fleet's `fleetd` and `fleetctl` with
+//! `fleet.service` (installed, not enabled), `cairn-cloudinit` (applies the machine's
 //! cloud-config at every boot; `cairn-ready.service` prints the console's
 //! ready line with it) and `cairn-update` (A/B updates: its timer,
 //! service and the health gate before `boot-complete.target`), plus the
@@ -24,6 +25,13 @@ pub static CLOUDINIT_BINARY: &[u8] = include_bytes!(env!("CAIRN_CLOUDINIT_PATH")
 
 /// The static `cairn-update` binary (package `cairn-updater`).
 pub static UPDATE_BINARY: &[u8] = include_bytes!(env!("CAIRN_UPDATE_PATH"));
+
+/// fleet's daemon (`fleet.service`, installed, not enabled: a machine
+/// starts it from cloud-config, as on CoreOS).
+pub static FLEETD_BINARY: &[u8] = include_bytes!(env!("CAIRN_FLEETD_PATH"));
+
+/// fleet's client.
+pub static FLEETCTL_BINARY: &[u8] = include_bytes!(env!("CAIRN_FLEETCTL_PATH"));
 
 /// cairn's units enabled by default, in the order they are enabled
 /// (`cairn-update.service` has no `[Install]`: its timer starts it).
@@ -63,6 +71,13 @@ pub fn files() -> Vec<(&'static str, &'static [u8], u32)> {
         (
             "usr/lib/systemd/system/cairn-health.service",
             include_bytes!("../../../updater/units/cairn-health.service"),
+            0o644,
+        ),
+        ("usr/bin/fleetd", FLEETD_BINARY, 0o755),
+        ("usr/bin/fleetctl", FLEETCTL_BINARY, 0o755),
+        (
+            "usr/lib/systemd/system/fleet.service",
+            include_bytes!("../../../fleetd/units/fleet.service"),
             0o644,
         ),
     ]
@@ -129,6 +144,11 @@ mod tests {
         let get = |p: &str| f.iter().find(|(q, _, _)| *q == p).unwrap().1;
         assert_static("cairn-cloudinit", get("usr/bin/cairn-cloudinit"));
         assert_static("cairn-update", get("usr/bin/cairn-update"));
+        assert_static("fleetd", get("usr/bin/fleetd"));
+        assert_static("fleetctl", get("usr/bin/fleetctl"));
+        let unit = std::str::from_utf8(get("usr/lib/systemd/system/fleet.service")).unwrap();
+        assert!(unit.contains("ExecStart=/usr/bin/fleetd"), "{unit}");
+        assert!(!AGENT_UNITS.contains(&"fleet.service"));
         let unit =
             std::str::from_utf8(get("usr/lib/systemd/system/cairn-cloudinit.service")).unwrap();
         assert!(
