@@ -34,10 +34,7 @@ impl Daemon {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(FLEETD)
             .args(["--systemd=sim", "--sim-agents=2"])
-            .args(
-                (!extra.iter().any(|a| a.starts_with("--agent-ttl")))
-                    .then_some("--agent-ttl=3s"),
-            )
+            .args((!extra.iter().any(|a| a.starts_with("--agent-ttl"))).then_some("--agent-ttl=3s"))
             .args(["--machine-id", id, "--public-ip", "127.0.0.1"])
             .args(["--etcd-servers", &etcd.client_url])
             .args(["--engine-reconcile-interval", "1"])
