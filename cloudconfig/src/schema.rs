@@ -254,9 +254,9 @@ pub(crate) const FLANNEL: &[Field] = &[
     e("public_ip", Str, "FLANNELD_PUBLIC_IP"),
 ];
 
-/// Why fleetd refuses the etcd TLS and password options.
-const FLEET_TLS_WHY: &str =
-    "cairn's fleetd does not support etcd TLS or passwords yet: fleet.service refuses to start with it";
+/// Why fleetd refuses the etcd password options.
+const FLEET_AUTH_WHY: &str =
+    "cairn's fleetd does not support etcd passwords (use TLS client certificates): fleet.service refuses to start with them";
 
 /// fleet's options, with the values cairn's fleetd accepts (it refuses to
 /// start on any other, naming the variable: see fleetd/src/config.rs).
@@ -272,9 +272,9 @@ pub(crate) const FLEET: &[Field] = &[
         Float,
         "FLEET_ENGINE_RECONCILE_INTERVAL",
     ),
-    ed("etcd_cafile", Str, "FLEET_ETCD_CAFILE", FLEET_TLS_WHY),
-    ed("etcd_certfile", Str, "FLEET_ETCD_CERTFILE", FLEET_TLS_WHY),
-    ed("etcd_keyfile", Str, "FLEET_ETCD_KEYFILE", FLEET_TLS_WHY),
+    valid(e("etcd_cafile", Str, "FLEET_ETCD_CAFILE"), "^/.*$"),
+    valid(e("etcd_certfile", Str, "FLEET_ETCD_CERTFILE"), "^/.*$"),
+    valid(e("etcd_keyfile", Str, "FLEET_ETCD_KEYFILE"), "^/.*$"),
     valid(
         e("etcd_key_prefix", Str, "FLEET_ETCD_KEY_PREFIX"),
         r"^/[^\s]*$",
@@ -282,10 +282,10 @@ pub(crate) const FLEET: &[Field] = &[
     e("etcd_request_timeout", Float, "FLEET_ETCD_REQUEST_TIMEOUT"),
     valid(
         e("etcd_servers", Str, "FLEET_ETCD_SERVERS"),
-        r"^\s*http://[^\s,/]+/?\s*(,\s*http://[^\s,/]+/?\s*)*$",
+        r"^\s*https?://[^\s,/]+/?\s*(,\s*https?://[^\s,/]+/?\s*)*$",
     ),
-    ed("etcd_username", Str, "FLEET_ETCD_USERNAME", FLEET_TLS_WHY),
-    ed("etcd_password", Str, "FLEET_ETCD_PASSWORD", FLEET_TLS_WHY),
+    ed("etcd_username", Str, "FLEET_ETCD_USERNAME", FLEET_AUTH_WHY),
+    ed("etcd_password", Str, "FLEET_ETCD_PASSWORD", FLEET_AUTH_WHY),
     valid(
         e("metadata", Str, "FLEET_METADATA"),
         r"^\s*[^=,\s][^=,]*=[^,]*(,\s*[^=,\s][^=,]*=[^,]*)*$",

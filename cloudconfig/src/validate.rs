@@ -813,19 +813,20 @@ mod tests {
             &[(W, "incorrect type for \"users[1]\" (want struct)", 3)],
         );
         check(
-            "coreos:\n  fleet:\n    verbosity: 2\n    metadata: \"role=web, region=eu\"\n    public-ip: 10.0.0.7\n    agent_ttl: 1m30s\n    etcd_servers: http://127.0.0.1:2379,http://10.0.0.1:2379/\n    etcd_key_prefix: /cairn/fleet/\n    engine_reconcile_interval: 0.5",
+            "coreos:\n  fleet:\n    verbosity: 2\n    metadata: \"role=web, region=eu\"\n    public-ip: 10.0.0.7\n    agent_ttl: 1m30s\n    etcd_servers: http://127.0.0.1:2379,http://10.0.0.1:2379/\n    etcd_key_prefix: /cairn/fleet/\n    engine_reconcile_interval: 0.5\n    etcd_servers: https://10.0.0.1:2379\n    etcd_cafile: /etc/ssl/etcd/ca.pem",
             &[],
         );
         check(
-            "coreos:\n  fleet:\n    verbosity: 3\n    metadata: role\n    public_ip: somewhere\n    agent-ttl: 30\n    etcd_servers: https://10.0.0.1:2379\n    etcd_key_prefix: cairn\n    etcd_cafile: /etc/ssl/etcd/ca.pem",
+            "coreos:\n  fleet:\n    verbosity: 3\n    metadata: role\n    public_ip: somewhere\n    agent-ttl: 30\n    etcd_servers: ftp://10.0.0.1:2379\n    etcd_key_prefix: cairn\n    etcd_cafile: ca.pem\n    etcd_password: secret",
             &[
                 (E, "invalid value 3", 3),
                 (E, "invalid value role", 4),
                 (E, "invalid value somewhere", 5),
                 (E, "invalid value 30", 6),
-                (E, "invalid value https://10.0.0.1:2379", 7),
+                (E, "invalid value ftp://10.0.0.1:2379", 7),
                 (E, "invalid value cairn", 8),
-                (W, "deprecated key \"etcd_cafile\" (cairn's fleetd does not support etcd TLS or passwords yet: fleet.service refuses to start with it)", 9),
+                (E, "invalid value ca.pem", 9),
+                (W, "deprecated key \"etcd_password\" (cairn's fleetd does not support etcd passwords (use TLS client certificates): fleet.service refuses to start with them)", 10),
             ],
         );
         check(
