@@ -260,7 +260,7 @@ fn fleet_checks(vms: &mut [Vm]) -> usize {
     let hello = guest_sh(
         &mut vms[h],
         "for i in $(seq 60); do journalctl -u myapp.service --no-pager -o cat | grep -m1 'Hello World' && break; sleep 1; done; \
-         systemctl show -P FragmentPath myapp.service",
+         readlink -f \"$(systemctl show -P FragmentPath myapp.service)\"",
         CMD,
     );
     assert!(hello.starts_with("Hello World\n"), "{hello}");
