@@ -173,25 +173,10 @@ fn write_archive(
     tar.append(&member(MF_NAME, mf.len() as u64, mtime), mf.as_bytes())
         .map_err(write_err)?;
     let mut input = File::open(vmdk).map_err(|e| OvaError::io("opening VMDK image", vmdk, e))?;
-    // A VMDK that changed size in between would make a broken archive.
-    let mut limited = (&mut input).take(vmdk_size);
-    tar.append(&member(VMDK_NAME, vmdk_size, mtime), &mut limited)
-        .map_err(write_err)?;
-    if limited.limit() != 0 {
-        return Err(OvaError::io(
-            "reading VMDK image",
-            vmdk,
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "it shrank while it was packed",
-            ),
-        ));
+    if !append_sized(&mut tar, VMDK_NAME, vmdk_size, mtime, &mut input).map_err(write_err)? {
+        return Err(OvaError::io("reading VMDK image", vmdk, shrank()));
     }
-    let file = tar
-        .into_inner()
-        .map_err(write_err)?
-        .into_inner()
-        .map_err(|e| write_err(e.into_error()))?;
+    let file = finish(tar).map_err(write_err)?;
     let file_size = file
         .metadata()
         .map_err(|e| OvaError::io("reading metadata of OVA", out, e))?
@@ -218,6 +203,34 @@ pub(crate) fn member(name: &str, size: u64, mtime: u64) -> tar::Header {
     h.set_entry_type(tar::EntryType::Regular);
     h.set_cksum();
     h
+}
+
+/// Appends `size` bytes of `input` as member `name`. `Ok(false)` when the
+/// input had fewer bytes (it changed size since it was measured: the
+/// archive is broken and must not be kept).
+pub(crate) fn append_sized<W: io::Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    size: u64,
+    mtime: u64,
+    input: &mut impl Read,
+) -> io::Result<bool> {
+    let mut limited = input.take(size);
+    tar.append(&member(name, size, mtime), &mut limited)?;
+    Ok(limited.limit() == 0)
+}
+
+/// The error of [`append_sized`]'s `false`, for the input's path.
+pub(crate) fn shrank() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "it shrank while it was packed",
+    )
+}
+
+/// Ends the archive and flushes it to its file.
+pub(crate) fn finish(tar: tar::Builder<BufWriter<File>>) -> io::Result<File> {
+    tar.into_inner()?.into_inner().map_err(|e| e.into_error())
 }
 
 fn sha256_of(r: &mut impl Read) -> io::Result<(String, u64)> {

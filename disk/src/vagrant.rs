@@ -199,25 +199,16 @@ fn write_archive(
         vagrantfile.as_bytes(),
     )
     .map_err(write_err)?;
-    // A qcow2 that changed size in between would make a broken archive.
-    let mut limited = (&mut input).take(size);
-    tar.append(&member(VAGRANT_BOX_IMAGE, size, mtime), &mut limited)
-        .map_err(write_err)?;
-    if limited.limit() != 0 {
+    if !crate::ova::append_sized(&mut tar, VAGRANT_BOX_IMAGE, size, mtime, &mut input)
+        .map_err(write_err)?
+    {
         return Err(VagrantError::io(
             "reading qcow2 image",
             qcow2,
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "it shrank while it was packed",
-            ),
+            crate::ova::shrank(),
         ));
     }
-    let file = tar
-        .into_inner()
-        .map_err(write_err)?
-        .into_inner()
-        .map_err(|e| write_err(e.into_error()))?;
+    let file = crate::ova::finish(tar).map_err(write_err)?;
     let file_size = file
         .metadata()
         .map_err(|e| VagrantError::io("reading metadata of box", out, e))?

@@ -66,16 +66,7 @@ impl UnitRecord {
 
     /// The unit, parsed again; its hash must be the stored one.
     pub fn unit(&self) -> Result<Unit, RecordError> {
-        let unit = Unit::parse(&self.name, self.contents.as_str())?;
-        let computed = unit.hash();
-        if computed != self.hash {
-            return Err(RecordError::HashMismatch {
-                name: self.name.clone(),
-                stored: self.hash,
-                computed,
-            });
-        }
-        Ok(unit)
+        checked_unit(&self.name, &self.contents, self.hash)
     }
 
     /// What the scheduler needs of it.
@@ -164,16 +155,7 @@ impl ScheduleEntry {
 
     /// The unit, parsed again; its hash must be the stored one.
     pub fn unit(&self) -> Result<Unit, RecordError> {
-        let unit = Unit::parse(&self.unit, self.contents.as_str())?;
-        let computed = unit.hash();
-        if computed != self.hash {
-            return Err(RecordError::HashMismatch {
-                name: self.unit.clone(),
-                stored: self.hash,
-                computed,
-            });
-        }
-        Ok(unit)
+        checked_unit(&self.unit, &self.contents, self.hash)
     }
 }
 
@@ -200,6 +182,20 @@ impl UnitStateReport {
     pub fn from_json(s: &str) -> Result<UnitStateReport, RecordError> {
         from_json("unit state", s)
     }
+}
+
+/// `contents` parsed as unit `name`, refused unless it hashes to `stored`.
+fn checked_unit(name: &str, contents: &str, stored: UnitHash) -> Result<Unit, RecordError> {
+    let unit = Unit::parse(name, contents)?;
+    let computed = unit.hash();
+    if computed != stored {
+        return Err(RecordError::HashMismatch {
+            name: name.to_string(),
+            stored,
+            computed,
+        });
+    }
+    Ok(unit)
 }
 
 fn from_json<T: for<'de> Deserialize<'de>>(what: &'static str, s: &str) -> Result<T, RecordError> {
