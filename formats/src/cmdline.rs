@@ -26,6 +26,10 @@ pub const METADATA: &str = "cairn.metadata";
 /// `cairn.metadata.imdsv1=1`: an EC2-compatible metadata service that
 /// refuses the IMDSv2 session token may be read without one (IMDSv1).
 pub const METADATA_IMDSV1: &str = "cairn.metadata.imdsv1";
+/// `cairn.verity=ROOTHASH:SALT:DATABLOCKS`: `/init` opens the root slot
+/// (or the root image in RAM) through dm-verity with these parameters
+/// (`crate::verity::Verity`); without it the root is mounted unverified.
+pub const VERITY: &str = "cairn.verity";
 
 /// Splits a command line into words the way the kernel does: on whitespace,
 /// except inside double quotes, which are removed.
@@ -78,6 +82,18 @@ pub fn root_in_ram(cmdline: &str) -> bool {
         == Some("ram")
 }
 
+/// The verity parameters a command line carries (`cairn.verity=`, the last
+/// one wins): `None` without one, an error for a malformed value.
+pub fn verity(
+    cmdline: &str,
+) -> Option<Result<crate::verity::Verity, crate::verity::VerityParseError>> {
+    split_words(cmdline)
+        .iter()
+        .filter_map(|w| w.strip_prefix(VERITY)?.strip_prefix('='))
+        .next_back()
+        .map(crate::verity::Verity::parse)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +120,14 @@ mod tests {
         assert!(root_in_ram("cairn.root=ram cairn.state=tmpfs"));
         assert!(!root_in_ram("cairn.root=ram cairn.root=disk"));
         assert!(!root_in_ram("cairn.slot=a"));
+    }
+
+    #[test]
+    fn verity_word() {
+        let v = format!("{}:{}:7", "ab".repeat(32), "cd".repeat(32));
+        let got = verity(&format!("cairn.verity=x cairn.verity={v} quiet"));
+        assert_eq!(got.unwrap().unwrap().data_blocks, 7);
+        assert!(verity("cairn.verity=x").unwrap().is_err());
+        assert!(verity("cairn.verityx=1 cairn.slot=a").is_none());
     }
 }

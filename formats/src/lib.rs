@@ -2,7 +2,8 @@
 //! run a cairn image, in one place so that a producer and its consumers
 //! cannot disagree: the GPT partition labels and the state partition's
 //! never-formatted mark ([`partitions`]), the kernel command-line keys and
-//! the kernel's word splitting ([`cmdline`]), the files of an image folder
+//! the kernel's word splitting ([`cmdline`]), the dm-verity layout of a
+//! root slot and its command-line value ([`verity`]), the files of an image folder
 //! that `cairn build` writes ([`image_dir`]) and the config drive's layout
 //! ([`config_drive`]), and the signed update channel (`channel`, behind
 //! the feature of that name), and the cluster's reboot lock that
@@ -26,6 +27,7 @@ pub mod image_dir;
 pub mod partitions;
 #[cfg(feature = "serde")]
 pub mod reboot_lock;
+pub mod verity;
 
 pub use image_dir::ImageDir;
 pub use partitions::Slot;
