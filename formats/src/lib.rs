@@ -6,7 +6,8 @@
 //! root slot and its command-line value ([`verity`]), the files of an image folder
 //! that `cairn build` writes ([`image_dir`]) and the config drive's layout
 //! ([`config_drive`]), and the signed update channel (`channel`, behind
-//! the feature of that name), and the cluster's reboot lock that
+//! the feature of that name), the reports machines send `cairn serve` about
+//! their install, boots and updates (`lifecycle`, behind `channel`), and the cluster's reboot lock that
 //! `cairn-update` takes and fleet's engine drains for (`reboot_lock`,
 //! behind `serde`). Dependency-free without features (serde and
 //! the channel's crypto and JSON behind them), so that `/init` can use it
@@ -24,6 +25,8 @@ pub mod channel;
 pub mod cmdline;
 pub mod config_drive;
 pub mod image_dir;
+#[cfg(feature = "channel")]
+pub mod lifecycle;
 pub mod partitions;
 #[cfg(feature = "serde")]
 pub mod reboot_lock;
