@@ -10,6 +10,8 @@
 //! | `cairn.state=auto\|tmpfs\|label:NAME` | writable state: `auto` (default) is the partition labelled `cairn-state` on the slot's disk, or tmpfs with `cairn.root=ram`; `tmpfs` is diskless; `label:NAME` a partition with that GPT label on any disk |
 //! | `cairn.timeout=SECONDS` | how long to wait for each device (default 30) |
 //! | `cairn.debug` | print every step with the time elapsed since `/init` started |
+//! | `cairn.verity=ROOTHASH:SALT:BLOCKS` | open the root through dm-verity with these parameters (`cairn_formats::verity`); without it the root is mounted unverified; a malformed value stops the boot |
+//! | `cairn.tries=N` | unfinished boots of one slot's entry (boots that never reached `boot-complete.target`) after which `/init` marks the entry bad, with `cairn.verity=` on a disk (default 3, 1 to 9) |
 //! | `init=PATH` | program to run in the real root (default `/sbin/init`) |
 //! | `console=...` | the kernel's; kept for information, `/init` writes to `/dev/console` |
 
@@ -44,6 +46,10 @@ pub enum StateSource {
 
 /// Default for `cairn.timeout=`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `cairn.tries=`.
+pub const DEFAULT_TRIES: u32 = 3;
+/// `cairn.tries=`: see the module's table.
+pub const TRIES: &str = "cairn.tries";
 /// Default for `init=`.
 pub const DEFAULT_INIT: &str = "/sbin/init";
 /// Label of the state partition.
@@ -57,6 +63,10 @@ pub struct Cmdline {
     pub state: StateSource,
     pub timeout: Duration,
     pub debug: bool,
+    /// `cairn.verity=`: the root's dm-verity parameters.
+    pub verity: Option<cairn_formats::verity::Verity>,
+    /// `cairn.tries=`.
+    pub tries: u32,
     pub init: String,
     /// Every `console=` value, in order (the last one is `/dev/console`).
     pub consoles: Vec<String>,
@@ -72,6 +82,8 @@ impl Default for Cmdline {
             state: StateSource::Auto,
             timeout: DEFAULT_TIMEOUT,
             debug: false,
+            verity: None,
+            tries: DEFAULT_TRIES,
             init: DEFAULT_INIT.to_owned(),
             consoles: Vec::new(),
             unknown: Vec::new(),
@@ -138,6 +150,23 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
             }
             (keys::DEBUG, None | Some("1" | "yes" | "true")) => c.debug = true,
             (keys::DEBUG, Some("0" | "no" | "false")) => c.debug = false,
+            (keys::VERITY, v) => {
+                let v = v.unwrap_or("");
+                c.verity = Some(cairn_formats::verity::Verity::parse(v).map_err(|_| {
+                    err(
+                        key,
+                        v,
+                        "expected <root hash, 64 hex digits>:<salt, 64 hex digits>:<data blocks, a positive number>; not booting an unverified root",
+                    )
+                })?)
+            }
+            (TRIES, Some(v)) => {
+                c.tries = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=9).contains(n))
+                    .ok_or_else(|| err(key, v, "expected a number from 1 to 9"))?
+            }
             ("init", Some(v)) => {
                 if !v.starts_with('/') {
                     return Err(err(key, v, "expected an absolute path"));
@@ -211,6 +240,27 @@ mod tests {
         assert!(parse("cairn.slot=a cairn.timeout=soon").is_err());
         assert!(parse("cairn.slot=a cairn.root=nfs").is_err());
         assert!(parse("cairn.slot=a init=sbin/init").is_err());
+    }
+
+    #[test]
+    fn verity_and_tries() {
+        let v = format!("{}:{}:7", "ab".repeat(32), "cd".repeat(32));
+        let c = parse(&format!("cairn.slot=a cairn.verity={v} cairn.tries=1")).unwrap();
+        assert_eq!(c.verity.unwrap().data_blocks, 7);
+        assert_eq!(c.tries, 1);
+        assert!(c.unknown.is_empty());
+        let c = parse("cairn.slot=a").unwrap();
+        assert_eq!((c.verity, c.tries), (None, DEFAULT_TRIES));
+        for bad in ["cairn.verity=", "cairn.verity=abc", "cairn.verity"] {
+            let e = parse(&format!("cairn.slot=a {bad}")).unwrap_err();
+            assert_eq!(e.param, "cairn.verity");
+            assert!(
+                e.to_string().contains("not booting an unverified root"),
+                "{e}"
+            );
+        }
+        assert!(parse("cairn.slot=a cairn.tries=0").is_err());
+        assert!(parse("cairn.slot=a cairn.tries=10").is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! does not choose packages or build images.
 //!
 //! Modules used only by `/init` ([`cmdline`], [`blockdev`], [`bootdisk`],
-//! [`partition_table`], [`ext4`], [`boot`]) are public so they can be tested
+//! [`partition_table`], [`ext4`], [`boot`], [`dm`], [`verity`]) are public so they can be tested
 //! and documented; the builder has no need for them.
 
 pub mod blockdev;
@@ -14,10 +14,12 @@ pub mod boot;
 pub mod bootdisk;
 pub mod cmdline;
 pub mod cpio;
+pub mod dm;
 pub mod ext4;
 pub mod layout;
 pub mod modules;
 pub mod partition_table;
+pub mod verity;
 
 pub use cpio::CpioWriter;
 pub use modules::{

@@ -33,6 +33,9 @@ pub const MODULES_ORDER_FILE: &str = "modules.order-cairn";
 ///   state partition), vfat + its code pages (the ESP), loop (network boot
 ///   with the root image in RAM), efivarfs (to read which disk
 ///   systemd-boot came from, see `bootdisk`);
+/// * `dm_verity` (with `dm_mod`, `dm_bufio`, `reed_solomon`): the root
+///   through dm-verity with `cairn.verity=` (`sha256` is built into
+///   Debian's kernel); loaded on demand, see ON_DEMAND;
 /// * `virtio_rng`: a VM with a virtio RNG gets a seeded random pool at once;
 /// * `crc32c_generic`: ext4 and jbd2 need the "crc32c" crypto algorithm and
 ///   ask for it through `request_module`, which has no modprobe to call in
@@ -68,12 +71,15 @@ pub const DEFAULT_MODULES: &[&str] = &[
     // systemd-boot's variables (which disk the machine booted from); see
     // ON_DEMAND
     "efivarfs",
+    // the verified root (cairn.verity=); see ON_DEMAND
+    "dm_verity",
 ];
 
 /// Modules carried in the initramfs but loaded only when `/init` asks for
 /// them ([`Hotplug::named`]), not at start: efivarfs refuses to load
-/// (`ENODEV`) on a machine that did not boot through UEFI.
-pub const ON_DEMAND: &[&str] = &["efivarfs"];
+/// (`ENODEV`) on a machine that did not boot through UEFI; device-mapper
+/// and dm-verity cost a boot without `cairn.verity=` nothing.
+pub const ON_DEMAND: &[&str] = &["efivarfs", "dm_verity"];
 
 /// Why a closure could not be computed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

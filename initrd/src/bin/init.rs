@@ -24,12 +24,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cairn_formats::verity::Verity;
 use cairn_initrd::blockdev::{self, BlockDev, Want};
 use cairn_initrd::boot::{self, fail, Context, Failure};
 use cairn_initrd::bootdisk;
 use cairn_initrd::cmdline::{self, Cmdline, RootSource, StateSource, STATE_LABEL};
+use cairn_initrd::dm::{self, OnCorruption};
 use cairn_initrd::ext4;
 use cairn_initrd::partition_table::{self as pt, Gpt};
+use cairn_initrd::verity::{self, Count, Plan};
+use std::os::unix::fs::MetadataExt;
 
 const SYSROOT: &str = "/sysroot";
 const STATE: &str = "/run/cairn/state";
@@ -38,6 +42,10 @@ const IMAGE_ETC: &str = "/run/cairn/image-etc";
 const CLASS_BLOCK: &str = "/sys/class/block";
 const DEV: &str = "/dev";
 const FATAL_DELAY: Duration = Duration::from_secs(10);
+/// The device-mapper name of the verified root.
+const VERITY_NAME: &str = "cairn-root";
+/// Where /init mounts the ESP for a moment to look at or mark entries.
+const ESP_PEEK: &str = "/run/cairn/esp";
 
 /// Writes one `cairn-init: ` line to the console, ignoring errors (a PID 1
 /// without a console must not panic on `println!`).
@@ -123,8 +131,9 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
     modules.tick();
     report_modules(&mut modules, &clock, "for the devices present");
 
-    // The root image.
-    let (slot, root_desc) = match cmd.root {
+    // The root device (not mounted yet): the slot partition, or the image
+    // in the initramfs on a loop device.
+    let (slot, root_dev, root_node, root_desc, loop_fd) = match cmd.root {
         RootSource::Disk => {
             let label = cmd.slot.map(|s| s.label()).unwrap_or("cairn-a");
             let boot_disk = boot_disk(&cmd, &mut modules, &clock)?;
@@ -150,9 +159,12 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
             report_modules(&mut modules, &clock, &format!("while waiting for {label}"));
             let node = part.node(Path::new(DEV));
             clock.step(&format!("found {label} at {}", node.display()));
-            boot::mount_squashfs(&node, label, SYSROOT)?;
+            let dev = match (part.uevent.major, part.uevent.minor) {
+                (Some(ma), Some(mi)) => format!("{ma}:{mi}"),
+                _ => node.display().to_string(),
+            };
             let desc = format!("{label} ({})", node.display());
-            (Some(part), desc)
+            (Some(part), dev, node, desc, None)
         }
         RootSource::Ram => {
             let img = PathBuf::from(format!("/{}", cairn_initrd::RAM_ROOT_IMAGE));
@@ -163,12 +175,14 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
                 );
             }
             let (dev, fd) = boot::attach_loop(&img, cmd.timeout)?;
-            boot::mount_squashfs(&dev, cairn_initrd::RAM_ROOT_IMAGE, SYSROOT)?;
-            drop(fd);
-            (None, format!("{} on {}", img.display(), dev.display()))
+            let rdev = fs::metadata(&dev)
+                .ctx(|| format!("stat {}", dev.display()))?
+                .rdev();
+            let majmin = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+            let desc = format!("{} on {}", img.display(), dev.display());
+            (None, majmin, dev, desc, Some(fd))
         }
     };
-    clock.step(&format!("mounted root {root_desc} on {SYSROOT}"));
 
     // The slot's disk and its partition table (disk boots only).
     let disk = match &slot {
@@ -186,7 +200,8 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
         None => None,
     };
 
-    // The writable state.
+    // The writable state, mounted before the root: a verified root's count
+    // of unfinished boots lives there (cairn_initrd::verity).
     let state_part = match (&cmd.state, &disk) {
         (StateSource::Tmpfs, _) | (StateSource::Auto, None) => None,
         (StateSource::Auto, Some((name, node, gpt))) => {
@@ -213,6 +228,9 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
             &mut modules,
         )?),
     };
+    // A state partition that is not ours stops the boot with the image's
+    // shell, which needs the root: remembered until the root is mounted.
+    let mut not_ours = None;
     let state_desc = match &state_part {
         None => {
             boot::mount_tmpfs(STATE)?;
@@ -222,11 +240,78 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
             match prepare_state(part, &clock) {
                 Ok(()) => {}
                 Err(StateError::Failure(f)) => return Err(f),
-                Err(StateError::NotOurs(msg)) => emergency(&msg),
+                Err(StateError::NotOurs(msg)) => not_ours = Some(msg),
             }
             format!("{} (ext4)", part.node(Path::new(DEV)).display())
         }
     };
+
+    // The root, through dm-verity when the command line carries its hash.
+    let mut counted = false;
+    match &cmd.verity {
+        None => {
+            boot::mount_squashfs(&root_node, &root_desc, SYSROOT)?;
+        }
+        Some(v) => {
+            let esp = disk.as_ref().and_then(|(name, _, gpt)| {
+                gpt.partitions()
+                    .into_iter()
+                    .find(|p| p.name == "ESP" || p.is_esp())
+                    .map(|p| (name.clone(), p.number))
+            });
+            let guard = match (&slot, state_part.is_some() && not_ours.is_none()) {
+                (Some(part), true) => Some(Guard::new(
+                    part.uevent.partname.as_deref().unwrap_or("cairn-a"),
+                    esp,
+                    &cmd,
+                    &mut modules,
+                )),
+                _ => None,
+            };
+            let mode = match &guard {
+                None => verity::plan(0, cmd.tries, false, false),
+                Some(g) => verity::plan(g.earlier, cmd.tries, true, g.can_fall_back()),
+            };
+            let mode = match (mode, &guard) {
+                (Plan::Open(mode), _) => mode,
+                (Plan::MarkBad, Some(g)) => g.give_up(
+                    &format!(
+                        "{root_desc} (verity root hash {}): {} boot(s) in a row never reached boot-complete.target",
+                        v.root_hash_hex(),
+                        g.earlier
+                    ),
+                    g.earlier,
+                ),
+                (Plan::MarkBad, None) => OnCorruption::Eio,
+            };
+            if let Some(g) = &guard {
+                g.count()?;
+                counted = true;
+            }
+            if mode == OnCorruption::Eio && slot.is_some() {
+                say(&format!(
+                    "warning: {root_desc}: a corrupt block fails its read (EIO) instead of restarting the machine ({})",
+                    if guard.is_some() { "no other boot entry to fall back to" } else { "no state partition or loader entry to count restarts with" }
+                ));
+            }
+            modules.load_named("dm_verity");
+            report_modules(&mut modules, &clock, "for dm-verity");
+            let opened = open_verity(v, &root_dev, &root_desc, mode, &cmd);
+            if let Err(f) = opened {
+                match &guard {
+                    Some(g) if g.can_fall_back() => {
+                        g.give_up(&f.0, g.earlier + 1);
+                    }
+                    _ => return Err(f),
+                }
+            }
+        }
+    }
+    drop(loop_fd);
+    clock.step(&format!("mounted root {root_desc} on {SYSROOT}"));
+    if let Some(msg) = not_ours {
+        emergency(&msg);
+    }
     for dir in ["var", "home", "root"] {
         boot::bind_state_dir(STATE, SYSROOT, dir)?;
     }
@@ -259,6 +344,15 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
         }
     }
 
+    if counted {
+        match verity::install_clear_unit(Path::new("/run"), STATE) {
+            Ok(unit) => clock.step(&format!(
+                "{} clears the count of unfinished boots at boot-complete.target",
+                unit.display()
+            )),
+            Err(e) => say(&format!("warning: writing {}: {e}", verity::CLEAR_UNIT)),
+        }
+    }
     report_modules(&mut modules, &clock, "in all");
     say(&format!(
         "root {root_desc}, state {state_desc}; switching to {} after {:.3}s",
@@ -266,6 +360,152 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
         clock.secs()
     ));
     Err(boot::switch_root(SYSROOT, &cmd.init))
+}
+
+/// Opens the root `dev` (`MAJOR:MINOR`) through dm-verity and mounts the
+/// squashfs on the verity device at SYSROOT.
+fn open_verity(
+    v: &Verity,
+    dev: &str,
+    desc: &str,
+    mode: OnCorruption,
+    cmd: &Cmdline,
+) -> Result<(), Failure> {
+    let hash = v.root_hash_hex();
+    let table = dm::verity_table(v, dev, mode);
+    let mapped = dm::create_read_only(VERITY_NAME, &table, cmd.timeout).map_err(|e| {
+        Failure(format!(
+            "opening {desc} through dm-verity (root hash {hash}, {} data blocks): {e} (the kernel's device-mapper line above says why)",
+            v.data_blocks
+        ))
+    })?;
+    let how = match mode {
+        OnCorruption::Restart => "restart_on_corruption",
+        OnCorruption::Eio => "EIO on corruption",
+    };
+    say(&format!(
+        "root {desc} through dm-verity as {} ({VERITY_NAME}, {}:{}): root hash {hash}, {} data blocks, {how}",
+        mapped.node.display(),
+        mapped.major,
+        mapped.minor,
+        v.data_blocks
+    ));
+    if let Err(f) = boot::mount_squashfs(&mapped.node, desc, SYSROOT) {
+        let _ = dm::remove_device(VERITY_NAME);
+        return Err(Failure(format!(
+            "{f}: {desc} does not match the verity root hash {hash} on the command line (a read failed verification) or holds no squashfs"
+        )));
+    }
+    Ok(())
+}
+
+/// The bookkeeping of a verified root on a disk with a state partition:
+/// this slot's entry, its unfinished boots so far, and the ESP's entries.
+struct Guard {
+    slot: String,
+    /// The loader's entry id, `-` when there is none.
+    entry: String,
+    earlier: u32,
+    /// The ESP's node, when the disk has one.
+    esp: Option<PathBuf>,
+    /// The booted entry's file and whether another entry is not bad.
+    booted: Option<String>,
+    other: bool,
+}
+
+impl Guard {
+    fn new(
+        slot: &str,
+        esp: Option<(String, u32)>,
+        cmd: &Cmdline,
+        modules: &mut boot::ModuleLoader,
+    ) -> Guard {
+        let entry = match boot::read_efi_variable(verity::LOADER_ENTRY_SELECTED) {
+            Ok(raw) => raw.and_then(|r| verity::parse_efi_string(&r)),
+            Err(e) => {
+                say(&format!("warning: {e}"));
+                None
+            }
+        };
+        let esp = esp.and_then(|(disk, n)| {
+            wait_partition(&Want::Number(&disk, n), "ESP", cmd, modules)
+                .map(|p| p.node(Path::new(DEV)))
+                .map_err(|e| say(&format!("warning: {e}")))
+                .ok()
+        });
+        let mut g = Guard {
+            slot: slot.to_owned(),
+            entry: entry.clone().unwrap_or_else(|| "-".to_owned()),
+            earlier: Count::earlier(
+                verity::read_count(Path::new(STATE)).as_ref(),
+                slot,
+                entry.as_deref().unwrap_or("-"),
+            ),
+            esp,
+            booted: None,
+            other: false,
+        };
+        if let (Some(id), Some(node)) = (&entry, &g.esp) {
+            match with_esp(node, verity::entry_files) {
+                Ok(files) => (g.booted, g.other) = verity::find_booted(&files, id),
+                Err(e) => say(&format!("warning: reading the boot entries: {e}")),
+            }
+        }
+        g
+    }
+
+    fn can_fall_back(&self) -> bool {
+        self.booted.is_some() && self.other
+    }
+
+    /// Adds this boot to the count, durably, before the root is opened.
+    fn count(&self) -> Result<(), Failure> {
+        let c = Count {
+            slot: self.slot.clone(),
+            entry: self.entry.clone(),
+            boots: self.earlier + 1,
+        };
+        verity::write_count(Path::new(STATE), &c).ctx(|| {
+            format!(
+                "writing {STATE}/{} (the count of unfinished boots)",
+                verity::COUNT_FILE
+            )
+        })
+    }
+
+    /// Marks the booted entry bad, as boot counting does, and reboots so
+    /// that the loader starts the other slot. Never returns.
+    fn give_up(&self, why: &str, boots: u32) -> ! {
+        let (Some(file), Some(node)) = (&self.booted, &self.esp) else {
+            die(why)
+        };
+        say(&format!("FATAL: {why}"));
+        match with_esp(node, |esp| verity::mark_bad(esp, file, boots.max(1))) {
+            Ok(new) => say(&format!(
+                "marked boot entry {file} of {} bad ({new}); rebooting into the other slot",
+                self.slot
+            )),
+            Err(e) => die(&format!("marking boot entry {file} bad: {e}")),
+        }
+        let _ = fs::remove_file(Path::new(STATE).join(verity::COUNT_FILE));
+        rustix::fs::sync();
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Runs `f` on the ESP mounted for a moment at ESP_PEEK.
+fn with_esp<T>(node: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> Result<T, String> {
+    fs::create_dir_all(ESP_PEEK).map_err(|e| format!("creating {ESP_PEEK}: {e}"))?;
+    boot::mount_esp(node, ESP_PEEK).map_err(|e| e.0)?;
+    let out = f(Path::new(ESP_PEEK)).map_err(|e| format!("{}: {e}", node.display()));
+    if let Err(e) = rustix::mount::unmount(ESP_PEEK, rustix::mount::UnmountFlags::empty()) {
+        say(&format!("warning: unmounting {ESP_PEEK}: {e}"));
+    }
+    out
 }
 
 /// Prints module load failures (always) and, with `cairn.debug`, a
