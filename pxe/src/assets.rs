@@ -1,14 +1,17 @@
 //! Files of image folders (`assets/<image>/<file>`) and of the iPXE directory: path-safe resolution,
-//! non-blocking opens of regular files only, and HTTP responses with single-range requests, strong ETags, conditional requests, streamed bodies.
+//! non-blocking opens of regular files only, and HTTP responses with single-range requests, strong
+//! ETags, conditional requests; bodies go out with sendfile(2) (a [`FileBody`] on the response, see
+//! `http::sendfile`) or, where hyper writes the response, streamed from the same open file.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt as _, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use bytes::Bytes;
 
 use crate::inventory::Inventory;
 
@@ -243,18 +246,79 @@ pub async fn file_response(file: File, headers: &HeaderMap) -> Response<Body> {
                 .expect("static response parts");
         }
     };
-    let mut f = tokio::fs::File::from_std(file);
-    if start > 0 {
-        if let Err(e) = f.seek(std::io::SeekFrom::Start(start)).await {
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
-        }
-    }
-    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(count), 256 * 1024);
+    // The body is read from this descriptor only (the one whose metadata made the ETag): a file
+    // renamed over the path meanwhile does not change what this response sends.
+    let file = Arc::new(file);
     builder
         .header(header::CONTENT_LENGTH, HeaderValue::from(count))
         .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(Body::from_stream(stream))
+        .extension(FileBody {
+            file: file.clone(),
+            start,
+            len: count,
+        })
+        .body(streamed(file, start, count))
         .expect("static response parts")
+}
+
+/// The body of a 200 or 206 file response as an open file and a byte range: the HTTP listener sends
+/// it with sendfile(2) and drops the response's streamed body, which only hyper's path reads.
+#[derive(Debug, Clone)]
+pub(crate) struct FileBody {
+    pub(crate) file: Arc<File>,
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+}
+
+/// Reads per chunk of the streamed body.
+const CHUNK: u64 = 256 * 1024;
+
+/// `len` bytes of `file` from `start`, read with `pread` (no shared file offset) off the runtime's
+/// workers; a file that ends early ends the body with an error, so the connection is cut rather than
+/// a short body passed off as complete.
+fn streamed(file: Arc<File>, start: u64, len: u64) -> Body {
+    let end = start.saturating_add(len);
+    let chunks = futures_util::stream::unfold(Some(start), move |pos| {
+        let file = file.clone();
+        async move {
+            let pos = pos?;
+            if pos >= end {
+                return None;
+            }
+            let want = (end - pos).min(CHUNK) as usize;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; want];
+                let mut got = 0;
+                while got < want {
+                    match file.read_at(&mut buf[got..], pos + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf.truncate(got);
+                Ok(buf)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match read {
+                Ok(buf) if !buf.is_empty() => {
+                    let next = pos + buf.len() as u64;
+                    Some((Ok(Bytes::from(buf)), Some(next)))
+                }
+                Ok(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file shrank while being served",
+                    )),
+                    None,
+                )),
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    });
+    Body::from_stream(chunks)
 }
 
 /// A `text/plain` response.

@@ -13,14 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::net::SocketAddr;
+
 use axum::extract::ConnectInfo;
 use axum::Router;
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes, BytesMut};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::service::Service as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
+
+mod sendfile;
 
 /// Limits of the HTTP server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +66,8 @@ struct State {
     head_started: Option<Instant>,
     /// A write has been waiting for the client since then.
     write_blocked_since: Option<Instant>,
+    /// Requests answered on this connection so far.
+    finished: u64,
 }
 
 struct Conn {
@@ -71,6 +78,26 @@ struct Conn {
 impl Conn {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Request bytes arrived: with nothing in flight they start a head, and its deadline.
+    fn note_read(&self) {
+        let mut s = self.lock();
+        if s.in_flight == 0 && s.head_started.is_none() {
+            s.head_started = Some(Instant::now());
+        }
+    }
+
+    /// A write went through: the client reads.
+    fn wrote(&self) {
+        self.lock().write_blocked_since = None;
+    }
+
+    /// A write waits for the client (the first wait of a stall starts `send_timeout`).
+    fn write_blocked(&self) {
+        self.lock()
+            .write_blocked_since
+            .get_or_insert_with(Instant::now);
     }
 
     /// Why the connection should be closed now, if it should.
@@ -130,6 +157,7 @@ impl Table {
                 idle_since: Instant::now(),
                 head_started: None,
                 write_blocked_since: None,
+                finished: 0,
             }),
             close: Notify::new(),
         });
@@ -142,44 +170,94 @@ impl Table {
     }
 }
 
-/// The TCP stream, telling the watchdog when request bytes arrive and when writes stall.
-struct Watched {
+/// The TCP stream as hyper sees it: first the bytes the zero-copy path read ahead (`feed`), then the
+/// socket, telling the watchdog when request bytes arrive and when writes stall. For a single
+/// request (`one`), bytes after it are kept in `ahead` for the zero-copy path instead of being given
+/// to hyper, and [`Round::flushed`] is set once that request's response is entirely on the socket.
+struct Side {
     io: TcpStream,
     conn: Arc<Conn>,
+    feed: BytesMut,
+    one: Option<Arc<Round>>,
+    ahead: BytesMut,
+    /// The client closed its side (seen while `ahead` held a request; hyper is not told).
+    eof: bool,
 }
 
-impl AsyncRead for Watched {
+/// One request handed to hyper on a connection that then comes back to the zero-copy path.
+struct Round {
+    /// Requests finished on the connection before this one.
+    finished_before: u64,
+    flushed: std::sync::atomic::AtomicBool,
+    wake: Notify,
+}
+
+/// Read-ahead kept for the zero-copy path while hyper answers one request (a request head is never
+/// larger: hyper's own limit answers bigger ones).
+const AHEAD_MAX: usize = 64 * 1024;
+
+impl AsyncRead for Side {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.io).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let mut s = this.conn.lock();
-            if s.in_flight == 0 && s.head_started.is_none() {
-                s.head_started = Some(Instant::now());
+        if !this.feed.is_empty() {
+            let n = this.feed.len().min(buf.remaining());
+            buf.put_slice(&this.feed.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        if this.one.is_none() {
+            if !this.ahead.is_empty() {
+                let n = this.ahead.len().min(buf.remaining());
+                buf.put_slice(&this.ahead.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            let r = Pin::new(&mut this.io).poll_read(cx, buf);
+            if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+                this.conn.note_read();
+            }
+            return r;
+        }
+        // One request: whatever follows it is the zero-copy path's; hyper only learns that the
+        // client went away (so a long poll is dropped) when nothing of another request came first.
+        loop {
+            if this.eof || this.ahead.len() >= AHEAD_MAX {
+                return Poll::Pending;
+            }
+            let mut chunk = [0u8; 4096];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                    this.eof = true;
+                    if this.ahead.is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(())) => {
+                    this.conn.note_read();
+                    this.ahead.extend_from_slice(rb.filled());
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
-        r
     }
 }
 
-impl Watched {
+impl Side {
     fn note_write<T>(&self, r: &Poll<io::Result<T>>) {
-        let mut s = self.conn.lock();
         match r {
-            Poll::Pending => {
-                s.write_blocked_since.get_or_insert_with(Instant::now);
-            }
-            Poll::Ready(_) => s.write_blocked_since = None,
+            Poll::Pending => self.conn.write_blocked(),
+            Poll::Ready(_) => self.conn.wrote(),
         }
     }
 }
 
-impl AsyncWrite for Watched {
+impl AsyncWrite for Side {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -207,7 +285,17 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        // hyper flushes the socket only once its own buffer is written out: when the request is
+        // finished too, the whole response is on the socket and the connection can come back.
+        if let Some(round) = &this.one {
+            if this.conn.lock().finished > round.finished_before
+                && !round.flushed.swap(true, Ordering::AcqRel)
+            {
+                round.wake.notify_one();
+            }
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -233,6 +321,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let mut s = self.0.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
+        s.finished += 1;
         if s.in_flight == 0 {
             s.idle_since = Instant::now();
             s.head_started = None;
@@ -294,6 +383,233 @@ async fn refuse(mut stream: TcpStream) {
     .await;
 }
 
+/// A request head larger than this goes to hyper, whose own limit answers it.
+const HEAD_MAX: usize = 64 * 1024;
+
+/// What the hyper service's calls return.
+type HyperAnswer =
+    Pin<Box<dyn Future<Output = Result<hyper::Response<Guarded>, Infallible>> + Send>>;
+
+/// The hyper service for requests hyper answers: the router, with each request counted [`Busy`]
+/// until its response body is done.
+fn hyper_service(
+    app: &Router,
+    conn: &Arc<Conn>,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<Guarded>,
+    Error = Infallible,
+    Future = HyperAnswer,
+> + Unpin {
+    let router = hyper_util::service::TowerToHyperService::new(app.clone());
+    let conn = conn.clone();
+    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let busy = Busy::new(conn.clone());
+        let fut = router.call(req);
+        Box::pin(async move {
+            let resp = match fut.await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            Ok::<_, Infallible>(resp.map(|b| Guarded {
+                inner: b,
+                busy: Some(busy),
+            }))
+        }) as HyperAnswer
+    })
+}
+
+/// One connection: request heads are read here; GET and HEAD of files are answered on the zero-copy
+/// path ([`sendfile`]), any other request by hyper, which gives the connection back after a request
+/// without a body, or keeps it to the end after one with a body (or a malformed head, or one asking
+/// to close). The watchdog around this future enforces the timeouts; `stop` ends it between
+/// requests.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = stream;
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut eof = false;
+    loop {
+        let head = loop {
+            match sendfile::parse(&buf) {
+                sendfile::Parsed::Complete(h) => break Some(h),
+                sendfile::Parsed::Other => break None,
+                sendfile::Parsed::Partial if buf.len() >= HEAD_MAX => break None,
+                sendfile::Parsed::Partial => {}
+            }
+            if eof || *stop.borrow() {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            tokio::select! {
+                r = stream.read_buf(&mut buf) => match r {
+                    Ok(0) => eof = true,
+                    Ok(_) => conn.note_read(),
+                    Err(_) => return,
+                },
+                _ = stopped(&mut stop) => {}
+            }
+        };
+        if let Some(h) = head.as_ref().filter(|h| h.zero_copy()) {
+            if let Some(req) = h.request(peer) {
+                buf.advance(h.len);
+                let keep = h.keep_alive && !*stop.borrow();
+                match answer(&stream, &conn, &app, h, req, keep).await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, "HTTP connection: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+        // hyper answers. One request without a body, from a client that keeps the connection:
+        // hyper gets exactly its head, and the connection comes back after the response.
+        let one = head
+            .as_ref()
+            .filter(|h| h.keep_alive && !h.special)
+            .map(|h| h.len);
+        let round = one.map(|_| {
+            Arc::new(Round {
+                finished_before: conn.lock().finished,
+                flushed: std::sync::atomic::AtomicBool::new(false),
+                wake: Notify::new(),
+            })
+        });
+        let feed = match one {
+            Some(n) => buf.split_to(n),
+            None => buf.split(),
+        };
+        let side = Side {
+            io: stream,
+            conn: conn.clone(),
+            feed,
+            one: round.clone(),
+            ahead: buf,
+            eof,
+        };
+        let mut http = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(side),
+                hyper_service(&app, &conn, peer),
+            );
+        let mut closing = false;
+        let mut stopping = false;
+        let done = loop {
+            tokio::select! {
+                r = std::future::poll_fn(|cx| http.poll_without_shutdown(cx)) => break r,
+                _ = async { round.as_ref().expect("one request").wake.notified().await },
+                    if round.is_some() && !closing => {
+                    closing = true;
+                    Pin::new(&mut http).graceful_shutdown();
+                }
+                _ = stopped(&mut stop), if !closing && !stopping => {
+                    stopping = true;
+                    closing = true;
+                    Pin::new(&mut http).graceful_shutdown();
+                }
+            }
+        };
+        let parts = http.into_parts();
+        let mut side = parts.io.into_inner();
+        if let Err(e) = &done {
+            tracing::debug!(%peer, "HTTP connection: {e}");
+            return;
+        }
+        let back = round
+            .as_ref()
+            .is_some_and(|r| r.flushed.load(Ordering::Acquire));
+        if !back || stopping || *stop.borrow() {
+            let _ = side.io.shutdown().await;
+            return;
+        }
+        // What hyper read and did not use comes before what was read ahead for the next request.
+        let mut rest = BytesMut::from(&parts.read_buf[..]);
+        rest.extend_from_slice(&side.ahead);
+        stream = side.io;
+        buf = rest;
+        eof = side.eof;
+    }
+}
+
+/// Answers one request on the zero-copy path: the router makes the response; a file body goes out
+/// with sendfile(2), any other (short) body after the head. Ok(keep the connection).
+async fn answer(
+    stream: &TcpStream,
+    conn: &Arc<Conn>,
+    app: &Router,
+    head: &sendfile::Head,
+    req: axum::http::Request<axum::body::Body>,
+    keep: bool,
+) -> io::Result<bool> {
+    use hyper::service::Service as _;
+    let _busy = Busy::new(conn.clone());
+    let resp = match hyper_util::service::TowerToHyperService::new(app.clone())
+        .call(req)
+        .await
+    {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = resp.into_parts();
+    let keep = keep
+        && !parts
+            .headers
+            .get_all(axum::http::header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let head_only = head.method == axum::http::Method::HEAD;
+    let file = parts
+        .extensions
+        .get::<crate::assets::FileBody>()
+        .filter(|_| !head_only)
+        .cloned();
+    if let Some(f) = file {
+        drop(body);
+        let out = sendfile::response_head(
+            parts.status,
+            &parts.headers,
+            head.version,
+            Some(f.len),
+            keep,
+        );
+        sendfile::write_all(stream, conn, &out).await?;
+        sendfile::send_file(stream, conn, &f.file, f.start, f.len).await?;
+    } else if head_only {
+        drop(body);
+        let out = sendfile::response_head(parts.status, &parts.headers, head.version, None, keep);
+        sendfile::write_all(stream, conn, &out).await?;
+    } else {
+        // Error and 304/416 answers: a few bytes made in memory.
+        let bytes = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .map_err(io::Error::other)?;
+        let mut out = sendfile::response_head(
+            parts.status,
+            &parts.headers,
+            head.version,
+            Some(bytes.len() as u64),
+            keep,
+        );
+        out.extend_from_slice(&bytes);
+        sendfile::write_all(stream, conn, &out).await?;
+    }
+    Ok(keep)
+}
+
 /// Serves `app` on `listener` under `limits` until `stop` turns true, then lets requests in flight
 /// finish for up to `limits.shutdown_grace`.
 pub async fn serve(
@@ -333,45 +649,17 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = hyper_util::rt::TokioIo::new(Watched {
-            io: stream,
-            conn: conn.clone(),
-        });
-        let router = hyper_util::service::TowerToHyperService::new(app.clone());
-        let svc_conn = conn.clone();
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let busy = Busy::new(svc_conn.clone());
-            let fut = router.call(req);
-            async move {
-                let resp = match fut.await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                };
-                Ok::<_, Infallible>(resp.map(|b| Guarded {
-                    inner: b,
-                    busy: Some(busy),
-                }))
-            }
-        });
         let table = table.clone();
-        let mut stop = stop.clone();
+        let app = app.clone();
+        let stop = stop.clone();
         tasks.spawn(async move {
-            let http = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(io, svc);
-            tokio::pin!(http);
+            let work = connection(stream, peer, conn.clone(), app, stop);
+            tokio::pin!(work);
             let mut ticker = tokio::time::interval(tick);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut stopping = false;
             loop {
                 tokio::select! {
-                    r = http.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, "HTTP connection: {e}");
-                        }
-                        break;
-                    }
+                    () = work.as_mut() => break,
                     _ = conn.close.notified() => {
                         tracing::debug!(%peer, "HTTP connection closed to admit a new one");
                         break;
@@ -381,10 +669,6 @@ pub async fn serve(
                             tracing::debug!(%peer, "HTTP connection closed: {why}");
                             break;
                         }
-                    }
-                    _ = stopped(&mut stop), if !stopping => {
-                        stopping = true;
-                        http.as_mut().graceful_shutdown();
                     }
                 }
             }
