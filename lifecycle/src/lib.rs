@@ -1,0 +1,526 @@
+//! cairn-lifecycle: what `cairn serve` knows and decides about each
+//! machine over its life, apart from HTTP and iPXE: the install-once rule
+//! ([`machine`]), rollout waves with health feedback ([`rollout`]), the
+//! server-kept A/B of diskless machines ([`diskless`]) and their
+//! persistence ([`store`]). [`Lifecycle`] ties them together: the server
+//! asks it what to answer a netboot or an update check, and hands it the
+//! machines' reports (`cairn_formats::lifecycle`). Every change is saved
+//! before the answer goes out.
+
+pub mod diskless;
+pub mod machine;
+pub mod rollout;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cairn_formats::lifecycle::{Event, Report};
+
+pub use diskless::{Choice, Diskless};
+pub use machine::{InstallAction, Machine, Phase};
+pub use rollout::{Candidate, Decision, Plan, Rollout};
+pub use store::{FileStore, SetAside, Store, StoreError};
+
+/// Bounds on what the records may grow to.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Machines recorded at most; a new one beyond is refused.
+    pub max_machines: usize,
+    /// How long a diskless trial may go without a healthy report.
+    pub health_bound_secs: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_machines: 100_000,
+            health_bound_secs: 600,
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// A report from a MAC address that never netbooted from this server.
+    #[error("{mac}: no such machine (reports are taken only from machines that netbooted from this server)")]
+    UnknownMachine { mac: String },
+    #[error("{max} machines recorded: no room for {mac}")]
+    Full { mac: String, max: usize },
+    #[error("no rollout on channel {channel:?}")]
+    NoRollout { channel: String },
+    #[error("rollout plan: {0}")]
+    Plan(#[from] rollout::PlanError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The records and the store they are kept in.
+#[derive(Debug)]
+pub struct Lifecycle {
+    store: Arc<dyn Store>,
+    limits: Limits,
+    machines: BTreeMap<String, Machine>,
+    rollouts: BTreeMap<String, Rollout>,
+}
+
+impl Lifecycle {
+    /// Reads every record of `store`; the records that did not read are
+    /// returned (set aside, for the caller to log).
+    pub fn open(
+        store: Arc<dyn Store>,
+        limits: Limits,
+    ) -> Result<(Lifecycle, Vec<SetAside>), StoreError> {
+        let loaded = store.load()?;
+        let machines = loaded
+            .machines
+            .into_iter()
+            .map(|m| (m.mac.clone(), m))
+            .collect();
+        let rollouts = loaded
+            .rollouts
+            .into_iter()
+            .map(|r| (r.plan.channel.clone(), r))
+            .collect();
+        Ok((
+            Lifecycle {
+                store,
+                limits,
+                machines,
+                rollouts,
+            },
+            loaded.set_aside,
+        ))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn machine(&self, mac: &str) -> Option<&Machine> {
+        self.machines.get(mac)
+    }
+
+    pub fn machines(&self) -> impl Iterator<Item = &Machine> {
+        self.machines.values()
+    }
+
+    pub fn rollout(&self, channel: &str) -> Option<&Rollout> {
+        self.rollouts.get(channel)
+    }
+
+    pub fn rollouts(&self) -> impl Iterator<Item = &Rollout> {
+        self.rollouts.values()
+    }
+
+    /// The record of a machine that netbooted, made on its first netboot.
+    fn netbooted(&mut self, mac: &str, now: i64) -> Result<&mut Machine, LifecycleError> {
+        if !self.machines.contains_key(mac) && self.machines.len() >= self.limits.max_machines {
+            return Err(LifecycleError::Full {
+                mac: mac.to_owned(),
+                max: self.limits.max_machines,
+            });
+        }
+        let m = self
+            .machines
+            .entry(mac.to_owned())
+            .or_insert_with(|| Machine::new(mac, now));
+        m.last_seen = now;
+        Ok(m)
+    }
+
+    fn save(&self, mac: &str) -> Result<(), StoreError> {
+        match self.machines.get(mac) {
+            Some(m) => self.store.save_machine(m),
+            None => Ok(()),
+        }
+    }
+
+    /// A netboot under a profile that boots the network image as it is
+    /// (no install, no diskless A/B): only recorded.
+    pub fn seen(&mut self, mac: &str, now: i64) -> Result<(), LifecycleError> {
+        let new = !self.machines.contains_key(mac);
+        self.netbooted(mac, now)?;
+        if new {
+            self.save(mac)?;
+        }
+        Ok(())
+    }
+
+    /// A netboot under a profile that installs to disk.
+    pub fn install_boot(&mut self, mac: &str, now: i64) -> Result<InstallAction, LifecycleError> {
+        let action = self.netbooted(mac, now)?.on_install_boot(now);
+        self.save(mac)?;
+        Ok(action)
+    }
+
+    /// A netboot of a diskless machine the server wants on `wanted`.
+    pub fn diskless_boot(
+        &mut self,
+        mac: &str,
+        wanted: &str,
+        now: i64,
+    ) -> Result<Choice, LifecycleError> {
+        let bound = self.limits.health_bound_secs;
+        let m = self.netbooted(mac, now)?;
+        let choice = m.diskless.choose(wanted, now, bound);
+        let line = match &choice {
+            Choice::Wanted {
+                version,
+                trial: true,
+            } => format!("diskless: serving {version} (a trial until it reports healthy)"),
+            Choice::Wanted { .. } => String::new(),
+            Choice::Previous { version, reason } => {
+                format!("diskless: serving {version}, not {wanted}: {reason}")
+            }
+        };
+        if !line.is_empty() {
+            m.note(now, line);
+        }
+        self.save(mac)?;
+        Ok(choice)
+    }
+
+    /// A machine's report. `group` is the inventory group that matches the
+    /// machine (for rollout waves by group). Returns the rollout pause the
+    /// report caused, if any, for the caller to log.
+    pub fn report(
+        &mut self,
+        report: &Report,
+        group: Option<&str>,
+        now: i64,
+    ) -> Result<Option<rollout::Pause>, LifecycleError> {
+        let m =
+            self.machines
+                .get_mut(&report.mac)
+                .ok_or_else(|| LifecycleError::UnknownMachine {
+                    mac: report.mac.clone(),
+                })?;
+        m.apply(report, now);
+        m.diskless.report(&report.event, now);
+        let verdict = match &report.event {
+            Event::Healthy { version } => Some((version, Ok(()))),
+            Event::Unhealthy { version, reason }
+            | Event::RolledBack {
+                version, reason, ..
+            } => Some((version, Err(reason.clone()))),
+            _ => None,
+        };
+        let seed = m
+            .machine_id
+            .as_deref()
+            .map(cairn_formats::channel::rollout::machine_seed);
+        let mut pause = None;
+        if let (Some((version, verdict)), Some(seed)) = (verdict, seed) {
+            let c = Candidate {
+                mac: &report.mac,
+                seed,
+                group,
+            };
+            for r in self.rollouts.values_mut() {
+                if r.plan.version == *version {
+                    if let Some(p) = r.record(&c, version, verdict.clone(), now) {
+                        pause = Some(p.clone());
+                    }
+                    self.store.save_rollout(r)?;
+                }
+            }
+        }
+        self.save(&report.mac)?;
+        Ok(pause)
+    }
+
+    /// Whether the rollout on `channel` offers its version to this machine
+    /// now (`None`: no rollout on that channel, the newest bundle is
+    /// offered as before).
+    pub fn offer(
+        &mut self,
+        channel: &str,
+        c: &Candidate<'_>,
+        now: i64,
+    ) -> Result<Option<Decision>, LifecycleError> {
+        let Some(r) = self.rollouts.get_mut(channel) else {
+            return Ok(None);
+        };
+        let before = r.clone();
+        let d = r.decide(c, now);
+        if *r != before {
+            self.store.save_rollout(r)?;
+        }
+        Ok(Some(d))
+    }
+
+    /// Starts (or replaces) the rollout of `plan.channel`.
+    pub fn start_rollout(&mut self, plan: Plan, now: i64) -> Result<&Rollout, LifecycleError> {
+        let r = Rollout::start(plan, now)?;
+        self.store.save_rollout(&r)?;
+        let channel = r.plan.channel.clone();
+        self.rollouts.insert(channel.clone(), r);
+        Ok(&self.rollouts[&channel])
+    }
+
+    /// Operator: resume a paused rollout.
+    pub fn resume_rollout(&mut self, channel: &str, now: i64) -> Result<(), LifecycleError> {
+        let r = self
+            .rollouts
+            .get_mut(channel)
+            .ok_or_else(|| LifecycleError::NoRollout {
+                channel: channel.to_owned(),
+            })?;
+        r.resume(now);
+        self.store.save_rollout(r)?;
+        Ok(())
+    }
+
+    /// Operator: install this machine again at its next netboot.
+    pub fn reinstall(
+        &mut self,
+        mac: &str,
+        allow_overwrite: bool,
+        now: i64,
+    ) -> Result<(), LifecycleError> {
+        self.netbooted(mac, now)?.reinstall(allow_overwrite, now);
+        self.save(mac)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_formats::lifecycle::BootSource;
+    use rollout::{Members, WavePlan};
+
+    fn id(i: u8) -> String {
+        format!("{:032x}", u128::from(i) + 0xabc0)
+    }
+
+    fn rep(mac: &str, i: u8, event: Event) -> Report {
+        Report {
+            mac: mac.into(),
+            machine_id: Some(id(i)),
+            event,
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> Lifecycle {
+        let store = Arc::new(FileStore::open(dir).unwrap());
+        Lifecycle::open(store, Limits::default()).unwrap().0
+    }
+
+    #[test]
+    fn four_machines_two_waves_the_canary_fails_and_the_rest_never_get_it() {
+        let t = tempfile::tempdir().unwrap();
+        let mut l = open(t.path());
+        let macs = ["m:0", "m:1", "m:2", "m:3"];
+        let group = |i: usize| if i == 0 { "canary" } else { "web" };
+        for (i, mac) in macs.iter().enumerate() {
+            l.seen(mac, 0).unwrap();
+            l.report(
+                &rep(
+                    mac,
+                    i as u8,
+                    Event::Booted {
+                        image: "t".into(),
+                        version: "1.0.0".into(),
+                        source: BootSource::A,
+                    },
+                ),
+                Some(group(i)),
+                1,
+            )
+            .unwrap();
+        }
+        l.start_rollout(
+            Plan {
+                channel: "lab".into(),
+                version: "2.0.0".into(),
+                waves: vec![
+                    WavePlan {
+                        name: "canary".into(),
+                        members: Members::Groups(vec!["canary".into()]),
+                        soak_secs: 300,
+                    },
+                    WavePlan {
+                        name: "rest".into(),
+                        members: Members::Percent(100),
+                        soak_secs: 0,
+                    },
+                ],
+                max_failures: 0,
+            },
+            10,
+        )
+        .unwrap();
+        let cand = |i: usize, ids: &[String]| Candidate {
+            mac: macs[i],
+            seed: cairn_formats::channel::rollout::machine_seed(&ids[i]),
+            group: Some(group(i)),
+        };
+        let ids: Vec<String> = (0..4).map(|i| id(i as u8)).collect();
+        assert_eq!(
+            l.offer("lab", &cand(0, &ids), 20).unwrap(),
+            Some(Decision::Offer { wave: 0 })
+        );
+        assert!(matches!(
+            l.offer("lab", &cand(1, &ids), 20).unwrap(),
+            Some(Decision::Hold { .. })
+        ));
+        assert_eq!(l.offer("other", &cand(1, &ids), 20).unwrap(), None);
+        let pause = l
+            .report(
+                &rep(
+                    macs[0],
+                    0,
+                    Event::RolledBack {
+                        version: "2.0.0".into(),
+                        to_version: "1.0.0".into(),
+                        reason: "cairn-broken.service failed".into(),
+                    },
+                ),
+                Some("canary"),
+                100,
+            )
+            .unwrap()
+            .expect("the rollout pauses");
+        assert!(pause.reason.contains("wave canary failed 2.0.0 (m:0)"));
+        for i in 1..4 {
+            let d = l.offer("lab", &cand(i, &ids), 10_000).unwrap().unwrap();
+            assert!(
+                matches!(&d, Decision::Hold { reason } if reason.contains("paused")),
+                "{d:?}"
+            );
+        }
+        // after a restart of the server: the same records, still paused
+        drop(l);
+        let mut l = open(t.path());
+        assert!(l.rollout("lab").unwrap().paused.is_some());
+        assert!(matches!(
+            l.offer("lab", &cand(2, &ids), 20_000).unwrap(),
+            Some(Decision::Hold { .. })
+        ));
+        let m = l.machine("m:0").unwrap();
+        assert!(m
+            .history
+            .iter()
+            .any(|h| h.what.contains("rolled back to 1.0.0")));
+    }
+
+    #[test]
+    fn reports_only_from_machines_that_netbooted_and_bounded_in_count() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStore::open(t.path()).unwrap());
+        let (mut l, _) = Lifecycle::open(
+            store,
+            Limits {
+                max_machines: 2,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+        let e = l
+            .report(
+                &rep(
+                    "52:54:00:00:00:09",
+                    1,
+                    Event::Healthy {
+                        version: "1".into(),
+                    },
+                ),
+                None,
+                0,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("no such machine"), "{e}");
+        l.seen("a", 0).unwrap();
+        l.seen("b", 0).unwrap();
+        l.seen("a", 1).unwrap();
+        assert!(matches!(l.seen("c", 2), Err(LifecycleError::Full { .. })));
+        assert!(matches!(
+            l.install_boot("c", 2),
+            Err(LifecycleError::Full { .. })
+        ));
+    }
+
+    #[test]
+    fn install_once_across_a_server_restart() {
+        let t = tempfile::tempdir().unwrap();
+        let mut l = open(t.path());
+        assert!(matches!(
+            l.install_boot("m:1", 0).unwrap(),
+            InstallAction::Install { attempt: 1, .. }
+        ));
+        l.report(
+            &rep(
+                "m:1",
+                1,
+                Event::InstallFinished {
+                    disk: "/dev/vda".into(),
+                    image: "t".into(),
+                    version: "1.0.0".into(),
+                },
+            ),
+            None,
+            50,
+        )
+        .unwrap();
+        drop(l);
+        let mut l = open(t.path());
+        assert_eq!(l.install_boot("m:1", 60).unwrap(), InstallAction::LocalDisk);
+        assert_eq!(
+            l.machine("m:1").unwrap().machine_id.as_deref(),
+            Some(id(1).as_str())
+        );
+    }
+
+    #[test]
+    fn a_diskless_machine_goes_back_after_a_failed_image() {
+        let t = tempfile::tempdir().unwrap();
+        let mut l = open(t.path());
+        assert_eq!(l.diskless_boot("d:1", "1.0", 0).unwrap().version(), "1.0");
+        l.report(
+            &rep(
+                "d:1",
+                1,
+                Event::Healthy {
+                    version: "1.0".into(),
+                },
+            ),
+            None,
+            30,
+        )
+        .unwrap();
+        assert_eq!(l.diskless_boot("d:1", "2.0", 100).unwrap().version(), "2.0");
+        l.report(
+            &rep(
+                "d:1",
+                1,
+                Event::Unhealthy {
+                    version: "2.0".into(),
+                    reason: "etcd did not answer".into(),
+                },
+            ),
+            None,
+            200,
+        )
+        .unwrap();
+        drop(l);
+        let mut l = open(t.path());
+        let c = l.diskless_boot("d:1", "2.0", 260).unwrap();
+        assert_eq!(
+            c,
+            Choice::Previous {
+                version: "1.0".into(),
+                reason: "2.0 failed here: health gate failed: etcd did not answer".into()
+            }
+        );
+        let m = l.machine("d:1").unwrap();
+        assert!(m
+            .history
+            .back()
+            .unwrap()
+            .what
+            .contains("serving 1.0, not 2.0"));
+    }
+}
