@@ -370,6 +370,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
                 initrd: &v3.join("initrd.img"),
                 created: cairn_updater::fsutil::now(),
                 validity_secs: 86400,
+                verity: None,
             },
             key,
         )

@@ -142,6 +142,10 @@ impl FromStr for DiskFormat {
     }
 }
 
+/// `manifest.json`'s `verity`.
+#[cfg(feature = "serde")]
+pub use crate::verity::VerityRecord;
+
 /// One artifact in `manifest.json`.
 #[cfg(feature = "serde")]
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -180,6 +184,10 @@ pub struct Manifest {
     pub kernel_release: String,
     pub packages: Vec<ManifestPackage>,
     pub artifacts: Vec<Artifact>,
+    /// The dm-verity tree appended to `rootfs.squashfs` (absent when the
+    /// definition says `verity: false`, and in manifests of older builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<VerityRecord>,
 }
 
 #[cfg(feature = "serde")]
@@ -197,6 +205,7 @@ impl Manifest {
             kernel_release: String::new(),
             packages: Vec::new(),
             artifacts: Vec::new(),
+            verity: None,
         }
     }
 }

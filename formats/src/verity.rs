@@ -157,6 +157,56 @@ impl Verity {
     }
 }
 
+/// The verity parameters as `manifest.json` (the image folder's) and the
+/// signed update manifest record them: hex root hash and salt, the data
+/// area's size in blocks and the byte offset of the superblock (the hash
+/// tree follows one block later). Behind the `serde` feature.
+#[cfg(feature = "serde")]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerityRecord {
+    /// 64 lower-case hex digits.
+    pub root_hash: String,
+    /// 64 lower-case hex digits.
+    pub salt: String,
+    pub data_blocks: u64,
+    /// `data_blocks * 4096`: `veritysetup verify FILE FILE ROOT
+    /// --hash-offset=` this.
+    pub hash_offset: u64,
+}
+
+#[cfg(feature = "serde")]
+impl From<&Verity> for VerityRecord {
+    fn from(v: &Verity) -> VerityRecord {
+        VerityRecord {
+            root_hash: v.root_hash_hex(),
+            salt: v.salt_hex(),
+            data_blocks: v.data_blocks,
+            hash_offset: v.hash_offset(),
+        }
+    }
+}
+
+#[cfg(feature = "serde")]
+impl VerityRecord {
+    /// The parameters, checked as a `cairn.verity=` value is (and the
+    /// offset against the size).
+    pub fn to_verity(&self) -> Result<Verity, VerityParseError> {
+        let v = Verity::parse(&format!(
+            "{}:{}:{}",
+            self.root_hash, self.salt, self.data_blocks
+        ))?;
+        if v.hash_offset() != self.hash_offset {
+            return Err(VerityParseError(format!(
+                "{} (hash_offset {} is not data_blocks * 4096)",
+                v.to_cmdline_value(),
+                self.hash_offset
+            )));
+        }
+        Ok(v)
+    }
+}
+
 /// Lower-case hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -247,6 +297,21 @@ mod tests {
         assert!(v
             .dm_table("/dev/vda3", Corruption::Panic)
             .ends_with(" 1 panic_on_corruption"));
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn record_round_trips() {
+        let v = sample();
+        let r = VerityRecord::from(&v);
+        assert_eq!(r.hash_offset, 4_096_000);
+        assert_eq!(r.to_verity(), Ok(v));
+        let mut bad = r.clone();
+        bad.hash_offset += 1;
+        assert!(bad.to_verity().is_err());
+        let mut bad = r;
+        bad.salt.pop();
+        assert!(bad.to_verity().is_err());
     }
 
     #[test]

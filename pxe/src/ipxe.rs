@@ -60,6 +60,12 @@ pub fn machine_script(
         kernel.push(' ');
         kernel.push_str(&escape_ipxe(&a));
     }
+    // the root image in pxe-initrd.img carries its hash tree: /init opens
+    // it through dm-verity with the parameters from this trusted script
+    if let Some(v) = inv.images.get(&profile.image).and_then(|i| i.verity) {
+        kernel.push(' ');
+        kernel.push_str(&v.to_cmdline_word());
+    }
     if profile.cloud_config.is_some() {
         kernel.push_str(&format!(
             " cloud-config-url={}/cloud-config?{}",
@@ -187,6 +193,57 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("kernel"));
+    }
+
+    #[test]
+    fn machine_script_names_the_root_images_verity_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        std::fs::create_dir_all(&img).unwrap();
+        let v = cairn_formats::verity::Verity {
+            root_hash: [0xab; 32],
+            salt: [0x01; 32],
+            data_blocks: 77,
+        };
+        let mut m = cairn_formats::image_dir::Manifest::named("img", "1.0");
+        m.verity = Some((&v).into());
+        std::fs::write(
+            img.join("manifest.json"),
+            serde_json::to_string(&m).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(img.join("vmlinuz"), b"k").unwrap();
+        std::fs::write(img.join("pxe-initrd.img"), b"i").unwrap();
+        let inv_path = dir.path().join("inv.yaml");
+        let yaml = "profiles:\n  - name: p\n    image: img\n    kernel_args: [quiet]\ngroups:\n  - name: all\n    profile: p\n";
+        std::fs::write(&inv_path, yaml).unwrap();
+        let inv = Inventory::load(&inv_path).unwrap();
+        let facts = Facts::from_query("mac=52:54:00:00:00:01");
+        let group = inv.select(&facts).unwrap();
+        let ep = Endpoints {
+            public_url: "http://h:1".into(),
+            tftp: None,
+        };
+        let s = machine_script(&inv, group, &facts, &ep).unwrap();
+        let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        assert!(
+            kernel.ends_with(&format!(
+                "cairn.root=ram quiet cairn.verity={}:{}:77",
+                "ab".repeat(32),
+                "01".repeat(32)
+            )),
+            "{kernel}"
+        );
+        // an image without the field (verity: false, older builds): no word
+        std::fs::write(
+            img.join("manifest.json"),
+            serde_json::to_string(&cairn_formats::image_dir::Manifest::named("img", "1.0"))
+                .unwrap(),
+        )
+        .unwrap();
+        let inv = Inventory::load(&inv_path).unwrap();
+        let s = machine_script(&inv, inv.select(&facts).unwrap(), &facts, &ep).unwrap();
+        assert!(!s.contains("cairn.verity"), "{s}");
     }
 
     #[test]

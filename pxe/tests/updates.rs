@@ -26,6 +26,7 @@ fn sign(dir: &Path, version: &str, key: &SecretKey) {
             initrd: &dir.join("initrd.img"),
             created: 1_790_000_000,
             validity_secs: 3600 * 24 * 365 * 20,
+            verity: None,
         },
         key,
     )

@@ -159,6 +159,10 @@ pub struct Agent {
     /// Test hook: abort the process (as a power cut would stop it) after
     /// this many bytes were written to the slot and the ESP.
     pub abort_after: Option<u64>,
+    /// Test hook: called with the slot's device after the slot was written
+    /// and read back, before its dm-verity check (a test changes the slot
+    /// there, as a bad disk or a person with the disk could).
+    pub after_slot_write: Option<fn(&Path)>,
     written: AtomicU64,
 }
 
@@ -180,6 +184,7 @@ impl Agent {
             http: fetch::http_agent(),
             retry: fetch::Retry::default(),
             abort_after: None,
+            after_slot_write: None,
             written: AtomicU64::new(0),
         }
     }
@@ -386,6 +391,24 @@ impl Agent {
                 fetch::download_part(&self.http, &self.retry, &url, &dl, p)?,
             ));
         }
+        // the signed root hash must be the one of the downloaded image's
+        // tree: a manifest that disagrees is refused before the slot changes
+        let verity = m.verity();
+        let rootfs = &files
+            .iter()
+            .find(|(p, _)| p.kind == PartKind::Rootfs)
+            .unwrap()
+            .1;
+        if let Some(v) = &verity {
+            cairn_verity::verify(rootfs, v).map_err(|source| UpdateError::Verity {
+                what: format!(
+                    "the manifest's root hash {} does not match the hash tree of the downloaded {}",
+                    v.root_hash_hex(),
+                    root.path
+                ),
+                source,
+            })?;
+        }
         // 2. the inactive slot loses its entry (and its ESP files) first
         let removed = entries::remove_slot_entries(&self.paths.esp, target)?;
         for e in &removed {
@@ -395,18 +418,33 @@ impl Agent {
             );
         }
         remove_unreferenced_kernels(&self.paths.esp, &m.version)?;
-        // 3. the slot
-        let rootfs = &files
-            .iter()
-            .find(|(p, _)| p.kind == PartKind::Rootfs)
-            .unwrap()
-            .1;
+        // 3. the slot, read back by hash and then through its tree, the way
+        // the kernel will read it at boot
         tracing::info!(
             "writing {} into slot {target} ({})",
             root.path,
             device.display()
         );
         self.write_slot(rootfs, &device, root.size, &root.sha256)?;
+        if let Some(hook) = self.after_slot_write {
+            hook(&device);
+        }
+        if let Some(v) = &verity {
+            let t = std::time::Instant::now();
+            cairn_verity::verify(&device, v).map_err(|source| UpdateError::Verity {
+                what: format!(
+                    "slot {target} ({}) read back does not match root hash {}",
+                    device.display(),
+                    v.root_hash_hex()
+                ),
+                source,
+            })?;
+            tracing::info!(
+                "slot {target}: dm-verity tree checked in {:.2} s (root hash {})",
+                t.elapsed().as_secs_f64(),
+                v.root_hash_hex()
+            );
+        }
         // 4. kernel and initrd
         let kdir = self.paths.esp.join("cairn").join(&m.version);
         let kernel_size: u64 = m
@@ -431,11 +469,12 @@ impl Agent {
         }
         // 5. the entry, last
         let name = entries::new_entry_name(&m.version, TRIES);
-        let options = entries::options_for_slot(
+        let options = entries::options_for_image(
             &running_entry
                 .get("options")
                 .unwrap_or_else(|| format!("cairn.slot={}", running.slot)),
             target,
+            verity.as_ref(),
         );
         let text = cairn_disk::bls_entry(&cairn_disk::BootEntry {
             title: format!("{} {} (slot {target})", m.name, m.version),

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Result, UpdateError};
 use crate::fsutil::fsync_dir;
 use crate::slot::{slot_from_cmdline, Slot};
+use cairn_formats::verity::Verity;
 
 /// Directory of the entries inside the ESP.
 pub const ENTRIES_DIR: &str = "loader/entries";
@@ -182,6 +183,29 @@ pub fn write_entry(esp: &Path, file_name: &str, text: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The options of a new slot's entry: the running entry's `options` with
+/// `cairn.slot=` set to `slot` ([`options_for_slot`]), every
+/// `cairn.verity=` of the running slot removed, and the new image's own
+/// right after `cairn.slot=` when it has a hash tree.
+pub fn options_for_image(options: &str, slot: Slot, verity: Option<&Verity>) -> String {
+    let prefix = format!("{}=", cairn_formats::cmdline::VERITY);
+    let kept: Vec<&str> = options
+        .split_whitespace()
+        .filter(|w| !w.starts_with(&prefix))
+        .collect();
+    let with_slot = options_for_slot(&kept.join(" "), slot);
+    let Some(v) = verity else {
+        return with_slot;
+    };
+    let mut words: Vec<String> = with_slot.split_whitespace().map(str::to_string).collect();
+    let at = words
+        .iter()
+        .rposition(|w| w.starts_with("cairn.slot="))
+        .map_or(0, |i| i + 1);
+    words.insert(at, v.to_cmdline_word());
+    words.join(" ")
+}
+
 /// `options` with `cairn.slot=` set to `slot` (replacing every
 /// occurrence in place, or appended when there is none).
 pub fn options_for_slot(options: &str, slot: Slot) -> String {
@@ -258,6 +282,36 @@ mod tests {
         assert_eq!(
             options_for_slot("cairn.slot=a x cairn.slot=a", Slot::B),
             "cairn.slot=b x cairn.slot=b"
+        );
+    }
+
+    #[test]
+    fn options_carry_the_new_images_root_hash_only() {
+        let v = Verity {
+            root_hash: [0xab; 32],
+            salt: [1; 32],
+            data_blocks: 9,
+        };
+        let word = v.to_cmdline_word();
+        let old = format!("cairn.verity={}:{}:5", "cd".repeat(32), "02".repeat(32));
+        let running = format!("cairn.slot=a {old} console=ttyS0 quiet");
+        assert_eq!(
+            options_for_image(&running, Slot::B, Some(&v)),
+            format!("cairn.slot=b {word} console=ttyS0 quiet")
+        );
+        // an image without a tree: the running slot's hash must not stay
+        assert_eq!(
+            options_for_image(&running, Slot::B, None),
+            "cairn.slot=b console=ttyS0 quiet"
+        );
+        // no verity before (an older image): added after cairn.slot=
+        assert_eq!(
+            options_for_image("console=ttyS0 cairn.slot=a", Slot::B, Some(&v)),
+            format!("console=ttyS0 cairn.slot=b {word}")
+        );
+        assert_eq!(
+            options_for_image("quiet", Slot::A, Some(&v)),
+            format!("cairn.slot=a {word} quiet")
         );
     }
 

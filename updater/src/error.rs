@@ -67,6 +67,15 @@ pub enum UpdateError {
         secs: u64,
         last: Box<UpdateError>,
     },
+    /// The dm-verity check of a root image failed: the downloaded part
+    /// against the signed manifest's root hash (the manifest disagrees
+    /// with the tree), or the slot read back after its write.
+    #[error("{what}: {source}")]
+    Verity {
+        what: String,
+        #[source]
+        source: cairn_verity::VerityError,
+    },
     #[error("{0}")]
     Refused(String),
     #[error("state: {0}")]

@@ -35,6 +35,9 @@ pub struct BundleInput<'a> {
     pub created: i64,
     /// `expires` = `created` + this many seconds.
     pub validity_secs: i64,
+    /// The dm-verity parameters of `rootfs`'s tree (`manifest.json`'s
+    /// `verity`), when it has one.
+    pub verity: Option<crate::verity::Verity>,
 }
 
 /// What `write_bundle` wrote.
@@ -115,6 +118,7 @@ pub fn write_bundle(out_dir: &Path, input: &BundleInput<'_>, key: &SecretKey) ->
         created: rfc3339(input.created),
         expires: rfc3339(input.created + input.validity_secs),
         parts,
+        verity: input.verity.as_ref().map(crate::verity::VerityRecord::from),
     };
     m.check()?;
     let bytes = m.to_bytes();
@@ -154,6 +158,7 @@ mod tests {
             initrd: &src.join("initrd.img"),
             created: 1_700_000_000,
             validity_secs: 86400,
+            verity: None,
         };
         let b = write_bundle(&src, &input, &key).unwrap();
         let bytes = fs::read(&b.manifest_path).unwrap();

@@ -88,6 +88,14 @@ pub struct Manifest {
     pub created: String,
     pub expires: String,
     pub parts: Vec<Part>,
+    /// The dm-verity parameters of the rootfs part's hash tree: the agent
+    /// writes them into the new slot's boot entry (`cairn.verity=`) and
+    /// checks the slot against them after writing it. Signed with the rest
+    /// of the manifest's bytes. Absent for images built with
+    /// `verity: false`; agents older than this field refuse manifests
+    /// that carry it (`deny_unknown_fields`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<crate::verity::VerityRecord>,
 }
 
 fn bad(why: impl Into<String>) -> ChannelError {
@@ -196,7 +204,24 @@ impl Manifest {
                 )));
             }
         }
+        if let Some(r) = &self.verity {
+            let v = r.to_verity().map_err(|e| bad(format!("verity: {e}")))?;
+            let root = self.part(PartKind::Rootfs);
+            // the data area and the superblock's block lie inside the
+            // part (the agent's read-back checks the tree itself)
+            if v.hash_offset() + crate::verity::BLOCK_SIZE > root.size {
+                return Err(bad(format!(
+                    "verity: hash_offset {} leaves no room for the superblock in the {}-byte rootfs part",
+                    r.hash_offset, root.size
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The verity parameters, checked by [`Manifest::check`].
+    pub fn verity(&self) -> Option<crate::verity::Verity> {
+        self.verity.as_ref().and_then(|r| r.to_verity().ok())
     }
 
     pub fn part(&self, kind: PartKind) -> &Part {
@@ -362,7 +387,19 @@ mod tests {
                 part(PartKind::Kernel, 10),
                 part(PartKind::Initrd, 20),
             ],
+            verity: None,
         }
+    }
+
+    fn with_verity(mut m: Manifest) -> Manifest {
+        m.parts[0].size = 40960;
+        m.verity = Some(crate::verity::VerityRecord {
+            root_hash: "cd".repeat(32),
+            salt: "01".repeat(32),
+            data_blocks: 8,
+            hash_offset: 8 * 4096,
+        });
+        m
     }
 
     fn expect() -> Expect<'static> {
@@ -394,6 +431,45 @@ mod tests {
         let (b, s) = signed(&m, &key());
         assert!(s.starts_with(&format!("ed25519 {} ", key().id())));
         assert_eq!(verify(&b, s.as_bytes(), &trusted(), &expect()).unwrap(), m);
+    }
+
+    #[test]
+    fn verity_is_optional_signed_and_checked() {
+        // without the field, the bytes are what older builds signed
+        let (b, _) = signed(&manifest("1.1"), &key());
+        assert!(!String::from_utf8(b).unwrap().contains("verity"));
+        let m = with_verity(manifest("1.1"));
+        let (b, s) = signed(&m, &key());
+        let got = verify(&b, s.as_bytes(), &trusted(), &expect()).unwrap();
+        assert_eq!(got.verity().unwrap().root_hash, [0xcd; 32]);
+        // another root hash is other bytes: the signature no longer holds
+        let text = String::from_utf8(b)
+            .unwrap()
+            .replace(&"cd".repeat(32), &"ce".repeat(32));
+        let e = verify(text.as_bytes(), s.as_bytes(), &trusted(), &expect()).unwrap_err();
+        assert!(matches!(e, ChannelError::BadSignature { .. }), "{e}");
+        // malformed parameters are refused even when signed
+        for (change, want) in [
+            (
+                Box::new(|m: &mut Manifest| m.verity.as_mut().unwrap().hash_offset = 7)
+                    as Box<dyn Fn(&mut Manifest)>,
+                "not data_blocks * 4096",
+            ),
+            (
+                Box::new(|m: &mut Manifest| m.verity.as_mut().unwrap().root_hash = "x".into()),
+                "verity: cairn.verity=",
+            ),
+            (
+                Box::new(|m: &mut Manifest| m.parts[0].size = 8 * 4096),
+                "no room for the superblock",
+            ),
+        ] {
+            let mut bad = with_verity(manifest("1.1"));
+            change(&mut bad);
+            let (b, s) = signed(&bad, &key());
+            let e = verify(&b, s.as_bytes(), &trusted(), &expect()).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
     }
 
     #[test]

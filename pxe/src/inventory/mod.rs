@@ -155,6 +155,9 @@ pub struct Image {
     pub name: String,
     /// `version` from manifest.json.
     pub version: String,
+    /// manifest.json's dm-verity parameters of the root image inside
+    /// `pxe-initrd.img`: machine scripts pass them as `cairn.verity=`.
+    pub verity: Option<cairn_formats::verity::Verity>,
 }
 
 /// A loaded, checked inventory.

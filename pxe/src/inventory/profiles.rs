@@ -181,9 +181,16 @@ fn read_image(dir: &Path) -> Result<Image, String> {
             ));
         }
     }
+    let verity = m
+        .verity
+        .as_ref()
+        .map(|r| r.to_verity())
+        .transpose()
+        .map_err(|e| format!("{}: verity: {e}", manifest.display()))?;
     Ok(Image {
         dir: canonical,
         name: m.name,
         version: m.version,
+        verity,
     })
 }

@@ -62,6 +62,20 @@ pub struct Built {
 
 /// Writes a bundle into `dir/<v>/update` with `key`.
 pub fn build(dir: &Path, name: &str, v: &str, key: &SecretKey, rootfs_len: usize) -> Built {
+    build_with(dir, name, v, key, rootfs_len, false).0
+}
+
+/// [`build`], with `verity` a dm-verity tree appended to the root image
+/// (as `cairn build` does) and its parameters in the signed manifest;
+/// `Built::rootfs` is then the image with its tree.
+pub fn build_with(
+    dir: &Path,
+    name: &str,
+    v: &str,
+    key: &SecretKey,
+    rootfs_len: usize,
+    verity: bool,
+) -> (Built, Option<cairn_formats::verity::Verity>) {
     let out = dir.join(v);
     fs::create_dir_all(&out).unwrap();
     let seed = v.bytes().fold(7u64, |a, b| a * 31 + u64::from(b));
@@ -69,6 +83,18 @@ pub fn build(dir: &Path, name: &str, v: &str, key: &SecretKey, rootfs_len: usize
     let kernel = bytes(seed + 1, 300_000 + 17);
     let initrd = bytes(seed + 2, 700_000 + 3);
     fs::write(out.join("rootfs.squashfs"), &rootfs).unwrap();
+    let tree = verity.then(|| {
+        cairn_verity::append_tree(
+            &out.join("rootfs.squashfs"),
+            &cairn_verity::derive_salt(v.as_bytes()),
+        )
+        .unwrap()
+    });
+    let rootfs = if verity {
+        fs::read(out.join("rootfs.squashfs")).unwrap()
+    } else {
+        rootfs
+    };
     fs::write(out.join("vmlinuz"), &kernel).unwrap();
     fs::write(out.join("initrd.img"), &initrd).unwrap();
     write_bundle(
@@ -82,16 +108,20 @@ pub fn build(dir: &Path, name: &str, v: &str, key: &SecretKey, rootfs_len: usize
             initrd: &out.join("initrd.img"),
             created: cairn_updater::fsutil::now() - 60,
             validity_secs: 7 * 86400,
+            verity: tree,
         },
         key,
     )
     .unwrap();
-    Built {
-        root: out.join("update"),
-        rootfs,
-        kernel,
-        initrd,
-    }
+    (
+        Built {
+            root: out.join("update"),
+            rootfs,
+            kernel,
+            initrd,
+        },
+        tree,
+    )
 }
 
 /// A request the server saw.
