@@ -67,6 +67,8 @@ fn main() {
         "fleetctl/Cargo.toml",
         "etcd/src",
         "etcd/Cargo.toml",
+        "verity/src",
+        "verity/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(d).display());
     }
@@ -175,6 +177,7 @@ fn main() {
         "fleetd/units",
         "fleetctl/src",
         "etcd/src",
+        "verity/src",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(d).display());
         hash_tree(&mut h, &root, &root.join(d));

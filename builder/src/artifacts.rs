@@ -14,6 +14,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use cairn_disk::{BootEntry, DiskSpec, EspSource, Layout};
+use cairn_formats::verity::Verity;
 use cairn_initrd::{layout, modules, CpioWriter};
 
 use crate::definition::Definition;
@@ -122,7 +123,7 @@ pub fn ensure_mount_points(tree: &mut Tree) -> Result<()> {
     Ok(())
 }
 
-fn file_of<'a>(tree: &'a Tree, path: &str) -> Result<&'a [u8]> {
+fn file_of<'a>(tree: &'a Tree, path: &str) -> Result<std::borrow::Cow<'a, [u8]>> {
     tree.read(path).with_context(|| {
         format!("/{path} is missing from the image tree (needed in the initramfs)")
     })
@@ -160,7 +161,7 @@ pub fn initramfs_cpio(
     let idir = layout::modules_dir(&kernel.release);
     for m in &closure {
         let data = file_of(tree, &format!("{kdir}/{m}"))?;
-        w.add_file(&format!("{idir}/{m}"), 0o644, 0, 0, data)?;
+        w.add_file(&format!("{idir}/{m}"), 0o644, 0, 0, &data)?;
     }
     w.add_file(
         &format!("{idir}/{}", modules::MODULES_ORDER_FILE),
@@ -192,10 +193,10 @@ pub fn initramfs_cpio(
             .resolve(f.path)
             .and_then(|p| tree.get(&p))
             .map_or(0o755, |e| e.mode);
-        w.add_file(f.path, mode, 0, 0, data)?;
+        w.add_file(f.path, mode, 0, 0, &data)?;
     }
     if let Some(conf) = tree.read("etc/mke2fs.conf") {
-        w.add_file("etc/mke2fs.conf", 0o644, 0, 0, conf)?;
+        w.add_file("etc/mke2fs.conf", 0o644, 0, 0, &conf)?;
     }
     Ok(w.finish()?)
 }
@@ -225,14 +226,18 @@ pub fn pxe_initramfs(initrd: &[u8], rootfs: &Path, mtime: u32) -> Result<Vec<u8>
 
 /// The kernel command line of a slot's boot entry. The serial console is
 /// named last so that it is `/dev/console`: systemd's status output and
-/// the `/init` messages reach the serial log the tests read.
-pub fn cmdline(def: &Definition, slot: char) -> String {
+/// the `/init` messages reach the serial log the tests read. With a hash
+/// tree, `cairn.verity=` follows `cairn.slot=`: the entry is what tells
+/// `/init` which root hash the slot must match.
+pub fn cmdline(def: &Definition, slot: char, verity: Option<&Verity>) -> String {
     // systemd.gpt_auto=0: /init mounts the ESP and the state itself; the
     // generator's automounts would only collide with those mounts.
-    let mut c = format!(
-        "{}={slot} console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0",
-        cairn_formats::cmdline::SLOT
-    );
+    let mut c = format!("{}={slot}", cairn_formats::cmdline::SLOT);
+    if let Some(v) = verity {
+        c.push(' ');
+        c.push_str(&v.to_cmdline_word());
+    }
+    c.push_str(" console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0");
     if let Some(extra) = def.cmdline.as_deref().filter(|s| !s.trim().is_empty()) {
         c.push(' ');
         c.push_str(extra.trim());
@@ -240,7 +245,8 @@ pub fn cmdline(def: &Definition, slot: char) -> String {
     c
 }
 
-/// Write `disk.raw` with slot A holding `rootfs`.
+/// Write `disk.raw` with slot A holding `rootfs` (squashfs and, with
+/// `verity`, its hash tree; slot A's entry then names the root hash).
 #[allow(clippy::too_many_arguments)]
 pub fn write_disk(
     out: &Path,
@@ -250,11 +256,12 @@ pub fn write_disk(
     initrd: &[u8],
     rootfs: &Path,
     rootfs_sha256: &str,
+    verity: Option<&Verity>,
     mtime: u64,
 ) -> Result<cairn_disk::DiskReport> {
     let boot = match tree.resolve(SYSTEMD_BOOT_EFI).and_then(|p| tree.get(&p)) {
         Some(e) => match &e.node {
-            Node::File(d) => d.clone(),
+            Node::File(d) => d.bytes().into_owned(),
             _ => bail!("/{SYSTEMD_BOOT_EFI} is not a file"),
         },
         None => {
@@ -268,7 +275,7 @@ pub fn write_disk(
         machine_id: None,
         linux: format!("/cairn/{v}/vmlinuz"),
         initrd: format!("/cairn/{v}/initrd.img"),
-        options: cmdline(def, 'a'),
+        options: cmdline(def, 'a', verity),
         sort_key: Some(def.name.clone()),
     };
     let identity = format!("{} {} {}", def.name, v, rootfs_sha256);

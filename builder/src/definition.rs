@@ -59,6 +59,13 @@ pub struct Definition {
     /// Extra kernel command line for the boot entries.
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// dm-verity for the root image (default on): `cairn build` appends a
+    /// hash tree to `rootfs.squashfs` and every boot entry carries
+    /// `cairn.verity=`, so `/init` opens the slot through the kernel's
+    /// `verity` target. `false` leaves the bare squashfs (debugging, a
+    /// kernel without dm-verity).
+    #[serde(default = "default_true")]
+    pub verity: bool,
     /// Container images made from files of the tree and preloaded into
     /// Docker at boot (no registry, no network).
     #[serde(default)]
@@ -126,6 +133,10 @@ fn default_components() -> Vec<String> {
 
 fn default_arch() -> String {
     "amd64".into()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// systemd units to enable, disable or mask beyond Debian's presets.
@@ -519,6 +530,21 @@ fn validate(doc: &Doc) -> Result<(), DefinitionError> {
                     format!("a second key file named {name}: the image keeps them side by side in /{UPDATE_KEYS_DIR}, so file names must differ"),
                 ));
             }
+        }
+    }
+    if let Some(c) = &d.cmdline {
+        if cairn_formats::cmdline::split_words(c)
+            .iter()
+            .any(|w| w.split('=').next() == Some(cairn_formats::cmdline::VERITY))
+        {
+            return Err(invalid(
+                doc,
+                "cmdline",
+                format!(
+                    "{}= is written by cairn build from the image's hash tree; remove it (verity: false turns verity off)",
+                    cairn_formats::cmdline::VERITY
+                ),
+            ));
         }
     }
     let min = 8 << 20;

@@ -378,6 +378,12 @@ fn finish_bundle(
             initrd: &out.join(image_dir::INITRD),
             created: bundle_created()?,
             validity_secs: s.validity_secs,
+            verity: manifest
+                .verity
+                .as_ref()
+                .map(|r| r.to_verity())
+                .transpose()
+                .context("the verity parameters in manifest.json")?,
         },
         &s.key,
     )
@@ -581,9 +587,7 @@ pub fn build_with(
             ..Default::default()
         },
     )?;
-    std::fs::rename(&tmp, &rootfs)
-        .with_context(|| format!("moving the image to {}", rootfs.display()))?;
-    let size = std::fs::metadata(&rootfs).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
     finish(
         &opts.progress,
         &sp,
@@ -593,6 +597,31 @@ pub fn build_with(
             size as f64 / 1048576.0
         )),
     );
+    // the dm-verity tree after the squashfs, in the same file (see
+    // cairn_formats::verity); its salt derives from the build's inputs, so
+    // the same inputs give the same bytes
+    let verity = if def.verity {
+        let sp = spinner(&opts.progress, "verity", "hash tree");
+        let t = Instant::now();
+        let v = cairn_verity::append_tree(&tmp, &cairn_verity::derive_salt(inputs.as_bytes()))
+            .context("appending the dm-verity hash tree to the root image")?;
+        tracing::info!(
+            root_hash = %v.root_hash_hex(),
+            data_blocks = v.data_blocks,
+            seconds = t.elapsed().as_secs_f64(),
+            "verity tree appended"
+        );
+        finish(
+            &opts.progress,
+            &sp,
+            Some(format!("root hash {}", v.root_hash_hex())),
+        );
+        Some(v)
+    } else {
+        None
+    };
+    std::fs::rename(&tmp, &rootfs)
+        .with_context(|| format!("moving the image to {}", rootfs.display()))?;
 
     let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
     let sp = spinner(
@@ -624,6 +653,7 @@ pub fn build_with(
         &initrd,
         &rootfs,
         &root_art.sha256,
+        verity.as_ref(),
         epoch,
     )?;
     tracing::info!(
@@ -669,6 +699,7 @@ pub fn build_with(
             sha256_and_size(&opts.out.join(image_dir::PXE_INITRD))?,
             sha256_and_size(&disk)?,
         ],
+        verity: verity.as_ref().map(image_dir::VerityRecord::from),
     };
     let mut manifest = manifest;
     manifest.artifacts.extend(written.artifacts);
