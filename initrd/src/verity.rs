@@ -256,15 +256,22 @@ pub fn mark_bad(esp: &Path, file: &str, boots: u32) -> io::Result<String> {
 
 /// The unit that removes the count once `boot-complete.target` is reached
 /// (pulled in by `multi-user.target`; on a boot without a try counter
-/// nothing else pulls that target in, so this unit does).
+/// nothing else pulls that target in, so this unit does). Without default
+/// dependencies, as `systemd-bless-boot.service`: a target orders itself
+/// after the units it wants unless they opt out, and `multi-user.target`
+/// after `boot-complete.target` would be a cycle (the health gate runs
+/// after `multi-user.target`).
 pub fn clear_unit(state: &str) -> String {
     format!(
         "# Written by cairn's /init (cairn_initrd::verity): this boot of a verified\n\
          # root reached boot-complete.target, so it is no longer an unfinished one.\n\
          [Unit]\n\
          Description=cairn: clear the count of unfinished boots\n\
+         DefaultDependencies=no\n\
          Requires=boot-complete.target\n\
          After=boot-complete.target\n\
+         Conflicts=shutdown.target\n\
+         Before=shutdown.target\n\
          RequiresMountsFor={state}\n\
          \n\
          [Service]\n\
@@ -400,6 +407,7 @@ mod tests {
         let text = fs::read_to_string(unit).unwrap();
         assert!(text.contains("ExecStart=/bin/rm -f /run/cairn/state/cairn-init/unfinished-boots"));
         assert!(text.contains("After=boot-complete.target"));
+        assert!(text.contains("DefaultDependencies=no"));
         let link = dir
             .path()
             .join("systemd/system/multi-user.target.wants")
