@@ -3,15 +3,17 @@
 //! cannot disagree: the GPT partition labels and the state partition's
 //! never-formatted mark ([`partitions`]), the kernel command-line keys and
 //! the kernel's word splitting ([`cmdline`]), the dm-verity layout of a
-//! root slot and its command-line value ([`verity`]), the files of an image folder
-//! that `cairn build` writes ([`image_dir`]) and the config drive's layout
-//! ([`config_drive`]), and the signed update channel (`channel`, behind
-//! the feature of that name), the reports machines send `cairn serve` about
-//! their install, boots and updates (`lifecycle`, behind `channel`), and the cluster's reboot lock that
-//! `cairn-update` takes and fleet's engine drains for (`reboot_lock`,
-//! behind `serde`). Dependency-free without features (serde and
-//! the channel's crypto and JSON behind them), so that `/init` can use it
-//! and stay small.
+//! root slot and its command-line value ([`verity`]), the files of an
+//! image folder that `cairn build` writes ([`image_dir`]), the config
+//! drive's layout ([`config_drive`]), the signed update channel
+//! (`channel`, behind the feature of that name), the data map of
+//! `disk.raw` that the installer copies (`disk_map`, behind `channel`),
+//! the reports machines send `cairn serve` about their install, boots and
+//! updates (`lifecycle`, behind `channel`), and the cluster's reboot lock
+//! that `cairn-update` takes and fleet's engine drains for
+//! (`reboot_lock`, behind `serde`). Dependency-free without features
+//! (serde and the channel's crypto and JSON behind them), so that `/init`
+//! can use it and stay small.
 //!
 //! Who uses what: `cairn-disk` writes the partitions, `/init` finds them,
 //! `cairn-update` writes the slots; the builder writes the image folder,
@@ -24,6 +26,8 @@
 pub mod channel;
 pub mod cmdline;
 pub mod config_drive;
+#[cfg(feature = "channel")]
+pub mod disk_map;
 pub mod image_dir;
 #[cfg(feature = "channel")]
 pub mod lifecycle;
