@@ -36,7 +36,7 @@ fn header(path: &str, mtime: u64, mode: u32, kind: tar::EntryType, size: u64) ->
 /// The layer tar of one image: its files (taken from `tree`) and links.
 fn layer(tree: &Tree, img: &ContainerImage, mtime: u64) -> Result<Vec<u8>> {
     enum Item<'a> {
-        File(&'a [u8], u32),
+        File(std::borrow::Cow<'a, [u8]>, u32),
         Link(&'a str),
         Dir,
     }
@@ -94,7 +94,7 @@ fn layer(tree: &Tree, img: &ContainerImage, mtime: u64) -> Result<Vec<u8>> {
                     data.len() as u64,
                 );
                 h.set_cksum();
-                b.append(&h, *data)?;
+                b.append(&h, &data[..])?;
             }
             Item::Link(target) => {
                 let mut h = header(path, mtime, 0o777, tar::EntryType::Symlink, 0);

@@ -1,15 +1,19 @@
 //! Reading `.deb` files in pure Rust: the `ar` container, `control.tar.*`
 //! (control paragraph and maintainer scripts, kept as data for the fixups,
-//! never run) and `data.tar.*` unpacked into a [`Tree`].
+//! never run) and `data.tar.*` unpacked into a [`Tree`], streamed from the
+//! package file with large bodies spilled ([`stage_deb`]).
 //!
 //! Owns decompression (xz, zstd, gzip, none) and the mapping from tar
 //! entries to tree entries (modes, owners, setuid bits, symlinks, hard
 //! links). Does not decide what happens after unpacking.
 
 use std::collections::BTreeMap;
-use std::io::{Cursor, Read};
+use std::fs::File;
+use std::io::{BufReader, Cursor, Read};
+use std::path::Path;
 use std::sync::Arc;
 
+use crate::blob::{Blob, Spill};
 use crate::tree::{Entry, Node, Tree, TreeError};
 
 /// What the fixups need to know about an unpacked package.
@@ -159,26 +163,144 @@ pub fn read_control(
     Ok(out)
 }
 
-/// Unpack a data archive into `tree`. Returns the canonical paths written.
-pub fn unpack_data(
+/// One member of a data archive, read but not yet in the tree.
+#[derive(Debug)]
+struct StagedItem {
+    raw_path: String,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    kind: StagedKind,
+}
+
+#[derive(Debug)]
+enum StagedKind {
+    Node(Node),
+    /// A hard link to an earlier member (its tar path as written).
+    Link(String),
+}
+
+/// A package's data archive read ahead of insertion: the members' metadata
+/// in memory, file bodies in memory when small and in the build's scratch
+/// file otherwise ([`Blob`]). Reading (decompression) can run in parallel;
+/// [`insert_staged`] then puts packages into the tree in lock order.
+#[derive(Debug)]
+pub struct StagedData {
+    package: String,
+    items: Vec<StagedItem>,
+}
+
+/// A `.deb` read from disk: its control members and its staged data.
+#[derive(Debug)]
+pub struct StagedDeb {
+    /// Every control member by name (`control`, `postinst`...), as text.
+    pub control_files: BTreeMap<String, String>,
+    pub data: StagedData,
+}
+
+/// A streaming decompressor for archive member `member`.
+fn decoder<'a>(
     package: &str,
-    data_tar: &[u8],
-    tree: &mut Tree,
-) -> Result<Vec<String>, DebError> {
-    let origin: Arc<str> = Arc::from(package);
+    member: &str,
+    r: impl Read + 'a,
+) -> Result<Box<dyn Read + 'a>, DebError> {
+    Ok(if member.ends_with(".xz") {
+        Box::new(liblzma::read::XzDecoder::new(r))
+    } else if member.ends_with(".zst") {
+        Box::new(
+            zstd::stream::read::Decoder::new(r).map_err(|source| DebError::Io {
+                package: package.to_string(),
+                member: member.to_string(),
+                source,
+            })?,
+        )
+    } else if member.ends_with(".gz") {
+        Box::new(flate2::read::GzDecoder::new(r))
+    } else if member.ends_with(".tar") {
+        Box::new(r)
+    } else {
+        return Err(DebError::Compression {
+            package: package.to_string(),
+            member: member.to_string(),
+        });
+    })
+}
+
+/// Read the `.deb` at `path` without holding its decompressed data archive
+/// in memory: file bodies larger than [`crate::blob::SPILL_THRESHOLD`] go
+/// to `spill` as the archive streams by.
+pub fn stage_deb(
+    package: &str,
+    path: &Path,
+    spill: Option<&Arc<Spill>>,
+) -> Result<StagedDeb, DebError> {
+    let io = |member: &str| {
+        let member = member.to_string();
+        move |source| DebError::Io {
+            package: package.to_string(),
+            member,
+            source,
+        }
+    };
+    let f = File::open(path).map_err(io("the package file"))?;
+    let mut ar = ar::Archive::new(BufReader::with_capacity(1 << 16, f));
+    let mut version_ok = false;
+    let mut control = None;
+    let mut data = None;
+    while let Some(entry) = ar.next_entry() {
+        let mut entry = entry.map_err(|e| DebError::Format {
+            package: package.to_string(),
+            reason: format!("bad ar archive: {e}"),
+        })?;
+        let name = String::from_utf8_lossy(entry.header().identifier())
+            .trim_end_matches('/')
+            .to_string();
+        if name == "debian-binary" {
+            let mut raw = Vec::new();
+            entry.read_to_end(&mut raw).map_err(io(&name))?;
+            version_ok = raw.starts_with(b"2.");
+        } else if name.starts_with("control.tar") {
+            let mut tar = Vec::new();
+            decoder(package, &name, &mut entry)?
+                .read_to_end(&mut tar)
+                .map_err(io(&name))?;
+            control = Some(read_control(package, &tar)?);
+        } else if name.starts_with("data.tar") {
+            let mut d = decoder(package, &name, &mut entry)?;
+            data = Some(stage_data(package, &mut d, spill)?);
+        }
+    }
+    if !version_ok {
+        return Err(DebError::Format {
+            package: package.to_string(),
+            reason: "missing or unsupported debian-binary member (expected 2.x)".into(),
+        });
+    }
+    match (control, data) {
+        (Some(control_files), Some(data)) => Ok(StagedDeb {
+            control_files,
+            data,
+        }),
+        _ => Err(DebError::Format {
+            package: package.to_string(),
+            reason: "control.tar or data.tar member missing".into(),
+        }),
+    }
+}
+
+/// Read a (decompressed) data archive; see [`StagedData`].
+pub fn stage_data(
+    package: &str,
+    data_tar: &mut dyn Read,
+    spill: Option<&Arc<Spill>>,
+) -> Result<StagedData, DebError> {
     let io = |source| DebError::Io {
         package: package.to_string(),
         member: "data.tar".into(),
         source,
     };
-    let terr = |source| DebError::Tree {
-        package: package.to_string(),
-        source,
-    };
-    let mut files = Vec::new();
-    // tar path -> canonical tree path, for hard links that name earlier members.
-    let mut written: BTreeMap<String, String> = BTreeMap::new();
-    let mut tar = tar::Archive::new(Cursor::new(data_tar));
+    let mut items = Vec::new();
+    let mut tar = tar::Archive::new(data_tar);
     for e in tar.entries().map_err(io)? {
         let mut e = e.map_err(io)?;
         let header = e.header().clone();
@@ -186,31 +308,71 @@ pub fn unpack_data(
         let mode = header.mode().map_err(io)? & 0o7777;
         let uid = header.uid().map_err(io)? as u32;
         let gid = header.gid().map_err(io)? as u32;
-        let node = match header.entry_type() {
-            tar::EntryType::Directory => Node::Dir,
+        let link_name = |e: &tar::Entry<'_, _>| {
+            e.link_name()
+                .map(|t| {
+                    t.map(|t| t.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                })
+                .map_err(io)
+        };
+        let kind = match header.entry_type() {
+            tar::EntryType::Directory => StagedKind::Node(Node::Dir),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut data = Vec::with_capacity(header.size().unwrap_or(0) as usize);
-                e.read_to_end(&mut data).map_err(io)?;
-                Node::File(Arc::new(data))
+                let size = e.size();
+                StagedKind::Node(Node::File(
+                    Blob::read_from(&mut e, size, spill).map_err(io)?,
+                ))
             }
-            tar::EntryType::Symlink => {
-                let target = e
-                    .link_name()
-                    .map_err(io)?
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                Node::Symlink(target)
+            tar::EntryType::Symlink => StagedKind::Node(Node::Symlink(link_name(&e)?)),
+            tar::EntryType::Link => StagedKind::Link(link_name(&e)?),
+            tar::EntryType::Char => StagedKind::Node(Node::CharDevice(
+                header.device_major().ok().flatten().unwrap_or(0),
+                header.device_minor().ok().flatten().unwrap_or(0),
+            )),
+            tar::EntryType::Fifo => StagedKind::Node(Node::Fifo),
+            other => {
+                tracing::debug!(package, path = raw_path, kind = ?other, "skipping tar entry");
+                continue;
             }
-            tar::EntryType::Link => {
-                let target = e
-                    .link_name()
-                    .map_err(io)?
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+        };
+        items.push(StagedItem {
+            raw_path,
+            mode,
+            uid,
+            gid,
+            kind,
+        });
+    }
+    Ok(StagedData {
+        package: package.to_string(),
+        items,
+    })
+}
+
+/// Put a staged data archive into `tree`. Returns the canonical paths
+/// written.
+pub fn insert_staged(data: StagedData, tree: &mut Tree) -> Result<Vec<String>, DebError> {
+    let package = data.package.as_str();
+    let origin: Arc<str> = Arc::from(package);
+    let terr = |source| DebError::Tree {
+        package: package.to_string(),
+        source,
+    };
+    let mut files = Vec::new();
+    // tar path -> canonical tree path, for hard links that name earlier members.
+    let mut written: BTreeMap<String, String> = BTreeMap::new();
+    for it in data.items {
+        let node = match it.kind {
+            StagedKind::Node(n) => n,
+            StagedKind::Link(target) => {
                 let key = crate::tree::normalize(&target).unwrap_or_default();
                 let canon = written.get(&key).cloned().ok_or_else(|| DebError::Format {
                     package: package.to_string(),
-                    reason: format!("hard link {raw_path} points at {target}, which the archive has not shipped before it"),
+                    reason: format!(
+                        "hard link {} points at {target}, which the archive has not shipped before it",
+                        it.raw_path
+                    ),
                 })?;
                 match tree.get(&canon) {
                     Some(existing) => existing.node.clone(),
@@ -222,26 +384,17 @@ pub fn unpack_data(
                     }
                 }
             }
-            tar::EntryType::Char => Node::CharDevice(
-                header.device_major().ok().flatten().unwrap_or(0),
-                header.device_minor().ok().flatten().unwrap_or(0),
-            ),
-            tar::EntryType::Fifo => Node::Fifo,
-            other => {
-                tracing::debug!(package, path = raw_path, kind = ?other, "skipping tar entry");
-                continue;
-            }
         };
         let is_dir = matches!(node, Node::Dir);
         let entry = Entry {
             node,
-            mode,
-            uid,
-            gid,
+            mode: it.mode,
+            uid: it.uid,
+            gid: it.gid,
             origin: origin.clone(),
         };
-        let canon = tree.insert(&raw_path, entry).map_err(terr)?;
-        if let Some(key) = crate::tree::normalize(&raw_path) {
+        let canon = tree.insert(&it.raw_path, entry).map_err(terr)?;
+        if let Some(key) = crate::tree::normalize(&it.raw_path) {
             written.insert(key, canon.clone());
         }
         if !is_dir && !canon.is_empty() {
@@ -249,6 +402,16 @@ pub fn unpack_data(
         }
     }
     Ok(files)
+}
+
+/// Unpack a data archive held in memory into `tree`. Returns the canonical
+/// paths written.
+pub fn unpack_data(
+    package: &str,
+    data_tar: &[u8],
+    tree: &mut Tree,
+) -> Result<Vec<String>, DebError> {
+    insert_staged(stage_data(package, &mut Cursor::new(data_tar), None)?, tree)
 }
 
 /// Unpack a whole `.deb` into `tree`.
@@ -418,16 +581,16 @@ mod tests {
             assert!(p.postinst().unwrap().contains("update-alternatives"));
             let e = t.get("usr/bin/hello").unwrap();
             assert_eq!(e.mode, 0o4755, "setuid kept ({c})");
-            assert_eq!(t.read("bin/hello").unwrap(), b"#!/bin/sh\necho hi\n");
+            assert_eq!(&*t.read("bin/hello").unwrap(), b"#!/bin/sh\necho hi\n");
             assert_eq!(t.get("usr/share/hello").unwrap().mode, 0o700);
-            assert_eq!(t.read("usr/bin/hi").unwrap(), b"#!/bin/sh\necho hi\n");
+            assert_eq!(&*t.read("usr/bin/hi").unwrap(), b"#!/bin/sh\necho hi\n");
             assert_eq!(&*t.get("usr/bin/hello").unwrap().origin, "hello");
             // hard link shares content
             match (
                 &t.get("usr/share/hello/data").unwrap().node,
                 &t.get("usr/share/hello/data2").unwrap().node,
             ) {
-                (Node::File(a), Node::File(b)) => assert!(Arc::ptr_eq(a, b)),
+                (Node::File(a), Node::File(b)) => assert_eq!(a.id(), b.id()),
                 other => panic!("{other:?}"),
             }
             assert_eq!(

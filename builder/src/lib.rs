@@ -6,6 +6,8 @@
 //! calls in here.
 
 pub mod artifacts;
+pub mod blob;
+pub mod blockcache;
 pub mod containers;
 pub mod debfile;
 pub mod definition;

@@ -6,19 +6,22 @@
 //! is decided before it gets here.
 //!
 //! backhand compresses one block after another. To use every core, the
-//! full data blocks of every file are compressed beforehand in parallel
-//! (rayon) and handed to backhand through a custom [`CompressionAction`]
-//! that looks each block up by its SHA-256; fragments and metadata, a small
-//! share of the work, are compressed as backhand asks. The bytes are the
-//! same as backhand's own zstd path would give (same library, same level).
+//! blocks backhand will ask for are compressed beforehand in parallel
+//! (rayon): every data block of every file (the last, short one too) and
+//! the fragment blocks, which are predicted by packing the small files in
+//! backhand's order. Compressed blocks go to a [`BlockCache`] on disk
+//! (persistent in the package cache, so a rebuild compresses only new
+//! blocks; or a scratch one), never into memory; backhand's
+//! [`CompressionAction`] callback looks each block up there by its SHA-256
+//! and compresses whatever it does not find (metadata, a damaged entry)
+//! itself. The bytes are the same as backhand's own zstd path would give
+//! (same library, same level), whichever way a block was compressed.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufWriter, Read};
-use std::path::Path;
-use std::sync::Arc;
-
-use std::collections::HashMap;
-use std::sync::RwLock;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
 use backhand::kind::Kind;
@@ -26,67 +29,170 @@ use backhand::{BackhandError, FilesystemCompressor, FilesystemWriter, NodeHeader
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use crate::blob::Blob;
+use crate::blockcache::{key_of, BlockCache, Key, Settings, Stats};
 use crate::tree::{Node, Tree};
 
-/// Reads a shared file body without copying it.
-struct ArcReader {
-    data: Arc<Vec<u8>>,
-    pos: usize,
+/// One block backhand will compress: a stretch of one file, or a fragment
+/// block made of whole small files.
+enum Work {
+    Extent { blob: Blob, offset: u64, len: usize },
+    Fragment(Vec<Blob>),
 }
 
-impl Read for ArcReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let rest = &self.data[self.pos..];
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.pos += n;
-        Ok(n)
+impl Work {
+    fn read(&self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        buf.clear();
+        match self {
+            Work::Extent { blob, offset, len } => {
+                buf.resize(*len, 0);
+                blob.read_exact_at(buf, *offset)
+            }
+            Work::Fragment(parts) => {
+                for b in parts {
+                    let start = buf.len();
+                    buf.resize(start + b.len() as usize, 0);
+                    b.read_exact_at(&mut buf[start..], 0)?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
-/// zstd with data blocks compressed ahead of time, in parallel.
-struct ParallelZstd {
-    blocks: RwLock<HashMap<[u8; 32], Vec<u8>>>,
-}
-
-fn block_key(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
-
-impl ParallelZstd {
-    /// Compress every full `block_size` block of every file in `tree`.
-    fn precompress(&self, tree: &Tree, block_size: usize, level: i32) -> std::io::Result<()> {
-        let mut seen = std::collections::HashSet::new();
-        let mut blocks: Vec<&[u8]> = Vec::new();
-        for (_, e) in tree.iter() {
-            if let Node::File(d) = &e.node {
-                if !seen.insert(Arc::as_ptr(d)) {
-                    continue;
-                }
-                blocks.extend(d.chunks_exact(block_size));
-            }
+/// The blocks backhand will ask to compress for `tree`, in its order:
+/// files by path (backhand orders `Path`s component by component), each
+/// file of a block or more as its blocks, smaller files packed into
+/// fragment blocks exactly as backhand's data writer packs them. A file
+/// body shared by several paths is listed once. All-zero blocks are left
+/// out (backhand stores them as holes).
+fn plan(tree: &Tree, block_size: usize) -> Vec<Work> {
+    let mut files: Vec<(PathBuf, &Blob)> = tree
+        .iter()
+        .filter_map(|(p, e)| match &e.node {
+            Node::File(b) => Some((PathBuf::from(format!("/{p}")), b)),
+            _ => None,
+        })
+        .collect();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut work = Vec::new();
+    let mut seen = HashSet::new();
+    let mut frag: Vec<Blob> = Vec::new();
+    let mut frag_len = 0usize;
+    for (_, b) in files {
+        let len = b.len() as usize;
+        if len == 0 {
+            continue;
         }
-        let done: Vec<([u8; 32], Vec<u8>)> = blocks
+        if len < block_size {
+            if len + frag_len > block_size {
+                work.push(Work::Fragment(std::mem::take(&mut frag)));
+                frag_len = 0;
+            }
+            frag.push(b.clone());
+            frag_len += len;
+            continue;
+        }
+        if !seen.insert(b.id()) {
+            continue;
+        }
+        let mut offset = 0;
+        while offset < len {
+            let n = block_size.min(len - offset);
+            work.push(Work::Extent {
+                blob: b.clone(),
+                offset: offset as u64,
+                len: n,
+            });
+            offset += n;
+        }
+    }
+    if !frag.is_empty() {
+        work.push(Work::Fragment(frag));
+    }
+    work
+}
+
+fn zstd_compress(c: &mut zstd::bulk::Compressor<'_>, b: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(b.len()));
+    c.compress_to_buffer(b, &mut out)?;
+    Ok(out)
+}
+
+/// What one image's blocks cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Size of the image in bytes.
+    pub size: u64,
+    /// Blocks prepared ahead (data and predicted fragments).
+    pub blocks: u64,
+    /// Of those, compressed now (the rest came from the cache).
+    pub compressed: u64,
+    /// Blocks backhand asked for that were not prepared (metadata, a
+    /// mispredicted fragment, an entry damaged or pruned meanwhile):
+    /// compressed in backhand's thread.
+    pub serial: u64,
+    /// The block cache's own counters.
+    pub cache: Stats,
+}
+
+struct Prepared {
+    cache: BlockCache,
+    /// Each prepared block's key and the SHA-256 of its compressed bytes.
+    keys: HashMap<Key, [u8; 32]>,
+    level: i32,
+}
+
+/// zstd whose blocks were compressed ahead of time, in parallel, into a
+/// block cache.
+struct CachedZstd {
+    prepared: RwLock<Option<Arc<Prepared>>>,
+    serial: std::sync::atomic::AtomicU64,
+}
+
+impl CachedZstd {
+    /// Make sure every block of `work` is in `cache`; returns the keys and
+    /// how many blocks had to be compressed.
+    fn prepare(
+        work: &[Work],
+        cache: &BlockCache,
+        level: i32,
+    ) -> std::io::Result<(HashMap<Key, [u8; 32]>, u64)> {
+        let compressed = std::sync::atomic::AtomicU64::new(0);
+        let keys: Vec<Option<(Key, [u8; 32])>> = work
             .par_iter()
             .map_init(
-                || zstd::bulk::Compressor::new(level),
-                |c, b| {
-                    let c = c
-                        .as_mut()
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(b.len()));
-                    c.compress_to_buffer(b, &mut out)?;
-                    Ok((block_key(b), out))
+                || (zstd::bulk::Compressor::new(level), Vec::new()),
+                |(c, buf), w| {
+                    w.read(buf)?;
+                    if buf.iter().all(|&b| b == 0) {
+                        return Ok(None);
+                    }
+                    let key = key_of(buf);
+                    let z = match cache.get(&key) {
+                        Some(z) => z,
+                        None => {
+                            let c = c
+                                .as_mut()
+                                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                            let z = zstd_compress(c, buf)?;
+                            cache.put(&key, &z)?;
+                            compressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            z
+                        }
+                    };
+                    Ok(Some((key, Sha256::digest(&z).into())))
                 },
             )
             .collect::<std::io::Result<_>>()?;
-        let mut map = self.blocks.write().expect("no poisoning");
-        map.extend(done);
-        Ok(())
+        Ok((
+            keys.into_iter().flatten().collect(),
+            compressed.into_inner(),
+        ))
     }
 }
 
-impl CompressionAction for ParallelZstd {
+impl CompressionAction for CachedZstd {
     type Error = BackhandError;
     type Compressor = Compressor;
     type FilesystemCompressor = FilesystemCompressor;
@@ -107,15 +213,18 @@ impl CompressionAction for ParallelZstd {
         fc: FilesystemCompressor,
         block_size: u32,
     ) -> Result<Vec<u8>, BackhandError> {
-        if bytes.len() == block_size as usize {
-            if let Some(c) = self
-                .blocks
-                .read()
-                .expect("no poisoning")
-                .get(&block_key(bytes))
-            {
-                return Ok(c.clone());
+        let prepared = self.prepared.read().expect("no poisoning").clone();
+        if let Some(p) = prepared {
+            let key = key_of(bytes);
+            if let Some(sha) = p.keys.get(&key) {
+                if let Some(c) = p.cache.get_exact(&key, sha) {
+                    return Ok(c);
+                }
             }
+            self.serial
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut c = zstd::bulk::Compressor::new(p.level)?;
+            return Ok(zstd_compress(&mut c, bytes)?);
         }
         DefaultCompressor.compress(bytes, fc, block_size)
     }
@@ -170,29 +279,79 @@ impl Default for Options {
     }
 }
 
-/// Write `tree` to `out` as a squashfs 4.0 image. Returns the image size.
-pub fn write(tree: &Tree, out: &Path, opts: Options) -> Result<u64, SquashfsError> {
+impl Options {
+    /// The settings that compressed blocks depend on (the block cache's key).
+    pub fn settings(&self) -> Settings {
+        Settings {
+            algorithm: "zstd",
+            level: self.zstd_level as i32,
+            block_size: self.block_size,
+        }
+    }
+}
+
+/// Write `tree` to `out` as a squashfs 4.0 image, with a scratch block
+/// cache that is gone afterwards.
+pub fn write(tree: &Tree, out: &Path, opts: Options) -> Result<Report, SquashfsError> {
+    let cache = BlockCache::scratch(opts.settings()).map_err(|source| SquashfsError::Create {
+        path: out.display().to_string(),
+        source,
+    })?;
+    write_cached(tree, out, opts, &cache)
+}
+
+/// Write `tree` to `out` as a squashfs 4.0 image, taking the blocks
+/// `cache` already holds and adding the others. `cache` must have been
+/// opened with `opts.settings()`.
+pub fn write_cached(
+    tree: &Tree,
+    out: &Path,
+    opts: Options,
+    cache: &BlockCache,
+) -> Result<Report, SquashfsError> {
+    let err = |source| SquashfsError::Create {
+        path: out.display().to_string(),
+        source,
+    };
+    let before = cache.stats();
+    let work = plan(tree, opts.block_size as usize);
+    let (keys, compressed) =
+        CachedZstd::prepare(&work, cache, opts.zstd_level as i32).map_err(err)?;
+    let blocks = work.len() as u64;
+    drop(work);
     // backhand wants a `&'static` compressor: one small struct per image is
-    // leaked; its block map is emptied once the image is written.
-    let comp: &'static ParallelZstd = Box::leak(Box::new(ParallelZstd {
-        blocks: RwLock::new(HashMap::new()),
+    // leaked; what it holds is let go once the image is written.
+    let comp: &'static CachedZstd = Box::leak(Box::new(CachedZstd {
+        prepared: RwLock::new(Some(Arc::new(Prepared {
+            cache: cache.clone(),
+            keys,
+            level: opts.zstd_level as i32,
+        }))),
+        serial: Default::default(),
     }));
-    comp.precompress(tree, opts.block_size as usize, opts.zstd_level as i32)
-        .map_err(|source| SquashfsError::Create {
-            path: out.display().to_string(),
-            source,
-        })?;
     let result = write_with(tree, out, opts, comp);
-    comp.blocks.write().expect("no poisoning").clear();
-    comp.blocks.write().expect("no poisoning").shrink_to_fit();
-    result
+    comp.prepared.write().expect("no poisoning").take();
+    let after = cache.stats();
+    let size = result?;
+    Ok(Report {
+        size,
+        blocks,
+        compressed,
+        serial: comp.serial.load(std::sync::atomic::Ordering::Relaxed),
+        cache: Stats {
+            hits: after.hits - before.hits,
+            misses: after.misses - before.misses,
+            stored: after.stored - before.stored,
+            corrupt: after.corrupt - before.corrupt,
+        },
+    })
 }
 
 fn write_with(
     tree: &Tree,
     out: &Path,
     opts: Options,
-    comp: &'static ParallelZstd,
+    comp: &'static CachedZstd,
 ) -> Result<u64, SquashfsError> {
     let mut fs = FilesystemWriter::default();
     fs.set_kind(Kind::new_v4(comp));
@@ -219,14 +378,7 @@ fn write_with(
         let p = format!("/{path}");
         let res = match &e.node {
             Node::Dir => fs.push_dir(&p, h),
-            Node::File(d) => fs.push_file(
-                ArcReader {
-                    data: d.clone(),
-                    pos: 0,
-                },
-                &p,
-                h,
-            ),
+            Node::File(d) => fs.push_file(d.reader(), &p, h),
             Node::Symlink(t) => fs.push_symlink(t.as_str(), &p, h),
             Node::CharDevice(major, minor) => fs.push_char_device(
                 (major << 8) | (minor & 0xff) | ((minor & !0xff) << 12),
@@ -266,7 +418,7 @@ mod tests {
     use super::*;
     use crate::tree::Entry;
     use backhand::{FilesystemReader, InnerNode};
-    use std::io::BufReader;
+    use std::io::{BufReader, Read};
 
     fn sample() -> Tree {
         let o: Arc<str> = Arc::from("t");
@@ -303,7 +455,8 @@ mod tests {
                 ..Default::default()
             },
         )
-        .unwrap();
+        .unwrap()
+        .size;
         assert_eq!(size, std::fs::metadata(&out).unwrap().len());
         let r = BufReader::new(File::open(&out).unwrap());
         let fs = FilesystemReader::from_reader(r).unwrap();
@@ -351,5 +504,133 @@ mod tests {
         assert_eq!(a, b);
         // the 1.2 MB file is stored once (hard link / duplicate), compressed
         assert!(a.len() < 1_200_000, "{}", a.len());
+    }
+
+    /// A tree with what the planner must predict: many small files (several
+    /// fragment blocks), files of one block and a bit (short last blocks),
+    /// an all-zero block (a hole), bodies in the scratch file, hard links,
+    /// and names whose string order differs from backhand's path order.
+    fn varied(spill: &Arc<crate::blob::Spill>) -> Tree {
+        let o: Arc<str> = Arc::from("t");
+        let mut t = sample();
+        let mut x = 7u32;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 24) as u8 % 16
+                })
+                .collect()
+        };
+        for i in 0..300 {
+            let len = 200 + (i * 997) % 20_000;
+            t.insert(
+                &format!("usr/lib/small/f{i}"),
+                Entry::file(noise(len), 0o644, &o),
+            )
+            .unwrap();
+        }
+        for name in ["usr/lib-x/a", "usr/lib/x", "usr/lib.d/y", "usr/libz"] {
+            t.insert(name, Entry::file(noise(5000), 0o644, &o)).unwrap();
+        }
+        let big = noise(3 * 131_072 + 999);
+        let blob =
+            crate::blob::Blob::read_from(&mut &big[..], big.len() as u64, Some(spill)).unwrap();
+        assert!(blob.is_spilled());
+        let mut e = Entry::file(Vec::new(), 0o755, &o);
+        e.node = Node::File(blob);
+        t.insert("usr/bin/spilled", e.clone()).unwrap();
+        t.insert("usr/bin/spilled-link", e).unwrap();
+        let mut holey = vec![0u8; 131_072];
+        holey.extend(noise(131_072 + 17));
+        t.insert("var/holey", Entry::file(holey, 0o644, &o))
+            .unwrap();
+        t
+    }
+
+    fn plain(tree: &Tree, out: &Path, opts: Options) {
+        let comp: &'static CachedZstd = Box::leak(Box::new(CachedZstd {
+            prepared: RwLock::new(None),
+            serial: Default::default(),
+        }));
+        write_with(tree, out, opts, comp).unwrap();
+    }
+
+    #[test]
+    fn cached_blocks_give_backhands_own_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = crate::blob::Spill::new_in(dir.path()).unwrap();
+        let tree = varied(&spill);
+        let o = Options {
+            mtime: 1,
+            zstd_level: 3,
+            ..Default::default()
+        };
+        let reference = dir.path().join("plain");
+        plain(&tree, &reference, o);
+        let reference = std::fs::read(reference).unwrap();
+        let cache = BlockCache::open(&dir.path().join("blocks"), o.settings()).unwrap();
+        let out = dir.path().join("img");
+        let cold = write_cached(&tree, &out, o, &cache).unwrap();
+        assert!(std::fs::read(&out).unwrap() == reference, "cold cache");
+        assert_eq!(cold.compressed, cold.blocks);
+        assert!(cold.blocks > 10, "{cold:?}");
+        // the prediction was right: only metadata was left to backhand's thread
+        assert!(cold.serial <= 4, "{cold:?}");
+        let warm = write_cached(&tree, &out, o, &cache).unwrap();
+        assert!(std::fs::read(&out).unwrap() == reference, "warm cache");
+        assert_eq!(warm.compressed, 0, "{warm:?}");
+        assert_eq!(warm.serial, cold.serial, "{warm:?}");
+        assert_eq!(warm.cache.corrupt, 0);
+    }
+
+    #[test]
+    fn damaged_cache_entries_are_detected_and_the_image_stays_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = crate::blob::Spill::new_in(dir.path()).unwrap();
+        let tree = varied(&spill);
+        let o = Options {
+            mtime: 1,
+            zstd_level: 3,
+            ..Default::default()
+        };
+        let blocks = dir.path().join("blocks");
+        let cache = BlockCache::open(&blocks, o.settings()).unwrap();
+        let out = dir.path().join("img");
+        write_cached(&tree, &out, o, &cache).unwrap();
+        let reference = std::fs::read(&out).unwrap();
+        // damage every entry a different way: a flipped bit, a truncation,
+        // another block's valid-looking bytes under this key's name
+        let mut entries: Vec<PathBuf> = Vec::new();
+        for fan in std::fs::read_dir(blocks.join(o.settings().dir_name())).unwrap() {
+            for f in std::fs::read_dir(fan.unwrap().path()).unwrap() {
+                entries.push(f.unwrap().path());
+            }
+        }
+        entries.sort();
+        let n = entries.len();
+        let first = std::fs::read(&entries[0]).unwrap();
+        for (i, p) in entries.iter().enumerate().skip(1) {
+            let mut raw = std::fs::read(p).unwrap();
+            match i % 4 {
+                0 => {
+                    let l = raw.len();
+                    raw[l / 2 + 20] ^= 0x10;
+                }
+                1 => raw.truncate(raw.len() / 2),
+                2 => raw = first.clone(),
+                _ => {
+                    // well formed, this entry's key, another block's bytes
+                    let key = hex::decode(p.file_name().unwrap().to_str().unwrap()).unwrap();
+                    raw = first.clone();
+                    raw[8..40].copy_from_slice(&key);
+                }
+            }
+            std::fs::write(p, raw).unwrap();
+        }
+        let r = write_cached(&tree, &out, o, &cache).unwrap();
+        assert!(std::fs::read(&out).unwrap() == reference);
+        assert_eq!(r.cache.corrupt as usize, n - 1, "{r:?}");
+        assert_eq!(r.compressed as usize, n - 1, "{r:?}");
     }
 }

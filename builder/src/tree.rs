@@ -1,20 +1,24 @@
 //! The root tree being assembled, held in memory: every path with its kind,
-//! content, mode, owner and the package it came from.
+//! content, mode, owner and the package it came from. Large file bodies are
+//! not in memory but in the build's scratch file ([`Blob`]).
 //!
 //! Owns path canonicalisation (merged `/usr`: `/bin/x` is stored as
 //! `usr/bin/x`), the rules for what happens when two packages ship the same
 //! path, and lookups through directory symlinks. It does not know about
 //! packages, fixups or output formats.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+pub use crate::blob::Blob;
 
 /// What a path is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     Dir,
-    /// Regular file; hard links share the same `Arc`.
-    File(Arc<Vec<u8>>),
+    /// Regular file; hard links share the same [`Blob`].
+    File(Blob),
     /// Symbolic link with its target as written.
     Symlink(String),
     /// Character device (major, minor): rare in packages, kept for fidelity.
@@ -47,7 +51,7 @@ impl Entry {
 
     pub fn file(data: impl Into<Vec<u8>>, mode: u32, origin: &Arc<str>) -> Self {
         Entry {
-            node: Node::File(Arc::new(data.into())),
+            node: Node::File(Blob::new(data)),
             mode,
             uid: 0,
             gid: 0,
@@ -360,11 +364,12 @@ impl Tree {
         Ok(real)
     }
 
-    /// Read a regular file's content (following symlinks).
-    pub fn read(&self, path: &str) -> Option<&[u8]> {
+    /// Read a regular file's content (following symlinks): borrowed when
+    /// it is in memory, read back when it was spilled.
+    pub fn read(&self, path: &str) -> Option<Cow<'_, [u8]>> {
         let p = self.resolve(path)?;
         match &self.entries.get(&p)?.node {
-            Node::File(d) => Some(d.as_slice()),
+            Node::File(d) => Some(d.bytes()),
             _ => None,
         }
     }
@@ -372,7 +377,7 @@ impl Tree {
     /// Read a regular file as UTF-8 text (lossy).
     pub fn read_text(&self, path: &str) -> Option<String> {
         self.read(path)
-            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .map(|d| String::from_utf8_lossy(&d).into_owned())
     }
 
     /// Write (create or replace) a regular file, 0644 root:root unless it
@@ -389,7 +394,7 @@ impl Tree {
         if let Some(real) = real {
             if let Some(e) = self.entries.get_mut(&real) {
                 if let Node::File(_) = e.node {
-                    e.node = Node::File(Arc::new(data));
+                    e.node = Node::File(Blob::from(data));
                     e.origin = origin.clone();
                     return Ok(real);
                 }
@@ -404,7 +409,7 @@ impl Tree {
         self.entries
             .values()
             .filter_map(|e| match &e.node {
-                Node::File(d) if seen.insert(Arc::as_ptr(d)) => Some(d.len() as u64),
+                Node::File(d) if seen.insert(d.id()) => Some(d.len()),
                 _ => None,
             })
             .sum()
@@ -446,8 +451,8 @@ mod tests {
         // `./bin` as a directory in an old package leaves the link alone
         t.insert("./bin", Entry::dir(0o755, &o())).unwrap();
         assert_eq!(t.get("bin").unwrap().node, Node::Symlink("usr/bin".into()));
-        assert_eq!(t.read("bin/bash").unwrap(), b"x");
-        assert_eq!(t.read("/usr/bin/bash").unwrap(), b"x");
+        assert_eq!(&*t.read("bin/bash").unwrap(), b"x");
+        assert_eq!(&*t.read("/usr/bin/bash").unwrap(), b"x");
     }
 
     #[test]
@@ -508,7 +513,7 @@ mod tests {
         // but a file over a file replaces it (later package wins)
         t.insert("d/x", Entry::file(b"new".to_vec(), 0o644, &o()))
             .unwrap();
-        assert_eq!(t.read("d/x").unwrap(), b"new");
+        assert_eq!(&*t.read("d/x").unwrap(), b"new");
     }
 
     #[test]
@@ -534,7 +539,7 @@ mod tests {
         t.write_file("/etc/shadow", b"new".to_vec(), &o()).unwrap();
         let e = t.get("etc/shadow").unwrap();
         assert_eq!(e.mode, 0o640);
-        assert_eq!(t.read("etc/shadow").unwrap(), b"new");
+        assert_eq!(&*t.read("etc/shadow").unwrap(), b"new");
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn copy_if_absent(tree: &mut Tree, from: &str, to: &str, mode: u32) -> Result<bo
     if exists(tree, to) {
         return Ok(false);
     }
-    let Some(data) = tree.read(from).map(<[u8]>::to_vec) else {
+    let Some(data) = tree.read(from).map(std::borrow::Cow::into_owned) else {
         return Ok(false);
     };
     put_file(tree, NAME, to, data, mode, (0, 0))?;

@@ -118,7 +118,7 @@ pub fn apply(tree: &mut Tree, _ctx: &Context<'_>) -> Result<Report, FixupError> 
     let mut bundle: Vec<u8> = Vec::new();
     for c in &certs {
         let data = tree.read(c).unwrap_or_default();
-        bundle.extend_from_slice(data);
+        bundle.extend_from_slice(&data);
         if !data.is_empty() && !data.ends_with(b"\n") {
             bundle.push(b'\n');
         }

@@ -16,7 +16,6 @@
 //!    then `.wants`-style directories left empty.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobMatcher};
 
@@ -75,7 +74,7 @@ fn remove_matching(tree: &mut Tree, m: &GlobMatcher) -> (usize, u64) {
         .collect();
     let mut entries = 0;
     let mut bytes = 0u64;
-    let mut seen: HashSet<*const Vec<u8>> = HashSet::new();
+    let mut seen: HashSet<usize> = HashSet::new();
     for k in hits {
         if !tree.contains(&k) {
             continue; // went with a matching parent
@@ -86,8 +85,8 @@ fn remove_matching(tree: &mut Tree, m: &GlobMatcher) -> (usize, u64) {
             .filter(|(p, _)| **p == k || p.starts_with(&prefix))
         {
             if let Node::File(d) = &e.node {
-                if seen.insert(Arc::as_ptr(d)) {
-                    bytes += d.len() as u64;
+                if seen.insert(d.id()) {
+                    bytes += d.len();
                 }
             }
             let _ = p;

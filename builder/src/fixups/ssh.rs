@@ -45,7 +45,7 @@ pub fn apply(tree: &mut Tree, _ctx: &Context<'_>) -> Result<Report, FixupError> 
     if !tree.contains("etc/ssh/sshd_config") {
         if let Some(c) = tree
             .read("usr/share/openssh/sshd_config")
-            .map(<[u8]>::to_vec)
+            .map(std::borrow::Cow::into_owned)
         {
             put_file(tree, NAME, "etc/ssh/sshd_config", c, 0o644, (0, 0))?;
             config = true;

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use cairn_initrd::modules::module_name;
 use rayon::prelude::*;
 
+use crate::blob::Blob;
+
 use super::elf::*;
 use super::kmod_index::*;
 
@@ -33,7 +35,7 @@ pub struct DepmodOutput {
 /// file content) with the kernel's `modules.order`, `modules.builtin` and
 /// `modules.builtin.modinfo` contents.
 pub fn depmod(
-    files: &[(String, &[u8])],
+    files: &[(String, Blob)],
     order: Option<&str>,
     builtin: Option<&str>,
     builtin_modinfo: Option<&[u8]>,
@@ -41,7 +43,7 @@ pub fn depmod(
     let parsed: Vec<Result<(String, ModInfo), (String, String)>> = files
         .par_iter()
         .map(|(rel, data)| {
-            decompress(rel, data)
+            decompress(rel, &data.bytes())
                 .and_then(|d| parse_module(&d))
                 .map(|m| (rel.clone(), m))
                 .map_err(|e| (rel.clone(), e))

@@ -29,7 +29,7 @@ pub use elf::{alias_normalize, parse_module, ModInfo};
 pub use kmod_index::{index_lookup, Index};
 
 use super::{put_file, Context, FixupError, Report};
-use crate::tree::{Node, Tree};
+use crate::tree::{Blob, Node, Tree};
 
 const NAME: &str = "kernel-modules";
 const MODULES_DIR: &str = "usr/lib/modules";
@@ -48,7 +48,7 @@ blacklist floppy
 /// Run depmod for kernel version directory `kdir` (e.g. `usr/lib/modules/6.1.0-1-amd64`).
 pub fn depmod_tree(tree: &mut Tree, kdir: &str) -> Result<DepmodOutput, FixupError> {
     let prefix = format!("{kdir}/");
-    let mut files: Vec<(String, &[u8])> = Vec::new();
+    let mut files: Vec<(String, Blob)> = Vec::new();
     for (k, e) in tree.iter() {
         let Some(rel) = k.strip_prefix(&prefix) else {
             continue;
@@ -57,14 +57,14 @@ pub fn depmod_tree(tree: &mut Tree, kdir: &str) -> Result<DepmodOutput, FixupErr
             continue;
         }
         if let Node::File(d) = &e.node {
-            files.push((rel.to_string(), d.as_slice()));
+            files.push((rel.to_string(), d.clone()));
         }
     }
     let order = tree.read_text(&format!("{kdir}/modules.order"));
     let builtin = tree.read_text(&format!("{kdir}/modules.builtin"));
     let bmi = tree
         .read(&format!("{kdir}/modules.builtin.modinfo"))
-        .map(<[u8]>::to_vec);
+        .map(std::borrow::Cow::into_owned);
     let out = depmod(&files, order.as_deref(), builtin.as_deref(), bmi.as_deref())
         .map_err(|(rel, e)| FixupError::invalid(NAME, format!("{kdir}/{rel}"), e))?;
     for (name, data) in &out.files {
@@ -420,9 +420,9 @@ mod tests {
             ("b.ko".to_string(), make_ko(&[], &["fb"], &["fa"])),
             ("c.ko".to_string(), make_ko(&[], &[], &["fa"])),
         ];
-        let refs: Vec<(String, &[u8])> = files
+        let refs: Vec<(String, Blob)> = files
             .iter()
-            .map(|(n, d)| (n.clone(), d.as_slice()))
+            .map(|(n, d)| (n.clone(), Blob::new(d.clone())))
             .collect();
         let out = depmod(&refs, None, None, None).unwrap();
         assert_eq!(out.loops, 2);
