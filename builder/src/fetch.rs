@@ -172,6 +172,17 @@ impl Cache {
         &self.root
     }
 
+    /// The cache of compressed squashfs blocks ([`crate::blockcache`]).
+    pub fn blocks_dir(&self) -> PathBuf {
+        self.root.join("blocks")
+    }
+
+    /// Where a build keeps its scratch file of file bodies (unlinked as
+    /// soon as it is made; see [`crate::blob::Spill`]).
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
     /// Where a blob with this hash lives (whether or not it is there).
     pub fn blob_path(&self, sha256: &str) -> PathBuf {
         self.root.join("sha256").join(&sha256[..2]).join(sha256)

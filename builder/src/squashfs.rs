@@ -300,6 +300,46 @@ pub fn write(tree: &Tree, out: &Path, opts: Options) -> Result<Report, SquashfsE
     write_cached(tree, out, opts, &cache)
 }
 
+/// Write `tree` to `out` with the persistent block cache under
+/// `blocks_dir` (`CACHE/blocks`), then prune that cache to its cap
+/// ([`crate::blockcache::cap_from_env`]).
+pub fn write_in_cache(
+    tree: &Tree,
+    out: &Path,
+    opts: Options,
+    blocks_dir: &Path,
+) -> Result<Report, SquashfsError> {
+    let err = |source| SquashfsError::Create {
+        path: blocks_dir.display().to_string(),
+        source,
+    };
+    let cache = BlockCache::open(blocks_dir, opts.settings()).map_err(err)?;
+    let t0 = std::time::Instant::now();
+    let r = write_cached(tree, out, opts, &cache)?;
+    tracing::info!(
+        blocks = r.blocks,
+        compressed = r.compressed,
+        reused = r.blocks - r.compressed,
+        serial = r.serial,
+        damaged = r.cache.corrupt,
+        seconds = t0.elapsed().as_secs_f64(),
+        "squashfs blocks"
+    );
+    let cap = crate::blockcache::cap_from_env();
+    match crate::blockcache::prune(blocks_dir, cap) {
+        Ok(p) if p.removed > 0 => tracing::info!(
+            removed = p.removed,
+            removed_bytes = p.removed_bytes,
+            kept_bytes = p.bytes,
+            cap,
+            "pruned the block cache"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(dir = %blocks_dir.display(), "pruning the block cache: {e}"),
+    }
+    Ok(r)
+}
+
 /// Write `tree` to `out` as a squashfs 4.0 image, taking the blocks
 /// `cache` already holds and adding the others. `cache` must have been
 /// opened with `opts.settings()`.
