@@ -248,33 +248,37 @@ fn current_output(out: &Path, inputs: &str) -> Option<Manifest> {
 }
 
 /// Unpack every package into a fresh merged-/usr tree. Decompression runs
-/// in parallel; insertion is sequential in lock order so the result does
-/// not depend on timing.
+/// in parallel, file bodies above a few KiB going to a scratch file in
+/// `scratch`; insertion is sequential in lock order so the result does not
+/// depend on timing.
 pub fn assemble(
     lock: &Lock,
     debs: &[PathBuf],
+    scratch: &Path,
     mp: &MultiProgress,
 ) -> Result<(Tree, Vec<InstalledPackage>)> {
+    let spill = crate::blob::Spill::new_in(scratch)
+        .with_context(|| format!("making a scratch file in {}", scratch.display()))?;
     let b = bar(mp, lock.packages.len() as u64, "unpack");
-    let members: Vec<_> = lock
+    let staged: Vec<_> = lock
         .packages
         .par_iter()
         .zip(debs.par_iter())
         .map(|(p, path)| {
-            let data = std::fs::read(path)
-                .with_context(|| format!("reading {} ({})", path.display(), p.name))?;
-            let m = debfile::read_members(&p.name, &data)?;
+            let s = debfile::stage_deb(&p.name, path, Some(&spill))
+                .with_context(|| format!("reading {}", path.display()))?;
             b.inc(1);
-            Ok::<_, anyhow::Error>(m)
+            Ok::<_, anyhow::Error>(s)
         })
         .collect::<Result<_>>()?;
     finish(mp, &b, None);
+    tracing::info!(spilled = spill.len(), "file bodies in the scratch file");
     let mut tree = Tree::new_merged_usr();
-    let mut installed = Vec::with_capacity(members.len());
-    for (p, m) in lock.packages.iter().zip(members) {
-        let mut control_files = debfile::read_control(&p.name, &m.control_tar)?;
+    let mut installed = Vec::with_capacity(staged.len());
+    for (p, s) in lock.packages.iter().zip(staged) {
+        let mut control_files = s.control_files;
         let control = control_files.remove("control").unwrap_or_default();
-        let files = debfile::unpack_data(&p.name, &m.data_tar, &mut tree)?;
+        let files = debfile::insert_staged(s.data, &mut tree)?;
         installed.push(InstalledPackage {
             name: p.name.clone(),
             version: p.version.clone(),
@@ -538,7 +542,7 @@ pub fn build_with(
     };
     tracing::info!(packages = debs.len(), "packages verified");
 
-    let (mut tree, installed) = assemble(&lock, &debs, &opts.progress)?;
+    let (mut tree, installed) = assemble(&lock, &debs, &cache.scratch_dir(), &opts.progress)?;
     let overlay = loaded.overlay_dir();
     let ctx = fixups::Context {
         def,
@@ -578,7 +582,7 @@ pub fn build_with(
         "squashfs",
         &format!("{} entries", tree.len()),
     );
-    squashfs::write(
+    squashfs::write_in_cache(
         &tree,
         &tmp,
         squashfs::Options {
@@ -586,6 +590,7 @@ pub fn build_with(
             zstd_level: opts.zstd_level,
             ..Default::default()
         },
+        &cache.blocks_dir(),
     )?;
     let size = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
     finish(
