@@ -10,8 +10,10 @@
 //! the others; two engines (one leads; shutdown and a killed leader: the
 //! other takes over within a bound; a watch checks every revision of the
 //! schedule for a unit on two machines); a deposed leader's fenced write
-//! refused; the reboot lock drains its holder and releasing it makes the
-//! machine schedulable again; etcd restarted under the engine (nothing
+//! refused; the reboot lock drains its holder (its drain mark written
+//! once nothing but its global unit is scheduled there and no report says
+//! otherwise) and releasing it makes the machine schedulable again (the
+//! mark removed); etcd restarted under the engine (nothing
 //! unscheduled, the engine goes on); a unit record that does not read is
 //! skipped; and at rest the engine makes no request (its counters and
 //! etcd's own).
@@ -31,6 +33,7 @@ use cairn_fleet::model::{MachineRecord, ScheduleEntry, UnitRecord};
 use cairn_fleet::registry::{Keys, Registry, RegistryError, ScheduleChange};
 use cairn_fleet::schedule::Verdict;
 use cairn_fleet::unit::JobState;
+use cairn_formats::reboot_lock::fleet::DrainMark;
 use cairn_formats::reboot_lock::{Semaphore, LOCK_KEY};
 use cairn_testkit::Etcd;
 use tokio::sync::{oneshot, watch};
@@ -145,6 +148,27 @@ impl Setup {
             )
             .await
             .unwrap();
+    }
+
+    /// Waits until machine `id`'s drain mark is there (`present`) or gone.
+    async fn wait_mark(&self, id: &str, present: bool) -> Option<DrainMark> {
+        let t = Instant::now();
+        loop {
+            let r = self
+                .etcd()
+                .get(self.registry.keys().drained_of(id), Default::default())
+                .await
+                .unwrap();
+            let mark = r
+                .kvs
+                .first()
+                .map(|kv| serde_json::from_slice(&kv.value).unwrap());
+            if mark.is_some() == present {
+                return mark;
+            }
+            assert!(t.elapsed() < SOON, "drain mark of {id}: {mark:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn start(&self, name: &str) -> Running {
@@ -761,6 +785,20 @@ async fn the_reboot_lock_drains_its_holder() {
             .await;
         // Its global unit stays; the others went elsewhere.
         assert_eq!(on(&sched, "g.service"), ["m1", "m2", "m3"]);
+        // No agent reports anything running there: the drain mark, for
+        // the lock as it is now.
+        let lock_rev = s
+            .registry
+            .reboot_lock_versioned(0)
+            .await
+            .unwrap()
+            .unwrap()
+            .mod_revision;
+        let mark = s.wait_mark("m2", true).await.unwrap();
+        assert_eq!(
+            (mark.machine.as_str(), mark.lock_revision),
+            ("m2", lock_rev)
+        );
         assert_eq!(
             load(&sched),
             BTreeMap::from([("m1".into(), 4), ("m2".into(), 1), ("m3".into(), 4)])
@@ -774,8 +812,9 @@ async fn the_reboot_lock_drains_its_holder() {
         let ex = view.explain("u2.service");
         assert!(ex.to_string().contains(DRAINED), "{ex}");
         assert!(view.changes().is_empty());
-        // Released: the machine takes units again.
+        // Released: the machine takes units again, and its mark goes.
         s.set_lock(&[]).await;
+        assert!(s.wait_mark("m2", false).await.is_none());
         s.unit("u8.service", SLEEP, JobState::Launched).await;
         let sched = s.wait("u8", SOON, |s| s.len() == 9).await;
         assert_eq!(on(&sched, "u8.service"), ["m2"]);

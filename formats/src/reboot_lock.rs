@@ -5,7 +5,9 @@
 //! Who uses it: `cairn-update` (`REBOOT_STRATEGY=etcd-lock`) takes a slot
 //! before it reboots into an update and gives it back once the new slot is
 //! healthy; fleet's engine drains a machine that holds a slot (schedules
-//! nothing onto it and moves its units off). Behind the `serde` feature.
+//! nothing onto it and moves its units off), and says when that is done
+//! ([`fleet`]: the drain mark `cairn-update` waits for before it reboots).
+//! Behind the `serde` feature.
 
 use std::fmt;
 
@@ -98,6 +100,76 @@ impl Semaphore {
     }
 }
 
+/// fleet's side of the lock: the few keys of fleet's registry that
+/// `cairn-update` reads, so that it need not link fleet. fleet's
+/// `registry::keys` builds its layout from these.
+///
+/// ```text
+/// PREFIX engine/leader     the engine election key: fleet runs on this cluster
+/// PREFIX machines/ID       a fleet agent's presence
+/// PREFIX drained/ID        DrainMark: ID holds the reboot lock and runs nothing fleet moves
+/// ```
+///
+/// The leader engine writes `drained/ID` (fenced by its leadership, no
+/// lease) once a lock holder has no non-global unit scheduled and its
+/// agent reports none of them running any more, and deletes it when ID no
+/// longer holds the lock. The mark carries the lock key's `mod_revision`
+/// the engine judged by; it is written again whenever the lock key
+/// changes, so a holder that took its slot at revision R waits for a mark
+/// with `lock_revision >= R` ([`DrainMark::covers`]) and is never fooled
+/// by a mark left from an earlier hold.
+pub mod fleet {
+    use serde::{Deserialize, Serialize};
+
+    /// cairn's default fleet key prefix (fleet's `etcd_key_prefix`).
+    pub const DEFAULT_PREFIX: &str = "/cairn/fleet/";
+    /// The engine's election key, under the prefix.
+    pub const LEADER: &str = "engine/leader";
+    /// Machine presence records, under the prefix.
+    pub const MACHINES: &str = "machines/";
+    /// Drain marks, under the prefix.
+    pub const DRAINED: &str = "drained/";
+
+    /// `PREFIX engine/leader`.
+    pub fn leader_key(prefix: &str) -> String {
+        format!("{prefix}{LEADER}")
+    }
+
+    /// `PREFIX machines/`.
+    pub fn machines_key(prefix: &str) -> String {
+        format!("{prefix}{MACHINES}")
+    }
+
+    /// `PREFIX drained/`.
+    pub fn drained_prefix(prefix: &str) -> String {
+        format!("{prefix}{DRAINED}")
+    }
+
+    /// `PREFIX drained/ID`.
+    pub fn drained_key(prefix: &str, machine: &str) -> String {
+        format!("{prefix}{DRAINED}{machine}")
+    }
+
+    /// The value of `drained/ID`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct DrainMark {
+        /// The machine drained (the key's last element).
+        pub machine: String,
+        /// The reboot lock key's `mod_revision` at which the engine found
+        /// the machine holding the lock and drained.
+        pub lock_revision: i64,
+    }
+
+    impl DrainMark {
+        /// Whether the mark speaks for a hold of the lock that began at
+        /// `revision` (the lock key's revision after the holder's write).
+        pub fn covers(&self, revision: i64) -> bool {
+            self.lock_revision >= revision
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +199,22 @@ mod tests {
         assert_eq!(serde_json::to_string(&s).unwrap(), json);
         assert_eq!(serde_json::from_str::<Semaphore>(json).unwrap(), s);
         assert_eq!(LOCK_KEY, "coreos.com/updateengine/rebootlock/semaphore");
+    }
+
+    #[test]
+    fn fleet_keys_and_the_drain_mark() {
+        use fleet::*;
+        assert_eq!(leader_key(DEFAULT_PREFIX), "/cairn/fleet/engine/leader");
+        assert_eq!(machines_key("/x/"), "/x/machines/");
+        assert_eq!(drained_prefix("/x/"), "/x/drained/");
+        assert_eq!(drained_key(DEFAULT_PREFIX, "m1"), "/cairn/fleet/drained/m1");
+        let m = DrainMark {
+            machine: "m1".into(),
+            lock_revision: 7,
+        };
+        assert!(m.covers(7) && m.covers(3) && !m.covers(8));
+        let json = r#"{"machine":"m1","lock_revision":7}"#;
+        assert_eq!(serde_json::to_string(&m).unwrap(), json);
+        assert_eq!(serde_json::from_str::<DrainMark>(json).unwrap(), m);
     }
 }

@@ -6,8 +6,14 @@
 //! (`[Day ]HH:MM`, UTC) and `REBOOT_WINDOW_LENGTH` (`1h`, `1h30m`, `45m`),
 //! as locksmith took them, and `LOCKSMITHD_ENDPOINT` (the etcd client URLs
 //! of the cluster reboot lock, comma-separated, as locksmith's; the first
-//! is used; default the local member). Also the reboot decision
-//! (`may_reboot_now`).
+//! is used; default the local member). cairn's own, for `etcd-lock` on a
+//! cluster that runs fleet: `DRAIN_TIMEOUT` (how long to wait, after
+//! taking the lock, for fleet to move this machine's units off and stop
+//! them; `5m` by default, `0` not at all) and `FLEET_ETCD_KEY_PREFIX`
+//! (fleet's `etcd_key_prefix`, `/cairn/fleet/` by default). Also the
+//! reboot decision (`may_reboot_now`).
+
+use std::time::Duration;
 
 use std::path::Path;
 
@@ -179,7 +185,19 @@ pub struct Config {
     pub window: Option<Window>,
     /// etcd client URLs for `etcd-lock` (`LOCKSMITHD_ENDPOINT`).
     pub etcd_endpoints: Vec<String>,
+    /// `etcd-lock` on a fleet cluster: the longest wait for fleet's drain
+    /// mark after taking the lock (`DRAIN_TIMEOUT`; zero: no wait).
+    pub drain_timeout: Duration,
+    /// fleet's key prefix (`FLEET_ETCD_KEY_PREFIX`).
+    pub fleet_prefix: String,
 }
+
+/// How long `etcd-lock` waits for fleet's drain by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The longest `DRAIN_TIMEOUT` taken: an hour (the lock is held meanwhile,
+/// and no other machine of the cluster updates).
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The local etcd member, as locksmith used by default.
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -192,6 +210,8 @@ impl Default for Config {
             server: None,
             window: None,
             etcd_endpoints: vec![DEFAULT_ETCD_ENDPOINT.to_string()],
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            fleet_prefix: cairn_formats::reboot_lock::fleet::DEFAULT_PREFIX.to_string(),
         }
     }
 }
@@ -271,13 +291,38 @@ impl Config {
                     }
                     c.etcd_endpoints = urls;
                 }
+                "DRAIN_TIMEOUT" => {
+                    let secs = if v == "0" { Some(0) } else { parse_duration(&v) };
+                    c.drain_timeout = secs
+                        .map(|s| Duration::from_secs(s.into()))
+                        .filter(|d| *d <= MAX_DRAIN_TIMEOUT)
+                        .ok_or_else(|| {
+                            err(
+                                n,
+                                format!("DRAIN_TIMEOUT: {v:?}: expected 0 or a duration up to 1h, such as 5m, 90s"),
+                            )
+                        })?;
+                }
+                "FLEET_ETCD_KEY_PREFIX" => {
+                    let ok = v.starts_with('/')
+                        && v.ends_with('/')
+                        && !v.contains("//")
+                        && v.chars().all(|c| c.is_ascii_graphic());
+                    if !ok {
+                        return Err(err(
+                            n,
+                            format!("FLEET_ETCD_KEY_PREFIX: {v:?}: expected an absolute path that ends in '/', like /cairn/fleet/"),
+                        ));
+                    }
+                    c.fleet_prefix = v;
+                }
                 "REBOOT_WINDOW_START" => start = Some((n, v)),
                 "REBOOT_WINDOW_LENGTH" => length = Some((n, v)),
                 _ => {
                     return Err(err(
                         n,
                         format!(
-                        "unknown key {k:?} (expected REBOOT_STRATEGY, GROUP, SERVER, REBOOT_WINDOW_START, REBOOT_WINDOW_LENGTH, LOCKSMITHD_ENDPOINT)"
+                        "unknown key {k:?} (expected REBOOT_STRATEGY, GROUP, SERVER, REBOOT_WINDOW_START, REBOOT_WINDOW_LENGTH, LOCKSMITHD_ENDPOINT, DRAIN_TIMEOUT, FLEET_ETCD_KEY_PREFIX)"
                     ),
                     ))
                 }
@@ -408,6 +453,34 @@ mod tests {
                 e.contains("update.conf:1") && e.contains("LOCKSMITHD_ENDPOINT"),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn the_drain_settings() {
+        let d = Config::default();
+        assert_eq!(d.drain_timeout, Duration::from_secs(300));
+        assert_eq!(d.fleet_prefix, "/cairn/fleet/");
+        let c = Config::parse(
+            "DRAIN_TIMEOUT=90s\nFLEET_ETCD_KEY_PREFIX=/x/fleet/\n",
+            Path::new("update.conf"),
+        )
+        .unwrap();
+        assert_eq!(c.drain_timeout, Duration::from_secs(90));
+        assert_eq!(c.fleet_prefix, "/x/fleet/");
+        let c = Config::parse("DRAIN_TIMEOUT=0\n", Path::new("update.conf")).unwrap();
+        assert!(c.drain_timeout.is_zero());
+        for (bad, key) in [
+            ("DRAIN_TIMEOUT=5 minutes", "DRAIN_TIMEOUT"),
+            ("DRAIN_TIMEOUT=2h", "DRAIN_TIMEOUT"),
+            ("DRAIN_TIMEOUT=", "DRAIN_TIMEOUT"),
+            ("FLEET_ETCD_KEY_PREFIX=cairn/fleet", "FLEET_ETCD_KEY_PREFIX"),
+            ("FLEET_ETCD_KEY_PREFIX=/a//b/", "FLEET_ETCD_KEY_PREFIX"),
+        ] {
+            let e = Config::parse(bad, Path::new("update.conf"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("update.conf:1") && e.contains(key), "{e}");
         }
     }
 

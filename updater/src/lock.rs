@@ -3,12 +3,14 @@
 //! only by compare-and-swap on the key's revision (etcd v3's JSON gateway, `/v3/kv/range` and
 //! `/v3/kv/txn`), so two machines can never both take the last slot. A machine takes a slot before
 //! it reboots into an update and gives it back once the new slot is healthy; `cairn-update lock`
-//! shows and breaks it.
+//! shows and breaks it. On a cluster that runs fleet it also reads fleet's few keys
+//! (`cairn_formats::reboot_lock::fleet`): whether fleet runs, and this machine's drain mark.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::Deserialize;
 
+use cairn_formats::reboot_lock::fleet::{self, DrainMark};
 /// The key and the semaphore's JSON live in `cairn-formats` (fleet's engine reads them too).
 pub use cairn_formats::reboot_lock::{Semaphore, LOCK_KEY};
 
@@ -66,6 +68,13 @@ struct RangeResponse {
     kvs: Vec<Kv>,
 }
 
+#[derive(Deserialize, Default)]
+struct Header {
+    /// A decimal string, as the gateway writes 64-bit integers.
+    #[serde(default)]
+    revision: String,
+}
+
 #[derive(Deserialize)]
 struct Kv {
     #[serde(default)]
@@ -78,6 +87,8 @@ struct Kv {
 struct TxnResponse {
     #[serde(default)]
     succeeded: bool,
+    #[serde(default)]
+    header: Header,
 }
 
 const TRIES: u32 = 20;
@@ -133,8 +144,9 @@ impl RebootLock {
         Ok(Some((sem, kv.mod_revision)))
     }
 
-    /// Writes `sem` if the key is still at `revision` (`None`: if it still does not exist).
-    fn swap(&self, sem: &Semaphore, revision: Option<&str>) -> Result<bool, LockError> {
+    /// Writes `sem` if the key is still at `revision` (`None`: if it still does not exist);
+    /// the revision written at, or `None` when the key had changed.
+    fn swap(&self, sem: &Semaphore, revision: Option<&str>) -> Result<Option<i64>, LockError> {
         let key = B64.encode(LOCK_KEY);
         let compare = match revision {
             Some(rev) => serde_json::json!({
@@ -154,22 +166,30 @@ impl RebootLock {
         )?;
         let r: TxnResponse =
             serde_json::from_value(v).map_err(|e| LockError::Corrupt(e.to_string()))?;
-        Ok(r.succeeded)
+        if !r.succeeded {
+            return Ok(None);
+        }
+        let rev = r.header.revision.parse().map_err(|_| LockError::Etcd {
+            endpoint: self.endpoint.clone(),
+            why: format!("a txn answer without a revision: {:?}", r.header.revision),
+        })?;
+        Ok(Some(rev))
     }
 
-    /// Reads, changes and compare-and-swaps until the change lands; returns what was written.
+    /// Reads, changes and compare-and-swaps until the change lands; returns what was written
+    /// and the revision it was written at.
     fn update<T>(
         &self,
         mut change: impl FnMut(&mut Semaphore) -> Result<T, LockError>,
-    ) -> Result<(T, Semaphore), LockError> {
+    ) -> Result<(T, Semaphore, i64), LockError> {
         for _ in 0..TRIES {
             let (mut sem, rev) = match self.read()? {
                 Some((s, r)) => (s, Some(r)),
                 None => (Semaphore::new(self.default_max), None),
             };
             let out = change(&mut sem)?;
-            if self.swap(&sem, rev.as_deref())? {
-                return Ok((out, sem));
+            if let Some(written) = self.swap(&sem, rev.as_deref())? {
+                return Ok((out, sem, written));
             }
         }
         Err(LockError::Contended(TRIES))
@@ -184,48 +204,124 @@ impl RebootLock {
 
     /// Takes a slot for `id`; `Err(Busy)` when none is free. Holding one already is success.
     pub fn lock(&self, id: &str) -> Result<Semaphore, LockError> {
-        self.update(|s| Ok(s.lock(id)?)).map(|(_, s)| s)
+        self.take(id).map(|(s, _)| s)
+    }
+
+    /// [`RebootLock::lock`], with the revision the lock key was written at (holding a slot
+    /// already writes it again): a drain mark for this hold must cover it.
+    pub fn take(&self, id: &str) -> Result<(Semaphore, i64), LockError> {
+        self.update(|s| Ok(s.lock(id)?)).map(|(_, s, rev)| (s, rev))
     }
 
     /// Gives `id`'s slot back; true when it held one.
     pub fn unlock(&self, id: &str) -> Result<bool, LockError> {
         self.update(|s| Ok(s.unlock(id)))
-            .map(|(released, _)| released)
+            .map(|(released, _, _)| released)
     }
 
     /// Sets the number of slots.
     pub fn set_max(&self, max: u32) -> Result<Semaphore, LockError> {
-        self.update(|s| set_max(s, max)).map(|(_, s)| s)
+        self.update(|s| set_max(s, max)).map(|(_, s, _)| s)
     }
+
+    /// The value of one key (`None`: no such key).
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LockError> {
+        let v = self.post(
+            "/v3/kv/range",
+            serde_json::json!({ "key": B64.encode(key) }),
+        )?;
+        let r: RangeResponse =
+            serde_json::from_value(v).map_err(|e| LockError::Corrupt(e.to_string()))?;
+        let Some(kv) = r.kvs.into_iter().next() else {
+            return Ok(None);
+        };
+        B64.decode(&kv.value)
+            .map(Some)
+            .map_err(|e| LockError::Etcd {
+                endpoint: self.endpoint.clone(),
+                why: format!("{key}: the value is not base64: {e}"),
+            })
+    }
+
+    /// Whether fleet runs on this cluster, under the key prefix `prefix`: an engine leads, or
+    /// at least one fleet agent is present.
+    pub fn fleet_in_use(&self, prefix: &str) -> Result<bool, LockError> {
+        if self.get(&fleet::leader_key(prefix))?.is_some() {
+            return Ok(true);
+        }
+        let machines = fleet::machines_key(prefix);
+        let v = self.post(
+            "/v3/kv/range",
+            serde_json::json!({
+                "key": B64.encode(&machines),
+                "range_end": B64.encode(prefix_end(machines.as_bytes())),
+                "limit": "1",
+                "keys_only": true,
+            }),
+        )?;
+        let r: RangeResponse =
+            serde_json::from_value(v).map_err(|e| LockError::Corrupt(e.to_string()))?;
+        Ok(!r.kvs.is_empty())
+    }
+
+    /// Machine `id`'s drain mark under fleet's prefix `prefix`; `None` when there is none or
+    /// it does not read (the engine rewrites or removes such a mark).
+    pub fn drain_mark(&self, prefix: &str, id: &str) -> Result<Option<DrainMark>, LockError> {
+        let key = fleet::drained_key(prefix, id);
+        let Some(raw) = self.get(&key)? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<DrainMark>(&raw) {
+            Ok(m) if m.machine == id => Ok(Some(m)),
+            Ok(m) => {
+                tracing::warn!("{key} names machine {:?}; ignored", m.machine);
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!("{key} does not read ({e}); ignored");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's `range_end` for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 #[cfg(test)]
 mod tests {
+    // The semaphore's rules and JSON are `cairn_formats::reboot_lock`'s, tested there; these are
+    // what this module adds.
     use super::*;
 
     #[test]
-    fn semaphore_rules() {
-        let mut s = Semaphore::new(2);
-        assert!(s.lock("a").unwrap());
-        assert!(
-            !s.lock("a").unwrap(),
-            "a second lock by the holder changes nothing"
-        );
-        assert!(s.lock("b").unwrap());
-        assert_eq!(s.semaphore, 0);
-        match s.lock("c").map_err(LockError::from) {
-            Err(LockError::Busy { max: 2, holders }) => assert_eq!(holders, ["a", "b"]),
+    fn a_full_lock_is_busy_and_zero_slots_are_refused() {
+        let mut s = Semaphore::new(1);
+        s.lock("a").unwrap();
+        match s.lock("b").map_err(LockError::from) {
+            Err(e @ LockError::Busy { max: 1, .. }) => {
+                assert_eq!(e.to_string(), "the reboot lock is full (1 of 1 held by a)")
+            }
             other => panic!("{other:?}"),
         }
-        assert!(s.unlock("a"));
-        assert!(!s.unlock("a"));
-        assert!(!s.unlock("nobody"));
-        assert_eq!((s.semaphore, s.holders.clone()), (1, vec!["b".to_string()]));
-        set_max(&mut s, 1).unwrap();
-        assert_eq!(s.semaphore, 0);
-        assert!(set_max(&mut s, 0).is_err());
-        // locksmith's JSON, field for field
-        let json = serde_json::to_string(&s).unwrap();
-        assert_eq!(json, r#"{"semaphore":0,"max":1,"holders":["b"]}"#);
+        assert!(matches!(set_max(&mut s, 0), Err(LockError::Invalid(_))));
+        set_max(&mut s, 3).unwrap();
+        assert_eq!(s.semaphore, 2);
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
     }
 }

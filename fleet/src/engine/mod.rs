@@ -22,7 +22,12 @@
 //! * **Drain**: machines holding the cluster's reboot lock
 //!   (`cairn_formats::reboot_lock`) take nothing, and their units move off
 //!   as if the machines were gone; the global units they run stay (see
-//!   [`ClusterView`]).
+//!   [`ClusterView`]). Once a holder has only global units scheduled and
+//!   its agent reports every other unit stopped (`states/ID/`, read only
+//!   while such a drain is pending), the leader writes its drain mark
+//!   `drained/ID` (fenced, carrying the lock key's revision), which
+//!   `cairn-update` waits for before it reboots; the mark goes when the
+//!   machine no longer holds the lock.
 //!
 //! [`ClusterView::explain`] is what `fleetctl explain` shows, computed by
 //! the same code as the leader's plans. [`Metrics`] count every request.
@@ -44,7 +49,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use crate::registry::{self, parse_reboot_lock, Registry, RegistryError};
+use crate::registry::{self, parse_reboot_lock, Registry, RegistryError, ScheduleChange};
 pub use metrics::{Counters, Metrics};
 pub use view::{explain, ClusterView, DRAINED};
 
@@ -416,8 +421,14 @@ impl Engine {
         if now.map(|l| l.create_revision) != Some(leader.create_revision) {
             return Ok(None);
         }
-        let lock = view::read_lock(&self.registry, rev).await?;
-        let view = ClusterView::new(keys, &snapshot, lock.as_ref());
+        let (lock, lock_revision) = view::read_lock(&self.registry, rev).await?;
+        let mut view = ClusterView::new(keys, &snapshot, lock.as_ref());
+        let (marks, bad_marks) = self.registry.drain_marks(rev).await?;
+        metrics::add(
+            &self.metrics.reads,
+            registry::range_requests(marks.len() + bad_marks.len()),
+        );
+        view.set_drain_state(lock_revision, &marks, &bad_marks);
         for bad in &snapshot.bad {
             debug!(key = %bad.key, "skipped: {}", bad.error);
         }
@@ -546,7 +557,7 @@ impl Engine {
                                 }
                             },
                         };
-                        if view.set_lock(lock.as_ref()) {
+                        if view.set_lock(lock.as_ref(), e.kv.mod_revision) {
                             info!(drained = ?view.drained(), "engine: the reboot lock changed");
                             changed = true;
                         }
@@ -561,20 +572,70 @@ impl Engine {
         }
     }
 
-    /// Plans from the view and writes the changes, fenced.
+    /// Plans from the view and writes the changes, fenced; then the drain
+    /// marks.
     async fn reconcile(
         &self,
         leader: &Leader,
         view: &mut ClusterView,
     ) -> Result<(), RegistryError> {
         metrics::add(&self.metrics.plans, 1);
-        let t = std::time::Instant::now();
         let changes = view.changes();
+        if !changes.is_empty() {
+            self.write(leader, view, &changes, "engine: schedule written")
+                .await?;
+        }
+        self.drain_marks(leader, view).await
+    }
+
+    /// Removes the drain marks of machines that no longer hold the reboot
+    /// lock and writes those of holders whose drain is complete: nothing
+    /// but global units scheduled there (the plan just written saw to
+    /// that) and every other unit reported stopped by the machine's agent.
+    /// Reads `states/ID/` of such holders only, so a drain in progress
+    /// costs one range request per holder per plan, and none otherwise.
+    async fn drain_marks(
+        &self,
+        leader: &Leader,
+        view: &mut ClusterView,
+    ) -> Result<(), RegistryError> {
+        let mut changes: Vec<ScheduleChange> = view
+            .stale_marks()
+            .into_iter()
+            .map(|machine| ScheduleChange::Undrained { machine })
+            .collect();
+        for machine in view.drain_candidates() {
+            let reports = self.registry.states_of(&machine).await?;
+            metrics::add(
+                &self.metrics.reads,
+                registry::range_requests(reports.records.len() + reports.bad.len()),
+            );
+            match view.drain_done(&machine, &reports.records, reports.bad.len()) {
+                Ok(mark) => {
+                    info!(%machine, lock_revision = mark.lock_revision, "engine: drained for a reboot");
+                    changes.push(ScheduleChange::Drained(mark));
+                }
+                Err(why) => debug!(%machine, "engine: draining for a reboot: {why}"),
+            }
+        }
         if changes.is_empty() {
             return Ok(());
         }
-        let txns = registry::transactions(&changes);
-        match self.registry.apply(leader, &changes).await {
+        self.write(leader, view, &changes, "engine: drain marks written")
+            .await
+    }
+
+    /// Writes `changes` fenced and takes them into the view.
+    async fn write(
+        &self,
+        leader: &Leader,
+        view: &mut ClusterView,
+        changes: &[ScheduleChange],
+        what: &'static str,
+    ) -> Result<(), RegistryError> {
+        let t = std::time::Instant::now();
+        let txns = registry::transactions(changes);
+        match self.registry.apply(leader, changes).await {
             Ok(rev) => {
                 metrics::add(&self.metrics.txns, txns);
                 metrics::add(&self.metrics.changes, changes.len() as u64);
@@ -583,9 +644,9 @@ impl Engine {
                     txns,
                     revision = rev,
                     took_ms = t.elapsed().as_millis() as u64,
-                    "engine: schedule written"
+                    "{what}"
                 );
-                view.applied(&changes, rev);
+                view.applied(changes, rev);
                 Ok(())
             }
             Err(e) => {

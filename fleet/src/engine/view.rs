@@ -1,16 +1,18 @@
 //! The engine's in-memory model of the cluster ([`ClusterView`]): the
 //! machines, the units, the schedule as stored and the machines drained
 //! for a reboot; built from one [`Snapshot`] and kept current from watch
-//! events. From it come the schedule changes the leader writes and the
-//! explanations `fleetctl explain` shows, by the same code.
+//! events. From it come the schedule changes the leader writes, the drain
+//! marks it writes for reboot-lock holders, and the explanations
+//! `fleetctl explain` shows, by the same code.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_etcd::{Event, EventKind};
+use cairn_formats::reboot_lock::fleet::DrainMark;
 use cairn_formats::reboot_lock::Semaphore;
 use tracing::warn;
 
-use crate::model::{MachineRecord, ScheduleEntry, UnitRecord};
+use crate::model::{MachineRecord, ScheduleEntry, UnitRecord, UnitStateReport};
 use crate::registry::{Keys, Registry, RegistryError, ScheduleChange, Snapshot};
 use crate::schedule::{
     schedule, Cluster, Explanation, Machine, MachineNote, Note, Plan, SchedUnit, Verdict,
@@ -74,6 +76,11 @@ pub struct ClusterView {
     /// unit -> machine -> entry (`None`: there, but unreadable).
     schedule: BTreeMap<String, BTreeMap<String, Option<ScheduleEntry>>>,
     drained: BTreeSet<String>,
+    /// The reboot lock key's `mod_revision` (0: not known or no key).
+    lock_revision: i64,
+    /// The stored drain marks: machine -> the lock revision in the mark
+    /// (`None`: there, but unreadable).
+    marks: BTreeMap<String, Option<i64>>,
     /// The revision of the engine's last write: schedule events up to it
     /// are its own, already in the view.
     own_revision: i64,
@@ -91,6 +98,8 @@ impl ClusterView {
             frozen: BTreeSet::new(),
             schedule: BTreeMap::new(),
             drained: BTreeSet::new(),
+            lock_revision: 0,
+            marks: BTreeMap::new(),
             own_revision: 0,
         };
         for m in &snapshot.machines {
@@ -130,15 +139,37 @@ impl ClusterView {
                 }
             }
         }
-        v.set_lock(lock);
+        v.set_lock(lock, 0);
         v
+    }
+
+    /// The stored drain marks (read at the snapshot's revision) and the
+    /// lock key's `mod_revision` there; marks that did not read are listed
+    /// by key in `bad`, to be rewritten or removed.
+    pub(crate) fn set_drain_state(
+        &mut self,
+        lock_revision: i64,
+        marks: &[DrainMark],
+        bad: &[crate::registry::BadRecord],
+    ) {
+        self.lock_revision = lock_revision;
+        self.marks = marks
+            .iter()
+            .map(|m| (m.machine.clone(), Some(m.lock_revision)))
+            .collect();
+        for b in bad {
+            warn!(key = %b.key, "a drain mark that does not read: {}", b.error);
+            if let Some(m) = self.keys.last(&b.key) {
+                self.marks.entry(m.to_string()).or_insert(None);
+            }
+        }
     }
 
     /// Reads the registry and the reboot lock (for `fleetctl explain`);
     /// a reboot lock that does not read drains nothing (with a warning).
     pub async fn read(registry: &Registry) -> Result<ClusterView, RegistryError> {
         let snapshot = registry.snapshot().await?;
-        let lock = read_lock(registry, snapshot.revision).await?;
+        let (lock, _) = read_lock(registry, snapshot.revision).await?;
         Ok(ClusterView::new(registry.keys(), &snapshot, lock.as_ref()))
     }
 
@@ -324,17 +355,97 @@ impl ClusterView {
         ex
     }
 
-    /// Sets the reboot lock's holders as the drained machines; true when
-    /// that changed them.
-    pub(crate) fn set_lock(&mut self, lock: Option<&Semaphore>) -> bool {
+    /// Sets the reboot lock's holders as the drained machines, and the
+    /// lock key's `mod_revision` (for drain marks); true when the holders
+    /// changed, or the revision did while someone holds the lock (their
+    /// marks are due again).
+    pub(crate) fn set_lock(&mut self, lock: Option<&Semaphore>, revision: i64) -> bool {
         let drained: BTreeSet<String> = lock
             .map(|s| s.holders.iter().cloned().collect())
             .unwrap_or_default();
+        let moved = revision != self.lock_revision && !drained.is_empty();
+        self.lock_revision = revision;
         if drained == self.drained {
-            return false;
+            return moved;
         }
         self.drained = drained;
         true
+    }
+
+    /// Drain marks of machines that no longer hold the lock (or that do
+    /// not read while their machine does not hold it): to be removed.
+    pub fn stale_marks(&self) -> Vec<String> {
+        self.marks
+            .keys()
+            .filter(|m| !self.drained.contains(*m))
+            .cloned()
+            .collect()
+    }
+
+    /// Lock holders whose drain may be complete: no mark for the lock's
+    /// current revision yet, and no unit scheduled on them but global
+    /// ones (a unit whose record does not read counts as not global).
+    /// Whether their agents stopped what was moved is
+    /// [`ClusterView::drain_done`]'s question.
+    pub fn drain_candidates(&self) -> Vec<String> {
+        if self.lock_revision == 0 {
+            return Vec::new();
+        }
+        self.drained
+            .iter()
+            .filter(|m| {
+                !matches!(self.marks.get(*m), Some(Some(r)) if *r >= self.lock_revision)
+                    && self.blocking_entries(m).is_empty()
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The units scheduled on `machine` that a drain must move first.
+    fn blocking_entries(&self, machine: &str) -> Vec<&str> {
+        self.schedule
+            .iter()
+            .filter(|(u, ms)| {
+                ms.contains_key(machine) && !self.units.get(*u).is_some_and(|u| u.global())
+            })
+            .map(|(u, _)| u.as_str())
+            .collect()
+    }
+
+    /// Whether `machine`'s agent has stopped every unit the drain moved,
+    /// by its reports (`states/ID/` as read now; `unreadable` reports that
+    /// did not read): every report is of a stopped unit (`inactive` or
+    /// `failed`) or of a global unit scheduled there. The mark to write,
+    /// or the units still running, for the log.
+    pub fn drain_done(
+        &self,
+        machine: &str,
+        reports: &[UnitStateReport],
+        unreadable: usize,
+    ) -> Result<DrainMark, String> {
+        let global_here = |unit: &str| {
+            self.units.get(unit).is_some_and(|u| u.global())
+                && self
+                    .schedule
+                    .get(unit)
+                    .is_some_and(|ms| ms.contains_key(machine))
+        };
+        let running: Vec<String> = reports
+            .iter()
+            .filter(|r| !matches!(r.active.as_str(), "inactive" | "failed"))
+            .filter(|r| !global_here(&r.unit))
+            .map(|r| format!("{} ({}/{})", r.unit, r.active, r.sub))
+            .collect();
+        if !running.is_empty() {
+            return Err(format!("still running: {}", running.join(", ")));
+        }
+        if unreadable > 0 {
+            return Err(format!("{unreadable} unit state report(s) do not read"));
+        }
+        Ok(DrainMark {
+            machine: machine.to_string(),
+            lock_revision: self.lock_revision,
+        })
     }
 
     /// Takes in one event of the registry's machines/, units/ or
@@ -439,6 +550,13 @@ impl ClusterView {
                         }
                     }
                 }
+                ScheduleChange::Drained(mark) => {
+                    self.marks
+                        .insert(mark.machine.clone(), Some(mark.lock_revision));
+                }
+                ScheduleChange::Undrained { machine } => {
+                    self.marks.remove(machine);
+                }
             }
         }
     }
@@ -457,16 +575,18 @@ pub fn explain(
     ClusterView::new(keys, snapshot, lock).explain(unit)
 }
 
-/// The reboot lock at `revision`; one that does not read drains nothing.
+/// The reboot lock at `revision` and its key's `mod_revision` (0: no
+/// key); one that does not read drains nothing.
 pub(crate) async fn read_lock(
     registry: &Registry,
     revision: i64,
-) -> Result<Option<Semaphore>, RegistryError> {
-    match registry.reboot_lock(revision).await {
-        Ok(lock) => Ok(lock),
+) -> Result<(Option<Semaphore>, i64), RegistryError> {
+    match registry.reboot_lock_versioned(revision).await {
+        Ok(Some(v)) => Ok((Some(v.record), v.mod_revision)),
+        Ok(None) => Ok((None, 0)),
         Err(RegistryError::Unreadable { key, error }) => {
             warn!(%key, "the reboot lock does not read ({error}); draining no machine");
-            Ok(None)
+            Ok((None, 0))
         }
         Err(e) => Err(e),
     }
@@ -536,6 +656,7 @@ mod tests {
                     format!("put {} {} {}", e.unit, e.machine, e.desired_state.as_str())
                 }
                 ScheduleChange::Delete { machine, unit } => format!("delete {unit} {machine}"),
+                other => format!("{other:?}"),
             })
             .collect()
     }
@@ -664,6 +785,89 @@ mod tests {
                 machines: vec!["m1".into()]
             }
         );
+    }
+
+    fn report(unit: &str, machine: &str, active: &str) -> UnitStateReport {
+        UnitStateReport {
+            unit: unit.into(),
+            load: "loaded".into(),
+            active: active.into(),
+            sub: "x".into(),
+            machine: machine.into(),
+            hash: self::unit(unit, SLEEP, JobState::Launched).hash,
+        }
+    }
+
+    #[test]
+    fn a_drain_is_done_when_only_globals_are_scheduled_and_nothing_else_runs() {
+        let units = [
+            unit("a.service", SLEEP, JobState::Launched),
+            unit("g.service", GLOBAL, JobState::Launched),
+        ];
+        let keys = Keys::default();
+        let s = snapshot(
+            &["m1", "m2"],
+            &units,
+            &[
+                ("a.service", "m2"),
+                ("g.service", "m1"),
+                ("g.service", "m2"),
+            ],
+            &[],
+        );
+        let mut v = ClusterView::new(&keys, &s, None);
+        assert!(v.drain_candidates().is_empty(), "no holder");
+        let mark = |m: &str, r: i64| DrainMark {
+            machine: m.into(),
+            lock_revision: r,
+        };
+        // m2 takes the lock at revision 20 (m9, no fleet machine, holds a
+        // slot too); a mark of m3 from an earlier hold is stale.
+        v.set_drain_state(5, &[mark("m3", 5)], &[]);
+        assert!(v.set_lock(Some(&lock(&["m2", "m9"])), 20));
+        assert_eq!(v.stale_marks(), ["m3"]);
+        // a is still scheduled there: m2 is not a candidate; m9 is.
+        assert_eq!(v.drain_candidates(), ["m9"]);
+        assert_eq!(v.drain_done("m9", &[], 0), Ok(mark("m9", 20)));
+        let changes = v.changes();
+        assert_eq!(
+            show(&changes),
+            ["delete a.service m2", "put a.service m1 launched"]
+        );
+        v.applied(&changes, 21);
+        assert_eq!(v.drain_candidates(), ["m2", "m9"]);
+        // The agent has not stopped a yet: not done; the global may run.
+        let running = [
+            report("a.service", "m2", "deactivating"),
+            report("g.service", "m2", "active"),
+        ];
+        let why = v.drain_done("m2", &running, 0).unwrap_err();
+        assert!(why.contains("a.service (deactivating/x)"), "{why}");
+        assert!(!why.contains("g.service"), "{why}");
+        let stopped = [
+            report("a.service", "m2", "inactive"),
+            report("g.service", "m2", "active"),
+        ];
+        assert_eq!(v.drain_done("m2", &stopped, 0), Ok(mark("m2", 20)));
+        assert!(v.drain_done("m2", &stopped, 1).is_err(), "unreadable");
+        v.applied(
+            &[
+                ScheduleChange::Drained(mark("m2", 20)),
+                ScheduleChange::Undrained {
+                    machine: "m3".into(),
+                },
+            ],
+            22,
+        );
+        assert_eq!(v.drain_candidates(), ["m9"]);
+        assert!(v.stale_marks().is_empty());
+        // The lock changes (m9 leaves): m2's mark is due again.
+        assert!(v.set_lock(Some(&lock(&["m2"])), 30));
+        assert_eq!(v.drain_candidates(), ["m2"]);
+        // Released: its mark is stale.
+        assert!(v.set_lock(None, 31));
+        assert_eq!(v.stale_marks(), ["m2"]);
+        assert!(v.drain_candidates().is_empty());
     }
 
     #[test]

@@ -8,16 +8,24 @@
 //! PREFIX schedule/ID/NAME       ScheduleEntry     written by the leader engine only, fenced
 //! PREFIX states/ID/NAME         UnitStateReport   on the agent's lease
 //! PREFIX engine/leader          the engine election key, on the leader's lease
+//! PREFIX drained/ID             DrainMark         written by the leader engine only, fenced
 //! ```
 //!
 //! An agent watches `schedule/ID/` and nothing else; a dead machine's
-//! presence and unit states go with its one lease.
+//! presence and unit states go with its one lease. `drained/ID` says that
+//! machine ID, which holds the cluster's reboot lock, runs nothing fleet
+//! moves any more; `cairn-update` waits for it before rebooting. The names
+//! `cairn-update` reads (the prefix, `engine/leader`, `machines/`,
+//! `drained/`) come from `cairn_formats::reboot_lock::fleet`, which the
+//! updater shares without linking fleet.
+
+use cairn_formats::reboot_lock::fleet as shared;
 
 use thiserror::Error;
 
 /// cairn's default key prefix. (fleet's was `/_coreos.com/fleet/`, holding
 /// etcd v2 records cairn does not read.)
-pub const DEFAULT_PREFIX: &str = "/cairn/fleet/";
+pub const DEFAULT_PREFIX: &str = shared::DEFAULT_PREFIX;
 
 /// The longest machine ID accepted.
 pub const MAX_MACHINE_ID: usize = 64;
@@ -83,7 +91,7 @@ impl Keys {
     }
 
     pub fn machines(&self) -> String {
-        format!("{}machines/", self.prefix)
+        shared::machines_key(&self.prefix)
     }
 
     pub fn machine(&self, id: &str) -> String {
@@ -125,7 +133,17 @@ impl Keys {
 
     /// The engine's election key.
     pub fn leader(&self) -> String {
-        format!("{}engine/leader", self.prefix)
+        shared::leader_key(&self.prefix)
+    }
+
+    /// The drain marks' folder.
+    pub fn drained(&self) -> String {
+        shared::drained_prefix(&self.prefix)
+    }
+
+    /// Machine `id`'s drain mark.
+    pub fn drained_of(&self, id: &str) -> String {
+        shared::drained_key(&self.prefix, id)
     }
 
     /// Splits `schedule/ID/NAME` or `states/ID/NAME` (with the prefix) into
@@ -166,6 +184,8 @@ mod tests {
             "/cairn/fleet/states/m1/a.service"
         );
         assert_eq!(k.leader(), "/cairn/fleet/engine/leader");
+        assert_eq!(k.drained_of("m1"), "/cairn/fleet/drained/m1");
+        assert_eq!(k.last("/cairn/fleet/drained/m1"), Some("m1"));
         assert_eq!(
             k.split_machine_unit("/cairn/fleet/schedule/m1/a.service"),
             Some(("m1", "a.service"))

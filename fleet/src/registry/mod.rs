@@ -2,8 +2,9 @@
 //! read and written with the guards each writer needs. fleetctl creates
 //! units only where none exists and changes desired states by
 //! compare-and-swap; agents keep their presence and unit states on their
-//! own lease; the leader engine writes the schedule in transactions fenced
-//! by its leadership, so a deposed engine cannot write.
+//! own lease; the leader engine writes the schedule (and the drain marks
+//! of reboot-lock holders) in transactions fenced by its leadership, so a
+//! deposed engine cannot write.
 
 pub mod keys;
 
@@ -11,6 +12,7 @@ use cairn_etcd::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, Leader, Op, PutOptions, Txn,
 };
 use cairn_formats::reboot_lock;
+use cairn_formats::reboot_lock::fleet::DrainMark;
 use thiserror::Error;
 
 use crate::model::{MachineRecord, RecordError, ScheduleEntry, UnitRecord, UnitStateReport};
@@ -96,6 +98,10 @@ pub enum ScheduleChange {
     Put(ScheduleEntry),
     /// Remove a unit from a machine.
     Delete { machine: String, unit: String },
+    /// Mark a reboot-lock holder drained (`drained/ID`).
+    Drained(DrainMark),
+    /// Remove a machine's drain mark (it no longer holds the lock).
+    Undrained { machine: String },
 }
 
 /// fleet's records in one etcd.
@@ -380,6 +386,18 @@ impl Registry {
                     DeleteOptions::new(),
                 )
             }
+            ScheduleChange::Drained(mark) => {
+                check_machine_id(&mark.machine)?;
+                Op::put(
+                    self.keys.drained_of(&mark.machine),
+                    serde_json::to_string(mark).expect("plain data"),
+                    PutOptions::new(),
+                )
+            }
+            ScheduleChange::Undrained { machine } => {
+                check_machine_id(machine)?;
+                Op::delete(self.keys.drained_of(machine), DeleteOptions::new())
+            }
         })
     }
 }
@@ -412,6 +430,18 @@ impl Registry {
         &self,
         revision: i64,
     ) -> Result<Option<reboot_lock::Semaphore>, RegistryError> {
+        Ok(self
+            .reboot_lock_versioned(revision)
+            .await?
+            .map(|v| v.record))
+    }
+
+    /// [`Registry::reboot_lock`] with the key's `mod_revision` (what drain
+    /// marks carry).
+    pub async fn reboot_lock_versioned(
+        &self,
+        revision: i64,
+    ) -> Result<Option<Versioned<reboot_lock::Semaphore>>, RegistryError> {
         let mut opts = GetOptions::new();
         if revision != 0 {
             opts = opts.revision(revision);
@@ -421,11 +451,53 @@ impl Registry {
             return Ok(None);
         };
         parse_reboot_lock(&kv.value)
-            .map(Some)
+            .map(|record| {
+                Some(Versioned {
+                    record,
+                    mod_revision: kv.mod_revision,
+                })
+            })
             .map_err(|error| RegistryError::Unreadable {
                 key: reboot_lock::LOCK_KEY.to_string(),
                 error,
             })
+    }
+
+    /// The drain marks at `revision` (0: now), by machine; a mark that
+    /// does not read (or names another machine than its key) is left out
+    /// with its key in the second list.
+    pub async fn drain_marks(
+        &self,
+        revision: i64,
+    ) -> Result<(Vec<DrainMark>, Vec<BadRecord>), RegistryError> {
+        let (kvs, _) = self.range(&self.keys.drained(), revision).await?;
+        let mut marks = Vec::new();
+        let mut bad = Vec::new();
+        for kv in kvs {
+            let key = kv.key_str().into_owned();
+            match serde_json::from_slice::<DrainMark>(&kv.value) {
+                Ok(m) if self.keys.last(&key) == Some(m.machine.as_str()) => marks.push(m),
+                Ok(m) => bad.push(BadRecord {
+                    key,
+                    error: format!("the drain mark names machine {:?}", m.machine),
+                }),
+                Err(e) => bad.push(BadRecord {
+                    key,
+                    error: format!("bad drain mark: {e}"),
+                }),
+            }
+        }
+        Ok((marks, bad))
+    }
+
+    /// The unit state reports of one machine, now.
+    pub async fn states_of(
+        &self,
+        machine: &str,
+    ) -> Result<Records<UnitStateReport>, RegistryError> {
+        check_machine_id(machine)?;
+        self.read(&self.keys.states_of(machine), 0, UnitStateReport::from_json)
+            .await
     }
 }
 
@@ -460,7 +532,7 @@ fn check_size(unit: &UnitRecord) -> Result<(), RegistryError> {
 fn change_size(c: &ScheduleChange) -> usize {
     match c {
         ScheduleChange::Put(e) => e.contents.len() + 256,
-        ScheduleChange::Delete { .. } => 128,
+        _ => 128,
     }
 }
 

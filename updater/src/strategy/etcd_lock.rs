@@ -2,10 +2,13 @@
 //! semaphore in etcd, [`crate::lock`]) before rebooting, inside the reboot
 //! window when one is set; give it back once the new slot is healthy. While
 //! the slots are all held, or etcd does not answer (another member
-//! rebooting), ask again every `poll`, as locksmithd did.
+//! rebooting), ask again every `poll`, as locksmithd did. Once the slot is
+//! taken, on a cluster that runs fleet, wait for fleet to drain the
+//! machine ([`super::drain`], `DRAIN_TIMEOUT`) before saying reboot.
 
 use std::time::Duration;
 
+use super::drain::{wait_for_drain, DRAIN_POLL};
 use super::{by_the_clock, Decision, Facts, RebootStrategy};
 use crate::lock::RebootLock;
 
@@ -14,6 +17,7 @@ pub struct EtcdLock {
     /// The holder's name: the machine id.
     id: String,
     poll: Duration,
+    drain_poll: Duration,
 }
 
 impl EtcdLock {
@@ -24,7 +28,14 @@ impl EtcdLock {
             lock: RebootLock::new(endpoint),
             id,
             poll,
+            drain_poll: DRAIN_POLL,
         }
+    }
+
+    /// Looks for fleet's drain mark this often (1 s by default).
+    pub fn drain_poll(mut self, poll: Duration) -> EtcdLock {
+        self.drain_poll = poll;
+        self
     }
 }
 
@@ -34,7 +45,8 @@ impl RebootStrategy for EtcdLock {
     }
 
     /// Waits for a slot; gives up (not now) once the window closes
-    /// meanwhile, for the next timer run to try again.
+    /// meanwhile, for the next timer run to try again. With the slot,
+    /// waits for fleet's drain (bounded; a timeout reboots anyway).
     fn before_reboot(&self, cx: &Facts<'_>) -> Decision {
         let id = &self.id;
         let mut last = String::new();
@@ -42,12 +54,22 @@ impl RebootStrategy for EtcdLock {
             if let Decision::NotNow(why) = by_the_clock(cx) {
                 return Decision::NotNow(why);
             }
-            match self.lock.lock(id) {
-                Ok(s) => {
+            match self.lock.take(id) {
+                Ok((s, revision)) => {
                     println!(
                         "took a slot of the cluster reboot lock as {id} (holders: {})",
                         s.holders.join(", ")
                     );
+                    let c = cx.config;
+                    let waited = wait_for_drain(
+                        &self.lock,
+                        &c.fleet_prefix,
+                        id,
+                        revision,
+                        c.drain_timeout,
+                        self.drain_poll,
+                    );
+                    println!("{}", waited.message(id));
                     return Decision::Reboot;
                 }
                 Err(e) => {

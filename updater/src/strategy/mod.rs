@@ -3,6 +3,7 @@
 //! the new slot passed the health gate. [`for_config`] picks one from
 //! `update.conf`; [`reboot`] is the one way the agent reboots.
 
+pub mod drain;
 mod etcd_lock;
 mod immediate;
 mod off;
@@ -12,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+pub use drain::{wait_for_drain, DrainWait};
 pub use etcd_lock::EtcdLock;
 pub use immediate::Immediate;
 pub use off::Off;
