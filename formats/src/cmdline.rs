@@ -31,6 +31,29 @@ pub const METADATA_IMDSV1: &str = "cairn.metadata.imdsv1";
 /// (`crate::verity::Verity`); without it the root is mounted unverified.
 pub const VERITY: &str = "cairn.verity";
 
+/// `cairn.install=URL`: the image folder on `cairn serve` (`.../assets/IMAGE`)
+/// whose `disk.raw` `cairn-update install` copies to this machine's disk
+/// (a netbooted profile with `boot: install`).
+pub const INSTALL: &str = "cairn.install";
+/// `cairn.install.disk=RULE`: which disk (`first-empty`, `/dev/NAME`,
+/// `by-id:ID`, `by-path:PATH`, `size:MIN[-MAX]`).
+pub const INSTALL_DISK: &str = "cairn.install.disk";
+/// `cairn.install.overwrite=1`: write over a disk that holds data.
+pub const INSTALL_OVERWRITE: &str = "cairn.install.overwrite";
+/// `cairn.install.report=URL`: the server the installer reports to.
+pub const INSTALL_REPORT: &str = "cairn.install.report";
+/// `cairn.install.mac=MAC`: the MAC address the machine netbooted with
+/// (its key in the server's records).
+pub const INSTALL_MAC: &str = "cairn.install.mac";
+
+/// The value of the last `KEY=value` word on a command line.
+pub fn value(cmdline: &str, key: &str) -> Option<String> {
+    split_words(cmdline)
+        .into_iter()
+        .filter_map(|w| Some(w.strip_prefix(key)?.strip_prefix('=')?.to_owned()))
+        .next_back()
+}
+
 /// Splits a command line into words the way the kernel does: on whitespace,
 /// except inside double quotes, which are removed.
 pub fn split_words(cmdline: &str) -> Vec<String> {
@@ -120,6 +143,14 @@ mod tests {
         assert!(root_in_ram("cairn.root=ram cairn.state=tmpfs"));
         assert!(!root_in_ram("cairn.root=ram cairn.root=disk"));
         assert!(!root_in_ram("cairn.slot=a"));
+    }
+
+    #[test]
+    fn values() {
+        let c = "cairn.install=http://s/assets/x cairn.install.disk=by-path:pci-0000:00:04.0 cairn.install.disk=/dev/vdb";
+        assert_eq!(value(c, INSTALL).as_deref(), Some("http://s/assets/x"));
+        assert_eq!(value(c, INSTALL_DISK).as_deref(), Some("/dev/vdb"));
+        assert_eq!(value(c, INSTALL_OVERWRITE), None);
     }
 
     #[test]
