@@ -173,6 +173,7 @@ enum Command {
 
 fn inspect(path: &std::path::Path) -> Result<()> {
     use anyhow::Context;
+    let mut manifest_verity = None;
     let disk = if path.is_dir() {
         let m = path.join(cairn_formats::image_dir::MANIFEST);
         let text =
@@ -191,6 +192,20 @@ fn inspect(path: &std::path::Path) -> Result<()> {
         for a in &man.artifacts {
             println!("  {:<16} {:>12} bytes  sha256 {}", a.name, a.size, a.sha256);
         }
+        match &man.verity {
+            Some(r) => {
+                println!(
+                    "  dm-verity: root hash {}, salt {}, {} data blocks, tree at byte {} of rootfs.squashfs",
+                    r.root_hash, r.salt, r.data_blocks, r.hash_offset
+                );
+                manifest_verity = Some((
+                    man.version.clone(),
+                    r.to_verity()
+                        .with_context(|| format!("{}: verity", m.display()))?,
+                ));
+            }
+            None => println!("  dm-verity: none (verity: false, or built before cairn had it)"),
+        }
         println!();
         path.join(cairn_formats::image_dir::DISK)
     } else {
@@ -199,7 +214,64 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     let info =
         cairn_disk::inspect(&disk).with_context(|| format!("inspecting {}", disk.display()))?;
     print!("{info}");
+    if let Some((version, v)) = manifest_verity {
+        println!();
+        println!("{}", manifest_agreement(&info, &version, &v));
+    }
     Ok(())
+}
+
+/// Whether the disk's boot entries and slots agree with the root hash in
+/// manifest.json: the entries of the manifest's version must name it and
+/// their slot's tree must give it.
+fn manifest_agreement(
+    info: &cairn_disk::DiskInfo,
+    version: &str,
+    v: &cairn_formats::verity::Verity,
+) -> String {
+    let mut lines = vec![format!(
+        "manifest.json's root hash ({version}): {}",
+        v.root_hash_hex()
+    )];
+    let esp_version = |name: &str| {
+        info.esp.as_ref().and_then(|e| {
+            e.boot_entries
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, text)| {
+                    text.lines()
+                        .find_map(|l| l.trim_start().strip_prefix("version "))
+                        .map(|s| s.trim().to_string())
+                })
+        })
+    };
+    let mut found = false;
+    for e in info.entry_verity() {
+        if esp_version(&e.name).as_deref() != Some(version) {
+            continue;
+        }
+        found = true;
+        let verdict = match (&e.verity, e.slot.and_then(|s| info.slot(s))) {
+            (Some(Ok(ev)), Some(slot)) if ev == v && slot.verity == Some(Ok(*v)) => {
+                format!("agrees (entry and slot {}'s tree)", slot.slot)
+            }
+            (Some(Ok(ev)), _) if ev != v => "DISAGREES: the entry names another root hash".into(),
+            (Some(Ok(_)), Some(slot)) => format!(
+                "DISAGREES: slot {}'s tree gives another root hash",
+                slot.slot
+            ),
+            (Some(Ok(_)), None) => "DISAGREES: the entry boots no slot of this disk".into(),
+            (Some(Err(err)), _) => format!("DISAGREES: {err}"),
+            (None, _) => "DISAGREES: the entry has no cairn.verity=".into(),
+        };
+        lines.push(format!("  {}: {verdict}", e.name));
+    }
+    if !found {
+        lines.push(format!(
+            "  no boot entry of version {version} on the ESP (updated since?)"
+        ));
+    }
+    lines.join("\n")
 }
 
 /// `cairn validate`: true when no file has any finding.

@@ -61,6 +61,14 @@ fn read_image(path: &Path) -> BTreeMap<String, Node> {
     out
 }
 
+/// The squashfs superblock's `bytes_used`.
+fn info_bytes_used(image: &Path) -> u64 {
+    let mut head = [0u8; 48];
+    File::open(image).unwrap().read_exact(&mut head).unwrap();
+    assert_eq!(&head[..4], b"hsqs");
+    u64::from_le_bytes(head[40..48].try_into().unwrap())
+}
+
 fn text(img: &BTreeMap<String, Node>, p: &str) -> String {
     match img.get(p).map(|n| &n.kind) {
         Some(Kind::File(d)) => String::from_utf8_lossy(d).into_owned(),
@@ -206,6 +214,83 @@ fn default_image_builds_reproducibly_and_holds_a_cluster_node() {
         .iter()
         .any(|p| p["name"] == "docker.io"));
 
+    // --- dm-verity: the tree after the squashfs passes Debian's veritysetup
+    // (the independent checker) with the manifest's root hash and offset
+    let v = m1
+        .verity
+        .as_ref()
+        .expect("manifest.json records the verity tree")
+        .to_verity()
+        .unwrap();
+    assert_eq!(
+        v.data_blocks,
+        (info_bytes_used(&image)).div_ceil(4096),
+        "the data area is the squashfs, padded to a block"
+    );
+    let o = Command::new("veritysetup")
+        .arg("verify")
+        .arg(&image)
+        .arg(&image)
+        .arg(v.root_hash_hex())
+        .arg(format!("--hash-offset={}", v.hash_offset()))
+        .output()
+        .expect("veritysetup (cryptsetup-bin) installed");
+    assert!(
+        o.status.success(),
+        "veritysetup verify: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // slot A's entry on the disk names that hash
+    let disk = cairn_disk::inspect(&out1.join("disk.raw")).unwrap();
+    let entries = &disk.esp.as_ref().expect("an ESP").boot_entries;
+    assert_eq!(entries.len(), 1);
+    assert!(
+        entries[0]
+            .1
+            .contains(&format!("options cairn.slot=a {} ", v.to_cmdline_word())),
+        "{}",
+        entries[0].1
+    );
+    // `cairn inspect` shows the slot's root hash and that the entry agrees
+    let o = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("inspect")
+        .arg(&out1)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        shown.contains(&format!("root hash {}", v.root_hash_hex())),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "cairn-{}.conf: agrees (entry and slot a's tree)",
+            m1.version
+        )),
+        "{shown}"
+    );
+    // the network-boot initramfs holds the same bytes (squashfs and tree)
+    let root_bytes = std::fs::read(&image).unwrap();
+    let pxe = std::fs::read(out1.join("pxe-initrd.img")).unwrap();
+    let at = pxe
+        .windows(16)
+        .position(|w| w == b"rootfs.squashfs\0")
+        .expect("rootfs.squashfs in pxe-initrd.img")
+        + 16;
+    let at = at.next_multiple_of(4);
+    assert_eq!(
+        &pxe[at..at + root_bytes.len()],
+        &root_bytes[..],
+        "pxe-initrd.img carries rootfs.squashfs with its tree"
+    );
+    drop((root_bytes, pxe));
+
     // --- a second build from the lock gives the same bytes
     let out2 = imgs.path().join("out2");
     let s2 = build(&opts(&def, &out2, false)).unwrap_or_else(|e| panic!("{e:#}"));
@@ -216,6 +301,7 @@ fn default_image_builds_reproducibly_and_holds_a_cluster_node() {
         "rebuild from the lock is byte-identical"
     );
     assert_eq!(m1.inputs, s2.manifest.inputs);
+    assert_eq!(m1.verity, s2.manifest.verity, "the same salt and root hash");
 
     // --- nothing changed: the output folder is current and is not rebuilt
     let s3 = build(&opts(&def, &out2, false)).unwrap();

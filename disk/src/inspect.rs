@@ -1,7 +1,10 @@
 //! Reading a disk image back: [`inspect`] gathers the GPT, the ESP's file
-//! tree and its systemd-boot configuration into a [`DiskInfo`], whose
-//! `Display` is what `cairn inspect disk.raw` prints. Read-only: the image
-//! is opened without write access.
+//! tree and its systemd-boot configuration, and what each root slot holds
+//! (squashfs size, the dm-verity tree after it and the root hash it
+//! gives) into a [`DiskInfo`], whose `Display` is what `cairn inspect
+//! disk.raw` prints: also whether each boot entry's `cairn.verity=` is the
+//! root hash of its slot's tree. Read-only: the image is opened without
+//! write access.
 
 use std::fmt;
 use std::fs::File;
@@ -11,6 +14,8 @@ use crate::error::DiskError;
 use crate::esp::{self, EspInfo};
 use crate::table::{self, PartitionInfo};
 use crate::Uuid;
+use cairn_formats::verity::Verity;
+use cairn_formats::Slot;
 
 /// Everything `inspect` reads from a disk image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +40,141 @@ pub struct DiskInfo {
     pub partitions: Vec<PartitionInfo>,
     /// The first EFI system partition's contents, if there is one.
     pub esp: Option<EspInfo>,
+    /// The root slots (`cairn-a`, `cairn-b`) found, in table order.
+    pub slots: Vec<SlotInfo>,
+}
+
+/// What a root slot holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// The slot (`a`, `b`).
+    pub slot: Slot,
+    /// Its GPT partition number.
+    pub partition: u32,
+    /// The squashfs superblock's `bytes_used`; `None` when the slot does not
+    /// start with a squashfs (empty, or never written).
+    pub squashfs_bytes: Option<u64>,
+    /// The dm-verity tree after the squashfs: the parameters its
+    /// superblock and top hash block give (the root hash a boot entry must
+    /// name), or why there is none that reads. `None` without a squashfs.
+    /// This reads the tree's top, not the data: it is not a check of the
+    /// data against the tree.
+    pub verity: Option<Result<Verity, String>>,
+}
+
+impl DiskInfo {
+    /// The slot's information, if the disk has that slot.
+    pub fn slot(&self, s: Slot) -> Option<&SlotInfo> {
+        self.slots.iter().find(|i| i.slot == s)
+    }
+
+    /// Each boot entry with the slot its `options` boot and its
+    /// `cairn.verity=` (when valid), in file-name order.
+    pub fn entry_verity(&self) -> Vec<EntryVerity> {
+        let Some(esp) = &self.esp else {
+            return Vec::new();
+        };
+        esp.boot_entries
+            .iter()
+            .map(|(name, text)| {
+                let options: Vec<&str> = text
+                    .lines()
+                    .filter_map(|l| l.trim_start().strip_prefix("options"))
+                    .filter(|rest| rest.starts_with(|c: char| c.is_ascii_whitespace()))
+                    .map(str::trim)
+                    .collect();
+                let options = options.join(" ");
+                EntryVerity {
+                    name: name.clone(),
+                    slot: cairn_formats::cmdline::slot(&options),
+                    verity: cairn_formats::cmdline::verity(&options)
+                        .map(|r| r.map_err(|e| e.to_string())),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A boot entry's slot and root hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryVerity {
+    /// The file name under `loader/entries/`.
+    pub name: String,
+    /// `cairn.slot=`.
+    pub slot: Option<Slot>,
+    /// `cairn.verity=`: `None` without one, `Err` when it does not parse.
+    pub verity: Option<Result<Verity, String>>,
+}
+
+impl EntryVerity {
+    /// How the entry's `cairn.verity=` compares with its slot's tree, in
+    /// words: `matches slot a's tree`, `DIFFERS from ...`, `no cairn.verity=`.
+    pub fn verdict(&self, disk: &DiskInfo) -> String {
+        let Some(slot) = self.slot else {
+            return "boots no slot (no cairn.slot=)".into();
+        };
+        let tree = disk.slot(slot).and_then(|s| s.verity.clone());
+        match (&self.verity, tree) {
+            (None, Some(Ok(_))) => {
+                format!("no cairn.verity=: slot {slot} is mounted without verification")
+            }
+            (None, _) => "no cairn.verity=".into(),
+            (Some(Err(e)), _) => format!("INVALID {e}"),
+            (Some(Ok(v)), Some(Ok(t))) if *v == t => format!("matches slot {slot}'s tree"),
+            (Some(Ok(v)), Some(Ok(t))) => format!(
+                "DIFFERS from slot {slot}'s tree (entry {}, tree {}): this entry will not boot",
+                short(&v.to_cmdline_value()),
+                short(&t.to_cmdline_value())
+            ),
+            (Some(Ok(_)), Some(Err(e))) => {
+                format!("slot {slot} has no readable tree ({e}): this entry will not boot")
+            }
+            (Some(Ok(_)), None) => {
+                format!("slot {slot} holds no squashfs: this entry will not boot")
+            }
+        }
+    }
+}
+
+/// The first 16 hex digits of a root hash and what follows the salt.
+fn short(value: &str) -> String {
+    let mut it = value.split(':');
+    let root = it.next().unwrap_or_default();
+    let _salt = it.next();
+    let blocks = it.next().unwrap_or_default();
+    format!("{}... ({blocks} blocks)", &root[..root.len().min(16)])
+}
+
+/// Reads the squashfs and verity tree of a slot partition.
+fn read_slot(image: &File, path: &Path, p: &PartitionInfo, sector: u64) -> SlotInfo {
+    use std::os::unix::fs::FileExt;
+    let slot = if p.name == crate::SLOT_A_LABEL {
+        Slot::A
+    } else {
+        Slot::B
+    };
+    let base = p.first_lba * sector;
+    let mut head = [0u8; 96];
+    let squashfs = image
+        .read_exact_at(&mut head, base)
+        .ok()
+        .and_then(|()| cairn_verity::squashfs_data_blocks(&head))
+        .filter(|blocks| blocks * cairn_verity::BLOCK_SIZE <= p.size)
+        .map(|blocks| (u64::from_le_bytes(head[40..48].try_into().unwrap()), blocks));
+    let verity = squashfs.map(|(_, blocks)| {
+        cairn_verity::read_root(image, path, base, blocks).map_err(|e| match e {
+            cairn_verity::VerityError::Superblock { problem, .. } => {
+                format!("the block after the squashfs {problem}")
+            }
+            other => other.to_string(),
+        })
+    });
+    SlotInfo {
+        slot,
+        partition: p.number,
+        squashfs_bytes: squashfs.map(|(used, _)| used),
+        verity,
+    }
 }
 
 /// Reads the GPT and the ESP of the image at `path`.
@@ -63,6 +203,13 @@ pub fn inspect(path: &Path) -> Result<DiskInfo, DiskError> {
         }
         None => None,
     };
+    let slots = t
+        .partitions
+        .iter()
+        .filter(|p| p.name == crate::SLOT_A_LABEL || p.name == crate::SLOT_B_LABEL)
+        .filter(|p| p.first_lba * t.sector_size + p.size <= meta.len())
+        .map(|p| read_slot(&image, path, p, t.sector_size))
+        .collect();
     Ok(DiskInfo {
         path: path.to_path_buf(),
         size: meta.len(),
@@ -74,6 +221,7 @@ pub fn inspect(path: &Path) -> Result<DiskInfo, DiskError> {
         backup_gpt_ok: t.backup_ok,
         partitions: t.partitions,
         esp,
+        slots,
     })
 }
 
@@ -235,6 +383,44 @@ impl fmt::Display for DiskInfo {
                 writeln!(f, "  | {l}")?;
             }
         }
+        self.fmt_slots(f)
+    }
+}
+
+impl DiskInfo {
+    /// The `Slots:` and `Root hashes of the boot entries:` sections.
+    fn fmt_slots(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.slots.is_empty() {
+            return Ok(());
+        }
+        writeln!(f)?;
+        writeln!(f, "Slots:")?;
+        for s in &self.slots {
+            let what = match (s.squashfs_bytes, &s.verity) {
+                (None, _) => "no squashfs (empty)".to_string(),
+                (Some(n), None) => format!("squashfs {}", human(n)),
+                (Some(n), Some(Err(e))) => {
+                    format!("squashfs {}, no dm-verity tree ({e})", human(n))
+                }
+                (Some(n), Some(Ok(v))) => format!(
+                    "squashfs {}, dm-verity tree at byte {}\n      root hash {}\n      salt      {}, {} data blocks",
+                    human(n),
+                    v.hash_offset(),
+                    v.root_hash_hex(),
+                    v.salt_hex(),
+                    v.data_blocks
+                ),
+            };
+            writeln!(f, "  {} (partition {}): {what}", s.slot, s.partition)?;
+        }
+        let entries = self.entry_verity();
+        if !entries.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "Root hashes of the boot entries:")?;
+            for e in &entries {
+                writeln!(f, "  {}: {}", e.name, e.verdict(self))?;
+            }
+        }
         Ok(())
     }
 }
@@ -242,6 +428,106 @@ impl fmt::Display for DiskInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{bls_entry, write_disk, BootEntry, DiskSpec, EspSource};
+
+    /// A file that starts like a squashfs of `used` bytes, with a tree.
+    fn slot_image(dir: &Path, name: &str, used: u64, seed: u8) -> (PathBuf, Verity) {
+        let p = dir.join(name);
+        let mut data: Vec<u8> = (0..used).map(|i| (i as u8) ^ seed).collect();
+        data[..4].copy_from_slice(b"hsqs");
+        data[40..48].copy_from_slice(&used.to_le_bytes());
+        std::fs::write(&p, data).unwrap();
+        let v = cairn_verity::append_tree(&p, &[seed; 32]).unwrap();
+        (p, v)
+    }
+
+    fn entry(v: &str, slot: char, verity: Option<&Verity>) -> String {
+        bls_entry(&BootEntry {
+            title: format!("x {v}"),
+            version: v.into(),
+            machine_id: None,
+            linux: format!("/cairn/{v}/vmlinuz"),
+            initrd: format!("/cairn/{v}/initrd.img"),
+            options: format!(
+                "cairn.slot={slot} {}console=ttyS0",
+                verity
+                    .map(|v| v.to_cmdline_word() + " ")
+                    .unwrap_or_default()
+            ),
+            sort_key: None,
+        })
+    }
+
+    #[test]
+    fn slots_and_entries_root_hashes() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, va) = slot_image(t.path(), "a", 300_000, 1);
+        let (b, vb) = slot_image(t.path(), "b", 5_000, 2);
+        let mut spec = DiskSpec::new("test");
+        spec.slot_a = Some(&a);
+        spec.slot_b = Some(&b);
+        let mut other = vb;
+        other.root_hash[0] ^= 1;
+        spec.esp_files = vec![
+            (
+                "loader/entries/x-1.conf".into(),
+                EspSource::from(entry("1", 'a', Some(&va))),
+            ),
+            (
+                "loader/entries/x-2+3.conf".into(),
+                EspSource::from(entry("2", 'b', Some(&other))),
+            ),
+            (
+                "loader/entries/x-0.conf".into(),
+                EspSource::from(entry("0", 'a', None)),
+            ),
+        ];
+        let disk = t.path().join("disk.raw");
+        write_disk(&disk, &spec).unwrap();
+        let info = inspect(&disk).unwrap();
+        assert_eq!(info.slots.len(), 2);
+        assert_eq!(info.slot(Slot::A).unwrap().squashfs_bytes, Some(300_000));
+        assert_eq!(info.slot(Slot::A).unwrap().verity, Some(Ok(va)));
+        assert_eq!(info.slot(Slot::B).unwrap().verity, Some(Ok(vb)));
+        let verdicts: Vec<(String, String)> = info
+            .entry_verity()
+            .iter()
+            .map(|e| (e.name.clone(), e.verdict(&info)))
+            .collect();
+        assert_eq!(verdicts[0].0, "x-0.conf");
+        assert!(
+            verdicts[0].1.contains("without verification"),
+            "{verdicts:?}"
+        );
+        assert_eq!(verdicts[1].1, "matches slot a's tree");
+        assert!(
+            verdicts[2].1.starts_with("DIFFERS from slot b's tree"),
+            "{verdicts:?}"
+        );
+        let text = info.to_string();
+        assert!(
+            text.contains(&format!("root hash {}", va.root_hash_hex())),
+            "{text}"
+        );
+        assert!(text.contains("x-1.conf: matches slot a's tree"), "{text}");
+
+        // an empty slot b, and a squashfs without a tree in slot a
+        let bare = t.path().join("bare");
+        std::fs::write(&bare, &std::fs::read(&a).unwrap()[..300_000]).unwrap();
+        let mut spec = DiskSpec::new("test2");
+        spec.slot_a = Some(&bare);
+        write_disk(&disk, &spec).unwrap();
+        let info = inspect(&disk).unwrap();
+        assert_eq!(info.slot(Slot::B).unwrap().squashfs_bytes, None);
+        let e = info
+            .slot(Slot::A)
+            .unwrap()
+            .verity
+            .clone()
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("no \"verity\" signature"), "{e}");
+    }
 
     #[test]
     fn human_sizes() {

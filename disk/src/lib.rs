@@ -45,7 +45,7 @@ pub use convert::ConvertError;
 pub use error::DiskError;
 pub use esp::{EspEntry, EspInfo};
 pub use guid::{derive_guid, DISK_GUID_NAME};
-pub use inspect::{inspect, DiskInfo};
+pub use inspect::{inspect, DiskInfo, EntryVerity, SlotInfo};
 pub use layout::{
     Layout, ALIGNMENT, ESP_LABEL, MIN_ESP_SIZE, SECTOR_SIZE, SLOT_A_LABEL, SLOT_B_LABEL,
     STATE_LABEL, STATE_NEW_MARK,
