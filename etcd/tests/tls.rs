@@ -1,5 +1,5 @@
 //! cairn-etcd over TLS against a real etcd 3.4 (Debian's etcd-server) on 127.0.0.1 serving
-//! clients on https only, with `--client-cert-auth`, and certificates made by the test (rcgen):
+//! clients on https only, with `--client-cert-auth`, and certificates made by testkit's `tls::pki` (rcgen):
 //! a CA, a server certificate (IP SAN 127.0.0.1, serverAuth and clientAuth: etcd's JSON gateway
 //! dials etcd's own gRPC with it), a client certificate, and an unrelated second CA with its
 //! own client certificate. KV, a transaction, a kept lease and a watch work with the right
@@ -10,108 +10,19 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_etcd::{
     Client, Compare, CompareOp, Config, Error, EventKind, GetOptions, LeaseStatus, Op, PutOptions,
     Tls, Txn, WatchOptions, WatchUpdate,
 };
-use cairn_testkit::{Etcd, ServerTls};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
-
-/// The PEM files of one test.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-    other_ca: PathBuf,
-    other_client_cert: PathBuf,
-    other_client_key: PathBuf,
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-}
-
-/// A leaf certificate signed by `issuer`, written as `NAME.pem` and `NAME-key.pem`.
-fn leaf(
-    dir: &Path,
-    name: &str,
-    sans: &[&str],
-    usages: &[ExtendedKeyUsagePurpose],
-    issuer: &CertifiedIssuer<'static, KeyPair>,
-) -> (PathBuf, PathBuf) {
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.extended_key_usages = usages.to_vec();
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, issuer).unwrap();
-    let (c, k) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}-key.pem")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
-
-fn pki(dir: &Path) -> Pki {
-    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-    let root = ca("cairn test etcd CA");
-    let other = ca("cairn test unrelated CA");
-    let (server_cert, server_key) = leaf(
-        dir,
-        "server",
-        &["127.0.0.1"],
-        &[ServerAuth, ClientAuth],
-        &root,
-    );
-    let (client_cert, client_key) = leaf(dir, "client", &[], &[ClientAuth], &root);
-    let (other_client_cert, other_client_key) =
-        leaf(dir, "other-client", &[], &[ClientAuth], &other);
-    let (ca, other_ca) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
-    std::fs::write(&ca, root.pem()).unwrap();
-    std::fs::write(&other_ca, other.pem()).unwrap();
-    Pki {
-        ca,
-        server_cert,
-        server_key,
-        client_cert,
-        client_key,
-        other_ca,
-        other_client_cert,
-        other_client_key,
-    }
-}
+use cairn_testkit::tls::{pki, Pki};
+use cairn_testkit::Etcd;
 
 /// An etcd on https that wants client certificates of `pki.ca`.
 fn etcd(dir: &Path, pki: &Pki) -> Etcd {
-    Etcd::single_tls(
-        dir,
-        "tls",
-        ServerTls {
-            cert_file: &pki.server_cert,
-            key_file: &pki.server_key,
-            client_ca_file: Some(&pki.ca),
-        },
-    )
+    Etcd::single_tls(dir, "tls", pki.server())
 }
 
 fn config(tls: Option<Tls>) -> Config {

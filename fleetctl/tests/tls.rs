@@ -1,93 +1,22 @@
 //! fleetctl over TLS against a real etcd 3.4 serving clients on https only
 //! with `--client-cert-auth` (testkit's `Etcd::single_tls`), certificates
-//! made by the test (rcgen): `--ca-file`, `--cert-file`, `--key-file` (or
+//! made by testkit's `tls::pki` (rcgen): `--ca-file`, `--cert-file`, `--key-file` (or
 //! `FLEETCTL_CA_FILE`...) reach it; without the client certificate the
 //! command fails at once with one line that says why; flags that do not
 //! go together are refused before anything is sent, naming them.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_etcd::{Client, Config, Tls};
 use cairn_fleet::model::MachineRecord;
 use cairn_fleet::registry::{Keys, Registry};
-use cairn_testkit::{Etcd, ServerTls};
+use cairn_testkit::tls::pki;
+use cairn_testkit::Etcd;
 use common::Run;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
-
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-}
-
-/// A leaf certificate signed by `issuer`, as `NAME.pem` and `NAME-key.pem`.
-fn leaf(
-    dir: &Path,
-    name: &str,
-    sans: &[&str],
-    usages: &[ExtendedKeyUsagePurpose],
-    issuer: &CertifiedIssuer<'static, KeyPair>,
-) -> (PathBuf, PathBuf) {
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.extended_key_usages = usages.to_vec();
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, issuer).unwrap();
-    let (c, k) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}-key.pem")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
-
-fn pki(dir: &Path) -> Pki {
-    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-    let root = ca("cairn test etcd CA");
-    // etcd 3.4's JSON gateway dials etcd's gRPC with the server certificate
-    let (server_cert, server_key) = leaf(
-        dir,
-        "server",
-        &["127.0.0.1"],
-        &[ServerAuth, ClientAuth],
-        &root,
-    );
-    let (client_cert, client_key) = leaf(dir, "client", &[], &[ClientAuth], &root);
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, root.pem()).unwrap();
-    Pki {
-        ca,
-        server_cert,
-        server_key,
-        client_cert,
-        client_key,
-    }
-}
 
 /// fleetctl with `args`, none of the test's own `FLEETCTL_*` variables,
 /// and `env` set.
@@ -116,15 +45,7 @@ fn s(p: &Path) -> &str {
 fn list_machines_over_tls_with_a_client_certificate() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = pki(tmp.path());
-    let etcd = Etcd::single_tls(
-        tmp.path(),
-        "tls",
-        ServerTls {
-            cert_file: &pki.server_cert,
-            key_file: &pki.server_key,
-            client_ca_file: Some(&pki.ca),
-        },
-    );
+    let etcd = Etcd::single_tls(tmp.path(), "tls", pki.server());
     let url = etcd.client_url.clone();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 

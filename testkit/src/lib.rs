@@ -2,7 +2,8 @@
 //! test is short and every test fails the same clear way when the machine
 //! lacks something: [`require`] a tool (naming its Debian package), a
 //! [`free_port`] on loopback, a [`StaticHttp`] server of fixed files on
-//! loopback, and a real [`Etcd`] member (Debian's `etcd-server`). VM
+//! loopback, a real [`Etcd`] member (Debian's `etcd-server`), and (feature
+//! `tls`) the certificates of an etcd on https ([`tls::pki`]). VM
 //! helpers live in `cairn-qemu`, image helpers beside the builder's tests.
 //!
 //! A dev-dependency only: nothing in a shipped binary links it.
@@ -10,6 +11,8 @@
 mod http;
 
 pub mod etcd;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub use etcd::{Etcd, ServerTls};
 pub use http::{Reply, Request, StaticHttp};
 
