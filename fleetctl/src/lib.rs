@@ -1,14 +1,16 @@
 //! fleetctl: fleet's command-line client on cairn's registry in etcd v3,
 //! with fleet's verbs, columns, flags, messages and exit codes (see
-//! `docs/usage.md`, "fleetctl"), and `explain`, which says why a unit is
-//! where it is. Everything read from etcd is checked before it is used or
-//! shown; unit names are checked before they reach a key or a command.
+//! `docs/usage.md`, "fleetctl"), `ssh` to a machine or a unit's machine,
+//! and `explain`, which says why a unit is where it is. Everything read
+//! from etcd is checked before it is used or shown; unit names are checked
+//! before they reach a key or a command.
 
 pub mod braces;
 pub mod explain;
 pub mod files;
 pub mod list;
 pub mod remote;
+pub mod ssh;
 pub mod table;
 pub mod verbs;
 pub mod view;
@@ -124,7 +126,7 @@ pub struct Global {
         value_parser = clap::value_parser!(OsString)
     )]
     pub key_file: Option<OsString>,
-    /// Reach the machines that `status` and `journal` run on through this SSH host (HOST[:PORT]).
+    /// Reach the machines that `status`, `journal` and `ssh` run on through this SSH host (HOST[:PORT]).
     #[arg(
         long,
         global = true,
@@ -249,6 +251,28 @@ pub enum Command {
         output: String,
         #[arg(value_name = "UNIT")]
         units: Vec<String>,
+    },
+    /// Open interactive shell on a machine in the cluster (or run COMMAND there).
+    Ssh {
+        /// Forward local ssh-agent to target machine.
+        #[arg(long, short = 'A')]
+        forward_agent: bool,
+        /// Open SSH connection to a specific machine.
+        #[arg(long, value_name = "MACHINE")]
+        machine: Option<String>,
+        /// Open SSH connection to machine running provided unit.
+        #[arg(long, value_name = "UNIT")]
+        unit: Option<String>,
+        /// Connect to remote hosts over SSH using this TCP port.
+        #[arg(long, value_name = "N", default_value_t = 22)]
+        ssh_port: u16,
+        /// MACHINE|UNIT (unless --machine or --unit is given), then the command.
+        #[arg(
+            value_name = "MACHINE|UNIT [COMMAND]",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<String>,
     },
     /// Say why a unit is on its machine, or why no machine takes it.
     Explain {
@@ -401,6 +425,21 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 ssh_port,
             };
             remote::journal(&ctx, &units, &j).await
+        }
+        Command::Ssh {
+            forward_agent,
+            machine,
+            unit,
+            ssh_port,
+            args,
+        } => {
+            let o = ssh::SshOpts {
+                forward_agent,
+                machine,
+                unit,
+                ssh_port,
+            };
+            ssh::ssh(&ctx, &o, &args).await
         }
         Command::Explain { unit } => explain::explain(&ctx, &unit).await,
         Command::Version => unreachable!("handled above"),

@@ -3,7 +3,8 @@
 //! directly when that machine is this one (`/etc/machine-id`), else over
 //! `ssh` to its public IP as `--ssh-username` (through `--tunnel` when
 //! given). Commands are run from argument vectors, never through a local
-//! shell; the remote shell gets every word single-quoted.
+//! shell; the remote shell gets every word single-quoted. The ssh argument
+//! vector up to the host ([`ssh_to`]) is `fleetctl ssh`'s too.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -158,18 +159,7 @@ async fn run_on(ctx: &Ctx, machine: &str, argv: &[String], ssh_port: u16, tty: b
         bail!("Error getting machine IP: machine {machine} is not in the cluster");
     };
     let ssh = ssh_argv(ctx, m, argv, ssh_port, tty)?;
-    tracing::debug!("running {ssh:?}");
-    let status = Command::new("ssh")
-        .args(&ssh)
-        .status()
-        .context("Unable to SSH to remote host: running ssh")?;
-    if status.code() == Some(255) {
-        eprintln!(
-            "Unable to SSH to remote host {} (machine {}): ssh exited with 255",
-            m.public_ip, m.id
-        );
-    }
-    Ok(code(status))
+    run_ssh(&ssh, m)
 }
 
 fn code(status: std::process::ExitStatus) -> u8 {
@@ -188,6 +178,23 @@ pub fn ssh_argv(
     argv: &[String],
     port: u16,
     tty: bool,
+) -> Result<Vec<OsString>> {
+    let mut a = ssh_to(ctx, m, port, tty, false)?;
+    for w in argv {
+        let q = shlex::try_quote(w).with_context(|| format!("{w:?} cannot be quoted"))?;
+        a.push(q.into_owned().into());
+    }
+    Ok(a)
+}
+
+/// ssh's arguments up to the host: options from fleetctl's flags (`-A`
+/// with `forward_agent`), `--`, the machine's public IP.
+pub fn ssh_to(
+    ctx: &Ctx,
+    m: &MachineRecord,
+    port: u16,
+    tty: bool,
+    forward_agent: bool,
 ) -> Result<Vec<OsString>> {
     check_machine(m).map_err(anyhow::Error::msg)?;
     if m.public_ip.is_empty() {
@@ -234,14 +241,30 @@ pub fn ssh_argv(
         }
         a.extend(["-J".into(), format!("{}@{t}", g.ssh_username).into()]);
     }
+    if forward_agent {
+        a.push("-A".into());
+    }
     if tty {
         a.push("-t".into());
     }
     a.push("--".into());
     a.push(m.public_ip.clone().into());
-    for w in argv {
-        let q = shlex::try_quote(w).with_context(|| format!("{w:?} cannot be quoted"))?;
-        a.push(q.into_owned().into());
-    }
     Ok(a)
+}
+
+/// Runs `ssh` with `args` (stdio inherited) and returns its exit code,
+/// saying so when ssh itself failed (255).
+pub fn run_ssh(args: &[OsString], m: &MachineRecord) -> Result<u8> {
+    tracing::debug!("running ssh {args:?}");
+    let status = Command::new("ssh")
+        .args(args)
+        .status()
+        .context("Unable to SSH to remote host: running ssh")?;
+    if status.code() == Some(255) {
+        eprintln!(
+            "Unable to SSH to remote host {} (machine {}): ssh exited with 255",
+            m.public_ip, m.id
+        );
+    }
+    Ok(code(status))
 }

@@ -1,8 +1,10 @@
 //! `status` and `journal`: run here when the unit's machine is this one
 //! (`/etc/machine-id`), else through `ssh` with fleet's flags, each remote
 //! word quoted; stand-ins for `ssh`, `systemctl` and `journalctl` on PATH
-//! record their arguments. And the refusals: unknown units, units running
-//! nowhere, global units in `journal`.
+//! record their arguments. `ssh` to a machine (an ID prefix) or a unit's
+//! machine, with fleet's flags, the exact argument vector checked. And the
+//! refusals: unknown units, units running nowhere, global units in
+//! `journal`, lookups that match nothing.
 
 mod common;
 
@@ -171,6 +173,94 @@ fn units_that_run_nowhere_are_said_so() {
         assert_eq!(
             (r.code, r.stderr.as_str(), r.stdout.as_str()),
             (1, *err, ""),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn ssh_to_a_machine_or_a_units_machine() {
+    let f = Fleet::new();
+    let bin = fakes(&f);
+    const M2: &str = "2c1f0e5d9a8b4c7d8e9f0a1b2c3d4e5f";
+    f.machine(M1, "172.17.8.101", "");
+    f.machine(M2, "172.17.8.102", "");
+    f.write_unit("hello.service", HELLO);
+    assert_eq!(
+        f.fleetctl(&["start", "--no-block", "hello.service"]).code,
+        0
+    );
+    f.schedule("hello.service", M2);
+    let ssh = |args: &[&str]| -> common::Run {
+        f.command(args)
+            .env("PATH", path_with(&bin))
+            .output()
+            .unwrap()
+            .into()
+    };
+    let opts = "ssh\n-o\nStrictHostKeyChecking=no\n-o\nUserKnownHostsFile=/dev/null\n-o\nConnectTimeout=10\n";
+    // a machine by a prefix of its ID: an interactive shell as core
+    let r = ssh(&["--strict-host-key-checking=false", "ssh", "113f"]);
+    assert_eq!(r.code, 3, "ssh's exit code: {r:?}");
+    assert_eq!(
+        r.stdout,
+        format!("{opts}-l\ncore\n-p\n22\n--\n172.17.8.101\n")
+    );
+    // a unit's machine, a command (its words as given, for the remote
+    // shell), agent forwarding, fleet's --ssh-port and --ssh-username
+    let r = ssh(&[
+        "--strict-host-key-checking=false",
+        "--ssh-username",
+        "elroy",
+        "ssh",
+        "-A",
+        "--ssh-port",
+        "2222",
+        "hello",
+        "ls",
+        "-l",
+        "$HOME",
+    ]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(
+        r.stdout,
+        format!("{opts}-l\nelroy\n-p\n2222\n-A\n--\n172.17.8.102\nls\n-l\n$HOME\n")
+    );
+    // --unit and --machine say which; `--` ends fleetctl's own arguments
+    let r = ssh(&[
+        "--strict-host-key-checking=false",
+        "ssh",
+        "--unit",
+        "hello.service",
+        "--",
+        "uptime",
+    ]);
+    assert!(r.stdout.ends_with("--\n172.17.8.102\nuptime\n"), "{r:?}");
+    let r = ssh(&["--strict-host-key-checking=false", "ssh", "--machine", M2]);
+    assert!(r.stdout.ends_with("--\n172.17.8.102\n"), "{r:?}");
+    // refusals, ssh never run
+    for (args, err) in [
+        (
+            &["ssh", "nothing"][..],
+            "Unable to proceed: could not find matching unit or machine\n",
+        ),
+        (
+            &["ssh", "--machine", "zz"][..],
+            "Unable to proceed: machine does not exist\n",
+        ),
+        (
+            &["ssh", "--machine", M1, "--unit", "hello"][..],
+            "Both machine and unit flags provided, please specify only one.\n",
+        ),
+        (
+            &["ssh"][..],
+            "Provide a machine or unit, and optionally a command.\n",
+        ),
+    ] {
+        let r = ssh(args);
+        assert_eq!(
+            (r.code, r.stderr.as_str(), r.stdout.as_str()),
+            (1, err, ""),
             "{args:?}"
         );
     }
