@@ -6,8 +6,10 @@
 //! instances; killing the process (SIGKILL: a machine powered off) that
 //! runs a unit moves the unit to a machine of the other process once the
 //! dead agents' leases expire, with a new engine elected if the leader
-//! died; SIGTERM purges the process's machines at once. Bad settings are
-//! refused with the variable or flag named.
+//! died; the leader's process frozen (SIGSTOP) past its lease is replaced
+//! and, woken, writes nothing (no unit on two machines at any revision of
+//! the schedule); SIGTERM purges the process's machines at once. Bad
+//! settings are refused with the variable or flag named.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -215,6 +217,186 @@ async fn a_killed_machines_units_move_to_the_others() {
         schedule.iter().all(|e| e.machine.starts_with(alive)),
         "{schedule:?}"
     );
+}
+
+/// Sends `sig` to the daemon.
+fn signal(d: &Daemon, sig: rustix::process::Signal) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(d.child.id() as i32).unwrap(),
+        sig,
+    )
+    .unwrap();
+}
+
+/// The leader engine frozen (SIGSTOP) past its 10 s lease, with its
+/// agents: the other process's engine takes over and moves the frozen
+/// machines' units to its own; when the old leader wakes (SIGCONT) with
+/// its stale view and timers due, its fenced writes fail and it follows.
+/// A watch of the whole schedule checks every revision: no non-global
+/// unit on two machines, and no Conflicts pair on one, ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_writes_nothing_when_it_wakes() {
+    use cairn_etcd::{EventKind, WatchOptions, WatchUpdate};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::single(dir.path(), "fleetd-frozen");
+    let mut a = Daemon::start(dir.path(), &etcd, "a", &[]);
+    let r = registry(&etcd);
+    // a leads alone first (b starts once a was elected)
+    let t = Instant::now();
+    while r.leader_at(0).await.unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(20), "{}", a.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut b = Daemon::start(dir.path(), &etcd, "b", &[]);
+    let first = r.leader_at(0).await.unwrap().unwrap();
+    assert!(first.value.starts_with(b"a"), "{:?}", first.value);
+    let web = "[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nConflicts=web@*.service\n";
+    for i in 1..=3 {
+        r.create_unit(
+            &UnitRecord::submit(&format!("web@{i}.service"), web, JobState::Launched).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    for i in 1..=5 {
+        r.create_unit(
+            &UnitRecord::submit(
+                &format!("u{i}.service"),
+                "[Service]\nExecStart=/bin/sleep 1000\n",
+                JobState::Launched,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    wait_for(&r, "8 units running", Duration::from_secs(20), |s| {
+        s.len() == 8 && s.values().all(|(_, st)| st == "active/running")
+    })
+    .await;
+
+    // every revision of the schedule from here on
+    let sched = r.schedule().await.unwrap();
+    let mut w = r
+        .etcd()
+        .watch(
+            r.keys().schedule(),
+            WatchOptions::new()
+                .prefix()
+                .start_revision(sched.revision + 1),
+        )
+        .await
+        .unwrap();
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let checker = {
+        let (keys, v) = (r.keys().clone(), violations.clone());
+        let mut on: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for e in sched.records {
+            on.entry(e.unit).or_default().insert(e.machine);
+        }
+        tokio::spawn(async move {
+            while let Some(Ok(u)) = w.next().await {
+                let WatchUpdate::Events { events, .. } = u else {
+                    continue;
+                };
+                let mut i = 0;
+                while i < events.len() {
+                    let rev = events[i].kv.mod_revision;
+                    while i < events.len() && events[i].kv.mod_revision == rev {
+                        let key = events[i].kv.key_str();
+                        let (m, unit) = keys.split_machine_unit(&key).unwrap();
+                        let ms = on.entry(unit.to_string()).or_default();
+                        if events[i].kind == EventKind::Delete {
+                            ms.remove(m);
+                        } else {
+                            ms.insert(m.to_string());
+                        }
+                        i += 1;
+                    }
+                    let mut webs_on: BTreeMap<&String, usize> = BTreeMap::new();
+                    for (unit, ms) in &on {
+                        if ms.len() > 1 {
+                            v.lock()
+                                .unwrap()
+                                .push(format!("revision {rev}: {unit} on {ms:?}"));
+                        }
+                        if unit.starts_with("web@") {
+                            for m in ms {
+                                *webs_on.entry(m).or_default() += 1;
+                            }
+                        }
+                    }
+                    if webs_on.values().any(|n| *n > 1) {
+                        v.lock()
+                            .unwrap()
+                            .push(format!("revision {rev}: Conflicts broken: {on:?}"));
+                    }
+                }
+            }
+        })
+    };
+
+    // freeze the leader's process: its engine and both its agents
+    signal(&a, rustix::process::Signal::STOP);
+    let frozen = Instant::now();
+    let t = Instant::now();
+    loop {
+        let l = r.leader_at(0).await.unwrap();
+        if l.as_ref().is_some_and(|l| l.value.starts_with(b"b")) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("b's engine leads {:.1?} after a froze", frozen.elapsed());
+    // b's machines take every unit they can (web@ one each: two of three)
+    wait_for(&r, "units on b's machines", Duration::from_secs(20), |s| {
+        s.iter()
+            .filter(|(_, (m, st))| m.starts_with("b-") && st == "active/running")
+            .count()
+            == 7
+    })
+    .await;
+    let before_wake = r.schedule().await.unwrap().records;
+    // a wakes: a stale view, a lost lease, timers due
+    signal(&a, rustix::process::Signal::CONT);
+    let woke = Instant::now();
+    let t = Instant::now();
+    while !a.log().contains("no longer leader") {
+        assert!(t.elapsed() < Duration::from_secs(20), "{}", a.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "a noticed it was deposed {:.1?} after waking",
+        woke.elapsed()
+    );
+    // its machines come back (new leases); b still leads; the cluster
+    // settles with every unit on one machine and running
+    wait_for(&r, "settled", Duration::from_secs(30), |s| {
+        s.len() == 8 && s.values().all(|(_, st)| st == "active/running")
+    })
+    .await;
+    let leader = r.leader_at(0).await.unwrap().unwrap();
+    assert!(leader.value.starts_with(b"b"), "{:?}", leader.value);
+    let after = r.schedule().await.unwrap().records;
+    for e in &before_wake {
+        assert!(
+            after
+                .iter()
+                .any(|x| x.unit == e.unit && x.machine == e.machine),
+            "{} moved off {} when a woke",
+            e.unit,
+            e.machine
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    checker.abort();
+    let v = violations.lock().unwrap().clone();
+    assert!(v.is_empty(), "{v:?}\n{}", a.log());
+    a.kill();
+    b.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
