@@ -31,17 +31,19 @@ pub const METADATA_IMDSV1: &str = "cairn.metadata.imdsv1";
 /// (`crate::verity::Verity`); without it the root is mounted unverified.
 pub const VERITY: &str = "cairn.verity";
 
-/// `cairn.install=URL`: the image folder on `cairn serve` (`.../assets/IMAGE`)
-/// whose `disk.raw` `cairn-update install` copies to this machine's disk
-/// (a netbooted profile with `boot: install`).
+/// `cairn.install=URL`: the `cairn serve` whose image `cairn-update install`
+/// copies to this machine's disk and which it reports to (a netbooted
+/// profile with `boot: install`).
 pub const INSTALL: &str = "cairn.install";
+/// `cairn.install.image=NAME-VERSION`: the image (its `disk.raw` at
+/// `URL/assets/NAME-VERSION/disk.raw`, its map at
+/// `crate::disk_map::map_path`).
+pub const INSTALL_IMAGE: &str = "cairn.install.image";
 /// `cairn.install.disk=RULE`: which disk (`first-empty`, `/dev/NAME`,
 /// `by-id:ID`, `by-path:PATH`, `size:MIN[-MAX]`).
 pub const INSTALL_DISK: &str = "cairn.install.disk";
 /// `cairn.install.overwrite=1`: write over a disk that holds data.
 pub const INSTALL_OVERWRITE: &str = "cairn.install.overwrite";
-/// `cairn.install.report=URL`: the server the installer reports to.
-pub const INSTALL_REPORT: &str = "cairn.install.report";
 /// `cairn.install.mac=MAC`: the MAC address the machine netbooted with
 /// (its key in the server's records).
 pub const INSTALL_MAC: &str = "cairn.install.mac";
@@ -147,8 +149,8 @@ mod tests {
 
     #[test]
     fn values() {
-        let c = "cairn.install=http://s/assets/x cairn.install.disk=by-path:pci-0000:00:04.0 cairn.install.disk=/dev/vdb";
-        assert_eq!(value(c, INSTALL).as_deref(), Some("http://s/assets/x"));
+        let c = "cairn.install=http://s cairn.install.disk=by-path:pci-0000:00:04.0 cairn.install.disk=/dev/vdb";
+        assert_eq!(value(c, INSTALL).as_deref(), Some("http://s"));
         assert_eq!(value(c, INSTALL_DISK).as_deref(), Some("/dev/vdb"));
         assert_eq!(value(c, INSTALL_OVERWRITE), None);
     }

@@ -14,6 +14,12 @@ pub const MAX_EXTENTS: usize = 1 << 16;
 /// The largest map document (bytes).
 pub const MAX_MAP_BYTES: u64 = 16 << 20;
 
+/// Where `cairn serve` offers the map of an image's `disk.raw` (`image`:
+/// the image's `NAME-VERSION`).
+pub fn map_path(image: &str) -> String {
+    format!("/lifecycle/v1/map/{image}")
+}
+
 /// One run of data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

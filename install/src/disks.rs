@@ -198,24 +198,36 @@ impl Rule {
     }
 
     /// The disk the rule picks among `disks`; `holds_data` tells which
-    /// hold data (only [`Rule::FirstEmpty`] asks).
+    /// hold data (only [`Rule::FirstEmpty`] asks: with `allow_overwrite`
+    /// it falls back to the first disk that is not removable).
     pub fn pick<'a>(
         &self,
         disks: &'a [Disk],
+        allow_overwrite: bool,
         mut holds_data: impl FnMut(&Disk) -> Option<String>,
     ) -> Result<&'a Disk, String> {
-        let names = || {
-            disks
-                .iter()
-                .map(|d| format!("{} ({})", d.name, human(d.size)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let mut seen: Vec<String> = Vec::new();
         let found = match self {
-            Rule::FirstEmpty => disks
-                .iter()
-                .filter(|d| !d.removable)
-                .find(|d| holds_data(d).is_none()),
+            Rule::FirstEmpty => {
+                let mut first = None;
+                let mut empty = None;
+                for d in disks {
+                    let data = holds_data(d);
+                    seen.push(match (&data, d.removable) {
+                        (_, true) => format!("{} ({}, removable)", d.name, human(d.size)),
+                        (Some(what), _) => format!("{} ({}, holds {what})", d.name, human(d.size)),
+                        (None, _) => format!("{} ({})", d.name, human(d.size)),
+                    });
+                    if d.removable {
+                        continue;
+                    }
+                    first = first.or(Some(d));
+                    if data.is_none() && empty.is_none() {
+                        empty = Some(d);
+                    }
+                }
+                empty.or(first.filter(|_| allow_overwrite))
+            }
             Rule::Name(n) => disks.iter().find(|d| &d.name == n),
             Rule::ById(id) => disks.iter().find(|d| d.by_id.contains(id)),
             Rule::ByPath(p) => disks.iter().find(|d| d.by_path.contains(p)),
@@ -225,13 +237,19 @@ impl Rule {
                 .min_by_key(|d| (d.size, d.name.clone())),
         };
         found.ok_or_else(|| {
+            if seen.is_empty() {
+                seen = disks
+                    .iter()
+                    .map(|d| format!("{} ({})", d.name, human(d.size)))
+                    .collect();
+            }
             format!(
                 "no disk fits the rule {}; disks: {}",
                 self.describe(),
-                if disks.is_empty() {
+                if seen.is_empty() {
                     "none".to_string()
                 } else {
-                    names()
+                    seen.join(", ")
                 }
             )
         })
@@ -373,7 +391,7 @@ mod tests {
         let pick = |r: &str| {
             Rule::parse(r)
                 .unwrap()
-                .pick(&d, with_data)
+                .pick(&d, false, with_data)
                 .map(|d| d.name.clone())
         };
         // removable sda skipped, vda holds data

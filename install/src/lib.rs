@@ -68,17 +68,18 @@ impl InstallError {
     }
 }
 
-/// The image's bytes over HTTP: `URL/disk.raw` with `Range` requests,
-/// retried as cairn's other downloads are.
+/// The image's bytes over HTTP: `SERVER/assets/IMAGE/disk.raw` with
+/// `Range` requests, retried as cairn's other downloads are.
 pub struct HttpSource {
     http: ureq::Agent,
     retry: cairn_fetch::Retry,
-    url: String,
+    server: String,
+    image: String,
 }
 
 impl HttpSource {
-    /// `image_url`: the image folder on the server (`.../assets/IMAGE`).
-    pub fn new(image_url: &str) -> HttpSource {
+    /// `server`: the server's base URL; `image`: the image's `NAME-VERSION`.
+    pub fn new(server: &str, image: &str) -> HttpSource {
         HttpSource {
             http: cairn_fetch::agent(
                 concat!("cairn-install/", env!("CARGO_PKG_VERSION")),
@@ -90,13 +91,18 @@ impl HttpSource {
                 },
             ),
             retry: cairn_fetch::Retry::with_retries(5),
-            url: image_url.trim_end_matches('/').to_owned(),
+            server: server.trim_end_matches('/').to_owned(),
+            image: image.to_owned(),
         }
     }
 
     /// `disk.map`, checked.
     pub fn map(&self) -> Result<DiskMap, InstallError> {
-        let url = format!("{}/disk.map", self.url);
+        let url = format!(
+            "{}{}",
+            self.server,
+            cairn_formats::disk_map::map_path(&self.image)
+        );
         let body =
             cairn_fetch::get(&self.http, &self.retry, &url, &[], MAX_MAP_BYTES).map_err(|e| {
                 InstallError::Source {
@@ -113,7 +119,7 @@ impl HttpSource {
 
 impl Source for HttpSource {
     fn fetch(&mut self, e: &Extent) -> Result<Vec<u8>, InstallError> {
-        let url = format!("{}/disk.raw", self.url);
+        let url = format!("{}/assets/{}/disk.raw", self.server, self.image);
         let range = format!("bytes={}-{}", e.offset, e.offset + e.length - 1);
         cairn_fetch::get(&self.http, &self.retry, &url, &[("Range", range)], e.length).map_err(
             |err| InstallError::Source {
@@ -207,7 +213,7 @@ pub fn choose_disk(opts: &Options) -> Result<Disk, InstallError> {
     };
     let disk = opts
         .rule
-        .pick(&disks, probe)
+        .pick(&disks, opts.allow_overwrite, probe)
         .map_err(InstallError::Refused)?
         .clone();
     if let Some(what) = probe(&disk) {

@@ -84,6 +84,71 @@ pub fn machine_script(
     ))
 }
 
+/// The installer's boot script: the profile's image booted diskless as
+/// [`machine_script`] boots it, with the `cairn.install*` words that make
+/// `cairn-update install` copy the image's `disk.raw` to the disk the
+/// profile's rule picks, report to this server, and reboot.
+pub fn install_script(
+    inv: &Inventory,
+    group: &Group,
+    facts: &Facts,
+    ep: &Endpoints,
+    attempt: u32,
+    allow_overwrite: bool,
+) -> Result<String, String> {
+    use cairn_formats::cmdline as k;
+    let profile = inv.profile_of(group);
+    let spec = profile.install.clone().unwrap_or_default();
+    let mac = facts.labels.get("mac").cloned().unwrap_or_default();
+    let mut words = vec![
+        format!("{}={}", k::INSTALL, ep.public_url),
+        format!("{}={}", k::INSTALL_IMAGE, profile.image),
+        format!("{}={}", k::INSTALL_DISK, spec.disk),
+        format!("{}={mac}", k::INSTALL_MAC),
+    ];
+    if spec.overwrite || allow_overwrite {
+        words.push(format!("{}=1", k::INSTALL_OVERWRITE));
+    }
+    let script = machine_script(inv, group, facts, ep)?;
+    let words: Vec<String> = words.iter().map(|w| escape_ipxe(w)).collect();
+    Ok(script
+        .replacen("\ninitrd ", &format!(" {}\ninitrd ", words.join(" ")), 1)
+        .replacen(
+            "#!ipxe\n",
+            &format!(
+                "#!ipxe\necho cairn: installing {} to this machine's disk (attempt {attempt})\n",
+                profile.image
+            ),
+            1,
+        ))
+}
+
+/// The script for a machine whose install is done: boot its local disk.
+/// Under UEFI `exit` hands back to the firmware, which tries the next
+/// boot option (the disk); under BIOS `sanboot` boots the first disk.
+pub fn local_disk_script(facts: &Facts, why: &str) -> String {
+    let boot = if facts.labels.get("platform").map(String::as_str) == Some("pcbios") {
+        "sanboot --no-describe --drive 0x80 || exit"
+    } else {
+        "exit"
+    };
+    format!(
+        "#!ipxe\necho cairn: {} {}: booting from the local disk\n{boot}\n",
+        sanitize(&facts.describe()),
+        sanitize(why)
+    )
+}
+
+/// The script for a machine the server will not install: says why on
+/// the console and leaves the machine to its firmware's next boot option.
+pub fn refused_script(facts: &Facts, why: &str) -> String {
+    format!(
+        "#!ipxe\necho cairn: {}: {}\nsleep 10\nexit\n",
+        sanitize(&facts.describe()),
+        sanitize(why)
+    )
+}
+
 /// The script for a machine no group matches: says so, waits, and starts over at `/boot.ipxe`.
 pub fn no_match_script(facts: &Facts, boot_url: &str) -> String {
     format!(

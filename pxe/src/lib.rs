@@ -5,14 +5,16 @@
 //! whose `validate` it calls).
 //!
 //! Endpoints: `GET /boot.ipxe`, `/ipxe?mac=..`, `/assets/IMAGE/FILE`, `/cloud-config?mac=..` (alias
-//! `/cloud`), `/metadata?mac=..`, `/machines`, `/healthz`, signed update bundles at `/update/v1/CHANNEL/FILE`, and the etcd discovery service under
-//! `/discovery` (cairn-discovery). ProxyDHCP (cairn-proxydhcp) with `--proxy-dhcp`. See README.md.
+//! `/cloud`), `/metadata?mac=..`, `/machines`, `/healthz`, signed update bundles at `/update/v1/CHANNEL/FILE`, machines' reports at
+//! `POST /lifecycle/v1/report` and the installer's `/lifecycle/v1/map/IMAGE` ([`lifecycle`]), and the
+//! etcd discovery service under `/discovery` (cairn-discovery). ProxyDHCP (cairn-proxydhcp) with `--proxy-dhcp`. See README.md.
 
 pub mod assets;
 pub mod facts;
 pub mod http;
 pub mod inventory;
 pub mod ipxe;
+pub mod lifecycle;
 pub mod programs;
 mod server;
 pub mod status;

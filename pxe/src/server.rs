@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     discovery: cairn_discovery::Discovery,
     /// Discovery token of each group with `etcd_cluster`, by group name.
     etcd_tokens: ArcSwap<BTreeMap<String, String>>,
+    /// The machines' lifecycle records (install once, reports).
+    records: crate::lifecycle::Records,
 }
 
 /// The discovery token of every group with `etcd_cluster` (made once per group, then kept).
@@ -262,7 +264,30 @@ async fn machine_ipxe(
         return tagged(text(StatusCode::OK, script), who);
     };
     let profile = inv.profile_of(group);
-    match ipxe::machine_script(&inv, group, &facts, &s.endpoints(&base)) {
+    let script = if profile.boot == crate::inventory::BootMode::Install {
+        let (s2, inv2, facts2, group_name, ep) = (
+            s.clone(),
+            inv.clone(),
+            facts.clone(),
+            group.name.clone(),
+            s.endpoints(&base),
+        );
+        tokio::task::spawn_blocking(move || {
+            let group = inv2
+                .groups
+                .iter()
+                .find(|g| g.name == group_name)
+                .expect("the group was selected from this inventory");
+            s2.records.install_answer(&inv2, group, &facts2, &ep)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("install decision: {e}")))
+    } else {
+        let (s2, facts2) = (s.clone(), facts.clone());
+        let _ = tokio::task::spawn_blocking(move || s2.records.seen(&facts2)).await;
+        ipxe::machine_script(&inv, group, &facts, &s.endpoints(&base))
+    };
+    match script {
         Ok(script) => {
             if group.cloud_config_access == CloudConfigAccess::BootedIp {
                 warn_moved_boot(&s, group, &who, peer);
@@ -525,6 +550,93 @@ async fn update_file(
     }
 }
 
+/// `POST /lifecycle/v1/report`: a machine's report of its install, boot or health.
+async fn report(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response<Body> {
+    let inv = s.inventory.load_full();
+    let s2 = s.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        // the address that last netbooted the MAC named in the report
+        let booted = cairn_formats::lifecycle::Report::parse(&body)
+            .ok()
+            .and_then(|r| s2.status.boot(&r.mac))
+            .map(|b| b.ip);
+        s2.records.report(&inv, &body, peer.ip(), booted)
+    })
+    .await
+    .unwrap_or_else(|e| Err((500, e.to_string())));
+    match result {
+        Ok(m) => text(StatusCode::OK, m),
+        Err((code, m)) => {
+            tracing::warn!(%peer, "machine report refused: {m}");
+            text(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+                format!("cairn: {m}\n"),
+            )
+        }
+    }
+}
+
+/// `/lifecycle/v1/map/IMAGE`: which bytes of the image's `disk.raw` hold data, with their hashes.
+async fn disk_map(State(s): State<AppState>, UrlPath(image): UrlPath<String>) -> Response<Body> {
+    let inv = s.inventory.load();
+    let Some(img) = inv.images.get(&image) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("cairn: not found: no image {image:?}\n"),
+        );
+    };
+    let disk = img.dir.join(cairn_formats::image_dir::DISK);
+    let s2 = s.clone();
+    match tokio::task::spawn_blocking(move || s2.records.disk_map(&disk)).await {
+        Ok(Ok(body)) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.as_ref().clone()))
+            .expect("static response parts"),
+        Ok(Err(e)) => text(
+            StatusCode::NOT_FOUND,
+            format!("cairn: not found: {image}/disk.raw: {e}\n"),
+        ),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cairn: {e}\n")),
+    }
+}
+
+/// Operators: every machine's record and every rollout.
+async fn lifecycle_snapshot(State(s): State<AppState>) -> Response<Body> {
+    let body = serde_json::to_string_pretty(&s.records.snapshot()).unwrap_or_default();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body + "\n"))
+        .expect("static response parts")
+}
+
+/// Operators: `POST /lifecycle/reinstall?mac=MAC[&overwrite=1]`.
+async fn reinstall(State(s): State<AppState>, uri: Uri) -> Response<Body> {
+    let q: BTreeMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let Some(mac) = q.get("mac") else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "cairn: ?mac=MAC is missing\n".into(),
+        );
+    };
+    let overwrite = q.get("overwrite").is_some_and(|v| v == "1" || v == "true");
+    let s2 = s.clone();
+    let mac2 = mac.clone();
+    match tokio::task::spawn_blocking(move || s2.records.reinstall(&mac2, overwrite)).await {
+        Ok(Ok(())) => text(
+            StatusCode::OK,
+            format!("cairn: {mac} will be installed again at its next netboot\n"),
+        ),
+        Ok(Err(m)) => text(StatusCode::BAD_REQUEST, format!("cairn: {m}\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cairn: {e}\n")),
+    }
+}
+
 async fn machines(State(s): State<AppState>) -> Response<Body> {
     let body = serde_json::to_string_pretty(&s.status.snapshot()).unwrap_or_else(|_| "[]".into());
     Response::builder()
@@ -585,7 +697,14 @@ fn router(state: AppState) -> Router {
                 )
             }),
         )
-        .route("/update/v1/{channel}/{file}", get(update_file));
+        .route("/update/v1/{channel}/{file}", get(update_file))
+        .route("/lifecycle/v1/map/{image}", get(disk_map))
+        .route(
+            cairn_formats::lifecycle::REPORT_PATH,
+            axum::routing::post(report).layer(axum::extract::DefaultBodyLimit::max(
+                cairn_formats::lifecycle::MAX_REPORT_BYTES,
+            )),
+        );
     finish(routes, "endpoint", state)
 }
 
@@ -608,7 +727,10 @@ fn finish(routes: Router<AppState>, what: &'static str, state: AppState) -> Rout
 /// the machines' listener must not tell any host on the LAN.
 fn admin_router(state: AppState) -> Router {
     finish(
-        Router::new().route("/machines", get(machines)),
+        Router::new()
+            .route("/machines", get(machines))
+            .route("/lifecycle", get(lifecycle_snapshot))
+            .route("/lifecycle/reinstall", axum::routing::post(reinstall)),
         "operator endpoint",
         state,
     )
@@ -785,6 +907,7 @@ impl Server {
         let etcd_tokens = group_tokens(&inventory, &discovery)?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        let records = crate::lifecycle::Records::open(&cfg.state_dir)?;
         let shared = Arc::new(Shared {
             inventory: ArcSwap::from_pointee(inventory),
             config_path: cfg.config.clone(),
@@ -796,6 +919,7 @@ impl Server {
             status: StatusTable::new(limits.max_machines),
             discovery: discovery.clone(),
             etcd_tokens: ArcSwap::from_pointee(etcd_tokens),
+            records,
         });
         let tftp = match cfg.tftp_addr {
             Some(addr) => {

@@ -51,6 +51,28 @@ pub enum BootMode {
     /// Root from the network as with `ram`, state on the local partition labelled `state_label`
     /// (`cairn.state=label:cairn-state`).
     DiskState,
+    /// Install the image's `disk.raw` to the machine's disk once (the image booted diskless runs
+    /// `cairn-update install`), then boot that disk: the server answers the machine's later
+    /// netboots with its local disk (see `cairn_lifecycle`).
+    Install,
+}
+
+/// A profile's `install:` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallSpec {
+    /// The disk rule as `cairn_install::Rule` reads it (checked at load).
+    pub disk: String,
+    /// Write over a disk that holds data.
+    pub overwrite: bool,
+}
+
+impl Default for InstallSpec {
+    fn default() -> InstallSpec {
+        InstallSpec {
+            disk: "first-empty".into(),
+            overwrite: false,
+        }
+    }
 }
 
 /// How iPXE fetches the kernel and initrd.
@@ -94,6 +116,8 @@ pub struct Profile {
     pub cloud_config: Option<String>,
     /// Kernel/initrd transport.
     pub transport: Transport,
+    /// `boot: install`: the installer's settings.
+    pub install: Option<InstallSpec>,
 }
 
 impl Profile {
@@ -435,7 +459,7 @@ mod tests {
             ),
             (
                 "profiles:\n  - name: p\n    image: img\n    boot: disk\n",
-                "inv.yaml:4:11: profiles[0].boot: unknown variant `disk`, expected `ram` or `disk-state`",
+                "inv.yaml:4:11: profiles[0].boot: unknown variant `disk`, expected one of `ram`, `disk-state`, `install`",
             ),
             (
                 "profiles:\n  - name: p\n    image: img\n    transport: ftp\n",

@@ -124,6 +124,42 @@ pub(super) fn check(
                 format!("{bad:?}: each kernel argument must be one word without spaces"),
             ));
         }
+        let install = match (p.boot, p.install) {
+            (super::BootMode::Install, raw) => {
+                let raw = raw.unwrap_or(super::schema::RawInstall {
+                    disk: None,
+                    overwrite: false,
+                });
+                let disk = raw.disk.unwrap_or_else(|| "first-empty".into());
+                cairn_install::Rule::parse(&disk)
+                    .map_err(|e| cx.invalid("profiles", i, "install", e.to_string()))?;
+                let raw_disk = images[&key].dir.join(image_dir::DISK);
+                if !raw_disk.is_file() {
+                    return Err(cx.invalid(
+                        "profiles",
+                        i,
+                        "image",
+                        format!(
+                            "boot: install needs {} (the image's disk, which the installer copies)",
+                            raw_disk.display()
+                        ),
+                    ));
+                }
+                Some(super::InstallSpec {
+                    disk,
+                    overwrite: raw.overwrite,
+                })
+            }
+            (_, Some(_)) => {
+                return Err(cx.invalid(
+                    "profiles",
+                    i,
+                    "install",
+                    "only a profile with boot: install has install settings".into(),
+                ))
+            }
+            (_, None) => None,
+        };
         profiles.push(Profile {
             name: p.name,
             image: key,
@@ -132,6 +168,7 @@ pub(super) fn check(
             kernel_args: p.kernel_args,
             cloud_config,
             transport: p.transport,
+            install,
         });
     }
     Ok(Checked {

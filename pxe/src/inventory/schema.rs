@@ -36,6 +36,20 @@ pub(super) struct RawProfile {
     pub(super) cloud_config: Option<PathBuf>,
     #[serde(default)]
     pub(super) transport: Transport,
+    /// `boot: install` only: how the installer picks and treats the disk.
+    #[serde(default)]
+    pub(super) install: Option<RawInstall>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInstall {
+    /// `first-empty` (default), `/dev/NAME`, `by-id:ID`, `by-path:PATH`, `size:MIN[-MAX]`.
+    #[serde(default)]
+    pub(super) disk: Option<String>,
+    /// Write over a disk that holds data.
+    #[serde(default)]
+    pub(super) overwrite: bool,
 }
 
 #[derive(Debug, Deserialize)]

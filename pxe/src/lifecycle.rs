@@ -1,0 +1,216 @@
+//! `cairn serve`'s side of the machines' lifecycle: the netboot answer for
+//! profiles that install to disk (the installer once, then the local disk),
+//! the machines' reports (`POST /lifecycle/v1/report`), the data map of an
+//! image's `disk.raw` the installer copies (`/lifecycle/v1/map/IMAGE`), and
+//! the operators' view and actions (`/lifecycle` on the admin listener).
+//! The decisions and records are `cairn_lifecycle`'s; this module turns
+//! them into HTTP and iPXE.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use cairn_formats::lifecycle::{Event, Report, MAX_REPORT_BYTES};
+use cairn_lifecycle::{InstallAction, Lifecycle};
+
+use crate::facts::Facts;
+use crate::inventory::{Group, Inventory};
+use crate::ipxe::{self, Endpoints};
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A made map: the file's modification time and size it was made from, and its JSON.
+type CachedMap = (SystemTime, u64, Arc<Vec<u8>>);
+
+/// The records, behind a lock (every operation is short: a decision and
+/// one small file written).
+pub struct Records {
+    inner: Mutex<Lifecycle>,
+    maps: Mutex<HashMap<PathBuf, CachedMap>>,
+}
+
+impl Records {
+    /// Opens the file store under `state_dir` (`STATE/lifecycle/`); the
+    /// records that do not read are set aside and logged.
+    pub fn open(state_dir: &std::path::Path) -> anyhow::Result<Records> {
+        use anyhow::Context as _;
+        let store = cairn_lifecycle::FileStore::open(state_dir)
+            .with_context(|| format!("opening the machine records in {}", state_dir.display()))?;
+        let (l, set_aside) = Lifecycle::open(Arc::new(store), cairn_lifecycle::Limits::default())
+            .with_context(|| {
+            format!("reading the machine records in {}", state_dir.display())
+        })?;
+        for s in set_aside {
+            tracing::warn!(
+                "machine record {} does not read ({}); set aside as {}",
+                s.path.display(),
+                s.error,
+                s.moved_to.display()
+            );
+        }
+        Ok(Records {
+            inner: Mutex::new(l),
+            maps: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The iPXE answer for a machine whose profile installs to disk, and
+    /// what to log.
+    pub fn install_answer(
+        &self,
+        inv: &Inventory,
+        group: &Group,
+        facts: &Facts,
+        ep: &Endpoints,
+    ) -> Result<String, String> {
+        let Some(mac) = facts.labels.get("mac") else {
+            return Ok(ipxe::refused_script(
+                facts,
+                "boot: install needs the machine's MAC address in the request (mac=${mac:hexhyp})",
+            ));
+        };
+        let action = self
+            .lock()
+            .install_boot(mac, now())
+            .map_err(|e| format!("machine records: {e}"))?;
+        match action {
+            InstallAction::Install {
+                attempt,
+                allow_overwrite,
+            } => {
+                tracing::info!(machine = %mac, group = %group.name, attempt, "serving the installer");
+                ipxe::install_script(inv, group, facts, ep, attempt, allow_overwrite)
+            }
+            InstallAction::LocalDisk => {
+                let why = self
+                    .lock()
+                    .machine(mac)
+                    .map(|m| m.phase.describe())
+                    .unwrap_or_default();
+                Ok(ipxe::local_disk_script(facts, &why))
+            }
+            InstallAction::Refuse { reason } => {
+                tracing::warn!(machine = %mac, group = %group.name, "not installing: {reason}");
+                Ok(ipxe::refused_script(facts, &reason))
+            }
+        }
+    }
+
+    /// A netboot under any other profile: recorded.
+    pub fn seen(&self, facts: &Facts) {
+        if let Some(mac) = facts.labels.get("mac") {
+            if let Err(e) = self.lock().seen(mac, now()) {
+                tracing::warn!(machine = %mac, "machine records: {e}");
+            }
+        }
+    }
+
+    /// A report. `booted_from`: the address the MAC last netbooted from
+    /// (the status table's), which install reports must come from.
+    pub fn report(
+        &self,
+        inv: &Inventory,
+        body: &[u8],
+        peer: std::net::IpAddr,
+        booted_from: Option<std::net::IpAddr>,
+    ) -> Result<String, (u16, String)> {
+        if body.len() > MAX_REPORT_BYTES {
+            return Err((413, format!("a report is at most {MAX_REPORT_BYTES} bytes")));
+        }
+        let r = Report::parse(body).map_err(|e| (400, e.to_string()))?;
+        if self.lock().machine(&r.mac).is_none() {
+            return Err((
+                404,
+                format!("{}: no such machine (reports are taken only from machines that netbooted from this server)", r.mac),
+            ));
+        }
+        let install_event = matches!(
+            r.event,
+            Event::InstallStarted { .. }
+                | Event::InstallFinished { .. }
+                | Event::InstallRefused { .. }
+                | Event::InstallFailed { .. }
+        );
+        if install_event && booted_from.map(|b| b.to_canonical()) != Some(peer.to_canonical()) {
+            return Err((
+                403,
+                format!(
+                    "{}: install reports are taken only from the address that netbooted the machine from this server",
+                    r.mac
+                ),
+            ));
+        }
+        let mut facts = Facts::default();
+        facts.labels.insert("mac".into(), r.mac.clone());
+        let group = inv.select(&facts).map(|g| g.name.clone());
+        let pause = self
+            .lock()
+            .report(&r, group.as_deref(), now())
+            .map_err(|e| match e {
+                cairn_lifecycle::LifecycleError::UnknownMachine { .. } => (404, e.to_string()),
+                _ => (500, e.to_string()),
+            })?;
+        tracing::info!(machine = %r.mac, %peer, event = ?r.event, "machine report");
+        if let Some(p) = pause {
+            tracing::warn!("rollout paused: {}", p.reason);
+        }
+        Ok("ok\n".into())
+    }
+
+    /// The data map of `disk` (JSON), made once per file version.
+    pub fn disk_map(&self, disk: &std::path::Path) -> std::io::Result<Arc<Vec<u8>>> {
+        let f = std::fs::File::open(disk)?;
+        let meta = f.metadata()?;
+        let stamp = (meta.modified()?, meta.len());
+        if let Some((m, l, body)) = self
+            .maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(disk)
+        {
+            if (*m, *l) == stamp {
+                return Ok(body.clone());
+            }
+        }
+        let map = cairn_install::map::map_file(&f)?;
+        let body = Arc::new(serde_json::to_vec(&map).map_err(std::io::Error::other)?);
+        self.maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(disk.to_path_buf(), (stamp.0, stamp.1, body.clone()));
+        Ok(body)
+    }
+
+    /// Operators: every machine and rollout, as JSON.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let l = self.lock();
+        serde_json::json!({
+            "machines": l.machines().collect::<Vec<_>>(),
+            "rollouts": l.rollouts().map(|r| serde_json::json!({
+                "rollout": r,
+                "waves": r.status(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Operators: install `mac` again at its next netboot.
+    pub fn reinstall(&self, mac: &str, overwrite: bool) -> Result<(), String> {
+        let mac = cairn_formats::lifecycle::normalize_mac(mac)
+            .ok_or_else(|| format!("{mac:?} is not a MAC address"))?;
+        self.lock()
+            .reinstall(&mac, overwrite, now())
+            .map_err(|e| e.to_string())?;
+        tracing::info!(machine = %mac, overwrite, "operator: reinstall at the next netboot");
+        Ok(())
+    }
+}
