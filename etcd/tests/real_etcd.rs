@@ -656,22 +656,6 @@ async fn watch_sees_changes_in_order_with_prev_kv() {
     assert!(got[1].3 <= first);
 }
 
-/// A member on fixed URLs and data dir, started again after a kill.
-fn restart(dir: &Path, old: &mut Etcd) -> Etcd {
-    old.kill();
-    let cluster = format!("{}={}", old.name, old.peer_url);
-    let mut e = Etcd::start_at(
-        dir,
-        &old.name,
-        &old.name,
-        &old.client_url,
-        &old.peer_url,
-        &["--initial-cluster", &cluster],
-    );
-    e.wait_healthy(Duration::from_secs(30));
-    e
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_after_the_member_restarts() {
     let tmp = tempfile::tempdir().unwrap();
@@ -690,7 +674,7 @@ async fn watch_resumes_after_the_member_restarts() {
     let got = events(&mut w, 5, Duration::from_secs(10)).await;
     let last_before = got[4].3;
 
-    let etcd2 = restart(tmp.path(), &mut etcd);
+    etcd.restart(tmp.path());
     // the watch noticed, and says where it resumes
     match next_any(&mut w, Duration::from_secs(10)).await {
         WatchUpdate::Reconnecting {
@@ -736,7 +720,7 @@ async fn watch_resumes_after_the_member_restarts() {
         c.get("/lease/kept", GetOptions::new()).await.unwrap().count,
         1
     );
-    drop(etcd2);
+    drop(etcd);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,13 +17,15 @@
 //! Outages of etcd that keep it running (so that leases really expire)
 //! go through a TCP proxy of the test's own that can be cut.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_etcd::{
-    Campaign, Client, Config, EventKind, GetOptions, Leader, LeaseKeeper, PutOptions, Watch,
+    Campaign, Client, EventKind, GetOptions, Leader, LeaseKeeper, PutOptions, Watch,
     WatchOptions, WatchUpdate,
 };
 use cairn_fleet::agent::{Agent, AgentCounters, AgentOptions, AgentStats};
@@ -32,6 +34,7 @@ use cairn_fleet::registry::{Keys, Registry, ScheduleChange};
 use cairn_fleet::systemd::{SimOptions, SimUnitManager, UnitManager, UnitState};
 use cairn_fleet::unit::JobState;
 use cairn_testkit::Etcd;
+use common::client;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -83,18 +86,6 @@ fn log() {
     if std::env::var_os("AGENT_TEST_LOG").is_some() {
         let _ = tracing::subscriber::set_global_default(Stderr(Instant::now()));
     }
-}
-
-fn client(url: &str) -> Client {
-    Client::with_config(
-        [url],
-        Config {
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(5),
-            ..Config::default()
-        },
-    )
-    .unwrap()
 }
 
 /// One etcd, a client of the test's own and an engine's leadership.
@@ -213,18 +204,7 @@ impl Cluster {
     async fn restart_etcd(&mut self, down: Duration) {
         self.etcd.kill();
         tokio::time::sleep(down).await;
-        let name = self.etcd.name.clone();
-        let cluster = format!("{name}={}", self.etcd.peer_url);
-        let mut e = Etcd::start_at(
-            self.dir.path(),
-            &name,
-            &name,
-            &self.etcd.client_url,
-            &self.etcd.peer_url,
-            &["--initial-cluster", &cluster],
-        );
-        e.wait_healthy(Duration::from_secs(30));
-        self.etcd = e;
+        self.etcd.restart(self.dir.path());
     }
 
     /// etcd's count of requests started, all methods but lease keep-alives

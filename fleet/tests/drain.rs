@@ -14,12 +14,14 @@
 //! `DRAIN_TIMEOUT`; no fleet on the cluster: no wait; etcd killed and
 //! restarted under the engine and the agents: no unit stopped, none moved.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_etcd::{Client, Config, PutOptions};
+use cairn_etcd::PutOptions;
 use cairn_fleet::agent::{Agent, AgentOptions};
 use cairn_fleet::engine::{Engine, EngineOptions, Role};
 use cairn_fleet::model::{MachineRecord, UnitRecord, UnitStateReport};
@@ -28,6 +30,7 @@ use cairn_fleet::systemd::{SimOptions, SimUnitManager, UnitManager};
 use cairn_fleet::unit::JobState;
 use cairn_formats::reboot_lock::fleet::DrainMark;
 use cairn_testkit::Etcd;
+use common::client;
 use cairn_updater::lock::RebootLock;
 use cairn_updater::strategy::{
     wait_for_drain, Decision, DrainWait, EtcdLock, Facts, RebootStrategy,
@@ -40,18 +43,6 @@ const GLOBAL: &str = "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nGlobal=tr
 const SOON: Duration = Duration::from_secs(15);
 /// How long a simulated unit takes to stop.
 const STOP: Duration = Duration::from_millis(1500);
-
-fn client(url: &str) -> Client {
-    Client::with_config(
-        [url],
-        Config {
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(5),
-            ..Config::default()
-        },
-    )
-    .unwrap()
-}
 
 /// One etcd, an engine and agents on simulated systemd.
 struct Fleet {
@@ -474,18 +465,7 @@ async fn etcd_restarted_under_engine_and_agents_stops_no_unit() {
         .collect();
     f.etcd.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let name = f.etcd.name.clone();
-    let cluster = format!("{name}={}", f.etcd.peer_url);
-    let mut e = Etcd::start_at(
-        f.dir.path(),
-        &name,
-        &name,
-        &f.etcd.client_url,
-        &f.etcd.peer_url,
-        &["--initial-cluster", &cluster],
-    );
-    e.wait_healthy(Duration::from_secs(30));
-    f.etcd = e;
+    f.etcd.restart(f.dir.path());
     // The cluster goes on: a new unit runs; nothing stopped or moved.
     f.unit("u7.service", SLEEP).await;
     let after = f

@@ -18,6 +18,8 @@
 //! skipped; and at rest the engine makes no request (its counters and
 //! etcd's own).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io::{Read, Write};
@@ -26,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_etcd::{
-    Campaign, Client, Config, EventKind, LeaseKeeper, PutOptions, WatchOptions, WatchUpdate,
+    Campaign, Client, EventKind, LeaseKeeper, PutOptions, WatchOptions, WatchUpdate,
 };
 use cairn_fleet::engine::{ClusterView, Counters, Engine, EngineOptions, Metrics, Role, DRAINED};
 use cairn_fleet::model::{MachineRecord, ScheduleEntry, UnitRecord};
@@ -36,24 +38,13 @@ use cairn_fleet::unit::JobState;
 use cairn_formats::reboot_lock::fleet::DrainMark;
 use cairn_formats::reboot_lock::{Semaphore, LOCK_KEY};
 use cairn_testkit::Etcd;
+use common::client;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 const SLEEP: &str = "[Service]\nExecStart=/bin/sleep 1000\n";
 /// A bound for anything the engine does after a change.
 const SOON: Duration = Duration::from_secs(10);
-
-fn client(url: &str) -> Client {
-    Client::with_config(
-        [url],
-        Config {
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(5),
-            ..Config::default()
-        },
-    )
-    .unwrap()
-}
 
 /// One etcd and a registry on it.
 struct Setup {
@@ -214,19 +205,7 @@ impl Setup {
 
     /// Kills etcd and starts it again on the same URLs and data.
     fn restart_etcd(&mut self) {
-        self.etcd.kill();
-        let name = self.etcd.name.clone();
-        let cluster = format!("{name}={}", self.etcd.peer_url);
-        let mut e = Etcd::start_at(
-            self.dir.path(),
-            &name,
-            &name,
-            &self.etcd.client_url,
-            &self.etcd.peer_url,
-            &["--initial-cluster", &cluster],
-        );
-        e.wait_healthy(Duration::from_secs(30));
-        self.etcd = e;
+        self.etcd.restart(self.dir.path());
     }
 }
 

@@ -212,6 +212,24 @@ impl Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Kills a member made by [`Etcd::single`] (if it still runs) and
+    /// starts it again on the same name, URLs and data directory under
+    /// `dir`; returns once it is healthy.
+    pub fn restart(&mut self, dir: &Path) {
+        self.kill();
+        let cluster = format!("{}={}", self.name, self.peer_url);
+        let mut e = Etcd::start_at(
+            dir,
+            &self.name,
+            &self.name,
+            &self.client_url,
+            &self.peer_url,
+            &["--initial-cluster", &cluster],
+        );
+        e.wait_healthy(Duration::from_secs(30));
+        *self = e;
+    }
 }
 
 impl Drop for Etcd {
