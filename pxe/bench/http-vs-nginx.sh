@@ -1,18 +1,23 @@
 #!/bin/sh
-# HTTP asset throughput of `cairn serve` against Debian's nginx on loopback, and 200 simultaneous clients
-# fetching kernel + initrd from `cairn serve` (all must complete; wall time and server peak RSS).
+# HTTP asset throughput of `cairn serve` against Debian's nginx (sendfile on) on loopback: one curl
+# fetching pxe-initrd.img, and CLIENTS simultaneous curls each fetching vmlinuz then initrd.img (all
+# must complete). The two servers take turns, RUNS rounds; median and spread (min-max) of each, the
+# ratio of the medians, and cairn's peak RSS.
 # Needs: curl, nginx (Debian packages curl, nginx-light or nginx), an image folder from `cairn build`.
 # Usage: pxe/bench/http-vs-nginx.sh IMAGE_DIR [RUNS] [CLIENTS]
+#   SERVE=path/to/serve-binary to measure another build (default: the release `serve` example)
 set -eu
 IMG=${1:?usage: $0 IMAGE_DIR [RUNS] [CLIENTS]}
-RUNS=${2:-5}
+RUNS=${2:-3}
 CLIENTS=${3:-200}
 command -v curl >/dev/null || { echo "needs curl (Debian package curl)"; exit 1; }
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "needs nginx (Debian package nginx-light)"; exit 1; }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 : "${CARGO_TARGET_DIR:=target}"
-SERVE="$CARGO_TARGET_DIR/release/examples/serve"
-[ -x "$SERVE" ] || cargo build --release -p cairn-pxe --example serve
+if [ -z "${SERVE:-}" ]; then
+    SERVE="$CARGO_TARGET_DIR/release/examples/serve"
+    cargo build --release -p cairn-pxe --example serve
+fi
 W=$(mktemp -d)
 trap 'kill $SPID $NPID 2>/dev/null || true; rm -rf "$W"' EXIT
 mkdir -p "$W/img" "$W/nginx/logs"
@@ -46,26 +51,46 @@ sleep 1
 curl -fsS http://127.0.0.1:18080/healthz >/dev/null
 P="/assets/$NAME-$VERSION/pxe-initrd.img"
 SIZE=$(stat -c %s "$W/img/pxe-initrd.img")
-echo "file: pxe-initrd.img, $SIZE bytes, $RUNS runs each (MB/s = 10^6 bytes/s, median)"
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-for who in "cairn 18080" "nginx 18081"; do
-    set -- $who
-    for i in $(seq "$RUNS"); do
-        curl -fsS -o /dev/null -w '%{speed_download}\n' "http://127.0.0.1:$2$P"
-    done | median | awk -v n="$1" '{printf "%-6s %8.0f MB/s\n", n, $1/1e6}'
-done
-echo "$CLIENTS clients, each GET vmlinuz then initrd.img from cairn serve"
-K="http://127.0.0.1:18080/assets/$NAME-$VERSION"
-START=$(date +%s.%N)
-i=0
-while [ $i -lt "$CLIENTS" ]; do
-    ( curl -fsS -o /dev/null "$K/vmlinuz" && curl -fsS -o /dev/null "$K/initrd.img" && echo ok ) > "$W/c$i" 2>&1 &
-    PIDS="${PIDS:-} $!"
-    i=$((i + 1))
-done
-for p in $PIDS; do wait "$p" || true; done
-END=$(date +%s.%N)
-OK=$(cat "$W"/c* | grep -c '^ok$' || true)
 BYTES=$(( $(stat -c %s "$W/img/vmlinuz") + $(stat -c %s "$W/img/initrd.img") ))
-echo "$OK/$CLIENTS completed in $(echo "$END - $START" | bc) s ($(echo "$CLIENTS * $BYTES / ($END - $START) / 1000000" | bc) MB/s aggregate)"
+# median, min and max of the numbers on stdin
+stats() { sort -g | awk '{a[NR]=$1} END {printf "%s %s %s\n", a[int((NR+1)/2)], a[1], a[NR]}'; }
+# CLIENTS curls at once against port $1, each GET vmlinuz then initrd.img; prints the wall time
+crowd() {
+    K="http://127.0.0.1:$1/assets/$NAME-$VERSION"
+    rm -rf "$W/k"; mkdir "$W/k"
+    START=$(date +%s.%N)
+    PIDS=
+    i=0
+    while [ $i -lt "$CLIENTS" ]; do
+        ( curl -fsS -o /dev/null "$K/vmlinuz" && curl -fsS -o /dev/null "$K/initrd.img" && echo ok ) > "$W/k/$i" 2>&1 &
+        PIDS="$PIDS $!"
+        i=$((i + 1))
+    done
+    for p in $PIDS; do wait "$p" || true; done
+    END=$(date +%s.%N)
+    OK=$(cat "$W"/k/* | grep -c '^ok$' || true)
+    [ "$OK" -eq "$CLIENTS" ] || { echo "port $1: only $OK/$CLIENTS clients completed" >&2; exit 1; }
+    echo "$END - $START" | bc
+}
+# both servers read the same files: warm the page cache once so neither pays the disk
+cat "$W"/img/* > /dev/null
+echo "one client: pxe-initrd.img, $SIZE bytes; $CLIENTS clients: vmlinuz + initrd.img, $BYTES bytes each; $RUNS rounds"
+for r in $(seq "$RUNS"); do
+    for port in 18080 18081; do
+        curl -fsS -o /dev/null -w '%{speed_download}\n' "http://127.0.0.1:$port$P" >> "$W/one-$port"
+    done
+    for port in 18081 18080; do
+        crowd $port >> "$W/crowd-$port"
+    done
+done
+set -- $(stats < "$W/one-18080"); C1=$1; C1LO=$2; C1HI=$3
+set -- $(stats < "$W/one-18081"); N1=$1; N1LO=$2; N1HI=$3
+set -- $(stats < "$W/crowd-18080"); CC=$1; CCLO=$2; CCHI=$3
+set -- $(stats < "$W/crowd-18081"); NC=$1; NCLO=$2; NCHI=$3
+awk -v c="$C1" -v cl="$C1LO" -v ch="$C1HI" -v n="$N1" -v nl="$N1LO" -v nh="$N1HI" 'BEGIN {
+    printf "1 client  (MB/s = 10^6 bytes/s, median [min-max])\n"
+    printf "  cairn %6.0f [%.0f-%.0f]\n  nginx %6.0f [%.0f-%.0f]\n  ratio %.2fx\n", c/1e6, cl/1e6, ch/1e6, n/1e6, nl/1e6, nh/1e6, c/n }'
+awk -v c="$CC" -v cl="$CCLO" -v ch="$CCHI" -v n="$NC" -v nl="$NCLO" -v nh="$NCHI" -v k="$CLIENTS" -v b="$BYTES" 'BEGIN {
+    printf "%d clients, all complete (wall s, median [min-max]; aggregate MB/s)\n", k
+    printf "  cairn %.2f [%.2f-%.2f] %.0f MB/s\n  nginx %.2f [%.2f-%.2f] %.0f MB/s\n  ratio %.2fx (nginx time / cairn time)\n", c, cl, ch, k*b/c/1e6, n, nl, nh, k*b/n/1e6, n/c }'
 grep -E 'VmHWM|VmRSS' /proc/$SPID/status | tr -s ' \t' ' ' | sed 's/^/cairn serve /'

@@ -1,6 +1,6 @@
 //! Files of image folders (`assets/<image>/<file>`) and of the iPXE directory: path-safe resolution,
 //! non-blocking opens of regular files only, and HTTP responses with single-range requests, strong
-//! ETags, conditional requests; bodies go out with sendfile(2) (a [`FileBody`] on the response, see
+//! ETags, conditional requests; bodies go out with sendfile(2) (a `FileBody` on the response, see
 //! `http::sendfile`) or, where hyper writes the response, streamed from the same open file.
 
 use std::fs::File;

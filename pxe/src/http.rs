@@ -1,8 +1,10 @@
-//! The HTTP listener with limits (issue 15 item 4): HTTP/1.1 connections served by hyper, each watched
-//! for a request head that takes too long (slowloris), an idle keep-alive, and a response nobody reads;
-//! at most `max_connections` at once, where a new connection beyond the cap evicts the connection idle
-//! the longest (no request in flight), so `/healthz` stays reachable while idle or half-sent connections
-//! fill the table, and is answered 503 only when every connection is busy with a request.
+//! The HTTP listener with limits (issue 15 item 4): HTTP/1.1 connections, each watched for a request
+//! head that takes too long (slowloris), an idle keep-alive, and a response nobody reads; at most
+//! `max_connections` at once, where a new connection beyond the cap evicts the connection idle the
+//! longest (no request in flight), so `/healthz` stays reachable while idle or half-sent connections
+//! fill the table, and is answered 503 only when every connection is busy with a request. Request
+//! heads are read here: GET and HEAD of files are answered on the zero-copy path (`sendfile`,
+//! issue 18), everything else by hyper, one request at a time when the connection can come back.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -20,8 +20,9 @@ use super::Conn;
 /// Headers in one request head, as hyper's default.
 const MAX_HEADERS: usize = 100;
 
-/// Bytes of one sendfile(2) call at most (the socket takes what fits in its buffer).
-const SENDFILE_CHUNK: usize = 16 << 20;
+/// Bytes of one sendfile(2) call at most (nginx's default `sendfile_max_chunk`; a non-blocking socket
+/// takes what fits in its buffer anyway), so one fast client cannot hold a worker for long.
+const SENDFILE_CHUNK: usize = 2 << 20;
 
 /// A request head read off the connection.
 #[derive(Debug)]
