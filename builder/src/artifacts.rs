@@ -351,6 +351,28 @@ mod tests {
     }
 
     #[test]
+    fn the_entrys_command_line_names_the_root_hash_after_the_slot() {
+        let def = crate::fixups::testutil::def("cmdline: quiet\n");
+        let v = Verity {
+            root_hash: [0xab; 32],
+            salt: [1; 32],
+            data_blocks: 42,
+        };
+        assert_eq!(
+            cmdline(&def, 'a', Some(&v)),
+            format!(
+                "cairn.slot=a cairn.verity={}:{}:42 console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0 quiet",
+                "ab".repeat(32),
+                "01".repeat(32)
+            )
+        );
+        assert_eq!(
+            cmdline(&def, 'b', None),
+            "cairn.slot=b console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0 quiet"
+        );
+    }
+
+    #[test]
     fn ipxe_programs_leave_the_tree() {
         let mut t = tree_with(&[
             "usr/lib/ipxe/undionly.kpxe",

@@ -662,6 +662,23 @@ mod tests {
     }
 
     #[test]
+    fn verity_is_on_by_default_and_its_word_is_the_builds() {
+        assert!(parse("t.yaml", MIN).unwrap().verity);
+        assert!(
+            !parse("t.yaml", &format!("{MIN}verity: false\n"))
+                .unwrap()
+                .verity
+        );
+        let text = format!("{MIN}cmdline: \"quiet cairn.verity=ab:cd:1\"\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(
+            e.contains("cmdline") && e.contains("cairn.verity= is written by cairn build"),
+            "{e}"
+        );
+        assert!(parse("t.yaml", &format!("{MIN}cmdline: \"cairn.verityx=1\"\n")).is_ok());
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = format!("{MIN}pakages:\n  - systemd\n");
         let e = parse("images/x.yaml", &text).unwrap_err().to_string();
