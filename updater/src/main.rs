@@ -115,6 +115,11 @@ enum Cmd {
     },
     /// Commit the slot on trial without running the checks.
     MarkGood,
+    /// Install the image `cairn serve` names to this machine's disk, report
+    /// to the server, reboot (cairn-install.service on a machine netbooted
+    /// with `boot: install`; every value defaults to the kernel command
+    /// line's `cairn.install*`).
+    Install(InstallArgs),
     /// The cluster reboot lock in etcd (REBOOT_STRATEGY=etcd-lock), as locksmithctl had it.
     Lock {
         /// An etcd client URL.
@@ -125,6 +130,125 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LockCmd,
     },
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// The server's base URL (cairn.install=).
+    #[arg(long)]
+    server: Option<String>,
+    /// The image's NAME-VERSION (cairn.install.image=).
+    #[arg(long)]
+    image: Option<String>,
+    /// The disk rule (cairn.install.disk=; default first-empty).
+    #[arg(long)]
+    disk: Option<String>,
+    /// Write over a disk that holds data (cairn.install.overwrite=1).
+    #[arg(long)]
+    overwrite: bool,
+    /// The MAC address the server knows this machine by (cairn.install.mac=).
+    #[arg(long)]
+    mac: Option<String>,
+    /// Do not reboot once installed.
+    #[arg(long)]
+    no_reboot: bool,
+    /// Where sysfs and /dev are (tests).
+    #[arg(long, default_value = "/sys", hide = true)]
+    sys: PathBuf,
+    #[arg(long, default_value = "/dev", hide = true)]
+    dev: PathBuf,
+}
+
+/// `cairn-update install`: exit 0 installed (rebooting), 2 refused (nothing
+/// written: the reason is on the console and with the server), 1 failed.
+fn install(paths: &PathArgs, a: InstallArgs) -> Result<ExitCode> {
+    use cairn_formats::cmdline as k;
+    let cmdline = std::fs::read_to_string(&paths.cmdline)
+        .with_context(|| format!("reading {}", paths.cmdline.display()))?;
+    let from = |given: Option<String>, key: &str| given.or_else(|| k::value(&cmdline, key));
+    let server = from(a.server, k::INSTALL)
+        .with_context(|| format!("no server: pass --server or boot with {}=URL", k::INSTALL))?;
+    let image = from(a.image, k::INSTALL_IMAGE).with_context(|| {
+        format!(
+            "no image: pass --image or boot with {}=NAME-VERSION",
+            k::INSTALL_IMAGE
+        )
+    })?;
+    let rule_text = from(a.disk, k::INSTALL_DISK).unwrap_or_else(|| "first-empty".into());
+    let rule = cairn_install::Rule::parse(&rule_text).context("the disk rule")?;
+    let overwrite = a.overwrite || k::value(&cmdline, k::INSTALL_OVERWRITE).as_deref() == Some("1");
+    let mac = from(a.mac, k::INSTALL_MAC)
+        .and_then(|m| cairn_formats::lifecycle::normalize_mac(&m))
+        .with_context(|| {
+            format!(
+                "no MAC address: pass --mac or boot with {}=MAC",
+                k::INSTALL_MAC
+            )
+        })?;
+    let machine_id = std::fs::read_to_string(&paths.machine_id)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| s.len() == 32);
+    let (name, version) = image
+        .rsplit_once('-')
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .unwrap_or((image.clone(), String::new()));
+    let opts = cairn_install::Options {
+        rule,
+        allow_overwrite: overwrite,
+        image: name,
+        version,
+        roots: cairn_install::Roots {
+            sys: a.sys,
+            dev: a.dev,
+        },
+    };
+    let reporter = cairn_install::Reporter::new(Some(&server), &mac, machine_id);
+    let mut src = cairn_install::HttpSource::new(&server, &image);
+    let map = match src.map() {
+        Ok(m) => m,
+        Err(e) => {
+            reporter.send(cairn_formats::lifecycle::Event::InstallFailed {
+                reason: e.to_string(),
+            });
+            return Err(e).context("reading the image's disk map");
+        }
+    };
+    tracing::info!(
+        "installing {image} from {server}: {} MiB of data in {} pieces, disk rule {}{}",
+        map.data_bytes() >> 20,
+        map.extents.len(),
+        opts.rule.describe(),
+        if overwrite { ", overwriting" } else { "" }
+    );
+    let mut last = 0u64;
+    let mut progress = |done: u64, total: u64| {
+        let pct = done * 100 / total.max(1);
+        if pct >= last + 10 || done == total {
+            last = pct;
+            tracing::info!("written {pct}% ({} of {} MiB)", done >> 20, total >> 20);
+        }
+    };
+    match cairn_install::install(&opts, &map, &mut src, &reporter, &mut progress) {
+        Ok(done) => {
+            println!(
+                "cairn-install: installed {image} to {} ({} MiB written in {:.1} s, read back in {:.1} s)",
+                done.disk.dev.display(),
+                done.written.bytes >> 20,
+                done.written.write.as_secs_f64(),
+                done.written.verify.as_secs_f64()
+            );
+            if !a.no_reboot {
+                strategy::reboot()?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is_refusal() => {
+            println!("cairn-install: not installing: {e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e).context("installing"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -238,6 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Install(a) => install(&cli.paths, a),
         Cmd::Check => {
             let a = agent(&cli.paths)?;
             let (running, _) = a.observe_boot().context("reading the running system")?;
