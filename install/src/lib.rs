@@ -13,6 +13,7 @@
 //! there, as for any disk the image was copied to.
 
 pub mod disks;
+pub mod handoff;
 pub mod map;
 pub mod write;
 
@@ -138,6 +139,7 @@ pub struct Reporter {
     url: Option<String>,
     mac: String,
     machine_id: Option<String>,
+    tries: u32,
 }
 
 impl Reporter {
@@ -154,33 +156,59 @@ impl Reporter {
             url: server.map(|s| format!("{}{REPORT_PATH}", s.trim_end_matches('/'))),
             mac: mac.to_owned(),
             machine_id,
+            tries: 3,
         }
     }
 
-    /// Posts `event`; three tries, two seconds apart.
-    pub fn send(&self, event: Event) {
-        let Some(url) = &self.url else { return };
+    /// A reporter for a booting system, which must not wait on the
+    /// server: one try per report, at most `timeout` each.
+    pub fn quick(
+        server: &str,
+        mac: &str,
+        machine_id: Option<String>,
+        timeout: Duration,
+    ) -> Reporter {
+        let mut r = Reporter::new(Some(server), mac, machine_id);
+        r.http = cairn_fetch::agent(
+            concat!("cairn-install/", env!("CARGO_PKG_VERSION")),
+            cairn_fetch::Timeouts {
+                global: Some(timeout),
+                ..Default::default()
+            },
+        );
+        r.tries = 1;
+        r
+    }
+
+    /// Posts `event`; three tries (one for [`Reporter::quick`]), two seconds apart.
+    /// Returns whether the server took it.
+    pub fn send(&self, event: Event) -> bool {
+        let Some(url) = &self.url else { return false };
         let body = Report {
             mac: self.mac.clone(),
             machine_id: self.machine_id.clone(),
             event,
         }
         .to_json();
-        for n in 1..=3 {
+        let tries = self.tries;
+        for n in 1..=tries {
             match self
                 .http
                 .post(url)
                 .header("Content-Type", "application/json")
                 .send(body.as_bytes())
             {
-                Ok(r) if r.status().is_success() => return,
-                Ok(r) => tracing::warn!("report to {url}: HTTP {} (try {n} of 3)", r.status()),
-                Err(e) => tracing::warn!("report to {url}: {e} (try {n} of 3)"),
+                Ok(r) if r.status().is_success() => return true,
+                Ok(r) => {
+                    tracing::warn!("report to {url}: HTTP {} (try {n} of {tries})", r.status())
+                }
+                Err(e) => tracing::warn!("report to {url}: {e} (try {n} of {tries})"),
             }
-            if n < 3 {
+            if n < tries {
                 std::thread::sleep(Duration::from_secs(2));
             }
         }
+        false
     }
 }
 
@@ -241,6 +269,19 @@ pub fn install(
     reporter: &Reporter,
     progress: write::Progress<'_>,
 ) -> Result<Installed, InstallError> {
+    install_with(opts, map, source, reporter, progress, None)
+}
+
+/// [`install`], leaving `handoff` on the installed disk's ESP
+/// ([`handoff::write`]) before the install is reported finished.
+pub fn install_with(
+    opts: &Options,
+    map: &DiskMap,
+    source: &mut dyn Source,
+    reporter: &Reporter,
+    progress: write::Progress<'_>,
+    handoff: Option<&handoff::Handoff>,
+) -> Result<Installed, InstallError> {
     let disk = match choose_disk(opts) {
         Ok(d) => d,
         Err(e) => {
@@ -265,7 +306,13 @@ pub fn install(
     }
     let dev = disk.dev.display().to_string();
     reporter.send(Event::InstallStarted { disk: dev.clone() });
-    match write::write_image(&disk.dev, map, source, progress) {
+    let written = write::write_image(&disk.dev, map, source, progress).and_then(|w| {
+        if let Some(h) = handoff {
+            handoff::write(&disk.dev, h)?;
+        }
+        Ok(w)
+    });
+    match written {
         Ok(written) => {
             reporter.send(Event::InstallFinished {
                 disk: dev,

@@ -229,7 +229,19 @@ fn install(paths: &PathArgs, a: InstallArgs) -> Result<ExitCode> {
             tracing::info!("written {pct}% ({} of {} MiB)", done >> 20, total >> 20);
         }
     };
-    match cairn_install::install(&opts, &map, &mut src, &reporter, &mut progress) {
+    // the installed system reports its boots to the same server
+    let handoff = cairn_install::handoff::Handoff {
+        server: server.clone(),
+        mac: mac.clone(),
+    };
+    match cairn_install::install_with(
+        &opts,
+        &map,
+        &mut src,
+        &reporter,
+        &mut progress,
+        Some(&handoff),
+    ) {
         Ok(done) => {
             println!(
                 "cairn-install: installed {image} to {} ({} MiB written in {:.1} s, read back in {:.1} s)",
@@ -455,8 +467,60 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// How long one boot report may take: the gate must not wait on a
+/// server that is down.
+const BOOT_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The reporter of a machine `cairn serve` installed (its hand-off on the
+/// ESP names the server and MAC), with what runs; `None` for any other
+/// machine, or when the hand-off does not read (logged: reports never
+/// fail the gate).
+fn boot_reporter(a: &Agent) -> Option<(cairn_install::Reporter, cairn_updater::agent::Running)> {
+    let h = match cairn_install::handoff::Handoff::load(&a.paths.esp) {
+        Ok(Some(h)) => h,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!("not reporting to the install server: {e}");
+            return None;
+        }
+    };
+    let running = match a.running() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("not reporting to {}: {e}", h.server);
+            return None;
+        }
+    };
+    let machine_id = std::fs::read_to_string(&a.paths.machine_id)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| s.len() == 32);
+    Some((
+        cairn_install::Reporter::quick(&h.server, &h.mac, machine_id, BOOT_REPORT_TIMEOUT),
+        running,
+    ))
+}
+
 fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCode> {
+    use cairn_formats::lifecycle::{BootSource, Event as Report};
     let a = agent(p)?;
+    let reporter = boot_reporter(&a);
+    if let Some((r, running)) = &reporter {
+        let source = match running.slot {
+            cairn_formats::partitions::Slot::A => BootSource::A,
+            cairn_formats::partitions::Slot::B => BootSource::B,
+        };
+        if r.send(Report::Booted {
+            image: running.name.clone(),
+            version: running.version.clone(),
+            source,
+        }) {
+            println!(
+                "reported to the install server: booted {} {} from slot {}",
+                running.name, running.version, running.slot
+            );
+        }
+    }
     let s = strategy::for_config(&a.config, &a.paths.machine_id, Duration::from_secs(15))?;
     let gate = Gate {
         timeout,
@@ -467,7 +531,24 @@ fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCo
             now: cairn_updater::fsutil::now,
         },
     };
-    match gate.run(&a).context("running the health gate")? {
+    let verdict = gate.run(&a).context("running the health gate")?;
+    if let Some((r, running)) = &reporter {
+        let version = running.version.clone();
+        let (event, what) = match &verdict {
+            Verdict::Healthy => (Report::Healthy { version }, "healthy".to_string()),
+            Verdict::UnhealthyNoTrial(reason) | Verdict::Failed(reason) => (
+                Report::Unhealthy {
+                    version,
+                    reason: reason.clone(),
+                },
+                format!("unhealthy: {reason}"),
+            ),
+        };
+        if r.send(event) {
+            println!("reported to the install server: {what}");
+        }
+    }
+    match verdict {
         Verdict::Healthy | Verdict::UnhealthyNoTrial(_) => Ok(ExitCode::SUCCESS),
         Verdict::Failed(_) => Ok(ExitCode::from(1)),
     }

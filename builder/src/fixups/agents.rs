@@ -4,7 +4,9 @@
 //! `fleet.service` (installed, not enabled), `cairn-cloudinit` (applies the machine's
 //! cloud-config at every boot; `cairn-ready.service` prints the console's
 //! ready line with it) and `cairn-update` (A/B updates: its timer,
-//! service and the health gate before `boot-complete.target`), plus the
+//! service, the health gate before `boot-complete.target`, and
+//! `cairn-install.service`, which runs `cairn-update install` only on a
+//! machine netbooted with `cairn.install=` by a `boot: install` profile), plus the
 //! image's trusted update keys in `/usr/lib/cairn/update-keys/` (the
 //! definition's `update.keys`; the folder exists, empty, without them). The
 //! units fixup enables the units of [`AGENT_UNITS`] by default
@@ -40,6 +42,7 @@ pub const AGENT_UNITS: &[&str] = &[
     "cairn-ready.service",
     "cairn-update.timer",
     "cairn-health.service",
+    "cairn-install.service",
 ];
 
 /// `(path in the tree, content, mode)` of the programs and units this
@@ -71,6 +74,11 @@ pub fn files() -> Vec<(&'static str, &'static [u8], u32)> {
         (
             "usr/lib/systemd/system/cairn-health.service",
             include_bytes!("../../../updater/units/cairn-health.service"),
+            0o644,
+        ),
+        (
+            "usr/lib/systemd/system/cairn-install.service",
+            include_bytes!("../../../updater/units/cairn-install.service"),
             0o644,
         ),
         ("usr/bin/fleetd", FLEETD_BINARY, 0o755),
@@ -163,6 +171,15 @@ mod tests {
         );
         let unit = std::str::from_utf8(get("usr/lib/systemd/system/cairn-health.service")).unwrap();
         assert!(unit.contains("RequiredBy=boot-complete.target"), "{unit}");
+        let unit =
+            std::str::from_utf8(get("usr/lib/systemd/system/cairn-install.service")).unwrap();
+        assert!(
+            unit.contains("ExecStart=/usr/bin/cairn-update install")
+                && unit.contains("ConditionKernelCommandLine=cairn.install\n")
+                && unit.contains("StandardOutput=journal+console")
+                && unit.contains("WantedBy=multi-user.target"),
+            "{unit}"
+        );
         // every enabled-by-default unit is installed here
         for u in AGENT_UNITS {
             assert!(
