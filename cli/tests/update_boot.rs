@@ -6,12 +6,17 @@
 //!    disk the machine boots), 2.0.0 and 3.0.0 signed, 5.0.0 signed with a
 //!    unit that fails; 4.0.0 is 3.0.0's bundle re-signed with its root
 //!    image's superblock zeroed (its `/init` cannot mount the root).
-//! 2. v1 boots from slot a; the hardware watchdog is armed; cloud-config
+//! 2. v1 boots from slot a through dm-verity (Debian's `dmsetup table`
+//!    on the machine: the `verity` target over slot a with the root hash
+//!    of v1's manifest); the hardware watchdog is armed; cloud-config
 //!    (`coreos.update`, read from the state partition's `user-data`)
 //!    points the agent at the real `cairn serve` binary on the host.
 //! 3. A bundle signed with another key: refused, slot b's bytes unchanged.
-//! 4. v1 → v2: `cairn-update.service` installs v2 into slot b and reboots;
-//!    v2 runs from slot b and its entry is blessed after `boot-complete`.
+//! 4. v1 → v2 (`cairn-update apply --no-reboot`, then a reboot): the new
+//!    entry's `cairn.verity=` is the signed update manifest's; v2 runs
+//!    from slot b through dm-verity with that root hash (`dmsetup table`),
+//!    and its entry is blessed after `boot-complete` (the count of
+//!    unfinished boots gone).
 //! 5. v2 → v3 with power cuts: QEMU is killed during the slot write and
 //!    again during the ESP writes; each time the machine boots v2, and
 //!    `fsck.vfat -n` finds the ESP clean; then the update resumes and v3
@@ -20,6 +25,13 @@
 //!    back on v3 by itself; `cairn-update status` says rolled back and why.
 //! 7. v5 (a failed unit): the health gate marks it bad, back on v3, and
 //!    the status names the unit.
+//! 8. v6 (v3's parts and tree, signed as 6.0.0) staged by
+//!    `cairn-update apply --no-reboot`, which read the slot back through
+//!    its tree; then one byte of the slot flipped from the guest shell
+//!    (`dd` on the partition) in the first data block of systemd's shared
+//!    library: on the next boot the kernel's dm-verity catches that block
+//!    when PID 1 starts and restarts the machine; the tries run out and
+//!    the machine is back on v3 by itself, v6's entry marked bad.
 //!
 //! One test function: the steps build on each other and the machine has
 //! two cores.
@@ -35,6 +47,9 @@ mod common;
 use common::guest_sh;
 use common::lan::Lan;
 use common::updates::{inventory, update_images};
+use common::verity::{
+    bundle_verity, check_verity_root, entry_verity, image_verity, libsystemd_block,
+};
 
 const BOOT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(120);
@@ -358,7 +373,11 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     std::fs::write(v4.join("rootfs.squashfs"), &root).unwrap();
     drop(root);
     let secret = SecretKey::load(&keys.secret).unwrap();
-    let bundle = |dir: &Path, version: &str, key: &SecretKey, rootfs: &Path| {
+    let bundle = |dir: &Path,
+                  version: &str,
+                  key: &SecretKey,
+                  rootfs: &Path,
+                  verity: Option<cairn_formats::verity::Verity>| {
         write_bundle(
             dir,
             &BundleInput {
@@ -370,13 +389,25 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
                 initrd: &v3.join("initrd.img"),
                 created: cairn_updater::fsutil::now(),
                 validity_secs: 86400,
-                verity: None,
+                verity,
             },
             key,
         )
         .unwrap();
     };
-    bundle(&v4, "4.0.0", &secret, &v4.join("rootfs.squashfs"));
+    bundle(&v4, "4.0.0", &secret, &v4.join("rootfs.squashfs"), None);
+    // v6: v3's parts and tree, signed as 6.0.0 with v3's verity parameters
+    let v6 = w.join("v6");
+    std::fs::create_dir_all(&v6).unwrap();
+    let v3_verity = bundle_verity(&v3);
+    bundle(
+        &v6,
+        "6.0.0",
+        &secret,
+        &v3.join("rootfs.squashfs"),
+        Some(v3_verity),
+    );
+    std::fs::copy(v1.join("manifest.json"), v6.join("manifest.json")).unwrap();
     // the same v2 signed with a key the image does not trust
     let forged = w.join("forged");
     std::fs::create_dir_all(&forged).unwrap();
@@ -385,6 +416,7 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
         "2.0.0",
         &SecretKey::load(&other.secret).unwrap(),
         &v2.join("rootfs.squashfs"),
+        None,
     );
     for d in [&v4, &forged] {
         std::fs::copy(v1.join("manifest.json"), d.join("manifest.json")).unwrap();
@@ -418,6 +450,8 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     eprintln!("v1 running after {:.0?}", t.elapsed());
     assert_eq!(running(&mut vm), ("1.0.0".into(), "a".into()));
     assert_eq!(entries(&mut vm), ["cairn-1.0.0.conf"]);
+    // the slot through dm-verity, with the parameters of v1's manifest
+    check_verity_root(&mut vm, &image_verity(&v1), 2);
     // the watchdog is armed by PID 1
     let wd = guest_sh(&mut vm, "cat /sys/class/watchdog/watchdog0/identity /sys/class/watchdog/watchdog0/state; systemctl show -P RuntimeWatchdogUSec", CMD);
     assert!(
@@ -479,6 +513,14 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     let root_mib = std::fs::metadata(v2.join("rootfs.squashfs")).unwrap().len() as f64 / 1048576.0;
     let e = entries(&mut vm);
     assert_eq!(e, ["cairn-1.0.0.conf", "cairn-2.0.0+3.conf"]);
+    // the new entry carries the signed update manifest's root hash
+    let v2_verity = bundle_verity(&v2);
+    let entry = guest_sh(&mut vm, "cat /efi/loader/entries/cairn-2.0.0+3.conf", CMD);
+    assert_eq!(
+        entry_verity(&entry).map(|v| v.to_cmdline_value()),
+        Some(v2_verity.to_cmdline_value()),
+        "v2's entry against its signed manifest:\n{entry}"
+    );
     let st = status(&mut vm);
     assert!(st.contains("2.0.0 staged in slot b"), "{st}");
     let t = Instant::now();
@@ -501,8 +543,16 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
         downtime.as_secs_f64()
     );
     assert_eq!(running(&mut vm), ("2.0.0".into(), "b".into()));
+    // slot b through dm-verity with the root hash the signed manifest names
+    check_verity_root(&mut vm, &v2_verity, 3);
     wait_blessed(&mut vm);
     assert_eq!(entries(&mut vm), ["cairn-1.0.0.conf", "cairn-2.0.0.conf"]);
+    // the count of unfinished boots /init keeps is gone at boot-complete
+    guest_sh(
+        &mut vm,
+        "test ! -e /run/cairn/state/cairn-init/unfinished-boots",
+        CMD,
+    );
     let st = status(&mut vm);
     assert!(
         st.contains("cairn-test 2.0.0 from slot b") && st.contains("updated to 2.0.0"),
@@ -648,5 +698,84 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     );
     let e = entries(&mut vm);
     assert!(e.iter().any(|x| x.starts_with("cairn-5.0.0+0")), "{e:?}");
+
+    // ---- 8. v6 staged, then its slot tampered after the agent's read-back
+    lan.reload_serve(&inv, &inventory(&v1, &v6));
+    let out = vm
+        .guest_exec(
+            &["cairn-update", "apply", "--no-reboot"],
+            Duration::from_secs(900),
+        )
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.success() && out.stdout_str().contains("staged 6.0.0 in slot b"),
+        "{}\n{log}",
+        out.stdout_str()
+    );
+    assert!(
+        log.contains("slot b: dm-verity tree checked"),
+        "the agent read the slot back through its tree:\n{log}"
+    );
+    let entry = guest_sh(&mut vm, "cat /efi/loader/entries/cairn-6.0.0+3.conf", CMD);
+    assert_eq!(
+        entry_verity(&entry).map(|v| v.to_cmdline_value()),
+        Some(v3_verity.to_cmdline_value()),
+        "v6's entry against its signed manifest:\n{entry}"
+    );
+    let root6 = v3.join("rootfs.squashfs");
+    let at = libsystemd_block(&root6) + 1000;
+    let byte = std::fs::read(&root6).unwrap()[at as usize];
+    let flipped = byte ^ 0x5a;
+    eprintln!(
+        "flipping the byte at {at} of {} (block {} of {} data blocks) in slot b",
+        std::fs::metadata(&root6).unwrap().len(),
+        at / 4096,
+        v3_verity.data_blocks
+    );
+    let back = guest_sh(
+        &mut vm,
+        &format!(
+            "d=/dev/disk/by-partlabel/cairn-b; \
+             old=$(dd if=$d bs=1 skip={at} count=1 status=none | od -An -tu1 | tr -d ' '); \
+             [ \"$old\" = {byte} ] || {{ echo \"slot b holds $old at {at}\" >&2; exit 1; }}; \
+             printf '\\{flipped:03o}' | dd of=$d bs=1 seek={at} count=1 conv=notrunc,fsync status=none && \
+             blockdev --flushbufs $d && \
+             dd if=$d bs=1 skip={at} count=1 status=none | od -An -tu1 | tr -d ' '"
+        ),
+        CMD,
+    );
+    assert_eq!(
+        back.trim(),
+        flipped.to_string(),
+        "the flipped byte on slot b"
+    );
+    guest_sh(
+        &mut vm,
+        "systemd-run --quiet --on-active=2 --unit=cairn-test-reboot-6 systemctl reboot",
+        CMD,
+    );
+    let t = Instant::now();
+    vm.wait_for("cairn-init: root cairn-b", BOOT)
+        .expect("the machine tries v6");
+    let corrupt = vm
+        .wait_for("is corrupted", BOOT)
+        .expect("the kernel's dm-verity catches the flipped block");
+    eprintln!("v6: {corrupt}");
+    assert!(
+        corrupt.contains(&format!("data block {} is corrupted", at / 4096)),
+        "the flipped block, not another: {corrupt}"
+    );
+    wait_booted(&mut vm, 'a');
+    eprintln!("v6 tampered: back on slot a after {:.0?}", t.elapsed());
+    assert_eq!(running(&mut vm), ("3.0.0".into(), "a".into()));
+    let st = status(&mut vm);
+    eprintln!("after v6:\n{st}");
+    assert!(st.contains("rolled back") && st.contains("6.0.0"), "{st}");
+    let e = entries(&mut vm);
+    assert!(
+        e.iter().any(|x| x.starts_with("cairn-6.0.0+0")),
+        "v6's entry marked bad: {e:?}"
+    );
     vm.quit().ok();
 }

@@ -7,6 +7,7 @@
 pub mod lan;
 pub mod transcript;
 pub mod updates;
+pub mod verity;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
