@@ -10,6 +10,7 @@
 //! etcd discovery service under `/discovery` (cairn-discovery). ProxyDHCP (cairn-proxydhcp) with `--proxy-dhcp`. See README.md.
 
 pub mod assets;
+pub mod explain;
 pub mod facts;
 pub mod http;
 pub mod inventory;

@@ -637,6 +637,76 @@ async fn reinstall(State(s): State<AppState>, uri: Uri) -> Response<Body> {
     }
 }
 
+/// Operators: `GET /explain?mac=MAC[&uuid=..][&hostname=..][&KEY=VALUE..]`: why the machine boots
+/// what it boots ([`crate::explain`]); JSON, or text with `Accept: text/plain` or `format=text`.
+async fn explain(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Response<Body> {
+    let mut format = None;
+    let mut mac = None;
+    let mut others = Vec::new();
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned() {
+        match k.as_str() {
+            "format" => format = Some(v),
+            "mac" => mac = Some(v),
+            _ => others.push((k, v)),
+        }
+    }
+    let as_text = match format.as_deref() {
+        Some("text") => true,
+        Some("json") => false,
+        Some(f) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cairn: format: {f:?}: expected text or json\n"),
+            )
+        }
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json")),
+    };
+    let facts = match crate::explain::facts_for(mac.as_deref(), others) {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("cairn: {e}\n")),
+    };
+    let inv = s.inventory.load_full();
+    let s2 = s.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mac = facts.get("mac").to_string();
+        let records = crate::explain::RecordsView::from_snapshot(&s2.records.snapshot(), &mac);
+        let public_url = s2.public_url.as_deref().map_or_else(
+            || format!("http://127.0.0.1:{}", s2.http_port),
+            |u| u.trim_end_matches('/').to_string(),
+        );
+        let etcd_discovery = s2
+            .etcd_tokens
+            .load()
+            .iter()
+            .map(|(g, t)| (g.clone(), format!("{public_url}/discovery/{t}")))
+            .collect();
+        let cx = crate::explain::Context {
+            ip: s2
+                .status
+                .boot(&mac)
+                .map_or("0.0.0.0".to_string(), |b| b.ip.to_string()),
+            public_url,
+            etcd_discovery,
+            now: crate::lifecycle::now(),
+        };
+        crate::explain::explain(&inv, &records, &facts, &cx)
+    })
+    .await;
+    match done {
+        Ok(e) if as_text => text(StatusCode::OK, e.to_text()),
+        Ok(e) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                serde_json::to_string_pretty(&e).unwrap_or_default() + "\n",
+            ))
+            .expect("static response parts"),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cairn: {e}\n")),
+    }
+}
+
 async fn machines(State(s): State<AppState>) -> Response<Body> {
     let body = serde_json::to_string_pretty(&s.status.snapshot()).unwrap_or_else(|_| "[]".into());
     Response::builder()
@@ -730,6 +800,7 @@ fn admin_router(state: AppState) -> Router {
         Router::new()
             .route("/machines", get(machines))
             .route("/lifecycle", get(lifecycle_snapshot))
+            .route("/explain", get(explain))
             .route("/lifecycle/reinstall", axum::routing::post(reinstall)),
         "operator endpoint",
         state,

@@ -161,12 +161,40 @@ pub struct Group {
     pub cloud_config_access: CloudConfigAccess,
 }
 
+/// One selector of a group held against a machine's facts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SelectorCheck<'a> {
+    /// The selector's key (`mac`, `uuid`, `hostname`, `serial` or a label).
+    pub key: &'a str,
+    /// The value the group wants (normalised).
+    pub want: &'a str,
+    /// The machine's value for the key (normalised), if it sent one.
+    pub seen: Option<&'a str>,
+    /// Whether they are equal.
+    pub matched: bool,
+}
+
 impl Group {
+    /// Every selector of the group against the facts, in key order: the one rule of matching that
+    /// [`Group::matches`] (hence [`Inventory::select`]) and `--explain` share.
+    pub fn check_selectors<'a>(
+        &'a self,
+        facts: &'a Facts,
+    ) -> impl Iterator<Item = SelectorCheck<'a>> + 'a {
+        self.selector.iter().map(|(k, v)| {
+            let seen = facts.labels.get(k).map(String::as_str);
+            SelectorCheck {
+                key: k,
+                want: v,
+                seen,
+                matched: seen == Some(v.as_str()),
+            }
+        })
+    }
+
     /// True when every selector matches the facts.
     pub fn matches(&self, facts: &Facts) -> bool {
-        self.selector
-            .iter()
-            .all(|(k, v)| facts.labels.get(k) == Some(v))
+        self.check_selectors(facts).all(|c| c.matched)
     }
 }
 
