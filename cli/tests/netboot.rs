@@ -5,7 +5,10 @@
 //!
 //! 1. UEFI (OVMF), a MAC the inventory knows: iPXE takes `/boot.ipxe`, its
 //!    machine script, the kernel and `pxe-initrd.img` over HTTP; `/init`
-//!    mounts the root image from RAM (diskless); `cairn-cloudinit` fetches
+//!    mounts the root image from RAM (diskless) through dm-verity on its
+//!    loop device, with the root hash of the image's manifest that the
+//!    machine script names (Debian's `dmsetup table` on the machine: the
+//!    `verity` target over the loop device); `cairn-cloudinit` fetches
 //!    the machine's rendered cloud-config from the server: its hostname and
 //!    file are there; the server's machine table followed every stage.
 //! 2. Legacy BIOS (SeaBIOS), another known MAC: the same path to a running
@@ -16,10 +19,12 @@
 
 use std::time::Duration;
 
+use cairn_formats::verity::Verity;
 use cairn_pxe::{Server, ServerConfig, Stage};
 use cairn_qemu::{Firmware, Vm, VmConfig};
 
 mod common;
+use common::verity::{dmsetup_table, image_verity};
 use common::{assert_running, guest_sh, test_image, wait_cloudinit};
 
 const BOOT: Duration = Duration::from_secs(420);
@@ -30,11 +35,19 @@ const GUEST_HTTP: u16 = 8080;
 const KEY_A: &str = "AAAAC3NzaC1lZDI1NTE5AAAAICX5qoqdSrprZZQOxMfpmUG1hoKVTD5zAM5lelsJIUav";
 const KEY_B: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIMdHFZLt67LHrYrSdIV4SsSAqLBdfFVl+FOFncX5mnPx";
 
-/// A machine the inventory knows came up diskless from the network with
-/// its own group's cloud-config applied.
-fn check_known_machine(vm: &mut Vm, mac: &str, host: &str, role: &str, key: &str) {
-    vm.wait_for("cairn-init:", BOOT)
-        .expect("the kernel and /init came over the network");
+/// A machine the inventory knows came up diskless from the network,
+/// its root image through dm-verity with `verity`, with its own group's
+/// cloud-config applied.
+fn check_known_machine(vm: &mut Vm, mac: &str, host: &str, role: &str, key: &str, verity: &Verity) {
+    let line = vm.wait_for("through dm-verity as", BOOT).expect(
+        "the kernel and /init came over the network; /init opens the image through dm-verity",
+    );
+    assert!(
+        line.contains("/dev/loop")
+            && line.contains(&verity.root_hash_hex())
+            && line.contains("EIO"),
+        "{line}"
+    );
     vm.wait_guest_agent(BOOT).expect("the guest agent answers");
     wait_cloudinit(vm, 50);
     let journal = guest_sh(
@@ -54,8 +67,28 @@ fn check_known_machine(vm: &mut Vm, mac: &str, host: &str, role: &str, key: &str
     }
     let root = guest_sh(vm, "findmnt -n -o FSTYPE,SOURCE /", CMD);
     assert!(
-        root.starts_with("squashfs") && root.contains("loop"),
+        root.starts_with("squashfs")
+            && (root.contains("/dev/mapper/cairn-root") || root.contains("/dev/dm-0")),
         "/ is {root}"
+    );
+    let dm = guest_sh(
+        vm,
+        "cat /sys/block/dm-0/dm/name; ls /sys/block/dm-0/slaves",
+        CMD,
+    );
+    assert!(dm.contains("cairn-root") && dm.contains("loop"), "{dm}");
+    let table = dmsetup_table(vm, "cairn-root");
+    let want = format!("0 {} verity 1 7:", verity.data_sectors());
+    let params = format!(
+        " 4096 4096 {} {} sha256 {} {}",
+        verity.data_blocks,
+        verity.hash_start_block(),
+        verity.root_hash_hex(),
+        verity.salt_hex()
+    );
+    assert!(
+        table.starts_with(&want) && table.contains(&params),
+        "dmsetup table: {table}"
     );
     assert_eq!(
         guest_sh(vm, "findmnt -n -o FSTYPE /var", CMD).trim(),
@@ -67,7 +100,9 @@ fn check_known_machine(vm: &mut Vm, mac: &str, host: &str, role: &str, key: &str
 
 #[test]
 fn netboot_through_cairn_serve() {
+    cairn_testkit::require("dmsetup", "dmsetup");
     let out = test_image();
+    let verity = image_verity(&out);
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     std::fs::write(
@@ -126,7 +161,7 @@ fn netboot_through_cairn_serve() {
             .cpus(2)
             .firmware(firmware);
         let mut vm = Vm::start(config).expect("starting QEMU");
-        check_known_machine(&mut vm, mac, host, role, key);
+        check_known_machine(&mut vm, mac, host, role, key, &verity);
         vm.kill().unwrap();
         drop(vm);
         let machines = server.machines();
