@@ -9,7 +9,8 @@
 //! 2. systemd preset files (`usr/lib/systemd/system-preset`,
 //!    `etc/systemd/system-preset`): `enable` lines (globs, instance lists),
 //!    and `disable` lines other than the catch-all `disable *`;
-//! 3. cairn's own units (`cairn-ssh-keygen.service`);
+//! 3. cairn's own units (`cairn-ssh-keygen.service`,
+//!    `cairn-ssh-keygen-rsa.service`, the agents');
 //! 4. the definition: `units.enable` (an error names a unit that is not in
 //!    the tree), `units.disable`, `units.mask` (link to `/dev/null`) and the
 //!    default target (`multi-user.target` unless set).
@@ -22,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::shell;
-use super::ssh::KEYGEN_UNIT;
+use super::ssh::{KEYGEN_RSA_UNIT, KEYGEN_UNIT};
 use super::{put_symlink, Context, FixupError, Report};
 use crate::tree::{Node, Tree};
 
@@ -504,7 +505,10 @@ pub fn apply(tree: &mut Tree, ctx: &Context<'_>) -> Result<Report, FixupError> {
         }
     }
     // 3. cairn's units
-    for unit in std::iter::once(KEYGEN_UNIT).chain(super::agents::AGENT_UNITS.iter().copied()) {
+    for unit in [KEYGEN_UNIT, KEYGEN_RSA_UNIT]
+        .into_iter()
+        .chain(super::agents::AGENT_UNITS.iter().copied())
+    {
         if find_unit(tree, unit).is_some() {
             if let Err(e) = en.enable(tree, unit)? {
                 tracing::warn!(unit, ?e, "not enabled");
@@ -749,6 +753,7 @@ mod tests {
             "[Install]\nWantedBy=multi-user.target\n",
         );
         unit(&mut t, KEYGEN_UNIT, "[Install]\nWantedBy=ssh.service\n");
+        unit(&mut t, KEYGEN_RSA_UNIT, "[Install]\nWantedBy=ssh.service\n");
         file(
             &mut t,
             "usr/lib/systemd/system-preset/90-x.preset",
@@ -801,6 +806,10 @@ mod tests {
         assert_eq!(
             s("ssh.service.wants/cairn-ssh-keygen.service").as_deref(),
             Some("/usr/lib/systemd/system/cairn-ssh-keygen.service")
+        );
+        assert_eq!(
+            s("ssh.service.wants/cairn-ssh-keygen-rsa.service").as_deref(),
+            Some("/usr/lib/systemd/system/cairn-ssh-keygen-rsa.service")
         );
         assert_eq!(
             s("default.target").as_deref(),
