@@ -476,6 +476,7 @@ pub fn explain(inv: &Inventory, records: &RecordsView, facts: &Facts, cx: &Conte
         e.update.as_ref().and_then(|u| u.channel.as_deref()),
         group,
         facts,
+        cx.now,
     );
     e.next_netboot = next_netboot(inv, group, records, facts, cx.now);
     e.image = Some(image);
@@ -662,6 +663,7 @@ fn rollout_info(
     channel: Option<&str>,
     group: &Group,
     facts: &Facts,
+    now: i64,
 ) -> RolloutInfo {
     let none = |note: String| RolloutInfo {
         recorded: false,
@@ -678,38 +680,38 @@ fn rollout_info(
         ));
     };
     let mac = facts.get("mac");
-    let seed = records
+    let machine_id = records
         .machine
         .as_ref()
-        .and_then(|m| m.machine_id.as_deref())
-        .map(cairn_formats::channel::rollout::machine_seed);
-    let wave = seed.and_then(|seed| {
-        r.wave_of(&cairn_lifecycle::Candidate {
-            mac,
-            seed,
-            group: Some(&group.name),
-        })
-    });
-    let note = match (seed, wave) {
-        (None, _) => format!(
-            "rollout of {} on {channel:?} recorded; the machine's wave is unknown until it reports its machine id",
-            r.plan.version
-        ),
-        (Some(_), None) => format!(
-            "rollout of {} on {channel:?} recorded; the machine is in none of its waves",
-            r.plan.version
-        ),
-        (Some(_), Some(w)) => format!(
-            "rollout of {} on {channel:?} recorded; the machine is in wave {} ({:?}){}",
-            r.plan.version,
-            w + 1,
-            r.plan.waves[w].name,
-            r.paused
-                .as_ref()
-                .map(|p| format!("; paused: {}", p.reason))
-                .unwrap_or_default()
-        ),
+        .and_then(|m| m.machine_id.as_deref());
+    // as the server asks: no machine id yet, in no percent wave (group waves still apply)
+    let seed = machine_id.map_or(
+        cairn_formats::channel::rollout::SEEDS,
+        cairn_formats::channel::rollout::machine_seed,
+    );
+    let c = cairn_lifecycle::Candidate {
+        mac,
+        seed,
+        group: Some(&group.name),
     };
+    let wave = r.wave_of(&c);
+    // the rollout's decision, on a copy: nothing recorded
+    let decision = r.clone().decide(&c, now);
+    let in_wave = match wave {
+        Some(w) => format!("the machine is in wave {} ({:?})", w + 1, r.plan.waves[w].name),
+        None if machine_id.is_none() => {
+            "the machine is in none of its group waves, and in no percent wave until it reports its machine id".to_string()
+        }
+        None => "the machine is in none of its waves".to_string(),
+    };
+    let now_what = match decision {
+        cairn_lifecycle::Decision::Offer { .. } => format!("offered {} now", r.plan.version),
+        cairn_lifecycle::Decision::Hold { reason } => format!("held back: {reason}"),
+    };
+    let note = format!(
+        "rollout of {} on {channel:?}: {in_wave}; {now_what}",
+        r.plan.version
+    );
     RolloutInfo {
         recorded: true,
         version: Some(r.plan.version.clone()),
@@ -767,6 +769,36 @@ fn time(secs: i64) -> String {
 }
 
 impl Explanation {
+    /// What the next netboot gets, in words.
+    pub fn next_netboot_text(&self) -> String {
+        match &self.next_netboot {
+            NextNetboot::NoMatch { retry_seconds } => {
+                format!("no boot: the no-match script, asking again in {retry_seconds} s")
+            }
+            NextNetboot::DisklessImage { image } => {
+                format!("the diskless image {image} from the network")
+            }
+            NextNetboot::NetworkImageDiskState { image, state_label } => format!(
+                "the image {image} from the network, state on the partition labelled {state_label}"
+            ),
+            NextNetboot::Installer {
+                image,
+                attempt,
+                overwrite,
+            } => format!(
+                "the installer of {image} (attempt {attempt} of {}{})",
+                cairn_lifecycle::machine::MAX_INSTALL_ATTEMPTS,
+                if *overwrite {
+                    ", may overwrite a disk with data"
+                } else {
+                    ""
+                }
+            ),
+            NextNetboot::LocalDisk { why } => format!("its local disk ({why})"),
+            NextNetboot::Refused { reason } => format!("refused: {reason}"),
+        }
+    }
+
     /// The text `cairn serve --explain` prints.
     pub fn to_text(&self) -> String {
         let mut o = String::new();
@@ -928,32 +960,7 @@ impl Explanation {
         for u in &self.unreadable_records {
             let _ = writeln!(o, "  unreadable: {u}");
         }
-        let next = match &self.next_netboot {
-            NextNetboot::NoMatch { retry_seconds } => {
-                format!("no boot: the no-match script, asking again in {retry_seconds} s")
-            }
-            NextNetboot::DisklessImage { image } => {
-                format!("the diskless image {image} from the network")
-            }
-            NextNetboot::NetworkImageDiskState { image, state_label } => format!(
-                "the image {image} from the network, state on the partition labelled {state_label}"
-            ),
-            NextNetboot::Installer {
-                image,
-                attempt,
-                overwrite,
-            } => format!(
-                "the installer of {image} (attempt {attempt} of {}{})",
-                cairn_lifecycle::machine::MAX_INSTALL_ATTEMPTS,
-                if *overwrite {
-                    ", may overwrite a disk with data"
-                } else {
-                    ""
-                }
-            ),
-            NextNetboot::LocalDisk { why } => format!("its local disk ({why})"),
-            NextNetboot::Refused { reason } => format!("refused: {reason}"),
-        };
+        let next = self.next_netboot_text();
         let _ = writeln!(o, "next netboot: {next}");
         o
     }
@@ -980,4 +987,412 @@ pub fn explain_offline(
         &facts,
         &Context::offline(&inv, public_url),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_formats::lifecycle::BootSource;
+    use cairn_lifecycle::Phase;
+
+    const MAC: &str = "52:54:00:00:00:01";
+
+    fn image(dir: &Path, name: &str) -> PathBuf {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("manifest.json"),
+            serde_json::to_string(&image_dir::Manifest::named(name, "1.0")).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(d.join("vmlinuz"), b"kernel").unwrap();
+        std::fs::write(d.join("pxe-initrd.img"), b"initrd").unwrap();
+        d
+    }
+
+    fn load(dir: &Path, yaml: &str) -> Inventory {
+        let p = dir.join("inv.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        Inventory::load(&p).unwrap()
+    }
+
+    fn cx(inv: &Inventory) -> Context {
+        Context {
+            now: 1_000_000,
+            ..Context::offline(inv, "http://boot:8080")
+        }
+    }
+
+    fn facts(q: &[(&str, &str)]) -> Facts {
+        facts_for(
+            Some(MAC),
+            q.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap()
+    }
+
+    const GROUPS: &str = "profiles:\n  - name: p\n    image: img\ngroups:\n\
+        \x20 - name: default\n    profile: p\n\
+        \x20 - name: rack1\n    profile: p\n    selector: {rack: r1}\n\
+        \x20 - name: rack1-node\n    profile: p\n    selector: {rack: r1, mac: \"52-54-00-00-00-01\"}\n\
+        \x20 - name: other-node\n    profile: p\n    selector: {rack: r1, mac: \"52:54:00:00:00:02\"}\n";
+
+    fn won(e: &Explanation) -> Option<&str> {
+        match &e.verdict {
+            Verdict::Won { group, .. } => Some(group),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn matching_table() {
+        let dir = tempfile::tempdir().unwrap();
+        image(dir.path(), "img");
+        let inv = load(dir.path(), GROUPS);
+        // (facts besides the MAC, winner, matched count of each group in file order)
+        let table: &[(&[(&str, &str)], &str, [usize; 4])] = &[
+            (&[], "default", [0, 0, 1, 0]),
+            (&[("rack", "r1")], "rack1-node", [0, 1, 2, 1]),
+            (&[("rack", "r2")], "default", [0, 0, 1, 0]),
+            (
+                &[("rack", "r1"), ("hostname", "n1")],
+                "rack1-node",
+                [0, 1, 2, 1],
+            ),
+        ];
+        for (q, want, counts) in table {
+            let f = facts(q);
+            let e = explain(&inv, &RecordsView::default(), &f, &cx(&inv));
+            assert_eq!(won(&e), Some(*want), "{q:?}");
+            // the winner is the server's own choice
+            assert_eq!(won(&e), inv.select(&f).map(|g| g.name.as_str()));
+            let got: Vec<usize> = e.groups.iter().map(|g| g.matched).collect();
+            assert_eq!(got, counts, "{q:?}");
+            assert_eq!(
+                e.next_netboot_text(),
+                "the diskless image img-1.0 from the network"
+            );
+        }
+        // the failed selector and the value seen are named
+        let e = explain(
+            &inv,
+            &RecordsView::default(),
+            &facts(&[("rack", "r2")]),
+            &cx(&inv),
+        );
+        let t = e.to_text();
+        assert!(t.contains("  rack1 (line 7, profile p): no, 0 of 1 selector(s) match\n    rack=r1: no (the machine has r2)\n"), "{t}");
+        assert!(
+            t.contains("    mac=52:54:00:00:00:02: no (the machine has 52:54:00:00:00:01)\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("winner: default (0 selector(s)): the default group"),
+            "{t}"
+        );
+        let t = explain(
+            &inv,
+            &RecordsView::default(),
+            &facts(&[("rack", "r1")]),
+            &cx(&inv),
+        )
+        .to_text();
+        assert!(t.contains("winner: rack1-node (2 selector(s)): all 2 of its selectors match, more than the other matching group(s): default (0), rack1 (1)"), "{t}");
+        assert!(
+            t.contains("  other-node (line 13, profile p): no, 1 of 2 selector(s) match\n"),
+            "{t}"
+        );
+        // a fact the server would drop is shown as dropped, and matches nothing
+        let e = explain(
+            &inv,
+            &RecordsView::default(),
+            &facts(&[("rack", "r1\n#x")]),
+            &cx(&inv),
+        );
+        assert_eq!(won(&e), Some("default"));
+        assert!(
+            e.to_text().contains("dropped: rack=\"r1\\n#x\""),
+            "{}",
+            e.to_text()
+        );
+    }
+
+    #[test]
+    fn no_match_and_ambiguity() {
+        let dir = tempfile::tempdir().unwrap();
+        image(dir.path(), "img");
+        let mut inv = load(
+            dir.path(),
+            "profiles:\n  - name: p\n    image: img\ngroups:\n  - name: a\n    profile: p\n    selector: {rack: r1}\n  - name: b\n    profile: p\n    selector: {rack: r3}\n",
+        );
+        let e = explain(
+            &inv,
+            &RecordsView::default(),
+            &facts(&[("rack", "r2")]),
+            &cx(&inv),
+        );
+        assert!(matches!(e.verdict, Verdict::NoMatch { .. }));
+        assert!(e.profile.is_none() && e.image.is_none());
+        let t = e.to_text();
+        assert!(t.contains("winner: none: no group matches these facts, and the inventory has no default group"), "{t}");
+        assert!(
+            t.contains("rack=r1: no (the machine has r2)")
+                && t.contains("rack=r3: no (the machine has r2)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("next netboot: no boot: the no-match script, asking again in 30 s"),
+            "{t}"
+        );
+        // the load check refuses ambiguous groups; were two to tie anyway, explain says so and
+        // names the group the server answers with
+        inv.groups[1].selector = inv.groups[0].selector.clone();
+        let f = facts(&[("rack", "r1")]);
+        let e = explain(&inv, &RecordsView::default(), &f, &cx(&inv));
+        match &e.verdict {
+            Verdict::Ambiguous {
+                groups,
+                selectors,
+                served,
+            } => {
+                assert_eq!(groups, &["a", "b"]);
+                assert_eq!(*selectors, 1);
+                assert_eq!(
+                    Some(served.as_str()),
+                    inv.select(&f).map(|g| g.name.as_str())
+                );
+            }
+            v => panic!("{v:?}"),
+        }
+        assert!(e
+            .to_text()
+            .contains("winner: AMBIGUOUS: a, b all match with 1 selector(s)"));
+    }
+
+    fn e_files(inv: &Inventory) -> Vec<Option<u64>> {
+        let e = explain(inv, &RecordsView::default(), &facts(&[]), &cx(inv));
+        e.image.unwrap().files.iter().map(|f| f.bytes).collect()
+    }
+
+    fn machine(phase: Phase, allow_overwrite: bool) -> Machine {
+        let mut m = Machine::new(MAC, 100);
+        m.phase = phase;
+        m.allow_overwrite = allow_overwrite;
+        m
+    }
+
+    #[test]
+    fn install_phases_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path(), "img");
+        std::fs::write(img.join("disk.raw"), b"disk").unwrap();
+        let inv = load(
+            dir.path(),
+            "profiles:\n  - name: p\n    image: img\n    boot: install\ngroups:\n  - name: g\n    profile: p\n",
+        );
+        let installed = Phase::Installed {
+            disk: "/dev/sda".into(),
+            image: "img".into(),
+            version: "1.0".into(),
+            at: 5,
+        };
+        let running = |source| Phase::Running {
+            image: "img".into(),
+            version: "1.0".into(),
+            source,
+            at: 6,
+        };
+        let installing = |attempt| Phase::Installing {
+            attempt,
+            disk: None,
+            since: 7,
+        };
+        // (record, what the next netboot gets)
+        let table: Vec<(Option<Machine>, &str)> = vec![
+            (None, "the installer of img-1.0 (attempt 1 of 3)"),
+            (Some(machine(Phase::Seen, false)), "the installer of img-1.0 (attempt 1 of 3)"),
+            (Some(machine(Phase::Seen, true)), "the installer of img-1.0 (attempt 1 of 3, may overwrite a disk with data)"),
+            (Some(machine(installing(1), false)), "the installer of img-1.0 (attempt 2 of 3)"),
+            (Some(machine(installing(3), false)), "refused: install failed 3 times: the installer was started 3 times and never reported a finished install (cairn serve --reinstall 52:54:00:00:00:01 to try again)"),
+            (Some(machine(Phase::InstallFailed { reason: "disk gone".into(), attempts: 1, at: 8 }, false)), "the installer of img-1.0 (attempt 2 of 3)"),
+            (Some(machine(installed.clone(), false)), "its local disk (installed img 1.0 on /dev/sda)"),
+            (Some(machine(running(BootSource::A), false)), "its local disk (running img 1.0 from slot a)"),
+            (Some(machine(running(BootSource::Ram), false)), "the installer of img-1.0 (attempt 1 of 3)"),
+            (Some(machine(Phase::InstallRefused { reason: "/dev/sda holds data".into(), at: 9 }, false)), "refused: install refused: /dev/sda holds data (an operator can allow it: cairn serve --reinstall 52:54:00:00:00:01)"),
+        ];
+        for (record, want) in table {
+            let records = RecordsView {
+                machine: record.clone(),
+                ..RecordsView::default()
+            };
+            let e = explain(&inv, &records, &facts(&[]), &cx(&inv));
+            assert_eq!(e.next_netboot_text(), want, "{record:?}");
+            // read only: the record explained is the record given
+            assert_eq!(e.record, record);
+            assert_eq!(records.machine, record);
+            let t = e.to_text();
+            assert!(t.contains(&format!("next netboot: {want}\n")), "{t}");
+            match &record {
+                Some(m) => assert!(
+                    t.contains(&format!(
+                        "record: {} (first seen 1970-01-01T00:01:40Z",
+                        m.phase.describe()
+                    )),
+                    "{t}"
+                ),
+                None => assert!(t.contains("record: none"), "{t}"),
+            }
+        }
+        assert_eq!(
+            e_files(&inv),
+            [Some(6), Some(6), Some(4)],
+            "install needs the kernel, the initrd and disk.raw"
+        );
+        // disk.raw gone after the inventory loaded
+        std::fs::remove_file(img.join("disk.raw")).unwrap();
+        let e = explain(&inv, &RecordsView::default(), &facts(&[]), &cx(&inv));
+        assert_eq!(e.image.as_ref().unwrap().missing(), ["disk.raw"]);
+        assert!(e
+            .to_text()
+            .contains("  disk.raw: MISSING (the boot needs it)\n"));
+    }
+
+    #[test]
+    fn missing_image_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path(), "img");
+        let inv = load(
+            dir.path(),
+            "profiles:\n  - name: p\n    image: img\n    boot: disk-state\ngroups:\n  - name: g\n    profile: p\n",
+        );
+        let e = explain(&inv, &RecordsView::default(), &facts(&[]), &cx(&inv));
+        let i = e.image.as_ref().unwrap();
+        assert!(i.folder_exists && i.missing().is_empty());
+        assert_eq!(
+            (i.name.as_deref(), i.version.as_deref()),
+            (Some("img"), Some("1.0"))
+        );
+        assert_eq!(
+            i.files.iter().map(|f| f.bytes).collect::<Vec<_>>(),
+            [Some(6), Some(6)]
+        );
+        assert_eq!(
+            e.next_netboot_text(),
+            "the image img-1.0 from the network, state on the partition labelled cairn-state"
+        );
+        // the files go away after the inventory loaded
+        std::fs::remove_file(img.join("pxe-initrd.img")).unwrap();
+        let e = explain(&inv, &RecordsView::default(), &facts(&[]), &cx(&inv));
+        assert_eq!(e.image.as_ref().unwrap().missing(), ["pxe-initrd.img"]);
+        std::fs::remove_dir_all(&img).unwrap();
+        let e = explain(&inv, &RecordsView::default(), &facts(&[]), &cx(&inv));
+        let t = e.to_text();
+        assert!(
+            t.contains(
+                " MISSING\n  vmlinuz: MISSING (the boot needs it)\n  pxe-initrd.img: MISSING"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn template_table() {
+        let dir = tempfile::tempdir().unwrap();
+        image(dir.path(), "img");
+        std::fs::write(
+            dir.path().join("node.j2"),
+            "#cloud-config\nhostname: {{ metadata.name }}\n{% if request.query.role is defined and request.query.role == \"etcd\" %}coreos:\n  etcd2:\n    name: {{ metadata.etcd_name }}\n{% endif %}",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("bad.j2"), "hostname: {{ mac }}\n").unwrap();
+        let inv = load(
+            dir.path(),
+            "profiles:\n  - name: p\n    image: img\n    cloud_config: node.j2\n  - name: q\n    image: img\ngroups:\n  - name: g\n    profile: p\n    metadata: {name: n1}\n  - name: plain\n    profile: q\n    selector: {rack: plain}\n",
+        );
+        // (facts, renders, fragment of the text)
+        let table: &[(&[(&str, &str)], bool, &str)] = &[
+            (&[], true, "  renders for these facts: 27 bytes, valid\n"),
+            (&[("role", "worker")], true, "renders for these facts"),
+            (
+                &[("role", "etcd")],
+                false,
+                "  does NOT render for these facts: undefined value",
+            ),
+            (
+                &[("rack", "plain")],
+                false,
+                "cloud-config: none (the profile has no cloud_config)\n",
+            ),
+        ];
+        for (q, renders, frag) in table {
+            let e = explain(&inv, &RecordsView::default(), &facts(q), &cx(&inv));
+            let c = e.cloud_config.as_ref().unwrap();
+            assert_eq!(c.renders, *renders, "{q:?}");
+            let t = e.to_text();
+            assert!(t.contains(frag), "{q:?}: {t}");
+            if c.template.is_some() {
+                assert_eq!(
+                    c.source.as_deref(),
+                    Some(dir.path().join("node.j2").as_path())
+                );
+                assert!(
+                    t.contains(&format!(
+                        "cloud-config: template node.j2 ({})\n",
+                        dir.path().join("node.j2").display()
+                    )),
+                    "{t}"
+                );
+            }
+        }
+        let e = explain(&inv, &RecordsView::default(), &facts(&[]), &cx(&inv));
+        assert_eq!(e.update.as_ref().unwrap().channel, None);
+        let t = e.to_text();
+        assert!(
+            t.contains("update: no update channel: the image folder has no signed bundle"),
+            "{t}"
+        );
+        assert!(
+            t.contains("rollout: no rollout (the image is on no update channel)\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn facts_and_records_read_only() {
+        assert!(matches!(facts_for(None, []), Err(ExplainError::MissingMac)));
+        let e = facts_for(Some("52:54:00"), []).unwrap_err().to_string();
+        assert!(
+            e.starts_with("mac: \"52:54:00\" is not a MAC address"),
+            "{e}"
+        );
+        let f = facts_for(Some("52-54-00-00-00-0A"), [("uuid".into(), "AB-CD".into())]).unwrap();
+        assert_eq!(f.get("mac"), "52:54:00:00:00:0a");
+        assert_eq!(f.get("uuid"), "ab-cd");
+        assert_eq!(
+            parse_facts(&["rack=r1".into(), "note=a=b".into()]).unwrap(),
+            [("rack".into(), "r1".into()), ("note".into(), "a=b".into())]
+        );
+        assert!(parse_facts(&["rack".into()]).is_err());
+        // the records on disk, as the server's file store keeps them, read without its lock
+        let state = tempfile::tempdir().unwrap();
+        let mac = Mac::parse(MAC).unwrap();
+        let none = RecordsView::read_state_dir(state.path(), &mac).unwrap();
+        assert!(none.machine.is_none() && none.rollouts.is_empty());
+        assert!(!state.path().join("lifecycle").exists(), "nothing created");
+        let store = cairn_lifecycle::FileStore::open(state.path()).unwrap();
+        let (mut l, _) =
+            cairn_lifecycle::Lifecycle::open(std::sync::Arc::new(store), Default::default())
+                .unwrap();
+        l.install_boot(MAC, 100).unwrap();
+        // the server still runs (its lock is held): explain reads anyway
+        let v = RecordsView::read_state_dir(state.path(), &mac).unwrap();
+        assert_eq!(v.machine.as_ref(), l.machine(MAC));
+        assert_eq!(v.machine.unwrap().phase.name(), "installing");
+        let snap =
+            serde_json::json!({"machines": l.machines().collect::<Vec<_>>(), "rollouts": []});
+        assert_eq!(
+            RecordsView::from_snapshot(&snap, MAC).machine.as_ref(),
+            l.machine(MAC)
+        );
+    }
 }
