@@ -56,6 +56,14 @@ pub enum LifecycleError {
     Store(#[from] StoreError),
 }
 
+/// What [`Lifecycle::apply_plan`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanChange {
+    Started,
+    Edited,
+    Unchanged,
+}
+
 /// The records and the store they are kept in.
 #[derive(Debug)]
 pub struct Lifecycle {
@@ -260,6 +268,34 @@ impl Lifecycle {
         Ok(&self.rollouts[&channel])
     }
 
+    /// The inventory's plan for `plan.channel`, applied at load and at
+    /// every reload: a rollout of another version (or none yet) is started
+    /// afresh; the same plan again changes nothing; the same version with
+    /// edited waves keeps what happened so far (opened waves, members,
+    /// a pause), minus what refers to waves that no longer exist.
+    /// Returns what was done, for the log.
+    pub fn apply_plan(&mut self, plan: Plan, now: i64) -> Result<PlanChange, LifecycleError> {
+        plan.check()?;
+        match self.rollouts.get_mut(&plan.channel) {
+            Some(r) if r.plan == plan => Ok(PlanChange::Unchanged),
+            Some(r) if r.plan.version == plan.version => {
+                let waves = plan.waves.len();
+                r.plan = plan;
+                r.opened.truncate(waves);
+                r.members.retain(|_, m| m.wave < waves);
+                if r.paused.as_ref().is_some_and(|p| p.wave >= waves) {
+                    r.paused = None;
+                }
+                self.store.save_rollout(r)?;
+                Ok(PlanChange::Edited)
+            }
+            _ => {
+                self.start_rollout(plan, now)?;
+                Ok(PlanChange::Started)
+            }
+        }
+    }
+
     /// Operator: resume a paused rollout.
     pub fn resume_rollout(&mut self, channel: &str, now: i64) -> Result<(), LifecycleError> {
         let r = self
@@ -307,6 +343,52 @@ mod tests {
     fn open(dir: &std::path::Path) -> Lifecycle {
         let store = Arc::new(FileStore::open(dir).unwrap());
         Lifecycle::open(store, Limits::default()).unwrap().0
+    }
+
+    #[test]
+    fn inventory_plans_start_keep_or_edit_a_rollout() {
+        let t = tempfile::tempdir().unwrap();
+        let mut l = open(t.path());
+        let plan = |version: &str, waves: usize| Plan {
+            channel: "lab".into(),
+            version: version.into(),
+            waves: (0..waves)
+                .map(|i| WavePlan {
+                    name: format!("w{i}"),
+                    members: Members::Percent(100),
+                    soak_secs: 0,
+                })
+                .collect(),
+            max_failures: 0,
+        };
+        assert_eq!(l.apply_plan(plan("2", 2), 1).unwrap(), PlanChange::Started);
+        let c = Candidate {
+            mac: "m:0",
+            seed: 1,
+            group: None,
+        };
+        assert_eq!(
+            l.offer("lab", &c, 2).unwrap(),
+            Some(Decision::Offer { wave: 0 })
+        );
+        // the same plan at a reload: the member is kept
+        assert_eq!(
+            l.apply_plan(plan("2", 2), 3).unwrap(),
+            PlanChange::Unchanged
+        );
+        assert!(l.rollout("lab").unwrap().members.contains_key("m:0"));
+        // edited waves of the same version: kept too
+        assert_eq!(l.apply_plan(plan("2", 3), 4).unwrap(), PlanChange::Edited);
+        assert_eq!(l.rollout("lab").unwrap().plan.waves.len(), 3);
+        assert!(l.rollout("lab").unwrap().members.contains_key("m:0"));
+        // a new version starts afresh
+        assert_eq!(l.apply_plan(plan("3", 1), 5).unwrap(), PlanChange::Started);
+        assert!(l.rollout("lab").unwrap().members.is_empty());
+        // a bad plan is refused and changes nothing
+        assert!(l.apply_plan(plan("4", 0), 6).is_err());
+        assert_eq!(l.rollout("lab").unwrap().plan.version, "3");
+        drop(l);
+        assert_eq!(open(t.path()).rollout("lab").unwrap().plan.version, "3");
     }
 
     #[test]

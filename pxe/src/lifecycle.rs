@@ -25,6 +25,17 @@ pub fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// What the update channel gives one machine while a rollout runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOffer {
+    /// No rollout of the channel in the inventory: the newest bundle.
+    NoRollout,
+    /// The rollout's version, in this wave.
+    Offer { version: String, wave: String },
+    /// The version before the rollout's, and why.
+    Hold { version: String, reason: String },
+}
+
 /// A made map: the file's modification time and size it was made from, and its JSON.
 type CachedMap = (SystemTime, u64, Arc<Vec<u8>>);
 
@@ -201,6 +212,96 @@ impl Records {
                 "waves": r.status(),
             })).collect::<Vec<_>>(),
         })
+    }
+
+    /// The inventory's rollout plans, applied at load and every reload.
+    pub fn apply_plans(&self, plans: &[cairn_lifecycle::Plan]) {
+        let mut l = self.lock();
+        for plan in plans {
+            match l.apply_plan(plan.clone(), now()) {
+                Ok(cairn_lifecycle::PlanChange::Unchanged) => {}
+                Ok(change) => tracing::info!(
+                    channel = %plan.channel,
+                    version = %plan.version,
+                    waves = plan.waves.len(),
+                    "rollout {}",
+                    if change == cairn_lifecycle::PlanChange::Started { "started" } else { "plan edited" }
+                ),
+                Err(e) => tracing::error!(channel = %plan.channel, "rollout: {e}"),
+            }
+        }
+    }
+
+    /// Whether the rollout of `channel` (if the inventory has one) offers its version to the
+    /// machine asking: `mac` from the request's header or the status table, `seed` from the
+    /// request's header or else the machine's recorded machine id.
+    pub fn update_offer(
+        &self,
+        inv: &Inventory,
+        channel: &str,
+        mac: Option<&str>,
+        seed: Option<u32>,
+    ) -> UpdateOffer {
+        let Some(plan) = inv.rollouts.iter().find(|p| p.channel == channel) else {
+            return UpdateOffer::NoRollout;
+        };
+        let version = plan.version.clone();
+        let Some(mac) = mac else {
+            return UpdateOffer::Hold {
+                version,
+                reason: format!(
+                    "the request does not say which machine asks (header {}), and its address netbooted no known MAC",
+                    cairn_formats::channel::rollout::MACHINE_HEADER
+                ),
+            };
+        };
+        let mut facts = Facts::default();
+        facts.labels.insert("mac".into(), mac.to_owned());
+        let group = inv.select(&facts).map(|g| g.name.clone());
+        let mut l = self.lock();
+        let seed = seed
+            .or_else(|| {
+                l.machine(mac)
+                    .and_then(|m| m.machine_id.as_deref())
+                    .map(cairn_formats::channel::rollout::machine_seed)
+            })
+            // no seed: in no percent wave (group waves still apply)
+            .unwrap_or(cairn_formats::channel::rollout::SEEDS);
+        let c = cairn_lifecycle::Candidate {
+            mac,
+            seed,
+            group: group.as_deref(),
+        };
+        match l.offer(channel, &c, now()) {
+            Ok(Some(cairn_lifecycle::Decision::Offer { wave })) => UpdateOffer::Offer {
+                version,
+                wave: plan
+                    .waves
+                    .get(wave)
+                    .map(|w| w.name.clone())
+                    .unwrap_or_default(),
+            },
+            Ok(Some(cairn_lifecycle::Decision::Hold { reason })) => {
+                UpdateOffer::Hold { version, reason }
+            }
+            Ok(None) => UpdateOffer::Hold {
+                version,
+                reason: "the rollout is not recorded (see the log at load)".into(),
+            },
+            Err(e) => UpdateOffer::Hold {
+                version,
+                reason: format!("machine records: {e}"),
+            },
+        }
+    }
+
+    /// Operators: resume the paused rollout of `channel`.
+    pub fn resume(&self, channel: &str) -> Result<(), String> {
+        self.lock()
+            .resume_rollout(channel, now())
+            .map_err(|e| e.to_string())?;
+        tracing::info!(channel, "operator: rollout resumed");
+        Ok(())
     }
 
     /// Operators: install `mac` again at its next netboot.

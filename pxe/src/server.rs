@@ -146,6 +146,7 @@ impl Shared {
             groups = new.groups.len(),
             "inventory reloaded"
         );
+        self.records.apply_plans(&new.rollouts);
         self.inventory.store(Arc::new(new));
         Ok(())
     }
@@ -500,8 +501,8 @@ async fn update_file(
 ) -> Response<Body> {
     let ip = peer.ip().to_string();
     let who = s.status.key_for_ip(&ip).unwrap_or_else(|| ip.clone());
-    let inv = s.inventory.load();
-    let Some(ch) = inv.channels.get(&channel) else {
+    let inv = s.inventory.load_full();
+    let Some(versions) = inv.bundles.get(&channel) else {
         let known: Vec<&str> = inv.channels.keys().map(String::as_str).collect();
         return tagged(
             text(
@@ -514,6 +515,52 @@ async fn update_file(
                         known.join(", ")
                     }
                 ),
+            ),
+            who,
+        );
+    };
+    // a rollout of the channel: its version to the machines of open waves, the one before to the rest
+    let offer = if inv.rollouts.iter().any(|p| p.channel == channel) {
+        use cairn_formats::channel::rollout::{MACHINE_HEADER, SEEDS, SEED_HEADER};
+        use cairn_formats::lifecycle::normalize_mac;
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let mac = header(MACHINE_HEADER)
+            .and_then(normalize_mac)
+            .or_else(|| s.status.key_for_ip(&ip).and_then(|k| normalize_mac(&k)));
+        let seed = header(SEED_HEADER)
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|v| *v < SEEDS);
+        let (s2, inv2, ch2) = (s.clone(), inv.clone(), channel.clone());
+        tokio::task::spawn_blocking(move || {
+            s2.records.update_offer(&inv2, &ch2, mac.as_deref(), seed)
+        })
+        .await
+        .unwrap_or_else(|e| crate::lifecycle::UpdateOffer::Hold {
+            version: String::new(),
+            reason: e.to_string(),
+        })
+    } else {
+        crate::lifecycle::UpdateOffer::NoRollout
+    };
+    let pick = match &offer {
+        crate::lifecycle::UpdateOffer::NoRollout => None,
+        crate::lifecycle::UpdateOffer::Offer { version, .. } => Some((version.as_str(), true)),
+        crate::lifecycle::UpdateOffer::Hold { version, .. } => Some((version.as_str(), false)),
+    };
+    let Some(ch) = crate::updates::offered(versions, pick) else {
+        let why = match &offer {
+            crate::lifecycle::UpdateOffer::Hold { version, reason } => {
+                format!("held back from {version}: {reason}; no older version on offer")
+            }
+            _ => "the rollout's version is not on offer".into(),
+        };
+        if file == "manifest" || file == "manifest.json" {
+            tracing::info!(machine = %who, channel, "update: {why}");
+        }
+        return tagged(
+            text(
+                StatusCode::NOT_FOUND,
+                format!("cairn: channel {channel:?}: {why}\n"),
             ),
             who,
         );
@@ -533,7 +580,17 @@ async fn update_file(
     match assets::open_in(&ch.dir, name) {
         Ok((f, _)) => {
             if name == cairn_formats::channel::MANIFEST_FILE {
-                tracing::info!(machine = %who, channel, version = %ch.version, "update manifest offered");
+                match &offer {
+                    crate::lifecycle::UpdateOffer::Offer { wave, .. } => {
+                        tracing::info!(machine = %who, channel, version = %ch.version, wave, "update manifest offered (rollout)")
+                    }
+                    crate::lifecycle::UpdateOffer::Hold { version, reason } => {
+                        tracing::info!(machine = %who, channel, version = %ch.version, "update manifest offered, held back from {version}: {reason}")
+                    }
+                    crate::lifecycle::UpdateOffer::NoRollout => {
+                        tracing::info!(machine = %who, channel, version = %ch.version, "update manifest offered")
+                    }
+                }
             }
             tagged(assets::file_response(f, &headers).await, who)
         }
@@ -631,6 +688,30 @@ async fn reinstall(State(s): State<AppState>, uri: Uri) -> Response<Body> {
         Ok(Ok(())) => text(
             StatusCode::OK,
             format!("cairn: {mac} will be installed again at its next netboot\n"),
+        ),
+        Ok(Err(m)) => text(StatusCode::BAD_REQUEST, format!("cairn: {m}\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cairn: {e}\n")),
+    }
+}
+
+/// Operators: `POST /lifecycle/rollout/resume?channel=CHANNEL`: a paused rollout goes on (its next
+/// wave's soak counts from now).
+async fn resume_rollout(State(s): State<AppState>, uri: Uri) -> Response<Body> {
+    let q: BTreeMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let Some(channel) = q.get("channel").cloned() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "cairn: ?channel=CHANNEL is missing\n".into(),
+        );
+    };
+    let s2 = s.clone();
+    let ch2 = channel.clone();
+    match tokio::task::spawn_blocking(move || s2.records.resume(&ch2)).await {
+        Ok(Ok(())) => text(
+            StatusCode::OK,
+            format!("cairn: the rollout of {channel:?} goes on\n"),
         ),
         Ok(Err(m)) => text(StatusCode::BAD_REQUEST, format!("cairn: {m}\n")),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cairn: {e}\n")),
@@ -801,7 +882,11 @@ fn admin_router(state: AppState) -> Router {
             .route("/machines", get(machines))
             .route("/lifecycle", get(lifecycle_snapshot))
             .route("/explain", get(explain))
-            .route("/lifecycle/reinstall", axum::routing::post(reinstall)),
+            .route("/lifecycle/reinstall", axum::routing::post(reinstall))
+            .route(
+                "/lifecycle/rollout/resume",
+                axum::routing::post(resume_rollout),
+            ),
         "operator endpoint",
         state,
     )
@@ -979,6 +1064,7 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let records = crate::lifecycle::Records::open(&cfg.state_dir)?;
+        records.apply_plans(&inventory.rollouts);
         let shared = Arc::new(Shared {
             inventory: ArcSwap::from_pointee(inventory),
             config_path: cfg.config.clone(),

@@ -74,45 +74,66 @@ pub fn read_bundle(image_dir: &Path) -> Result<Option<Channel>, String> {
     }))
 }
 
-/// Keeps the newest bundle per channel. Two images on one channel, or two folders with one
-/// image version, are refused (`Err` names both folders).
-pub fn newest(bundles: Vec<Channel>) -> Result<BTreeMap<String, Channel>, String> {
-    let mut out: BTreeMap<String, Channel> = BTreeMap::new();
+/// Every bundle per channel, newest first (a rollout offers one version to some machines and the one
+/// before it to the rest). Two images on one channel, or two folders with one image version, are
+/// refused (`Err` names both folders); one folder listed twice counts once.
+pub fn by_channel(bundles: Vec<Channel>) -> Result<BTreeMap<String, Vec<Channel>>, String> {
+    let mut out: BTreeMap<String, Vec<Channel>> = BTreeMap::new();
     for b in bundles {
-        match out.get(&b.name) {
-            None => {
-                out.insert(b.name.clone(), b);
-            }
-            Some(have) if have.image != b.image => {
-                return Err(format!(
+        let list = out.entry(b.name.clone()).or_default();
+        if let Some(have) = list.iter().find(|h| h.image != b.image) {
+            return Err(format!(
                 "channel {:?} offers two images, {:?} ({}) and {:?} ({}): one channel is one image",
                 b.name,
                 have.image,
                 have.dir.display(),
                 b.image,
                 b.dir.display()
-            ))
+            ));
+        }
+        match list
+            .iter()
+            .find(|h| version::compare(&h.version, &b.version).is_eq())
+        {
+            Some(have) if have.dir == b.dir => {}
+            Some(have) => {
+                return Err(format!(
+                    "{} and {} are both {} {} on channel {:?}",
+                    have.dir.display(),
+                    b.dir.display(),
+                    b.image,
+                    b.version,
+                    b.name
+                ))
             }
-            Some(have) => match version::compare(&b.version, &have.version) {
-                std::cmp::Ordering::Greater => {
-                    out.insert(b.name.clone(), b);
-                }
-                std::cmp::Ordering::Less => {}
-                std::cmp::Ordering::Equal if have.dir == b.dir => {}
-                std::cmp::Ordering::Equal => {
-                    return Err(format!(
-                        "{} and {} are both {} {} on channel {:?}",
-                        have.dir.display(),
-                        b.dir.display(),
-                        b.image,
-                        b.version,
-                        b.name
-                    ))
-                }
-            },
+            None => list.push(b),
         }
     }
+    for list in out.values_mut() {
+        list.sort_by(|a, b| version::compare(&b.version, &a.version));
+    }
     Ok(out)
+}
+
+/// Keeps the newest bundle per channel (see [`by_channel`] for what is refused).
+pub fn newest(bundles: Vec<Channel>) -> Result<BTreeMap<String, Channel>, String> {
+    Ok(by_channel(bundles)?
+        .into_iter()
+        .filter_map(|(name, list)| list.into_iter().next().map(|b| (name, b)))
+        .collect())
+}
+
+/// The bundle a machine is offered on a channel whose bundles are `versions` (newest first):
+/// with no rollout the newest; in a rollout of version V, V itself when the machine is offered
+/// it, else the newest bundle older than V (`None`: there is none, nothing to offer).
+pub fn offered<'a>(versions: &'a [Channel], rollout: Option<(&str, bool)>) -> Option<&'a Channel> {
+    match rollout {
+        None => versions.first(),
+        Some((v, true)) => versions.iter().find(|b| b.version == v),
+        Some((v, false)) => versions
+            .iter()
+            .find(|b| version::compare(&b.version, v).is_lt()),
+    }
 }
 
 /// The file a request for `/update/v1/<channel>/<file>` names, if the channel offers it:
@@ -159,6 +180,25 @@ mod tests {
         );
         let e = newest(vec![ch("s", "a", "1", "/a"), ch("s", "a", "1", "/b")]).unwrap_err();
         assert!(e.contains("are both a 1"), "{e}");
+    }
+
+    #[test]
+    fn a_rollout_offers_its_version_or_the_one_before() {
+        let all = by_channel(vec![
+            ch("lab", "cairn", "1.0", "/1"),
+            ch("lab", "cairn", "3.0", "/3"),
+            ch("lab", "cairn", "2.0", "/2"),
+        ])
+        .unwrap();
+        let lab = &all["lab"];
+        let order: Vec<&str> = lab.iter().map(|b| b.version.as_str()).collect();
+        assert_eq!(order, ["3.0", "2.0", "1.0"]);
+        assert_eq!(offered(lab, None).unwrap().version, "3.0");
+        assert_eq!(offered(lab, Some(("2.0", true))).unwrap().version, "2.0");
+        assert_eq!(offered(lab, Some(("2.0", false))).unwrap().version, "1.0");
+        assert_eq!(offered(lab, Some(("3.0", false))).unwrap().version, "2.0");
+        assert!(offered(lab, Some(("1.0", false))).is_none());
+        assert!(offered(lab, Some(("9.0", true))).is_none());
     }
 
     #[test]

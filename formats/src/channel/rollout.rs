@@ -13,6 +13,10 @@ use sha2::{Digest, Sha256};
 pub const SEEDS: u32 = 2048;
 /// The request header carrying the seed.
 pub const SEED_HEADER: &str = "X-Cairn-Rollout-Seed";
+/// The request header carrying the asking machine's MAC address (the one
+/// it netboots and reports with), so that the server can place it in a
+/// rollout's waves and count its health verdict.
+pub const MACHINE_HEADER: &str = "X-Cairn-Machine";
 
 /// The seed of a machine: stable for a machine id, uniform over `0..SEEDS`.
 pub fn machine_seed(machine_id: &str) -> u32 {

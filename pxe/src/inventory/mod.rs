@@ -8,6 +8,7 @@
 mod checker;
 mod groups;
 mod profiles;
+mod rollouts;
 mod schema;
 mod templates;
 
@@ -224,6 +225,10 @@ pub struct Inventory {
     pub images: BTreeMap<String, Image>,
     /// Update channels on offer (newest bundle per channel), by channel name.
     pub channels: BTreeMap<String, crate::updates::Channel>,
+    /// Every bundle of each channel, newest first.
+    pub bundles: BTreeMap<String, Vec<crate::updates::Channel>>,
+    /// `rollouts:`: versions going out in waves, at most one per channel.
+    pub rollouts: Vec<cairn_lifecycle::Plan>,
     env: minijinja::Environment<'static>,
 }
 
@@ -275,13 +280,20 @@ impl Inventory {
         let p = profiles::check(&cx, raw.profiles, &mut env)?;
         let groups = groups::check(&cx, raw.groups, &p.profiles, &p.names, &env)?;
         groups::check_ambiguity(&cx, &groups)?;
-        let channels = offered_updates(&cx, &raw.updates, p.bundles)?;
+        let bundles = offered_updates(&cx, &raw.updates, p.bundles)?;
+        let rollouts = rollouts::check(&cx, raw.rollouts, &bundles, &groups)?;
+        let channels = bundles
+            .iter()
+            .filter_map(|(name, list)| list.first().map(|b| (name.clone(), b.clone())))
+            .collect();
         let inventory = Inventory {
             path: path.to_path_buf(),
             profiles: p.profiles,
             groups,
             images: p.images,
             channels,
+            bundles,
+            rollouts,
             env,
         };
         templates::check_groups(&cx, &inventory)?;
@@ -321,13 +333,13 @@ impl Inventory {
     }
 }
 
-/// The newest bundle per channel, from the profiles' image folders and the
-/// `updates:` folders (each of which must hold a bundle).
+/// Every bundle per channel (newest first), from the profiles' image folders
+/// and the `updates:` folders (each of which must hold a bundle).
 fn offered_updates(
     cx: &Checker<'_>,
     updates: &[PathBuf],
     mut bundles: Vec<crate::updates::Channel>,
-) -> Result<BTreeMap<String, crate::updates::Channel>, InventoryError> {
+) -> Result<BTreeMap<String, Vec<crate::updates::Channel>>, InventoryError> {
     for (i, dir) in updates.iter().enumerate() {
         let dir = cx.base.join(dir);
         match crate::updates::read_bundle(&dir) {
@@ -347,7 +359,7 @@ fn offered_updates(
             Err(m) => return Err(cx.invalid("updates", i, "", m)),
         }
     }
-    crate::updates::newest(bundles).map_err(|m| {
+    crate::updates::by_channel(bundles).map_err(|m| {
         InventoryError::Yaml(cairn_yaml::Error::Invalid {
             file: cx.shown.clone(),
             line: cx.line("updates"),

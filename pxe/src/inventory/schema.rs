@@ -19,6 +19,9 @@ pub(super) struct RawInventory {
     /// More image folders whose signed bundles are offered as updates.
     #[serde(default)]
     pub(super) updates: Vec<PathBuf>,
+    /// Update channels' versions going out in waves.
+    #[serde(default)]
+    pub(super) rollouts: Vec<super::rollouts::RawRollout>,
 }
 
 #[derive(Debug, Deserialize)]

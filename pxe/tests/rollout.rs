@@ -1,0 +1,353 @@
+//! Rollout waves through the real server: channel `lab` offers 1.0 and 2.0
+//! (signed bundles); the inventory's `rollouts:` sends 2.0 to the `canary`
+//! group first and to everyone else an hour later. Four machines netboot
+//! (so the server knows them) and ask for the manifest with their MAC: the
+//! canary gets 2.0's manifest and parts, the others 1.0's. The canary
+//! reports that 2.0 rolled back: the rollout pauses by itself, says why in
+//! `/lifecycle`, and the other machines are still held after the soak time
+//! has passed on paper; an operator's resume is recorded. A restart keeps
+//! all of it. Bad `rollouts:` sections are refused naming the line and key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use cairn_formats::channel::rollout::MACHINE_HEADER;
+use cairn_formats::channel::{keygen, write_bundle, BundleInput, Manifest, SecretKey};
+use cairn_formats::lifecycle::{Event, Report};
+use cairn_pxe::{Server, ServerConfig};
+
+mod common;
+use common::{get, image, pattern};
+
+const MACS: [&str; 4] = [
+    "52:54:00:00:0b:01",
+    "52:54:00:00:0b:02",
+    "52:54:00:00:0b:03",
+    "52:54:00:00:0b:04",
+];
+
+struct Serve {
+    rt: tokio::runtime::Runtime,
+    server: Option<Server>,
+    http: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Serve {
+    fn try_start(config: &Path, state: &Path) -> anyhow::Result<Serve> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt.block_on(Server::start(ServerConfig {
+            config: config.to_path_buf(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            tftp_addr: None,
+            ipxe_dir: state.to_path_buf(),
+            public_url: None,
+            reload_on_sighup: false,
+            state_dir: state.to_path_buf(),
+            proxy_dhcp: None,
+            store: None,
+            admin_addr: Some("127.0.0.1:0".parse().unwrap()),
+        }))?;
+        let a = server.local_addrs();
+        Ok(Serve {
+            rt,
+            server: Some(server),
+            http: a.http,
+            admin: a.admin.unwrap(),
+        })
+    }
+
+    fn url(&self, p: &str) -> String {
+        format!("http://{}{p}", self.http)
+    }
+
+    fn netboot(&self, mac: &str) {
+        let r = get(
+            &self.url(&format!("/ipxe?mac={}&platform=efi", mac.replace(':', "-"))),
+            &[],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    /// The version of the manifest the channel gives `mac`, or the 404's text.
+    fn manifest_for(&self, mac: &str) -> Result<String, String> {
+        let r = get(
+            &self.url("/update/v1/lab/manifest"),
+            &[(MACHINE_HEADER, mac)],
+        );
+        if r.status != 200 {
+            return Err(format!("{} {}", r.status, r.text()));
+        }
+        Ok(Manifest::parse(&r.body).unwrap().version)
+    }
+
+    fn report(&self, mac: &str, id: &str, event: Event) -> (u16, String) {
+        let body = Report {
+            mac: mac.into(),
+            machine_id: Some(id.into()),
+            event,
+        }
+        .to_json();
+        curl(
+            &["-X", "POST", "--data-binary", &body],
+            &self.url("/lifecycle/v1/report"),
+        )
+    }
+
+    fn lifecycle(&self) -> serde_json::Value {
+        let r = get(&format!("http://{}/lifecycle", self.admin), &[]);
+        assert_eq!(r.status, 200);
+        serde_json::from_slice(&r.body).unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown()).unwrap();
+        }
+    }
+}
+
+fn curl(args: &[&str], url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl (Debian package curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+/// Image folder `name` of image `img` at `version`, with a signed bundle on channel `lab`.
+fn signed(dir: &Path, name: &str, version: &str, key: &SecretKey) -> std::path::PathBuf {
+    let d = image(dir, name, version, 1000 + version.len());
+    std::fs::write(
+        d.join("manifest.json"),
+        serde_json::to_string(&cairn_formats::image_dir::Manifest::named("img", version)).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("rootfs.squashfs"),
+        pattern(50_000, version.len() as u32),
+    )
+    .unwrap();
+    std::fs::write(d.join("initrd.img"), pattern(1000, 5)).unwrap();
+    write_bundle(
+        &d,
+        &BundleInput {
+            name: "img",
+            version,
+            channel: "lab",
+            rootfs: &d.join("rootfs.squashfs"),
+            kernel: &d.join("vmlinuz"),
+            initrd: &d.join("initrd.img"),
+            created: 1_790_000_000,
+            validity_secs: 3600 * 24 * 365 * 20,
+            verity: None,
+        },
+        key,
+    )
+    .unwrap();
+    d
+}
+
+const INVENTORY: &str = "profiles:
+  - name: p
+    image: v1
+groups:
+  - name: canary
+    profile: p
+    selector:
+      mac: 52:54:00:00:0b:01
+  - name: rest
+    profile: p
+updates:
+  - v2
+rollouts:
+  - channel: lab
+    version: 2.0.0
+    max_failures: 0
+    waves:
+      - name: canary
+        groups: [canary]
+        soak: 1h
+      - name: everyone
+        percent: 100
+";
+
+#[test]
+fn the_canary_fails_and_the_second_wave_never_gets_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(&dir.path().join("keys")).unwrap();
+    let key = SecretKey::load(&keys.secret).unwrap();
+    signed(dir.path(), "v1", "1.0.0", &key);
+    let v2 = signed(dir.path(), "v2", "2.0.0", &key);
+    let config = dir.path().join("inv.yaml");
+    std::fs::write(&config, INVENTORY).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let s = Serve::try_start(&config, &state).unwrap();
+    for mac in MACS {
+        s.netboot(mac);
+    }
+    // the canary is offered 2.0.0, whole; the others are held on 1.0.0
+    assert_eq!(s.manifest_for(MACS[0]).unwrap(), "2.0.0");
+    let part = get(
+        &s.url("/update/v1/lab/rootfs.squashfs"),
+        &[(MACHINE_HEADER, MACS[0])],
+    );
+    assert_eq!(part.status, 200);
+    assert_eq!(
+        part.body,
+        std::fs::read(v2.join("update/rootfs.squashfs")).unwrap()
+    );
+    for mac in &MACS[1..] {
+        assert_eq!(s.manifest_for(mac).unwrap(), "1.0.0", "{mac}");
+    }
+    // a request that does not say who asks (and whose address netbooted no MAC) is held too
+    assert_eq!(
+        Manifest::parse(&get(&s.url("/update/v1/lab/manifest"), &[]).body)
+            .unwrap()
+            .version,
+        "1.0.0"
+    );
+    let snap = s.lifecycle();
+    let waves = &snap["rollouts"][0]["waves"];
+    assert_eq!(waves[0]["offered"], 1, "{snap:#}");
+    assert_eq!(waves[1]["open"], false, "{snap:#}");
+
+    // the canary rolls back: the rollout pauses and says why
+    let id = "0123456789abcdef0123456789abcdef";
+    let (code, text) = s.report(
+        MACS[0],
+        id,
+        Event::RolledBack {
+            version: "2.0.0".into(),
+            to_version: "1.0.0".into(),
+            reason: "cairn-app.service failed".into(),
+        },
+    );
+    assert_eq!(code, 200, "{text}");
+    let snap = s.lifecycle();
+    let paused = snap["rollouts"][0]["rollout"]["paused"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        paused.contains("wave canary failed 2.0.0") && paused.contains(MACS[0]),
+        "{snap:#}"
+    );
+    // the canary itself is not offered 2.0.0 again; nobody else gets it
+    for mac in MACS {
+        assert_eq!(s.manifest_for(mac).unwrap(), "1.0.0", "{mac}");
+    }
+    // a report from a MAC that never netbooted is refused and changes nothing
+    let (code, _) = s.report(
+        "52:54:00:00:0b:99",
+        id,
+        Event::Healthy {
+            version: "2.0.0".into(),
+        },
+    );
+    assert_eq!(code, 404);
+
+    // the records survive a restart: still paused, still held
+    drop(s);
+    let s = Serve::try_start(&config, &state).unwrap();
+    assert_eq!(s.manifest_for(MACS[2]).unwrap(), "1.0.0");
+    assert!(s.lifecycle()["rollouts"][0]["rollout"]["paused"].is_object());
+    // an operator resumes: recorded, and the next wave still waits its soak from now
+    let (code, text) = curl(
+        &["-X", "POST"],
+        &format!("http://{}/lifecycle/rollout/resume?channel=lab", s.admin),
+    );
+    assert_eq!(code, 200, "{text}");
+    let snap = s.lifecycle();
+    assert!(
+        snap["rollouts"][0]["rollout"]["paused"].is_null(),
+        "{snap:#}"
+    );
+    let held = s.manifest_for(MACS[3]).unwrap();
+    assert_eq!(held, "1.0.0");
+    let (code, _) = curl(
+        &["-X", "POST"],
+        &format!("http://{}/lifecycle/rollout/resume?channel=beta", s.admin),
+    );
+    assert_eq!(code, 400);
+}
+
+#[test]
+fn bad_rollout_sections_name_the_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(&dir.path().join("keys")).unwrap();
+    let key = SecretKey::load(&keys.secret).unwrap();
+    signed(dir.path(), "v1", "1.0.0", &key);
+    signed(dir.path(), "v2", "2.0.0", &key);
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let cases = [
+        (
+            "channel: lab",
+            "channel: beta",
+            "rollouts[0].channel",
+            "no image folder",
+        ),
+        (
+            "version: 2.0.0",
+            "version: 3.0.0",
+            "rollouts[0].version",
+            "offered: 2.0.0, 1.0.0",
+        ),
+        (
+            "groups: [canary]",
+            "groups: [canary, web]",
+            "rollouts[0].waves[0].groups",
+            "\"web\": no such group",
+        ),
+        (
+            "groups: [canary]",
+            "groups: [canary]\n        percent: 10",
+            "rollouts[0].waves[0]",
+            "exactly one of percent",
+        ),
+        (
+            "soak: 1h",
+            "soak: soon",
+            "rollouts[0].waves[0].soak",
+            "like 90s",
+        ),
+        (
+            "percent: 100",
+            "percent: 101",
+            "rollouts[0].waves[1]",
+            "over 100",
+        ),
+        (
+            "max_failures: 0",
+            "max_failure: 0",
+            "max_failure",
+            "unknown field",
+        ),
+    ];
+    for (from, to, key, message) in cases {
+        let text = INVENTORY.replacen(from, to, 1);
+        assert_ne!(text, INVENTORY, "{from}");
+        let config = dir.path().join("inv.yaml");
+        std::fs::write(&config, &text).unwrap();
+        let err = format!(
+            "{:#}",
+            Serve::try_start(&config, &state).err().expect("refused")
+        );
+        assert!(
+            err.contains("inv.yaml:") && err.contains(key) && err.contains(message),
+            "{to}: {err}"
+        );
+    }
+}
