@@ -151,7 +151,7 @@ enum Command {
     },
     /// Netboot machines: TFTP and HTTP (iPXE scripts, image assets,
     /// per-machine cloud-config) from an inventory of profiles and groups.
-    Serve(cairn_pxe::ServeArgs),
+    Serve(ServeCmd),
     /// Check cloud-config files as `coreos-cloudinit -validate` does: one
     /// line per finding (`FILE:LINE: error|warning|info: MESSAGE`); exits
     /// non-zero when there is any finding.
@@ -309,6 +309,22 @@ fn validate(files: &[PathBuf], json: bool) -> Result<bool> {
     Ok(clean)
 }
 
+/// `cairn serve`: the server's arguments, and `--explain`, which answers one question and exits.
+#[derive(Debug, clap::Args)]
+struct ServeCmd {
+    #[command(flatten)]
+    serve: cairn_pxe::ServeArgs,
+    /// Do not serve: say why the machine with this MAC boots what it boots (every group's
+    /// selectors, the winner, profile, image, cloud-config, update channel, rollout, its
+    /// lifecycle record in --state-dir, its next netboot), then exit. Opens no socket.
+    #[arg(long, value_name = "MAC")]
+    explain: Option<String>,
+    /// With --explain: another fact the machine would send (uuid, hostname, serial or a label
+    /// its groups select on), as KEY=VALUE; repeatable.
+    #[arg(long = "fact", value_name = "KEY=VALUE", requires = "explain")]
+    facts: Vec<String>,
+}
+
 fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
     use anyhow::Context;
     match cli.command {
@@ -317,7 +333,27 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
-        Command::Serve(args) => cairn_pxe::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(ServeCmd {
+            serve,
+            explain: Some(mac),
+            facts,
+        }) => {
+            // no socket: the inventory and the records read, the explanation printed
+            let public_url = serve
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", serve.http_addr));
+            let e = cairn_pxe::explain::explain_offline(
+                &serve.config,
+                &serve.state_dir,
+                &public_url,
+                &mac,
+                &facts,
+            )?;
+            print!("{}", e.to_text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(ServeCmd { serve, .. }) => cairn_pxe::run(serve).map(|()| ExitCode::SUCCESS),
         Command::Inspect { path } => inspect(&path).map(|()| ExitCode::SUCCESS),
         Command::Keygen { out } => {
             let k = cairn_formats::channel::keygen(&out)
@@ -522,7 +558,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // a server says where it listens and what it serves; a command that
     // ends speaks up only about trouble unless asked (-v)
-    let server = matches!(cli.command, Command::Serve(_));
+    let server = matches!(&cli.command, Command::Serve(s) if s.explain.is_none());
     let level = match cli.verbose {
         0 if !server => "warn",
         0 | 1 => "info",
