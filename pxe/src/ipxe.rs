@@ -42,11 +42,23 @@ pub fn machine_script(
     facts: &Facts,
     ep: &Endpoints,
 ) -> Result<String, String> {
+    machine_script_of(inv, group, facts, ep, &inv.profile_of(group).image)
+}
+
+/// [`machine_script`] with another image folder of the inventory (`image`: its `NAME-VERSION`
+/// key) than the profile's: a diskless machine's last good image while the profile's failed there.
+pub fn machine_script_of(
+    inv: &Inventory,
+    group: &Group,
+    facts: &Facts,
+    ep: &Endpoints,
+    image: &str,
+) -> Result<String, String> {
     let profile = inv.profile_of(group);
     let base = match profile.transport {
-        Transport::Http => format!("{}/assets/{}", ep.public_url, profile.image),
+        Transport::Http => format!("{}/assets/{image}", ep.public_url),
         Transport::Tftp => match &ep.tftp {
-            Some(t) => format!("tftp://{t}/assets/{}", profile.image),
+            Some(t) => format!("tftp://{t}/assets/{image}"),
             None => {
                 return Err(format!(
                     "profile {:?} uses transport: tftp but the TFTP server is off",
@@ -62,7 +74,7 @@ pub fn machine_script(
     }
     // the root image in pxe-initrd.img carries its hash tree: /init opens
     // it through dm-verity with the parameters from this trusted script
-    if let Some(v) = inv.images.get(&profile.image).and_then(|i| i.verity) {
+    if let Some(v) = inv.images.get(image).and_then(|i| i.verity) {
         kernel.push(' ');
         kernel.push_str(&v.to_cmdline_word());
     }
@@ -78,7 +90,7 @@ pub fn machine_script(
         sanitize(&facts.describe()),
         group.name,
         profile.name,
-        profile.image,
+        image,
         profile.initrd_file(),
         profile.initrd_file(),
     ))

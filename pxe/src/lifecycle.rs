@@ -117,6 +117,51 @@ impl Records {
         }
     }
 
+    /// The iPXE answer for a machine that boots the network image (`boot: ram` or `disk-state`):
+    /// the server is its A/B. The profile's image is a trial until the machine reports it healthy;
+    /// one that failed there (the health gate said so, or the machine netbooted again before
+    /// saying it was healthy) is not served to it again while its last good image is in the
+    /// inventory (a profile's or an `updates:` folder), and the record says why.
+    pub fn diskless_answer(
+        &self,
+        inv: &Inventory,
+        group: &Group,
+        facts: &Facts,
+        ep: &Endpoints,
+    ) -> Result<String, String> {
+        let profile = inv.profile_of(group);
+        let (Some(mac), Some(wanted)) = (facts.labels.get("mac"), inv.images.get(&profile.image))
+        else {
+            self.seen(facts);
+            return ipxe::machine_script(inv, group, facts, ep);
+        };
+        let choice = match self.lock().diskless_boot(mac, &wanted.version, now()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(machine = %mac, "machine records: {e}");
+                return ipxe::machine_script(inv, group, facts, ep);
+            }
+        };
+        match choice {
+            cairn_lifecycle::Choice::Wanted { trial, version } => {
+                if trial {
+                    tracing::info!(machine = %mac, image = %profile.image, "diskless: serving {version} as a trial until the machine reports healthy");
+                }
+                ipxe::machine_script(inv, group, facts, ep)
+            }
+            cairn_lifecycle::Choice::Previous { version, reason } => {
+                let key = format!("{}-{version}", wanted.name);
+                if inv.images.contains_key(&key) {
+                    tracing::warn!(machine = %mac, "diskless: serving {key}, not {}: {reason}", profile.image);
+                    ipxe::machine_script_of(inv, group, facts, ep, &key)
+                } else {
+                    tracing::warn!(machine = %mac, "diskless: {reason}; its last good image {key} is in no image folder of the inventory, so {} is served", profile.image);
+                    ipxe::machine_script(inv, group, facts, ep)
+                }
+            }
+        }
+    }
+
     /// A netboot under any other profile: recorded.
     pub fn seen(&self, facts: &Facts) {
         if let Some(mac) = facts.labels.get("mac") {

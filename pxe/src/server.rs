@@ -284,9 +284,23 @@ async fn machine_ipxe(
         .await
         .unwrap_or_else(|e| Err(format!("install decision: {e}")))
     } else {
-        let (s2, facts2) = (s.clone(), facts.clone());
-        let _ = tokio::task::spawn_blocking(move || s2.records.seen(&facts2)).await;
-        ipxe::machine_script(&inv, group, &facts, &s.endpoints(&base))
+        let (s2, inv2, facts2, group_name, ep) = (
+            s.clone(),
+            inv.clone(),
+            facts.clone(),
+            group.name.clone(),
+            s.endpoints(&base),
+        );
+        tokio::task::spawn_blocking(move || {
+            let group = inv2
+                .groups
+                .iter()
+                .find(|g| g.name == group_name)
+                .expect("the group was selected from this inventory");
+            s2.records.diskless_answer(&inv2, group, &facts2, &ep)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("diskless decision: {e}")))
     };
     match script {
         Ok(script) => {

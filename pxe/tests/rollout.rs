@@ -351,3 +351,99 @@ fn bad_rollout_sections_name_the_line_and_key() {
         );
     }
 }
+
+/// The image folder key the machine's netboot script boots.
+fn script_image(s: &Serve, mac: &str) -> String {
+    let r = get(
+        &s.url(&format!("/ipxe?mac={}&platform=efi", mac.replace(':', "-"))),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let kernel = text
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .unwrap_or_else(|| panic!("{text}"));
+    kernel
+        .split("/assets/")
+        .nth(1)
+        .and_then(|t| t.split('/').next())
+        .unwrap_or_else(|| panic!("{kernel}"))
+        .to_string()
+}
+
+#[test]
+fn a_diskless_machine_whose_new_image_fails_boots_its_last_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(&dir.path().join("keys")).unwrap();
+    let key = SecretKey::load(&keys.secret).unwrap();
+    signed(dir.path(), "v1", "1.0.0", &key);
+    signed(dir.path(), "v2", "2.0.0", &key);
+    let config = dir.path().join("inv.yaml");
+    let inventory = |image: &str, updates: &str| {
+        format!("profiles:\n  - name: p\n    image: {image}\ngroups:\n  - name: all\n    profile: p\nupdates:\n  - {updates}\n")
+    };
+    std::fs::write(&config, inventory("v1", "v2")).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let s = Serve::try_start(&config, &state).unwrap();
+    let [a, b, c] = [MACS[0], MACS[1], MACS[2]];
+    let healthy = |v: &str| Event::Healthy { version: v.into() };
+    // all three on 1.0.0, healthy
+    for mac in [a, b, c] {
+        assert_eq!(script_image(&s, mac), "img-1.0.0");
+        assert_eq!(
+            s.report(mac, "0123456789abcdef0123456789abcdef", healthy("1.0.0"))
+                .0,
+            200
+        );
+        assert_eq!(script_image(&s, mac), "img-1.0.0");
+    }
+    // the operator moves the profile to 2.0.0 (1.0.0 stays on offer in updates:)
+    std::fs::write(&config, inventory("v2", "v1")).unwrap();
+    s.server.as_ref().unwrap().reload().unwrap();
+    for mac in [a, b, c] {
+        assert_eq!(script_image(&s, mac), "img-2.0.0", "{mac}");
+    }
+    // a: healthy on 2.0.0, keeps it
+    assert_eq!(
+        s.report(a, "0123456789abcdef0123456789abcdef", healthy("2.0.0"))
+            .0,
+        200
+    );
+    // b: the health gate fails on 2.0.0
+    let (code, text) = s.report(
+        b,
+        "0123456789abcdef0123456789abcdef",
+        Event::Unhealthy {
+            version: "2.0.0".into(),
+            reason: "etcd.service failed".into(),
+        },
+    );
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(script_image(&s, a), "img-2.0.0");
+    assert_eq!(script_image(&s, b), "img-1.0.0");
+    // ... and stays on 1.0.0 at its next boots, with the reason on record
+    assert_eq!(script_image(&s, b), "img-1.0.0");
+    let snap = s.lifecycle();
+    let rec = snap["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == b)
+        .unwrap()
+        .clone();
+    assert_eq!(rec["diskless"]["good"], "1.0.0", "{rec:#}");
+    assert!(
+        rec["diskless"]["bad"]["2.0.0"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("etcd.service failed"),
+        "{rec:#}"
+    );
+    // the fallback's files are served from the updates: folder
+    let k = get(&s.url("/assets/img-1.0.0/vmlinuz"), &[]);
+    assert_eq!(k.status, 200);
+    // c said nothing and its trial is still young: the same boot asking again gets 2.0.0
+    assert_eq!(script_image(&s, c), "img-2.0.0");
+}

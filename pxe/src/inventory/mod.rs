@@ -281,6 +281,16 @@ impl Inventory {
         let groups = groups::check(&cx, raw.groups, &p.profiles, &p.names, &env)?;
         groups::check_ambiguity(&cx, &groups)?;
         let bundles = offered_updates(&cx, &raw.updates, p.bundles)?;
+        // the `updates:` folders are image folders too: their netboot files are served, and a
+        // diskless machine whose profile's image failed there boots its last good one from them
+        let mut images = p.images;
+        for dir in &raw.updates {
+            if let Ok(image) = profiles::read_image(&cx.base.join(dir)) {
+                images
+                    .entry(format!("{}-{}", image.name, image.version))
+                    .or_insert(image);
+            }
+        }
         let rollouts = rollouts::check(&cx, raw.rollouts, &bundles, &groups)?;
         let channels = bundles
             .iter()
@@ -290,7 +300,7 @@ impl Inventory {
             path: path.to_path_buf(),
             profiles: p.profiles,
             groups,
-            images: p.images,
+            images,
             channels,
             bundles,
             rollouts,

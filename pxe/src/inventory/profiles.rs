@@ -185,7 +185,7 @@ pub(super) fn is_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
-fn read_image(dir: &Path) -> Result<Image, String> {
+pub(super) fn read_image(dir: &Path) -> Result<Image, String> {
     let canonical = dir
         .canonicalize()
         .map_err(|e| format!("image folder {}: {e}", dir.display()))?;
