@@ -997,6 +997,9 @@ mod tests {
 
     const MAC: &str = "52:54:00:00:00:01";
 
+    /// Facts besides the MAC.
+    type Query = &'static [(&'static str, &'static str)];
+
     fn image(dir: &Path, name: &str) -> PathBuf {
         let d = dir.join(name);
         std::fs::create_dir_all(&d).unwrap();
@@ -1050,7 +1053,7 @@ mod tests {
         image(dir.path(), "img");
         let inv = load(dir.path(), GROUPS);
         // (facts besides the MAC, winner, matched count of each group in file order)
-        let table: &[(&[(&str, &str)], &str, [usize; 4])] = &[
+        let table: &[(Query, &str, [usize; 4])] = &[
             (&[], "default", [0, 0, 1, 0]),
             (&[("rack", "r1")], "rack1-node", [0, 1, 2, 1]),
             (&[("rack", "r2")], "default", [0, 0, 1, 0]),
@@ -1310,7 +1313,7 @@ mod tests {
             "profiles:\n  - name: p\n    image: img\n    cloud_config: node.j2\n  - name: q\n    image: img\ngroups:\n  - name: g\n    profile: p\n    metadata: {name: n1}\n  - name: plain\n    profile: q\n    selector: {rack: plain}\n",
         );
         // (facts, renders, fragment of the text)
-        let table: &[(&[(&str, &str)], bool, &str)] = &[
+        let table: &[(Query, bool, &str)] = &[
             (&[], true, "  renders for these facts: 27 bytes, valid\n"),
             (&[("role", "worker")], true, "renders for these facts"),
             (
