@@ -139,7 +139,7 @@ fn explain_prints_and_opens_no_socket() {
     assert!(out.contains("winner: default (0 selector(s))"), "{out}");
     assert!(out.contains("record: none"), "{out}");
     assert!(
-        out.contains("next netboot: the diskless image lab-2.1 from the network\n"),
+        out.contains("next netboot: the diskless image lab-2.1 from the network (a trial until the machine reports healthy)\n"),
         "{out}"
     );
 

@@ -347,6 +347,8 @@ pub enum NextNetboot {
     DisklessImage {
         /// Image key.
         image: String,
+        /// A trial, or the last good image instead of the profile's, and why.
+        note: Option<String>,
     },
     /// The image from the network, state on the local partition (`boot: disk-state`).
     NetworkImageDiskState {
@@ -354,6 +356,8 @@ pub enum NextNetboot {
         image: String,
         /// GPT label of the state partition.
         state_label: String,
+        /// A trial, or the last good image instead of the profile's, and why.
+        note: Option<String>,
     },
     /// The installer (`boot: install`).
     Installer {
@@ -472,6 +476,7 @@ pub fn explain(inv: &Inventory, records: &RecordsView, facts: &Facts, cx: &Conte
     e.cloud_config = Some(cloud_config_info(inv, group, facts, cx));
     e.update = Some(update_info(inv, &profile.image));
     e.rollout = rollout_info(
+        inv,
         records,
         e.update.as_ref().and_then(|u| u.channel.as_deref()),
         group,
@@ -659,6 +664,7 @@ fn update_info(inv: &Inventory, image_key: &str) -> UpdateInfo {
 }
 
 fn rollout_info(
+    inv: &Inventory,
     records: &RecordsView,
     channel: Option<&str>,
     group: &Group,
@@ -674,11 +680,27 @@ fn rollout_info(
     let Some(channel) = channel else {
         return none("no rollout (the image is on no update channel)".into());
     };
-    let Some(r) = records.rollouts.iter().find(|r| r.plan.channel == channel) else {
+    // the server offers by a rollout only when the inventory has one for the channel
+    let Some(plan) = inv.rollouts.iter().find(|p| p.channel == channel) else {
         return none(format!(
-            "no rollout on channel {channel:?}: every machine is offered the newest bundle"
+            "no rollout of channel {channel:?} in the inventory: every machine is offered the newest bundle"
         ));
     };
+    let (r, unrecorded) = match records
+        .rollouts
+        .iter()
+        .find(|r| r.plan.channel == channel && r.plan.version == plan.version)
+    {
+        Some(r) => (r.clone(), ""),
+        None => match Rollout::start(plan.clone(), now) {
+            Ok(r) => (
+                r,
+                " (not recorded yet: it starts when a server loads this inventory)",
+            ),
+            Err(e) => return none(format!("rollout on {channel:?}: plan {e}")),
+        },
+    };
+    let r = &r;
     let mac = facts.get("mac");
     let machine_id = records
         .machine
@@ -709,7 +731,7 @@ fn rollout_info(
         cairn_lifecycle::Decision::Hold { reason } => format!("held back: {reason}"),
     };
     let note = format!(
-        "rollout of {} on {channel:?}: {in_wave}; {now_what}",
+        "rollout of {} on {channel:?}{unrecorded}: {in_wave}; {now_what}",
         r.plan.version
     );
     RolloutInfo {
@@ -731,13 +753,50 @@ fn next_netboot(
 ) -> NextNetboot {
     let profile = inv.profile_of(group);
     match profile.boot {
-        BootMode::Ram => NextNetboot::DisklessImage {
-            image: profile.image.clone(),
-        },
-        BootMode::DiskState => NextNetboot::NetworkImageDiskState {
-            image: profile.image.clone(),
-            state_label: profile.state_label.clone(),
-        },
+        BootMode::Ram | BootMode::DiskState => {
+            // the server's A/B of diskless machines (`Records::diskless_answer`), on a copy
+            let served = |image: String, note: Option<String>| match profile.boot {
+                BootMode::DiskState => NextNetboot::NetworkImageDiskState {
+                    image,
+                    state_label: profile.state_label.clone(),
+                    note,
+                },
+                _ => NextNetboot::DisklessImage { image, note },
+            };
+            let Some(wanted) = inv.images.get(&profile.image) else {
+                return served(profile.image.clone(), None);
+            };
+            let mut diskless = records
+                .machine
+                .as_ref()
+                .map(|m| m.diskless.clone())
+                .unwrap_or_default();
+            let bound = cairn_lifecycle::Limits::default().health_bound_secs;
+            match diskless.choose(&wanted.version, now, bound) {
+                cairn_lifecycle::Choice::Wanted { trial: true, .. } => served(
+                    profile.image.clone(),
+                    Some("a trial until the machine reports healthy".into()),
+                ),
+                cairn_lifecycle::Choice::Wanted { .. } => served(profile.image.clone(), None),
+                cairn_lifecycle::Choice::Previous { version, reason } => {
+                    let key = format!("{}-{version}", wanted.name);
+                    if inv.images.contains_key(&key) {
+                        served(
+                            key,
+                            Some(format!(
+                                "its last good image, not {}: {reason}",
+                                profile.image
+                            )),
+                        )
+                    } else {
+                        served(
+                            profile.image.clone(),
+                            Some(format!("{reason}; its last good image {key} is in no image folder of the inventory")),
+                        )
+                    }
+                }
+            }
+        }
         BootMode::Install => {
             let mac = facts.get("mac");
             let mut m = records
@@ -775,11 +834,17 @@ impl Explanation {
             NextNetboot::NoMatch { retry_seconds } => {
                 format!("no boot: the no-match script, asking again in {retry_seconds} s")
             }
-            NextNetboot::DisklessImage { image } => {
-                format!("the diskless image {image} from the network")
-            }
-            NextNetboot::NetworkImageDiskState { image, state_label } => format!(
-                "the image {image} from the network, state on the partition labelled {state_label}"
+            NextNetboot::DisklessImage { image, note } => format!(
+                "the diskless image {image} from the network{}",
+                note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+            ),
+            NextNetboot::NetworkImageDiskState {
+                image,
+                state_label,
+                note,
+            } => format!(
+                "the image {image} from the network, state on the partition labelled {state_label}{}",
+                note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
             ),
             NextNetboot::Installer {
                 image,
@@ -1073,7 +1138,7 @@ mod tests {
             assert_eq!(got, counts, "{q:?}");
             assert_eq!(
                 e.next_netboot_text(),
-                "the diskless image img-1.0 from the network"
+                "the diskless image img-1.0 from the network (a trial until the machine reports healthy)"
             );
         }
         // the failed selector and the value seen are named
@@ -1261,6 +1326,61 @@ mod tests {
     }
 
     #[test]
+    fn diskless_ab_table() {
+        let dir = tempfile::tempdir().unwrap();
+        image(dir.path(), "img");
+        let old = dir.path().join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(
+            old.join("manifest.json"),
+            serde_json::to_string(&image_dir::Manifest::named("img", "0.9")).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(old.join("vmlinuz"), b"k").unwrap();
+        std::fs::write(old.join("pxe-initrd.img"), b"i").unwrap();
+        let inv = load(
+            dir.path(),
+            "profiles:\n  - name: p\n    image: img\n  - name: o\n    image: old\ngroups:\n  - name: g\n    profile: p\n",
+        );
+        let now = cx(&inv).now;
+        let with = |good: Option<&str>, bad: Option<&str>, trial: Option<i64>| {
+            let mut m = Machine::new(MAC, 100);
+            m.diskless.good = good.map(String::from);
+            if let Some(v) = bad {
+                m.diskless.bad.insert(
+                    v.into(),
+                    cairn_lifecycle::diskless::Bad {
+                        reason: "health gate: fleet.service failed".into(),
+                        at: 50,
+                    },
+                );
+            }
+            m.diskless.trial = trial.map(|since| cairn_lifecycle::diskless::Trial {
+                version: "1.0".into(),
+                since,
+            });
+            Some(m)
+        };
+        // (record, next netboot)
+        let table: Vec<(Option<Machine>, &str)> = vec![
+            (None, "the diskless image img-1.0 from the network (a trial until the machine reports healthy)"),
+            (with(Some("1.0"), None, None), "the diskless image img-1.0 from the network"),
+            (with(Some("0.9"), Some("1.0"), None), "the diskless image img-0.9 from the network (its last good image, not img-1.0: 1.0 failed here: health gate: fleet.service failed)"),
+            (with(Some("0.8"), Some("1.0"), None), "the diskless image img-1.0 from the network (1.0 failed here: health gate: fleet.service failed; its last good image img-0.8 is in no image folder of the inventory)"),
+            (with(Some("0.9"), None, Some(now - 700)), "the diskless image img-0.9 from the network (its last good image, not img-1.0: 1.0 failed here: no healthy report within 600 s of being served (netbooted again after 700 s))"),
+        ];
+        for (record, want) in table {
+            let records = RecordsView {
+                machine: record.clone(),
+                ..RecordsView::default()
+            };
+            let e = explain(&inv, &records, &facts(&[]), &cx(&inv));
+            assert_eq!(e.next_netboot_text(), want, "{record:?}");
+            assert_eq!(records.machine, record, "read only");
+        }
+    }
+
+    #[test]
     fn missing_image_files() {
         let dir = tempfile::tempdir().unwrap();
         let img = image(dir.path(), "img");
@@ -1281,7 +1401,7 @@ mod tests {
         );
         assert_eq!(
             e.next_netboot_text(),
-            "the image img-1.0 from the network, state on the partition labelled cairn-state"
+            "the image img-1.0 from the network, state on the partition labelled cairn-state (a trial until the machine reports healthy)"
         );
         // the files go away after the inventory loaded
         std::fs::remove_file(img.join("pxe-initrd.img")).unwrap();

@@ -118,7 +118,7 @@ fn explain_endpoint() {
         "{t}"
     );
     assert!(
-        t.contains("next netboot: the diskless image img-3.0 from the network\n"),
+        t.contains("next netboot: the diskless image img-3.0 from the network (a trial until the machine reports healthy)\n"),
         "{t}"
     );
 
