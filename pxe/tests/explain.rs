@@ -144,3 +144,83 @@ fn explain_endpoint() {
     let r = get(&s.url(&format!("/explain?{q}")), &[]);
     assert_eq!(r.status, 404, "{}", r.text());
 }
+
+/// Image folder `name` of image `img` at `version`, with a signed bundle on channel `lab`.
+fn signed(
+    dir: &std::path::Path,
+    name: &str,
+    version: &str,
+    key: &cairn_formats::channel::SecretKey,
+) {
+    let d = image(dir, name, version, 1000 + version.len());
+    std::fs::write(
+        d.join("manifest.json"),
+        serde_json::to_string(&cairn_formats::image_dir::Manifest::named("img", version)).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(d.join("rootfs.squashfs"), common::pattern(5000, 3)).unwrap();
+    std::fs::write(d.join("initrd.img"), common::pattern(1000, 5)).unwrap();
+    cairn_formats::channel::write_bundle(
+        &d,
+        &cairn_formats::channel::BundleInput {
+            name: "img",
+            version,
+            channel: "lab",
+            rootfs: &d.join("rootfs.squashfs"),
+            kernel: &d.join("vmlinuz"),
+            initrd: &d.join("initrd.img"),
+            created: 1_790_000_000,
+            validity_secs: 3600 * 24 * 365 * 20,
+            verity: None,
+        },
+        key,
+    )
+    .unwrap();
+}
+
+#[test]
+fn explain_update_channel_and_rollout_wave() {
+    use cairn_formats::channel::{keygen, rollout::MACHINE_HEADER, Manifest, SecretKey};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(&dir.path().join("keys")).unwrap();
+    let key = SecretKey::load(&keys.secret).unwrap();
+    signed(dir.path(), "v1", "1.0.0", &key);
+    signed(dir.path(), "v2", "2.0.0", &key);
+    let config = dir.path().join("inv.yaml");
+    std::fs::write(
+        &config,
+        "profiles:\n  - name: p\n    image: v1\ngroups:\n  - name: canary\n    profile: p\n    selector:\n      mac: 52:54:00:00:0b:01\n  - name: rest\n    profile: p\nupdates:\n  - v2\nrollouts:\n  - channel: lab\n    version: 2.0.0\n    waves:\n      - name: canary\n        groups: [canary]\n        soak: 1h\n      - name: everyone\n        percent: 100\n",
+    )
+    .unwrap();
+    let s = TestServer::start(&config, false, dir.path());
+    let admin = s.server().local_addrs().admin.unwrap();
+    let offered = |mac: &str| {
+        let r = get(&s.url("/update/v1/lab/manifest"), &[(MACHINE_HEADER, mac)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        Manifest::parse(&r.body).unwrap().version
+    };
+    // (MAC, rollout line, the version the channel then really gives it)
+    let table = [
+        (
+            "52:54:00:00:0b:01",
+            "rollout: rollout of 2.0.0 on \"lab\": the machine is in wave 1 (\"canary\"); offered 2.0.0 now\n",
+            "2.0.0",
+        ),
+        (
+            "52:54:00:00:0b:02",
+            "rollout: rollout of 2.0.0 on \"lab\": the machine is in none of its group waves, and in no percent wave until it reports its machine id; held back:",
+            "1.0.0",
+        ),
+    ];
+    for (mac, want, version) in table {
+        let r = explain(admin, &format!("mac={mac}&format=text"), &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let t = r.text();
+        assert!(
+            t.contains("update: channel \"lab\" offers img 2.0.0 at /update/v1/lab/ (this profile boots 1.0.0)\n"),
+            "{t}"
+        );
+        assert!(t.contains(want), "wanted {want:?} in\n{t}");
+        assert_eq!(offered(mac), version, "{mac}");
+    }
+}
