@@ -247,7 +247,7 @@ pub fn choose_disk(opts: &Options) -> Result<Disk, InstallError> {
     if let Some(what) = probe(&disk) {
         if !opts.allow_overwrite {
             return Err(InstallError::Refused(format!(
-                "{} ({}) holds {what}; not overwriting it (the profile's install.overwrite, or cairn serve --reinstall MAC --overwrite, allows it)",
+                "{} ({}) holds {what}; not overwriting it (the profile's install.overwrite, or an operator's POST /lifecycle/reinstall?mac=MAC&overwrite=1 to cairn serve, allows it)",
                 disk.dev.display(),
                 disks::human(disk.size)
             )));

@@ -216,7 +216,7 @@ impl Machine {
             Phase::InstallRefused { reason, .. } => {
                 return InstallAction::Refuse {
                     reason: format!(
-                        "install refused: {reason} (an operator can allow it: cairn serve --reinstall {})",
+                        "install refused: {reason} (an operator can allow it: POST /lifecycle/reinstall?mac={}&overwrite=1 to cairn serve)",
                         self.mac
                     ),
                 }
@@ -241,7 +241,7 @@ impl Machine {
                 );
                 return InstallAction::Refuse {
                     reason: format!(
-                        "install failed {attempts} times: {reason} (cairn serve --reinstall {} to try again)",
+                        "install failed {attempts} times: {reason} (an operator's POST /lifecycle/reinstall?mac={} to cairn serve tries again)",
                         self.mac
                     ),
                 };
@@ -481,7 +481,7 @@ mod tests {
         };
         assert!(
             reason.contains("/dev/vda: holds a partition table")
-                && reason.contains("--reinstall 52:54:00:00:0a:01"),
+                && reason.contains("reinstall?mac=52:54:00:00:0a:01&overwrite=1"),
             "{reason}"
         );
         m.reinstall(true, 20);

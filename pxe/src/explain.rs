@@ -1281,12 +1281,12 @@ mod tests {
             (Some(machine(Phase::Seen, false)), "the installer of img-1.0 (attempt 1 of 3)"),
             (Some(machine(Phase::Seen, true)), "the installer of img-1.0 (attempt 1 of 3, may overwrite a disk with data)"),
             (Some(machine(installing(1), false)), "the installer of img-1.0 (attempt 2 of 3)"),
-            (Some(machine(installing(3), false)), "refused: install failed 3 times: the installer was started 3 times and never reported a finished install (cairn serve --reinstall 52:54:00:00:00:01 to try again)"),
+            (Some(machine(installing(3), false)), "refused: install failed 3 times: the installer was started 3 times and never reported a finished install (an operator's POST /lifecycle/reinstall?mac=52:54:00:00:00:01 to cairn serve tries again)"),
             (Some(machine(Phase::InstallFailed { reason: "disk gone".into(), attempts: 1, at: 8 }, false)), "the installer of img-1.0 (attempt 2 of 3)"),
             (Some(machine(installed.clone(), false)), "its local disk (installed img 1.0 on /dev/sda)"),
             (Some(machine(running(BootSource::A), false)), "its local disk (running img 1.0 from slot a)"),
             (Some(machine(running(BootSource::Ram), false)), "the installer of img-1.0 (attempt 1 of 3)"),
-            (Some(machine(Phase::InstallRefused { reason: "/dev/sda holds data".into(), at: 9 }, false)), "refused: install refused: /dev/sda holds data (an operator can allow it: cairn serve --reinstall 52:54:00:00:00:01)"),
+            (Some(machine(Phase::InstallRefused { reason: "/dev/sda holds data".into(), at: 9 }, false)), "refused: install refused: /dev/sda holds data (an operator can allow it: POST /lifecycle/reinstall?mac=52:54:00:00:00:01&overwrite=1 to cairn serve)"),
         ];
         for (record, want) in table {
             let records = RecordsView {
