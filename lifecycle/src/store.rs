@@ -34,6 +34,68 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+/// The record files of a folder (`*.json`, not hidden), sorted.
+fn records_in(d: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut names: Vec<PathBuf> = fs::read_dir(d)
+        .map_err(io("reading", d))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn read_record<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T, String> {
+    fs::read(p)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()))
+}
+
+/// One machine's record and every rollout, as [`FileStore`] keeps them
+/// under a state directory, read without the store: no lock taken (a
+/// running server holds it), nothing created, renamed or written. Records
+/// that do not read are named in `unreadable`.
+#[derive(Debug, Default)]
+pub struct Peek {
+    pub machine: Option<Machine>,
+    pub rollouts: Vec<Rollout>,
+    pub unreadable: Vec<String>,
+}
+
+/// Reads `STATE_DIR/lifecycle/` for `mac` (see [`Peek`]); a missing
+/// folder is no records.
+pub fn peek(state_dir: &Path, mac: &str) -> Result<Peek, StoreError> {
+    let dir = state_dir.join("lifecycle");
+    let mut out = Peek::default();
+    let file = dir
+        .join("machines")
+        .join(format!("{}.json", file_key(mac)?));
+    match fs::metadata(&file) {
+        Ok(_) => match read_record::<Machine>(&file) {
+            Ok(m) => out.machine = Some(m),
+            Err(e) => out.unreadable.push(format!("{}: {e}", file.display())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("reading", &file)(e)),
+    }
+    let rollouts = dir.join("rollouts");
+    if !rollouts.exists() {
+        return Ok(out);
+    }
+    for p in records_in(&rollouts)? {
+        match read_record::<Rollout>(&p) {
+            Ok(r) => out.rollouts.push(r),
+            Err(e) => out.unreadable.push(format!("{}: {e}", p.display())),
+        }
+    }
+    Ok(out)
+}
+
 /// A record that did not read, set aside rather than lost or fatal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetAside {
@@ -145,24 +207,9 @@ impl FileStore {
         sub: &str,
         set_aside: &mut Vec<SetAside>,
     ) -> Result<Vec<T>, StoreError> {
-        let d = self.dir.join(sub);
-        let mut names: Vec<PathBuf> = fs::read_dir(&d)
-            .map_err(io("reading", &d))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && !p
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        names.sort();
         let mut out = Vec::new();
-        for p in names {
-            let parsed = fs::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()));
-            match parsed {
+        for p in records_in(&self.dir.join(sub))? {
+            match read_record::<T>(&p) {
                 Ok(v) => out.push(v),
                 Err(error) => {
                     let moved_to = p.with_extension("json.corrupt");
@@ -250,6 +297,33 @@ mod tests {
             7,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn peek_reads_beside_a_running_store_and_changes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(peek(t.path(), "52:54:00:00:0a:01")
+            .unwrap()
+            .machine
+            .is_none());
+        let s = FileStore::open(t.path()).unwrap();
+        s.save_machine(&Machine::new("52:54:00:00:0a:01", 1))
+            .unwrap();
+        s.save_rollout(&rollout()).unwrap();
+        let bad = s.dir().join("rollouts/broken.json");
+        fs::write(&bad, b"{").unwrap();
+        // the store's lock is held: peek needs none
+        let p = peek(t.path(), "52:54:00:00:0a:01").unwrap();
+        assert_eq!(p.machine.unwrap().mac, "52:54:00:00:0a:01");
+        assert_eq!(p.rollouts.len(), 1);
+        assert_eq!(p.unreadable.len(), 1, "{:?}", p.unreadable);
+        assert!(p.unreadable[0].contains("broken.json"));
+        assert!(bad.exists(), "nothing set aside");
+        assert!(peek(t.path(), "52:54:00:00:0a:02")
+            .unwrap()
+            .machine
+            .is_none());
+        assert!(peek(t.path(), "../x").is_err());
     }
 
     #[test]

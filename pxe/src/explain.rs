@@ -72,72 +72,21 @@ pub struct RecordsView {
 }
 
 impl RecordsView {
-    /// From the running server's records: [`crate::lifecycle::Records::snapshot`] (its JSON).
-    pub fn from_snapshot(snapshot: &serde_json::Value, mac: &str) -> RecordsView {
-        let mut view = RecordsView::default();
-        for m in snapshot["machines"].as_array().into_iter().flatten() {
-            if m["mac"].as_str() != Some(mac) {
-                continue;
-            }
-            match serde_json::from_value::<Machine>(m.clone()) {
-                Ok(m) => view.machine = Some(m),
-                Err(e) => view.unreadable.push(format!("record of {mac}: {e}")),
-            }
-        }
-        for r in snapshot["rollouts"].as_array().into_iter().flatten() {
-            match serde_json::from_value::<Rollout>(r["rollout"].clone()) {
-                Ok(r) => view.rollouts.push(r),
-                Err(e) => view.unreadable.push(format!("a rollout record: {e}")),
-            }
-        }
-        view
-    }
-
-    /// From `STATE_DIR/lifecycle/` on disk, read only: no lock taken (a running server keeps it),
-    /// nothing created, a record that does not read is reported, not set aside. The layout is
-    /// `cairn_lifecycle::FileStore`'s: `machines/<mac, '-' for ':'>.json`, `rollouts/*.json`.
+    /// From `STATE_DIR/lifecycle/` on disk, read only ([`cairn_lifecycle::store::peek`]): no lock
+    /// taken (a running server keeps it), nothing created, a record that does not read is
+    /// reported, not set aside.
     pub fn read_state_dir(state_dir: &Path, mac: &Mac) -> anyhow::Result<RecordsView> {
-        let dir = state_dir.join("lifecycle");
-        let mut view = RecordsView::default();
-        let file = dir
-            .join("machines")
-            .join(format!("{}.json", mac.as_str().replace(':', "-")));
-        match std::fs::read(&file) {
-            Ok(bytes) => match serde_json::from_slice::<Machine>(&bytes) {
-                Ok(m) => view.machine = Some(m),
-                Err(e) => view.unreadable.push(format!("{}: {e}", file.display())),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("reading the record {}", file.display()))
-            }
-        }
-        let rollouts = dir.join("rollouts");
-        let entries = match std::fs::read_dir(&rollouts) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(view),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", rollouts.display())),
-        };
-        let mut names: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && !p
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        names.sort();
-        for p in names {
-            match std::fs::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Rollout>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(r) => view.rollouts.push(r),
-                Err(e) => view.unreadable.push(format!("{}: {e}", p.display())),
-            }
-        }
-        Ok(view)
+        let p = cairn_lifecycle::store::peek(state_dir, mac.as_str()).with_context(|| {
+            format!(
+                "reading the machine records in {}",
+                state_dir.join("lifecycle").display()
+            )
+        })?;
+        Ok(RecordsView {
+            machine: p.machine,
+            rollouts: p.rollouts,
+            unreadable: p.unreadable,
+        })
     }
 }
 
@@ -1511,11 +1460,5 @@ mod tests {
         let v = RecordsView::read_state_dir(state.path(), &mac).unwrap();
         assert_eq!(v.machine.as_ref(), l.machine(MAC));
         assert_eq!(v.machine.unwrap().phase.name(), "installing");
-        let snap =
-            serde_json::json!({"machines": l.machines().collect::<Vec<_>>(), "rollouts": []});
-        assert_eq!(
-            RecordsView::from_snapshot(&snap, MAC).machine.as_ref(),
-            l.machine(MAC)
-        );
     }
 }

@@ -349,6 +349,16 @@ impl Records {
         Ok(())
     }
 
+    /// One machine's record and every rollout, copied (for explain).
+    pub fn view(&self, mac: &str) -> crate::explain::RecordsView {
+        let l = self.lock();
+        crate::explain::RecordsView {
+            machine: l.machine(mac).cloned(),
+            rollouts: l.rollouts().cloned().collect(),
+            unreadable: Vec::new(),
+        }
+    }
+
     /// Operators: install `mac` again at its next netboot.
     pub fn reinstall(&self, mac: &str, overwrite: bool) -> Result<(), String> {
         let mac = cairn_formats::lifecycle::normalize_mac(mac)

@@ -767,7 +767,7 @@ async fn explain(State(s): State<AppState>, headers: HeaderMap, uri: Uri) -> Res
     let s2 = s.clone();
     let done = tokio::task::spawn_blocking(move || {
         let mac = facts.get("mac").to_string();
-        let records = crate::explain::RecordsView::from_snapshot(&s2.records.snapshot(), &mac);
+        let records = s2.records.view(&mac);
         let public_url = s2.public_url.as_deref().map_or_else(
             || format!("http://127.0.0.1:{}", s2.http_port),
             |u| u.trim_end_matches('/').to_string(),
