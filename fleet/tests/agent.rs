@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_etcd::{
-    Campaign, Client, EventKind, GetOptions, Leader, LeaseKeeper, PutOptions, Watch,
-    WatchOptions, WatchUpdate,
+    Campaign, Client, EventKind, GetOptions, Leader, LeaseKeeper, PutOptions, Watch, WatchOptions,
+    WatchUpdate,
 };
 use cairn_fleet::agent::{Agent, AgentCounters, AgentOptions, AgentStats};
 use cairn_fleet::model::{MachineRecord, ScheduleEntry, UnitRecord, UnitStateReport};

@@ -30,11 +30,11 @@ use cairn_fleet::systemd::{SimOptions, SimUnitManager, UnitManager};
 use cairn_fleet::unit::JobState;
 use cairn_formats::reboot_lock::fleet::DrainMark;
 use cairn_testkit::Etcd;
-use common::client;
 use cairn_updater::lock::RebootLock;
 use cairn_updater::strategy::{
     wait_for_drain, Decision, DrainWait, EtcdLock, Facts, RebootStrategy,
 };
+use common::client;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

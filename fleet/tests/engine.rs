@@ -27,9 +27,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_etcd::{
-    Campaign, Client, EventKind, LeaseKeeper, PutOptions, WatchOptions, WatchUpdate,
-};
+use cairn_etcd::{Campaign, Client, EventKind, LeaseKeeper, PutOptions, WatchOptions, WatchUpdate};
 use cairn_fleet::engine::{ClusterView, Counters, Engine, EngineOptions, Metrics, Role, DRAINED};
 use cairn_fleet::model::{MachineRecord, ScheduleEntry, UnitRecord};
 use cairn_fleet::registry::{Keys, Registry, RegistryError, ScheduleChange};
