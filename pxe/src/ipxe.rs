@@ -139,10 +139,13 @@ pub fn install_script(
 /// Under UEFI `exit` hands back to the firmware, which tries the next
 /// boot option (the disk); under BIOS `sanboot` boots the first disk.
 pub fn local_disk_script(facts: &Facts, why: &str) -> String {
+    // UEFI: `exit 1`, not `exit`: iPXE turns status 0 into EFI_SUCCESS, and a
+    // boot option that succeeds ends the firmware's boot loop (EDK2's BDS then
+    // shows its boot menu); an error makes it try the next option, the disk
     let boot = if facts.labels.get("platform").map(String::as_str) == Some("pcbios") {
-        "sanboot --no-describe --drive 0x80 || exit"
+        "sanboot --no-describe --drive 0x80 || exit 1"
     } else {
-        "exit"
+        "exit 1"
     };
     format!(
         "#!ipxe\necho cairn: {} {}: booting from the local disk\n{boot}\n",
@@ -155,7 +158,7 @@ pub fn local_disk_script(facts: &Facts, why: &str) -> String {
 /// the console and leaves the machine to its firmware's next boot option.
 pub fn refused_script(facts: &Facts, why: &str) -> String {
     format!(
-        "#!ipxe\necho cairn: {}: {}\nsleep 10\nexit\n",
+        "#!ipxe\necho cairn: {}: {}\nsleep 10\nexit 1\n",
         sanitize(&facts.describe()),
         sanitize(why)
     )

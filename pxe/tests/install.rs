@@ -225,7 +225,7 @@ fn a_machine_is_installed_once_and_then_boots_its_disk() {
         assert!(
             s.contains("installed img 1.0 on")
                 && s.contains("booting from the local disk")
-                && s.ends_with("exit\n"),
+                && s.ends_with("exit 1\n"),
             "{s}"
         );
     }
