@@ -58,6 +58,17 @@ impl Drop for Netns {
     }
 }
 
+/// The server started by the session: killed when the test ends, also when
+/// it fails (a leaked one would hold the document's state directory).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_documented_serve_session_runs_as_written() {
     cairn_testkit::require("curl", "curl");
@@ -100,6 +111,7 @@ fn the_documented_serve_session_runs_as_written() {
         .env("PATH", &path)
         .env("NO_COLOR", "1")
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     // up once /healthz answers on the document's HTTP address
     let health = steps[0]
@@ -110,7 +122,7 @@ fn the_documented_serve_session_runs_as_written() {
         .expect("the serve command names --http-addr");
     let start = Instant::now();
     while ns.sh(&format!("curl -sf {health}")).trim() != "ok" {
-        if let Ok(Some(st)) = serve.try_wait() {
+        if let Ok(Some(st)) = serve.0.try_wait() {
             panic!(
                 "cairn serve exited ({st}):\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
@@ -135,8 +147,7 @@ fn the_documented_serve_session_runs_as_written() {
         assert!(out.status.success(), "`{}` failed:\n{text}", step.command);
         step.check(&text);
     }
-    let _ = serve.kill();
-    let _ = serve.wait();
+    drop(serve);
     steps[0].check(&std::fs::read_to_string(&log).unwrap());
     check_files(home, &image);
 }
