@@ -273,6 +273,7 @@ pub fn fetch_one(
             dest: &dest,
             size: d.size,
             sha256: &d.sha256,
+            headers: &[],
         },
         &mut |n| {
             if n > counted {

@@ -25,6 +25,8 @@ pub struct Resumable<'a> {
     pub size: u64,
     /// Lowercase hex.
     pub sha256: &'a str,
+    /// Extra request headers (name, value), sent with every try.
+    pub headers: &'a [(&'a str, String)],
 }
 
 /// Downloads `d.url` into `d.partial` (its directory made if missing) and renames it to `d.dest` once its
@@ -94,6 +96,9 @@ fn fetch_once(http: &ureq::Agent, d: &Resumable<'_>, progress: &mut dyn FnMut(u6
         return Ok(());
     }
     let mut req = http.get(url);
+    for (name, value) in d.headers {
+        req = req.header(*name, value);
+    }
     if have > 0 {
         req = req.header("Range", &format!("bytes={have}-"));
     }
@@ -249,6 +254,7 @@ mod tests {
                     dest: &self.dest,
                     size: self.size,
                     sha256: &self.sha256,
+                    headers: &[],
                 },
                 &mut |n| seen.push(n),
             );

@@ -242,6 +242,25 @@ impl Agent {
         Ok((r, s))
     }
 
+    /// What every channel request says about this machine, so that `cairn serve` places it in a
+    /// rollout's waves the same way for the manifest and for each part: its rollout seed (from
+    /// the machine id) and, on a machine `cairn serve` installed, the MAC address the server
+    /// knows it by (from the installer's hand-off on the ESP).
+    pub fn channel_headers(&self) -> Vec<(&'static str, String)> {
+        let mut h: Vec<(&'static str, String)> = fs::read_to_string(&self.paths.machine_id)
+            .ok()
+            .filter(|id| !id.trim().is_empty())
+            .map(|id| (rollout::SEED_HEADER, rollout::machine_seed(&id).to_string()))
+            .into_iter()
+            .collect();
+        match cairn_install::handoff::Handoff::load(&self.paths.esp) {
+            Ok(Some(hand)) => h.push((rollout::MACHINE_HEADER, hand.mac)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("not naming this machine to the update server: {e}"),
+        }
+        h
+    }
+
     /// Fetches and verifies the channel's manifest.
     pub fn check(&self, running: &Running) -> Result<(Manifest, String)> {
         let base = self.config.channel_url().ok_or_else(|| {
@@ -250,13 +269,7 @@ impl Agent {
                 self.paths.config.display()
             ))
         })?;
-        // the rollout seed lets the server hold the update back for a wave
-        let headers: Vec<(&str, String)> = fs::read_to_string(&self.paths.machine_id)
-            .ok()
-            .filter(|id| !id.trim().is_empty())
-            .map(|id| (rollout::SEED_HEADER, rollout::machine_seed(&id).to_string()))
-            .into_iter()
-            .collect();
+        let headers = self.channel_headers();
         if self.keys.is_empty() {
             return Err(UpdateError::Refused(format!(
                 "no trusted update keys in {}",
@@ -383,12 +396,13 @@ impl Agent {
             });
         }
         let mut files = Vec::new();
+        let headers = self.channel_headers();
         for p in &m.parts {
             let url = format!("{base}{}", p.path);
             tracing::info!("downloading {url} ({} bytes)", p.size);
             files.push((
                 p,
-                fetch::download_part(&self.http, &self.retry, &url, &dl, p)?,
+                fetch::download_part(&self.http, &self.retry, &url, &dl, p, &headers)?,
             ));
         }
         // the signed root hash must be the one of the downloaded image's
@@ -737,7 +751,8 @@ pub fn running_entry(esp: &Path, running: Slot) -> Result<EntryFile> {
 }
 
 /// Removes `ESP/cairn/<v>/` folders that no entry refers to any more (and
-/// a leftover of `keep`, the version about to be written).
+/// a leftover of `keep`, the version about to be written); other files under
+/// `ESP/cairn/` are left alone.
 fn remove_unreferenced_kernels(esp: &Path, keep: &str) -> Result<()> {
     let dir = esp.join("cairn");
     let Ok(rd) = fs::read_dir(&dir) else {
@@ -750,6 +765,11 @@ fn remove_unreferenced_kernels(esp: &Path, keep: &str) -> Result<()> {
         .collect();
     let mut changed = false;
     for e in rd.flatten() {
+        // only the kernel folders: files beside them (the installer's hand-off,
+        // `cairn/install.json`) are not the agent's to remove
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
         let v = e.file_name().to_string_lossy().into_owned();
         let prefix = format!("/cairn/{v}/");
         if used.iter().any(|u| u.starts_with(&prefix)) {

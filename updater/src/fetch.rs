@@ -117,6 +117,7 @@ pub fn download_part(
     url: &str,
     dir: &Path,
     part: &Part,
+    headers: &[(&str, String)],
 ) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(UpdateError::io(dir))?;
     let (partial, done) = part_paths(dir, part);
@@ -137,6 +138,7 @@ pub fn download_part(
             dest: &done,
             size: part.size,
             sha256: &part.sha256,
+            headers,
         },
         &mut |_| {},
     )

@@ -82,6 +82,13 @@ fn v1_to_v2_to_v3() {
     let slot_a_before = read(&m.slot("a"));
     let v2 = build(&w.bundles, "default", "2", &key(), ROOTFS);
     w.server.serve(&v2.root);
+    // a machine cairn serve installed: the installer's hand-off names its MAC
+    let handoff = m.paths.esp.join("cairn/install.json");
+    fs::write(
+        &handoff,
+        br#"{"server": "http://192.0.2.1:8080", "mac": "52-54-00-00-0E-01"}"#,
+    )
+    .unwrap();
 
     let out = m.agent().apply().unwrap();
     assert_eq!(
@@ -106,17 +113,21 @@ fn v1_to_v2_to_v3() {
     );
     let st = m.agent().state().unwrap();
     assert!(matches!(&st.phase, Phase::Staged { version, slot: Slot::B, .. } if version == "2"));
-    // the manifest requests carried the machine's rollout seed
+    // every channel request (manifest, signature, parts) carried the machine's rollout seed and
+    // the MAC the server knows it by, so a rollout places both the same way
     let seed = cairn_formats::channel::rollout::machine_seed("0123456789abcdef0123456789abcdef")
         .to_string();
-    for s in w
-        .server
-        .log()
-        .iter()
-        .filter(|s| s.path.contains("/manifest"))
-    {
+    let log = w.server.log();
+    assert!(
+        log.iter().any(|s| s.path.ends_with("/rootfs.squashfs")),
+        "{log:?}"
+    );
+    for s in &log {
         assert_eq!(s.seed.as_deref(), Some(seed.as_str()), "{s:?}");
+        assert_eq!(s.machine.as_deref(), Some("52:54:00:00:0e:01"), "{s:?}");
     }
+    // the hand-off is not one of the ESP's kernel folders: the agent leaves it
+    assert!(handoff.is_file());
     // no leftovers: downloads removed, no temp files on the ESP
     assert!(!m.paths.download_dir().exists());
     // a second apply in the same boot: already staged, nothing rewritten

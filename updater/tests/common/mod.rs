@@ -130,6 +130,8 @@ pub struct Seen {
     pub path: String,
     pub range: Option<String>,
     pub seed: Option<String>,
+    /// `X-Cairn-Machine`.
+    pub machine: Option<String>,
 }
 
 #[derive(Default)]
@@ -223,6 +225,7 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let mut range = None;
     let mut seed = None;
+    let mut machine = None;
     loop {
         let mut h = String::new();
         r.read_line(&mut h)?;
@@ -237,6 +240,9 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
             if k.eq_ignore_ascii_case(cairn_formats::channel::rollout::SEED_HEADER) {
                 seed = Some(v.trim().to_string());
             }
+            if k.eq_ignore_ascii_case(cairn_formats::channel::rollout::MACHINE_HEADER) {
+                machine = Some(v.trim().to_string());
+            }
         }
     }
     let mut w = conn;
@@ -246,6 +252,7 @@ fn handle(conn: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
             path: path.clone(),
             range: range.clone(),
             seed,
+            machine,
         });
         let file = path.rsplit('/').next().unwrap_or("").to_string();
         let fail = s.fails.get_mut(&file).and_then(|q| q.pop_front());
