@@ -265,43 +265,29 @@ async fn machine_ipxe(
         return tagged(text(StatusCode::OK, script), who);
     };
     let profile = inv.profile_of(group);
-    let script = if profile.boot == crate::inventory::BootMode::Install {
-        let (s2, inv2, facts2, group_name, ep) = (
-            s.clone(),
-            inv.clone(),
-            facts.clone(),
-            group.name.clone(),
-            s.endpoints(&base),
-        );
-        tokio::task::spawn_blocking(move || {
-            let group = inv2
-                .groups
-                .iter()
-                .find(|g| g.name == group_name)
-                .expect("the group was selected from this inventory");
+    // the lifecycle records decide (install once, or the diskless A/B) and save: blocking work
+    let install = profile.boot == crate::inventory::BootMode::Install;
+    let (s2, inv2, facts2, group_name, ep) = (
+        s.clone(),
+        inv.clone(),
+        facts.clone(),
+        group.name.clone(),
+        s.endpoints(&base),
+    );
+    let script = tokio::task::spawn_blocking(move || {
+        let group = inv2
+            .groups
+            .iter()
+            .find(|g| g.name == group_name)
+            .expect("the group was selected from this inventory");
+        if install {
             s2.records.install_answer(&inv2, group, &facts2, &ep)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("install decision: {e}")))
-    } else {
-        let (s2, inv2, facts2, group_name, ep) = (
-            s.clone(),
-            inv.clone(),
-            facts.clone(),
-            group.name.clone(),
-            s.endpoints(&base),
-        );
-        tokio::task::spawn_blocking(move || {
-            let group = inv2
-                .groups
-                .iter()
-                .find(|g| g.name == group_name)
-                .expect("the group was selected from this inventory");
+        } else {
             s2.records.diskless_answer(&inv2, group, &facts2, &ep)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("diskless decision: {e}")))
-    };
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("netboot decision: {e}")));
     match script {
         Ok(script) => {
             if group.cloud_config_access == CloudConfigAccess::BootedIp {

@@ -145,47 +145,14 @@ fn explain_endpoint() {
     assert_eq!(r.status, 404, "{}", r.text());
 }
 
-/// Image folder `name` of image `img` at `version`, with a signed bundle on channel `lab`.
-fn signed(
-    dir: &std::path::Path,
-    name: &str,
-    version: &str,
-    key: &cairn_formats::channel::SecretKey,
-) {
-    let d = image(dir, name, version, 1000 + version.len());
-    std::fs::write(
-        d.join("manifest.json"),
-        serde_json::to_string(&cairn_formats::image_dir::Manifest::named("img", version)).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(d.join("rootfs.squashfs"), common::pattern(5000, 3)).unwrap();
-    std::fs::write(d.join("initrd.img"), common::pattern(1000, 5)).unwrap();
-    cairn_formats::channel::write_bundle(
-        &d,
-        &cairn_formats::channel::BundleInput {
-            name: "img",
-            version,
-            channel: "lab",
-            rootfs: &d.join("rootfs.squashfs"),
-            kernel: &d.join("vmlinuz"),
-            initrd: &d.join("initrd.img"),
-            created: 1_790_000_000,
-            validity_secs: 3600 * 24 * 365 * 20,
-            verity: None,
-        },
-        key,
-    )
-    .unwrap();
-}
-
 #[test]
 fn explain_update_channel_and_rollout_wave() {
     use cairn_formats::channel::{keygen, rollout::MACHINE_HEADER, Manifest, SecretKey};
     let dir = tempfile::tempdir().unwrap();
     let keys = keygen(&dir.path().join("keys")).unwrap();
     let key = SecretKey::load(&keys.secret).unwrap();
-    signed(dir.path(), "v1", "1.0.0", &key);
-    signed(dir.path(), "v2", "2.0.0", &key);
+    common::signed_image(dir.path(), "v1", "1.0.0", &key);
+    common::signed_image(dir.path(), "v2", "2.0.0", &key);
     let config = dir.path().join("inv.yaml");
     std::fs::write(
         &config,

@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use cairn_formats::channel::rollout::MACHINE_HEADER;
-use cairn_formats::channel::{keygen, write_bundle, BundleInput, Manifest, SecretKey};
+use cairn_formats::channel::{keygen, Manifest, SecretKey};
 use cairn_formats::lifecycle::{Event, Report};
 use cairn_pxe::{Server, ServerConfig};
 
 mod common;
-use common::{get, image, pattern};
+use common::get;
 
 const MACS: [&str; 4] = [
     "52:54:00:00:0b:01",
@@ -125,39 +125,6 @@ fn curl(args: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_string())
 }
 
-/// Image folder `name` of image `img` at `version`, with a signed bundle on channel `lab`.
-fn signed(dir: &Path, name: &str, version: &str, key: &SecretKey) -> std::path::PathBuf {
-    let d = image(dir, name, version, 1000 + version.len());
-    std::fs::write(
-        d.join("manifest.json"),
-        serde_json::to_string(&cairn_formats::image_dir::Manifest::named("img", version)).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("rootfs.squashfs"),
-        pattern(50_000, version.len() as u32),
-    )
-    .unwrap();
-    std::fs::write(d.join("initrd.img"), pattern(1000, 5)).unwrap();
-    write_bundle(
-        &d,
-        &BundleInput {
-            name: "img",
-            version,
-            channel: "lab",
-            rootfs: &d.join("rootfs.squashfs"),
-            kernel: &d.join("vmlinuz"),
-            initrd: &d.join("initrd.img"),
-            created: 1_790_000_000,
-            validity_secs: 3600 * 24 * 365 * 20,
-            verity: None,
-        },
-        key,
-    )
-    .unwrap();
-    d
-}
-
 const INVENTORY: &str = "profiles:
   - name: p
     image: v1
@@ -187,8 +154,8 @@ fn the_canary_fails_and_the_second_wave_never_gets_the_version() {
     let dir = tempfile::tempdir().unwrap();
     let keys = keygen(&dir.path().join("keys")).unwrap();
     let key = SecretKey::load(&keys.secret).unwrap();
-    signed(dir.path(), "v1", "1.0.0", &key);
-    let v2 = signed(dir.path(), "v2", "2.0.0", &key);
+    common::signed_image(dir.path(), "v1", "1.0.0", &key);
+    let v2 = common::signed_image(dir.path(), "v2", "2.0.0", &key);
     let config = dir.path().join("inv.yaml");
     std::fs::write(&config, INVENTORY).unwrap();
     let state = dir.path().join("state");
@@ -218,6 +185,30 @@ fn the_canary_fails_and_the_second_wave_never_gets_the_version() {
             .version,
         "1.0.0"
     );
+    // hostile claims: a malformed MAC, an oversized one, a seed out of range are no machine,
+    // held like a request that names none, and recorded as nobody
+    let long = "a".repeat(16 << 10);
+    for (mac, seed) in [
+        ("not-a-mac", "1"),
+        (long.as_str(), "99999999999"),
+        ("52:54:00:00:0b:01:ff", "-1"),
+    ] {
+        let (code, body) = curl(
+            &[
+                "-H",
+                &format!("{MACHINE_HEADER}: {mac}"),
+                "-H",
+                &format!("{}: {seed}", cairn_formats::channel::rollout::SEED_HEADER),
+            ],
+            &s.url("/update/v1/lab/manifest"),
+        );
+        assert_eq!(code, 200, "{mac:.20}: {body}");
+        assert_eq!(
+            Manifest::parse(body.as_bytes()).unwrap().version,
+            "1.0.0",
+            "{mac:.20}"
+        );
+    }
     let snap = s.lifecycle();
     let waves = &snap["rollouts"][0]["waves"];
     assert_eq!(waves[0]["offered"], 1, "{snap:#}");
@@ -288,8 +279,8 @@ fn bad_rollout_sections_name_the_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let keys = keygen(&dir.path().join("keys")).unwrap();
     let key = SecretKey::load(&keys.secret).unwrap();
-    signed(dir.path(), "v1", "1.0.0", &key);
-    signed(dir.path(), "v2", "2.0.0", &key);
+    common::signed_image(dir.path(), "v1", "1.0.0", &key);
+    common::signed_image(dir.path(), "v2", "2.0.0", &key);
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     let cases = [
@@ -377,8 +368,8 @@ fn a_diskless_machine_whose_new_image_fails_boots_its_last_good_one() {
     let dir = tempfile::tempdir().unwrap();
     let keys = keygen(&dir.path().join("keys")).unwrap();
     let key = SecretKey::load(&keys.secret).unwrap();
-    signed(dir.path(), "v1", "1.0.0", &key);
-    signed(dir.path(), "v2", "2.0.0", &key);
+    common::signed_image(dir.path(), "v1", "1.0.0", &key);
+    common::signed_image(dir.path(), "v2", "2.0.0", &key);
     let config = dir.path().join("inv.yaml");
     let inventory = |image: &str, updates: &str| {
         format!("profiles:\n  - name: p\n    image: {image}\ngroups:\n  - name: all\n    profile: p\nupdates:\n  - {updates}\n")

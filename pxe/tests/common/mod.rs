@@ -227,3 +227,43 @@ pub fn raw_get(addr: SocketAddr, target: &str) -> Reply {
         body: buf[split + 4..].to_vec(),
     }
 }
+
+/// Image folder `dir/name` of image `img` at `version` with a signed update bundle on channel
+/// `lab` (`key`), its root image a pattern of 50,000 bytes that differs between versions.
+pub fn signed_image(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    key: &cairn_formats::channel::SecretKey,
+) -> PathBuf {
+    use cairn_formats::channel::{write_bundle, BundleInput};
+    let d = image(dir, name, version, 1000 + version.len());
+    std::fs::write(
+        d.join("manifest.json"),
+        serde_json::to_string(&cairn_formats::image_dir::Manifest::named("img", version)).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("rootfs.squashfs"),
+        pattern(50_000, version.len() as u32),
+    )
+    .unwrap();
+    std::fs::write(d.join("initrd.img"), pattern(1000, 5)).unwrap();
+    write_bundle(
+        &d,
+        &BundleInput {
+            name: "img",
+            version,
+            channel: "lab",
+            rootfs: &d.join("rootfs.squashfs"),
+            kernel: &d.join("vmlinuz"),
+            initrd: &d.join("initrd.img"),
+            created: 1_790_000_000,
+            validity_secs: 3600 * 24 * 365 * 20,
+            verity: None,
+        },
+        key,
+    )
+    .unwrap();
+    d
+}
