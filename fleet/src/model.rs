@@ -184,6 +184,25 @@ impl UnitStateReport {
     }
 }
 
+/// An agent's word (`settled/ID`, on its lease) that every removal from
+/// its schedule up to `revision` (the etcd revision of the deletion) is
+/// carried out: the units stopped and unloaded, their reports deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettledMark {
+    pub revision: i64,
+}
+
+impl SettledMark {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("plain data")
+    }
+
+    pub fn from_json(s: &str) -> Result<SettledMark, RecordError> {
+        from_json("settled mark", s)
+    }
+}
+
 /// `contents` parsed as unit `name`, refused unless it hashes to `stored`.
 fn checked_unit(name: &str, contents: &str, stored: UnitHash) -> Result<Unit, RecordError> {
     let unit = Unit::parse(name, contents)?;

@@ -70,6 +70,12 @@ impl Fleet {
     }
 
     fn agent(&mut self, id: &str) {
+        self.agent_reporting(id, Duration::from_millis(100));
+    }
+
+    /// An agent that gathers state changes for `report_interval` before
+    /// writing them.
+    fn agent_reporting(&mut self, id: &str, report_interval: Duration) {
         let manager = Arc::new(SimUnitManager::new(SimOptions {
             start_delay: Duration::ZERO,
             stop_delay: STOP,
@@ -81,7 +87,7 @@ impl Fleet {
             version: "test".into(),
         });
         opts.ttl = Duration::from_secs(10);
-        opts.report_interval = Duration::from_millis(100);
+        opts.report_interval = report_interval;
         let agent = Agent::new(self.registry.clone(), manager.clone(), opts).unwrap();
         self.managers.insert(id.into(), manager);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -201,8 +207,11 @@ async fn before_reboot(url: &str, id: &str, conf: &str) -> (Decision, Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_waits_until_its_units_moved_and_stopped() {
     let mut f = Fleet::new("drain");
+    // Reports gathered for 2 s: when the lock is taken, m2's units run but
+    // none is reported yet. A missing report must not read as "stopped"
+    // (it did: the drain was marked done at once, CI run of stop 24).
     for m in ["m1", "m2", "m3"] {
-        f.agent(m);
+        f.agent_reporting(m, Duration::from_secs(2));
     }
     f.engine();
     f.unit("g.service", GLOBAL).await;

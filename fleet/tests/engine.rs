@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use cairn_etcd::{Campaign, Client, EventKind, LeaseKeeper, PutOptions, WatchOptions, WatchUpdate};
 use cairn_fleet::engine::{ClusterView, Counters, Engine, EngineOptions, Metrics, Role, DRAINED};
-use cairn_fleet::model::{MachineRecord, ScheduleEntry, UnitRecord};
+use cairn_fleet::model::{MachineRecord, ScheduleEntry, SettledMark, UnitRecord};
 use cairn_fleet::registry::{Keys, Registry, RegistryError, ScheduleChange};
 use cairn_fleet::schedule::Verdict;
 use cairn_fleet::unit::JobState;
@@ -737,7 +737,7 @@ async fn a_deposed_leaders_fenced_write_is_refused() {
 async fn the_reboot_lock_drains_its_holder() {
     bounded(Duration::from_secs(60), async {
         let s = Setup::new("drain");
-        let _m: Vec<LeaseKeeper> =
+        let m: Vec<LeaseKeeper> =
             futures_util::future::join_all(["m1", "m2", "m3"].map(|m| s.machine(m, &[]))).await;
         s.unit(
             "g.service",
@@ -762,8 +762,23 @@ async fn the_reboot_lock_drains_its_holder() {
             .await;
         // Its global unit stays; the others went elsewhere.
         assert_eq!(on(&sched, "g.service"), ["m1", "m2", "m3"]);
-        // No agent reports anything running there: the drain mark, for
-        // the lock as it is now.
+        // No agent reports anything running there, but m2's agent has not
+        // said it carried out the removals: no mark yet.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(s.wait_mark("m2", false).await.is_none());
+        // It says so (settled up to now): the drain mark, for the lock as
+        // it is now.
+        let now = s
+            .etcd()
+            .get("/", Default::default())
+            .await
+            .unwrap()
+            .header
+            .revision;
+        s.registry
+            .settle("m2", SettledMark { revision: now }, m[1].id())
+            .await
+            .unwrap();
         let lock_rev = s
             .registry
             .reboot_lock_versioned(0)

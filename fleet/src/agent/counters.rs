@@ -17,6 +17,7 @@ pub struct AgentCounters {
     pub(crate) report_puts: AtomicU64,
     pub(crate) report_deletes: AtomicU64,
     pub(crate) report_failures: AtomicU64,
+    pub(crate) settle_puts: AtomicU64,
     pub(crate) schedule_reads: AtomicU64,
     pub(crate) watches_created: AtomicU64,
     pub(crate) watches_recreated: AtomicU64,
@@ -48,6 +49,9 @@ pub struct AgentStats {
     pub report_deletes: u64,
     /// Report writes or deletes that failed (retried).
     pub report_failures: u64,
+    /// Settled marks written (one after each batch of removals from the
+    /// schedule is carried out).
+    pub settle_puts: u64,
     /// Reads of the machine's schedule (one at start, one after each
     /// watch that could not resume).
     pub schedule_reads: u64,
@@ -76,6 +80,7 @@ impl AgentStats {
             + self.announces
             + self.report_puts
             + self.report_deletes
+            + self.settle_puts
             + self.schedule_reads
             + self.watches_created
     }
@@ -92,6 +97,7 @@ impl AgentCounters {
             report_puts: g(&self.report_puts),
             report_deletes: g(&self.report_deletes),
             report_failures: g(&self.report_failures),
+            settle_puts: g(&self.settle_puts),
             schedule_reads: g(&self.schedule_reads),
             watches_created: g(&self.watches_created),
             watches_recreated: g(&self.watches_recreated),

@@ -41,6 +41,11 @@
 //!   whatever the agent last wrote, so a report put late cannot outlive
 //!   the unit's unloading. With nothing
 //!   changing the agent makes no etcd request but the lease's keep-alive.
+//! * **Settled.** Once every unit removed from the schedule up to revision
+//!   R is stopped and unloaded and its report deleted, the agent writes
+//!   `settled/ID` = R on its lease ([`SettledMark`]). A drain needs it: a
+//!   unit started a moment before it moved may not have been reported
+//!   yet, and its missing report must not read as "stopped".
 //! * **Cheap.** One task per agent (plus the lease keeper's and the
 //!   watch's), no thread: `fleetd --systemd=sim` runs a thousand in one
 //!   process. [`AgentCounters`] counts every etcd request it makes.
@@ -63,7 +68,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::model::{MachineRecord, ScheduleEntry, UnitStateReport};
+use crate::model::{MachineRecord, ScheduleEntry, SettledMark, UnitStateReport};
 use crate::registry::{check_machine_id, KeyError, Registry, RegistryError};
 use crate::systemd::{changes, SystemdError, UnitManager, UnitStates};
 use crate::unit::UnitHash;
@@ -203,7 +208,15 @@ struct Done {
 /// The schedule as read, and the watch from the revision after.
 struct Synced {
     kvs: Vec<KeyValue>,
+    revision: i64,
     watch: Watch,
+}
+
+/// A settled mark written on one lease generation.
+struct Settled {
+    generation: u64,
+    revision: i64,
+    result: Result<(), RegistryError>,
 }
 
 /// A lease announced on.
@@ -276,6 +289,14 @@ struct Core<M: UnitManager> {
     flush_not_before: Option<Instant>,
     flush_backoff: Backoff,
     flush_failing: bool,
+
+    // settled
+    /// The revision of the latest removal from the schedule.
+    removed_upto: i64,
+    /// The revision the settled mark holds (0: none written on this lease).
+    settled_written: i64,
+    settling: Option<BoxFuture<'static, Settled>>,
+    settle_not_before: Option<Instant>,
 }
 
 impl<M: UnitManager> Core<M> {
@@ -320,6 +341,10 @@ impl<M: UnitManager> Core<M> {
             flushing: None,
             flush_not_before: None,
             flush_failing: false,
+            removed_upto: 0,
+            settled_written: 0,
+            settling: None,
+            settle_not_before: None,
             me,
             options,
         }
@@ -336,6 +361,7 @@ impl<M: UnitManager> Core<M> {
         self.start_sync();
         loop {
             self.dispatch();
+            self.start_settle();
             let flush_at = self.flush_deadline();
             let retry_at = self.retry.values().filter_map(|r| r.at).min();
             // not biased: every branch gets its turn, none can starve another
@@ -355,6 +381,8 @@ impl<M: UnitManager> Core<M> {
                     Err(_) => self.states_open = false,
                 },
                 f = take(&mut self.flushing) => self.on_flushed(f),
+                s = take(&mut self.settling) => self.on_settled(s),
+                () = sleep_opt(self.settle_not_before) => self.settle_not_before = None,
                 () = sleep_opt(flush_at) => self.start_flush(),
                 () = sleep_opt(retry_at) => self.on_retry_due(),
             }
@@ -384,6 +412,7 @@ impl<M: UnitManager> Core<M> {
             LeaseLost::NotFound => {
                 // etcd deleted everything on it
                 self.written.clear();
+                self.settled_written = 0;
                 warn!("lease {old:x} is gone: announcing again on a new one; units keep running");
                 None
             }
@@ -404,6 +433,7 @@ impl<M: UnitManager> Core<M> {
             info!("lease {:x} still alive: present again", a.keeper.id());
         } else {
             self.written.clear();
+            self.settled_written = 0;
             info!("present on lease {:x}", a.keeper.id());
         }
         self.lease = Some(a.keeper);
@@ -440,7 +470,7 @@ impl<M: UnitManager> Core<M> {
     }
 
     fn on_synced(&mut self, s: Synced) {
-        self.apply_snapshot(&s.kvs);
+        self.apply_snapshot(&s.kvs, s.revision);
         self.watch = Some(s.watch);
     }
 
@@ -492,7 +522,7 @@ impl<M: UnitManager> Core<M> {
 
     /// Takes the schedule as read: reconciles every unit that changed
     /// (and, the first time, every unit the backend manages).
-    fn apply_snapshot(&mut self, kvs: &[KeyValue]) {
+    fn apply_snapshot(&mut self, kvs: &[KeyValue], revision: i64) {
         let mut fresh = BTreeMap::new();
         let mut held = BTreeSet::new();
         for kv in kvs {
@@ -515,6 +545,11 @@ impl<M: UnitManager> Core<M> {
             if self.schedule.get(name) != fresh.get(name) {
                 touched.insert(name.clone());
             }
+        }
+        // a removal (at some revision up to the read's): settle up to it;
+        // so does the first read, when the backend may hold stale units
+        if !self.synced || self.schedule.keys().any(|n| !fresh.contains_key(n)) {
+            self.removed_upto = self.removed_upto.max(revision);
         }
         for name in touched {
             self.retry.remove(&name);
@@ -556,6 +591,7 @@ impl<M: UnitManager> Core<M> {
                     if self.schedule.remove(&name).is_some() || was_held {
                         self.retry.remove(&name);
                         self.dirty.insert(name);
+                        self.removed_upto = self.removed_upto.max(event.kv.mod_revision);
                     }
                 }
                 Err(e) => debug!("deletion ignored: {e}"),
@@ -850,6 +886,62 @@ impl<M: UnitManager> Core<M> {
         }
     }
 
+    // ---- settled ----
+
+    /// Writes the settled mark when a removal is carried out: every unit
+    /// the agent has loaded or is working on is in the schedule, and every
+    /// report is written (so the removed units' reports are gone).
+    fn start_settle(&mut self) {
+        if self.removed_upto <= self.settled_written
+            || self.settling.is_some()
+            || self.settle_not_before.is_some()
+            || !self.synced
+            || self.flushing.is_some()
+            || !self.pending.is_empty()
+            || !self.unsure.is_empty()
+        {
+            return;
+        }
+        let Some(lease) = self.lease.as_ref().map(LeaseKeeper::id) else {
+            return;
+        };
+        let scheduled = |n: &String| self.schedule.contains_key(n) || self.held.contains(n);
+        if !self.applied.keys().all(scheduled)
+            || !self.busy.iter().all(scheduled)
+            || !self.states_rx.borrow().keys().all(scheduled)
+        {
+            return;
+        }
+        let (registry, me) = (self.registry.clone(), self.me.clone());
+        let (generation, revision) = (self.generation, self.removed_upto);
+        bump(&self.counters.settle_puts);
+        self.settling = Some(Box::pin(async move {
+            let result = registry.settle(&me, SettledMark { revision }, lease).await;
+            Settled {
+                generation,
+                revision,
+                result,
+            }
+        }));
+    }
+
+    fn on_settled(&mut self, s: Settled) {
+        match s.result {
+            Ok(()) if s.generation == self.generation => {
+                debug!("settled up to revision {}", s.revision);
+                self.settled_written = self.settled_written.max(s.revision);
+            }
+            // on a lease no longer this agent's: write it again
+            Ok(()) => {}
+            Err(e) => {
+                bump(&self.counters.report_failures);
+                let wait = self.flush_backoff.next();
+                debug!("writing the settled mark: {e}; next try in {wait:?}");
+                self.settle_not_before = Some(Instant::now() + wait);
+            }
+        }
+    }
+
     // ---- shutdown ----
 
     async fn shut_down(mut self) {
@@ -857,6 +949,7 @@ impl<M: UnitManager> Core<M> {
         self.syncing = None;
         self.acquiring = None;
         self.flushing = None;
+        self.settling = None;
         let deadline = Instant::now() + self.options.shutdown_timeout;
         // calls under way finish (a load cut in the middle helps no one)
         let ops = std::mem::take(&mut self.ops);
@@ -996,7 +1089,13 @@ async fn sync(
             bump(&counters.watches_created);
             let opts = WatchOptions::new().prefix().start_revision(revision + 1);
             match registry.etcd().watch(prefix.clone(), opts).await {
-                Ok(watch) => return Synced { kvs, watch },
+                Ok(watch) => {
+                    return Synced {
+                        kvs,
+                        revision,
+                        watch,
+                    }
+                }
                 Err(e) => {
                     if !std::mem::replace(&mut logged, true) {
                         warn!("watching the schedule: {e}; retrying");

@@ -610,7 +610,16 @@ impl Engine {
                 &self.metrics.reads,
                 registry::range_requests(reports.records.len() + reports.bad.len()),
             );
-            match view.drain_done(&machine, &reports.records, reports.bad.len()) {
+            let settled = match self.registry.settled_of(&machine).await {
+                Ok(mark) => mark.map(|m| m.revision),
+                Err(RegistryError::Unreadable { key, error }) => {
+                    warn!(%machine, %key, "engine: a settled mark that does not read: {error}");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            metrics::add(&self.metrics.reads, 1);
+            match view.drain_done(&machine, &reports.records, reports.bad.len(), settled) {
                 Ok(mark) => {
                     info!(%machine, lock_revision = mark.lock_revision, "engine: drained for a reboot");
                     changes.push(ScheduleChange::Drained(mark));

@@ -84,6 +84,9 @@ pub struct ClusterView {
     /// The revision of the engine's last write: schedule events up to it
     /// are its own, already in the view.
     own_revision: i64,
+    /// machine -> the revision of the latest removal from its schedule
+    /// this view saw (its own writes and watched deletions).
+    removed_at: BTreeMap<String, i64>,
 }
 
 impl ClusterView {
@@ -101,6 +104,7 @@ impl ClusterView {
             lock_revision: 0,
             marks: BTreeMap::new(),
             own_revision: 0,
+            removed_at: BTreeMap::new(),
         };
         for m in &snapshot.machines {
             v.machines.insert(m.id.clone(), m.machine());
@@ -415,13 +419,18 @@ impl ClusterView {
     /// Whether `machine`'s agent has stopped every unit the drain moved,
     /// by its reports (`states/ID/` as read now; `unreadable` reports that
     /// did not read): every report is of a stopped unit (`inactive` or
-    /// `failed`) or of a global unit scheduled there. The mark to write,
-    /// or the units still running, for the log.
+    /// `failed`) or of a global unit scheduled there; and by its settled
+    /// mark (`settled`, the revision in `settled/ID`): it covers the
+    /// latest removal from the machine's schedule made since the lock was
+    /// taken, so a unit whose report was never written (it started a
+    /// moment before it moved) is known stopped too. The mark to write,
+    /// or what is still awaited, for the log.
     pub fn drain_done(
         &self,
         machine: &str,
         reports: &[UnitStateReport],
         unreadable: usize,
+        settled: Option<i64>,
     ) -> Result<DrainMark, String> {
         let global_here = |unit: &str| {
             self.units.get(unit).is_some_and(|u| u.global())
@@ -441,6 +450,16 @@ impl ClusterView {
         }
         if unreadable > 0 {
             return Err(format!("{unreadable} unit state report(s) do not read"));
+        }
+        let settled = settled.unwrap_or(0);
+        match self.removed_at.get(machine) {
+            Some(&removed) if removed > self.lock_revision && settled < removed => {
+                return Err(format!(
+                    "its agent has not settled the removals of revision {removed} yet (settled \
+                     up to {settled})"
+                ));
+            }
+            _ => {}
         }
         Ok(DrainMark {
             machine: machine.to_string(),
@@ -482,6 +501,7 @@ impl ClusterView {
                 if ms.is_empty() {
                     self.schedule.remove(u);
                 }
+                self.removed(m, rev);
             }
             return true;
         }
@@ -530,6 +550,11 @@ impl ClusterView {
         false
     }
 
+    fn removed(&mut self, machine: &str, revision: i64) {
+        let r = self.removed_at.entry(machine.to_string()).or_default();
+        *r = (*r).max(revision);
+    }
+
     /// Takes in the engine's own changes, written at `revision`.
     pub(crate) fn applied(&mut self, changes: &[ScheduleChange], revision: i64) {
         self.own_revision = self.own_revision.max(revision);
@@ -549,6 +574,7 @@ impl ClusterView {
                             self.schedule.remove(unit);
                         }
                     }
+                    self.removed(machine, revision);
                 }
                 ScheduleChange::Drained(mark) => {
                     self.marks
@@ -596,6 +622,7 @@ pub(crate) async fn read_lock(
 mod tests {
     use super::*;
     use crate::registry::BadRecord;
+    use cairn_etcd::KeyValue;
 
     const SLEEP: &str = "[Service]\nExecStart=/bin/sleep 1000\n";
     const GLOBAL: &str = "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nGlobal=true\n";
@@ -828,7 +855,7 @@ mod tests {
         assert_eq!(v.stale_marks(), ["m3"]);
         // a is still scheduled there: m2 is not a candidate; m9 is.
         assert_eq!(v.drain_candidates(), ["m9"]);
-        assert_eq!(v.drain_done("m9", &[], 0), Ok(mark("m9", 20)));
+        assert_eq!(v.drain_done("m9", &[], 0, None), Ok(mark("m9", 20)));
         let changes = v.changes();
         assert_eq!(
             show(&changes),
@@ -841,15 +868,49 @@ mod tests {
             report("a.service", "m2", "deactivating"),
             report("g.service", "m2", "active"),
         ];
-        let why = v.drain_done("m2", &running, 0).unwrap_err();
+        let why = v.drain_done("m2", &running, 0, Some(21)).unwrap_err();
         assert!(why.contains("a.service (deactivating/x)"), "{why}");
         assert!(!why.contains("g.service"), "{why}");
         let stopped = [
             report("a.service", "m2", "inactive"),
             report("g.service", "m2", "active"),
         ];
-        assert_eq!(v.drain_done("m2", &stopped, 0), Ok(mark("m2", 20)));
-        assert!(v.drain_done("m2", &stopped, 1).is_err(), "unreadable");
+        assert_eq!(
+            v.drain_done("m2", &stopped, 0, Some(21)),
+            Ok(mark("m2", 20))
+        );
+        assert!(
+            v.drain_done("m2", &stopped, 1, Some(21)).is_err(),
+            "unreadable"
+        );
+        // No report of a at all (it started a moment before it moved and
+        // was never reported): done only once the agent settled the
+        // removal at 21; a settled mark from before it does not count.
+        let unreported = [report("g.service", "m2", "active")];
+        for settled in [None, Some(5), Some(20)] {
+            let why = v.drain_done("m2", &unreported, 0, settled).unwrap_err();
+            assert!(why.contains("revision 21"), "{why}");
+        }
+        assert_eq!(
+            v.drain_done("m2", &unreported, 0, Some(21)),
+            Ok(mark("m2", 20))
+        );
+        // A removal another engine made (seen as a watched deletion) counts
+        // the same way.
+        let mut w = ClusterView::new(&keys, &s, None);
+        assert!(w.set_lock(Some(&lock(&["m2"])), 20));
+        let gone = Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: keys.schedule_entry("m2", "a.service").into_bytes(),
+                mod_revision: 25,
+                ..KeyValue::default()
+            },
+            prev_kv: None,
+        };
+        assert!(w.apply_event(&gone));
+        assert!(w.drain_done("m2", &unreported, 0, Some(21)).is_err());
+        assert!(w.drain_done("m2", &unreported, 0, Some(25)).is_ok());
         v.applied(
             &[
                 ScheduleChange::Drained(mark("m2", 20)),

@@ -9,12 +9,17 @@
 //! PREFIX states/ID/NAME         UnitStateReport   on the agent's lease
 //! PREFIX engine/leader          the engine election key, on the leader's lease
 //! PREFIX drained/ID             DrainMark         written by the leader engine only, fenced
+//! PREFIX settled/ID             SettledMark       on the agent's lease
 //! ```
 //!
 //! An agent watches `schedule/ID/` and nothing else; a dead machine's
 //! presence and unit states go with its one lease. `drained/ID` says that
 //! machine ID, which holds the cluster's reboot lock, runs nothing fleet
-//! moves any more; `cairn-update` waits for it before rebooting. The names
+//! moves any more; `cairn-update` waits for it before rebooting.
+//! `settled/ID` is the agent's word that every removal from its schedule
+//! up to a revision is carried out (the units stopped and unloaded, their
+//! reports gone): the engine needs it before a drain mark, because a unit
+//! started a moment ago may not be reported yet. The names
 //! `cairn-update` reads (the prefix, `engine/leader`, `machines/`,
 //! `drained/`) come from `cairn_formats::reboot_lock::fleet`, which the
 //! updater shares without linking fleet.
@@ -146,6 +151,11 @@ impl Keys {
         shared::drained_key(&self.prefix, id)
     }
 
+    /// Machine `id`'s agent's settled mark.
+    pub fn settled_of(&self, id: &str) -> String {
+        format!("{}settled/{id}", self.prefix)
+    }
+
     /// Splits `schedule/ID/NAME` or `states/ID/NAME` (with the prefix) into
     /// the machine and unit; `None` for any other key.
     pub fn split_machine_unit<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
@@ -186,6 +196,7 @@ mod tests {
         assert_eq!(k.leader(), "/cairn/fleet/engine/leader");
         assert_eq!(k.drained_of("m1"), "/cairn/fleet/drained/m1");
         assert_eq!(k.last("/cairn/fleet/drained/m1"), Some("m1"));
+        assert_eq!(k.settled_of("m1"), "/cairn/fleet/settled/m1");
         assert_eq!(
             k.split_machine_unit("/cairn/fleet/schedule/m1/a.service"),
             Some(("m1", "a.service"))

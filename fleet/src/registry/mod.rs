@@ -15,7 +15,9 @@ use cairn_formats::reboot_lock;
 use cairn_formats::reboot_lock::fleet::DrainMark;
 use thiserror::Error;
 
-use crate::model::{MachineRecord, RecordError, ScheduleEntry, UnitRecord, UnitStateReport};
+use crate::model::{
+    MachineRecord, RecordError, ScheduleEntry, SettledMark, UnitRecord, UnitStateReport,
+};
 use crate::unit::JobState;
 pub use keys::{check_machine_id, KeyError, Keys, DEFAULT_PREFIX};
 
@@ -329,6 +331,41 @@ impl Registry {
             )
             .await?;
         Ok(())
+    }
+
+    /// Writes the agent's settled mark on its lease.
+    pub async fn settle(
+        &self,
+        machine: &str,
+        mark: SettledMark,
+        lease: i64,
+    ) -> Result<(), RegistryError> {
+        check_machine_id(machine)?;
+        self.etcd
+            .put(
+                self.keys.settled_of(machine),
+                mark.to_json(),
+                PutOptions::new().lease(lease),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Machine `machine`'s settled mark now: `None` when there is none,
+    /// an error when it does not read.
+    pub async fn settled_of(&self, machine: &str) -> Result<Option<SettledMark>, RegistryError> {
+        check_machine_id(machine)?;
+        let key = self.keys.settled_of(machine);
+        let r = self.etcd.get(key.clone(), GetOptions::new()).await?;
+        match r.kvs.first() {
+            None => Ok(None),
+            Some(kv) => SettledMark::from_json(&kv.value_str())
+                .map(Some)
+                .map_err(|e| RegistryError::Unreadable {
+                    key,
+                    error: e.to_string(),
+                }),
+        }
     }
 
     /// Removes a unit state report (the agent unloaded the unit).
