@@ -521,6 +521,20 @@ fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCo
             );
         }
     }
+    if let Some((r, running)) = &reporter {
+        // This boot may be the fallback after an update that did not
+        // boot or failed its gate: say so, once (until the server has it).
+        let (_, st) = a.observe_boot().context("reading the running system")?;
+        if let Some((version, event)) = rolled_back_report(&st, &running.version) {
+            if r.send(event) {
+                println!("reported to the install server: {version} rolled back");
+                cairn_updater::state::transition(
+                    &a.paths.state_file(),
+                    Event::RollbackReported { version },
+                )?;
+            }
+        }
+    }
     let s = strategy::for_config(&a.config, &a.paths.machine_id, Duration::from_secs(15))?;
     let gate = Gate {
         timeout,
@@ -554,9 +568,83 @@ fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCo
     }
 }
 
+/// The report of a rollback not reported yet: the state is
+/// `rolled_back` (the boot that found it, or a later one if the server
+/// did not answer then) and the install server has not been told.
+fn rolled_back_report(
+    st: &cairn_updater::state::State,
+    running_version: &str,
+) -> Option<(String, cairn_formats::lifecycle::Event)> {
+    match &st.phase {
+        cairn_updater::state::Phase::RolledBack {
+            version, reason, ..
+        } if st.rollback_reported.as_ref() != Some(version) => Some((
+            version.clone(),
+            cairn_formats::lifecycle::Event::RolledBack {
+                version: version.clone(),
+                to_version: running_version.to_string(),
+                reason: reason.clone(),
+            },
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollback_is_reported_until_the_server_has_it() {
+        use cairn_formats::lifecycle::Event as Report;
+        use cairn_formats::partitions::Slot;
+        use cairn_updater::state::{Phase, State};
+        let trial = State {
+            phase: Phase::Trial {
+                version: "2.0".into(),
+                slot: Slot::B,
+                health: Some("etcd did not answer".into()),
+            },
+            ..State::default()
+        };
+        assert_eq!(rolled_back_report(&trial, "1.0"), None);
+        let back = trial
+            .apply(
+                Event::Booted {
+                    running: Slot::A,
+                    boot_id: "b2".into(),
+                    entry_note: None,
+                },
+                1_764_208_000,
+            )
+            .unwrap();
+        let (version, report) = rolled_back_report(&back, "1.0").unwrap();
+        assert_eq!(version, "2.0");
+        assert_eq!(
+            report,
+            Report::RolledBack {
+                version: "2.0".into(),
+                to_version: "1.0".into(),
+                reason: "health gate failed on slot b: etcd did not answer".into(),
+            }
+        );
+        // told: not again; another version's rollback is told again
+        let told = back
+            .apply(Event::RollbackReported { version }, 1_764_208_001)
+            .unwrap();
+        assert_eq!(told.rollback_reported.as_deref(), Some("2.0"));
+        assert_eq!(rolled_back_report(&told, "1.0"), None);
+        let wrong = back
+            .apply(
+                Event::RollbackReported {
+                    version: "3.0".into(),
+                },
+                1_764_208_001,
+            )
+            .unwrap();
+        assert_eq!(wrong, back);
+        assert_eq!(rolled_back_report(&State::default(), "1.0"), None);
+    }
 
     #[test]
     fn a_given_machine_name_wins_over_the_file() {

@@ -119,6 +119,11 @@ pub struct State {
     /// The newest version ever accepted here (anti-replay floor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest_accepted: Option<Accepted>,
+    /// The rolled-back version whose rollback the install server was told
+    /// of (`cairn-update health` on a machine `cairn serve` installed),
+    /// so it is told once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_reported: Option<String>,
 }
 
 impl Default for State {
@@ -129,6 +134,7 @@ impl Default for State {
             last_failure: None,
             denied: Vec::new(),
             newest_accepted: None,
+            rollback_reported: None,
         }
     }
 }
@@ -161,6 +167,8 @@ pub enum Event {
     HealthPassed { running: Slot },
     /// The health gate failed on `running`.
     HealthFailed { running: Slot, reason: String },
+    /// The install server was told that `version` rolled back.
+    RollbackReported { version: String },
 }
 
 fn refuse(why: String) -> UpdateError {
@@ -174,6 +182,13 @@ impl State {
         let mut next = self.clone();
         let stamp = rfc3339(now);
         let phase = match (&self.phase, event) {
+            (Phase::RolledBack { version: v, .. }, Event::RollbackReported { version })
+                if *v == version =>
+            {
+                next.rollback_reported = Some(version);
+                return Ok(next);
+            }
+            (_, Event::RollbackReported { .. }) => return Ok(self.clone()),
             (Phase::Trial { slot, .. }, Event::Download { .. }) => {
                 return Err(refuse(format!(
                     "slot {slot} is on trial: the other slot is the fallback and is not overwritten until the trial is committed or rolled back"

@@ -522,6 +522,115 @@ fn rollbacks_are_detected_and_reported() {
     );
 }
 
+/// An install server on 127.0.0.1 that takes every report (HTTP 204)
+/// and keeps their bodies.
+fn report_sink() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut len = 0usize;
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 2 {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                line.clear();
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            keep.lock().unwrap().push(String::from_utf8(body).unwrap());
+            let _ = conn.write_all(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (url, got)
+}
+
+/// A machine `cairn serve` installed tells the server once that an update
+/// rolled back, on the first `cairn-update health` that can: the server
+/// down then, on the next one.
+#[test]
+fn a_rollback_is_reported_to_the_install_server_once() {
+    let w = world();
+    let m = &w.m;
+    let v2 = build(&w.bundles, "default", "2", &key(), ROOTFS);
+    w.server.serve(&v2.root);
+    m_apply_ok(m);
+    fs::rename(
+        m.paths.esp.join("loader/entries/cairn-2+3.conf"),
+        m.paths.esp.join("loader/entries/cairn-2+0-3.conf"),
+    )
+    .unwrap();
+    m.reboot_into("a", "1", "boot-2");
+    let handoff = |server: &str| {
+        fs::write(
+            m.paths.esp.join("cairn/install.json"),
+            format!(r#"{{"server": "{server}", "mac": "52-54-00-00-0E-01"}}"#),
+        )
+        .unwrap()
+    };
+    let health = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn-update"))
+            .args(m.cli_args())
+            .args(["health", "--timeout-secs", "0", "--no-bless"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // the server is down on the boot that finds the rollback: not marked told
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_url = format!("http://{}", down.local_addr().unwrap());
+    drop(down);
+    handoff(&down_url);
+    let out = health();
+    assert!(!out.contains("rolled back"), "{out}");
+    let st = m.agent().state().unwrap();
+    assert!(matches!(&st.phase, Phase::RolledBack { version, .. } if version == "2"));
+    assert_eq!(st.rollback_reported, None);
+    // up on the next run: told, with the version it went back to and why
+    let (url, got) = report_sink();
+    handoff(&url);
+    let out = health();
+    assert!(
+        out.contains("reported to the install server: 2 rolled back"),
+        "{out}"
+    );
+    let rolled: Vec<serde_json::Value> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .filter(|v: &serde_json::Value| v["event"] == "rolled-back")
+        .collect();
+    assert_eq!(rolled.len(), 1, "{:?}", got.lock().unwrap());
+    let r = &rolled[0];
+    assert_eq!(r["mac"], "52:54:00:00:0e:01");
+    assert_eq!(r["version"], "2");
+    assert_eq!(r["to_version"], "1");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("slot a runs instead of slot b"), "{reason}");
+    assert_eq!(
+        m.agent().state().unwrap().rollback_reported.as_deref(),
+        Some("2")
+    );
+    // and not again
+    let before = got.lock().unwrap().len();
+    let out = health();
+    assert!(!out.contains("rolled back"), "{out}");
+    let again = got.lock().unwrap()[before..]
+        .iter()
+        .filter(|b| b.contains("rolled-back"))
+        .count();
+    assert_eq!(again, 0);
+}
+
 #[test]
 fn no_trusted_keys_or_server_means_no_update() {
     let w = world();
