@@ -38,52 +38,6 @@ const MAC1: &str = "52:54:00:00:0d:01";
 const MAC2: &str = "52:54:00:00:0d:02";
 
 /// The server's machine records (`/lifecycle` on the operators' listener).
-fn lifecycle(lan: &Lan) -> serde_json::Value {
-    let out = lan.exec(
-        "cairn",
-        &[
-            "curl",
-            "-fsS",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:8081/lifecycle",
-        ],
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("/lifecycle: {e}: {out:?}"))
-}
-
-fn machine(l: &serde_json::Value, mac: &str) -> Option<serde_json::Value> {
-    l["machines"]
-        .as_array()?
-        .iter()
-        .find(|m| m["mac"] == mac)
-        .cloned()
-}
-
-/// Polls `/lifecycle` until `mac`'s record satisfies `ok`.
-fn wait_record(
-    lan: &mut Lan,
-    mac: &str,
-    what: &str,
-    timeout: Duration,
-    ok: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let t = Instant::now();
-    loop {
-        let l = lifecycle(lan);
-        if let Some(m) = machine(&l, mac).filter(|m| ok(m)) {
-            return m;
-        }
-        lan.check_alive();
-        assert!(
-            t.elapsed() < timeout,
-            "{mac}: never {what}: {l:#}\nserve log:\n{}",
-            read(&lan.serve_log)
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
 fn sha256_file(p: &Path) -> String {
     let mut f = std::fs::File::open(p).unwrap();
     let mut h = Sha256::new();
@@ -167,7 +121,7 @@ fn a_blank_machine_installs_once_and_boots_its_disk_and_a_disk_with_data_is_refu
         line.contains("vda") && line.contains("ext2/3/4 filesystem"),
         "the refusal names the disk and what it holds: {line}"
     );
-    let m2 = wait_record(&mut lan, MAC2, "install-refused", CMD, |m| {
+    let m2 = lan.wait_record(MAC2, "install-refused", CMD, |m| {
         m["phase"]["phase"] == "install-refused"
     });
     let reason = m2["phase"]["reason"].as_str().unwrap_or_default();
@@ -193,7 +147,7 @@ fn a_blank_machine_installs_once_and_boots_its_disk_and_a_disk_with_data_is_refu
             )
         });
     eprintln!("machine 1 installed after {:?}: {line}", t.elapsed());
-    let m1 = wait_record(&mut lan, MAC1, "installed", CMD, |m| {
+    let m1 = lan.wait_record(MAC1, "installed", CMD, |m| {
         ["installed", "running"].contains(&m["phase"]["phase"].as_str().unwrap_or_default())
     });
     eprintln!("server: {}", m1["phase"]);
@@ -211,7 +165,7 @@ fn a_blank_machine_installs_once_and_boots_its_disk_and_a_disk_with_data_is_refu
     eprintln!("machine 1 running from its disk after {:?}", t.elapsed());
 
     // the server: running slot a, healthy, installed exactly once
-    let m1 = wait_record(&mut lan, MAC1, "running and healthy", BOOT, |m| {
+    let m1 = lan.wait_record(MAC1, "running and healthy", BOOT, |m| {
         m["phase"]["phase"] == "running" && m["health"]["healthy"] == true
     });
     assert_eq!(m1["phase"]["source"], "a", "{m1:#}");

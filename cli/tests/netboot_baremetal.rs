@@ -165,6 +165,15 @@ fn bare_metal_netboot_with_site_dhcp_and_proxy_dhcp() {
         let cmdline = sh(&mut vm, "cat /proc/cmdline");
         assert!(cmdline.contains("cairn.root=ram"), "{cmdline}");
         assert_running(&mut vm, BOOT);
+        // the health gate told the server that netbooted it (cairn.report=):
+        // running from RAM, healthy, the version it booted
+        let rec = lan.wait_record(mac, "reported healthy", BOOT, |m| {
+            m["health"]["healthy"] == true
+        });
+        assert_eq!(rec["phase"]["phase"], "running", "{rec:#}");
+        assert_eq!(rec["phase"]["source"], "ram", "{rec:#}");
+        assert_eq!(rec["health"]["version"], rec["phase"]["version"], "{rec:#}");
+        assert_eq!(rec["diskless"]["good"], rec["phase"]["version"], "{rec:#}");
         eprintln!("{firmware:?}: running after {:?}", t.elapsed());
         vm.kill().unwrap();
         drop(vm);

@@ -47,6 +47,19 @@ pub const INSTALL_OVERWRITE: &str = "cairn.install.overwrite";
 /// `cairn.install.mac=MAC`: the MAC address the machine netbooted with
 /// (its key in the server's records).
 pub const INSTALL_MAC: &str = "cairn.install.mac";
+/// `cairn.report=URL`: the `cairn serve` that netbooted this diskless
+/// machine and keeps its A/B record; `cairn-update health` reports the
+/// boot and the health verdict there (`URL/lifecycle/v1/report`).
+pub const REPORT: &str = "cairn.report";
+/// `cairn.report.mac=MAC`: the MAC address the machine netbooted with
+/// (its key in the server's records).
+pub const REPORT_MAC: &str = "cairn.report.mac";
+/// `cairn.report.trial=1`: this boot is a trial of a new image and the
+/// server has an earlier one that was healthy here: a failed health gate
+/// reboots the machine (the server then serves the earlier image).
+/// Without it a failed gate only reports: rebooting would bring back the
+/// same image.
+pub const REPORT_TRIAL: &str = "cairn.report.trial";
 
 /// The value of the last `KEY=value` word on a command line.
 pub fn value(cmdline: &str, key: &str) -> Option<String> {

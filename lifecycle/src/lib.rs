@@ -190,6 +190,12 @@ impl Lifecycle {
         Ok(choice)
     }
 
+    /// The last version that reported healthy on diskless machine `mac`:
+    /// what a failed trial falls back to.
+    pub fn diskless_good(&self, mac: &str) -> Option<String> {
+        self.machines.get(mac)?.diskless.good.clone()
+    }
+
     /// A machine's report. `group` is the inventory group that matches the
     /// machine (for rollout waves by group). Returns the rollout pause the
     /// report caused, if any, for the caller to log.

@@ -135,6 +135,24 @@ pub fn install_script(
         ))
 }
 
+/// `script` (a [`machine_script`] of a diskless machine) with the
+/// `cairn.report*` words on its kernel line: `cairn-update health` on the
+/// machine reports its boot and health verdict to `server` under `mac`,
+/// and with `trial` a failed gate reboots it (the server then serves the
+/// last image that was healthy there).
+pub fn with_report_words(script: &str, server: &str, mac: &str, trial: bool) -> String {
+    use cairn_formats::cmdline as k;
+    let mut words = vec![
+        format!("{}={server}", k::REPORT),
+        format!("{}={mac}", k::REPORT_MAC),
+    ];
+    if trial {
+        words.push(format!("{}=1", k::REPORT_TRIAL));
+    }
+    let words: Vec<String> = words.iter().map(|w| escape_ipxe(w)).collect();
+    script.replacen("\ninitrd ", &format!(" {}\ninitrd ", words.join(" ")), 1)
+}
+
 /// The script for a machine whose install is done: boot its local disk.
 /// Under UEFI `exit` hands back to the firmware, which tries the next
 /// boot option (the disk); under BIOS `sanboot` boots the first disk.

@@ -135,19 +135,26 @@ impl Records {
             self.seen(facts);
             return ipxe::machine_script(inv, group, facts, ep);
         };
-        let choice = match self.lock().diskless_boot(mac, &wanted.version, now()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(machine = %mac, "machine records: {e}");
-                return ipxe::machine_script(inv, group, facts, ep);
+        let (choice, good) = {
+            let mut records = self.lock();
+            match records.diskless_boot(mac, &wanted.version, now()) {
+                Ok(c) => (c, records.diskless_good(mac)),
+                Err(e) => {
+                    tracing::warn!(machine = %mac, "machine records: {e}");
+                    return ipxe::machine_script(inv, group, facts, ep);
+                }
             }
         };
-        match choice {
+        let script = match choice {
             cairn_lifecycle::Choice::Wanted { trial, version } => {
                 if trial {
                     tracing::info!(machine = %mac, image = %profile.image, "diskless: serving {version} as a trial until the machine reports healthy");
                 }
-                ipxe::machine_script(inv, group, facts, ep)
+                // a failed gate reboots only when there is an earlier
+                // healthy image to come back to
+                let fallback = trial && good.is_some_and(|g| g != version);
+                return ipxe::machine_script(inv, group, facts, ep)
+                    .map(|s| ipxe::with_report_words(&s, &ep.public_url, mac, fallback));
             }
             cairn_lifecycle::Choice::Previous { version, reason } => {
                 let key = format!("{}-{version}", wanted.name);
@@ -159,7 +166,8 @@ impl Records {
                     ipxe::machine_script(inv, group, facts, ep)
                 }
             }
-        }
+        };
+        script.map(|s| ipxe::with_report_words(&s, &ep.public_url, mac, false))
     }
 
     /// A netboot under any other profile: recorded.

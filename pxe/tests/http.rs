@@ -82,7 +82,7 @@ fn machine_script_http_transport_and_mac_forms() {
     let s = start(&f);
     let base = format!("http://{}", s.http);
     let want_kernel = format!(
-        "kernel {base}/assets/lab-1.0/vmlinuz initrd=pxe-initrd.img cairn.root=ram console=ttyS0 cloud-config-url={base}/cloud-config?arch=x86_64&mac=52%3A54%3A00%3A12%3A34%3A56&platform=efi"
+        "kernel {base}/assets/lab-1.0/vmlinuz initrd=pxe-initrd.img cairn.root=ram console=ttyS0 cloud-config-url={base}/cloud-config?arch=x86_64&mac=52%3A54%3A00%3A12%3A34%3A56&platform=efi cairn.report={base} cairn.report.mac=52:54:00:12:34:56"
     );
     for mac in [
         "52:54:00:12:34:56",
@@ -136,7 +136,7 @@ fn machine_script_tftp_transport_and_disk_state() {
     let lines: Vec<&str> = t.lines().collect();
     assert_eq!(
         lines[2],
-        format!("kernel {tftp}/assets/lab-1.0/vmlinuz initrd=pxe-initrd.img cairn.root=ram cairn.state=label:cairn-state"),
+        format!("kernel {tftp}/assets/lab-1.0/vmlinuz initrd=pxe-initrd.img cairn.root=ram cairn.state=label:cairn-state cairn.report=http://{} cairn.report.mac=52:54:00:00:00:77", s.http),
         "{t}"
     );
     assert_eq!(

@@ -345,21 +345,26 @@ fn bad_rollout_sections_name_the_line_and_key() {
 
 /// The image folder key the machine's netboot script boots.
 fn script_image(s: &Serve, mac: &str) -> String {
+    let kernel = script_kernel(s, mac);
+    kernel
+        .split("/assets/")
+        .nth(1)
+        .and_then(|t| t.split('/').next())
+        .unwrap_or_else(|| panic!("{kernel}"))
+        .to_string()
+}
+
+/// The kernel line of the machine's netboot script.
+fn script_kernel(s: &Serve, mac: &str) -> String {
     let r = get(
         &s.url(&format!("/ipxe?mac={}&platform=efi", mac.replace(':', "-"))),
         &[],
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let text = r.text();
-    let kernel = text
-        .lines()
+    text.lines()
         .find(|l| l.starts_with("kernel "))
-        .unwrap_or_else(|| panic!("{text}"));
-    kernel
-        .split("/assets/")
-        .nth(1)
-        .and_then(|t| t.split('/').next())
-        .unwrap_or_else(|| panic!("{kernel}"))
+        .unwrap_or_else(|| panic!("{text}"))
         .to_string()
 }
 
@@ -380,6 +385,22 @@ fn a_diskless_machine_whose_new_image_fails_boots_its_last_good_one() {
     let s = Serve::try_start(&config, &state).unwrap();
     let [a, b, c] = [MACS[0], MACS[1], MACS[2]];
     let healthy = |v: &str| Event::Healthy { version: v.into() };
+    // the machine reports to this server under its MAC (cairn-update health);
+    // nothing to fall back to yet: no trial word
+    let words = |mac: &str| -> Vec<String> {
+        script_kernel(&s, mac)
+            .split(' ')
+            .filter(|w| w.starts_with("cairn.report"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        words(a),
+        [
+            format!("cairn.report=http://{}", s.http),
+            format!("cairn.report.mac={a}")
+        ]
+    );
     // all three on 1.0.0, healthy
     for mac in [a, b, c] {
         assert_eq!(script_image(&s, mac), "img-1.0.0");
@@ -396,6 +417,12 @@ fn a_diskless_machine_whose_new_image_fails_boots_its_last_good_one() {
     for mac in [a, b, c] {
         assert_eq!(script_image(&s, mac), "img-2.0.0", "{mac}");
     }
+    // a trial with 1.0.0 to come back to: a failed gate reboots the machine
+    assert!(
+        words(a).contains(&"cairn.report.trial=1".to_string()),
+        "{:?}",
+        words(a)
+    );
     // a: healthy on 2.0.0, keeps it
     assert_eq!(
         s.report(a, "0123456789abcdef0123456789abcdef", healthy("2.0.0"))
@@ -414,8 +441,10 @@ fn a_diskless_machine_whose_new_image_fails_boots_its_last_good_one() {
     assert_eq!(code, 200, "{text}");
     assert_eq!(script_image(&s, a), "img-2.0.0");
     assert_eq!(script_image(&s, b), "img-1.0.0");
-    // ... and stays on 1.0.0 at its next boots, with the reason on record
+    // ... and stays on 1.0.0 at its next boots, with the reason on record;
+    // the earlier image is no trial
     assert_eq!(script_image(&s, b), "img-1.0.0");
+    assert_eq!(words(b).len(), 2, "{:?}", words(b));
     let snap = s.lifecycle();
     let rec = snap["machines"]
         .as_array()

@@ -5,7 +5,7 @@
 //! marked bad so systemd-boot falls back to the old slot).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::agent::Agent;
 use crate::error::Result;
@@ -42,21 +42,11 @@ impl Gate<'_> {
         let on_trial = matches!(st.phase, Phase::Trial { .. });
         let o = HealthOptions::default();
         let p = &agent.paths;
-        let start = Instant::now();
-        let problems = loop {
-            // a check that cannot even run is a problem, not a reason to
-            // fail outside a trial
-            let problems = health::check_once(&o, &p.cmdline, &p.efivars, &p.esp)
-                .unwrap_or_else(|e| vec![format!("running the health checks: {e}")]);
-            if problems.is_empty()
-                || start.elapsed() >= self.timeout
-                || problems.iter().any(|p| health::is_final(p))
-            {
-                break problems;
-            }
-            tracing::info!("not healthy yet ({}); retrying", problems.join("; "));
-            std::thread::sleep(Duration::from_secs(5));
-        };
+        // a check that cannot even run is a problem, not a reason to fail
+        // outside a trial
+        let problems = health::retry(self.timeout, Duration::from_secs(5), || {
+            health::check_once(&o, &p.cmdline, &p.efivars, &p.esp)
+        });
         let sf = p.state_file();
         if problems.is_empty() {
             let s = state::transition(

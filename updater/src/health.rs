@@ -215,6 +215,14 @@ pub fn check_once(
     efivars: &Path,
     esp: &Path,
 ) -> Result<Vec<String>> {
+    let mut problems = check_services(o)?;
+    problems.extend(check_slot(cmdline, efivars, esp)?);
+    Ok(problems)
+}
+
+/// The checks that do not depend on slots (all a diskless machine has):
+/// failed units, etcd and Docker when enabled.
+pub fn check_services(o: &HealthOptions) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let failed = failed_units(o)?;
     if !failed.is_empty() {
@@ -230,8 +238,27 @@ pub fn check_once(
             problems.push(format!("docker is enabled but not answering: {e}"));
         }
     }
-    problems.extend(check_slot(cmdline, efivars, esp)?);
     Ok(problems)
+}
+
+/// Runs `check` until it finds no problem or a final one, or `timeout` is
+/// up, every `every`: the last problems found (none: healthy). A check
+/// that cannot even run is a problem.
+pub fn retry(
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut check: impl FnMut() -> Result<Vec<String>>,
+) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let problems = check().unwrap_or_else(|e| vec![format!("running the health checks: {e}")]);
+        if problems.is_empty() || start.elapsed() >= timeout || problems.iter().any(|p| is_final(p))
+        {
+            return problems;
+        }
+        tracing::info!("not healthy yet ({}); retrying", problems.join("; "));
+        std::thread::sleep(every);
+    }
 }
 
 #[cfg(test)]

@@ -502,7 +502,15 @@ fn boot_reporter(a: &Agent) -> Option<(cairn_install::Reporter, cairn_updater::a
 }
 
 fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCode> {
+    use cairn_formats::cmdline as k;
     use cairn_formats::lifecycle::{BootSource, Event as Report};
+    let cmdline = std::fs::read_to_string(&p.cmdline)
+        .with_context(|| format!("reading {}", p.cmdline.display()))?;
+    if k::value(&cmdline, k::SLOT).is_none() {
+        if let Some(server) = k::value(&cmdline, k::REPORT) {
+            return diskless_health(p, &cmdline, &server, timeout);
+        }
+    }
     let a = agent(p)?;
     let reporter = boot_reporter(&a);
     if let Some((r, running)) = &reporter {
@@ -565,6 +573,98 @@ fn health_gate(p: &PathArgs, timeout: Duration, no_bless: bool) -> Result<ExitCo
     match verdict {
         Verdict::Healthy | Verdict::UnhealthyNoTrial(_) => Ok(ExitCode::SUCCESS),
         Verdict::Failed(_) => Ok(ExitCode::from(1)),
+    }
+}
+
+/// The health gate of a diskless machine (`cairn.report=` on the command
+/// line, no `cairn.slot=`): it has no slots, the server that netbooted it
+/// keeps its A/B record. Reports the boot, runs the checks that do not
+/// need slots, reports the verdict. A failed gate exits 1 (so
+/// `FailureAction=reboot` netboots the machine again, into the server's
+/// earlier image) only on a trial with such an image to come back to
+/// (`cairn.report.trial=1`); otherwise a reboot would bring the same
+/// image back, so it only reports.
+fn diskless_health(
+    p: &PathArgs,
+    cmdline: &str,
+    server: &str,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    use cairn_formats::cmdline as k;
+    use cairn_formats::lifecycle::{BootSource, Event as Report};
+    use cairn_updater::health;
+    let mac = k::value(cmdline, k::REPORT_MAC).with_context(|| {
+        format!(
+            "{}: {}= without {}= (the MAC the server knows this machine by)",
+            p.cmdline.display(),
+            k::REPORT,
+            k::REPORT_MAC
+        )
+    })?;
+    let mac = cairn_formats::lifecycle::normalize_mac(&mac).with_context(|| {
+        format!(
+            "{}: {}={mac:?}: expected a MAC address",
+            p.cmdline.display(),
+            k::REPORT_MAC
+        )
+    })?;
+    let trial = k::value(cmdline, k::REPORT_TRIAL).as_deref() == Some("1");
+    let text = std::fs::read_to_string(&p.os_release)
+        .with_context(|| format!("reading {}", p.os_release.display()))?;
+    let get = |key: &str| {
+        cairn_updater::agent::os_release_value(&text, key)
+            .with_context(|| format!("{}: no {key}= line", p.os_release.display()))
+    };
+    let (image, version) = (get("IMAGE_ID")?, get("IMAGE_VERSION")?);
+    let machine_id = std::fs::read_to_string(&p.machine_id)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| s.len() == 32);
+    let r = cairn_install::Reporter::quick(server, &mac, machine_id, BOOT_REPORT_TIMEOUT);
+    if r.send(Report::Booted {
+        image: image.clone(),
+        version: version.clone(),
+        source: BootSource::Ram,
+    }) {
+        println!("reported to {server}: booted {image} {version} diskless");
+    }
+    let o = health::HealthOptions::default();
+    let problems = health::retry(timeout, Duration::from_secs(5), || {
+        health::check_services(&o)
+    });
+    let reason = problems.join("; ");
+    let (event, what) = if problems.is_empty() {
+        (
+            Report::Healthy {
+                version: version.clone(),
+            },
+            "healthy".to_string(),
+        )
+    } else {
+        (
+            Report::Unhealthy {
+                version: version.clone(),
+                reason: reason.clone(),
+            },
+            format!("unhealthy: {reason}"),
+        )
+    };
+    if r.send(event) {
+        println!("reported to {server}: {what}");
+    }
+    if problems.is_empty() {
+        println!("healthy: {image} {version} (diskless)");
+        Ok(ExitCode::SUCCESS)
+    } else if trial {
+        tracing::error!(
+            "health gate failed on a trial of {version}: failing (the reboot netboots the server's earlier image): {reason}"
+        );
+        Ok(ExitCode::from(1))
+    } else {
+        tracing::warn!(
+            "unhealthy, but the server has no earlier image that was healthy here: {reason}"
+        );
+        Ok(ExitCode::SUCCESS)
     }
 }
 

@@ -631,6 +631,72 @@ fn a_rollback_is_reported_to_the_install_server_once() {
     assert_eq!(again, 0);
 }
 
+/// A diskless machine (`cairn.report=`, no slot) reports its boot and
+/// health verdict to the server that netbooted it; a failed gate fails the
+/// unit (so it reboots into the server's earlier image) only on a trial
+/// with such an image (`cairn.report.trial=1`).
+#[test]
+fn a_diskless_machine_reports_to_the_server_that_netbooted_it() {
+    let w = world();
+    let m = &w.m;
+    let (url, got) = report_sink();
+    let health = |cmdline: &str| {
+        fs::write(&m.paths.cmdline, cmdline).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_cairn-update"))
+            .args(m.cli_args())
+            .args(["health", "--timeout-secs", "0", "--no-bless"])
+            .output()
+            .unwrap()
+    };
+    let events = || -> Vec<serde_json::Value> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect()
+    };
+    let base = format!(
+        "console=ttyS0 cairn.verity=x cairn.report={url} cairn.report.mac=52-54-00-00-0D-01"
+    );
+    // no earlier image to go back to: reported, the unit does not fail
+    let out = health(&base);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = events();
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!(e[0]["event"], "booted");
+    assert_eq!(e[0]["source"], "ram");
+    assert_eq!(e[0]["image"], "default");
+    assert_eq!(e[0]["version"], "1");
+    assert_eq!(e[0]["mac"], "52:54:00:00:0d:01");
+    assert_eq!(e[0]["machine_id"], "0123456789abcdef0123456789abcdef");
+    // this host runs no systemd: the gate fails, and says why
+    assert_eq!(e[1]["event"], "unhealthy");
+    assert!(
+        e[1]["reason"].as_str().unwrap().contains("systemctl"),
+        "{e:?}"
+    );
+    // the state file of a disk machine is not touched
+    assert!(!m.paths.state_file().exists());
+    // a trial with an earlier image: the unit fails (FailureAction=reboot)
+    let out = health(&format!("{base} cairn.report.trial=1"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(events().len(), 4);
+    // cairn.report= without the MAC, or with a bad one: refused, naming
+    // the key
+    for bad in ["", " cairn.report.mac=nope"] {
+        let out = health(&format!("console=ttyS0 cairn.report={url}{bad}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("cairn.report.mac="), "{err}");
+    }
+    assert_eq!(events().len(), 4);
+}
+
 #[test]
 fn no_trusted_keys_or_server_means_no_update() {
     let w = world();

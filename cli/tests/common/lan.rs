@@ -228,6 +228,51 @@ impl Lan {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("/machines: {e}: {out:?}"))
     }
 
+    /// The server's lifecycle records (`/lifecycle` on the operators'
+    /// listener, fetched on the `cairn` host).
+    pub fn lifecycle(&self) -> serde_json::Value {
+        let out = self.exec(
+            "cairn",
+            &[
+                "curl",
+                "-fsS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:8081/lifecycle",
+            ],
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("/lifecycle: {e}: {out:?}"))
+    }
+
+    /// Polls `/lifecycle` until `mac`'s record satisfies `ok`.
+    pub fn wait_record(
+        &mut self,
+        mac: &str,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            let l = self.lifecycle();
+            let found = l["machines"]
+                .as_array()
+                .and_then(|a| a.iter().find(|m| m["mac"] == mac))
+                .filter(|m| ok(m))
+                .cloned();
+            if let Some(m) = found {
+                return m;
+            }
+            self.check_alive();
+            assert!(
+                t.elapsed() < timeout,
+                "{mac}: never {what}: {l:#}\nserve log:\n{}",
+                read(&self.serve_log)
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
     /// Panics when dnsmasq or cairn serve has exited.
     pub fn check_alive(&mut self) {
         for (what, child) in &mut self.children {
