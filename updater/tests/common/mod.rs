@@ -506,3 +506,44 @@ pub fn read(p: &Path) -> Vec<u8> {
     fs::File::open(p).unwrap().read_to_end(&mut v).unwrap();
     v
 }
+
+impl Machine {
+    /// Points the agent at another update server and channel (`update.conf`
+    /// as cairn-cloudinit writes it).
+    pub fn point_at(&self, url: &str, channel: &str) {
+        fs::write(
+            &self.paths.config,
+            format!("# written by cairn-cloudinit\nREBOOT_STRATEGY=off\nGROUP={channel}\nSERVER={url}\n"),
+        )
+        .unwrap();
+    }
+
+    /// This machine's own `/etc/machine-id` (32 hex digits).
+    pub fn set_machine_id(&self, id: &str) {
+        fs::write(&self.paths.machine_id, format!("{id}\n")).unwrap();
+    }
+
+    /// The installer's hand-off on the ESP (`cairn/install.json`): the
+    /// server that installed the machine and the MAC it knows it by.
+    pub fn handoff(&self, server: &str, mac: &str) {
+        fs::write(
+            self.paths.esp.join("cairn/install.json"),
+            serde_json::json!({ "server": server, "mac": mac }).to_string(),
+        )
+        .unwrap();
+    }
+
+    /// Runs `cairn-update ARGS` on this machine: exit code, stdout, stderr.
+    pub fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-update"))
+            .args(self.cli_args())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
