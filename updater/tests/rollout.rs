@@ -6,7 +6,9 @@
 //! MAC) netboot once, then run `cairn-update`: the canary stages 2.0, its
 //! health gate fails in slot b (no systemd here), it falls back to slot a
 //! and reports the rollback; the rollout pauses, says why, and the other
-//! three never receive any part of 2.0, even after the soak has passed.
+//! three never receive any part of 2.0, even after the soak has passed
+//! (their slots and ESPs, and the server's answers as a recording relay
+//! in front of it saw them).
 //! The control run allows one failure: then the soak opens the second wave
 //! and the same three stage 2.0 (so the test's "never" can fail).
 
@@ -17,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use cairn_formats::channel::keys::SecretKey;
+use cairn_formats::channel::manifest::Manifest;
 use cairn_pxe::{Server, ServerConfig};
 use cairn_updater::agent::Outcome;
 use cairn_updater::state::Phase;
@@ -268,12 +271,14 @@ fn world(max_failures: u32) -> World {
 
 /// The rollout of 2.0 with `max_failures` allowed in a wave; the canary
 /// fails. Returns the three other machines' outcomes after the soak.
-fn scenario(max_failures: u32) -> (World, Vec<Outcome>) {
+fn scenario(max_failures: u32) -> (World, Recorder, Vec<Outcome>) {
     let w = world(max_failures);
     let s = Serve::start(&w.config, &w.state);
+    // the machines reach the server through a relay that keeps its request log
+    let relay = Recorder::start(s.http);
     for (m, mac) in w.machines.iter().zip(MACS) {
-        m.point_at(&s.url(), "stable");
-        m.handoff(&s.url(), mac);
+        m.point_at(&relay.url, "stable");
+        m.handoff(&relay.url, mac);
         s.netboot(mac);
     }
     let (canary, rest) = w.machines.split_first().unwrap();
@@ -384,11 +389,7 @@ fn scenario(max_failures: u32) -> (World, Vec<Outcome>) {
     drop(s);
     backdate_rollout(&w.state, SOAK_SECS + 60);
     let s = Serve::start(&w.config, &w.state);
-    // (on another port)
-    for (m, mac) in w.machines.iter().zip(MACS) {
-        m.point_at(&s.url(), "stable");
-        m.handoff(&s.url(), mac);
-    }
+    relay.set_upstream(s.http);
     let outcomes: Vec<Outcome> = rest.iter().map(|m| m.agent().apply().unwrap()).collect();
     let snap = s.lifecycle();
     let waves = &snap["rollouts"][0]["waves"];
@@ -401,20 +402,77 @@ fn scenario(max_failures: u32) -> (World, Vec<Outcome>) {
         );
         assert_eq!(waves[1]["open"], false, "{snap:#}");
         assert_eq!(waves[1]["offered"], 0, "{snap:#}");
-        // no part of 2.0 reached them: slots, ESP and downloads as before
+        // no part of 2.0 reached them: slots, ESP and downloads as before,
+        // and the server answered them 1.0's manifest and nothing else
         for (m, d) in rest.iter().zip(&before) {
             assert_eq!(&disk(m), d, "{}", m.dir.display());
+        }
+        for mac in &MACS[1..] {
+            let got = channel_requests(&relay, mac);
+            assert!(
+                got.iter().filter(|g| g.0 == "manifest").count() >= 3,
+                "{mac} asked at each apply: {got:?}"
+            );
+            for g in &got {
+                assert!(
+                    g.1 == 200
+                        && (g.0 == "manifest.sig"
+                            || (g.0 == "manifest" && g.2.as_deref() == Some("1.0"))),
+                    "{mac}: {got:?}"
+                );
+            }
         }
     } else {
         assert_eq!(waves[1]["open"], true, "{snap:#}");
     }
     drop(s);
-    (w, outcomes)
+    // the log sees what a machine gets: the canary's 2.0 parts
+    let canary_got = channel_requests(&relay, MACS[0]);
+    assert!(
+        canary_got
+            .iter()
+            .any(|g| g.0 == "manifest" && g.2.as_deref() == Some("2.0")),
+        "{canary_got:?}"
+    );
+    assert!(
+        relay
+            .log()
+            .iter()
+            .any(|r| r.machine.as_deref() == Some(MACS[0])
+                && r.path.ends_with("/rootfs.squashfs")
+                && r.status == 200
+                && r.body == w.v2.rootfs),
+        "{canary_got:?}"
+    );
+    (w, relay, outcomes)
+}
+
+/// The update channel requests `mac` made through the relay: the file
+/// asked for (`manifest` for `manifest.json` too), the answer's status,
+/// and the version of the manifest it got.
+fn channel_requests(relay: &Recorder, mac: &str) -> Vec<(String, u16, Option<String>)> {
+    relay
+        .log()
+        .into_iter()
+        .filter(|r| r.machine.as_deref() == Some(mac))
+        .filter_map(|r| {
+            let file = r.path.strip_prefix("/update/v1/stable/")?;
+            let file = if file == "manifest.json" {
+                "manifest"
+            } else {
+                file
+            };
+            let version = (file == "manifest")
+                .then(|| Manifest::parse(&r.body).ok().map(|m| m.version))
+                .flatten();
+            Some((file.to_string(), r.status, version))
+        })
+        .collect()
 }
 
 #[test]
 fn a_failed_canary_pauses_the_rollout_and_the_second_wave_never_gets_2_0() {
-    let (_w, outcomes) = scenario(0);
+    let (_w, _, outcomes) = scenario(0);
     for o in outcomes {
         assert_eq!(
             o,
@@ -430,8 +488,8 @@ fn a_failed_canary_pauses_the_rollout_and_the_second_wave_never_gets_2_0() {
 /// steps (the soak passed the same way) give the second wave 2.0.
 #[test]
 fn with_one_failure_allowed_the_second_wave_stages_2_0_after_the_soak() {
-    let (w, outcomes) = scenario(1);
-    for (m, o) in w.machines[1..].iter().zip(outcomes) {
+    let (w, relay, outcomes) = scenario(1);
+    for ((m, mac), o) in w.machines[1..].iter().zip(&MACS[1..]).zip(outcomes) {
         assert_eq!(
             o,
             Outcome::Staged {
@@ -443,6 +501,13 @@ fn with_one_failure_allowed_the_second_wave_stages_2_0_after_the_soak() {
         assert_eq!(
             sha_prefix(&m.slot("b"), w.v2.rootfs.len()),
             sha(&w.v2.rootfs)
+        );
+        let got = channel_requests(&relay, mac);
+        assert!(
+            got.iter()
+                .any(|g| g.0 == "manifest" && g.2.as_deref() == Some("2.0"))
+                && got.iter().any(|g| g.0 == "rootfs.squashfs" && g.1 == 200),
+            "{mac}: {got:?}"
         );
     }
 }

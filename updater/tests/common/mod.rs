@@ -547,3 +547,126 @@ impl Machine {
         )
     }
 }
+
+/// A request that went through a [`Recorder`], and the answer it got.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    pub method: String,
+    pub path: String,
+    /// `X-Cairn-Machine`.
+    pub machine: Option<String>,
+    pub status: u16,
+    /// The answer's body (empty when it could not be read).
+    pub body: Vec<u8>,
+}
+
+/// An HTTP/1.1 relay on 127.0.0.1 in front of another server (which may
+/// move to another port: [`Recorder::set_upstream`]) that keeps every
+/// request and its answer: the server's request log, as the machines saw
+/// it. One request per connection (it asks the server to close).
+#[derive(Clone)]
+pub struct Recorder {
+    pub url: String,
+    upstream: Arc<Mutex<std::net::SocketAddr>>,
+    log: Arc<Mutex<Vec<Relayed>>>,
+}
+
+/// The largest request or answer a [`Recorder`] relays.
+const RELAY_MAX: usize = 64 << 20;
+
+impl Recorder {
+    pub fn start(upstream: std::net::SocketAddr) -> Recorder {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let r = Recorder {
+            url: format!("http://{}", l.local_addr().unwrap()),
+            upstream: Arc::new(Mutex::new(upstream)),
+            log: Arc::default(),
+        };
+        let r2 = r.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { continue };
+                let r3 = r2.clone();
+                std::thread::spawn(move || {
+                    let _ = r3.relay(conn);
+                });
+            }
+        });
+        r
+    }
+
+    pub fn set_upstream(&self, upstream: std::net::SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
+    }
+
+    pub fn log(&self) -> Vec<Relayed> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn relay(&self, mut client: TcpStream) -> std::io::Result<()> {
+        client.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        let mut r = BufReader::new(client.try_clone()?);
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let mut words = line.split_whitespace();
+        let (method, path) = (
+            words.next().unwrap_or("").to_string(),
+            words.next().unwrap_or("").to_string(),
+        );
+        let mut head = format!("{method} {path} HTTP/1.1\r\n");
+        let (mut len, mut machine) = (0usize, None);
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h)? == 0 || h.trim_end().is_empty() {
+                break;
+            }
+            let Some((k, v)) = h.trim_end().split_once(':') else {
+                continue;
+            };
+            if k.eq_ignore_ascii_case("connection") {
+                continue;
+            }
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0).min(RELAY_MAX);
+            }
+            if k.eq_ignore_ascii_case(cairn_formats::channel::rollout::MACHINE_HEADER) {
+                machine = Some(v.trim().to_string());
+            }
+            head.push_str(&format!("{k}:{v}\r\n"));
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        let mut body = vec![0; len];
+        r.read_exact(&mut body)?;
+        let upstream = *self.upstream.lock().unwrap();
+        let mut up = TcpStream::connect(upstream)?;
+        up.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        up.write_all(head.as_bytes())?;
+        up.write_all(&body)?;
+        let mut answer = Vec::new();
+        (&mut up).take(RELAY_MAX as u64).read_to_end(&mut answer)?;
+        let split = answer.windows(4).position(|w| w == b"\r\n\r\n");
+        let status = String::from_utf8_lossy(&answer[..split.unwrap_or(0)])
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let chunked = split.is_some_and(|n| {
+            String::from_utf8_lossy(&answer[..n])
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+        });
+        let body = match split {
+            Some(n) if !chunked => answer[n + 4..].to_vec(),
+            _ => Vec::new(),
+        };
+        self.log.lock().unwrap().push(Relayed {
+            method,
+            path,
+            machine,
+            status,
+            body,
+        });
+        client.write_all(&answer)?;
+        client.shutdown(std::net::Shutdown::Both)
+    }
+}
