@@ -337,7 +337,7 @@ fn scenario(max_failures: u32) -> (World, Recorder, Vec<Outcome>) {
             .any(|h| h.starts_with("2.0: health gate failed") && h.contains("systemctl")),
         "{rec:#}"
     );
-    // systemd-blessed-boot marks the entry bad (--no-bless: the test does
+    // systemd-bless-boot marks the entry bad (--no-bless: the test does
     // it) and systemd-boot falls back to slot a, 1.0
     fs::rename(
         canary.paths.esp.join("loader/entries/cairn-2.0+3.conf"),
