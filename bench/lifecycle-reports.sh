@@ -111,7 +111,7 @@ groups:
 EOF
   port=$((20000 + RANDOM % 20000))
   start_server "$work/state"
-  fs=$(stat -f -c %T "$work/state")
+  fs=$(findmnt -n -o FSTYPE -T "$work/state")
   hwm0=$(hwm "$pid") cpu0=$(cpu "$pid")
 
   netboot=$("$LOAD" --url "http://127.0.0.1:$port" --image img --version "$VERSION" \
