@@ -19,6 +19,8 @@
 #   bash bench/lifecycle-reports.sh [N]      (default 10000)
 #   env: RUNS=3 CONCURRENCY=32 TIMEOUT=2400 (seconds, the whole measurement)
 #        PERF=1 (perf record -g of the server during the reports of run 1)
+#        ROLLOUT=1 (the image is on channel `lab` with a rollout of its version
+#        in one 100% wave: every healthy report also counts in the rollout)
 #
 # Needs: curl, jq; a Rust toolchain (builds cairn-cli and the example, release).
 # Everything listens on 127.0.0.1 only and stops by itself (trap; timeout).
@@ -64,17 +66,6 @@ field() { # KEY LINE: the value of KEY=VALUE in LINE
 }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 
-# an image folder with what `cairn serve` reads of a `boot: ram` image: its
-# manifest, kernel and initrd (small: the cost measured is the records')
-mkimage() {
-  mkdir -p "$1"
-  cat >"$1/manifest.json" <<EOF
-{"name":"img","version":"$VERSION","suite":"","source_date_epoch":0,"builder":"","inputs":"","kernel_release":"","packages":[],"artifacts":[]}
-EOF
-  head -c 4096 /dev/urandom >"$1/vmlinuz"
-  head -c 4096 /dev/urandom >"$1/pxe-initrd.img"
-}
-
 start_server() { # STATE_DIR: starts it, sets pid
   "$CAIRN" serve --config "$work/inventory.yaml" --http-addr "127.0.0.1:$port" \
     --admin-addr "127.0.0.1:$((port + 1))" --no-tftp --ipxe-dir "$work/ipxe" \
@@ -96,10 +87,11 @@ stop_server() {
   pid=
 }
 
-echo "lifecycle reports: N=$N machines, $RUNS run(s), $C clients; $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "lifecycle reports: N=$N machines, $RUNS run(s), $C clients${ROLLOUT:+, rollout}; $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for run in $(seq "$RUNS"); do
   work=$(mktemp -d "${TMPDIR:-/tmp}/lifecycle-bench.XXXXXX")
-  mkimage "$work/img"
+  # a small image folder (the cost measured is the records'), signed for a rollout
+  "$LOAD" --make-image "$work/img" --image img --version "$VERSION" ${ROLLOUT:+--channel lab}
   mkdir -p "$work/ipxe" "$work/state"
   cat >"$work/inventory.yaml" <<EOF
 profiles:
@@ -109,6 +101,17 @@ groups:
   - name: everyone
     profile: diskless
 EOF
+  if [ -n "${ROLLOUT:-}" ]; then
+    cat >>"$work/inventory.yaml" <<EOF
+rollouts:
+  - channel: lab
+    version: $VERSION
+    max_failures: 0
+    waves:
+      - name: everyone
+        percent: 100
+EOF
+  fi
   port=$((20000 + RANDOM % 20000))
   start_server "$work/state"
   fs=$(findmnt -n -o FSTYPE -T "$work/state")
@@ -148,6 +151,12 @@ EOF
   if [ "$healthy" != "$N" ]; then
     echo "run $run: the server records $healthy healthy machines, not $N" >&2
     exit 1
+  fi
+  if [ -n "${ROLLOUT:-}" ]; then
+    members=$(jq --arg v "$VERSION" '[.rollouts[] | select(.rollout.plan.version == $v)
+        | .rollout.members[] | select(.outcome.outcome == "healthy")] | length' "$work/lifecycle.json")
+    echo "run $run: rollout of $VERSION: $members healthy member(s) recorded," \
+      "$(stat -c %s "$work/state/lifecycle/rollouts/lab.json") bytes in rollouts/lab.json"
   fi
   files=$(find "$work/state/lifecycle/machines" -name '*.json' | wc -l)
   apparent=$(du -sb --apparent-size "$work/state/lifecycle" | cut -f1)

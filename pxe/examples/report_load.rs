@@ -13,6 +13,11 @@
 //!
 //! `--phase netboot` only netboots, `--phase report` only reports (the machines must have
 //! netbooted in an earlier run): the script runs them apart to measure the server between them.
+//!
+//! `report_load --make-image DIR --image NAME --version VERSION [--channel CHANNEL]` writes a
+//! small image folder instead (manifest, kernel, initrd, root image) and, with `--channel`, a
+//! signed update bundle on that channel (a fresh key in `DIR/keys`), so that an inventory can
+//! run a rollout of the version: every `healthy` report then counts in it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -36,11 +41,63 @@ struct Args {
     concurrency: usize,
     netboot: bool,
     report: bool,
+    make_image: Option<std::path::PathBuf>,
+    channel: Option<String>,
 }
 
 fn usage() -> &'static str {
     "usage: report_load --url http://HOST:PORT --image NAME --version VERSION \
-     [--machines N (10000)] [--concurrency C (32)] [--phase all|netboot|report]"
+     [--machines N (10000)] [--concurrency C (32)] [--phase all|netboot|report]\n   \
+     or: report_load --make-image DIR --image NAME --version VERSION [--channel CHANNEL]"
+}
+
+/// Writes image folder `dir` of `name` `version` (what `cairn serve` reads of a `boot: ram`
+/// image, small: the cost measured is the records'), with a signed bundle on `channel` if given.
+fn make_image(
+    dir: &std::path::Path,
+    name: &str,
+    version: &str,
+    channel: Option<&str>,
+) -> anyhow::Result<()> {
+    use cairn_formats::channel::{keygen, write_bundle, BundleInput, SecretKey};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let manifest =
+        serde_json::to_string(&cairn_formats::image_dir::Manifest::named(name, version))?;
+    let files: [(&str, &[u8]); 5] = [
+        ("manifest.json", manifest.as_bytes()),
+        ("vmlinuz", &[0x4b; 4096]),
+        ("pxe-initrd.img", &[0x49; 4096]),
+        ("initrd.img", &[0x69; 1024]),
+        ("rootfs.squashfs", &[0x52; 8192]),
+    ];
+    for (f, data) in files {
+        let p = dir.join(f);
+        std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
+    }
+    let Some(channel) = channel else {
+        return Ok(());
+    };
+    let keys =
+        keygen(&dir.join("keys")).with_context(|| format!("a signing key in {}", dir.display()))?;
+    let key = SecretKey::load(&keys.secret)
+        .with_context(|| format!("reading {}", keys.secret.display()))?;
+    write_bundle(
+        dir,
+        &BundleInput {
+            name,
+            version,
+            channel,
+            rootfs: &dir.join("rootfs.squashfs"),
+            kernel: &dir.join("vmlinuz"),
+            initrd: &dir.join("initrd.img"),
+            created: cairn_pxe::lifecycle::now(),
+            validity_secs: 3600 * 24 * 365,
+            verity: None,
+        },
+        &key,
+    )
+    .with_context(|| format!("the update bundle of {}", dir.display()))?;
+    Ok(())
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -52,6 +109,8 @@ fn parse_args() -> anyhow::Result<Args> {
         concurrency: 32,
         netboot: true,
         report: true,
+        make_image: None,
+        channel: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +135,8 @@ fn parse_args() -> anyhow::Result<Args> {
                     .parse()
                     .with_context(|| format!("--concurrency {value:?}"))?
             }
+            "--make-image" => a.make_image = Some(value.into()),
+            "--channel" => a.channel = Some(value),
             "--phase" => {
                 (a.netboot, a.report) = match value.as_str() {
                     "all" => (true, true),
@@ -87,7 +148,7 @@ fn parse_args() -> anyhow::Result<Args> {
             _ => bail!("unknown argument {flag:?}; {}", usage()),
         }
     }
-    if a.url.is_empty() || a.image.is_empty() || a.version.is_empty() {
+    if a.image.is_empty() || a.version.is_empty() || (a.url.is_empty() && a.make_image.is_none()) {
         bail!("--url, --image and --version are needed; {}", usage());
     }
     if a.machines == 0 || a.machines > MAX_MACHINES {
@@ -241,6 +302,9 @@ fn summary(phase: &str, mut t: Tally, wall: Duration) -> usize {
 
 fn main() -> anyhow::Result<()> {
     let a = parse_args()?;
+    if let Some(dir) = &a.make_image {
+        return make_image(dir, &a.image, &a.version, a.channel.as_deref());
+    }
     println!(
         "machines={} first_mac={} last_mac={} concurrency={} image={} version={} url={}",
         a.machines,
