@@ -61,6 +61,23 @@ pub const REPORT_MAC: &str = "cairn.report.mac";
 /// same image.
 pub const REPORT_TRIAL: &str = "cairn.report.trial";
 
+/// The `cairn.*` keys the booted system's agents read (cairn-cloudinit,
+/// `cairn-update install` and `health`), not `/init`: it passes them on
+/// without a word.
+pub const FOR_THE_SYSTEM: &[&str] = &[
+    CLOUDINIT,
+    METADATA,
+    METADATA_IMDSV1,
+    INSTALL,
+    INSTALL_IMAGE,
+    INSTALL_DISK,
+    INSTALL_OVERWRITE,
+    INSTALL_MAC,
+    REPORT,
+    REPORT_MAC,
+    REPORT_TRIAL,
+];
+
 /// The value of the last `KEY=value` word on a command line.
 pub fn value(cmdline: &str, key: &str) -> Option<String> {
     split_words(cmdline)

@@ -174,6 +174,7 @@ pub fn parse(cmdline: &str) -> Result<Cmdline, CmdlineError> {
                 c.init = v.to_owned();
             }
             ("console", Some(v)) => c.consoles.push(v.to_owned()),
+            (k, _) if keys::FOR_THE_SYSTEM.contains(&k) => {}
             (k, _) if k.starts_with("cairn.") => c.unknown.push(word.clone()),
             _ => {}
         }
@@ -216,6 +217,9 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(2500));
         assert_eq!(c.init, "/usr/lib/systemd/systemd");
         assert_eq!(c.unknown, ["cairn.frob=1"]);
+        // the booted system's keys are not /init's, and not unknown either
+        let c = parse("cairn.root=ram cairn.report=http://s cairn.report.mac=52:54:00:00:00:01 cairn.report.trial=1 cairn.install=http://s cairn.install.image=a-1 cairn.install.disk=first-empty cairn.install.overwrite=1 cairn.install.mac=52:54:00:00:00:01 cairn.cloudinit=0 cairn.metadata=ec2 cairn.metadata.imdsv1=1").unwrap();
+        assert!(c.unknown.is_empty(), "{:?}", c.unknown);
         assert!(!c.debug);
         assert_eq!(
             parse("cairn.slot=a cairn.state=tmpfs").unwrap().state,

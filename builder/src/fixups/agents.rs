@@ -4,7 +4,9 @@
 //! `fleet.service` (installed, not enabled), `cairn-cloudinit` (applies the machine's
 //! cloud-config at every boot; `cairn-ready.service` prints the console's
 //! ready line with it) and `cairn-update` (A/B updates: its timer,
-//! service, the health gate before `boot-complete.target`, and
+//! service, the health gate before `boot-complete.target`, its diskless
+//! counterpart `cairn-report.service` (reports to the `cairn serve` that
+//! netbooted the machine), and
 //! `cairn-install.service`, which runs `cairn-update install` only on a
 //! machine netbooted with `cairn.install=` by a `boot: install` profile), plus the
 //! image's trusted update keys in `/usr/lib/cairn/update-keys/` (the
@@ -42,6 +44,7 @@ pub const AGENT_UNITS: &[&str] = &[
     "cairn-ready.service",
     "cairn-update.timer",
     "cairn-health.service",
+    "cairn-report.service",
     "cairn-install.service",
 ];
 
@@ -74,6 +77,11 @@ pub fn files() -> Vec<(&'static str, &'static [u8], u32)> {
         (
             "usr/lib/systemd/system/cairn-health.service",
             include_bytes!("../../../updater/units/cairn-health.service"),
+            0o644,
+        ),
+        (
+            "usr/lib/systemd/system/cairn-report.service",
+            include_bytes!("../../../updater/units/cairn-report.service"),
             0o644,
         ),
         (
@@ -171,6 +179,14 @@ mod tests {
         );
         let unit = std::str::from_utf8(get("usr/lib/systemd/system/cairn-health.service")).unwrap();
         assert!(unit.contains("RequiredBy=boot-complete.target"), "{unit}");
+        let unit = std::str::from_utf8(get("usr/lib/systemd/system/cairn-report.service")).unwrap();
+        assert!(
+            unit.contains("ConditionKernelCommandLine=cairn.report\n")
+                && unit.contains("ConditionKernelCommandLine=!cairn.slot\n")
+                && unit.contains("FailureAction=reboot")
+                && unit.contains("WantedBy=multi-user.target"),
+            "{unit}"
+        );
         let unit =
             std::str::from_utf8(get("usr/lib/systemd/system/cairn-install.service")).unwrap();
         assert!(
