@@ -460,21 +460,36 @@ fn power_cuts_during_the_writes_never_leave_a_bootable_half_slot() {
     assert_eq!(gets, 1, "rootfs downloaded once");
 }
 
-#[test]
-fn rollbacks_are_detected_and_reported() {
-    let w = world();
+/// v2 is staged in slot b; the machine reboots, but systemd-boot falls
+/// back to slot a (v2's tries ran out): same slot, new boot id.
+fn fell_back_from_v2(w: &World) {
     let m = &w.m;
     let v2 = build(&w.bundles, "default", "2", &key(), ROOTFS);
     w.server.serve(&v2.root);
     m_apply_ok(m);
-    // the machine reboots, but systemd-boot falls back to slot a (v2's
-    // tries ran out): same slot, new boot id
     fs::rename(
         m.paths.esp.join("loader/entries/cairn-2+3.conf"),
         m.paths.esp.join("loader/entries/cairn-2+0-3.conf"),
     )
     .unwrap();
     m.reboot_into("a", "1", "boot-2");
+}
+
+/// `cairn-update health` through the binary, the checks not retried and
+/// no entry marked bad.
+fn health(m: &Machine) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn-update"))
+        .args(m.cli_args())
+        .args(["health", "--timeout-secs", "0", "--no-bless"])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn rollbacks_are_detected_and_reported() {
+    let w = world();
+    let m = &w.m;
+    fell_back_from_v2(&w);
     let out = Command::new(env!("CARGO_BIN_EXE_cairn-update"))
         .args(m.cli_args())
         .arg("status")
@@ -560,15 +575,7 @@ fn report_sink() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 fn a_rollback_is_reported_to_the_install_server_once() {
     let w = world();
     let m = &w.m;
-    let v2 = build(&w.bundles, "default", "2", &key(), ROOTFS);
-    w.server.serve(&v2.root);
-    m_apply_ok(m);
-    fs::rename(
-        m.paths.esp.join("loader/entries/cairn-2+3.conf"),
-        m.paths.esp.join("loader/entries/cairn-2+0-3.conf"),
-    )
-    .unwrap();
-    m.reboot_into("a", "1", "boot-2");
+    fell_back_from_v2(&w);
     let handoff = |server: &str| {
         fs::write(
             m.paths.esp.join("cairn/install.json"),
@@ -576,14 +583,7 @@ fn a_rollback_is_reported_to_the_install_server_once() {
         )
         .unwrap()
     };
-    let health = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_cairn-update"))
-            .args(m.cli_args())
-            .args(["health", "--timeout-secs", "0", "--no-bless"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let health = || String::from_utf8_lossy(&health(m).stdout).into_owned();
     // the server is down on the boot that finds the rollback: not marked told
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let down_url = format!("http://{}", down.local_addr().unwrap());
@@ -642,11 +642,7 @@ fn a_diskless_machine_reports_to_the_server_that_netbooted_it() {
     let (url, got) = report_sink();
     let health = |cmdline: &str| {
         fs::write(&m.paths.cmdline, cmdline).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_cairn-update"))
-            .args(m.cli_args())
-            .args(["health", "--timeout-secs", "0", "--no-bless"])
-            .output()
-            .unwrap()
+        health(m)
     };
     let events = || -> Vec<serde_json::Value> {
         got.lock()
