@@ -766,6 +766,20 @@ async fn the_reboot_lock_drains_its_holder() {
         // said it carried out the removals: no mark yet.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(s.wait_mark("m2", false).await.is_none());
+        // A settled mark that does not read (or a hostile one) counts as
+        // none, and the registry says which key.
+        s.etcd()
+            .put(
+                s.registry.keys().settled_of("m2"),
+                "{\"revision\": \"all\"}",
+                PutOptions::new().lease(m[1].id()),
+            )
+            .await
+            .unwrap();
+        let bad = s.registry.settled_of("m2").await.unwrap_err();
+        assert!(bad.to_string().contains("settled/m2"), "{bad}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(s.wait_mark("m2", false).await.is_none());
         // It says so (settled up to now): the drain mark, for the lock as
         // it is now.
         let now = s
