@@ -255,6 +255,8 @@ fn unused_and_idle_tokens_expire_and_are_gone_for_good() {
     s.stop();
 
     let s = TestServer::start_with(dir.path(), port, Duration::from_secs(5), limits);
+    // A new client: the old one's idle connection was to the stopped server.
+    let c = common::client();
     assert_eq!(s.discovery.index(), index, "indexes never go back");
     assert!(s.discovery.token(&unused).is_none());
     assert!(
@@ -319,6 +321,8 @@ fn a_put_costs_the_store_about_its_own_size() {
     let record = s.discovery.token(&token).unwrap();
     s.stop();
     let s = TestServer::start(dir.path(), port, Duration::from_secs(5));
+    // A new client: the old one's idle connection was to the stopped server.
+    let c = common::client();
     assert_eq!(s.discovery.token(&token).unwrap(), record);
     let after = rt.block_on(call(&c, Method::GET, &format!("{base}/{token}"), None));
     assert_eq!(after.body, before.body);

@@ -792,6 +792,8 @@ fn tokens_registrations_groups_and_the_index_survive_a_restart() {
     s.stop();
 
     let s = TestServer::start(dir.path(), port, Duration::from_secs(5));
+    // A new client: the old one's idle connection was to the stopped server.
+    let c = common::client();
     assert_eq!(s.discovery.index(), index);
     let after = rt.block_on(call(&c, Method::GET, &format!("{base}/{token}"), None));
     assert_eq!(after.body, before.body);
