@@ -12,7 +12,7 @@ pub mod machine;
 pub mod rollout;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cairn_formats::lifecycle::{Event, Report};
@@ -75,22 +75,63 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     /// Reads every record of `store`; the records that did not read are
-    /// returned (set aside, for the caller to log).
+    /// returned (set aside, for the caller to log). Rollout records from
+    /// before memberships moved to the machines' records give theirs to
+    /// the machines (a member that is no machine on record is dropped) and
+    /// are written again without them, machines first; memberships that
+    /// are no current rollout's are ignored (dropped at the machine's next
+    /// save), and each rollout's counts are made again from the
+    /// memberships, so a crash between a machine's save and its rollout's
+    /// leaves nothing miscounted.
     pub fn open(
         store: Arc<dyn Store>,
         limits: Limits,
     ) -> Result<(Lifecycle, Vec<SetAside>), StoreError> {
         let loaded = store.load()?;
-        let machines = loaded
+        let mut machines: BTreeMap<String, Machine> = loaded
             .machines
             .into_iter()
             .map(|m| (m.mac.clone(), m))
             .collect();
-        let rollouts = loaded
+        let mut rollouts: BTreeMap<String, Rollout> = loaded
             .rollouts
             .into_iter()
             .map(|r| (r.plan.channel.clone(), r))
             .collect();
+        let mut migrated = BTreeSet::new();
+        let mut rewrite = BTreeSet::new();
+        for (channel, r) in &mut rollouts {
+            if r.legacy_members.is_empty() {
+                continue;
+            }
+            rewrite.insert(channel.clone());
+            for (mac, member) in r.take_legacy_members() {
+                if let Some(m) = machines.get_mut(&mac) {
+                    m.rollouts.insert(channel.clone(), member);
+                    migrated.insert(mac);
+                }
+            }
+        }
+        for m in machines.values_mut() {
+            m.drop_stale_memberships(|channel| rollouts.get(channel));
+        }
+        for (channel, r) in &mut rollouts {
+            let before = r.counts.clone();
+            r.recount_all(
+                machines
+                    .values()
+                    .filter_map(|m| Some((m.mac.as_str(), m.rollouts.get(channel)?))),
+            );
+            if r.counts != before {
+                rewrite.insert(channel.clone());
+            }
+        }
+        for mac in &migrated {
+            store.save_machine(&machines[mac])?;
+        }
+        for channel in &rewrite {
+            store.save_rollout(&rollouts[channel])?;
+        }
         Ok((
             Lifecycle {
                 store,
@@ -138,9 +179,15 @@ impl Lifecycle {
         Ok(m)
     }
 
-    fn save(&self, mac: &str) -> Result<(), StoreError> {
-        match self.machines.get(mac) {
-            Some(m) => self.store.save_machine(m),
+    /// Saves `mac`'s record, without the memberships that are no current
+    /// rollout's.
+    fn save(&mut self, mac: &str) -> Result<(), StoreError> {
+        let rollouts = &self.rollouts;
+        match self.machines.get_mut(mac) {
+            Some(m) => {
+                m.drop_stale_memberships(|channel| rollouts.get(channel));
+                self.store.save_machine(m)
+            }
             None => Ok(()),
         }
     }
@@ -226,22 +273,35 @@ impl Lifecycle {
             .as_deref()
             .map(cairn_formats::channel::rollout::machine_seed);
         let mut pause = None;
+        let mut changed = Vec::new();
         if let (Some((version, verdict)), Some(seed)) = (verdict, seed) {
             let c = Candidate {
                 mac: &report.mac,
                 seed,
                 group,
             };
-            for r in self.rollouts.values_mut() {
-                if r.plan.version == *version {
-                    if let Some(p) = r.record(&c, version, verdict.clone(), now) {
-                        pause = Some(p.clone());
-                    }
-                    self.store.save_rollout(r)?;
+            for (channel, r) in &mut self.rollouts {
+                if r.plan.version != *version {
+                    continue;
+                }
+                let before = r.clone();
+                let mut member = m.rollouts.remove(channel);
+                if let Some(p) = r.record(&c, &mut member, version, verdict.clone(), now) {
+                    pause = Some(p.clone());
+                }
+                if let Some(member) = member {
+                    m.rollouts.insert(channel.clone(), member);
+                }
+                if *r != before {
+                    changed.push(channel.clone());
                 }
             }
         }
+        // the machine first: at load, the counts are made from the machines
         self.save(&report.mac)?;
+        for channel in changed {
+            self.store.save_rollout(&self.rollouts[&channel])?;
+        }
         Ok(pause)
     }
 
@@ -258,7 +318,27 @@ impl Lifecycle {
             return Ok(None);
         };
         let before = r.clone();
-        let d = r.decide(c, now);
+        let d = match self.machines.get_mut(c.mac) {
+            Some(m) => {
+                let mut member = m.rollouts.get(channel).cloned();
+                let d = r.decide(c, &mut member, now);
+                match member {
+                    Some(member) if m.rollouts.get(channel) != Some(&member) => {
+                        m.rollouts.insert(channel.to_owned(), member);
+                        self.store.save_machine(m)?;
+                    }
+                    _ => {}
+                }
+                d
+            }
+            // a machine with no record (it never netbooted from this
+            // server) is answered as a newcomer every time, and counted
+            // nowhere: memberships are kept in machines' records only
+            None => {
+                r.advance(now);
+                r.clone().decide(c, &mut None, now)
+            }
+        };
         if *r != before {
             self.store.save_rollout(r)?;
         }
@@ -267,6 +347,12 @@ impl Lifecycle {
 
     /// Starts (or replaces) the rollout of `plan.channel`.
     pub fn start_rollout(&mut self, plan: Plan, now: i64) -> Result<&Rollout, LifecycleError> {
+        // a rollout started again in the same second must not take the
+        // memberships of the one it replaces for its own (Member::of)
+        let now = match self.rollouts.get(&plan.channel) {
+            Some(old) if old.started >= now => old.started + 1,
+            _ => now,
+        };
         let r = Rollout::start(plan, now)?;
         self.store.save_rollout(&r)?;
         let channel = r.plan.channel.clone();
@@ -277,20 +363,27 @@ impl Lifecycle {
     /// The inventory's plan for `plan.channel`, applied at load and at
     /// every reload: a rollout of another version (or none yet) is started
     /// afresh; the same plan again changes nothing; the same version with
-    /// edited waves keeps what happened so far (opened waves, members,
-    /// a pause), minus what refers to waves that no longer exist.
+    /// edited waves keeps what happened so far (opened waves, counts,
+    /// memberships, a pause), minus what refers to waves that no longer
+    /// exist (their members' memberships are dropped and saved).
     /// Returns what was done, for the log.
     pub fn apply_plan(&mut self, plan: Plan, now: i64) -> Result<PlanChange, LifecycleError> {
         plan.check()?;
         match self.rollouts.get_mut(&plan.channel) {
             Some(r) if r.plan == plan => Ok(PlanChange::Unchanged),
             Some(r) if r.plan.version == plan.version => {
-                let waves = plan.waves.len();
-                r.plan = plan;
-                r.opened.truncate(waves);
-                r.members.retain(|_, m| m.wave < waves);
-                if r.paused.as_ref().is_some_and(|p| p.wave >= waves) {
-                    r.paused = None;
+                r.edit(plan);
+                // the members of waves that are gone leave the machines'
+                // records now (were the plan to get those waves back, they
+                // would count again, uncounted)
+                let channel = r.plan.channel.clone();
+                for m in self.machines.values_mut() {
+                    if m.rollouts.get(&channel).is_some_and(|x| {
+                        x.version == r.plan.version && x.started == r.started && !x.of(r)
+                    }) {
+                        m.rollouts.remove(&channel);
+                        self.store.save_machine(m)?;
+                    }
                 }
                 self.store.save_rollout(r)?;
                 Ok(PlanChange::Edited)
@@ -368,6 +461,13 @@ mod tests {
             max_failures: 0,
         };
         assert_eq!(l.apply_plan(plan("2", 2), 1).unwrap(), PlanChange::Started);
+        l.seen("m:0", 1).unwrap();
+        let member = |l: &Lifecycle| {
+            l.machine("m:0")
+                .unwrap()
+                .member_of(l.rollout("lab").unwrap())
+                .cloned()
+        };
         let c = Candidate {
             mac: "m:0",
             seed: 1,
@@ -382,14 +482,16 @@ mod tests {
             l.apply_plan(plan("2", 2), 3).unwrap(),
             PlanChange::Unchanged
         );
-        assert!(l.rollout("lab").unwrap().members.contains_key("m:0"));
+        assert!(member(&l).is_some());
         // edited waves of the same version: kept too
         assert_eq!(l.apply_plan(plan("2", 3), 4).unwrap(), PlanChange::Edited);
         assert_eq!(l.rollout("lab").unwrap().plan.waves.len(), 3);
-        assert!(l.rollout("lab").unwrap().members.contains_key("m:0"));
+        assert_eq!(member(&l).unwrap().wave, 0);
+        assert_eq!(l.rollout("lab").unwrap().status()[0].offered, 1);
         // a new version starts afresh
         assert_eq!(l.apply_plan(plan("3", 1), 5).unwrap(), PlanChange::Started);
-        assert!(l.rollout("lab").unwrap().members.is_empty());
+        assert!(member(&l).is_none());
+        assert_eq!(l.rollout("lab").unwrap().status()[0].offered, 0);
         // a bad plan is refused and changes nothing
         assert!(l.apply_plan(plan("4", 0), 6).is_err());
         assert_eq!(l.rollout("lab").unwrap().plan.version, "3");
@@ -610,5 +712,262 @@ mod tests {
             .unwrap()
             .what
             .contains("serving 1.0, not 2.0"));
+    }
+
+    fn two_waves(max_failures: u32) -> Plan {
+        Plan {
+            channel: "lab".into(),
+            version: "2.0.0".into(),
+            waves: vec![
+                WavePlan {
+                    name: "canary".into(),
+                    members: Members::Groups(vec!["canary".into()]),
+                    soak_secs: 300,
+                },
+                WavePlan {
+                    name: "rest".into(),
+                    members: Members::Percent(100),
+                    soak_secs: 0,
+                },
+            ],
+            max_failures,
+        }
+    }
+
+    #[test]
+    fn a_rollout_record_from_before_gives_its_members_to_the_machines() {
+        let t = tempfile::tempdir().unwrap();
+        {
+            let s = FileStore::open(t.path()).unwrap();
+            for mac in ["m:0", "m:1", "m:2"] {
+                s.save_machine(&Machine::new(mac, 1)).unwrap();
+            }
+        }
+        // as a server before per-machine memberships wrote it
+        let file = t.path().join("lifecycle/rollouts/lab.json");
+        std::fs::write(
+            &file,
+            r#"{
+  "plan": {"channel": "lab", "version": "2.0.0", "max_failures": 0, "waves": [
+    {"name": "canary", "members": {"groups": ["canary"]}, "soak_secs": 300},
+    {"name": "rest", "members": {"percent": 100}, "soak_secs": 0}]},
+  "started": 10,
+  "opened": [10],
+  "paused": {"at": 50, "wave": 0, "reason": "1 machine(s) of wave canary failed 2.0.0 (m:0), more than the 0 allowed"},
+  "resumed": null,
+  "members": {
+    "m:0": {"wave": 0, "outcome": {"outcome": "failed", "at": 50, "reason": "cairn-app.service failed"}},
+    "m:1": {"wave": 0, "outcome": {"outcome": "offered", "at": 20}},
+    "m:9": {"wave": 0, "outcome": {"outcome": "healthy", "at": 30}}
+  }
+}"#,
+        )
+        .unwrap();
+        // read without the store (explain): already as the server will see it
+        let p = store::peek(t.path(), "m:0").unwrap();
+        assert!(p.unreadable.is_empty(), "{:?}", p.unreadable);
+        let m = p.machine.unwrap();
+        assert!(matches!(
+            m.member_of(&p.rollouts[0]).unwrap().outcome,
+            rollout::Outcome::Failed { .. }
+        ));
+        assert!(std::fs::read_to_string(&file).unwrap().contains("\"m:1\""));
+        for round in 0..2 {
+            let mut l = open(t.path());
+            let r = l.rollout("lab").unwrap();
+            // paused until the resume of round 0
+            assert_eq!(r.paused.is_some(), round == 0);
+            assert!(r.legacy_members.is_empty());
+            let s = r.status();
+            // m:9 netbooted nowhere: no record to keep it in
+            assert_eq!((s[0].offered, s[0].healthy, s[0].failures), (2, 0, 1));
+            assert_eq!(
+                s[0].failed,
+                [("m:0".to_string(), "cairn-app.service failed".to_string())]
+            );
+            let on_disk = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                !on_disk.contains("m:1") && !on_disk.contains("m:9"),
+                "{round}: {on_disk}"
+            );
+            assert!(
+                std::fs::read_to_string(t.path().join("lifecycle/machines/m-1.json"))
+                    .unwrap()
+                    .contains("\"rollouts\"")
+            );
+            // the failed machine is still held; after a resume the offered one keeps its wave
+            let cand = |mac| Candidate {
+                mac,
+                seed: 1,
+                group: Some("web"),
+            };
+            assert!(matches!(
+                l.offer("lab", &cand("m:0"), 100).unwrap(),
+                Some(Decision::Hold { reason }) if reason.contains("failed on this machine")
+            ));
+            if round == 0 {
+                l.resume_rollout("lab", 100).unwrap();
+                assert_eq!(
+                    l.offer("lab", &cand("m:1"), 100).unwrap(),
+                    Some(Decision::Offer { wave: 0 })
+                );
+            }
+        }
+    }
+
+    /// A store that counts what it is asked to write.
+    #[derive(Debug)]
+    struct Counting {
+        files: FileStore,
+        rollout_writes: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl Store for Counting {
+        fn load(&self) -> Result<store::Loaded, StoreError> {
+            self.files.load()
+        }
+        fn save_machine(&self, m: &Machine) -> Result<(), StoreError> {
+            self.files.save_machine(m)
+        }
+        fn remove_machine(&self, mac: &str) -> Result<(), StoreError> {
+            self.files.remove_machine(mac)
+        }
+        fn save_rollout(&self, r: &Rollout) -> Result<(), StoreError> {
+            let n = serde_json::to_vec_pretty(r).unwrap().len();
+            self.rollout_writes.lock().unwrap().push(n);
+            self.files.save_rollout(r)
+        }
+        fn remove_rollout(&self, channel: &str) -> Result<(), StoreError> {
+            self.files.remove_rollout(channel)
+        }
+    }
+
+    #[test]
+    fn a_report_writes_the_rollout_only_when_it_changed_and_it_stays_small() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Arc::new(Counting {
+            files: FileStore::open(t.path()).unwrap(),
+            rollout_writes: Default::default(),
+        });
+        let (mut l, _) = Lifecycle::open(store.clone(), Limits::default()).unwrap();
+        let mut plan = two_waves(1000);
+        plan.waves.remove(0);
+        l.apply_plan(plan, 0).unwrap();
+        let writes = || store.rollout_writes.lock().unwrap().clone();
+        let macs: Vec<String> = (0..300).map(|i| format!("m:{i}")).collect();
+        for (i, mac) in macs.iter().enumerate() {
+            l.seen(mac, 1).unwrap();
+            let healthy = Event::Healthy {
+                version: "2.0.0".into(),
+            };
+            let before = writes().len();
+            l.report(&rep(mac, i as u8, healthy.clone()), None, 2)
+                .unwrap();
+            assert_eq!(writes().len(), before + 1, "{mac}: counted");
+            // the same verdict again, a boot, another version: the rollout is as it was
+            l.report(&rep(mac, i as u8, healthy), None, 3).unwrap();
+            l.report(
+                &rep(
+                    mac,
+                    i as u8,
+                    Event::Healthy {
+                        version: "1.0.0".into(),
+                    },
+                ),
+                None,
+                3,
+            )
+            .unwrap();
+            assert_eq!(writes().len(), before + 1, "{mac}: written again");
+        }
+        let w = writes();
+        // the rollout's record is the same size for 1 machine as for 300
+        // (the counters' digits aside)
+        assert!(w.iter().max().unwrap() - w[1] < 16, "{w:?}");
+        assert!(*w.iter().max().unwrap() < 2048, "{w:?}");
+        let s = l.rollout("lab").unwrap().status();
+        assert_eq!((s[0].offered, s[0].healthy), (300, 300));
+        drop(l);
+        drop(store);
+        let l = open(t.path());
+        assert_eq!(l.rollout("lab").unwrap().status()[0].healthy, 300);
+        assert!(l
+            .machines()
+            .all(|m| m.member_of(l.rollout("lab").unwrap()).is_some()));
+    }
+
+    #[test]
+    fn counts_are_made_from_the_machines_at_load_and_edits_drop_members_of_lost_waves() {
+        let t = tempfile::tempdir().unwrap();
+        let mut l = open(t.path());
+        let mut plan = two_waves(5);
+        plan.waves[0].soak_secs = 0;
+        l.apply_plan(plan.clone(), 0).unwrap();
+        for (mac, group) in [("m:a", "canary"), ("m:b", "web"), ("m:c", "web")] {
+            l.seen(mac, 0).unwrap();
+            let c = Candidate {
+                mac,
+                seed: 1,
+                group: Some(group),
+            };
+            assert!(matches!(
+                l.offer("lab", &c, 1).unwrap(),
+                Some(Decision::Offer { .. })
+            ));
+        }
+        let stale = l.rollout("lab").unwrap().clone();
+        l.report(
+            &rep(
+                "m:b",
+                2,
+                Event::Unhealthy {
+                    version: "2.0.0".into(),
+                    reason: "x".into(),
+                },
+            ),
+            Some("web"),
+            2,
+        )
+        .unwrap();
+        // a crash after the machine's save, before its rollout's
+        l.store.save_rollout(&stale).unwrap();
+        drop(l);
+        let mut l = open(t.path());
+        let s = l.rollout("lab").unwrap().status();
+        assert_eq!((s[0].offered, s[1].offered, s[1].failures), (1, 2, 1));
+        // the plan loses its second wave: its members leave the machines' records
+        let mut one = plan.clone();
+        one.waves.truncate(1);
+        assert_eq!(l.apply_plan(one, 3).unwrap(), PlanChange::Edited);
+        assert!(l.machine("m:b").unwrap().rollouts.is_empty());
+        assert!(!l.machine("m:a").unwrap().rollouts.is_empty());
+        drop(l);
+        let peeked = store::peek(t.path(), "m:b").unwrap();
+        assert!(peeked.machine.unwrap().rollouts.is_empty());
+        // and gets it back: they are newcomers, nothing counted twice
+        let mut l = open(t.path());
+        assert_eq!(l.apply_plan(plan, 4).unwrap(), PlanChange::Edited);
+        let s = l.rollout("lab").unwrap().status();
+        assert_eq!((s[0].offered, s[1].offered), (1, 0));
+        let c = Candidate {
+            mac: "m:b",
+            seed: 1,
+            group: Some("web"),
+        };
+        assert_eq!(
+            l.offer("lab", &c, 5).unwrap(),
+            Some(Decision::Offer { wave: 1 })
+        );
+        assert_eq!(l.rollout("lab").unwrap().status()[1].offered, 1);
+        // a new version: the memberships of the old one are ignored, and
+        // dropped at the machine's next save
+        let mut v3 = two_waves(0);
+        v3.version = "3.0.0".into();
+        l.apply_plan(v3, 6).unwrap();
+        assert_eq!(l.rollout("lab").unwrap().status()[0].offered, 0);
+        assert_eq!(l.machine("m:a").unwrap().rollouts.len(), 1);
+        l.seen("m:a", 7).unwrap();
+        l.install_boot("m:a", 7).unwrap();
+        assert!(l.machine("m:a").unwrap().rollouts.is_empty());
     }
 }

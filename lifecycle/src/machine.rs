@@ -1,14 +1,16 @@
 //! One machine as the server records it: its phase from first sight to
 //! running a version (seen, installing, installed, running, refused,
 //! failed), the install-once rule that answers a netboot, the last health
-//! verdict, and a bounded history of what happened.
+//! verdict, its place in each rollout, and a bounded history of what
+//! happened.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use cairn_formats::lifecycle::{BootSource, Event, Report};
 use serde::{Deserialize, Serialize};
 
 use crate::diskless::Diskless;
+use crate::rollout::{Member, Rollout};
 
 /// How many times the installer is served to a machine that never
 /// reports a finished install before the server gives up on it.
@@ -165,6 +167,10 @@ pub struct Machine {
     pub diskless: Diskless,
     #[serde(default)]
     pub history: VecDeque<HistoryEntry>,
+    /// Its membership of each rollout, by channel (one that is no longer
+    /// a current rollout's is ignored, see [`Member::of`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<String, Member>,
 }
 
 impl Machine {
@@ -180,9 +186,27 @@ impl Machine {
             health: None,
             diskless: Diskless::default(),
             history: VecDeque::new(),
+            rollouts: BTreeMap::new(),
         };
         m.note(now, "first seen");
         m
+    }
+
+    /// Its membership of `r`, if it has a current one.
+    pub fn member_of(&self, r: &Rollout) -> Option<&Member> {
+        self.rollouts.get(&r.plan.channel).filter(|m| m.of(r))
+    }
+
+    /// Drops the memberships that are no current rollout's (`current`
+    /// gives the rollout of a channel); whether any was.
+    pub fn drop_stale_memberships<'a>(
+        &mut self,
+        current: impl Fn(&str) -> Option<&'a Rollout>,
+    ) -> bool {
+        let before = self.rollouts.len();
+        self.rollouts
+            .retain(|channel, m| current(channel).is_some_and(|r| m.of(r)));
+        self.rollouts.len() != before
     }
 
     /// Adds a history line, dropping the oldest beyond [`HISTORY`].

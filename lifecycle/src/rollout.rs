@@ -4,7 +4,10 @@
 //! every machine's health verdict for the version is counted against its
 //! wave, and the rollout pauses by itself, saying why, when a wave's
 //! failures pass the plan's threshold. Paused, no new machine is offered
-//! the version until an operator resumes it.
+//! the version until an operator resumes it. Each machine's membership
+//! ([`Member`]) is kept in its own record (`Machine::rollouts`); the
+//! rollout keeps per-wave counters and a bounded list of failed machines,
+//! so its record stays the same size whatever the fleet's.
 
 use std::collections::BTreeMap;
 
@@ -118,10 +121,36 @@ pub enum Outcome {
     },
 }
 
-/// One machine's record in a rollout.
+/// One machine's place in a rollout, kept in the machine's record (under
+/// the rollout's channel): which rollout (its version and start, so a
+/// rollout started afresh does not inherit it), the machine's wave and
+/// what it did with the version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
+    pub version: String,
+    /// The rollout's `started`.
+    pub started: i64,
+    pub wave: usize,
+    pub outcome: Outcome,
+}
+
+impl Member {
+    /// Whether this membership is one of `r`'s: the same version and start,
+    /// and a wave the plan still has (a membership that is not is ignored,
+    /// and dropped from the machine's record at its next save).
+    pub fn of(&self, r: &Rollout) -> bool {
+        self.version == r.plan.version
+            && self.started == r.started
+            && self.wave < r.plan.waves.len()
+    }
+}
+
+/// A member as rollout records before per-machine memberships kept them
+/// (`members` in the rollout's own record); read only, to migrate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyMember {
     pub wave: usize,
     pub outcome: Outcome,
 }
@@ -144,8 +173,66 @@ pub enum Decision {
     Hold { reason: String },
 }
 
-/// A rollout in progress: the plan, when each wave opened, each machine's
-/// outcome, and a pause if there is one.
+/// Failed machines a wave names (in its record, the status page and a
+/// pause's reason); the others are counted.
+pub const FAILED_NAMED: usize = 32;
+
+/// One failed machine of a wave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    pub mac: String,
+    pub reason: String,
+    pub at: i64,
+}
+
+/// A wave's members, counted: every machine offered the version or that
+/// reported on it (`offered`), of which `healthy` and `failed`; the first
+/// [`FAILED_NAMED`] failed machines by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaveCount {
+    pub offered: u64,
+    pub healthy: u64,
+    pub failed: u64,
+    #[serde(default)]
+    pub failures: Vec<Failure>,
+}
+
+impl WaveCount {
+    fn add(&mut self, mac: &str, o: &Outcome) {
+        self.offered += 1;
+        match o {
+            Outcome::Offered { .. } => {}
+            Outcome::Healthy { .. } => self.healthy += 1,
+            Outcome::Failed { at, reason } => {
+                self.failed += 1;
+                if self.failures.len() < FAILED_NAMED {
+                    self.failures.push(Failure {
+                        mac: mac.to_owned(),
+                        reason: reason.clone(),
+                        at: *at,
+                    });
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, mac: &str, o: &Outcome) {
+        self.offered = self.offered.saturating_sub(1);
+        match o {
+            Outcome::Offered { .. } => {}
+            Outcome::Healthy { .. } => self.healthy = self.healthy.saturating_sub(1),
+            Outcome::Failed { .. } => {
+                self.failed = self.failed.saturating_sub(1);
+                self.failures.retain(|f| f.mac != mac);
+            }
+        }
+    }
+}
+
+/// A rollout in progress: the plan, when each wave opened, each wave's
+/// counts, and a pause if there is one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
@@ -158,8 +245,14 @@ pub struct Rollout {
     /// When an operator last resumed it (no wave opens earlier).
     #[serde(default)]
     pub resumed: Option<i64>,
+    /// Per wave of the plan.
     #[serde(default)]
-    pub members: BTreeMap<String, Member>,
+    pub counts: Vec<WaveCount>,
+    /// Each machine's membership, as records written before memberships
+    /// moved to the machines' records held them: read, never written;
+    /// [`Rollout::take_legacy_members`] empties it at load.
+    #[serde(default, rename = "members", skip_serializing)]
+    pub legacy_members: BTreeMap<String, LegacyMember>,
 }
 
 /// A wave's counts, for the status page.
@@ -170,8 +263,11 @@ pub struct WaveStatus {
     /// an earlier wave that has not opened, or paused).
     pub opens: Option<i64>,
     pub open: bool,
-    pub offered: usize,
-    pub healthy: usize,
+    pub offered: u64,
+    pub healthy: u64,
+    /// Failed machines in all.
+    pub failures: u64,
+    /// The first [`FAILED_NAMED`] of them: (MAC, reason).
     pub failed: Vec<(String, String)>,
 }
 
@@ -180,12 +276,13 @@ impl Rollout {
     pub fn start(plan: Plan, now: i64) -> Result<Rollout, PlanError> {
         plan.check()?;
         Ok(Rollout {
+            counts: vec![WaveCount::default(); plan.waves.len()],
             plan,
             started: now,
             opened: vec![now],
             paused: None,
             resumed: None,
-            members: BTreeMap::new(),
+            legacy_members: BTreeMap::new(),
         })
     }
 
@@ -215,11 +312,76 @@ impl Rollout {
         }
     }
 
-    /// Whether `c` gets the version now; an offer is recorded.
-    pub fn decide(&mut self, c: &Candidate<'_>, now: i64) -> Decision {
+    fn count_mut(&mut self, wave: usize) -> &mut WaveCount {
+        if self.counts.len() <= wave {
+            let n = self.plan.waves.len().max(wave + 1);
+            self.counts.resize(n, WaveCount::default());
+        }
+        &mut self.counts[wave]
+    }
+
+    /// Moves `mac`'s membership from `old` (counted already, or `None`) to
+    /// `new`, in the counts.
+    fn recount(&mut self, mac: &str, old: Option<&Member>, new: &Member) {
+        if let Some(o) = old {
+            self.count_mut(o.wave).remove(mac, &o.outcome);
+        }
+        self.count_mut(new.wave).add(mac, &new.outcome);
+    }
+
+    /// The counts made again from every membership of this rollout
+    /// (`(mac, member)`, memberships of other rollouts skipped): at load,
+    /// so counts and memberships agree whatever was saved last. The named
+    /// failures are the earliest.
+    pub fn recount_all<'a>(&mut self, members: impl IntoIterator<Item = (&'a str, &'a Member)>) {
+        self.counts = vec![WaveCount::default(); self.plan.waves.len()];
+        let mut failed: Vec<(i64, &str, &Member)> = Vec::new();
+        for (mac, m) in members {
+            if !m.of(self) {
+                continue;
+            }
+            match &m.outcome {
+                Outcome::Failed { at, .. } => failed.push((*at, mac, m)),
+                o => self.counts[m.wave].add(mac, o),
+            }
+        }
+        failed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (_, mac, m) in failed {
+            self.counts[m.wave].add(mac, &m.outcome);
+        }
+    }
+
+    /// Empties the members a record from before per-machine memberships
+    /// held, and returns them as memberships of this rollout (waves the
+    /// plan no longer has dropped).
+    pub fn take_legacy_members(&mut self) -> Vec<(String, Member)> {
+        let waves = self.plan.waves.len();
+        std::mem::take(&mut self.legacy_members)
+            .into_iter()
+            .filter(|(_, m)| m.wave < waves)
+            .map(|(mac, m)| {
+                (
+                    mac,
+                    Member {
+                        version: self.plan.version.clone(),
+                        started: self.started,
+                        wave: m.wave,
+                        outcome: m.outcome,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Whether `c` gets the version now. `member` is the machine's
+    /// membership of this rollout (see [`Member::of`]; anything else is
+    /// taken as none); an offer to a machine not yet a member makes it one
+    /// and is counted.
+    pub fn decide(&mut self, c: &Candidate<'_>, member: &mut Option<Member>, now: i64) -> Decision {
         self.advance(now);
         let v = &self.plan.version;
-        if let Some(m) = self.members.get(c.mac) {
+        let current = member.as_ref().filter(|m| m.of(self));
+        if let Some(m) = current {
             // a machine that has its verdict keeps it; one that was
             // offered the version and has no verdict yet is held while
             // the rollout is paused, like a machine that was not offered
@@ -257,24 +419,29 @@ impl Rollout {
                 },
             };
         }
-        self.members.insert(
-            c.mac.to_owned(),
-            Member {
-                wave,
-                outcome: Outcome::Offered { at: now },
-            },
-        );
+        // not a member (an offered member is offered above unless paused,
+        // and paused returns above)
+        let new = Member {
+            version: v.clone(),
+            started: self.started,
+            wave,
+            outcome: Outcome::Offered { at: now },
+        };
+        self.recount(c.mac, None, &new);
+        *member = Some(new);
         Decision::Offer { wave }
     }
 
     /// A machine's verdict on `version` (`Err(reason)`: the health gate
-    /// failed or it rolled back). Verdicts on other versions are not this
-    /// rollout's; a machine that reports without having been offered (it
-    /// got the version elsewhere) is counted in its wave all the same.
-    /// Returns the pause this verdict caused, if any.
+    /// failed or it rolled back). `member` is the machine's membership (as
+    /// for [`Rollout::decide`]), updated. Verdicts on other versions are
+    /// not this rollout's; a machine that reports without having been
+    /// offered (it got the version elsewhere) is counted in its wave all
+    /// the same. Returns the pause this verdict caused, if any.
     pub fn record(
         &mut self,
         c: &Candidate<'_>,
+        member: &mut Option<Member>,
         version: &str,
         verdict: Result<(), String>,
         now: i64,
@@ -282,7 +449,8 @@ impl Rollout {
         if version != self.plan.version {
             return None;
         }
-        let wave = match self.members.get(c.mac) {
+        let old = member.take().filter(|m| m.of(self));
+        let wave = match &old {
             Some(m) => m.wave,
             None => self.wave_of(c).unwrap_or(self.opened.len() - 1),
         };
@@ -290,27 +458,34 @@ impl Rollout {
             Ok(()) => Outcome::Healthy { at: now },
             Err(reason) => Outcome::Failed { at: now, reason },
         };
-        self.members
-            .insert(c.mac.to_owned(), Member { wave, outcome });
+        let new = Member {
+            version: version.to_owned(),
+            started: self.started,
+            wave,
+            outcome,
+        };
+        self.recount(c.mac, old.as_ref(), &new);
+        *member = Some(new);
         if self.paused.is_some() {
             return None;
         }
-        let failed: Vec<&str> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.wave == wave && matches!(m.outcome, Outcome::Failed { .. }))
-            .map(|(mac, _)| mac.as_str())
-            .collect();
-        if failed.len() as u64 > u64::from(self.plan.max_failures) {
+        let count = &self.counts[wave];
+        if count.failed > u64::from(self.plan.max_failures) {
+            let mut named: Vec<&str> = count.failures.iter().map(|f| f.mac.as_str()).collect();
+            let unnamed = count.failed.saturating_sub(named.len() as u64);
+            let more = format!("{unnamed} more");
+            if unnamed > 0 {
+                named.push(&more);
+            }
             self.paused = Some(Pause {
                 at: now,
                 wave,
                 reason: format!(
                     "{} machine(s) of wave {} failed {} ({}), more than the {} allowed",
-                    failed.len(),
+                    count.failed,
                     self.plan.waves[wave].name,
                     self.plan.version,
-                    failed.join(", "),
+                    named.join(", "),
                     self.plan.max_failures
                 ),
             });
@@ -326,6 +501,20 @@ impl Rollout {
         self.resumed = Some(now);
     }
 
+    /// The same version with an edited plan: what happened so far is kept
+    /// (opened waves, counts, a pause) minus what refers to waves that no
+    /// longer exist. Memberships of those waves are no longer
+    /// [`Member::of`] this rollout.
+    pub fn edit(&mut self, plan: Plan) {
+        let waves = plan.waves.len();
+        self.plan = plan;
+        self.opened.truncate(waves);
+        self.counts.resize(waves, WaveCount::default());
+        if self.paused.as_ref().is_some_and(|p| p.wave >= waves) {
+            self.paused = None;
+        }
+    }
+
     /// Per wave: open or when it opens, and the machines' outcomes.
     pub fn status(&self) -> Vec<WaveStatus> {
         self.plan
@@ -333,7 +522,7 @@ impl Rollout {
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                let of_wave = self.members.iter().filter(|(_, m)| m.wave == i);
+                let count = self.counts.get(i).cloned().unwrap_or_default();
                 let opens = match self.opened.get(i) {
                     Some(t) => Some(*t),
                     None if i == self.opened.len() && self.paused.is_none() => {
@@ -345,16 +534,13 @@ impl Rollout {
                     name: w.name.clone(),
                     opens,
                     open: i < self.opened.len(),
-                    offered: of_wave.clone().count(),
-                    healthy: of_wave
-                        .clone()
-                        .filter(|(_, m)| matches!(m.outcome, Outcome::Healthy { .. }))
-                        .count(),
-                    failed: of_wave
-                        .filter_map(|(mac, m)| match &m.outcome {
-                            Outcome::Failed { reason, .. } => Some((mac.clone(), reason.clone())),
-                            _ => None,
-                        })
+                    offered: count.offered,
+                    healthy: count.healthy,
+                    failures: count.failed,
+                    failed: count
+                        .failures
+                        .into_iter()
+                        .map(|f| (f.mac, f.reason))
                         .collect(),
                 }
             })
@@ -383,6 +569,61 @@ mod tests {
                 },
             ],
             max_failures,
+        }
+    }
+
+    /// A rollout and its machines' memberships (their records' part).
+    struct Fleet {
+        r: Rollout,
+        members: BTreeMap<String, Option<Member>>,
+    }
+
+    fn fleet(r: Rollout) -> Fleet {
+        Fleet {
+            r,
+            members: BTreeMap::new(),
+        }
+    }
+
+    impl std::ops::Deref for Fleet {
+        type Target = Rollout;
+        fn deref(&self) -> &Rollout {
+            &self.r
+        }
+    }
+
+    impl std::ops::DerefMut for Fleet {
+        fn deref_mut(&mut self) -> &mut Rollout {
+            &mut self.r
+        }
+    }
+
+    impl Fleet {
+        fn decide(&mut self, c: &Candidate<'_>, now: i64) -> Decision {
+            let m = self.members.entry(c.mac.to_owned()).or_default();
+            self.r.decide(c, m, now)
+        }
+
+        fn record(
+            &mut self,
+            c: &Candidate<'_>,
+            version: &str,
+            verdict: Result<(), String>,
+            now: i64,
+        ) -> Option<&Pause> {
+            let m = self.members.entry(c.mac.to_owned()).or_default();
+            self.r.record(c, m, version, verdict, now)
+        }
+
+        /// The counts as made again from the memberships.
+        fn recounted(&self) -> Vec<WaveCount> {
+            let mut r = self.r.clone();
+            r.recount_all(
+                self.members
+                    .iter()
+                    .filter_map(|(mac, m)| Some((mac.as_str(), m.as_ref()?))),
+            );
+            r.counts
         }
     }
 
@@ -429,7 +670,7 @@ mod tests {
 
     #[test]
     fn waves_open_after_their_soak() {
-        let mut r = Rollout::start(plan(0), 1000).unwrap();
+        let mut r = fleet(Rollout::start(plan(0), 1000).unwrap());
         assert_eq!(
             r.decide(&c("m1", Some("canary")), 1000),
             Decision::Offer { wave: 0 }
@@ -457,7 +698,7 @@ mod tests {
         // a machine in no wave
         let mut only_canary = plan(0);
         only_canary.waves.truncate(1);
-        let mut r = Rollout::start(only_canary, 0).unwrap();
+        let mut r = fleet(Rollout::start(only_canary, 0).unwrap());
         assert!(matches!(
             r.decide(&c("m9", Some("web")), 10_000),
             Decision::Hold { reason } if reason.contains("in no wave")
@@ -466,7 +707,7 @@ mod tests {
 
     #[test]
     fn a_failure_in_the_first_wave_pauses_the_rollout_and_the_second_never_gets_it() {
-        let mut r = Rollout::start(plan(0), 0).unwrap();
+        let mut r = fleet(Rollout::start(plan(0), 0).unwrap());
         assert_eq!(
             r.decide(&c("m1", Some("canary")), 0),
             Decision::Offer { wave: 0 }
@@ -517,7 +758,7 @@ mod tests {
     fn failures_up_to_the_threshold_do_not_pause() {
         let mut p = plan(1);
         p.waves[0].members = Members::Percent(100);
-        let mut r = Rollout::start(p, 0).unwrap();
+        let mut r = fleet(Rollout::start(p, 0).unwrap());
         for m in ["a", "b", "c"] {
             r.decide(&c(m, None), 0);
         }
@@ -567,10 +808,126 @@ mod tests {
 
     #[test]
     fn a_rollout_survives_json() {
-        let mut r = Rollout::start(plan(0), 5).unwrap();
+        let mut r = fleet(Rollout::start(plan(0), 5).unwrap());
         r.decide(&c("m1", Some("canary")), 5);
+        r.decide(&c("m2", Some("canary")), 5);
+        r.record(&c("m2", Some("canary")), "2.0.0", Ok(()), 6);
         r.record(&c("m1", Some("canary")), "2.0.0", Err("x".into()), 6);
-        let j = serde_json::to_string(&r).unwrap();
-        assert_eq!(serde_json::from_str::<Rollout>(&j).unwrap(), r);
+        let j = serde_json::to_string(&r.r).unwrap();
+        assert_eq!(serde_json::from_str::<Rollout>(&j).unwrap(), r.r);
+        // a healthy machine is counted, not named
+        assert!(!j.contains("m2"), "{j}");
+        assert_eq!(r.recounted(), r.counts);
+    }
+
+    #[test]
+    fn counts_follow_verdicts_and_name_a_bounded_number_of_failures() {
+        let mut p = plan(40);
+        p.waves[0].members = Members::Percent(100);
+        let mut r = fleet(Rollout::start(p, 0).unwrap());
+        let macs: Vec<String> = (0..100).map(|i| format!("m{i:03}")).collect();
+        for m in &macs {
+            assert_eq!(r.decide(&c(m, None), 0), Decision::Offer { wave: 0 });
+        }
+        // a machine asking again is not counted twice
+        r.decide(&c("m000", None), 1);
+        assert_eq!((r.counts[0].offered, r.counts[0].failed), (100, 0));
+        // healthy, then failed: it moves from one count to the other
+        r.record(&c("m000", None), "2.0.0", Ok(()), 2);
+        assert_eq!(r.counts[0].healthy, 1);
+        r.record(&c("m000", None), "2.0.0", Err("late".into()), 3);
+        assert_eq!((r.counts[0].healthy, r.counts[0].failed), (0, 1));
+        r.record(&c("m000", None), "2.0.0", Ok(()), 4);
+        assert_eq!((r.counts[0].healthy, r.counts[0].failed), (1, 0));
+        assert!(r.counts[0].failures.is_empty());
+        let mut pause = None;
+        for (i, m) in macs[1..=41].iter().enumerate() {
+            if let Some(p) = r.record(&c(m, None), "2.0.0", Err(format!("e{i}")), 10 + i as i64) {
+                pause = Some((i, p.clone()));
+            }
+        }
+        // the 41st failure pauses: 32 named, 9 counted
+        let (i, p) = pause.expect("paused");
+        assert_eq!(i, 40);
+        assert!(
+            p.reason
+                .starts_with("41 machine(s) of wave canary failed 2.0.0 (m001, m002,"),
+            "{}",
+            p.reason
+        );
+        assert!(
+            p.reason.contains("m032, 9 more), more than the 40 allowed"),
+            "{}",
+            p.reason
+        );
+        let s = r.status();
+        assert_eq!((s[0].offered, s[0].healthy, s[0].failures), (100, 1, 41));
+        assert_eq!(s[0].failed.len(), FAILED_NAMED);
+        assert_eq!(r.recounted(), r.counts);
+        // the record stays small whatever the fleet
+        assert!(serde_json::to_vec(&r.r).unwrap().len() < 4096);
+    }
+
+    #[test]
+    fn a_rollout_started_afresh_or_edited_does_not_count_old_memberships() {
+        let mut r = fleet(Rollout::start(plan(0), 0).unwrap());
+        r.decide(&c("m1", Some("canary")), 0);
+        r.record(&c("m1", Some("canary")), "2.0.0", Err("x".into()), 1);
+        let old = r.members["m1"].clone();
+        // the same version started again: the machine is a newcomer
+        let mut again = Rollout::start(plan(0), 50).unwrap();
+        assert!(!old.as_ref().unwrap().of(&again));
+        let mut m = old.clone();
+        assert_eq!(
+            again.decide(&c("m1", Some("canary")), &mut m, 50),
+            Decision::Offer { wave: 0 }
+        );
+        assert_eq!(again.counts[0].offered, 1);
+        assert!(m.unwrap().of(&again));
+        // an edit that drops a machine's wave: not counted, not held by it
+        r.resume(100);
+        assert_eq!(
+            r.decide(&c("m2", Some("web")), 700),
+            Decision::Offer { wave: 1 }
+        );
+        assert_eq!(r.counts[1].offered, 1);
+        let mut one = plan(0);
+        one.waves.truncate(1);
+        r.r.edit(one);
+        assert_eq!(r.counts.len(), 1);
+        assert!(r.members["m1"].as_ref().unwrap().of(&r.r));
+        assert!(!r.members["m2"].as_ref().unwrap().of(&r.r));
+        assert!(matches!(
+            r.decide(&c("m2", Some("web")), 800),
+            Decision::Hold { reason } if reason.contains("in no wave")
+        ));
+        assert_eq!(r.recounted(), r.counts);
+    }
+
+    #[test]
+    fn a_record_with_members_from_before_reads_and_gives_them_up() {
+        let j = r#"{"plan":{"channel":"lab","version":"2.0.0","waves":[
+            {"name":"canary","members":{"groups":["canary"]},"soak_secs":600},
+            {"name":"rest","members":{"percent":100},"soak_secs":0}],"max_failures":0},
+          "started":5,"opened":[5],
+          "paused":{"at":9,"wave":0,"reason":"1 machine(s) of wave canary failed 2.0.0 (m1), more than the 0 allowed"},
+          "members":{"m1":{"wave":0,"outcome":{"outcome":"failed","at":9,"reason":"x"}},
+                     "m2":{"wave":0,"outcome":{"outcome":"offered","at":6}},
+                     "m9":{"wave":7,"outcome":{"outcome":"healthy","at":6}}}}"#;
+        let mut r: Rollout = serde_json::from_str(j).unwrap();
+        let members = r.take_legacy_members();
+        assert!(r.legacy_members.is_empty());
+        assert_eq!(members.len(), 2, "the wave the plan has not is dropped");
+        assert!(members.iter().all(|(_, m)| m.of(&r)));
+        r.recount_all(members.iter().map(|(mac, m)| (mac.as_str(), m)));
+        let s = r.status();
+        assert_eq!((s[0].offered, s[0].failures), (2, 1));
+        assert_eq!(s[0].failed, [("m1".to_string(), "x".to_string())]);
+        // written again: counted, and only the failed machine named
+        let written = serde_json::to_string(&r).unwrap();
+        assert!(
+            written.contains("\"m1\"") && !written.contains("\"m2\""),
+            "{written}"
+        );
     }
 }

@@ -89,6 +89,18 @@ pub fn peek(state_dir: &Path, mac: &str) -> Result<Peek, StoreError> {
     }
     for p in records_in(&rollouts)? {
         match read_record::<Rollout>(&p) {
+            Ok(mut r) if !r.legacy_members.is_empty() => {
+                // a record from before memberships moved to the machines:
+                // as the server will read it (nothing written here)
+                let members = r.take_legacy_members();
+                r.recount_all(members.iter().map(|(mac, m)| (mac.as_str(), m)));
+                if let Some(m) = out.machine.as_mut() {
+                    if let Some((_, member)) = members.into_iter().find(|(x, _)| *x == m.mac) {
+                        m.rollouts.insert(r.plan.channel.clone(), member);
+                    }
+                }
+                out.rollouts.push(r)
+            }
             Ok(r) => out.rollouts.push(r),
             Err(e) => out.unreadable.push(format!("{}: {e}", p.display())),
         }

@@ -666,8 +666,13 @@ fn rollout_info(
         group: Some(&group.name),
     };
     let wave = r.wave_of(&c);
-    // the rollout's decision, on a copy: nothing recorded
-    let decision = r.clone().decide(&c, now);
+    // the rollout's decision, on copies: nothing recorded
+    let mut member = records
+        .machine
+        .as_ref()
+        .and_then(|m| m.member_of(r))
+        .cloned();
+    let decision = r.clone().decide(&c, &mut member, now);
     let in_wave = match wave {
         Some(w) => format!("the machine is in wave {} ({:?})", w + 1, r.plan.waves[w].name),
         None if machine_id.is_none() => {

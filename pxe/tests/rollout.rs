@@ -213,6 +213,19 @@ fn the_canary_fails_and_the_second_wave_never_gets_the_version() {
     let waves = &snap["rollouts"][0]["waves"];
     assert_eq!(waves[0]["offered"], 1, "{snap:#}");
     assert_eq!(waves[1]["open"], false, "{snap:#}");
+    // the canary's membership is in its own record; the rollout's only counts
+    assert!(
+        snap["rollouts"][0]["rollout"].get("members").is_none(),
+        "{snap:#}"
+    );
+    let canary = snap["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == MACS[0])
+        .unwrap();
+    assert_eq!(canary["rollouts"]["lab"]["wave"], 0, "{snap:#}");
+    assert_eq!(canary["rollouts"]["lab"]["outcome"]["outcome"], "offered");
 
     // the canary rolls back: the rollout pauses and says why
     let id = "0123456789abcdef0123456789abcdef";
