@@ -153,9 +153,16 @@ EOF
     exit 1
   fi
   if [ -n "${ROLLOUT:-}" ]; then
-    members=$(jq --arg v "$VERSION" '[.rollouts[] | select(.rollout.plan.version == $v)
-        | .rollout.members[] | select(.outcome.outcome == "healthy")] | length' "$work/lifecycle.json")
-    echo "run $run: rollout of $VERSION: $members healthy member(s) recorded," \
+    # the rollout counts; each machine's membership is in its own record
+    counted=$(jq --arg v "$VERSION" '[.rollouts[] | select(.rollout.plan.version == $v)
+        | .waves[].healthy] | add' "$work/lifecycle.json")
+    members=$(jq --arg v "$VERSION" '[.machines[] | select(.rollouts.lab.version == $v
+        and .rollouts.lab.outcome.outcome == "healthy")] | length' "$work/lifecycle.json")
+    if [ "$counted" != "$N" ] || [ "$members" != "$N" ]; then
+      echo "run $run: the rollout counts $counted healthy, $members machine records say so; not $N" >&2
+      exit 1
+    fi
+    echo "run $run: rollout of $VERSION: $counted healthy counted, $members in machine records," \
       "$(stat -c %s "$work/state/lifecycle/rollouts/lab.json") bytes in rollouts/lab.json"
   fi
   files=$(find "$work/state/lifecycle/machines" -name '*.json' | wc -l)

@@ -5,6 +5,7 @@
 //! happened.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 
 use cairn_formats::lifecycle::{BootSource, Event, Report};
 use serde::{Deserialize, Serialize};
@@ -146,6 +147,71 @@ pub enum InstallAction {
     Refuse { reason: String },
 }
 
+/// A machine's rollout memberships by channel: a JSON object in its
+/// record, a small vector in memory (most machines are in one rollout; a
+/// map's node would be ten times the size of its one entry, for every
+/// machine).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Memberships(Vec<(String, Member)>);
+
+impl Memberships {
+    pub fn get(&self, channel: &str) -> Option<&Member> {
+        self.0.iter().find(|(c, _)| c == channel).map(|(_, m)| m)
+    }
+
+    /// Sets the membership of `channel`'s rollout.
+    pub fn insert(&mut self, channel: String, m: Member) {
+        match self.0.iter_mut().find(|(c, _)| *c == channel) {
+            Some((_, old)) => *old = m,
+            None => {
+                self.0.push((channel, m));
+                self.0.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+        }
+    }
+
+    pub fn remove(&mut self, channel: &str) -> Option<Member> {
+        let i = self.0.iter().position(|(c, _)| c == channel)?;
+        Some(self.0.remove(i).1)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &Member) -> bool) {
+        self.0.retain(|(c, m)| keep(c, m));
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// (channel, membership), by channel.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Member)> {
+        self.0.iter().map(|(c, m)| (c.as_str(), m))
+    }
+}
+
+impl fmt::Debug for Memberships {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Memberships {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Memberships {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Memberships, D::Error> {
+        let map = BTreeMap::<String, Member>::deserialize(d)?;
+        Ok(Memberships(map.into_iter().collect()))
+    }
+}
+
 /// Everything the server keeps about one machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,8 +235,8 @@ pub struct Machine {
     pub history: VecDeque<HistoryEntry>,
     /// Its membership of each rollout, by channel (one that is no longer
     /// a current rollout's is ignored, see [`Member::of`]).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub rollouts: BTreeMap<String, Member>,
+    #[serde(default, skip_serializing_if = "Memberships::is_empty")]
+    pub rollouts: Memberships,
 }
 
 impl Machine {
@@ -186,7 +252,7 @@ impl Machine {
             health: None,
             diskless: Diskless::default(),
             history: VecDeque::new(),
-            rollouts: BTreeMap::new(),
+            rollouts: Memberships::default(),
         };
         m.note(now, "first seen");
         m
