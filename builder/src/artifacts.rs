@@ -299,7 +299,7 @@ pub fn write_disk(
         ),
         (
             "loader/loader.conf".into(),
-            EspSource::from(cairn_disk::loader_conf()),
+            EspSource::from(cairn_disk::loader_conf(def.disk.menu_timeout)),
         ),
         (
             format!("loader/entries/{}", cairn_disk::entry_file_name(v, None)),

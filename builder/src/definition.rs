@@ -211,6 +211,17 @@ pub struct DiskDef {
     pub slot: Size,
     #[serde(default = "d_state")]
     pub state: Size,
+    /// Seconds systemd-boot shows its menu (`timeout` in loader.conf); 0:
+    /// no menu unless a key is held while it starts.
+    #[serde(default = "d_menu_timeout")]
+    pub menu_timeout: u32,
+}
+
+/// The longest menu timeout a definition may set (seconds).
+pub const MAX_MENU_TIMEOUT: u32 = 600;
+
+fn d_menu_timeout() -> u32 {
+    cairn_disk::DEFAULT_MENU_TIMEOUT
 }
 
 fn d_disk() -> Size {
@@ -233,6 +244,7 @@ impl Default for DiskDef {
             esp: d_esp(),
             slot: d_slot(),
             state: d_state(),
+            menu_timeout: d_menu_timeout(),
         }
     }
 }
@@ -547,6 +559,16 @@ fn validate(doc: &Doc) -> Result<(), DefinitionError> {
             ));
         }
     }
+    if d.disk.menu_timeout > MAX_MENU_TIMEOUT {
+        return Err(invalid(
+            doc,
+            "disk.menu_timeout",
+            format!(
+                "{} seconds: expected 0 (no menu unless a key is held) to {MAX_MENU_TIMEOUT}",
+                d.disk.menu_timeout
+            ),
+        ));
+    }
     let min = 8 << 20;
     if d.disk.esp.0 < 64 << 20 {
         return Err(invalid(
@@ -728,6 +750,23 @@ mod tests {
         let text = format!("{MIN}disk:\n  size: 1GiB\n");
         let e = parse("x.yaml", &text).unwrap_err().to_string();
         assert!(e.contains("x.yaml:6: disk.size: 1GiB cannot hold"), "{e}");
+    }
+
+    #[test]
+    fn the_menu_timeout_defaults_to_3_s_and_is_bounded() {
+        let d = parse("x.yaml", MIN).unwrap();
+        assert_eq!(d.disk.menu_timeout, 3);
+        let d = parse("x.yaml", &format!("{MIN}disk:\n  menu_timeout: 0\n")).unwrap();
+        assert_eq!(d.disk.menu_timeout, 0);
+        let text = format!("{MIN}disk:\n  state: 64MiB\n  menu_timeout: 601\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(
+            e.contains("x.yaml:7: disk.menu_timeout: 601 seconds: expected 0"),
+            "{e}"
+        );
+        let text = format!("{MIN}disk:\n  menu_timeout: -1\n");
+        let e = parse("x.yaml", &text).unwrap_err().to_string();
+        assert!(e.contains("x.yaml:6:") && e.contains("menu_timeout"), "{e}");
     }
 
     #[test]

@@ -45,7 +45,10 @@ fn main() {
     spec.mtime = 1_700_000_000;
     spec.slot_a = Some(&slot);
     spec.esp_files = vec![
-        ("loader/loader.conf".into(), loader_conf().into()),
+        (
+            "loader/loader.conf".into(),
+            loader_conf(cairn_disk::DEFAULT_MENU_TIMEOUT).into(),
+        ),
         (
             format!("loader/entries/{}", entry_file_name("1.0.0", Some(3))),
             bls_entry(&entry).into(),

@@ -4,17 +4,23 @@
 //! decrements on every try and the health gate renames away once the slot
 //! is blessed. Pure string generation: nothing here touches a file.
 
-/// `loader/loader.conf`. On purpose it has no `default` line: systemd-boot
-/// then boots the newest entry that is not marked bad, which is what makes
-/// boot-counting rollback work.
-pub fn loader_conf() -> String {
-    "# Written by cairn. There is deliberately no \"default\" line: a pinned\n\
-     # default keeps booting an entry whose tries ran out and defeats\n\
-     # boot-counting rollback; without it systemd-boot picks the newest good entry.\n\
-     timeout 3\n\
-     console-mode keep\n\
-     editor no\n"
-        .to_string()
+/// systemd-boot's menu timeout when a definition does not set one (seconds).
+pub const DEFAULT_MENU_TIMEOUT: u32 = 3;
+
+/// `loader/loader.conf` with a menu shown for `timeout` seconds (0: no
+/// menu, which systemd-boot still shows while a key is held at start). On
+/// purpose it has no `default` line: systemd-boot then boots the newest
+/// entry that is not marked bad, which is what makes boot-counting
+/// rollback work.
+pub fn loader_conf(timeout: u32) -> String {
+    format!(
+        "# Written by cairn. There is deliberately no \"default\" line: a pinned\n\
+         # default keeps booting an entry whose tries ran out and defeats\n\
+         # boot-counting rollback; without it systemd-boot picks the newest good entry.\n\
+         timeout {timeout}\n\
+         console-mode keep\n\
+         editor no\n"
+    )
 }
 
 /// One Boot Loader Specification entry.
@@ -112,7 +118,7 @@ mod tests {
 
     #[test]
     fn loader_conf_has_no_default_and_says_why() {
-        let c = loader_conf();
+        let c = loader_conf(DEFAULT_MENU_TIMEOUT);
         let keys: Vec<&str> = c
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -122,6 +128,7 @@ mod tests {
         assert!(!keys.contains(&"default"));
         assert!(c.contains("timeout 3\n"));
         assert!(c.contains("editor no\n"));
+        assert!(loader_conf(0).contains("\ntimeout 0\n"));
         assert!(c.contains("console-mode keep\n"));
         assert!(c
             .lines()

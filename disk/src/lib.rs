@@ -40,7 +40,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub use bls::{bls_entry, entry_file_name, loader_conf, BootEntry};
+pub use bls::{bls_entry, entry_file_name, loader_conf, BootEntry, DEFAULT_MENU_TIMEOUT};
 pub use convert::ConvertError;
 pub use error::DiskError;
 pub use esp::{EspEntry, EspInfo};

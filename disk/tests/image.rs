@@ -142,7 +142,10 @@ fn spec<'a>(inp: &'a Inputs, layout: Layout) -> DiskSpec<'a> {
                 "EFI/systemd/systemd-bootx64.efi".into(),
                 EspSource::from(inp.bootx64.as_path()),
             ),
-            ("loader/loader.conf".into(), loader_conf().into()),
+            (
+                "loader/loader.conf".into(),
+                loader_conf(cairn_disk::DEFAULT_MENU_TIMEOUT).into(),
+            ),
             (
                 format!("loader/entries/{}", entry_file_name("1.0.0", Some(3))),
                 bls_entry(&e).into(),
@@ -479,7 +482,10 @@ fn inspect_reports_table_files_and_loader_text() {
                 "loader/entries/cairn-1.0.0+3.conf",
                 bls_entry(&entry("cairn-a", "1.0.0")).len() as u64
             ),
-            ("loader/loader.conf", loader_conf().len() as u64),
+            (
+                "loader/loader.conf",
+                loader_conf(cairn_disk::DEFAULT_MENU_TIMEOUT).len() as u64
+            ),
         ]
     );
     let dirs: Vec<&str> = esp
@@ -500,7 +506,10 @@ fn inspect_reports_table_files_and_loader_text() {
             "loader/entries"
         ]
     );
-    assert_eq!(esp.loader_conf.as_deref(), Some(loader_conf().as_str()));
+    assert_eq!(
+        esp.loader_conf.as_deref(),
+        Some(loader_conf(cairn_disk::DEFAULT_MENU_TIMEOUT).as_str())
+    );
     assert_eq!(
         esp.boot_entries,
         [(

@@ -290,7 +290,7 @@ fn gpt_disk_from_write_disk_converts_and_compares_identical() {
             ),
             (
                 "loader/loader.conf".into(),
-                cairn_disk::loader_conf().into(),
+                cairn_disk::loader_conf(cairn_disk::DEFAULT_MENU_TIMEOUT).into(),
             ),
         ],
         slot_a: Some(&slot),
