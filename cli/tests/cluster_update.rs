@@ -1,18 +1,37 @@
-//! Coordinated reboots: three QEMU machines boot image 1.0.0 from their
+//! The cluster, on three QEMU machines that boot image 1.0.0 from their
 //! own disks on a LAN in network namespaces (site dnsmasq, the real
 //! `cairn serve`). Each reads its cloud-config from an OpenStack config
 //! drive (`config-2`): etcd joins the others through a discovery token
-//! from `cairn serve` (`/discovery/new?size=3`), and `coreos.update` says
-//! channel `lab` on that server with `reboot-strategy: etcd-lock`.
+//! from `cairn serve` (`/discovery/new?size=3`; each member advertises its
+//! own `$private_ipv4`), fleet (`fleet.service`: cairn's `fleetd`, agent
+//! on systemd over D-Bus) runs with `coreos.fleet` settings, and
+//! `coreos.update` says channel `lab` on that server with
+//! `reboot-strategy: etcd-lock`.
 //!
-//! Once the three form a cluster, the server offers signed 2.0.0 and all
-//! three start `cairn-update.service` at the same moment. The reboot lock
-//! (locksmith's semaphore in etcd, one slot) lets one machine reboot at a
-//! time: the test samples the lock's holders every second from the
-//! server's host and watches each machine's console; it asserts that no
-//! two machines ever hold the lock together, that every machine rebooted
-//! into slot b while it held the lock, and that all three end on 2.0.0
-//! with the lock free and the cluster healthy.
+//! 1. Formation: `etcdctl member list` shows three started members; a key
+//!    written on one is read on another.
+//! 2. fleet: `fleetctl list-machines` shows the three with their metadata;
+//!    `fleetctl start myapp.service` (the seed's MyApp, as a shell loop:
+//!    the test image has no Docker) runs it on one machine from fleet's
+//!    unit directory and its journal says `Hello World`; `web@{1..3}` with
+//!    `Conflicts=web@*.service` land on three different machines.
+//! 3. Coordinated reboots: the server offers signed 2.0.0 and all three
+//!    start `cairn-update.service` at the same moment. The reboot lock
+//!    (locksmith's semaphore in etcd, one slot) lets one machine reboot at
+//!    a time: the test samples the lock's holders every second from the
+//!    server's host and watches each machine's console; no two machines
+//!    ever hold the lock together, every machine rebooted into slot b
+//!    while it held the lock, and all three end on 2.0.0 with the lock
+//!    free and the cluster healthy. Each machine's agent waited for
+//!    fleet's drain before its reboot (its journal: "fleet drained"), and
+//!    after the last reboot fleet runs all four units again, `web@` still
+//!    on three machines.
+//! 4. Failover: the machine that runs MyApp is powered off and MyApp runs
+//!    on another within 120 s (agent_ttl 10 s, plus a new engine election
+//!    when the leader died: its lease is 10 s).
+//!
+//! One test with three VMs (it takes both test threads): formation, fleet
+//! and updates share the boots.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +53,9 @@ const MACS: [&str; 3] = [
     "52:54:00:00:0e:02",
     "52:54:00:00:0e:03",
 ];
+
+const MYAPP: &str = "[Unit]\nDescription=MyApp\n\n[Service]\nExecStart=/bin/sh -c 'while true; do echo Hello World; sleep 1; done'\n";
+const WEB: &str = "[Unit]\nDescription=web %i\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[X-Fleet]\nConflicts=web@*.service\n";
 
 /// A FAT config drive labelled `config-2` holding `user_data`.
 fn config_drive(path: &Path, user_data: &str) {
@@ -74,12 +96,19 @@ coreos:
     initial-advertise-peer-urls: http://$private_ipv4:2380
     listen-client-urls: http://0.0.0.0:2379
     listen-peer-urls: http://$private_ipv4:2380
+  fleet:
+    public-ip: $private_ipv4
+    metadata: "role=node,lab=cluster"
+    agent_ttl: 10s
+    etcd_servers: http://127.0.0.1:2379
   update:
     group: lab
     server: http://192.0.2.1:8080
     reboot-strategy: etcd-lock
   units:
     - name: etcd.service
+      command: start
+    - name: fleet.service
       command: start
 "#
     )
@@ -120,7 +149,7 @@ fn holders(lan: &Lan, members: &[String]) -> Option<Vec<String>> {
 }
 
 #[test]
-fn three_machines_take_an_update_one_at_a_time() {
+fn three_machines_form_a_cluster_run_fleet_and_take_an_update_one_at_a_time() {
     for (tool, package) in [("mkfs.vfat", "dosfstools"), ("mcopy", "mtools")] {
         require(tool, package);
     }
@@ -191,6 +220,22 @@ fn three_machines_take_an_update_one_at_a_time() {
     }
     let members = guest_sh(&mut vms[0], "ETCDCTL_API=3 etcdctl member list", CMD);
     assert_eq!(members.matches(", started,").count(), 3, "{members}");
+    // peers advertise their own LAN addresses, from $private_ipv4
+    assert!(
+        members.matches("http://192.0.2.1").count() >= 6,
+        "{members}"
+    );
+    guest_sh(
+        &mut vms[0],
+        "ETCDCTL_API=3 etcdctl put cairn-test formed-by-discovery",
+        CMD,
+    );
+    let got = guest_sh(
+        &mut vms[2],
+        "ETCDCTL_API=3 etcdctl get --print-value-only cairn-test",
+        CMD,
+    );
+    assert_eq!(got.trim(), "formed-by-discovery");
     eprintln!("three-member cluster after {:.0?}", t0.elapsed());
 
     // who is who: machine ids (the lock's holder names) and addresses
@@ -219,6 +264,9 @@ fn three_machines_take_an_update_one_at_a_time() {
     );
     let st = guest_sh(&mut vms[0], "cairn-update lock status", CMD);
     assert!(st.contains("available: 1/1"), "{st}");
+
+    // ---- fleet
+    fleet_starts_units(&mut vms, &ids);
 
     // ---- all three at once
     for vm in &mut vms {
@@ -316,7 +364,178 @@ fn three_machines_take_an_update_one_at_a_time() {
     let st = guest_sh(&mut vms[1], "cairn-update lock status", CMD);
     assert!(st.contains("available: 1/1"), "{st}");
     eprintln!("all three on 2.0.0, one at a time, in {:.0?}", t1.elapsed());
-    for vm in &mut vms {
-        vm.kill().ok();
+
+    // each agent waited for fleet's drain before its reboot (the journal of
+    // the boot before: v1's)
+    for (i, vm) in vms.iter_mut().enumerate() {
+        let j = guest_sh(
+            vm,
+            "journalctl -b -1 -u cairn-update.service --no-pager -o cat",
+            CMD,
+        );
+        assert!(
+            j.contains(&format!("fleet drained {}", ids[i])),
+            "node-{i} rebooted without fleet's drain:\n{j}"
+        );
     }
+    // fleet runs the four units again, web@ still on three machines
+    let after = wait_units_running(&mut vms[0], 4);
+    let webs: std::collections::BTreeSet<&String> = after
+        .iter()
+        .filter(|u| u.0.starts_with("web@"))
+        .map(|u| &u.1)
+        .collect();
+    assert_eq!(webs.len(), 3, "Conflicts broken after the update: {after:?}");
+
+    // ---- failover: power off MyApp's machine
+    let killed = failover(&mut vms, &ids, &after);
+    for (i, vm) in vms.iter_mut().enumerate() {
+        if i != killed {
+            vm.kill().ok();
+        }
+    }
+    lan.check_alive();
+}
+
+/// One unit as `fleetctl list-units --no-legend --full` shows it: (unit,
+/// machine ID, active, sub).
+type UnitRow = (String, String, String, String);
+
+fn units(vm: &mut Vm) -> Vec<UnitRow> {
+    guest_sh(vm, "fleetctl list-units --no-legend --full", CMD)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4).then(|| {
+                let id = f[1].split('/').next().unwrap_or_default();
+                (f[0].into(), id.into(), f[2].into(), f[3].into())
+            })
+        })
+        .collect()
+}
+
+/// `fleetctl list-units` once `n` units are active and running (at most 180 s).
+fn wait_units_running(vm: &mut Vm, n: usize) -> Vec<UnitRow> {
+    let t = Instant::now();
+    loop {
+        let now = units(vm);
+        if now.len() == n && now.iter().all(|u| u.2 == "active" && u.3 == "running") {
+            return now;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "fleet does not run {n} units: {now:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// fleet on the three machines: list-machines, MyApp and `web@{1..3}`.
+fn fleet_starts_units(vms: &mut [Vm], ids: &[String]) {
+    let t = Instant::now();
+    let machines = guest_sh(
+        &mut vms[0],
+        "for i in $(seq 120); do [ \"$(fleetctl list-machines --no-legend 2>/dev/null | wc -l)\" -ge 3 ] && break; sleep 1; done; \
+         fleetctl list-machines --full --no-legend 2>&1; systemctl is-active fleet.service; \
+         [ \"$(fleetctl list-machines --no-legend | wc -l)\" -ge 3 ] || journalctl -u fleet.service --no-pager -n 40",
+        Duration::from_secs(180),
+    );
+    for id in ids {
+        assert!(machines.contains(id.as_str()), "{id} missing:\n{machines}");
+    }
+    assert_eq!(
+        machines.matches("lab=cluster,role=node").count(),
+        3,
+        "{machines}"
+    );
+    assert!(machines.matches("\t192.0.2.").count() >= 3, "{machines}");
+    eprintln!("fleet: three machines after {:?}", t.elapsed());
+
+    let started = guest_sh(
+        &mut vms[0],
+        &format!(
+            "cd /tmp && printf '%s' {} > myapp.service && printf '%s' {} > web@.service && \
+             fleetctl start --block-attempts=60 myapp.service 2>&1 && \
+             fleetctl start --block-attempts=60 'web@{{1..3}}.service' 2>&1",
+            shlex::try_quote(MYAPP).unwrap(),
+            shlex::try_quote(WEB).unwrap()
+        ),
+        Duration::from_secs(300),
+    );
+    assert!(
+        started.contains("Unit myapp.service launched on"),
+        "{started}"
+    );
+    let now = wait_units_running(&mut vms[0], 4);
+    let webs: std::collections::BTreeSet<&String> = now
+        .iter()
+        .filter(|u| u.0.starts_with("web@"))
+        .map(|u| &u.1)
+        .collect();
+    assert_eq!(webs.len(), 3, "Conflicts broken: {now:?}");
+    let h = host_of(ids, &now, "myapp.service");
+    let hello = guest_sh(
+        &mut vms[h],
+        "for i in $(seq 60); do journalctl -u myapp.service --no-pager -o cat | grep -m1 'Hello World' && break; sleep 1; done; \
+         readlink -f \"$(systemctl show -P FragmentPath myapp.service)\"",
+        CMD,
+    );
+    assert!(hello.starts_with("Hello World\n"), "{hello}");
+    assert!(hello.contains("/run/fleet/units/myapp.service"), "{hello}");
+    eprintln!(
+        "fleet: MyApp and web@{{1..3}} running after {:?}",
+        t.elapsed()
+    );
+}
+
+/// The index of the machine that runs `unit` in `rows`.
+fn host_of(ids: &[String], rows: &[UnitRow], unit: &str) -> usize {
+    let host = &rows
+        .iter()
+        .find(|u| u.0 == unit)
+        .unwrap_or_else(|| panic!("{unit} not listed: {rows:?}"))
+        .1;
+    ids.iter()
+        .position(|id| id == host)
+        .unwrap_or_else(|| panic!("{unit} runs on {host}, not one of ours: {ids:?}"))
+}
+
+/// Powers off the machine that runs MyApp and waits until MyApp runs on
+/// another one; returns the index of the machine powered off.
+fn failover(vms: &mut [Vm], ids: &[String], rows: &[UnitRow]) -> usize {
+    let h = host_of(ids, rows, "myapp.service");
+    let host = ids[h].clone();
+    vms[h].kill().unwrap();
+    let off = Instant::now();
+    let o = (h + 1) % vms.len();
+    let moved = guest_sh(
+        &mut vms[o],
+        &format!(
+            "for i in $(seq 120); do fleetctl list-units --no-legend --full 2>/dev/null | \
+             awk '$1 == \"myapp.service\" && $2 !~ /^{host}/ && $3 == \"active\" && $4 == \"running\"' | grep . && exit 0; sleep 1; done; \
+             fleetctl list-units --full; fleetctl list-machines; exit 1"
+        ),
+        Duration::from_secs(180),
+    );
+    let new_host = moved
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(ids.contains(&new_host) && new_host != host, "{moved}");
+    eprintln!(
+        "fleet: MyApp moved from {host} to {new_host} in {:?} after power-off",
+        off.elapsed()
+    );
+    let n = ids.iter().position(|id| *id == new_host).unwrap();
+    let hello = guest_sh(
+        &mut vms[n],
+        "for i in $(seq 60); do journalctl -u myapp.service --no-pager -o cat | grep -m1 'Hello World' && break; sleep 1; done",
+        CMD,
+    );
+    assert_eq!(hello.trim(), "Hello World");
+    h
 }
