@@ -30,8 +30,12 @@
 //!    out and the machine is back on v3 by itself; `cairn-update status`
 //!    says rolled back. (A root that cannot be mounted at all makes `/init`
 //!    say so and reboot: `boot.rs`.)
-//! 7. v5 (a failed unit): the health gate marks it bad, back on v3, and
-//!    the status names the unit.
+//! 7. v5 (a failed unit) under a rollout whose first wave is this machine
+//!    (a group selecting its MAC; the server did not install it, so the
+//!    agent names itself by its default route's interface): the health
+//!    gate marks it bad, back on v3, the status names the unit; the
+//!    machine's report pauses the rollout by itself (`/lifecycle` says why)
+//!    and a machine of the second wave is held back from 5.0.0.
 //!
 //! One test function: the steps build on each other and the machine has
 //! two cores.
@@ -732,9 +736,12 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     }
 
     // ---- 7. v5: boots, fails the health gate, marked bad
+    // under a rollout whose first wave is this machine (a group selecting
+    // its MAC, which the agent names by its default route's interface: the
+    // server did not install it) and whose second wave opens an hour later
     let v5 = next_image("5.0.0");
     builder.join().expect("the background image builds");
-    lan.reload_serve(&inv, &inventory(&v1, &v5));
+    lan.reload_serve(&inv, &canary_inventory(&v1, &v5));
     update_and_reboot(&mut vm);
     vm.wait_for("cairn-init: root cairn-b", BOOT)
         .expect("the machine tries v5");
@@ -750,8 +757,49 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
     );
     let e = entries(&mut vm);
     assert!(e.iter().any(|x| x.starts_with("cairn-5.0.0+0")), "{e:?}");
+    // the machine told the server: the rollout paused by itself and says
+    // why; another machine (the second wave) is held back from 5.0.0
+    let t = Instant::now();
+    let reason = loop {
+        let l = lan.lifecycle();
+        if let Some(r) = l["rollouts"][0]["rollout"]["paused"]["reason"].as_str() {
+            break r.to_string();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the rollout of 5.0.0 never paused: {l:#}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(
+        reason.contains("wave canary failed 5.0.0") && reason.contains(MAC),
+        "{reason}"
+    );
+    let held = lan.exec(
+        "cairn",
+        &[
+            "curl",
+            "-sS",
+            "-H",
+            "X-Cairn-Machine: 52:54:00:00:0f:99",
+            &format!("{server}/update/v1/lab/manifest.json"),
+        ],
+    );
+    let held = String::from_utf8_lossy(&held.stdout);
+    assert!(held.contains("held back from 5.0.0"), "{held}");
 
     vm.quit().ok();
+}
+
+/// The lab inventory offering `bundle` (5.0.0) through a rollout: wave
+/// `canary` is this test's machine, wave `everyone` opens an hour later;
+/// one failure pauses it.
+fn canary_inventory(profile_image: &Path, bundle: &Path) -> String {
+    format!(
+        "profiles:\n  - name: lab\n    image: {}\ngroups:\n  - name: canary\n    profile: lab\n    selector:\n      mac: \"{MAC}\"\n  - name: lab\n    profile: lab\nupdates:\n  - {}\nrollouts:\n  - channel: lab\n    version: 5.0.0\n    max_failures: 0\n    waves:\n      - name: canary\n        groups: [canary]\n        soak: 1h\n      - name: everyone\n        percent: 100\n",
+        profile_image.display(),
+        bundle.display()
+    )
 }
 
 /// `dd bs=1M conv=fsync` of as many bytes as v2's root image to slot b,

@@ -54,6 +54,11 @@ pub struct Paths {
     pub efivars: PathBuf,
     /// `/etc/machine-id`: its rollout seed is sent with manifest requests.
     pub machine_id: PathBuf,
+    /// `/proc/net/route`: the interface of the default route, whose MAC
+    /// address names a machine `cairn serve` did not install.
+    pub proc_net_route: PathBuf,
+    /// `/sys/class/net`: the interfaces' MAC addresses.
+    pub sys_class_net: PathBuf,
 }
 
 impl Paths {
@@ -70,6 +75,8 @@ impl Paths {
             slots: SlotDevices::ByLabel("/sys/class/block".into()),
             efivars: "/sys/firmware/efi/efivars".into(),
             machine_id: "/etc/machine-id".into(),
+            proc_net_route: "/proc/net/route".into(),
+            sys_class_net: "/sys/class/net".into(),
         }
     }
 
@@ -244,8 +251,7 @@ impl Agent {
 
     /// What every channel request says about this machine, so that `cairn serve` places it in a
     /// rollout's waves the same way for the manifest and for each part: its rollout seed (from
-    /// the machine id) and, on a machine `cairn serve` installed, the MAC address the server
-    /// knows it by (from the installer's hand-off on the ESP).
+    /// the machine id) and the MAC address the server knows it by ([`Agent::server_identity`]).
     pub fn channel_headers(&self) -> Vec<(&'static str, String)> {
         let mut h: Vec<(&'static str, String)> = fs::read_to_string(&self.paths.machine_id)
             .ok()
@@ -253,12 +259,46 @@ impl Agent {
             .map(|id| (rollout::SEED_HEADER, rollout::machine_seed(&id).to_string()))
             .into_iter()
             .collect();
-        match cairn_install::handoff::Handoff::load(&self.paths.esp) {
-            Ok(Some(hand)) => h.push((rollout::MACHINE_HEADER, hand.mac)),
-            Ok(None) => {}
-            Err(e) => tracing::warn!("not naming this machine to the update server: {e}"),
+        if let Some(id) = self.server_identity() {
+            h.push((rollout::MACHINE_HEADER, id.mac));
         }
         h
+    }
+
+    /// The `cairn serve` this machine reports to and the MAC address it is known there by: on
+    /// a machine the server installed, the installer's hand-off on the ESP; on any other (a
+    /// disk written by other means, a cloud image) the update server (`SERVER=`, cloud-config
+    /// `coreos.update.server`) and the MAC address of the interface with the IPv4 default
+    /// route. `None` when neither is known; a server that is not a `cairn serve` refuses the
+    /// reports, which costs one short request per boot.
+    pub fn server_identity(&self) -> Option<ServerIdentity> {
+        match cairn_install::handoff::Handoff::load(&self.paths.esp) {
+            Ok(Some(hand)) => {
+                return Some(ServerIdentity {
+                    server: hand.server,
+                    mac: hand.mac,
+                    installed: true,
+                })
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("the install hand-off on the ESP: {e}"),
+        }
+        let server = self.config.server.clone()?;
+        match default_route_mac(&self.paths.proc_net_route, &self.paths.sys_class_net) {
+            Ok(Some(mac)) => Some(ServerIdentity {
+                server,
+                mac,
+                installed: false,
+            }),
+            Ok(None) => {
+                tracing::info!("no IPv4 default route: not naming this machine to {server}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("not naming this machine to {server}: {e}");
+                None
+            }
+        }
     }
 
     /// Fetches and verifies the channel's manifest.
@@ -989,9 +1029,97 @@ impl std::fmt::Display for StatusReport {
     }
 }
 
+/// Who this machine is to a `cairn serve` ([`Agent::server_identity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerIdentity {
+    /// The server's base URL.
+    pub server: String,
+    /// The MAC address the server knows this machine by (normalized).
+    pub mac: String,
+    /// Whether the server installed the machine (its hand-off is on the ESP).
+    pub installed: bool,
+}
+
+/// The MAC address of the interface with the IPv4 default route, from
+/// `/proc/net/route` and `/sys/class/net/IFACE/address`; `None` without
+/// such a route (or when its interface has no Ethernet address).
+pub fn default_route_mac(route: &Path, net: &Path) -> Result<Option<String>> {
+    const RTF_UP: u32 = 0x1;
+    let text = fs::read_to_string(route)
+        .map_err(|e| UpdateError::Refused(format!("reading {}: {e}", route.display())))?;
+    // Iface Destination Gateway Flags RefCnt Use Metric Mask ... (hex, host order)
+    let iface = text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+        (f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000") && flags & RTF_UP != 0)
+            .then(|| f[0].to_owned())
+    });
+    let Some(iface) = iface else {
+        return Ok(None);
+    };
+    // an interface name as the kernel allows it: never a path
+    if iface.is_empty()
+        || iface.len() > 15
+        || iface == "."
+        || iface == ".."
+        || iface.contains(['/', '\0'])
+    {
+        return Err(UpdateError::Refused(format!(
+            "{}: {iface:?} is not an interface name",
+            route.display()
+        )));
+    }
+    let p = net.join(&iface).join("address");
+    let raw = match fs::read_to_string(&p) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(UpdateError::Refused(format!(
+                "reading {}: {e}",
+                p.display()
+            )))
+        }
+    };
+    match cairn_formats::lifecycle::normalize_mac(raw.trim()) {
+        Some(mac) if mac != "00:00:00:00:00:00" => Ok(Some(mac)),
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_route_names_its_interface_mac() {
+        let d = tempfile::tempdir().unwrap();
+        let (route, net) = (d.path().join("route"), d.path().join("net"));
+        std::fs::create_dir_all(net.join("eth1")).unwrap();
+        std::fs::write(net.join("eth1/address"), "AA:BB:CC:00:11:22\n").unwrap();
+        let head = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n";
+        let w = |t: &str| std::fs::write(&route, format!("{head}{t}")).unwrap();
+        w("eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\neth1\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\n");
+        assert_eq!(
+            default_route_mac(&route, &net).unwrap().as_deref(),
+            Some("aa:bb:cc:00:11:22")
+        );
+        // a route that is down, a host route, no address file: nothing
+        w("eth1\t00000000\t0100A8C0\t0002\t0\t0\t0\t00000000\n");
+        assert_eq!(default_route_mac(&route, &net).unwrap(), None);
+        w("eth1\t00000000\t0100A8C0\t0003\t0\t0\t0\tFFFFFFFF\n");
+        assert_eq!(default_route_mac(&route, &net).unwrap(), None);
+        w("wg0\t00000000\t00000000\t0001\t0\t0\t0\t00000000\n");
+        assert_eq!(default_route_mac(&route, &net).unwrap(), None);
+        // a name that is a path is refused, not followed
+        w("../x\t00000000\t00000000\t0001\t0\t0\t0\t00000000\n");
+        assert!(default_route_mac(&route, &net).is_err());
+        // an all-zero or malformed address is no name
+        std::fs::write(net.join("eth1/address"), "00:00:00:00:00:00\n").unwrap();
+        w("eth1\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\n");
+        assert_eq!(default_route_mac(&route, &net).unwrap(), None);
+        std::fs::write(net.join("eth1/address"), "garbage").unwrap();
+        assert_eq!(default_route_mac(&route, &net).unwrap(), None);
+    }
 
     #[test]
     fn os_release_values() {

@@ -53,6 +53,10 @@ struct PathArgs {
     machine_id: PathBuf,
     #[arg(long, global = true, default_value = "/sys/class/block")]
     sys_class_block: PathBuf,
+    #[arg(long, global = true, default_value = "/proc/net/route")]
+    proc_net_route: PathBuf,
+    #[arg(long, global = true, default_value = "/sys/class/net")]
+    sys_class_net: PathBuf,
     /// Slot A's device or file (instead of finding the partition labelled cairn-a).
     #[arg(long, global = true, requires = "slot_b")]
     slot_a: Option<PathBuf>,
@@ -79,6 +83,8 @@ impl PathArgs {
             },
             efivars: self.efivars.clone(),
             machine_id: self.machine_id.clone(),
+            proc_net_route: self.proc_net_route.clone(),
+            sys_class_net: self.sys_class_net.clone(),
         }
     }
 }
@@ -476,18 +482,11 @@ const BOOT_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// machine, or when the hand-off does not read (logged: reports never
 /// fail the gate).
 fn boot_reporter(a: &Agent) -> Option<(cairn_install::Reporter, cairn_updater::agent::Running)> {
-    let h = match cairn_install::handoff::Handoff::load(&a.paths.esp) {
-        Ok(Some(h)) => h,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!("not reporting to the install server: {e}");
-            return None;
-        }
-    };
+    let id = a.server_identity()?;
     let running = match a.running() {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!("not reporting to {}: {e}", h.server);
+            tracing::warn!("not reporting to {}: {e}", id.server);
             return None;
         }
     };
@@ -496,7 +495,7 @@ fn boot_reporter(a: &Agent) -> Option<(cairn_install::Reporter, cairn_updater::a
         .map(|s| s.trim().to_owned())
         .filter(|s| s.len() == 32);
     Some((
-        cairn_install::Reporter::quick(&h.server, &h.mac, machine_id, BOOT_REPORT_TIMEOUT),
+        cairn_install::Reporter::quick(&id.server, &id.mac, machine_id, BOOT_REPORT_TIMEOUT),
         running,
     ))
 }

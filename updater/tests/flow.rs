@@ -631,6 +631,69 @@ fn a_rollback_is_reported_to_the_install_server_once() {
     assert_eq!(again, 0);
 }
 
+/// A machine `cairn serve` did not install (its disk written by other
+/// means: no hand-off on the ESP) is known to its update server by the MAC
+/// address of its default route's interface: channel requests name it, and
+/// `cairn-update health` reports to that server.
+#[test]
+fn a_machine_the_server_did_not_install_names_itself_by_its_default_route() {
+    let w = world();
+    let m = &w.m;
+    let net = &m.paths.sys_class_net;
+    fs::create_dir_all(net.join("enp0s2")).unwrap();
+    fs::write(net.join("enp0s2/address"), "52:54:00:12:34:56\n").unwrap();
+    let route = |text: &str| fs::write(&m.paths.proc_net_route, text).unwrap();
+    let header =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+    route(&format!(
+        "{header}enp0s2\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+         enp0s2\t00000000\t0102000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"
+    ));
+    fell_back_from_v2(&w);
+    let log = w.server.log();
+    assert!(!log.is_empty());
+    for s in &log {
+        assert_eq!(s.machine.as_deref(), Some("52:54:00:12:34:56"), "{s:?}");
+    }
+    // reports go to the update server (here a report sink standing in for cairn serve)
+    let (url, got) = report_sink();
+    let conf = fs::read_to_string(&m.paths.config).unwrap();
+    let conf: String = conf
+        .lines()
+        .map(|l| {
+            if l.starts_with("SERVER=") {
+                format!("SERVER={url}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    fs::write(&m.paths.config, conf).unwrap();
+    let out = String::from_utf8_lossy(&health(m).stdout).into_owned();
+    assert!(
+        out.contains("reported to the install server: 2 rolled back"),
+        "{out}"
+    );
+    let bodies = got.lock().unwrap().clone();
+    let rolled: Vec<serde_json::Value> = bodies
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .filter(|v: &serde_json::Value| v["event"] == "rolled-back")
+        .collect();
+    assert_eq!(rolled.len(), 1, "{bodies:?}");
+    assert_eq!(rolled[0]["mac"], "52:54:00:12:34:56");
+
+    // hostile or missing routes: no name, no report, no error
+    for bad in [
+        format!("{header}../../etc\t00000000\t0102000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"),
+        format!("{header}enp0s2\t00000000\t0102000A\t0002\t0\t0\t0\t00000000\t0\t0\t0\n"),
+        header.to_string(),
+    ] {
+        route(&bad);
+        assert_eq!(m.agent().server_identity(), None, "{bad}");
+    }
+}
+
 /// A diskless machine (`cairn.report=`, no slot) reports its boot and
 /// health verdict to the server that netbooted it; a failed gate fails the
 /// unit (so it reboots into the server's earlier image) only on a trial

@@ -411,6 +411,8 @@ impl Machine {
             },
             efivars: dir.join("efivars"),
             machine_id: dir.join("machine-id"),
+            proc_net_route: dir.join("proc-net-route"),
+            sys_class_net: dir.join("sys-class-net"),
         };
         Machine {
             dir: dir.to_path_buf(),
@@ -492,6 +494,10 @@ impl Machine {
             s(&p.efivars),
             "--machine-id".into(),
             s(&p.machine_id),
+            "--proc-net-route".into(),
+            s(&p.proc_net_route),
+            "--sys-class-net".into(),
+            s(&p.sys_class_net),
             "--slot-a".into(),
             s(&self.slot("a")),
             "--slot-b".into(),
