@@ -385,7 +385,11 @@ fn three_machines_form_a_cluster_run_fleet_and_take_an_update_one_at_a_time() {
         .filter(|u| u.0.starts_with("web@"))
         .map(|u| &u.1)
         .collect();
-    assert_eq!(webs.len(), 3, "Conflicts broken after the update: {after:?}");
+    assert_eq!(
+        webs.len(),
+        3,
+        "Conflicts broken after the update: {after:?}"
+    );
 
     // ---- failover: power off MyApp's machine
     let killed = failover(&mut vms, &ids, &after);

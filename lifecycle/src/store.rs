@@ -24,6 +24,9 @@ pub enum StoreError {
         "{key:?}: not a name the store keeps (expected letters, digits, '.', '_', '-' and ':')"
     )]
     BadKey { key: String },
+    /// etcd did not do what was asked (see `etcd_store`).
+    #[error("etcd: {what}: {message}")]
+    Etcd { what: String, message: String },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -146,6 +149,14 @@ pub struct FileStore {
 }
 
 fn file_key(key: &str) -> Result<String, StoreError> {
+    check_key(key)?;
+    Ok(key.replace(':', "-"))
+}
+
+/// A record's name (a MAC, a channel) as a store may use it in a path or
+/// key: 1 to 128 of letters, digits, '.', '_', '-' and ':', not starting
+/// with '.'.
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty()
         || key.len() > 128
         || key.starts_with('.')
@@ -157,7 +168,7 @@ fn file_key(key: &str) -> Result<String, StoreError> {
             key: key.to_owned(),
         });
     }
-    Ok(key.replace(':', "-"))
+    Ok(())
 }
 
 impl FileStore {
