@@ -2,10 +2,11 @@
 //! machine over its life, apart from HTTP and iPXE: the install-once rule
 //! ([`machine`]), rollout waves with health feedback ([`rollout`]), the
 //! server-kept A/B of diskless machines ([`diskless`]) and their
-//! persistence ([`store`]: files, or etcd with [`etcd_store`]). [`Lifecycle`] ties them together: the server
-//! asks it what to answer a netboot or an update check, and hands it the
-//! machines' reports (`cairn_formats::lifecycle`). Every change is saved
-//! before the answer goes out.
+//! persistence ([`store`]: files, or etcd with [`etcd_store`]).
+//! [`Lifecycle`] ties them together: the server asks it what to answer a
+//! netboot or an update check, and hands it the machines' reports
+//! (`cairn_formats::lifecycle`). Every change is saved before the answer
+//! goes out.
 
 pub mod diskless;
 pub mod etcd_store;
@@ -19,9 +20,9 @@ use std::sync::Arc;
 use cairn_formats::lifecycle::{Event, Report};
 
 pub use diskless::{Choice, Diskless};
+pub use etcd_store::EtcdStore;
 pub use machine::{InstallAction, Machine, Phase};
 pub use rollout::{Candidate, Decision, Plan, Rollout};
-pub use etcd_store::EtcdStore;
 pub use store::{FileStore, SetAside, Store, StoreError};
 
 /// Bounds on what the records may grow to.

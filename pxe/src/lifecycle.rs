@@ -47,16 +47,35 @@ pub struct Records {
 }
 
 impl Records {
-    /// Opens the file store under `state_dir` (`STATE/lifecycle/`); the
-    /// records that do not read are set aside and logged.
-    pub fn open(state_dir: &std::path::Path) -> anyhow::Result<Records> {
+    /// Opens the records: with `store` (`--store etcd://...`) in etcd under
+    /// `PREFIX/lifecycle/`, else in files under `state_dir`
+    /// (`STATE/lifecycle/`); the records that do not read are set aside
+    /// and logged.
+    pub fn open(state_dir: &std::path::Path, store: Option<&str>) -> anyhow::Result<Records> {
         use anyhow::Context as _;
-        let store = cairn_lifecycle::FileStore::open(state_dir)
-            .with_context(|| format!("opening the machine records in {}", state_dir.display()))?;
-        let (l, set_aside) = Lifecycle::open(Arc::new(store), cairn_lifecycle::Limits::default())
-            .with_context(|| {
-            format!("reading the machine records in {}", state_dir.display())
-        })?;
+        let (store, at): (Arc<dyn cairn_lifecycle::Store>, String) = match store {
+            None => (
+                Arc::new(
+                    cairn_lifecycle::FileStore::open(state_dir).with_context(|| {
+                        format!("opening the machine records in {}", state_dir.display())
+                    })?,
+                ),
+                state_dir.display().to_string(),
+            ),
+            Some(spec) => {
+                let holder = format!(
+                    "cairn serve, pid {}, state dir {}",
+                    std::process::id(),
+                    state_dir.display()
+                );
+                let s = cairn_lifecycle::EtcdStore::open(spec, &holder)
+                    .with_context(|| format!("opening the machine records in --store {spec}"))?;
+                let at = format!("{spec} ({}/)", s.root());
+                (Arc::new(s), at)
+            }
+        };
+        let (l, set_aside) = Lifecycle::open(store, cairn_lifecycle::Limits::default())
+            .with_context(|| format!("reading the machine records in {at}"))?;
         for s in set_aside {
             tracing::warn!(
                 "machine record {} does not read ({}); set aside as {}",

@@ -49,8 +49,11 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// Answer PXE clients on this interface as a ProxyDHCP server (UDP 67 and 4011).
     pub proxy_dhcp: Option<String>,
-    /// Where discovery tokens live: `etcd://HOST:PORT[,HOST:PORT][/prefix]`; None: files under
-    /// `state_dir/discovery`.
+    /// Where discovery tokens and the machines' lifecycle records live:
+    /// `etcd://HOST:PORT[,HOST:PORT][/prefix]` (tokens under `prefix/tokens/`, default prefix
+    /// `/cairn/discovery`; records under `prefix/lifecycle/`, default `/cairn/lifecycle/`, held
+    /// by one server at a time); None: files under `state_dir/discovery` and
+    /// `state_dir/lifecycle`.
     pub store: Option<String>,
     /// The operators' listener: `/machines` (every MAC, IP, hostname and serial seen) and
     /// `/healthz`, never on the machines' HTTP listener; None: not served at all.
@@ -1063,7 +1066,7 @@ impl Server {
         let etcd_tokens = group_tokens(&inventory, &discovery)?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        let records = crate::lifecycle::Records::open(&cfg.state_dir)?;
+        let records = crate::lifecycle::Records::open(&cfg.state_dir, cfg.store.as_deref())?;
         records.apply_plans(&inventory.rollouts);
         let shared = Arc::new(Shared {
             inventory: ArcSwap::from_pointee(inventory),
