@@ -35,6 +35,11 @@ struct Serve {
 
 impl Serve {
     fn try_start(config: &Path, state: &Path) -> anyhow::Result<Serve> {
+        Serve::try_start_with(config, state, None)
+    }
+
+    /// With `--store` (`store`).
+    fn try_start_with(config: &Path, state: &Path, store: Option<&str>) -> anyhow::Result<Serve> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -49,7 +54,7 @@ impl Serve {
             reload_on_sighup: false,
             state_dir: state.to_path_buf(),
             proxy_dhcp: None,
-            store: None,
+            store: store.map(str::to_owned),
             admin_addr: Some("127.0.0.1:0".parse().unwrap()),
         }))?;
         let a = server.local_addrs();
@@ -479,4 +484,135 @@ fn a_diskless_machine_whose_new_image_fails_boots_its_last_good_one() {
     assert_eq!(k.status, 200);
     // c said nothing and its trial is still young: the same boot asking again gets 2.0.0
     assert_eq!(script_image(&s, c), "img-2.0.0");
+}
+
+/// One etcd member (the `etcd` binary) on 127.0.0.1 with free ports, data
+/// and log under `dir`; killed when dropped.
+struct EtcdMember {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl EtcdMember {
+    fn start(dir: &Path) -> EtcdMember {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, peer) = (free(), free());
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd (Debian package etcd-server)");
+        let e = EtcdMember { child, port };
+        let t = std::time::Instant::now();
+        while curl(&[], &format!("{client}/health")).0 != 200 {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(30),
+                "etcd did not start: {}",
+                std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        e
+    }
+}
+
+impl Drop for EtcdMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn with_store_etcd_the_records_survive_a_new_server_and_are_not_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(&dir.path().join("keys")).unwrap();
+    let key = SecretKey::load(&keys.secret).unwrap();
+    common::signed_image(dir.path(), "v1", "1.0.0", &key);
+    common::signed_image(dir.path(), "v2", "2.0.0", &key);
+    let config = dir.path().join("inv.yaml");
+    std::fs::write(&config, INVENTORY).unwrap();
+    let etcd = EtcdMember::start(dir.path());
+    let store = format!("etcd://127.0.0.1:{}/t", etcd.port);
+    let state = |n: &str| {
+        let d = dir.path().join(n);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let s = Serve::try_start_with(&config, &state("one"), Some(&store)).unwrap();
+    for mac in MACS {
+        s.netboot(mac);
+    }
+    assert_eq!(s.manifest_for(MACS[0]).unwrap(), "2.0.0");
+    let (code, text) = s.report(
+        MACS[0],
+        "0123456789abcdef0123456789abcdef",
+        Event::RolledBack {
+            version: "2.0.0".into(),
+            to_version: "1.0.0".into(),
+            reason: "cairn-app.service failed".into(),
+        },
+    );
+    assert_eq!(code, 200, "{text}");
+    // a second server on the same etcd is refused while the first runs
+    let e = format!(
+        "{:#}",
+        Serve::try_start_with(&config, &state("two"), Some(&store))
+            .err()
+            .expect("refused")
+    );
+    assert!(
+        e.contains("/t/lifecycle/lock") && e.contains("state dir") && e.contains("one"),
+        "{e}"
+    );
+    drop(s);
+    // nothing in files: a new server with a new state dir finds it all in etcd
+    assert!(!state("one").join("lifecycle").exists());
+    let s = Serve::try_start_with(&config, &state("three"), Some(&store)).unwrap();
+    let snap = s.lifecycle();
+    assert_eq!(
+        snap["machines"].as_array().unwrap().len(),
+        MACS.len(),
+        "{snap:#}"
+    );
+    let paused = snap["rollouts"][0]["rollout"]["paused"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(paused.contains(MACS[0]), "{snap:#}");
+    for mac in MACS {
+        assert_eq!(s.manifest_for(mac).unwrap(), "1.0.0", "{mac}");
+    }
+    // a machine the first server saw netboot may report to this one
+    let (code, text) = s.report(
+        MACS[1],
+        "0123456789abcdef0123456789abcde1",
+        Event::Healthy {
+            version: "1.0.0".into(),
+        },
+    );
+    assert_eq!(code, 200, "{text}");
 }
