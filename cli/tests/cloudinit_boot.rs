@@ -124,6 +124,13 @@ coreos:
         "journalctl -b -u cairn-cloudinit --no-pager -o cat",
         CMD,
     );
+    // a URL source waits for the network itself (the unit is not ordered
+    // after network-online.target)
+    assert!(
+        journal.contains("waiting for network-online.target: the cloud-config URL")
+            && journal.contains("network online after"),
+        "{journal}"
+    );
     assert_eq!(
         guest_sh(&mut vm, "hostname", CMD).trim(),
         "node1",

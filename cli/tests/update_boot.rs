@@ -549,6 +549,18 @@ fn updates_roll_forward_and_back_through_cairn_serve() {
         downtime.as_secs_f64()
     );
     assert_eq!(running(&mut vm), ("2.0.0".into(), "b".into()));
+    // the cloud-config on the state partition was applied without waiting
+    // for the network (it uses no address variables)
+    let cj = guest_sh(
+        &mut vm,
+        "journalctl -b -u cairn-cloudinit --no-pager -o cat",
+        CMD,
+    );
+    assert!(
+        cj.contains("data source: /run/cairn/state/user-data")
+            && !cj.contains("waiting for network-online"),
+        "{cj}"
+    );
     // slot b through dm-verity with the root hash the signed manifest names
     check_verity_root(&mut vm, &v2_verity, 3);
     wait_blessed(&mut vm);

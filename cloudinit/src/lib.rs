@@ -9,6 +9,7 @@ pub mod envfile;
 pub mod fetch;
 pub mod fsutil;
 pub mod metadata;
+pub mod network;
 pub mod safefs;
 pub mod services;
 pub mod source;

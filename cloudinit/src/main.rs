@@ -142,6 +142,14 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 ..Default::default()
             },
             metadata,
+            // only this machine's boot waits for its network
+            network: if live {
+                cairn_cloudinit::network::NetworkWait::Systemd {
+                    timeout: cairn_cloudinit::network::ONLINE_TIMEOUT,
+                }
+            } else {
+                cairn_cloudinit::network::NetworkWait::Never
+            },
         }),
     };
     let outcome = match found {

@@ -8,6 +8,7 @@ use crate::cloud::{self, CloudError, Limits, Service};
 use crate::cmdline;
 use crate::fetch::{self, FetchError, RetryPolicy};
 use crate::metadata::{self, Metadata, MetadataError, CONFIG_DRIVE_META_DATA};
+use crate::network::NetworkWait;
 
 /// The state partition's user-data file (the image's /init mounts the state partition at /run/cairn/state).
 pub const STATE_USER_DATA: &str = "/run/cairn/state/user-data";
@@ -30,6 +31,9 @@ pub struct Sources {
     pub config_drive: bool,
     pub policy: RetryPolicy,
     pub metadata: MetadataSources,
+    /// Asked before the sources that are on the network (a URL, the
+    /// metadata services); the local ones never wait for it.
+    pub network: NetworkWait,
 }
 
 /// Which cloud metadata services to ask, and where.
@@ -99,6 +103,9 @@ impl Default for Sources {
             config_drive: true,
             policy: RetryPolicy::default(),
             metadata: MetadataSources::default(),
+            network: NetworkWait::Systemd {
+                timeout: crate::network::ONLINE_TIMEOUT,
+            },
         }
     }
 }
@@ -158,6 +165,8 @@ pub fn find(s: &Sources) -> Result<Option<Found>, SourceError> {
             "data source: {} on the kernel command line: {url}",
             cmdline::CLOUD_CONFIG_URL
         );
+        s.network
+            .wait("the cloud-config URL on the kernel command line");
         let bytes = fetch::fetch(&url, &s.policy)?;
         return Ok(Some(Found {
             source: format!("{}={url}", cmdline::CLOUD_CONFIG_URL),
@@ -186,6 +195,10 @@ pub fn find(s: &Sources) -> Result<Option<Found>, SourceError> {
         }
     }
     let cfg = s.metadata.resolve(&line);
+    if !cfg.services.is_empty() {
+        s.network
+            .wait("no local user-data: asking the metadata services");
+    }
     let Some(data) = cloud::find(&cfg)? else {
         return Ok(None);
     };
@@ -288,7 +301,50 @@ mod tests {
             },
             // never the real link-local service from a test
             metadata: MetadataSources::off(),
+            network: NetworkWait::Never,
         }
+    }
+
+    #[test]
+    fn only_the_network_sources_wait_for_the_network() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let t = tempfile::tempdir().unwrap();
+        let n = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = |mut s: Sources| {
+            s.network = NetworkWait::Counted(n.clone());
+            s
+        };
+        // nothing anywhere, metadata services off: no wait
+        assert!(find(&counted(sources(t.path(), "quiet\n")))
+            .unwrap()
+            .is_none());
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+        // the state partition's user-data: no wait
+        std::fs::create_dir_all(t.path().join("state")).unwrap();
+        std::fs::write(t.path().join("state/user-data"), "#cloud-config\n").unwrap();
+        assert!(find(&counted(sources(t.path(), "quiet\n")))
+            .unwrap()
+            .is_some());
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+        // a URL: waits first (here the fetch then fails: nothing listens)
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/cc", closed.local_addr().unwrap());
+        drop(closed);
+        let s = counted(sources(t.path(), &format!("cloud-config-url={url}\n")));
+        assert!(find(&s).is_err());
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        // no local user-data and metadata services to ask: waits first
+        std::fs::remove_file(t.path().join("state/user-data")).unwrap();
+        let mut s = counted(sources(t.path(), "quiet\n"));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        s.metadata = MetadataSources {
+            base: format!("http://{}", closed.local_addr().unwrap()),
+            services: None,
+            ..MetadataSources::off()
+        };
+        drop(closed);
+        let _ = find(&s);
+        assert_eq!(n.load(Ordering::SeqCst), 2);
     }
 
     #[test]

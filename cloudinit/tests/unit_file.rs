@@ -54,6 +54,14 @@ fn the_unit_runs_the_agent_once_per_boot_before_etcd() {
         .find(|l| l.starts_with("Before="))
         .expect("a Before= line");
     assert!(before.contains("etcd.service"), "{before}");
+    assert!(before.contains("fleet.service"), "{before}");
+    // not after network-online.target: local data sources do not wait for
+    // the network (the binary waits for it before a network source)
+    let after = lines
+        .iter()
+        .find(|l| l.starts_with("After="))
+        .expect("an After= line");
+    assert!(!after.contains("network-online.target"), "{after}");
     // no Requires=/BindsTo= on anything: a failure must not hold the boot
     assert!(
         !lines
