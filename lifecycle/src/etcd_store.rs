@@ -228,7 +228,7 @@ impl EtcdStore {
     }
 
     /// Every (key, value) under `dir/`, in pages.
-    fn range(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn range(&self, dir: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let start = format!("{dir}/");
         let end = cairn_etcd::prefix_end(start.as_bytes());
         let mut from = start.clone().into_bytes();
@@ -240,7 +240,7 @@ impl EtcdStore {
                 .run(async move { c.get(k, GetOptions::new().range_end(e).limit(PAGE)).await })
                 .map_err(etcd_err(format!("reading {start}")))?;
             for kv in &page.kvs {
-                out.push((kv.key_str().into_owned(), kv.value.clone()));
+                out.push((kv.key.clone(), kv.value.clone()));
             }
             match page.kvs.last() {
                 Some(last) if page.more => {
@@ -263,8 +263,10 @@ impl EtcdStore {
     ) -> Result<Vec<T>, StoreError> {
         let dir = format!("{}/{sub}", self.root);
         let mut out = Vec::new();
-        for (key, value) in self.range(&dir)? {
-            let name = &key[dir.len() + 1..];
+        for (raw_key, value) in self.range(&dir)? {
+            let key = String::from_utf8_lossy(&raw_key).into_owned();
+            let name = String::from_utf8_lossy(&raw_key[dir.len() + 1..]).into_owned();
+            let name = name.as_str();
             let read = if value.len() > MAX_RECORD_BYTES {
                 Err(format!(
                     "{} bytes, more than a record's {MAX_RECORD_BYTES}",
@@ -300,7 +302,7 @@ impl EtcdStore {
                         )])
                         .and_then([
                             Op::put(moved_to.clone(), value, PutOptions::new()),
-                            Op::delete(key.clone(), DeleteOptions::new()),
+                            Op::delete(raw_key, DeleteOptions::new()),
                         ]);
                     let t = self
                         .run(async move { c.txn(txn).await })

@@ -211,10 +211,17 @@ fn bad_and_hostile_values_are_set_aside_naming_their_key() {
             vec![b' '; 1_100_000],
         ),
         ("/x/lifecycle/rollouts/lab", b"[]".to_vec()),
+        // a key that is not UTF-8 (the byte 0xff)
+        ("/x/lifecycle/machines/\u{fffd}", b"{}".to_vec()),
     ];
     raw(&etcd, async |c| {
         for (k, v) in &bad {
-            c.put(*k, v.clone(), PutOptions::new()).await.unwrap();
+            // U+FFFD stands for a byte that is not UTF-8 (as the key is reported)
+            let key = match k.strip_suffix('\u{fffd}') {
+                Some(k) => [k.as_bytes(), b"\xff"].concat(),
+                None => k.as_bytes().to_vec(),
+            };
+            c.put(key, v.clone(), PutOptions::new()).await.unwrap();
         }
     });
     let store = Arc::new(EtcdStore::open(&spec, "reader").unwrap());
