@@ -41,6 +41,9 @@ fn etcd_err(what: impl Into<String>) -> impl FnOnce(cairn_etcd::Error) -> StoreE
     }
 }
 
+/// A key and its value, as etcd has them.
+type RawKv = (Vec<u8>, Vec<u8>);
+
 /// The records under `PREFIX/lifecycle/` in etcd, held by this server
 /// alone while it runs.
 pub struct EtcdStore {
@@ -228,7 +231,7 @@ impl EtcdStore {
     }
 
     /// Every (key, value) under `dir/`, in pages.
-    fn range(&self, dir: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn range(&self, dir: &str) -> Result<Vec<RawKv>, StoreError> {
         let start = format!("{dir}/");
         let end = cairn_etcd::prefix_end(start.as_bytes());
         let mut from = start.clone().into_bytes();
