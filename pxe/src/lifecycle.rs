@@ -331,6 +331,19 @@ impl Records {
         facts.labels.insert("mac".into(), mac.to_owned());
         let group = inv.select(&facts).map(|g| g.name.clone());
         let mut l = self.lock();
+        // A machine that names itself on the channel but never netbooted
+        // from here (its disk written by other means) gets a record, so that
+        // its wave and its reports are kept; as for netboots, the MAC is the
+        // machine's word and the records are bounded (`Limits::max_machines`).
+        if l.machine(mac).is_none() {
+            if let Err(e) = l.seen(mac, now()) {
+                return UpdateOffer::Hold {
+                    version,
+                    reason: format!("machine records: {e}"),
+                };
+            }
+            tracing::info!(machine = %mac, channel, "machine first seen on the update channel");
+        }
         let seed = seed
             .or_else(|| {
                 l.machine(mac)

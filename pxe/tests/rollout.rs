@@ -616,3 +616,50 @@ fn with_store_etcd_the_records_survive_a_new_server_and_are_not_shared() {
     );
     assert_eq!(code, 200, "{text}");
 }
+
+/// A machine that never netbooted from the server (a disk written by other
+/// means) but names itself on the channel is placed in its wave and
+/// recorded, so that its verdict counts: its rolled-back report pauses the
+/// rollout.
+#[test]
+fn a_machine_that_never_netbooted_is_placed_and_its_report_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keygen(&dir.path().join("keys")).unwrap();
+    let key = SecretKey::load(&keys.secret).unwrap();
+    common::signed_image(dir.path(), "v1", "1.0.0", &key);
+    common::signed_image(dir.path(), "v2", "2.0.0", &key);
+    let config = dir.path().join("inv.yaml");
+    std::fs::write(&config, INVENTORY).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let s = Serve::try_start(&config, &state).unwrap();
+    // before it asked: unknown, its report refused
+    let id = "0123456789abcdef0123456789abcdef";
+    let failed = || Event::RolledBack {
+        version: "2.0.0".into(),
+        to_version: "1.0.0".into(),
+        reason: "the health gate failed".into(),
+    };
+    let (code, text) = s.report(MACS[0], id, failed());
+    assert_eq!(code, 404, "{text}");
+    // the canary (by its MAC) gets 2.0.0, another machine is held
+    assert_eq!(s.manifest_for(MACS[0]).unwrap(), "2.0.0");
+    assert_eq!(s.manifest_for(MACS[1]).unwrap(), "1.0.0");
+    let snap = s.lifecycle();
+    let macs: Vec<&str> = snap["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mac"].as_str().unwrap())
+        .collect();
+    assert_eq!(macs, [MACS[0], MACS[1]], "{snap:#}");
+    let (code, text) = s.report(MACS[0], id, failed());
+    assert_eq!(code, 200, "{text}");
+    let snap = s.lifecycle();
+    let reason = snap["rollouts"][0]["rollout"]["paused"]["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not paused: {snap:#}"));
+    assert!(reason.contains(MACS[0]), "{reason}");
+    // paused: nobody is offered 2.0.0 any more
+    assert_eq!(s.manifest_for(MACS[0]).unwrap(), "1.0.0");
+}
