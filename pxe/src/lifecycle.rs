@@ -214,7 +214,7 @@ impl Records {
         if self.lock().machine(&r.mac).is_none() {
             return Err((
                 404,
-                format!("{}: no such machine (reports are taken only from machines that netbooted from this server)", r.mac),
+                format!("{}: no such machine (reports are taken only from machines that netbooted from this server or asked a rollout channel naming their MAC)", r.mac),
             ));
         }
         let install_event = matches!(
