@@ -16,6 +16,12 @@
 //! which the groups give only to the address that netbooted the machine
 //! (`cloud_config_access: booted-ip`): the image's networkd asks dnsmasq by
 //! MAC (`ClientIdentifier=mac`), so the system keeps iPXE's address.
+//! Each machine's health gate reports to the server (`cairn.report=`):
+//! running from RAM, healthy. Then the UEFI machine's group moves to an
+//! image whose health gate fails (5.0.0, a failing unit, over HTTP): the
+//! machine reboots into it as a trial, the gate fails and reboots it, and
+//! it comes back on its last good image by itself; the server's record
+//! says why 5.0.0 is bad.
 //! On the side, a TFTP client on the `dhcp` host fetches `undionly.kpxe`
 //! byte-exact from port 69 and is refused a path outside the root.
 //!
@@ -55,7 +61,7 @@ fn bare_metal_netboot_with_site_dhcp_and_proxy_dhcp() {
         MACHINES[1].1,
     );
     let inv_path = dir.join("lab.yaml");
-    std::fs::write(&inv_path, inventory).unwrap();
+    std::fs::write(&inv_path, &inventory).unwrap();
 
     let taps: Vec<&str> = MACHINES.iter().map(|m| m.3).collect();
     let mut lan = Lan::new("bm", &taps, dir);
@@ -175,6 +181,9 @@ fn bare_metal_netboot_with_site_dhcp_and_proxy_dhcp() {
         assert_eq!(rec["health"]["version"], rec["phase"]["version"], "{rec:#}");
         assert_eq!(rec["diskless"]["good"], rec["phase"]["version"], "{rec:#}");
         eprintln!("{firmware:?}: running after {:?}", t.elapsed());
+        if firmware == Firmware::Uefi {
+            bad_image_falls_back(&mut vm, &mut lan, &inv_path, &inventory, mac);
+        }
         vm.kill().unwrap();
         drop(vm);
     }
@@ -201,4 +210,74 @@ fn bare_metal_netboot_with_site_dhcp_and_proxy_dhcp() {
         assert_eq!(m["stage"], "cloud-config", "{m}");
     }
     lan.check_alive();
+}
+
+/// The diskless A/B on a real machine: its group's profile moves to an
+/// image whose health gate fails (5.0.0: a unit that fails); the machine
+/// reboots into it as a trial, its gate fails and reboots it, and without
+/// any operator it netboots its last good image again, which reports
+/// healthy; the server's record says why 5.0.0 is bad.
+fn bad_image_falls_back(
+    vm: &mut Vm,
+    lan: &mut Lan,
+    inv_path: &std::path::Path,
+    inventory: &str,
+    mac: &str,
+) {
+    let good = lan.lifecycle()["machines"]
+        .as_array()
+        .and_then(|a| a.iter().find(|m| m["mac"] == mac))
+        .map(|m| {
+            m["diskless"]["good"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .unwrap_or_default();
+    assert!(!good.is_empty(), "{mac} has no good image yet");
+    let broken = common::updates::update_images().build("5.0.0");
+    // a second profile with the broken image (over HTTP: the TFTP path is
+    // proven above), for this machine's group only
+    let moved = inventory
+        .replacen(
+            "groups:\n",
+            &format!(
+                "  - name: http-diskless-next\n    image: {}\n    boot: ram\n    kernel_args: console=ttyS0,115200 panic=10\n    cloud_config: node.yaml.j2\ngroups:\n",
+                broken.display()
+            ),
+            1,
+        )
+        .replacen(
+            "  - name: rack1-node2\n    profile: tftp-diskless\n",
+            "  - name: rack1-node2\n    profile: http-diskless-next\n",
+            1,
+        );
+    assert_ne!(moved, inventory);
+    lan.reload_serve(inv_path, &moved);
+    let t = Instant::now();
+    guest_sh(
+        vm,
+        "systemd-run --quiet --on-active=2 --unit=cairn-test-reboot systemctl reboot",
+        CMD,
+    );
+    let rec = lan.wait_record(
+        mac,
+        "back on its good image after 5.0.0 failed",
+        BOOT,
+        |m| {
+            m["diskless"]["bad"]["5.0.0"].is_object()
+                && m["health"]["healthy"] == true
+                && m["health"]["version"] == good.as_str()
+        },
+    );
+    let why = rec["diskless"]["bad"]["5.0.0"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("cairn-broken.service"), "{rec:#}");
+    assert_eq!(rec["diskless"]["good"], good.as_str(), "{rec:#}");
+    assert_eq!(rec["phase"]["version"], good.as_str(), "{rec:#}");
+    eprintln!(
+        "diskless 5.0.0 failed its gate; back on {good} by itself after {:?}",
+        t.elapsed()
+    );
 }
