@@ -255,6 +255,11 @@ fn bad_image_falls_back(
     assert_ne!(moved, inventory);
     lan.reload_serve(inv_path, &moved);
     let t = Instant::now();
+    // the server's clock: a healthy report after this is the fallback's
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     guest_sh(
         vm,
         "systemd-run --quiet --on-active=2 --unit=cairn-test-reboot systemctl reboot",
@@ -268,6 +273,7 @@ fn bad_image_falls_back(
             m["diskless"]["bad"]["5.0.0"].is_object()
                 && m["health"]["healthy"] == true
                 && m["health"]["version"] == good.as_str()
+                && m["health"]["at"].as_i64().is_some_and(|at| at >= since)
         },
     );
     let why = rec["diskless"]["bad"]["5.0.0"]["reason"]
