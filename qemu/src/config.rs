@@ -213,8 +213,9 @@ pub struct VmConfig {
     pub no_reboot: bool,
     /// Power-cycle QEMU when the console stays silent this long after the
     /// guest kernel's reboot line ([`crate::power`]); `None`: never.
-    /// Default 180 s: a firmware that works speaks within seconds even
-    /// under TCG on a loaded machine.
+    /// Default 90 s: a firmware that works speaks within seconds even
+    /// under TCG on a loaded machine (the hang cost CI 180 s a time while
+    /// the default was 180 s).
     pub reset_stall: Option<Duration>,
     /// SMBIOS system UUID (`-uuid`).
     pub uuid: Option<String>,
@@ -251,7 +252,7 @@ impl VmConfig {
             bios_serial_console: true,
             firmware_debug_log: false,
             no_reboot: false,
-            reset_stall: Some(Duration::from_secs(180)),
+            reset_stall: Some(Duration::from_secs(90)),
             uuid: None,
             echo_serial: std::env::var("CAIRN_VM_ECHO").is_ok_and(|v| v == "1"),
             qemu: std::env::var_os("CAIRN_QEMU")
