@@ -91,9 +91,13 @@ fn podman_runs_busybox_offline_and_myapp_says_hello_without_docker() {
     assert_eq!(docker.trim(), "/usr/bin/podman", "Docker is on the machine");
 
     // 2. busybox from the image, no registry
+    // (cloud-config from a config drive is applied without waiting for the
+    // network, so the preload may still be running when it is done)
     let preload = guest_sh(
         &mut vm,
-        "systemctl is-active cairn-preload-images.service; \
+        "for i in $(seq 150); do systemctl -q is-active cairn-preload-images.service && break; \
+         [ \"$(systemctl is-active cairn-preload-images.service)\" = activating ] || break; sleep 1; done; \
+         systemctl is-active cairn-preload-images.service; \
          podman images --format '{{.Repository}}:{{.Tag}}' 2>&1; \
          journalctl -b -u cairn-preload-images.service --no-pager -o cat",
         CMD,
