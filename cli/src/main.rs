@@ -339,6 +339,11 @@ fn run(cli: Cli, progress: MultiProgress) -> Result<ExitCode> {
             facts,
         }) => {
             // no socket: the inventory and the records read, the explanation printed
+            if let Some(store) = &serve.store {
+                anyhow::bail!(
+                    "--explain with --store {store}: the records are in etcd, which --explain does not read; ask the running server instead (GET /explain?mac={mac} on its --admin-addr listener)"
+                );
+            }
             let public_url = serve
                 .public_url
                 .clone()

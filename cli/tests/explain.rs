@@ -208,3 +208,27 @@ fn explain_exits_1_when_the_inventory_does_not_load() {
     let o = cairn(&["serve", "--config", "x.yaml", "--fact", "rack=r1"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// With `--store etcd://…` the records are not in the state dir: `--explain`
+/// says so and where to ask, rather than explaining without them.
+#[test]
+fn explain_with_an_etcd_store_says_to_ask_the_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    lab(dir.path());
+    let o = cairn(&[
+        "serve",
+        "--config",
+        dir.path().join("lab.yaml").to_str().unwrap(),
+        "--store",
+        "etcd://127.0.0.1:2379",
+        "--explain",
+        MAC,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--store etcd://127.0.0.1:2379") && err.contains("/explain?mac="),
+        "{err}"
+    );
+}
