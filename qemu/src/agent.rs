@@ -447,9 +447,9 @@ mod tests {
                             json!({"error": {"class": "CommandNotFound", "desc": format!("The command {other} has not been found")}})
                         }
                     };
-                    sock.write_all(serde_json::to_string(&reply).unwrap().as_bytes())
-                        .unwrap();
-                    sock.write_all(b"\n").unwrap();
+                    // one write: a client that has read the value may close
+                    // before a separate newline would be written (EPIPE)
+                    sock.write_all(format!("{reply}\n").as_bytes()).unwrap();
                 }
             }
             seen

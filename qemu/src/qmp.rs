@@ -535,8 +535,9 @@ mod tests {
                         let (a, b) = s.split_at(10);
                         w.write_all(a.as_bytes()).unwrap();
                         std::thread::sleep(Duration::from_millis(20));
-                        w.write_all(b.as_bytes()).unwrap();
-                        w.write_all(b"\r\n").unwrap();
+                        // the rest with its line end in one write: a client
+                        // done with the value may close before a separate one
+                        w.write_all(format!("{b}\r\n").as_bytes()).unwrap();
                         continue;
                     }
                     "slow" => continue, // never answers
@@ -544,9 +545,7 @@ mod tests {
                         json!({"error": {"class": "CommandNotFound", "desc": format!("The command {cmd} has not been found")}, "id": id})
                     }
                 };
-                w.write_all(serde_json::to_string(&reply).unwrap().as_bytes())
-                    .unwrap();
-                w.write_all(b"\r\n").unwrap();
+                w.write_all(format!("{reply}\r\n").as_bytes()).unwrap();
             }
             seen
         });
