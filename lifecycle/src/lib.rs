@@ -525,27 +525,7 @@ mod tests {
             )
             .unwrap();
         }
-        l.start_rollout(
-            Plan {
-                channel: "lab".into(),
-                version: "2.0.0".into(),
-                waves: vec![
-                    WavePlan {
-                        name: "canary".into(),
-                        members: Members::Groups(vec!["canary".into()]),
-                        soak_secs: 300,
-                    },
-                    WavePlan {
-                        name: "rest".into(),
-                        members: Members::Percent(100),
-                        soak_secs: 0,
-                    },
-                ],
-                max_failures: 0,
-            },
-            10,
-        )
-        .unwrap();
+        l.start_rollout(two_waves(0), 10).unwrap();
         let cand = |i: usize, ids: &[String]| Candidate {
             mac: macs[i],
             seed: cairn_formats::channel::rollout::machine_seed(&ids[i]),

@@ -154,15 +154,23 @@ rollouts:
         percent: 100
 ";
 
+/// Signed images 1.0.0 (`v1`) and 2.0.0 (`v2`) and [`INVENTORY`] in `dir`:
+/// the inventory's path.
+fn lab(dir: &Path) -> std::path::PathBuf {
+    let keys = keygen(&dir.join("keys")).unwrap();
+    let key = SecretKey::load(&keys.secret).unwrap();
+    common::signed_image(dir, "v1", "1.0.0", &key);
+    common::signed_image(dir, "v2", "2.0.0", &key);
+    let config = dir.join("inv.yaml");
+    std::fs::write(&config, INVENTORY).unwrap();
+    config
+}
+
 #[test]
 fn the_canary_fails_and_the_second_wave_never_gets_the_version() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = keygen(&dir.path().join("keys")).unwrap();
-    let key = SecretKey::load(&keys.secret).unwrap();
-    common::signed_image(dir.path(), "v1", "1.0.0", &key);
-    let v2 = common::signed_image(dir.path(), "v2", "2.0.0", &key);
-    let config = dir.path().join("inv.yaml");
-    std::fs::write(&config, INVENTORY).unwrap();
+    let config = lab(dir.path());
+    let v2 = dir.path().join("v2");
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     let s = Serve::try_start(&config, &state).unwrap();
@@ -550,12 +558,7 @@ impl Drop for EtcdMember {
 #[test]
 fn with_store_etcd_the_records_survive_a_new_server_and_are_not_shared() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = keygen(&dir.path().join("keys")).unwrap();
-    let key = SecretKey::load(&keys.secret).unwrap();
-    common::signed_image(dir.path(), "v1", "1.0.0", &key);
-    common::signed_image(dir.path(), "v2", "2.0.0", &key);
-    let config = dir.path().join("inv.yaml");
-    std::fs::write(&config, INVENTORY).unwrap();
+    let config = lab(dir.path());
     let etcd = EtcdMember::start(dir.path());
     let store = format!("etcd://127.0.0.1:{}/t", etcd.port);
     let state = |n: &str| {
@@ -624,12 +627,7 @@ fn with_store_etcd_the_records_survive_a_new_server_and_are_not_shared() {
 #[test]
 fn a_machine_that_never_netbooted_is_placed_and_its_report_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = keygen(&dir.path().join("keys")).unwrap();
-    let key = SecretKey::load(&keys.secret).unwrap();
-    common::signed_image(dir.path(), "v1", "1.0.0", &key);
-    common::signed_image(dir.path(), "v2", "2.0.0", &key);
-    let config = dir.path().join("inv.yaml");
-    std::fs::write(&config, INVENTORY).unwrap();
+    let config = lab(dir.path());
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     let s = Serve::try_start(&config, &state).unwrap();
