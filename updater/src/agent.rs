@@ -277,7 +277,6 @@ impl Agent {
                 return Some(ServerIdentity {
                     server: hand.server,
                     mac: hand.mac,
-                    installed: true,
                 })
             }
             Ok(None) => {}
@@ -285,11 +284,7 @@ impl Agent {
         }
         let server = self.config.server.clone()?;
         match default_route_mac(&self.paths.proc_net_route, &self.paths.sys_class_net) {
-            Ok(Some(mac)) => Some(ServerIdentity {
-                server,
-                mac,
-                installed: false,
-            }),
+            Ok(Some(mac)) => Some(ServerIdentity { server, mac }),
             Ok(None) => {
                 tracing::info!("no IPv4 default route: not naming this machine to {server}");
                 None
@@ -1036,8 +1031,6 @@ pub struct ServerIdentity {
     pub server: String,
     /// The MAC address the server knows this machine by (normalized).
     pub mac: String,
-    /// Whether the server installed the machine (its hand-off is on the ESP).
-    pub installed: bool,
 }
 
 /// The MAC address of the interface with the IPv4 default route, from
