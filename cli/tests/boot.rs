@@ -6,7 +6,9 @@
 //! 1. the default image's disk.raw under OVMF: systemd reaches a running
 //!    system with no failed unit, `/` is the read-only squashfs from slot A,
 //!    `/var` is ext4 on `cairn-state` grown to the end of the disk, etcd is
-//!    healthy, Docker answers and runs a container from the preloaded
+//!    healthy, Docker is socket-activated (dockerd did not start before
+//!    `multi-user.target`; the health gate's ping or the first `docker`
+//!    command starts it), answers and runs a container from the preloaded
 //!    busybox image, sshd listens with host keys made on this boot, `core`
 //!    exists;
 //! 2. the same disk again, behind a decoy disk with the same partition
@@ -89,20 +91,106 @@ fn check_running_system(vm: &mut Vm, payload: bool) {
         CMD,
     );
     assert!(health.contains("is healthy"), "{health}");
+    check_docker_socket_activated(vm);
+    // the first use of the socket (if the gate's was not) starts dockerd
     let info = guest_sh(
         vm,
         "docker info --format '{{.ServerVersion}} {{.Driver}}'",
         CMD,
     );
     assert!(!info.trim().is_empty(), "docker info: {info}");
-    // a container from the image's preloaded busybox, with no network at all
-    guest_sh(vm, "systemctl is-active cairn-preload-images.service", CMD);
+    // a container from the image's preloaded busybox, with no network at
+    // all: docker.service's start pulled in cairn-preload-images
+    guest_sh(
+        vm,
+        "for i in $(seq 60); do systemctl is-active -q cairn-preload-images.service && exit 0; sleep 1; done; \
+         systemctl status --no-pager cairn-preload-images.service; exit 1",
+        CMD,
+    );
     let hello = guest_sh(
         vm,
         "docker run --rm --network none busybox:latest /bin/sh -c 'echo hello from busybox'",
         CMD,
     );
     assert_eq!(hello.trim(), "hello from busybox");
+}
+
+/// A unit property as a number (`systemctl show -P`; 0 when never set).
+fn unit_usec(vm: &mut Vm, unit: &str, prop: &str) -> u64 {
+    let v = guest_sh(vm, &format!("systemctl show -P {prop} {unit}"), CMD);
+    v.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{unit} {prop}={v:?}: {e}"))
+}
+
+/// Docker is socket-activated (as on CoreOS): `docker.socket` listens from
+/// boot, `docker.service` and `containerd.service` are not enabled, so the
+/// boot to `multi-user.target` never waits for dockerd. What may start it
+/// during the boot is the health gate: `cairn-health.service` (pulled in by
+/// `boot-complete.target` on a verity disk boot, ordered after
+/// `multi-user.target`) pings `/run/docker.sock`. So either dockerd never
+/// started, or it started after `multi-user.target` was reached and after
+/// the gate started; had `multi-user.target` wanted it, it would have
+/// started before (the target is ordered after what it wants). Prints the
+/// times since the kernel started.
+fn check_docker_socket_activated(vm: &mut Vm) {
+    let enabled = guest_sh(
+        vm,
+        "systemctl is-enabled docker.socket docker.service containerd.service || true",
+        CMD,
+    );
+    assert_eq!(
+        enabled.split_whitespace().collect::<Vec<_>>(),
+        ["enabled", "disabled", "disabled"],
+        "systemctl is-enabled docker.socket docker.service containerd.service"
+    );
+    let socket = guest_sh(vm, "systemctl is-active docker.socket || true", CMD);
+    assert_eq!(socket.trim(), "active", "docker.socket");
+    let multi_user = unit_usec(vm, "multi-user.target", "ActiveEnterTimestampMonotonic");
+    let gate = unit_usec(vm, "cairn-health.service", "InactiveExitTimestampMonotonic");
+    let docker = unit_usec(vm, "docker.service", "InactiveExitTimestampMonotonic");
+    let docker_up = unit_usec(vm, "docker.service", "ActiveEnterTimestampMonotonic");
+    let containerd = unit_usec(vm, "containerd.service", "InactiveExitTimestampMonotonic");
+    assert!(multi_user > 0, "multi-user.target was reached");
+    let s = |us: u64| us as f64 / 1e6;
+    if gate == 0 {
+        // nothing used the socket yet: dockerd is not running
+        let state = guest_sh(
+            vm,
+            "systemctl is-active docker.service containerd.service || true",
+            CMD,
+        );
+        assert_eq!(
+            state.split_whitespace().collect::<Vec<_>>(),
+            ["inactive", "inactive"],
+            "docker.service, containerd.service with no health gate on this boot"
+        );
+        assert_eq!(docker, 0, "docker.service started on this boot");
+        eprintln!(
+            "multi-user.target at {:.1}s; docker.service not started (no health gate on this boot)",
+            s(multi_user)
+        );
+    } else {
+        assert!(
+            docker > multi_user && docker >= gate && containerd > multi_user,
+            "docker.service started at {:.1}s, containerd at {:.1}s, the health gate at {:.1}s: \
+             dockerd must start only once the gate uses the socket, after multi-user.target ({:.1}s)",
+            s(docker),
+            s(containerd),
+            s(gate),
+            s(multi_user)
+        );
+        let triggered = guest_sh(vm, "systemctl show -P TriggeredBy docker.service", CMD);
+        assert!(triggered.contains("docker.socket"), "{triggered}");
+        eprintln!(
+            "multi-user.target at {:.1}s; the health gate started at {:.1}s, \
+             socket-activated docker.service at {:.1}s, active at {:.1}s",
+            s(multi_user),
+            s(gate),
+            s(docker),
+            s(docker_up)
+        );
+    }
 }
 
 #[test]

@@ -128,12 +128,49 @@ fn default_image_builds_reproducibly_and_holds_a_cluster_node() {
         "{docker}"
     );
     let wants = "/etc/systemd/system/multi-user.target.wants";
-    for unit in ["docker.service", "etcd.service", "ssh.service"] {
+    for unit in ["etcd.service", "ssh.service"] {
         assert!(
             img.contains_key(&format!("{wants}/{unit}")),
             "{unit} not enabled"
         );
     }
+    // Docker is socket-activated (as on CoreOS): the socket listens from
+    // boot, dockerd and containerd start on its first use, and the
+    // preloaded images are loaded whenever docker.service starts
+    let etc = "/etc/systemd/system";
+    assert!(
+        matches!(img.get(&format!("{etc}/sockets.target.wants/docker.socket")).map(|n| &n.kind),
+            Some(Kind::Link(t)) if t == "/usr/lib/systemd/system/docker.socket"),
+        "docker.socket is not enabled"
+    );
+    for unit in ["docker.service", "containerd.service"] {
+        let links: Vec<&String> = img
+            .keys()
+            .filter(|k| {
+                k.starts_with(&format!("{etc}/"))
+                    && !k.starts_with(&format!("{etc}/{unit}."))
+                    && k.ends_with(&format!("/{unit}"))
+            })
+            .collect();
+        assert!(
+            links.is_empty(),
+            "{unit} must not start at boot, but these links pull it in: {links:?}"
+        );
+    }
+    assert!(
+        matches!(img.get(&format!("{etc}/docker.service.wants/cairn-preload-images.service")).map(|n| &n.kind),
+            Some(Kind::Link(t)) if t == "/usr/lib/systemd/system/cairn-preload-images.service"),
+        "cairn-preload-images.service is not wanted by docker.service"
+    );
+    let docker_unit = text(&img, "/usr/lib/systemd/system/docker.service");
+    assert!(
+        docker_unit.contains("Requires=docker.socket")
+            && docker_unit.contains("fd://")
+            && docker_unit
+                .lines()
+                .any(|l| l.starts_with("Wants=") && l.contains("containerd.service")),
+        "docker.service takes its socket from systemd and brings containerd:\n{docker_unit}"
+    );
     for gone in [
         "/usr/bin/apt",
         "/usr/bin/apt-get",
