@@ -11,6 +11,13 @@
 #     multi-user.target" (systemd logs to kmsg: systemd.log_target=kmsg).
 # Boots alternate A, B, A, B, ... (RUNS each, default 3) so that machine
 # load affects both alike; medians are printed with the ratio.
+# The same units are enabled on both sides: the Debian tree gets what its
+# packages' postinsts enable, plus networkd and resolved as in cairn's
+# definition, and its Docker units are made to match cairn's (socket
+# activation, as on CoreOS): docker.socket enabled, docker.service and
+# containerd.service not started at boot (a customize-hook below). A tree
+# cached in BENCH_DIR from before that hook (no debian.units stamp) is made
+# again.
 # Usage: bash bench/boot-vs-debian.sh   (as root; installs mmdebstrap,
 # qemu-system-x86 and e2fsprogs if missing). Mirror: this machine's apt
 # sources.
@@ -44,18 +51,24 @@ m = re.search(r"^packages:\n((?:  - .*\n)+)", text, re.M)
 print(",".join(l.strip()[2:].split("#")[0].strip() for l in m.group(1).splitlines()))
 PY
 )
-if [ ! -f "$work/debian.ext4" ]; then
-  rm -rf "$work/debian-root"
+# the units hook the cached tree was made with (see the header)
+units_stamp="docker.socket; not docker.service containerd.service"
+if [ ! -f "$work/debian.ext4" ] || [ "$(cat "$work/debian.units" 2>/dev/null)" != "$units_stamp" ]; then
+  rm -rf "$work/debian-root" "$work/debian.units"
   mmdebstrap --variant=required --include="$pkgs,$kpkg=$kver,initramfs-tools" \
     --aptopt='APT::Install-Recommends "false"' \
     --customize-hook='echo "/dev/vda / ext4 defaults 0 1" > "$1/etc/fstab"' \
     --customize-hook='echo debian > "$1/etc/hostname"' \
     --customize-hook="cp images/default.overlay/etc/systemd/network/80-dhcp.network \"\$1/etc/systemd/network/\"" \
     --customize-hook='chroot "$1" systemctl enable systemd-networkd systemd-resolved' \
+    --customize-hook='chroot "$1" systemctl disable docker.service containerd.service' \
+    --customize-hook='chroot "$1" systemctl enable docker.socket' \
+    --customize-hook='for u in docker.service containerd.service; do ! chroot "$1" systemctl -q is-enabled $u || { echo "$u still enabled" >&2; exit 1; }; done' \
     bookworm "$work/debian-root" >/dev/null 2>&1
   cp "$work"/debian-root/boot/vmlinuz-* "$work/debian-vmlinuz"
   cp "$work"/debian-root/boot/initrd.img-* "$work/debian-initrd.img"
   mkfs.ext4 -q -F -L root -d "$work/debian-root" "$work/debian.ext4" 4G
+  echo "$units_stamp" > "$work/debian.units"
 fi
 cmp -s "$work/debian-vmlinuz" "$work/cairn/vmlinuz" ||
   echo "note: the two kernels differ (different builds of $kpkg)"
