@@ -5,7 +5,8 @@
 //! person reads it. One boot (TCG), several checks:
 //!
 //! 1. `/init` finds the slot on the IDE disk (`/dev/sda2`): the PIIX IDE
-//!    driver is in the initramfs;
+//!    driver is in the initramfs, and `/init` loads it at once although it
+//!    holds SATA/IDE drivers back when another disk controller is present;
 //! 2. the console ends with cairn's one-line banner: image, version, slot,
 //!    the address the NIC got, and how to get in (no SSH key yet);
 //! 3. agetty's prompt names the image and the address (`/etc/issue`);
@@ -108,6 +109,12 @@ fn plain_qemu_pc_console_says_ready_and_nothing_about_absent_hardware() {
     assert!(
         text.contains("cairn-init: root cairn-a (/dev/sda2)"),
         "/init on the IDE disk:\n{text}"
+    );
+    // ... with the IDE driver, which /init holds back only while another
+    // disk controller may bring the boot disk up: here there is none
+    assert!(
+        !text.contains("not loaded in the initramfs"),
+        "/init held back the only disk controller's driver:\n{text}"
     );
     // 2. the banner: slirp gives the NIC 10.0.2.15; the test image sets no key
     let banner = text

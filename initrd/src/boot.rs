@@ -161,7 +161,10 @@ impl ModuleReport {
 /// `/sys/bus/<bus>/devices/*/modalias`; [`ModuleLoader::tick`] looks for
 /// new devices and is called while waiting for partitions, because devices
 /// behind a freshly loaded driver (USB disks, SCSI disks behind AHCI)
-/// appear asynchronously.
+/// appear asynchronously. File systems, `loop` and dm-verity are loaded
+/// when `/init` is about to use them ([`ModuleLoader::load_for`]); SATA and
+/// IDE drivers are held back while the boot disk may appear behind another
+/// controller ([`ModuleLoader::release_deferred`]).
 ///
 /// `EEXIST` (already loaded or built in) counts as success. Compressed
 /// modules (`.ko.xz`, `.ko.zst`, `.ko.gz`) are handed to the kernel with
@@ -248,6 +251,43 @@ impl ModuleLoader {
         for rel in &paths {
             self.load(rel);
         }
+    }
+
+    /// Loads what `/init` needs before it uses `what` (see
+    /// [`crate::modules::for_mount`]): `ext4`, `vfat`, `squashfs`, ...
+    pub fn load_for(&mut self, what: &str) {
+        for name in crate::modules::for_mount(what) {
+            self.load_named(name);
+        }
+    }
+
+    /// Loads the held-back disk controller drivers
+    /// ([`crate::modules::DEFERRED`]) that present devices want, then the
+    /// drivers of the devices that appear behind them.
+    pub fn release_deferred(&mut self) {
+        let Some(plan) = self.plan.as_mut() else {
+            return;
+        };
+        for rel in plan.release() {
+            self.load(&rel);
+        }
+        self.tick();
+    }
+
+    /// Disk controller drivers are held back for devices that are present.
+    pub fn holding(&self) -> bool {
+        self.plan.as_ref().is_some_and(Hotplug::holding)
+    }
+
+    /// The names of the drivers still held back for present devices.
+    pub fn held(&self) -> Vec<String> {
+        self.plan.as_ref().map(Hotplug::held).unwrap_or_default()
+    }
+
+    /// A disk controller whose driver is not held back is present (see
+    /// [`Hotplug::other_storage`]).
+    pub fn other_storage(&self) -> bool {
+        self.plan.as_ref().is_some_and(Hotplug::other_storage)
     }
 
     /// True when drivers are loaded per device (see the type's doc).

@@ -46,6 +46,10 @@ const FATAL_DELAY: Duration = Duration::from_secs(10);
 const VERITY_NAME: &str = "cairn-root";
 /// Where /init mounts the ESP for a moment to look at or mark entries.
 const ESP_PEEK: &str = "/run/cairn/esp";
+/// How long SATA/IDE drivers stay held back while another disk controller
+/// may still bring up the boot disk (see `cairn_initrd::modules::DEFERRED`):
+/// NVMe probes asynchronously and is normally done well within this.
+const DEFERRED_GRACE: Duration = Duration::from_millis(500);
 
 /// Writes one `cairn-init: ` line to the console, ignoring errors (a PID 1
 /// without a console must not panic on `println!`).
@@ -174,6 +178,7 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
                     format!("no {} in the initramfs", img.display()),
                 );
             }
+            modules.load_for("loop");
             let (dev, fd) = boot::attach_loop(&img, cmd.timeout)?;
             let rdev = fs::metadata(&dev)
                 .ctx(|| format!("stat {}", dev.display()))?
@@ -237,6 +242,7 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
             "tmpfs".to_owned()
         }
         Some(part) => {
+            modules.load_for("ext4");
             match prepare_state(part, &clock) {
                 Ok(()) => {}
                 Err(StateError::Failure(f)) => return Err(f),
@@ -247,6 +253,7 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
     };
 
     // The root, through dm-verity when the command line carries its hash.
+    modules.load_for("squashfs");
     let mut counted = false;
     match &cmd.verity {
         None => {
@@ -294,7 +301,7 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
                     if guard.is_some() { "no other boot entry to fall back to" } else { "no state partition or loader entry to count restarts with" }
                 ));
             }
-            modules.load_named("dm_verity");
+            modules.load_for("dm_verity");
             report_modules(&mut modules, &clock, "for dm-verity");
             let opened = open_verity(v, &root_dev, &root_desc, mode, &cmd);
             if let Err(f) = opened {
@@ -315,6 +322,7 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
     for dir in ["var", "home", "root"] {
         boot::bind_state_dir(STATE, SYSROOT, dir)?;
     }
+    modules.load_for("overlay");
     boot::overlay_etc(STATE, SYSROOT, IMAGE_ETC)?;
     clock.step(&format!(
         "state {state_desc} on {STATE}: /var /home /root bound, /etc overlaid"
@@ -334,6 +342,7 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
                 say("warning: the image has no /efi directory; ESP not mounted")
             }
             Some(esp) => {
+                modules.load_for("vfat");
                 match wait_partition(&Want::Number(name, esp.number), "ESP", &cmd, &mut modules)
                     .and_then(|p| boot::mount_esp(&p.node(Path::new(DEV)), &target))
                 {
@@ -354,6 +363,13 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
         }
     }
     report_modules(&mut modules, &clock, "in all");
+    let held = modules.held();
+    if !held.is_empty() {
+        say(&format!(
+            "not loaded in the initramfs: {} (SATA/IDE; the boot disk came up without it, the system's udev loads it)",
+            held.join(", ")
+        ));
+    }
     say(&format!(
         "root {root_desc}, state {state_desc}; switching to {} after {:.3}s",
         cmd.init,
@@ -427,6 +443,9 @@ impl Guard {
                 None
             }
         };
+        if esp.is_some() {
+            modules.load_for("vfat");
+        }
         let esp = esp.and_then(|(disk, n)| {
             wait_partition(&Want::Number(&disk, n), "ESP", cmd, modules)
                 .map(|p| p.node(Path::new(DEV)))
@@ -550,6 +569,11 @@ fn wait_partition(
     cmd: &Cmdline,
     modules: &mut boot::ModuleLoader,
 ) -> Result<BlockDev, Failure> {
+    if let Want::Label(_) = want {
+        // Any disk may hold the label (and two must be refused): every
+        // disk controller's driver, held back or not.
+        modules.release_deferred();
+    }
     blockdev::wait_for(
         Path::new(CLASS_BLOCK),
         Path::new(DEV),
@@ -594,7 +618,7 @@ fn boot_disk(
     if !Path::new(bootdisk::EFIVARS).is_dir() {
         return Ok(None); // not a UEFI boot
     }
-    modules.load_named("efivarfs");
+    modules.load_for("efivarfs");
     report_modules(modules, clock, "for efivarfs");
     let raw = match boot::read_efi_variable(bootdisk::LOADER_DEVICE_PART_UUID) {
         Ok(Some(raw)) => raw,
@@ -620,6 +644,12 @@ fn boot_disk(
     let sector = |d: &str| boot::sector_size(d).ok();
     loop {
         modules.tick();
+        // SATA/IDE drivers wait while another disk controller may bring the
+        // boot disk up; at once when there is none, else after a grace.
+        if modules.holding() && (!modules.other_storage() || start.elapsed() >= DEFERRED_GRACE) {
+            modules.release_deferred();
+            report_modules(modules, clock, "for SATA/IDE controllers");
+        }
         let found = bootdisk::disks_with_partition(
             Path::new(CLASS_BLOCK),
             Path::new(DEV),
