@@ -182,6 +182,16 @@ fn check_docker_socket_activated(vm: &mut Vm) {
         );
         let triggered = guest_sh(vm, "systemctl show -P TriggeredBy docker.service", CMD);
         assert!(triggered.contains("docker.socket"), "{triggered}");
+        // and the gate found Docker answering once its ping had started it
+        let verdict = guest_sh(
+            vm,
+            "journalctl -b -u cairn-health.service --no-pager -o cat",
+            CMD,
+        );
+        assert!(
+            verdict.lines().any(|l| l.starts_with("healthy: slot ")),
+            "the health gate with a socket-activated Docker:\n{verdict}"
+        );
         eprintln!(
             "multi-user.target at {:.1}s; the health gate started at {:.1}s, \
              socket-activated docker.service at {:.1}s, active at {:.1}s",
