@@ -182,21 +182,64 @@ fn fetch_once(http: &ureq::Agent, d: &Resumable<'_>, progress: &mut dyn FnMut(u6
     Ok(())
 }
 
-/// The SHA-256 (lowercase hex) and size of a file, streamed.
+/// The SHA-256 (lowercase hex) and size of a file, streamed. The holes of
+/// a sparse file (a 4 GiB `disk.raw` is mostly holes) are hashed as the
+/// zeros they read as, without reading them (`SEEK_DATA`/`SEEK_HOLE`;
+/// where those are not supported every byte is read).
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
     let mut f = File::open(path).map_err(Error::io(path))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(Error::io(path))?;
-        if n == 0 {
-            break;
+    let mut pos = 0u64;
+    let mut sparse = true;
+    'file: loop {
+        let mut read_to = u64::MAX;
+        if sparse {
+            match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) {
+                Ok(data) => {
+                    hash_zeros(&mut h, &mut buf, data - pos);
+                    pos = data;
+                    read_to =
+                        rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(pos)).unwrap_or(u64::MAX);
+                    // back to the data's start for the reads below
+                    rustix::fs::seek(&f, rustix::fs::SeekFrom::Start(pos))
+                        .map_err(|e| Error::io(path)(e.into()))?;
+                }
+                // no data after pos: the rest of the file is a hole
+                Err(rustix::io::Errno::NXIO) => {
+                    let end = rustix::fs::seek(&f, rustix::fs::SeekFrom::End(0))
+                        .map_err(|e| Error::io(path)(e.into()))?;
+                    hash_zeros(&mut h, &mut buf, end.saturating_sub(pos));
+                    pos = end.max(pos);
+                    break;
+                }
+                Err(_) => sparse = false,
+            }
         }
-        h.update(&buf[..n]);
-        size += n as u64;
+        while pos < read_to {
+            let want = usize::try_from(read_to - pos).map_or(buf.len(), |r| r.min(buf.len()));
+            let n = f.read(&mut buf[..want]).map_err(Error::io(path))?;
+            if n == 0 {
+                break 'file;
+            }
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
     }
-    Ok((hex::encode(h.finalize()), size))
+    Ok((hex::encode(h.finalize()), pos))
+}
+
+/// Feeds `n` zero bytes to `h`, using `buf` (zeroed here) as the source.
+fn hash_zeros(h: &mut Sha256, buf: &mut [u8], mut n: u64) {
+    if n == 0 {
+        return;
+    }
+    buf.fill(0);
+    while n > 0 {
+        let k = usize::try_from(n).map_or(buf.len(), |n| n.min(buf.len()));
+        h.update(&buf[..k]);
+        n -= k as u64;
+    }
 }
 
 #[cfg(test)]
@@ -388,5 +431,33 @@ mod tests {
         );
         let e = sha256_file(&t.path().join("nope")).unwrap_err();
         assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn sparse_files_hash_as_the_bytes_they_read_as() {
+        use std::io::{Seek, SeekFrom};
+        let t = tempfile::tempdir().unwrap();
+        // hole, data, hole, data across a buffer's edge, trailing hole;
+        // a leading-data file; an all-hole file; an empty one
+        let layouts: [&[(u64, &[u8])]; 4] = [
+            &[(5 << 20, b"middle"), ((9 << 20) - 3, b"edge-of-a-megabyte")],
+            &[(0, b"start"), (3 << 20, b"x")],
+            &[],
+            &[],
+        ];
+        let lens = [12 << 20, 4 << 20, 7 << 20, 0];
+        for (i, (layout, len)) in layouts.iter().zip(lens).enumerate() {
+            let p = t.path().join(format!("sparse-{i}"));
+            let mut f = File::create(&p).unwrap();
+            f.set_len(len).unwrap();
+            for (at, bytes) in *layout {
+                f.seek(SeekFrom::Start(*at)).unwrap();
+                f.write_all(bytes).unwrap();
+            }
+            drop(f);
+            let all = fs::read(&p).unwrap();
+            let want = (hex::encode(Sha256::digest(&all)), all.len() as u64);
+            assert_eq!(sha256_file(&p).unwrap(), want, "layout {i}");
+        }
     }
 }
