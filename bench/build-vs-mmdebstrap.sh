@@ -19,7 +19,8 @@
 # Max RSS is GNU time's (%M): the largest single process of the command.
 # Usage: bash bench/build-vs-mmdebstrap.sh   (as root; installs mmdebstrap,
 # squashfs-tools and time if missing). Mirror: this machine's apt sources.
-# Results: $BENCH_DIR/results.txt (run, row, seconds, max RSS KiB).
+# Results: $BENCH_DIR/results.txt (run, row, seconds, max RSS KiB, CPU %:
+# 200 is both cores busy for the whole command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${BENCH_DIR:-/tmp/cairn-bench}
@@ -86,10 +87,10 @@ results=$work/results.txt
 measure() {
   local run=$1 row=$2
   shift 2
-  /usr/bin/time -f '%e %M' -o "$work/time.txt" "$@" >/dev/null 2>"$work/$row.err" ||
+  /usr/bin/time -f '%e %M %P' -o "$work/time.txt" "$@" >/dev/null 2>"$work/$row.err" ||
     { cat "$work/$row.err" >&2; exit 1; }
-  read -r secs kib <"$work/time.txt"
-  echo "$run $row $secs $kib" | tee -a "$results"
+  read -r secs kib cpu <"$work/time.txt"
+  echo "$run $row $secs $kib ${cpu%\%}" | tee -a "$results"
 }
 
 for run in $(seq 1 "$runs"); do
@@ -118,8 +119,8 @@ python3 - "$results" "$work" <<'PY'
 import os, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    run, row, secs, kib = line.split()
-    rows.setdefault(row, []).append((float(secs), int(kib)))
+    run, row, secs, kib, cpu = line.split()
+    rows.setdefault(row, []).append((float(secs), int(kib), int(cpu)))
 work = sys.argv[2]
 def files(d):
     total = 0
@@ -130,16 +131,17 @@ def files(d):
                 total += os.path.getsize(p)
     return total
 print()
-print("| row | wall time per run (s) | median | max RSS (MiB) |")
-print("|---|---|---|---|")
+print("| row | wall time per run (s) | median | max RSS (MiB) | CPU % |")
+print("|---|---|---|---|---|")
 for row, v in rows.items():
-    secs = [s for s, _ in v]
-    rss = [k / 1024 for _, k in v]
+    secs = [s for s, _, _ in v]
+    rss = [k / 1024 for _, k, _ in v]
+    cpu = [c for _, _, c in v]
     print(f"| {row} | {' / '.join(f'{s:.1f}' for s in secs)} | {statistics.median(secs):.1f} "
-          f"| {min(rss):.0f}-{max(rss):.0f} |")
-mm = statistics.median(s for s, _ in rows["mmdebstrap"])
+          f"| {min(rss):.0f}-{max(rss):.0f} | {min(cpu)}-{max(cpu)} |")
+mm = statistics.median(r[0] for r in rows["mmdebstrap"])
 for row in ("cairn-clean", "cairn-nochange", "cairn-plus1"):
-    c = statistics.median(s for s, _ in rows[row])
+    c = statistics.median(r[0] for r in rows[row])
     print(f"{row}: {c / mm:.2f}x mmdebstrap's median wall time")
 for name, path in (("cairn", f"{work}/cairn-out/rootfs.squashfs"),
                    ("mmdebstrap", f"{work}/mm.squashfs"),
