@@ -26,20 +26,25 @@ pub const KEYGEN_UNIT: &str = "cairn-ssh-keygen.service";
 
 pub const KEYGEN_RSA_UNIT: &str = "cairn-ssh-keygen-rsa.service";
 
-/// The fast keys, each made when missing (a partial file from an
-/// interrupted boot is replaced), before sshd starts.
+/// The fast keys, each made when missing or empty, before sshd starts,
+/// and synced: a machine powered off right after its first boot must not
+/// keep empty key files (ext4 writes data late), which sshd refuses for
+/// good. Empty files from such a power cut are replaced on the next boot
+/// (the conditions are `ConditionFileNotEmpty`, not mere existence).
 const KEYGEN: &str = "# cairn: host keys are not in the image; make this machine's on first boot.
 # Ed25519 and ECDSA here, before sshd; RSA (slow) in cairn-ssh-keygen-rsa.service.
 [Unit]
 Description=Generate SSH host keys (Ed25519, ECDSA)
 Documentation=man:ssh-keygen(1)
 Before=ssh.service
-ConditionPathExists=|!/etc/ssh/ssh_host_ed25519_key
-ConditionPathExists=|!/etc/ssh/ssh_host_ecdsa_key
+ConditionFileNotEmpty=|!/etc/ssh/ssh_host_ed25519_key
+ConditionFileNotEmpty=|!/etc/ssh/ssh_host_ed25519_key.pub
+ConditionFileNotEmpty=|!/etc/ssh/ssh_host_ecdsa_key
+ConditionFileNotEmpty=|!/etc/ssh/ssh_host_ecdsa_key.pub
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'for t in ed25519 ecdsa; do f=/etc/ssh/ssh_host_$${t}_key; [ -s $$f ] && [ -s $$f.pub ] && continue; rm -f $$f $$f.pub; /usr/bin/ssh-keygen -q -t $$t -N \"\" -f $$f || exit 1; done'
+ExecStart=/bin/sh -c 'for t in ed25519 ecdsa; do f=/etc/ssh/ssh_host_$${t}_key; [ -s $$f ] && [ -s $$f.pub ] && continue; rm -f $$f $$f.pub; /usr/bin/ssh-keygen -q -t $$t -N \"\" -f $$f || exit 1; done; sync /etc/ssh/ssh_host_*'
 RemainAfterExit=yes
 
 [Install]
@@ -54,14 +59,15 @@ const KEYGEN_RSA: &str = "# cairn: the RSA host key costs seconds of CPU (more u
 Description=Generate the SSH RSA host key, then reload sshd
 Documentation=man:ssh-keygen(1)
 After=cairn-ssh-keygen.service
-ConditionPathExists=!/etc/ssh/ssh_host_rsa_key
+ConditionFileNotEmpty=|!/etc/ssh/ssh_host_rsa_key
+ConditionFileNotEmpty=|!/etc/ssh/ssh_host_rsa_key.pub
 
 [Service]
 Type=exec
 Nice=19
 CPUSchedulingPolicy=idle
 IOSchedulingClass=idle
-ExecStart=/bin/sh -c '/usr/bin/ssh-keygen -A && exec /usr/bin/systemctl --no-block try-reload-or-restart ssh.service'
+ExecStart=/bin/sh -c 'f=/etc/ssh/ssh_host_rsa_key; [ -s $$f ] && [ -s $$f.pub ] || rm -f $$f $$f.pub; /usr/bin/ssh-keygen -A && sync /etc/ssh/ssh_host_* && exec /usr/bin/systemctl --no-block try-reload-or-restart ssh.service'
 RemainAfterExit=yes
 
 [Install]
@@ -156,8 +162,8 @@ mod tests {
             .unwrap();
         for l in [
             "Before=ssh.service",
-            "ConditionPathExists=|!/etc/ssh/ssh_host_ed25519_key",
-            "ConditionPathExists=|!/etc/ssh/ssh_host_ecdsa_key",
+            "ConditionFileNotEmpty=|!/etc/ssh/ssh_host_ed25519_key",
+            "ConditionFileNotEmpty=|!/etc/ssh/ssh_host_ecdsa_key.pub",
             "Type=oneshot",
             "WantedBy=ssh.service",
         ] {
@@ -175,7 +181,7 @@ mod tests {
             .unwrap();
         for l in [
             "After=cairn-ssh-keygen.service",
-            "ConditionPathExists=!/etc/ssh/ssh_host_rsa_key",
+            "ConditionFileNotEmpty=|!/etc/ssh/ssh_host_rsa_key",
             "Type=exec",
             "CPUSchedulingPolicy=idle",
             "WantedBy=ssh.service",
@@ -187,7 +193,7 @@ mod tests {
             .lines()
             .find_map(|l| l.strip_prefix("ExecStart="))
             .unwrap();
-        assert!(exec.contains("/usr/bin/ssh-keygen -A && "), "{exec}");
+        assert!(exec.contains("/usr/bin/ssh-keygen -A && sync "), "{exec}");
         assert!(exec.contains("try-reload-or-restart ssh.service"), "{exec}");
         // an existing config is kept
         file(&mut t, "etc/ssh/sshd_config", "mine\n");
