@@ -214,14 +214,37 @@ pub fn compress(cpio: &[u8]) -> Result<Vec<u8>> {
 /// the last one may be compressed: after a zstd frame, Linux 6.1 does not
 /// find the next archive ("invalid magic at start of compressed archive"),
 /// so the uncompressed part comes first, as early microcode does.
-pub fn pxe_initramfs(initrd: &[u8], rootfs: &Path, mtime: u32) -> Result<Vec<u8>> {
-    let image = std::fs::read(rootfs).with_context(|| format!("reading {}", rootfs.display()))?;
-    let mut w = CpioWriter::new(Vec::new(), mtime);
-    w.add_file(cairn_initrd::RAM_ROOT_IMAGE, 0o444, 0, 0, &image)?;
-    let mut out = w.finish()?;
-    out.resize(out.len().next_multiple_of(512), 0);
-    out.extend_from_slice(initrd);
+///
+/// The root image is copied from `rootfs` while the archive is written, so
+/// the build never holds it in memory ([`CpioWriter::add_file_from`]).
+pub fn pxe_initramfs<W: Write>(out: W, initrd: &[u8], rootfs: &Path, mtime: u32) -> Result<W> {
+    let mut w = CpioWriter::new(out, mtime);
+    w.add_file_from(cairn_initrd::RAM_ROOT_IMAGE, 0o444, 0, 0, rootfs)?;
+    // finish() pads the archive to 512 bytes: the compressed one that
+    // follows starts aligned
+    let mut out = w
+        .finish()
+        .with_context(|| format!("writing the root image {} into a cpio", rootfs.display()))?;
+    out.write_all(initrd)?;
     Ok(out)
+}
+
+/// [`pxe_initramfs`] into the file `path`, written beside it under a
+/// temporary name and then renamed, as the other artifacts are.
+pub fn write_pxe_initramfs(path: &Path, initrd: &[u8], rootfs: &Path, mtime: u32) -> Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let write = || -> Result<()> {
+        let f = std::fs::File::create(&tmp)?;
+        let f = pxe_initramfs(std::io::BufWriter::new(f), initrd, rootfs, mtime)?;
+        f.into_inner().map_err(|e| e.into_error())?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        e.context(format!("writing {}", path.display()))
+    })
 }
 
 /// The kernel command line of a slot's boot entry. The serial console is
@@ -332,7 +355,7 @@ mod tests {
         let root = dir.path().join("rootfs.squashfs");
         std::fs::write(&root, b"hsqs root image").unwrap();
         let initrd = compress(b"070701 not really a cpio").unwrap();
-        let pxe = pxe_initramfs(&initrd, &root, 0).unwrap();
+        let pxe = pxe_initramfs(Vec::new(), &initrd, &root, 0).unwrap();
         assert!(
             pxe.starts_with(b"070701"),
             "an uncompressed newc archive first"

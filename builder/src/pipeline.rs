@@ -638,9 +638,12 @@ pub fn build_with(
     let initrd = artifacts::compress(&cpio)?;
     write_artifact(&opts.out, image_dir::KERNEL, &kernel.image)?;
     write_artifact(&opts.out, image_dir::INITRD, &initrd)?;
-    let pxe = artifacts::pxe_initramfs(&initrd, &rootfs, mtime)?;
-    write_artifact(&opts.out, image_dir::PXE_INITRD, &pxe)?;
-    drop(pxe);
+    artifacts::write_pxe_initramfs(
+        &opts.out.join(image_dir::PXE_INITRD),
+        &initrd,
+        &rootfs,
+        mtime,
+    )?;
     finish(&opts.progress, &sp, None);
     let root_art = sha256_and_size(&rootfs)?;
     let sp = spinner(

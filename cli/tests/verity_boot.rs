@@ -405,11 +405,7 @@ fn verified_root_boots_and_a_corrupt_slot_falls_back() {
     // --- 2. diskless: the network-boot initramfs, its image tampered
     let pxe = work.path().join("pxe-initrd.img");
     let initrd = fs::read(out.join("initrd.img")).unwrap();
-    fs::write(
-        &pxe,
-        cairn_builder::artifacts::pxe_initramfs(&initrd, &slot.path, 0).unwrap(),
-    )
-    .unwrap();
+    cairn_builder::artifacts::write_pxe_initramfs(&pxe, &initrd, &slot.path, 0).unwrap();
     let cmdline = format!(
         "cairn.root=ram cairn.verity={verity} console=ttyS0,115200 cairn.debug systemd.gpt_auto=0"
     );

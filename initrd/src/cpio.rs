@@ -15,11 +15,15 @@
 //! would otherwise try to link entries sharing an inode number).
 //!
 //! Because entries are sorted at the end, file contents are kept in memory
-//! until [`CpioWriter::finish`]; an initramfs is small enough for that (a
-//! network-boot one carrying the root squashfs costs one copy of it).
+//! until [`CpioWriter::finish`]; an initramfs is small enough for that. A
+//! large file (the root squashfs of a network-boot initramfs) is added by
+//! path instead ([`CpioWriter::add_file_from`]) and copied from disk while
+//! the archive is written, so it costs no memory.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 
 /// Type bits of `st_mode`.
 const S_IFDIR: u32 = 0o040_000;
@@ -38,8 +42,17 @@ pub const BLOCK: u64 = 512;
 enum Kind {
     Dir,
     File(Vec<u8>),
+    /// A file whose contents are copied from `path` at [`CpioWriter::finish`];
+    /// `len` is its size when it was added, and must still be then.
+    FileAt {
+        path: PathBuf,
+        len: u64,
+    },
     Symlink(String),
-    CharDevice { major: u32, minor: u32 },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +167,34 @@ impl<W: Write> CpioWriter<W> {
         self.insert_leaf(path, Kind::File(data), mode & 0o7777, uid, gid)
     }
 
+    /// Adds a regular file whose contents are the file `source` on disk,
+    /// read while [`CpioWriter::finish`] writes the archive: the contents
+    /// are never held in memory. `source` must not change in between; a
+    /// size that changed is an error then.
+    pub fn add_file_from(
+        &mut self,
+        path: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        source: &Path,
+    ) -> io::Result<()> {
+        let len = std::fs::metadata(source)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", source.display())))?
+            .len();
+        if len > u64::from(u32::MAX) {
+            return Err(invalid(format!(
+                "cpio entry {path:?} ({}) is larger than 4 GiB",
+                source.display()
+            )));
+        }
+        let kind = Kind::FileAt {
+            path: source.to_owned(),
+            len,
+        };
+        self.insert_leaf(path, kind, mode & 0o7777, uid, gid)
+    }
+
     /// Adds a symbolic link `path` -> `target` (owner 0:0, mode 0777).
     pub fn add_symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
         if target.is_empty() || target.contains('\0') {
@@ -246,16 +287,19 @@ impl<W: Write> CpioWriter<W> {
         }
         let mut offset: u64 = 0;
         for (ino, (path, e)) in (1u32..).zip(&self.entries) {
-            let (mode, nlink, data, rdev): (u32, u32, &[u8], (u32, u32)) = match &e.kind {
+            let (mode, nlink, body, rdev): (u32, u32, Body<'_>, (u32, u32)) = match &e.kind {
                 Kind::Dir => (
                     S_IFDIR | e.perm,
                     2 + subdirs.get(path.as_str()).copied().unwrap_or(0),
-                    &[],
+                    Body::Bytes(&[]),
                     (0, 0),
                 ),
-                Kind::File(d) => (S_IFREG | e.perm, 1, d, (0, 0)),
-                Kind::Symlink(t) => (S_IFLNK | e.perm, 1, t.as_bytes(), (0, 0)),
-                Kind::CharDevice { major, minor } => (S_IFCHR | e.perm, 1, &[], (*major, *minor)),
+                Kind::File(d) => (S_IFREG | e.perm, 1, Body::Bytes(d), (0, 0)),
+                Kind::FileAt { path, len } => (S_IFREG | e.perm, 1, Body::Path(path, *len), (0, 0)),
+                Kind::Symlink(t) => (S_IFLNK | e.perm, 1, Body::Bytes(t.as_bytes()), (0, 0)),
+                Kind::CharDevice { major, minor } => {
+                    (S_IFCHR | e.perm, 1, Body::Bytes(&[]), (*major, *minor))
+                }
             };
             let h = Header {
                 ino,
@@ -264,12 +308,12 @@ impl<W: Write> CpioWriter<W> {
                 gid: e.gid,
                 nlink,
                 mtime: self.mtime,
-                filesize: u32::try_from(data.len())
+                filesize: u32::try_from(body.len())
                     .map_err(|_| invalid(format!("cpio entry {path:?} is larger than 4 GiB")))?,
                 rdev_major: rdev.0,
                 rdev_minor: rdev.1,
             };
-            offset += write_entry(&mut self.out, &h, path, data)?;
+            offset += write_entry(&mut self.out, &h, path, body)?;
         }
         let trailer = Header {
             ino: 0,
@@ -282,7 +326,7 @@ impl<W: Write> CpioWriter<W> {
             rdev_major: 0,
             rdev_minor: 0,
         };
-        offset += write_entry(&mut self.out, &trailer, "TRAILER!!!", &[])?;
+        offset += write_entry(&mut self.out, &trailer, "TRAILER!!!", Body::Bytes(&[]))?;
         let pad = (BLOCK - offset % BLOCK) % BLOCK;
         self.out.write_all(&vec![0u8; pad as usize])?;
         self.out.flush()?;
@@ -306,8 +350,48 @@ fn pad4(n: u64) -> u64 {
     (4 - n % 4) % 4
 }
 
+/// The contents of one entry: in memory, or a file of known size on disk.
+enum Body<'a> {
+    Bytes(&'a [u8]),
+    Path(&'a Path, u64),
+}
+
+impl Body<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(b) => b.len() as u64,
+            Body::Path(_, len) => *len,
+        }
+    }
+
+    /// Copies the contents to `out`: exactly [`Body::len`] bytes, or an
+    /// error naming the file if it changed size since it was added.
+    fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
+        match self {
+            Body::Bytes(b) => out.write_all(b),
+            Body::Path(p, len) => {
+                let named =
+                    |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+                let f = File::open(p).map_err(named)?;
+                let copied = io::copy(&mut f.take(*len), out).map_err(named)?;
+                let now = std::fs::metadata(p).map_err(named)?.len();
+                if copied != *len || now != *len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{} changed size while the cpio archive was written: {len} bytes when added, {now} now",
+                            p.display()
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Writes one header + name + data with newc alignment; returns bytes written.
-fn write_entry<W: Write>(out: &mut W, h: &Header, name: &str, data: &[u8]) -> io::Result<u64> {
+fn write_entry<W: Write>(out: &mut W, h: &Header, name: &str, data: Body<'_>) -> io::Result<u64> {
     let namesize = name.len() as u32 + 1;
     let header = format!(
         "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
@@ -332,10 +416,10 @@ fn write_entry<W: Write>(out: &mut W, h: &Header, name: &str, data: &[u8]) -> io
     let head = HEADER_LEN as u64 + u64::from(namesize);
     let p1 = pad4(head);
     out.write_all(&[0u8; 3][..p1 as usize])?;
-    out.write_all(data)?;
-    let p2 = pad4(data.len() as u64);
+    data.write_to(out)?;
+    let p2 = pad4(data.len());
     out.write_all(&[0u8; 3][..p2 as usize])?;
-    Ok(head + p1 + data.len() as u64 + p2)
+    Ok(head + p1 + data.len() + p2)
 }
 
 #[cfg(test)]
@@ -473,6 +557,52 @@ mod tests {
         w2.add_file_owned("a/b/c", 0o644, 0, 0, b"1".to_vec())
             .unwrap();
         assert_eq!(w1.finish().unwrap(), w2.finish().unwrap());
+    }
+
+    #[test]
+    fn a_file_added_by_path_gives_the_same_bytes_as_one_added_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        // sizes around the 4-byte padding and a copy buffer's edge
+        for len in [0usize, 1, 3, 4, 5, 8191, 8192, 65_537] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let src = dir.path().join(format!("f{len}"));
+            std::fs::write(&src, &data).unwrap();
+            let mut a = CpioWriter::new(Vec::new(), 9);
+            a.add_file("z/root.img", 0o444, 0, 0, &data).unwrap();
+            a.add_file("a", 0o644, 0, 0, b"x").unwrap();
+            let mut b = CpioWriter::new(Vec::new(), 9);
+            b.add_file_from("z/root.img", 0o444, 0, 0, &src).unwrap();
+            b.add_file("a", 0o644, 0, 0, b"x").unwrap();
+            assert_eq!(a.finish().unwrap(), b.finish().unwrap(), "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_file_added_by_path_that_changes_size_or_vanishes_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("root.img");
+        std::fs::write(&src, b"0123456789").unwrap();
+        let mut w = CpioWriter::new(Vec::new(), 0);
+        w.add_file_from("root.img", 0o444, 0, 0, &src).unwrap();
+        std::fs::write(&src, b"0123").unwrap();
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains("root.img") && e.contains("changed size"), "{e}");
+
+        let mut w = CpioWriter::new(Vec::new(), 0);
+        w.add_file_from("root.img", 0o444, 0, 0, &src).unwrap();
+        std::fs::write(&src, b"0123456789abcdef").unwrap();
+        assert!(w.finish().is_err(), "grew: the archive would lie");
+
+        let mut w = CpioWriter::new(Vec::new(), 0);
+        w.add_file_from("root.img", 0o444, 0, 0, &src).unwrap();
+        std::fs::remove_file(&src).unwrap();
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains("root.img"), "{e}");
+        let e = CpioWriter::new(Vec::new(), 0)
+            .add_file_from("x", 0o444, 0, 0, &src)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("root.img"), "names the missing file: {e}");
     }
 
     #[test]
