@@ -229,6 +229,31 @@ fn images_boot_from_disk_and_diskless() {
         .expect("/init found slot A");
     check_running_system(&mut vm, true);
     eprintln!("disk boot 1: running after {:.0?}", t.elapsed());
+    // /init's record of its module loads, carried over in /run: the NIC's
+    // driver was loaded in the initramfs (so the booted system's udev finds
+    // the card ready), each file system before its mount, nothing failed
+    let rec = guest_sh(
+        &mut vm,
+        &format!("cat {}", cairn_initrd::boot::MODULES_RECORD),
+        CMD,
+    );
+    let outcome = |m: &str| {
+        rec.lines()
+            .find(|l| l.split_whitespace().next() == Some(m))
+            .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
+    };
+    for m in [
+        "virtio_net",
+        "virtio_blk",
+        "squashfs",
+        "ext4",
+        "vfat",
+        "overlay",
+    ] {
+        assert_eq!(outcome(m).as_deref(), Some("loaded"), "{m} in:\n{rec}");
+    }
+    assert_eq!(outcome("loop"), None, "a disk boot loads no loop:\n{rec}");
+    assert!(!rec.contains("failed"), "{rec}");
     let var = guest_sh(&mut vm, "findmnt -n -o FSTYPE,SOURCE /var", CMD);
     assert!(var.starts_with("ext4"), "/var is {var}");
     // a bind mount of the state's var directory: SOURCE is `/dev/vda4[/var]`

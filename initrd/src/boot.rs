@@ -139,7 +139,47 @@ pub struct ModuleReport {
     pub failed: Vec<(String, String)>,
     /// `(path, time)` for every module tried, in load order.
     pub timings: Vec<(String, Duration)>,
+    /// One line per module tried, in load order: name, the kernel's
+    /// monotonic clock when the load ended (seconds since boot, as in
+    /// `dmesg`), how long it took, outcome (see [`MODULES_RECORD`]).
+    pub record: Vec<String>,
 }
+
+/// Seconds on CLOCK_MONOTONIC: since boot, the clock of the kernel log.
+fn since_boot() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration;
+    // CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// The text of [`MODULES_RECORD`]: a comment line, the modules tried in
+/// load order, then each driver held back and never loaded (`held`).
+pub fn modules_record(report: &ModuleReport, held: &[String]) -> String {
+    let mut t = String::from(
+        "# module, loaded at (s since boot), load time (s), outcome: what cairn's /init loaded\n",
+    );
+    for l in &report.record {
+        t.push_str(l);
+        t.push('\n');
+    }
+    for h in held {
+        t.push_str(&format!(
+            "{h} - - held back (the boot disk came up without it)\n"
+        ));
+    }
+    t
+}
+
+/// Where `/init` leaves, for the booted system, the record of the modules
+/// it loaded ([`ModuleReport::record`]): `/run` is carried over by the
+/// switch to the real root, so `cat /run/cairn/initrd-modules` shows on a
+/// running machine what the initramfs loaded, when, and what it held back.
+pub const MODULES_RECORD: &str = "/run/cairn/initrd-modules";
 
 impl ModuleReport {
     /// The `n` modules that took longest to load, slowest first.
@@ -181,7 +221,7 @@ pub struct ModuleLoader {
     pub report: ModuleReport,
     /// Why the device-driven mode is off, when the files exist but are bad.
     pub plan_error: Option<String>,
-    /// Carried modules of [`crate::modules::ON_DEMAND`] when every module
+    /// Carried modules that are [`crate::modules::is_on_demand`] when every module
     /// is loaded at start (no device-driven plan).
     on_demand: Vec<String>,
 }
@@ -222,7 +262,7 @@ impl ModuleLoader {
         let first: Vec<String> = first
             .into_iter()
             .filter(|p| {
-                let on_demand = crate::modules::ON_DEMAND.contains(&module_name(p).as_str());
+                let on_demand = crate::modules::is_on_demand(&module_name(p));
                 if on_demand {
                     l.on_demand.push(p.clone());
                 }
@@ -235,7 +275,7 @@ impl ModuleLoader {
         l
     }
 
-    /// Loads module `name` (one of [`crate::modules::ON_DEMAND`]) and what
+    /// Loads module `name` (see [`crate::modules::is_on_demand`]) and what
     /// it needs, if the initramfs carries it and it is not loaded yet.
     pub fn load_named(&mut self, name: &str) {
         let paths = match self.plan.as_mut() {
@@ -340,12 +380,29 @@ impl ModuleLoader {
         let t0 = Instant::now();
         let res = File::open(self.dir.join(rel))
             .and_then(|f| rustix::system::finit_module(&f, c"", flags).map_err(io::Error::from));
-        self.report.timings.push((rel.to_owned(), t0.elapsed()));
-        match res {
-            Ok(()) => self.report.loaded += 1,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.report.already += 1,
-            Err(e) => self.report.failed.push((rel.to_owned(), describe(e))),
-        }
+        let took = t0.elapsed();
+        self.report.timings.push((rel.to_owned(), took));
+        let outcome = match res {
+            Ok(()) => {
+                self.report.loaded += 1;
+                "loaded".to_owned()
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                self.report.already += 1;
+                "present".to_owned()
+            }
+            Err(e) => {
+                let e = describe(e);
+                self.report.failed.push((rel.to_owned(), e.clone()));
+                format!("failed: {e}")
+            }
+        };
+        self.report.record.push(format!(
+            "{} {:.3} {:.3} {outcome}",
+            module_name(rel),
+            since_boot(),
+            took.as_secs_f64()
+        ));
     }
 }
 
@@ -897,6 +954,22 @@ fn switch_root_inner(new_root: &str, init: &str) -> Result<std::convert::Infalli
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_modules_record_lists_each_module_tried_then_the_held_ones() {
+        let mut r = ModuleReport::default();
+        r.record.push("virtio_net 1.204 0.031 loaded".into());
+        r.record
+            .push("ext4 1.300 0.080 failed: Exec format error".into());
+        let t = modules_record(&r, &["ahci".to_owned()]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with('#'));
+        assert_eq!(lines[1], "virtio_net 1.204 0.031 loaded");
+        assert_eq!(lines[2], "ext4 1.300 0.080 failed: Exec format error");
+        assert!(lines[3].starts_with("ahci - - held back"), "{t}");
+        assert_eq!(lines.len(), 4);
+        assert!(since_boot() > 0.0);
+    }
 
     #[test]
     fn describe_strips_os_error() {

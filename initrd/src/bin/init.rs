@@ -370,6 +370,12 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
             held.join(", ")
         ));
     }
+    let record = boot::modules_record(&modules.report, &held);
+    if let Err(e) =
+        fs::create_dir_all("/run/cairn").and_then(|()| fs::write(boot::MODULES_RECORD, record))
+    {
+        say(&format!("warning: writing {}: {e}", boot::MODULES_RECORD));
+    }
     say(&format!(
         "root {root_desc}, state {state_desc}; switching to {} after {:.3}s",
         cmd.init,
