@@ -201,9 +201,24 @@ pub fn initramfs_cpio(
     Ok(w.finish()?)
 }
 
+/// zstd level of the initramfs. With [`INITRD_WINDOW_LOG`] and long
+/// matching, level 12 makes the default image's 16 MiB cpio 4.39 MB in
+/// 0.65 s; level 19 made it 4.18 MB in 6.2 s: a tenth of a clean build's
+/// time for 5% of a file the kernel unpacks in milliseconds.
+pub const INITRD_ZSTD_LEVEL: i32 = 12;
+
+/// zstd window of the initramfs: 16 MiB, so that a match can reach back
+/// across the whole archive (the modules repeat much of each other). The
+/// kernel's unpacker takes windows up to 128 MiB.
+pub const INITRD_WINDOW_LOG: u32 = 24;
+
 /// zstd-compress an initramfs (Debian's kernels have CONFIG_RD_ZSTD).
 pub fn compress(cpio: &[u8]) -> Result<Vec<u8>> {
-    let mut enc = zstd::stream::Encoder::new(Vec::new(), 19).context("starting zstd")?;
+    let mut enc =
+        zstd::stream::Encoder::new(Vec::new(), INITRD_ZSTD_LEVEL).context("starting zstd")?;
+    enc.window_log(INITRD_WINDOW_LOG)
+        .and_then(|()| enc.long_distance_matching(true))
+        .context("setting the zstd window")?;
     enc.write_all(cpio)?;
     Ok(enc.finish()?)
 }
