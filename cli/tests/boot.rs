@@ -254,6 +254,19 @@ fn images_boot_from_disk_and_diskless() {
     }
     assert_eq!(outcome("loop"), None, "a disk boot loads no loop:\n{rec}");
     assert!(!rec.contains("failed"), "{rec}");
+    // no user-data anywhere, and QEMU's SMBIOS names no cloud: the agent
+    // asks no metadata service, so it never waits for the network (and
+    // etcd, ordered after it, starts without waiting either)
+    let ci = guest_sh(
+        &mut vm,
+        "journalctl -b -u cairn-cloudinit --no-pager -o cat",
+        CMD,
+    );
+    assert!(
+        ci.contains("platform QEMU") && ci.contains("no metadata service asked"),
+        "{ci}"
+    );
+    assert!(!ci.contains("waiting for network-online"), "{ci}");
     let var = guest_sh(&mut vm, "findmnt -n -o FSTYPE,SOURCE /var", CMD);
     assert!(var.starts_with("ext4"), "/var is {var}");
     // a bind mount of the state's var directory: SOURCE is `/dev/vda4[/var]`

@@ -152,7 +152,11 @@ fn cloud_config_and_instance_facts_from_an_ec2_metadata_service() {
             .netns(lan.ns("lan"))
             .tap("tap0")
             .memory_mib(2048)
-            .cpus(2),
+            .cpus(2)
+            // the firmware's SMBIOS says EC2, as on a Nitro instance: with no
+            // cairn.metadata= on the command line, the agent asks the EC2
+            // service because of it (a plain QEMU machine asks none)
+            .args(["-smbios", "type=1,manufacturer=Amazon EC2,product=t3.micro"]),
     )
     .expect("starting QEMU");
     vm.wait_guest_agent(BOOT).expect("the guest agent answers");
@@ -168,6 +172,10 @@ fn cloud_config_and_instance_facts_from_an_ec2_metadata_service() {
         "journal:\n{journal}\nrequests:\n{requests}\nmetadata server:\n{}\ndnsmasq:\n{}",
         read(&dir.join("metadata-server.log")),
         read(&dir.join("dnsmasq.log"))
+    );
+    assert!(
+        journal.contains("platform Amazon EC2: asking EC2 metadata service"),
+        "{context}"
     );
     assert!(
         journal.contains(&format!(

@@ -230,7 +230,11 @@ fn metadata_sources(args: &Args, live: bool) -> anyhow::Result<source::MetadataS
         ..Default::default()
     };
     match &args.metadata_url {
-        Some(url) => m.base = url.clone(),
+        // an address given explicitly is asked whatever the platform
+        Some(url) => {
+            m.base = url.clone();
+            m.dmi = None;
+        }
         None if !live => {
             tracing::debug!("--root is not /: no metadata service without --metadata-url");
             m.services = Some(Vec::new());

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::cloud::platform::{self, Platform};
 use crate::cloud::{self, CloudError, Limits, Service};
 use crate::cmdline;
 use crate::fetch::{self, FetchError, RetryPolicy};
@@ -42,8 +43,12 @@ pub struct MetadataSources {
     /// Their base URL ([`cloud::DEFAULT_URL`]).
     pub base: String,
     /// `None`: as the kernel command line says (`cairn.metadata=`), else
-    /// [`cloud::DEFAULT_SERVICES`]; `Some(empty)`: none.
+    /// those of the platform the DMI strings show ([`Platform`]);
+    /// `Some(empty)`: none.
     pub services: Option<Vec<Service>>,
+    /// Where the DMI strings are read ([`platform::DMI_DIR`]); `None`: not
+    /// at all, every service is asked (a `--metadata-url` given explicitly).
+    pub dmi: Option<PathBuf>,
     /// IMDSv1 allowed even without `cairn.metadata.imdsv1` on the command line.
     pub imdsv1: bool,
     pub limits: Limits,
@@ -54,6 +59,7 @@ impl Default for MetadataSources {
         MetadataSources {
             base: cloud::DEFAULT_URL.into(),
             services: None,
+            dmi: Some(platform::DMI_DIR.into()),
             imdsv1: false,
             limits: Limits::default(),
         }
@@ -75,7 +81,29 @@ impl MetadataSources {
         let services = match &self.services {
             Some(s) => s.clone(),
             None => match cmdline::metadata_services(cmdline) {
-                None => cloud::DEFAULT_SERVICES.to_vec(),
+                None => match &self.dmi {
+                    None => cloud::DEFAULT_SERVICES.to_vec(),
+                    Some(dmi) => {
+                        let p = Platform::detect(dmi);
+                        let services = p.services();
+                        if services.is_empty() {
+                            tracing::info!(
+                            "platform {p}: no metadata service asked ({}=ec2 or =digitalocean on the kernel command line asks one)",
+                            cmdline::METADATA
+                        );
+                        } else {
+                            tracing::info!(
+                                "platform {p}: asking {}",
+                                services
+                                    .iter()
+                                    .map(|s| s.name())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            );
+                        }
+                        services
+                    }
+                },
                 Some(v) => Service::parse_list(&v).unwrap_or_else(|e| {
                     tracing::warn!(
                         "{}={v} on the kernel command line: {e}; asking the default services",
@@ -336,15 +364,38 @@ mod tests {
         // no local user-data and metadata services to ask: waits first
         std::fs::remove_file(t.path().join("state/user-data")).unwrap();
         let mut s = counted(sources(t.path(), "quiet\n"));
+        std::fs::create_dir_all(t.path().join("qemu-dmi")).unwrap();
+        std::fs::write(t.path().join("qemu-dmi/sys_vendor"), "QEMU\n").unwrap();
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         s.metadata = MetadataSources {
             base: format!("http://{}", closed.local_addr().unwrap()),
             services: None,
+            // a URL given explicitly: asked whatever the platform
+            dmi: None,
             ..MetadataSources::off()
         };
         drop(closed);
         let _ = find(&s);
         assert_eq!(n.load(Ordering::SeqCst), 2);
+        // a machine whose DMI strings say it is on no cloud: no service to
+        // ask (nothing is sent), so no wait
+        s.metadata.dmi = Some(t.path().join("qemu-dmi"));
+        assert!(find(&s).unwrap().is_none());
+        assert_eq!(n.load(Ordering::SeqCst), 2);
+        // no DMI strings at all: cannot tell, so every service would be asked
+        s.metadata.dmi = Some(t.path().join("no-dmi"));
+        assert_eq!(
+            s.metadata.resolve("quiet").services,
+            cloud::DEFAULT_SERVICES
+        );
+        s.metadata.dmi = Some(t.path().join("qemu-dmi"));
+        assert_eq!(
+            s.metadata
+                .resolve("quiet cairn.metadata=digitalocean")
+                .services,
+            [Service::DigitalOcean],
+            "the command line wins over the platform"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod digitalocean;
 pub mod ec2;
 mod http;
+pub mod platform;
 
 use std::time::{Duration, Instant};
 
