@@ -267,6 +267,17 @@ fn images_boot_from_disk_and_diskless() {
         "{ci}"
     );
     assert!(!ci.contains("waiting for network-online"), "{ci}");
+    // multi-user.target is not ordered after the netboot-only agents: a
+    // start job waits for its After= units before its condition is checked,
+    // so the installer, skipped here, held the boot until the network was
+    // online when multi-user.target waited for it
+    let after = guest_sh(&mut vm, "systemctl show -P After multi-user.target", CMD);
+    assert!(
+        after.contains("basic.target")
+            && !after.contains("cairn-install.service")
+            && !after.contains("cairn-report.service"),
+        "{after}"
+    );
     let var = guest_sh(&mut vm, "findmnt -n -o FSTYPE,SOURCE /var", CMD);
     assert!(var.starts_with("ext4"), "/var is {var}");
     // a bind mount of the state's var directory: SOURCE is `/dev/vda4[/var]`

@@ -193,7 +193,8 @@ mod tests {
             unit.contains("ExecStart=/usr/bin/cairn-update install")
                 && unit.contains("ConditionKernelCommandLine=cairn.install\n")
                 && unit.contains("StandardOutput=journal+console")
-                && unit.contains("WantedBy=multi-user.target"),
+                && unit.contains("WantedBy=multi-user.target")
+                && unit.contains("\nAfter=multi-user.target "),
             "{unit}"
         );
         // every enabled-by-default unit is installed here
