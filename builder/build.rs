@@ -96,10 +96,14 @@ fn main() {
     // Two runs: in one, cargo unifies the features of the packages it
     // builds, and /init must not link what the agents' `cairn-formats`
     // features bring (the update channel's ed25519, JSON and chrono).
+    // Not `--offline`: on a fresh machine the outer build (`cargo run
+    // --release`, cairn-cli alone) has not downloaded the crates only the
+    // agents use, so this build fetches them; `--locked` keeps it to the
+    // versions Cargo.lock names and never rewrites it.
     let build = |packages: &[(&str, &str)]| {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(&root)
-            .args(["build", "--offline", "--release"]);
+            .args(["build", "--locked", "--release"]);
         for (package, bin) in packages {
             cmd.args(["-p", package, "--bin", bin]);
         }
