@@ -57,6 +57,13 @@ impl Spill {
         self.len() == 0
     }
 
+    /// Cut the scratch file short, as a full disk or a damaged scratch
+    /// file would leave it: reads of the bodies past `len` then fail.
+    #[cfg(test)]
+    pub(crate) fn truncate_for_test(&self, len: u64) {
+        self.file.set_len(len).unwrap();
+    }
+
     /// Copy exactly `len` bytes from `r` to a new extent; returns its offset.
     fn append(&self, r: &mut dyn Read, len: u64) -> io::Result<u64> {
         let offset = {

@@ -577,31 +577,55 @@ pub fn build_with(
     }
     let rootfs = opts.out.join(image_dir::ROOTFS);
     let tmp = opts.out.join(".rootfs.squashfs.tmp");
-    let sp = spinner(
-        &opts.progress,
-        "squashfs",
-        &format!("{} entries", tree.len()),
-    );
-    squashfs::write_in_cache(
-        &tree,
-        &tmp,
-        squashfs::Options {
-            mtime: u32::try_from(epoch).unwrap_or(u32::MAX),
-            zstd_level: opts.zstd_level,
-            ..Default::default()
-        },
-        &cache.blocks_dir(),
-    )?;
-    let size = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
-    finish(
-        &opts.progress,
-        &sp,
-        Some(format!(
-            "{} entries -> rootfs.squashfs, {:.1} MiB",
-            tree.len(),
-            size as f64 / 1048576.0
-        )),
-    );
+    let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
+    // The initramfs needs only the tree: it is made beside the squashfs,
+    // whose serial pass (backhand's writer) leaves a core free.
+    let (squashed, initrd) = std::thread::scope(|s| {
+        let initrd = s.spawn(|| -> Result<Vec<u8>> {
+            let sp = spinner(
+                &opts.progress,
+                "initrd",
+                &format!("kernel {}", kernel.release),
+            );
+            let cpio = artifacts::initramfs_cpio(&tree, &kernel, def, mtime)?;
+            let initrd = artifacts::compress(&cpio)?;
+            write_artifact(&opts.out, image_dir::KERNEL, &kernel.image)?;
+            write_artifact(&opts.out, image_dir::INITRD, &initrd)?;
+            finish(&opts.progress, &sp, None);
+            Ok(initrd)
+        });
+        let sp = spinner(
+            &opts.progress,
+            "squashfs",
+            &format!("{} entries", tree.len()),
+        );
+        let squashed = squashfs::write_in_cache(
+            &tree,
+            &tmp,
+            squashfs::Options {
+                mtime,
+                zstd_level: opts.zstd_level,
+                ..Default::default()
+            },
+            &cache.blocks_dir(),
+        )
+        .map(|_| {
+            let size = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+            finish(
+                &opts.progress,
+                &sp,
+                Some(format!(
+                    "{} entries -> rootfs.squashfs, {:.1} MiB",
+                    tree.len(),
+                    size as f64 / 1048576.0
+                )),
+            );
+        });
+        let initrd = initrd.join().expect("the initramfs thread does not panic");
+        (squashed, initrd)
+    });
+    squashed?;
+    let initrd = initrd?;
     // the dm-verity tree after the squashfs, in the same file (see
     // cairn_formats::verity); its salt derives from the build's inputs, so
     // the same inputs give the same bytes
@@ -627,49 +651,56 @@ pub fn build_with(
     };
     std::fs::rename(&tmp, &rootfs)
         .with_context(|| format!("moving the image to {}", rootfs.display()))?;
-
-    let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
-    let sp = spinner(
-        &opts.progress,
-        "initrd",
-        &format!("kernel {}", kernel.release),
-    );
-    let cpio = artifacts::initramfs_cpio(&tree, &kernel, def, mtime)?;
-    let initrd = artifacts::compress(&cpio)?;
-    write_artifact(&opts.out, image_dir::KERNEL, &kernel.image)?;
-    write_artifact(&opts.out, image_dir::INITRD, &initrd)?;
-    artifacts::write_pxe_initramfs(
-        &opts.out.join(image_dir::PXE_INITRD),
-        &initrd,
-        &rootfs,
-        mtime,
-    )?;
-    finish(&opts.progress, &sp, None);
     let root_art = sha256_and_size(&rootfs)?;
-    let sp = spinner(
-        &opts.progress,
-        "disk",
-        &format!("{} GPT, ESP + A/B", def.disk.size),
-    );
+
+    // Two independent writers, one per core: the network-boot initramfs
+    // (which holds rootfs.squashfs) and the disk, each hashed for the
+    // manifest as soon as it is written (the disk's 4 GiB, holes hashed as
+    // zeros, takes longest).
     let disk = opts.out.join(image_dir::DISK);
-    let _ = std::fs::remove_file(&disk);
-    let report = artifacts::write_disk(
-        &disk,
-        &tree,
-        def,
-        &kernel.image,
-        &initrd,
-        &rootfs,
-        &root_art.sha256,
-        verity.as_ref(),
-        epoch,
-    )?;
-    tracing::info!(
-        size = report.size,
-        allocated = report.allocated_bytes,
-        "wrote disk.raw"
-    );
-    finish(&opts.progress, &sp, None);
+    let pxe = opts.out.join(image_dir::PXE_INITRD);
+    let (pxe_art, disk_art) = std::thread::scope(|s| {
+        let pxe_art = s.spawn(|| -> Result<Artifact> {
+            let sp = spinner(&opts.progress, "netboot", image_dir::PXE_INITRD);
+            artifacts::write_pxe_initramfs(&pxe, &initrd, &rootfs, mtime)?;
+            let a = sha256_and_size(&pxe)?;
+            finish(&opts.progress, &sp, None);
+            Ok(a)
+        });
+        let disk_art = (|| -> Result<Artifact> {
+            let sp = spinner(
+                &opts.progress,
+                "disk",
+                &format!("{} GPT, ESP + A/B", def.disk.size),
+            );
+            let _ = std::fs::remove_file(&disk);
+            let report = artifacts::write_disk(
+                &disk,
+                &tree,
+                def,
+                &kernel.image,
+                &initrd,
+                &rootfs,
+                &root_art.sha256,
+                verity.as_ref(),
+                epoch,
+            )?;
+            tracing::info!(
+                size = report.size,
+                allocated = report.allocated_bytes,
+                "wrote disk.raw"
+            );
+            let a = sha256_and_size(&disk)?;
+            finish(&opts.progress, &sp, None);
+            Ok(a)
+        })();
+        let pxe_art = pxe_art
+            .join()
+            .expect("the pxe-initrd thread does not panic");
+        (pxe_art, disk_art)
+    });
+    let disk_art = disk_art?;
+    let pxe_art = pxe_art?;
     let written = disk_formats::write(
         &opts.out,
         formats,
@@ -704,8 +735,8 @@ pub fn build_with(
             root_art,
             sha256_and_size(&opts.out.join(image_dir::KERNEL))?,
             sha256_and_size(&opts.out.join(image_dir::INITRD))?,
-            sha256_and_size(&opts.out.join(image_dir::PXE_INITRD))?,
-            sha256_and_size(&disk)?,
+            pxe_art,
+            disk_art,
         ],
         verity: verity.as_ref().map(image_dir::VerityRecord::from),
     };

@@ -6,27 +6,31 @@
 //! is decided before it gets here.
 //!
 //! backhand compresses one block after another. To use every core, the
-//! blocks backhand will ask for are compressed beforehand in parallel
-//! (rayon): every data block of every file (the last, short one too) and
-//! the fragment blocks, which are predicted by packing the small files in
-//! backhand's order. Compressed blocks go to a [`BlockCache`] on disk
-//! (persistent in the package cache, so a rebuild compresses only new
-//! blocks; or a scratch one), never into memory; backhand's
-//! [`CompressionAction`] callback looks each block up there by its SHA-256
-//! and compresses whatever it does not find (metadata, a damaged entry)
-//! itself. The bytes are the same as backhand's own zstd path would give
+//! blocks backhand will ask for are compressed by worker threads, one per
+//! core, in the order backhand asks for them: every data block of every
+//! file (the last, short one too) and the fragment blocks, which are
+//! predicted by packing the small files in backhand's order. Compressed
+//! blocks go to a [`BlockCache`] on disk (persistent in the package cache,
+//! so a rebuild compresses only new blocks; or a scratch one), never into
+//! memory. backhand runs at the same time on the caller's thread: its
+//! [`CompressionAction`] callback waits until the block it asks for is
+//! ready, looks it up in the cache by its SHA-256, and compresses whatever
+//! the workers will not bring (metadata, a mispredicted fragment, an entry
+//! damaged meanwhile) itself. So backhand's own serial work (reading the
+//! files, writing the image) runs beside the compression, not after it.
+//! The bytes are the same as backhand's own zstd path would give
 //! (same library, same level), whichever way a block was compressed.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
 use backhand::kind::Kind;
 use backhand::{BackhandError, FilesystemCompressor, FilesystemWriter, NodeHeader};
-use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::blob::Blob;
@@ -136,59 +140,123 @@ pub struct Report {
     pub cache: Stats,
 }
 
-struct Prepared {
-    cache: BlockCache,
+/// What the compression workers have done so far, shared with backhand's
+/// thread.
+#[derive(Default)]
+struct Progress {
     /// Each prepared block's key and the SHA-256 of its compressed bytes.
     keys: HashMap<Key, [u8; 32]>,
-    level: i32,
+    /// Every worker has stopped: a key not in `keys` will not come.
+    done: bool,
+    /// Blocks compressed now (the rest came from the cache).
+    compressed: u64,
+    /// The first error a worker met.
+    error: Option<std::io::Error>,
 }
 
-/// zstd whose blocks were compressed ahead of time, in parallel, into a
-/// block cache.
+struct Prepared {
+    cache: BlockCache,
+    level: i32,
+    progress: Mutex<Progress>,
+    /// Signalled when a block is ready and when the workers are done.
+    ready: Condvar,
+}
+
+impl Prepared {
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the block `key` is prepared (`Some`: the SHA-256 of its
+    /// compressed bytes) or the workers are done without it (`None`); an
+    /// error when a worker failed (the caller reports that worker's error).
+    fn wait_for(&self, key: &Key) -> std::io::Result<Option<[u8; 32]>> {
+        let mut p = self.progress();
+        loop {
+            if let Some(sha) = p.keys.get(key) {
+                return Ok(Some(*sha));
+            }
+            if p.error.is_some() {
+                return Err(std::io::Error::other("a compression worker failed"));
+            }
+            if p.done {
+                return Ok(None);
+            }
+            p = self.ready.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Marks the workers done when the last one stops, however it stops (an
+/// error, a panic), so that backhand's thread never waits for a block that
+/// will not come.
+struct Worker<'a> {
+    prepared: &'a Prepared,
+    live: &'a AtomicUsize,
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.prepared.progress().done = true;
+            self.prepared.ready.notify_all();
+        }
+    }
+}
+
+/// zstd whose blocks are compressed by worker threads, one per core, in
+/// the order backhand will ask for them, into a block cache; backhand's
+/// thread waits for each block it asks for (so its own serial work, reading
+/// and writing the image, runs beside the compression instead of after it).
 struct CachedZstd {
     prepared: RwLock<Option<Arc<Prepared>>>,
-    serial: std::sync::atomic::AtomicU64,
+    serial: AtomicU64,
 }
 
 impl CachedZstd {
-    /// Make sure every block of `work` is in `cache`; returns the keys and
-    /// how many blocks had to be compressed.
-    fn prepare(
-        work: &[Work],
-        cache: &BlockCache,
-        level: i32,
-    ) -> std::io::Result<(HashMap<Key, [u8; 32]>, u64)> {
-        let compressed = std::sync::atomic::AtomicU64::new(0);
-        let keys: Vec<Option<(Key, [u8; 32])>> = work
-            .par_iter()
-            .map_init(
-                || (zstd::bulk::Compressor::new(level), Vec::new()),
-                |(c, buf), w| {
-                    w.read(buf)?;
-                    if buf.iter().all(|&b| b == 0) {
-                        return Ok(None);
-                    }
-                    let key = key_of(buf);
-                    let z = match cache.get(&key) {
-                        Some(z) => z,
-                        None => {
-                            let c = c
-                                .as_mut()
-                                .map_err(|e| std::io::Error::other(e.to_string()))?;
-                            let z = zstd_compress(c, buf)?;
-                            cache.put(&key, &z)?;
-                            compressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            z
-                        }
-                    };
-                    Ok(Some((key, Sha256::digest(&z).into())))
-                },
-            )
-            .collect::<std::io::Result<_>>()?;
-        Ok((
-            keys.into_iter().flatten().collect(),
-            compressed.into_inner(),
-        ))
+    /// One worker: takes the next block of `work` until there is none (or
+    /// `stop` is set), makes sure it is in the cache and publishes its key.
+    fn work(work: &[Work], next: &AtomicUsize, stop: &AtomicBool, prepared: &Prepared) {
+        let mut zstd = zstd::bulk::Compressor::new(prepared.level);
+        let mut buf = Vec::new();
+        let mut one = |w: &Work| -> std::io::Result<Option<(Key, [u8; 32], bool)>> {
+            w.read(&mut buf)?;
+            if buf.iter().all(|&b| b == 0) {
+                return Ok(None);
+            }
+            let key = key_of(&buf);
+            let (z, new) = match prepared.cache.get(&key) {
+                Some(z) => (z, false),
+                None => {
+                    let c = zstd
+                        .as_mut()
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    let z = zstd_compress(c, &buf)?;
+                    prepared.cache.put(&key, &z)?;
+                    (z, true)
+                }
+            };
+            Ok(Some((key, Sha256::digest(&z).into(), new)))
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(w) = work.get(i) else { break };
+            match one(w) {
+                Ok(Some((key, sha, new))) => {
+                    let mut p = prepared.progress();
+                    p.keys.insert(key, sha);
+                    p.compressed += u64::from(new);
+                    drop(p);
+                    prepared.ready.notify_all();
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    prepared.progress().error.get_or_insert(e);
+                    stop.store(true, Ordering::Relaxed);
+                    prepared.ready.notify_all();
+                }
+            }
+        }
     }
 }
 
@@ -216,13 +284,12 @@ impl CompressionAction for CachedZstd {
         let prepared = self.prepared.read().expect("no poisoning").clone();
         if let Some(p) = prepared {
             let key = key_of(bytes);
-            if let Some(sha) = p.keys.get(&key) {
-                if let Some(c) = p.cache.get_exact(&key, sha) {
+            if let Some(sha) = p.wait_for(&key)? {
+                if let Some(c) = p.cache.get_exact(&key, &sha) {
                     return Ok(c);
                 }
             }
-            self.serial
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.serial.fetch_add(1, Ordering::Relaxed);
             let mut c = zstd::bulk::Compressor::new(p.level)?;
             return Ok(zstd_compress(&mut c, bytes)?);
         }
@@ -355,29 +422,51 @@ pub fn write_cached(
     };
     let before = cache.stats();
     let work = plan(tree, opts.block_size as usize);
-    let (keys, compressed) =
-        CachedZstd::prepare(&work, cache, opts.zstd_level as i32).map_err(err)?;
-    let blocks = work.len() as u64;
-    drop(work);
+    let prepared = Arc::new(Prepared {
+        cache: cache.clone(),
+        level: opts.zstd_level as i32,
+        progress: Mutex::new(Progress::default()),
+        ready: Condvar::new(),
+    });
     // backhand wants a `&'static` compressor: one small struct per image is
     // leaked; what it holds is let go once the image is written.
     let comp: &'static CachedZstd = Box::leak(Box::new(CachedZstd {
-        prepared: RwLock::new(Some(Arc::new(Prepared {
-            cache: cache.clone(),
-            keys,
-            level: opts.zstd_level as i32,
-        }))),
+        prepared: RwLock::new(Some(prepared.clone())),
         serial: Default::default(),
     }));
-    let result = write_with(tree, out, opts, comp);
+    let workers = rayon::current_num_threads().max(1);
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let live = AtomicUsize::new(workers);
+    let result = std::thread::scope(|s| {
+        for _ in 0..workers {
+            let worker = Worker {
+                prepared: &prepared,
+                live: &live,
+            };
+            let (work, next, stop) = (&work, &next, &stop);
+            s.spawn(move || {
+                let _worker = worker;
+                CachedZstd::work(work, next, stop, _worker.prepared);
+            });
+        }
+        let r = write_with(tree, out, opts, comp);
+        // backhand failed: the blocks left are not needed
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
     comp.prepared.write().expect("no poisoning").take();
-    let after = cache.stats();
+    let progress = std::mem::take(&mut *prepared.progress());
+    if let Some(e) = progress.error {
+        return Err(err(e));
+    }
     let size = result?;
+    let after = cache.stats();
     Ok(Report {
         size,
-        blocks,
-        compressed,
-        serial: comp.serial.load(std::sync::atomic::Ordering::Relaxed),
+        blocks: work.len() as u64,
+        compressed: progress.compressed,
+        serial: comp.serial.load(Ordering::Relaxed),
         cache: Stats {
             hits: after.hits - before.hits,
             misses: after.misses - before.misses,
@@ -624,6 +713,34 @@ mod tests {
         assert_eq!(warm.compressed, 0, "{warm:?}");
         assert_eq!(warm.serial, cold.serial, "{warm:?}");
         assert_eq!(warm.cache.corrupt, 0);
+    }
+
+    /// A body that cannot be read (the scratch file cut short) fails the
+    /// image with the read error: the workers stop, and backhand's thread,
+    /// which may be waiting for one of their blocks, does not wait forever.
+    #[test]
+    fn a_worker_read_error_fails_the_image_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = crate::blob::Spill::new_in(dir.path()).unwrap();
+        let tree = varied(&spill);
+        spill.truncate_for_test(1000);
+        let o = Options {
+            mtime: 1,
+            zstd_level: 3,
+            ..Default::default()
+        };
+        let cache = BlockCache::open(&dir.path().join("blocks"), o.settings()).unwrap();
+        let out = dir.path().join("img");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = write_cached(&tree, &out, o, &cache).map(|r| r.size);
+            tx.send(r.map_err(|e| e.to_string())).unwrap();
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("write_cached returned");
+        let e = r.expect_err("an unreadable body is an error");
+        assert!(e.contains("fill whole buffer"), "{e}");
     }
 
     #[test]
