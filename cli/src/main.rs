@@ -589,7 +589,7 @@ fn main() -> ExitCode {
     match run(cli, progress) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cairn_formats::report::Chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

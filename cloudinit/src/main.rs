@@ -93,7 +93,7 @@ fn main() {
     let code = match run(&args) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", cairn_formats::report::Chain(e.as_ref()));
             1
         }
     };
@@ -167,7 +167,11 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             Outcome::new(Status::NoConfig, None)
         }
         Ok(Some(found)) => match source::maybe_gunzip(found.bytes).map(String::from_utf8) {
-            Err(e) => outcome_error(Status::SourceFailed, &found.source, format!("{e:#}")),
+            Err(e) => outcome_error(
+                Status::SourceFailed,
+                &found.source,
+                cairn_formats::report::Chain(e.as_ref()).to_string(),
+            ),
             Ok(Err(_)) => outcome_error(
                 Status::Invalid,
                 &found.source,
@@ -207,7 +211,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         },
     };
     if let Err(e) = apply::write_status(&status_root, &status_path, &outcome) {
-        tracing::error!("{e:#}");
+        tracing::error!("{}", cairn_formats::report::Chain(e.as_ref()));
     }
     Ok(outcome.status.exit_code())
 }

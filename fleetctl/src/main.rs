@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     match rt.block_on(cairn_fleetctl::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("{e:#}");
+            eprintln!("{}", cairn_formats::report::Chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

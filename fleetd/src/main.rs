@@ -138,7 +138,10 @@ fn main() -> ExitCode {
     let settings = match load(&args) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("fleetd: error: {e:#}");
+            eprintln!(
+                "fleetd: error: {}",
+                cairn_formats::report::Chain(e.as_ref())
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -159,7 +162,10 @@ fn main() -> ExitCode {
     match run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fleetd: error: {e:#}");
+            eprintln!(
+                "fleetd: error: {}",
+                cairn_formats::report::Chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -11,7 +11,8 @@
 //! the reports machines send `cairn serve` about their install, boots and
 //! updates (`lifecycle`, behind `channel`), and the cluster's reboot lock
 //! that `cairn-update` takes and fleet's engine drains for
-//! (`reboot_lock`, behind `serde`). Dependency-free without features
+//! (`reboot_lock`, behind `serde`), and how every program prints an
+//! error, each cause once ([`report`]). Dependency-free without features
 //! (serde and the channel's crypto and JSON behind them), so that `/init`
 //! can use it and stay small.
 //!
@@ -34,6 +35,7 @@ pub mod lifecycle;
 pub mod partitions;
 #[cfg(feature = "serde")]
 pub mod reboot_lock;
+pub mod report;
 pub mod verity;
 
 pub use image_dir::ImageDir;

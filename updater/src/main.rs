@@ -317,7 +317,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cairn-update: error: {e:#}");
+            eprintln!(
+                "cairn-update: error: {}",
+                cairn_formats::report::Chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -35,3 +35,25 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
         "{err}"
     );
 }
+
+/// An error whose message already says its cause (`{path}: {source}`) is
+/// printed with that cause once, not once per link of the chain.
+#[test]
+fn an_error_says_its_cause_once() {
+    let t = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-update"))
+        // a directory where the settings file should be
+        .args(["--config", t.path().to_str().unwrap()])
+        .args(["--state-dir", t.path().join("state").to_str().unwrap()])
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("cairn-update: error: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(line.contains(&t.path().display().to_string()), "{line}");
+    assert_eq!(line.matches("os error 21").count(), 1, "{line}");
+}
