@@ -117,6 +117,25 @@ pub fn choose_mirrors(flag: Option<&str>, def: &Definition, root: &Path) -> Resu
             suite,
         });
     }
+    // cairn fetches over HTTP only (apt's file:, cdrom: and mirror+ methods
+    // are not spoken): say so here, naming where the URL came from, rather
+    // than fail later inside the HTTP client
+    for a in &archives {
+        if !(a.base.starts_with("http://") || a.base.starts_with("https://")) {
+            let from = if a.name == "main" {
+                chosen_by.clone()
+            } else {
+                "this machine's apt sources".to_string()
+            };
+            bail!(
+                "the {} archive's mirror {:?} (from {from}) is not an http:// or https:// URL: \
+                 cairn fetches packages over HTTP; pass --mirror http://... (a local mirror \
+                 can be served by any web server)",
+                a.name,
+                a.base
+            );
+        }
+    }
     Ok(Mirrors {
         archives,
         chosen_by,
@@ -367,6 +386,23 @@ mod tests {
         let m = choose_mirrors(Some("http://flag.example/debian"), &d, root.path()).unwrap();
         assert_eq!(m.archives[0].base, "http://flag.example/debian");
         assert_eq!(m.chosen_by, "--mirror");
+    }
+
+    #[test]
+    fn mirrors_other_than_http_are_refused_naming_where_they_came_from() {
+        let root = root_with(
+            "Types: deb\nURIs: http://mirror.example/debian\nSuites: trixie\nComponents: main\n",
+        );
+        let e = choose_mirrors(Some("file:///mnt/cdrom/"), &def(), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("main archive's mirror \"file:///mnt/cdrom\" (from --mirror)"),
+            "{e}"
+        );
+        // an http mirror is fine
+        let m = choose_mirrors(Some("http://127.0.0.1:9/debian"), &def(), root.path()).unwrap();
+        assert_eq!(m.base_of("main"), Some("http://127.0.0.1:9/debian"));
     }
 
     #[test]
