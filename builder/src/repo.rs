@@ -64,6 +64,18 @@ pub fn choose_mirrors(flag: Option<&str>, def: &Definition, root: &Path) -> Resu
     })?;
     let sys = sources::choose_mirror(&system, &def.suite);
     let (main, chosen_by) = if let Some(m) = flag {
+        // cairn fetches over HTTP only (apt's file:, cdrom: and mirror+
+        // methods are not spoken; the definition's mirror is checked when it
+        // is loaded, apt entries of other kinds are skipped): say so here
+        // rather than fail later inside the HTTP client
+        if !(m.starts_with("http://") || m.starts_with("https://")) {
+            bail!(
+                "the main archive's mirror {:?} (from --mirror) is not an http:// or https:// \
+                 URL: cairn fetches packages over HTTP; pass --mirror http://... (a local \
+                 mirror can be served by any web server)",
+                trim(m)
+            );
+        }
         (trim(m), "--mirror".to_string())
     } else if let Some(m) = &def.mirror {
         (trim(m), "the definition's mirror".to_string())
@@ -116,25 +128,6 @@ pub fn choose_mirrors(flag: Option<&str>, def: &Definition, root: &Path) -> Resu
             base,
             suite,
         });
-    }
-    // cairn fetches over HTTP only (apt's file:, cdrom: and mirror+ methods
-    // are not spoken): say so here, naming where the URL came from, rather
-    // than fail later inside the HTTP client
-    for a in &archives {
-        if !(a.base.starts_with("http://") || a.base.starts_with("https://")) {
-            let from = if a.name == "main" {
-                chosen_by.clone()
-            } else {
-                "this machine's apt sources".to_string()
-            };
-            bail!(
-                "the {} archive's mirror {:?} (from {from}) is not an http:// or https:// URL: \
-                 cairn fetches packages over HTTP; pass --mirror http://... (a local mirror \
-                 can be served by any web server)",
-                a.name,
-                a.base
-            );
-        }
     }
     Ok(Mirrors {
         archives,

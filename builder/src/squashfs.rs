@@ -446,8 +446,8 @@ pub fn write_cached(
             };
             let (work, next, stop) = (&work, &next, &stop);
             s.spawn(move || {
-                let _worker = worker;
-                CachedZstd::work(work, next, stop, _worker.prepared);
+                let worker = worker; // the whole guard moves in, dropped when the worker ends
+                CachedZstd::work(work, next, stop, worker.prepared);
             });
         }
         let r = write_with(tree, out, opts, comp);

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cairn_formats::report::Chain;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Uri};
@@ -485,7 +486,7 @@ impl Client {
                     reason,
                 };
             }
-            let reason = chain(&e);
+            let reason = Chain(&e).to_string();
             if e.is_connect() {
                 Error::Connect {
                     endpoint: endpoint.to_string(),
@@ -624,7 +625,7 @@ async fn collect(
         let frame = frame.map_err(|e| Error::Transport {
             endpoint: endpoint.to_string(),
             path,
-            reason: chain(&e),
+            reason: Chain(&e).to_string(),
         })?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
@@ -686,21 +687,6 @@ pub(crate) fn excerpt(bytes: &[u8]) -> String {
         .collect();
     if bytes.len() > 200 {
         s.push_str("...");
-    }
-    s
-}
-
-/// An error and its sources, one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
     }
     s
 }

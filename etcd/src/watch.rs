@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::client::{chain, decode, too_large};
+use crate::client::{decode, too_large};
 use crate::kv::{prefix_end, KeyValue, ResponseHeader};
 use crate::wire::{de_i64, de_list, is_false, is_zero, ser_b64, ser_i64, StreamLine};
 use crate::{Client, Error};
+use cairn_formats::report::Chain;
 
 const PATH: &str = "/v3/watch";
 /// Reconnection back-off: from this, doubling...
@@ -513,7 +514,7 @@ impl Lines {
                     return Err(Error::Transport {
                         endpoint: self.endpoint.clone(),
                         path: PATH,
-                        reason: chain(&e),
+                        reason: Chain(&e).to_string(),
                     })
                 }
                 // hyper hands data over in pieces of its read buffer (at most some hundred
