@@ -267,6 +267,36 @@ fn images_boot_from_disk_and_diskless() {
         "{ci}"
     );
     assert!(!ci.contains("waiting for network-online"), "{ci}");
+    // the agent runs beside sysinit.target, not after basic.target, so
+    // that etcd (ordered after it) starts as soon as basic.target is
+    // reached; and that ordering made no cycle systemd had to break
+    let ci_after = guest_sh(
+        &mut vm,
+        "systemctl show -P After cairn-cloudinit.service",
+        CMD,
+    );
+    assert!(
+        !ci_after.contains("basic.target")
+            && !ci_after.contains("sysinit.target")
+            && ci_after.contains("systemd-sysusers.service")
+            && ci_after.contains("local-fs.target"),
+        "{ci_after}"
+    );
+    let etcd_after = guest_sh(&mut vm, "systemctl show -P After etcd.service", CMD);
+    assert!(
+        etcd_after.contains("cairn-cloudinit.service"),
+        "{etcd_after}"
+    );
+    let cycles = guest_sh(
+        &mut vm,
+        // PID 1's own messages: the guest agent logs this very command
+        "journalctl -b _PID=1 --no-pager -o cat | grep -i -A4 'ordering cycle' || true",
+        CMD,
+    );
+    assert!(
+        cycles.trim().is_empty(),
+        "systemd broke an ordering cycle at boot:\n{cycles}"
+    );
     // multi-user.target is not ordered after the netboot-only agents: a
     // start job waits for its After= units before its condition is checked,
     // so the installer, skipped here, held the boot until the network was

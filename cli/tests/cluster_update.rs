@@ -1,7 +1,8 @@
 //! The cluster, on three QEMU machines that boot image 1.0.0 from their
 //! own disks on a LAN in network namespaces (site dnsmasq, the real
 //! `cairn serve`). Each reads its cloud-config from an OpenStack config
-//! drive (`config-2`): etcd joins the others through a discovery token
+//! drive (`config-2`; FAT on a virtio disk for two machines, an ISO 9660
+//! image on a SATA CD-ROM for the third, at every boot): etcd joins the others through a discovery token
 //! from `cairn serve` (`/discovery/new?size=3`; each member advertises its
 //! own `$private_ipv4`), fleet (`fleet.service`: cairn's `fleetd`, agent
 //! on systemd over D-Bus) runs with `coreos.fleet` settings, and
@@ -82,6 +83,29 @@ fn config_drive(path: &Path, user_data: &str) {
             "::/openstack/latest/user_data",
         ],
     );
+}
+
+/// The machine whose config drive is an ISO 9660 image on a SATA CD-ROM,
+/// as OpenStack (its default `config_drive_format`), VMware and
+/// libvirt/Vagrant attach one; the others have a FAT one on a virtio disk.
+const CDROM_NODE: usize = 2;
+
+/// An ISO 9660 config drive labelled `config-2` holding `user_data`, made
+/// the way OpenStack's nova makes one (genisoimage, Rock Ridge and Joliet,
+/// lower-case names).
+fn config_drive_iso(path: &Path, user_data: &str) {
+    let dir = path.with_extension("d");
+    let latest = dir.join("openstack/latest");
+    std::fs::create_dir_all(&latest).unwrap();
+    std::fs::write(latest.join("user_data"), user_data).unwrap();
+    let out = Command::new("genisoimage")
+        .args(["-o", path.to_str().unwrap()])
+        .args(["-ldots", "-allow-lowercase", "-allow-multidot", "-l"])
+        .args(["-quiet", "-J", "-r", "-V", "config-2"])
+        .arg(&dir)
+        .output()
+        .expect("genisoimage (Debian package genisoimage) must be installed");
+    assert!(out.status.success(), "genisoimage: {out:?}");
 }
 
 fn user_data(i: usize, discovery: &str) -> String {
@@ -180,12 +204,27 @@ fn three_machines_form_a_cluster_run_fleet_and_take_an_update_one_at_a_time() {
             let disk = dir.join(format!("node-{i}.qcow2"));
             cairn_qemu::vm::create_overlay(&v1.join("disk.raw"), DiskFormat::Raw, &disk).unwrap();
             let drive = dir.join(format!("config-{i}.img"));
-            config_drive(&drive, &user_data(i, &discovery));
+            let config = VmConfig::new(format!("node-{i}")).uefi().disk(&disk);
+            let config = if i == CDROM_NODE {
+                config_drive_iso(&drive, &user_data(i, &discovery));
+                // on q35's own AHCI controller, whose driver (ahci) and
+                // the CD-ROM's (sr_mod) the initramfs does not load on a
+                // disk boot: the agent loads them before it looks
+                config.args([
+                    "-drive".to_string(),
+                    format!(
+                        "file={},if=none,id=cd0,media=cdrom,readonly=on,format=raw",
+                        drive.display()
+                    ),
+                    "-device".to_string(),
+                    "ide-cd,drive=cd0,bus=ide.2".to_string(),
+                ])
+            } else {
+                config_drive(&drive, &user_data(i, &discovery));
+                config.disk(&drive)
+            };
             Vm::start(
-                VmConfig::new(format!("node-{i}"))
-                    .uefi()
-                    .disk(&disk)
-                    .disk(&drive)
+                config
                     .persist(true)
                     .netns(lan.ns("lan"))
                     .tap(taps[i])

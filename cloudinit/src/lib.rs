@@ -14,6 +14,7 @@ pub mod safefs;
 pub mod services;
 pub mod source;
 pub mod ssh;
+pub mod storage;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod units;

@@ -137,6 +137,8 @@ fn run(args: &Args) -> anyhow::Result<i32> {
             state_user_data: args.state_user_data.clone(),
             config_drive_dir: args.config_drive.clone(),
             config_drive: !args.no_config_drive,
+            // a machine's own devices, never a --root's host
+            load_storage_drivers: live,
             policy: RetryPolicy {
                 max_tries: args.fetch_tries,
                 ..Default::default()

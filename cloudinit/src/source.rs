@@ -30,6 +30,10 @@ pub struct Sources {
     /// device labelled config-2 and mount it.
     pub config_drive_dir: Option<PathBuf>,
     pub config_drive: bool,
+    /// Before looking for a config drive that udev has not linked yet,
+    /// load the drivers of storage devices that have none (this machine's
+    /// boot only: [`crate::storage`]).
+    pub load_storage_drivers: bool,
     pub policy: RetryPolicy,
     pub metadata: MetadataSources,
     /// Asked before the sources that are on the network (a URL, the
@@ -129,6 +133,7 @@ impl Default for Sources {
             state_user_data: STATE_USER_DATA.into(),
             config_drive_dir: None,
             config_drive: true,
+            load_storage_drivers: true,
             policy: RetryPolicy::default(),
             metadata: MetadataSources::default(),
             network: NetworkWait::Systemd {
@@ -211,9 +216,10 @@ pub fn find(s: &Sources) -> Result<Option<Found>, SourceError> {
         }));
     }
     if s.config_drive {
+        tracing::debug!("looking for a config drive (label {CONFIG_DRIVE_LABEL})");
         let drive = match &s.config_drive_dir {
             Some(dir) => read_drive_dir(dir, &format!("config drive {}", dir.display())),
-            None => match config_drive_device() {
+            None => match config_drive_device(s.load_storage_drivers) {
                 None => Ok(None),
                 Some(dev) => read_config_drive(&dev),
             },
@@ -222,6 +228,7 @@ pub fn find(s: &Sources) -> Result<Option<Found>, SourceError> {
             return Ok(Some(found));
         }
     }
+    tracing::debug!("no local user-data");
     let cfg = s.metadata.resolve(&line);
     if !cfg.services.is_empty() {
         s.network
@@ -259,10 +266,17 @@ fn read_drive_dir(dir: &Path, source: &str) -> Result<Option<Found>> {
 }
 
 /// The block device labelled config-2: udev's by-label link, else blkid.
-pub fn config_drive_device() -> Option<PathBuf> {
+/// The agent runs before udev has seen every device: with
+/// `load_drivers`, the storage devices that have no driver yet get theirs
+/// first ([`crate::storage::load_unbound`]), so that a config drive on a
+/// SATA/IDE CD-ROM (`/dev/sr0`) is there for blkid to find.
+pub fn config_drive_device(load_drivers: bool) -> Option<PathBuf> {
     let link = Path::new("/dev/disk/by-label").join(CONFIG_DRIVE_LABEL);
     if link.exists() {
         return Some(link);
+    }
+    if load_drivers {
+        crate::storage::load_unbound(Path::new("/sys"));
     }
     let out = std::process::Command::new("blkid")
         .args(["-l", "-o", "device", "-t"])
@@ -322,6 +336,7 @@ mod tests {
             state_user_data: dir.join("state/user-data"),
             config_drive_dir: Some(dir.join("cd")),
             config_drive: true,
+            load_storage_drivers: false,
             policy: RetryPolicy {
                 max_tries: 2,
                 initial_backoff: std::time::Duration::from_millis(1),

@@ -62,6 +62,21 @@ fn the_unit_runs_the_agent_once_per_boot_before_etcd() {
         .find(|l| l.starts_with("After="))
         .expect("an After= line");
     assert!(!after.contains("network-online.target"), "{after}");
+    // early, beside sysinit.target: not after basic.target, so that etcd
+    // starts when basic.target is reached; after what useradd and
+    // write_files rely on
+    assert!(lines.contains(&"DefaultDependencies=no"), "{text}");
+    for dep in [
+        "local-fs.target",
+        "systemd-sysusers.service",
+        "systemd-tmpfiles-setup.service",
+    ] {
+        let deps = after.trim_start_matches("After=");
+        assert!(deps.split_whitespace().any(|a| a == dep), "{dep}: {after}");
+    }
+    // without the default dependencies, stopped at shutdown by hand
+    assert!(lines.contains(&"Conflicts=shutdown.target"), "{text}");
+    assert!(before.contains("shutdown.target"), "{before}");
     // no Requires=/BindsTo= on anything: a failure must not hold the boot
     assert!(
         !lines
