@@ -236,7 +236,7 @@ fn three_machines_form_a_cluster_run_fleet_and_take_an_update_one_at_a_time() {
             .expect("starting QEMU")
         })
         .collect();
-    for vm in &mut vms {
+    for (i, vm) in vms.iter_mut().enumerate() {
         vm.wait_for("cairn-init: root cairn-a", BOOT)
             .expect("booting slot a");
         vm.wait_guest_agent(BOOT).unwrap_or_else(|e| {
@@ -246,6 +246,17 @@ fn three_machines_form_a_cluster_run_fleet_and_take_an_update_one_at_a_time() {
             )
         });
         wait_cloudinit(vm, 300);
+        if i == CDROM_NODE {
+            // the ISO on the CD-ROM (the only config-2 this machine has),
+            // whose drivers udev loads only after the agent has looked
+            // (sr0 appears ~10 s after it ran): /dev/sr0 from blkid
+            let log = guest_sh(vm, "journalctl -b -u cairn-cloudinit -o cat", CMD);
+            assert!(
+                log.contains("data source: config drive /dev/sr0")
+                    || log.contains("data source: config drive /dev/disk/by-label/config-2"),
+                "node-{i}:\n{log}"
+            );
+        }
     }
     for (i, vm) in vms.iter_mut().enumerate() {
         let state = guest_sh(
