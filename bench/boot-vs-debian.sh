@@ -19,8 +19,8 @@
 # cached in BENCH_DIR from before that hook (no debian.units stamp) is made
 # again. Debian's SSH host keys are made at install (openssh-server's
 # postinst); cairn's on its first boot, the RSA one after multi-user: the
-# first cairn boot runs until that unit is done, so the later boots of both
-# are those of a machine that has its keys.
+# first cairn boot runs until that unit says it is done, so the later boots
+# of both are those of a machine that has its keys.
 # Usage: bash bench/boot-vs-debian.sh   (as root; installs mmdebstrap,
 # qemu-system-x86 and e2fsprogs if missing). Mirror: this machine's apt
 # sources.
@@ -118,11 +118,11 @@ def boot(kind, n):
                 if not (kind == "cairn" and n == 0):
                     return reached
             # cairn's first boot makes the SSH RSA host key after
-            # multi-user (seconds of CPU, at idle priority), then reloads
-            # sshd: let it finish,
+            # multi-user (seconds of CPU, at idle priority) and says so on
+            # the console: let it finish,
             # so that the later boots, like Debian's (keys made at install),
             # are those of a machine that has its keys
-            if reached and "systemd[1]: Reloaded ssh.service" in line:
+            if reached and "cairn: SSH RSA host key made" in line:
                 return reached
             if time.monotonic() - t0 > 600:
                 if reached:

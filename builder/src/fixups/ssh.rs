@@ -12,11 +12,15 @@
 //!     missing, before `ssh.service` (milliseconds of CPU, even under TCG);
 //!   - `cairn-ssh-keygen-rsa.service` makes the RSA key (`ssh-keygen -A`,
 //!     seconds of CPU: ~7 s under TCG) after those, NOT before
-//!     `ssh.service`, at idle CPU priority, then reloads `ssh.service`
-//!     (sshd re-executes on SIGHUP and re-reads its host keys), so sshd
-//!     offers RSA too from then on. It is `Type=exec`: its start job ends
-//!     when the program starts, so neither `multi-user.target` nor
-//!     `systemctl is-system-running --wait` waits for the key.
+//!     `ssh.service`, at idle CPU priority; sshd offers it from its next
+//!     start (the next boot). It does not reload sshd: sshd re-executes
+//!     on SIGHUP and closes its listening socket meanwhile, which reset
+//!     the SSH connections being opened at that moment
+//!     (`kex_exchange_identification: read: Connection reset by peer`,
+//!     seen in CI) on every machine's first boot. It is `Type=exec`: its
+//!     start job ends when the program starts, so neither
+//!     `multi-user.target` nor `systemctl is-system-running --wait` waits
+//!     for the key. It says on the console when the key is made.
 
 use super::{put_file, Context, FixupError, Report};
 use crate::tree::Tree;
@@ -51,12 +55,18 @@ RemainAfterExit=yes
 WantedBy=ssh.service
 ";
 
+/// What the RSA key unit says on the console when the key is made.
+pub const KEYGEN_RSA_DONE: &str =
+    "cairn: SSH RSA host key made; sshd offers it from its next start";
+
 /// The RSA key: seconds of CPU under emulation, so off the way to
-/// multi-user; sshd is told to re-read its keys once it is made.
+/// multi-user; sshd offers it from its next start, never reloaded.
 const KEYGEN_RSA: &str = "# cairn: the RSA host key costs seconds of CPU (more under emulation), so sshd
-# starts with the Ed25519 and ECDSA keys and is reloaded once this one is made.
+# starts with the Ed25519 and ECDSA keys and offers this one from its next start.
+# sshd is not reloaded: it re-executes on SIGHUP and closes its listening socket
+# meanwhile, which resets the connections being opened at that moment.
 [Unit]
-Description=Generate the SSH RSA host key, then reload sshd
+Description=Generate the SSH RSA host key (offered from sshd's next start)
 Documentation=man:ssh-keygen(1)
 After=cairn-ssh-keygen.service
 ConditionFileNotEmpty=|!/etc/ssh/ssh_host_rsa_key
@@ -67,7 +77,8 @@ Type=exec
 Nice=19
 CPUSchedulingPolicy=idle
 IOSchedulingClass=idle
-ExecStart=/bin/sh -c 'f=/etc/ssh/ssh_host_rsa_key; [ -s $$f ] && [ -s $$f.pub ] || rm -f $$f $$f.pub; /usr/bin/ssh-keygen -A && sync /etc/ssh/ssh_host_* && exec /usr/bin/systemctl --no-block try-reload-or-restart ssh.service'
+ExecStart=/bin/sh -c 'f=/etc/ssh/ssh_host_rsa_key; [ -s $$f ] && [ -s $$f.pub ] || rm -f $$f $$f.pub; /usr/bin/ssh-keygen -A && sync /etc/ssh/ssh_host_* && echo \"cairn: SSH RSA host key made; sshd offers it from its next start\"'
+StandardOutput=journal+console
 RemainAfterExit=yes
 
 [Install]
@@ -175,7 +186,8 @@ mod tests {
             .unwrap();
         assert!(!exec.contains("-A") && !exec.contains("rsa"), "{exec}");
         // RSA: wanted by sshd but not before it; a start job that ends at
-        // exec (multi-user and is-system-running do not wait); sshd reloaded
+        // exec (multi-user and is-system-running do not wait); sshd never
+        // reloaded (that reset the connections being opened)
         let rsa = t
             .read_text("usr/lib/systemd/system/cairn-ssh-keygen-rsa.service")
             .unwrap();
@@ -194,7 +206,15 @@ mod tests {
             .find_map(|l| l.strip_prefix("ExecStart="))
             .unwrap();
         assert!(exec.contains("/usr/bin/ssh-keygen -A && sync "), "{exec}");
-        assert!(exec.contains("try-reload-or-restart ssh.service"), "{exec}");
+        assert!(
+            !exec.contains("reload") && !exec.contains("restart"),
+            "{exec}"
+        );
+        assert!(
+            exec.contains(&format!("echo \"{KEYGEN_RSA_DONE}\"")),
+            "{exec}"
+        );
+        assert!(rsa.lines().any(|l| l == "StandardOutput=journal+console"));
         // an existing config is kept
         file(&mut t, "etc/ssh/sshd_config", "mine\n");
         apply(&mut t, &ctx(&d, &[])).unwrap();
