@@ -2,7 +2,8 @@
 //! own disks on a LAN in network namespaces (site dnsmasq, the real
 //! `cairn serve`). Each reads its cloud-config from an OpenStack config
 //! drive (`config-2`; FAT on a virtio disk for two machines, an ISO 9660
-//! image on a SATA CD-ROM for the third, at every boot): etcd joins the others through a discovery token
+//! image on a SATA CD-ROM for the third, at every boot): etcd joins the
+//! others through a discovery token
 //! from `cairn serve` (`/discovery/new?size=3`; each member advertises its
 //! own `$private_ipv4`), fleet (`fleet.service`: cairn's `fleetd`, agent
 //! on systemd over D-Bus) runs with `coreos.fleet` settings, and

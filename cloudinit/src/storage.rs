@@ -55,11 +55,9 @@ pub fn unbound(sys: &Path, bus: &str) -> Vec<String> {
 }
 
 /// Loads the drivers of the storage devices under `sys` that have none
-/// yet, bus after bus (see [`BUSES`]); returns the modaliases it asked
-/// modprobe for. A module that does not load is left to udev, which would
-/// have tried the same: only logged.
-pub fn load_unbound(sys: &Path) -> Vec<String> {
-    let mut asked = Vec::new();
+/// yet, bus after bus (see [`BUSES`]). A module that does not load is left
+/// to udev, which would have tried the same: only logged.
+pub fn load_unbound(sys: &Path) {
     for bus in BUSES {
         let aliases = unbound(sys, bus);
         if aliases.is_empty() {
@@ -78,9 +76,7 @@ pub fn load_unbound(sys: &Path) -> Vec<String> {
             Ok(st) => tracing::debug!("modprobe {}: {st}", aliases.join(" ")),
             Err(e) => tracing::warn!("running modprobe (Debian package kmod): {e}"),
         }
-        asked.extend(aliases);
     }
-    asked
 }
 
 #[cfg(test)]
