@@ -45,6 +45,7 @@ pub mod agent;
 pub mod config;
 mod error;
 pub mod interactive;
+pub mod port;
 pub mod power;
 pub mod qmp;
 pub mod serial;

@@ -13,7 +13,6 @@
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -275,10 +274,10 @@ pub(crate) fn resolve_ports(config: &VmConfig) -> Result<Vec<(u16, u16)>, VmErro
         .collect()
 }
 
-/// A TCP port that nothing listens on at 127.0.0.1 at this moment.
+/// A TCP port that nothing listens on at 127.0.0.1 at this moment, out of
+/// the way of other processes' ports ([`crate::port`]).
 pub fn free_port() -> Result<u16, VmError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(VmError::io("127.0.0.1:0"))?;
-    Ok(l.local_addr().map_err(VmError::io("127.0.0.1:0"))?.port())
+    crate::port::free_port().map_err(VmError::io("127.0.0.1"))
 }
 
 /// Makes QEMU die with the thread that started it.
