@@ -27,7 +27,7 @@ pub fn free_port() -> io::Result<u16> {
         let port = match below {
             // no room below the ephemeral range: the OS picks
             0 => 0,
-            n => PRIVATE_FROM + (random() % u64::from(n)) as u16,
+            n => PRIVATE_FROM + (random()? % u64::from(n)) as u16,
         };
         match TcpListener::bind(("127.0.0.1", port)) {
             Ok(l) => return Ok(l.local_addr()?.port()),
@@ -52,15 +52,11 @@ pub fn ephemeral_range() -> (u16, u16) {
         .unwrap_or((32768, 60999))
 }
 
-/// 64 random bits (std's per-process hash keys, mixed with a counter).
-fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u32(std::process::id());
-    h.finish()
+/// 64 bits from the operating system's random source.
+fn random() -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| io::Error::other(format!("random source: {e}")))?;
+    Ok(u64::from_le_bytes(b))
 }
 
 #[cfg(test)]
