@@ -426,6 +426,34 @@ fn images_boot_from_disk_and_diskless() {
     check_running_system(&mut vm, false);
     let var = guest_sh(&mut vm, "findmnt -n -o FSTYPE /var", CMD);
     assert_eq!(var.trim(), "tmpfs", "diskless /var");
+    // No loader named the disk: /init loads q35's AHCI driver to see every
+    // disk, and the file systems it will mount load on a second thread
+    // meanwhile (each starts before ahci's load has ended), not after it;
+    // a tmpfs state needs no ext4
+    let rec = guest_sh(
+        &mut vm,
+        &format!("cat {}", cairn_initrd::boot::MODULES_RECORD),
+        CMD,
+    );
+    let times = |m: &str| -> (f64, f64) {
+        let l = rec
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(m))
+            .unwrap_or_else(|| panic!("no {m} in:\n{rec}"));
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(f.get(3), Some(&"loaded"), "{m} in:\n{rec}");
+        let (end, took): (f64, f64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        (end - took, end)
+    };
+    let (_, ahci_end) = times("ahci");
+    for m in ["squashfs", "overlay", "vfat"] {
+        let (start, _) = times(m);
+        assert!(start < ahci_end, "{m} waited for ahci:\n{rec}");
+    }
+    assert!(
+        !rec.lines().any(|l| l.starts_with("ext4 ")),
+        "ext4 for a tmpfs state:\n{rec}"
+    );
     vm.kill().unwrap();
     drop(vm);
 

@@ -140,6 +140,17 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
     let (slot, root_dev, root_node, root_desc, loop_fd) = match cmd.root {
         RootSource::Disk => {
             let label = cmd.slot.map(|s| s.label()).unwrap_or("cairn-a");
+            // The file systems this boot mounts, loaded while the SATA/IDE
+            // drivers probe their ports, if those are released.
+            let mut whats = Vec::new();
+            if cmd.state != StateSource::Tmpfs {
+                whats.push("ext4");
+            }
+            whats.extend(["squashfs", "overlay", "vfat"]);
+            if cmd.verity.is_some() {
+                whats.push("dm_verity");
+            }
+            modules.load_beside_deferred(&whats);
             let boot_disk = boot_disk(&cmd, &mut modules, &clock)?;
             let want = match &boot_disk {
                 Some(disk) => Want::LabelOnDisk(label, disk),
