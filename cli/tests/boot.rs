@@ -123,6 +123,65 @@ fn unit_usec(vm: &mut Vm, unit: &str, prop: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{unit} {prop}={v:?}: {e}"))
 }
 
+/// The loader on the ESP, which both slots share, is brought up to the
+/// image's version by `cairn-loader-update.service` once
+/// `boot-complete.target` is reached (the health gate passed; a verity disk
+/// boot pulls the target in), never by Debian's
+/// `systemd-boot-update.service` before `sysinit.target`. bootctl ran on
+/// the ESP and found its own version there (the one the image was written
+/// with).
+fn check_loader_update(vm: &mut Vm) {
+    let enabled = guest_sh(
+        vm,
+        "systemctl is-enabled systemd-boot-update.service cairn-loader-update.service || true",
+        CMD,
+    );
+    assert_eq!(
+        enabled.split_whitespace().collect::<Vec<_>>(),
+        ["disabled", "enabled"],
+        "systemctl is-enabled systemd-boot-update.service cairn-loader-update.service"
+    );
+    let state = guest_sh(
+        vm,
+        "for i in $(seq 300); do s=$(systemctl show -P ActiveState cairn-loader-update.service); \
+         case $s in active|failed) break;; esac; sleep 1; done; echo $s",
+        Duration::from_secs(330),
+    );
+    let log = guest_sh(
+        vm,
+        "journalctl -b -u cairn-loader-update.service --no-pager -o cat",
+        CMD,
+    );
+    assert_eq!(
+        state.trim(),
+        "active",
+        "cairn-loader-update.service:\n{log}"
+    );
+    let complete = unit_usec(vm, "boot-complete.target", "ActiveEnterTimestampMonotonic");
+    let started = unit_usec(
+        vm,
+        "cairn-loader-update.service",
+        "InactiveExitTimestampMonotonic",
+    );
+    assert!(
+        complete > 0 && started >= complete,
+        "loader update started at {started} us, boot-complete.target reached at {complete} us"
+    );
+    assert_eq!(
+        unit_usec(
+            vm,
+            "systemd-boot-update.service",
+            "InactiveExitTimestampMonotonic"
+        ),
+        0,
+        "systemd-boot-update.service ran"
+    );
+    assert!(
+        log.contains("same boot loader version in place already"),
+        "bootctl update on the ESP:\n{log}"
+    );
+}
+
 /// Docker is socket-activated (as on CoreOS): `docker.socket` listens from
 /// boot, `docker.service` and `containerd.service` are not enabled, so the
 /// boot to `multi-user.target` never waits for dockerd. What may start it
@@ -229,6 +288,7 @@ fn images_boot_from_disk_and_diskless() {
         .expect("/init found slot A");
     check_running_system(&mut vm, true);
     eprintln!("disk boot 1: running after {:.0?}", t.elapsed());
+    check_loader_update(&mut vm);
     // /init's record of its module loads, carried over in /run: the NIC's
     // driver was loaded in the initramfs (so the booted system's udev finds
     // the card ready), each file system before its mount, nothing failed

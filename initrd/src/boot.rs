@@ -159,7 +159,7 @@ fn since_boot() -> f64 {
 
 /// The text of [`MODULES_RECORD`]: a comment line, the modules tried in
 /// the order their loads ended (two threads load at times, see
-/// [`ModuleLoader::load_beside_deferred`]), then each driver held back and
+/// [`ModuleLoader::preload`]), then each driver held back and
 /// never loaded (`held`).
 pub fn modules_record(report: &ModuleReport, held: &[String]) -> String {
     let mut t = String::from(
@@ -234,9 +234,18 @@ pub struct ModuleLoader {
     /// Carried modules that are [`crate::modules::is_on_demand`] when every module
     /// is loaded at start (no device-driven plan).
     on_demand: Vec<String>,
-    /// What to load beside the held-back drivers (see
-    /// [`ModuleLoader::load_beside_deferred`]).
-    beside_deferred: Vec<&'static str>,
+    /// The file systems loading on a second thread (see
+    /// [`ModuleLoader::preload`]).
+    preloading: Option<Preload>,
+}
+
+/// Modules loading on a second thread: their paths in load order, those
+/// whose load has been reported, and the thread's reports, one per module
+/// as each load ends.
+struct Preload {
+    list: Vec<String>,
+    done: HashSet<String>,
+    reports: std::sync::mpsc::Receiver<Tried>,
 }
 
 impl ModuleLoader {
@@ -250,7 +259,7 @@ impl ModuleLoader {
             report: ModuleReport::default(),
             plan_error: None,
             on_demand: Vec::new(),
-            beside_deferred: Vec::new(),
+            preloading: None,
         };
         let Ok(list) = fs::read_to_string(dir.join(crate::modules::MODULES_ORDER_FILE)) else {
             return l;
@@ -292,6 +301,15 @@ impl ModuleLoader {
     /// Loads module `name` (see [`crate::modules::is_on_demand`]) and what
     /// it needs, if the initramfs carries it and it is not loaded yet.
     pub fn load_named(&mut self, name: &str) {
+        if let Some(p) = &self.preloading {
+            // Taken by the preload: wait until it (and so what it needs,
+            // loaded before it there) is loaded.
+            if let Some(last) = p.list.iter().rposition(|m| module_name(m) == name) {
+                let upto: Vec<String> = p.list[..=last].to_vec();
+                self.wait_preloaded(&|m| upto.iter().any(|u| u == m));
+                return;
+            }
+        }
         let paths = match self.plan.as_mut() {
             Some(plan) => plan.named(name),
             None => {
@@ -315,6 +333,105 @@ impl ModuleLoader {
         }
     }
 
+    /// Starts loading the modules `/init` will need for `whats` (names of
+    /// [`crate::modules::for_mount`]: `ext4`, `squashfs`, `overlay`, ...),
+    /// in that order, on a second thread, and returns. Called once the
+    /// drivers of the devices present are loaded, it overlaps the file
+    /// systems' loads (CPU work: `ext4` takes 0.15 s under TCG) with what
+    /// the first thread does meanwhile: waiting for the boot disk, the
+    /// SATA/IDE drivers' port probes (libata's resets and debounces: ~0.45 s
+    /// for q35's six ports, the CPU idle), growing and formatting the
+    /// state. Loading every module on two threads was slower: CPU-bound
+    /// driver loads then only compete. [`ModuleLoader::load_for`] waits
+    /// until the modules of `what` are loaded there, and a module the first
+    /// thread loads meanwhile waits for those it needs. Without a
+    /// device-driven plan this does nothing (the file systems are loaded
+    /// when mounted, as always).
+    pub fn preload(&mut self, whats: &[&str]) {
+        self.finish_preload();
+        let Some(plan) = self.plan.as_mut() else {
+            return;
+        };
+        let list: Vec<String> = whats
+            .iter()
+            .flat_map(|w| crate::modules::for_mount(w))
+            .flat_map(|n| plan.named(n))
+            .collect();
+        if list.is_empty() {
+            return;
+        }
+        let (tx, reports) = std::sync::mpsc::channel();
+        let (dir, todo) = (self.dir.clone(), list.clone());
+        let spawned = std::thread::Builder::new()
+            .name("modules".into())
+            .spawn(move || {
+                for rel in &todo {
+                    if tx.send(try_load(&dir, rel)).is_err() {
+                        return;
+                    }
+                }
+            });
+        self.preloading = Some(Preload {
+            list,
+            done: HashSet::new(),
+            reports,
+        });
+        if spawned.is_err() {
+            // no second thread: its channel is closed, so waiting for it
+            // loads them here, now
+            self.finish_preload();
+        }
+    }
+
+    /// Waits until every preloaded module `wanted` picks is loaded,
+    /// adding each load to the report as it ends; loads them on this thread
+    /// if the second one is gone.
+    fn wait_preloaded(&mut self, wanted: &dyn Fn(&str) -> bool) {
+        loop {
+            let report = {
+                let Some(p) = self.preloading.as_mut() else {
+                    return;
+                };
+                if p.done.len() == p.list.len() {
+                    self.preloading = None;
+                    return;
+                }
+                if p.list
+                    .iter()
+                    .filter(|m| wanted(m))
+                    .all(|m| p.done.contains(m))
+                {
+                    return;
+                }
+                p.reports.recv()
+            };
+            match report {
+                Ok(tried) => {
+                    if let Some(p) = self.preloading.as_mut() {
+                        p.done.insert(tried.rel.clone());
+                    }
+                    self.note(tried);
+                }
+                // the thread is gone (or never started): the rest here
+                Err(_) => {
+                    let Some(p) = self.preloading.take() else {
+                        return;
+                    };
+                    for rel in p.list.iter().filter(|m| !p.done.contains(*m)) {
+                        self.load(rel);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for every module [`ModuleLoader::preload`] started, and adds
+    /// their loads to the report.
+    pub fn finish_preload(&mut self) {
+        self.wait_preloaded(&|_| true);
+    }
+
     /// Loads the held-back disk controller drivers
     /// ([`crate::modules::DEFERRED`]) that present devices want, then the
     /// drivers of the devices that appear behind them.
@@ -322,57 +439,10 @@ impl ModuleLoader {
         let Some(plan) = self.plan.as_mut() else {
             return;
         };
-        let deferred = plan.release();
-        let mut beside = Vec::new();
-        if !deferred.is_empty() {
-            for what in std::mem::take(&mut self.beside_deferred) {
-                beside.extend(plan.named_beside(crate::modules::for_mount(what), &deferred));
-            }
-        }
-        let worker = if beside.is_empty() {
-            None
-        } else {
-            let (dir, list) = (self.dir.clone(), beside.clone());
-            std::thread::Builder::new()
-                .name("modules".into())
-                .spawn(move || {
-                    list.iter()
-                        .map(|rel| try_load(&dir, rel))
-                        .collect::<Vec<_>>()
-                })
-                .ok()
-        };
-        for rel in &deferred {
-            self.load(rel);
-        }
-        match worker.map(std::thread::JoinHandle::join) {
-            Some(Ok(outcomes)) => {
-                for o in outcomes {
-                    self.note(o);
-                }
-            }
-            // No thread (or it panicked): load them here, after the
-            // drivers (those it did load count as already present).
-            _ => {
-                for rel in &beside {
-                    self.load(rel);
-                }
-            }
+        for rel in plan.release() {
+            self.load(&rel);
         }
         self.tick();
-    }
-
-    /// Loads the modules `/init` will need for `whats` (names of
-    /// [`crate::modules::for_mount`]: `ext4`, `squashfs`, `overlay`, ...) on
-    /// a second thread while [`ModuleLoader::release_deferred`] loads the
-    /// held-back SATA/IDE drivers, when the two share no module. Those
-    /// drivers' loads mostly wait (libata resets and debounces each port:
-    /// ~0.45 s for q35's six empty ports under TCG) with the CPU idle, while
-    /// loading a file system is CPU work (`ext4`: 0.15 s under TCG). Kept
-    /// until the drivers are released; unused when nothing is held back
-    /// (the file systems are then loaded when mounted, as always).
-    pub fn load_beside_deferred(&mut self, whats: &[&'static str]) {
-        self.beside_deferred = whats.to_vec();
     }
 
     /// Disk controller drivers are held back for devices that are present.
@@ -432,6 +502,18 @@ impl ModuleLoader {
     }
 
     fn load(&mut self, rel: &str) {
+        if let (Some(p), Some(plan)) = (&self.preloading, &self.plan) {
+            if plan.needs_any(rel, &p.list) {
+                // a module it needs may still be loading there
+                let needs: Vec<String> = p
+                    .list
+                    .iter()
+                    .filter(|m| plan.needs_any(rel, std::slice::from_ref(*m)))
+                    .cloned()
+                    .collect();
+                self.wait_preloaded(&|m| needs.iter().any(|n| n == m));
+            }
+        }
         let tried = try_load(&self.dir, rel);
         self.note(tried);
     }

@@ -514,44 +514,19 @@ impl Hotplug {
         self.take(&roots)
     }
 
-    /// Like [`Hotplug::named`] for every name of `names`, for loading on a
-    /// second thread while `others` (a list this plan returned, not loaded
-    /// yet) load on the first: returns them only when none of them needs a
-    /// module of `others`, loaded or not, and takes nothing otherwise (the
-    /// caller then loads them after `others`, with [`Hotplug::named`]).
-    pub fn named_beside(&mut self, names: &[&str], others: &[String]) -> Vec<String> {
-        let roots: Vec<String> = self
-            .order
-            .iter()
-            .filter(|p| names.contains(&module_name(p).as_str()))
-            .cloned()
-            .collect();
+    /// Whether module `rel` or anything it needs, loaded or not, is one of
+    /// `of` (a list this plan returned that another thread is loading):
+    /// `rel` must then wait for that thread. A module the index does not
+    /// know needs nothing.
+    pub fn needs_any(&self, rel: &str, of: &[String]) -> bool {
+        if !self.index.deps.contains_key(rel) {
+            return of.iter().any(|m| m == rel);
+        }
         let mut closure = Vec::new();
-        let mut seen = HashSet::new();
-        for r in &roots {
-            if self
-                .index
-                .visit(r, &mut seen, &mut HashSet::new(), &mut closure)
-                .is_err()
-            {
-                return Vec::new();
-            }
-        }
-        if closure.iter().any(|m| others.contains(m)) {
-            return Vec::new();
-        }
-        // In the order of `names` (ext4's crc32c_generic before ext4).
-        names
-            .iter()
-            .flat_map(|n| {
-                let roots: Vec<String> = roots
-                    .iter()
-                    .filter(|p| module_name(p) == *n)
-                    .cloned()
-                    .collect();
-                self.take(&roots)
-            })
-            .collect()
+        // a broken index (checked by the builder) counts as needing them
+        self.index
+            .visit(rel, &mut HashSet::new(), &mut HashSet::new(), &mut closure)
+            .map_or(true, |()| closure.iter().any(|m| of.contains(m)))
     }
 
     /// Modules newly needed for devices with these modaliases; drivers in
@@ -959,49 +934,51 @@ kernel/drivers/ata/libata.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scs
     }
 
     #[test]
-    fn file_systems_load_beside_sata_only_when_they_share_no_module() {
-        // A made-up file system that needs scsi_common, which ahci's chain
-        // brings too, next to ext4 and squashfs that need nothing of it.
+    fn a_module_waits_for_the_preload_only_when_it_needs_one_of_its_modules() {
+        // A made-up driver that needs crc16, which ext4 brings too.
         let dep = format!(
-            "{DEP}kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libata.ko kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko
-kernel/drivers/ata/libata.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko
-kernel/fs/scsifs.ko: kernel/drivers/scsi/scsi_common.ko
+            "{DEP}kernel/drivers/block/crcdisk.ko: kernel/lib/crc16.ko
 kernel/lib/crc32c_generic.ko:
 "
         );
-        let alias = format!("{ALIAS}alias pci:v*d*sv*sd*bc01sc06i01* ahci\n");
         let all = closure(
             &dep,
-            &["ahci", "ext4", "crc32c_generic", "squashfs", "scsifs"],
+            &[
+                "virtio_blk",
+                "crcdisk",
+                "crc32c_generic",
+                "ext4",
+                "squashfs",
+            ],
         )
         .unwrap();
         let order: Vec<&str> = all.iter().map(String::as_str).collect();
-        let mut h = Hotplug::new(&order, &dep, &alias).unwrap();
-        let sata = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01".to_owned();
-        assert!(h.for_modaliases(&[sata]).is_empty());
-        let sata_chain = h.release();
-        assert!(sata_chain.contains(&"kernel/drivers/scsi/scsi_common.ko".to_owned()));
-        // ext4's group keeps the order asked for: crc32c_generic first.
+        let mut h = Hotplug::new(&order, &dep, "").unwrap();
+        // what ModuleLoader::preload takes for ext4 and squashfs
+        let pre: Vec<String> = ["crc32c_generic", "ext4", "squashfs"]
+            .iter()
+            .flat_map(|n| h.named(n))
+            .collect();
         assert_eq!(
-            h.named_beside(&["crc32c_generic", "ext4"], &sata_chain),
+            pre,
             [
                 "kernel/lib/crc32c_generic.ko",
+                // crcdisk put crc16 earlier in the order file
+                "kernel/lib/crc16.ko",
                 "kernel/fs/jbd2/jbd2.ko",
                 "kernel/fs/mbcache.ko",
-                "kernel/lib/crc16.ko",
                 "kernel/fs/ext4/ext4.ko",
+                "kernel/fs/squashfs/squashfs.ko",
             ]
         );
-        // scsifs needs a module of the SATA chain: not beside it, and not
-        // taken, so that it is loaded after the chain.
-        assert!(h.named_beside(&["scsifs"], &sata_chain).is_empty());
-        assert_eq!(h.named("scsifs"), ["kernel/fs/scsifs.ko"]);
-        assert_eq!(
-            h.named_beside(&["squashfs"], &sata_chain),
-            ["kernel/fs/squashfs/squashfs.ko"]
-        );
-        // Taken once: not again beside, nor by name.
-        assert!(h.named_beside(&["ext4"], &sata_chain).is_empty());
+        // crc16 was taken by the preload, so crcdisk's own list lacks it:
+        // it must wait for the preload, virtio_blk need not
+        assert_eq!(h.named("crcdisk"), ["kernel/drivers/block/crcdisk.ko"]);
+        assert!(h.needs_any("kernel/drivers/block/crcdisk.ko", &pre));
+        assert!(!h.needs_any("kernel/drivers/block/virtio_blk.ko", &pre));
+        assert!(h.needs_any("kernel/fs/ext4/ext4.ko", &pre));
+        assert!(!h.needs_any("kernel/not/carried.ko", &pre));
+        // taken once: not again by name
         assert!(h.named("ext4").is_empty());
     }
 

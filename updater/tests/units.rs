@@ -7,10 +7,11 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-const UNITS: [&str; 3] = [
+const UNITS: [&str; 4] = [
     "cairn-update.service",
     "cairn-update.timer",
     "cairn-health.service",
+    "cairn-loader-update.service",
 ];
 
 fn unit(name: &str) -> String {
@@ -26,7 +27,11 @@ fn unit(name: &str) -> String {
 fn systemd_analyze_verify_accepts_the_units() {
     let t = tempfile::tempdir().unwrap();
     for u in UNITS {
-        let text = unit(u).replace("/usr/bin/cairn-update", env!("CARGO_BIN_EXE_cairn-update"));
+        // bootctl comes with Debian's systemd-boot, which the image has
+        // and a test machine need not: any executable stands in for it
+        let text = unit(u)
+            .replace("/usr/bin/cairn-update", env!("CARGO_BIN_EXE_cairn-update"))
+            .replace("ExecStart=bootctl ", "ExecStart=/bin/true ");
         fs::write(t.path().join(u), text).unwrap();
     }
     let out = Command::new("systemd-analyze")
@@ -60,4 +65,23 @@ fn the_health_gate_is_wired_for_boot_assessment() {
     assert!(t.contains("WantedBy=timers.target"));
     let s = unit("cairn-update.service");
     assert!(s.contains("ExecStart=/usr/bin/cairn-update apply"));
+}
+
+#[test]
+fn the_loader_is_updated_only_after_the_health_gate() {
+    let u = unit("cairn-loader-update.service");
+    for line in [
+        "Requires=boot-complete.target",
+        "After=boot-complete.target",
+        "WantedBy=boot-complete.target",
+        "RequiresMountsFor=/efi",
+        "ConditionKernelCommandLine=cairn.slot",
+        "ExecStart=bootctl --no-variables --graceful update",
+    ] {
+        assert!(u.lines().any(|l| l == line), "{line} missing");
+    }
+    // the gate runs before the target this unit waits for
+    assert!(unit("cairn-health.service")
+        .lines()
+        .any(|l| l == "Before=boot-complete.target"));
 }

@@ -44,6 +44,7 @@ pub const AGENT_UNITS: &[&str] = &[
     "cairn-ready.service",
     "cairn-update.timer",
     "cairn-health.service",
+    "cairn-loader-update.service",
     "cairn-report.service",
     "cairn-install.service",
 ];
@@ -77,6 +78,11 @@ pub fn files() -> Vec<(&'static str, &'static [u8], u32)> {
         (
             "usr/lib/systemd/system/cairn-health.service",
             include_bytes!("../../../updater/units/cairn-health.service"),
+            0o644,
+        ),
+        (
+            "usr/lib/systemd/system/cairn-loader-update.service",
+            include_bytes!("../../../updater/units/cairn-loader-update.service"),
             0o644,
         ),
         (

@@ -28,6 +28,16 @@ use super::{put_symlink, Context, FixupError, Report};
 use crate::tree::{Node, Tree};
 
 const NAME: &str = "units";
+
+/// `(cairn's unit, the unit it replaces)`: Debian's unit, enabled by a
+/// preset, is disabled (not masked: `units.enable` can bring it back).
+/// `systemd-boot-update.service` replaces the loader on the ESP, which
+/// both slots share, before `sysinit.target` on every boot, a new slot's
+/// first one included; `cairn-loader-update.service` runs the same
+/// `bootctl update` only once the slot passed the health gate
+/// (`boot-complete.target`).
+pub const REPLACED_UNITS: &[(&str, &str)] =
+    &[("cairn-loader-update.service", "systemd-boot-update.service")];
 const ETC: &str = "etc/systemd/system";
 /// Where unit files are looked up, in systemd's order.
 const UNIT_DIRS: &[&str] = &[
@@ -504,7 +514,7 @@ pub fn apply(tree: &mut Tree, ctx: &Context<'_>) -> Result<Report, FixupError> {
             }
         }
     }
-    // 3. cairn's units
+    // 3. cairn's units, and the units they replace
     for unit in [KEYGEN_UNIT, KEYGEN_RSA_UNIT]
         .into_iter()
         .chain(super::agents::AGENT_UNITS.iter().copied())
@@ -513,6 +523,12 @@ pub fn apply(tree: &mut Tree, ctx: &Context<'_>) -> Result<Report, FixupError> {
             if let Err(e) = en.enable(tree, unit)? {
                 tracing::warn!(unit, ?e, "not enabled");
             }
+        }
+    }
+    let mut replaced = Vec::new();
+    for (ours, theirs) in REPLACED_UNITS {
+        if find_unit(tree, ours).is_some() && disable(tree, theirs) > 0 {
+            replaced.push(format!("{theirs} (by {ours})"));
         }
     }
     // 4. the definition
@@ -588,10 +604,15 @@ pub fn apply(tree: &mut Tree, ctx: &Context<'_>) -> Result<Report, FixupError> {
     Ok(Report::new(
         NAME,
         format!(
-            "{} links in etc/systemd/system ({from_postinst} enables from postinsts, {preset_on} from presets, {} from the definition, {disabled} links disabled, {} masked), default {default}",
+            "{} links in etc/systemd/system ({from_postinst} enables from postinsts, {preset_on} from presets, {} from the definition, {disabled} links disabled, {} masked), default {default}{}",
             state.len(),
             u.enable.len(),
-            u.mask.len()
+            u.mask.len(),
+            if replaced.is_empty() {
+                String::new()
+            } else {
+                format!("; replaced {}", replaced.join(", "))
+            }
         ),
     ))
 }
@@ -754,10 +775,20 @@ mod tests {
         );
         unit(&mut t, KEYGEN_UNIT, "[Install]\nWantedBy=ssh.service\n");
         unit(&mut t, KEYGEN_RSA_UNIT, "[Install]\nWantedBy=ssh.service\n");
+        unit(
+            &mut t,
+            "systemd-boot-update.service",
+            "[Install]\nWantedBy=sysinit.target\n",
+        );
+        unit(
+            &mut t,
+            "cairn-loader-update.service",
+            "[Install]\nWantedBy=boot-complete.target\n",
+        );
         file(
             &mut t,
             "usr/lib/systemd/system-preset/90-x.preset",
-            "enable foo.*\ndisable fstrim.timer\nenable getty@.service tty2\ndisable *\n",
+            "enable foo.*\ndisable fstrim.timer\nenable getty@.service tty2\nenable systemd-boot-update.service\ndisable *\n",
         );
         let d = def(
             "units:\n  enable: [systemd-networkd.service, etcd.service]\n  disable: [etcd.service]\n  mask: [bar.service]\n  default_target: graphical.target\n",
@@ -814,6 +845,23 @@ mod tests {
         assert_eq!(
             s("default.target").as_deref(),
             Some("/usr/lib/systemd/system/graphical.target")
+        );
+        // Debian's loader update (enabled by the preset) gives way to
+        // cairn's, which runs after the health gate
+        assert!(
+            s("sysinit.target.wants/systemd-boot-update.service").is_none(),
+            "{}",
+            r.summary
+        );
+        assert_eq!(
+            s("boot-complete.target.wants/cairn-loader-update.service").as_deref(),
+            Some("/usr/lib/systemd/system/cairn-loader-update.service")
+        );
+        assert!(
+            r.summary
+                .contains("replaced systemd-boot-update.service (by cairn-loader-update.service)"),
+            "{}",
+            r.summary
         );
         // units that are not in the tree: skipped from postinsts, errors from the definition
         let d = def("units:\n  enable: [docker.service]\n");

@@ -134,23 +134,27 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
     }
     modules.tick();
     report_modules(&mut modules, &clock, "for the devices present");
+    // The file systems this boot will mount, loaded on a second thread
+    // while this one finds the disks and prepares the state.
+    let disk_boot = cmd.root == RootSource::Disk;
+    let mut whats = Vec::new();
+    if matches!(cmd.state, StateSource::Label(_)) || (disk_boot && cmd.state == StateSource::Auto) {
+        whats.push("ext4");
+    }
+    whats.extend(["squashfs", "overlay"]);
+    if disk_boot {
+        whats.push("vfat");
+    }
+    if cmd.verity.is_some() {
+        whats.push("dm_verity");
+    }
+    modules.preload(&whats);
 
     // The root device (not mounted yet): the slot partition, or the image
     // in the initramfs on a loop device.
     let (slot, root_dev, root_node, root_desc, loop_fd) = match cmd.root {
         RootSource::Disk => {
             let label = cmd.slot.map(|s| s.label()).unwrap_or("cairn-a");
-            // The file systems this boot mounts, loaded while the SATA/IDE
-            // drivers probe their ports, if those are released.
-            let mut whats = Vec::new();
-            if cmd.state != StateSource::Tmpfs {
-                whats.push("ext4");
-            }
-            whats.extend(["squashfs", "overlay", "vfat"]);
-            if cmd.verity.is_some() {
-                whats.push("dm_verity");
-            }
-            modules.load_beside_deferred(&whats);
             let boot_disk = boot_disk(&cmd, &mut modules, &clock)?;
             let want = match &boot_disk {
                 Some(disk) => Want::LabelOnDisk(label, disk),
@@ -253,8 +257,7 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
             "tmpfs".to_owned()
         }
         Some(part) => {
-            modules.load_for("ext4");
-            match prepare_state(part, &clock) {
+            match prepare_state(part, &clock, &mut modules) {
                 Ok(()) => {}
                 Err(StateError::Failure(f)) => return Err(f),
                 Err(StateError::NotOurs(msg)) => not_ours = Some(msg),
@@ -373,6 +376,7 @@ fn boot_sequence(start: Instant) -> Result<Infallible, Failure> {
             Err(e) => say(&format!("warning: writing {}: {e}", verity::CLEAR_UNIT)),
         }
     }
+    modules.finish_preload();
     report_modules(&mut modules, &clock, "in all");
     let held = modules.held();
     if !held.is_empty() {
@@ -729,7 +733,11 @@ impl From<Failure> for StateError {
 /// Mounts the state partition on STATE; on first boot (the disk image's
 /// "never formatted" mark, no ext4 yet) grows it to the end of its disk,
 /// formats it and erases the mark. A partition with neither is refused.
-fn prepare_state(part: &BlockDev, clock: &Clock) -> Result<(), StateError> {
+fn prepare_state(
+    part: &BlockDev,
+    clock: &Clock,
+    modules: &mut boot::ModuleLoader,
+) -> Result<(), StateError> {
     let node = part.node(Path::new(DEV));
     let content = File::open(&node)
         .and_then(|mut f| ext4::state_content(&mut f))
@@ -765,6 +773,8 @@ fn prepare_state(part: &BlockDev, clock: &Clock) -> Result<(), StateError> {
         boot::erase_state_mark(&node)?;
         clock.step(&format!("formatted {} as ext4", node.display()));
     }
+    // growing and formatting need no module: ext4 may still be loading
+    modules.load_for("ext4");
     Ok(boot::mount_ext4(&node, STATE)?)
 }
 
