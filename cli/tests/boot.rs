@@ -180,6 +180,11 @@ fn check_loader_update(vm: &mut Vm) {
         log.contains("same boot loader version in place already"),
         "bootctl update on the ESP:\n{log}"
     );
+    eprintln!(
+        "loader update {:.1}s after boot-complete.target: {}",
+        (started - complete) as f64 / 1e6,
+        log.trim().replace('\n', "; ")
+    );
 }
 
 /// Docker is socket-activated (as on CoreOS): `docker.socket` listens from
