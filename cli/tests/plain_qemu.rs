@@ -88,8 +88,18 @@ fn plain_qemu_pc_console_says_ready_and_nothing_about_absent_hardware() {
     let text = loop {
         let text = plain(&std::fs::read(&console).unwrap_or_default());
         if text.lines().any(|l| l.contains(" ready: ")) {
-            // agetty may still be drawing its prompt
-            std::thread::sleep(Duration::from_secs(3));
+            // agetty may still be drawing its prompt (seconds on a busy
+            // host): wait for it, at most a minute
+            let banner_at = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let text = plain(&std::fs::read(&console).unwrap_or_default());
+                if text.contains("login:") || banner_at.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
+            }
+            // and the rest of its line
+            std::thread::sleep(Duration::from_millis(500));
             break plain(&std::fs::read(&console).unwrap_or_default());
         }
         if let Ok(Some(st)) = child.try_wait() {
