@@ -123,6 +123,15 @@ fn unit_usec(vm: &mut Vm, unit: &str, prop: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{unit} {prop}={v:?}: {e}"))
 }
 
+/// The words of module `m`'s line in `/init`'s module record
+/// (`cairn_initrd::boot::MODULES_RECORD`: name, load end, load time,
+/// outcome...).
+fn record_fields<'a>(rec: &'a str, m: &str) -> Option<Vec<&'a str>> {
+    rec.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&m) && f.len() >= 4)
+}
+
 /// The loader on the ESP, which both slots share, is brought up to the
 /// image's version by `cairn-loader-update.service` once
 /// `boot-complete.target` is reached (the health gate passed; a verity disk
@@ -302,11 +311,7 @@ fn images_boot_from_disk_and_diskless() {
         &format!("cat {}", cairn_initrd::boot::MODULES_RECORD),
         CMD,
     );
-    let outcome = |m: &str| {
-        rec.lines()
-            .find(|l| l.split_whitespace().next() == Some(m))
-            .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
-    };
+    let outcome = |m: &str| record_fields(&rec, m).map(|f| f[3..].join(" "));
     for m in [
         "virtio_net",
         "virtio_blk",
@@ -501,11 +506,7 @@ fn images_boot_from_disk_and_diskless() {
         CMD,
     );
     let times = |m: &str| -> (f64, f64) {
-        let l = rec
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(m))
-            .unwrap_or_else(|| panic!("no {m} in:\n{rec}"));
-        let f: Vec<&str> = l.split_whitespace().collect();
+        let f = record_fields(&rec, m).unwrap_or_else(|| panic!("no {m} in:\n{rec}"));
         assert_eq!(f.get(3), Some(&"loaded"), "{m} in:\n{rec}");
         let (end, took): (f64, f64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
         (end - took, end)

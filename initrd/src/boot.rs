@@ -503,14 +503,9 @@ impl ModuleLoader {
 
     fn load(&mut self, rel: &str) {
         if let (Some(p), Some(plan)) = (&self.preloading, &self.plan) {
-            if plan.needs_any(rel, &p.list) {
-                // a module it needs may still be loading there
-                let needs: Vec<String> = p
-                    .list
-                    .iter()
-                    .filter(|m| plan.needs_any(rel, std::slice::from_ref(*m)))
-                    .cloned()
-                    .collect();
+            // a module it needs may still be loading there
+            let needs = plan.needed_from(rel, &p.list);
+            if !needs.is_empty() {
                 self.wait_preloaded(&|m| needs.iter().any(|n| n == m));
             }
         }

@@ -519,14 +519,26 @@ impl Hotplug {
     /// `rel` must then wait for that thread. A module the index does not
     /// know needs nothing.
     pub fn needs_any(&self, rel: &str, of: &[String]) -> bool {
-        if !self.index.deps.contains_key(rel) {
-            return of.iter().any(|m| m == rel);
-        }
+        !self.needed_from(rel, of).is_empty()
+    }
+
+    /// The modules of `of` that module `rel` is or needs, loaded or not
+    /// (see [`Hotplug::needs_any`]); all of `of` when the index is broken
+    /// (the builder checks it), so that a caller waits for everything.
+    pub fn needed_from(&self, rel: &str, of: &[String]) -> Vec<String> {
         let mut closure = Vec::new();
-        // a broken index (checked by the builder) counts as needing them
-        self.index
-            .visit(rel, &mut HashSet::new(), &mut HashSet::new(), &mut closure)
-            .map_or(true, |()| closure.iter().any(|m| of.contains(m)))
+        if self.index.deps.contains_key(rel) {
+            if self
+                .index
+                .visit(rel, &mut HashSet::new(), &mut HashSet::new(), &mut closure)
+                .is_err()
+            {
+                return of.to_vec();
+            }
+        } else {
+            closure.push(rel.to_owned());
+        }
+        of.iter().filter(|m| closure.contains(m)).cloned().collect()
     }
 
     /// Modules newly needed for devices with these modaliases; drivers in
