@@ -8,6 +8,7 @@ pub mod cmdline;
 pub mod envfile;
 pub mod fetch;
 pub mod fsutil;
+pub mod label;
 pub mod metadata;
 pub mod network;
 pub mod safefs;

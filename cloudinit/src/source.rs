@@ -221,7 +221,7 @@ pub fn find(s: &Sources) -> Result<Option<Found>, SourceError> {
             Some(dir) => read_drive_dir(dir, &format!("config drive {}", dir.display())),
             None => match config_drive_device(s.load_storage_drivers) {
                 None => Ok(None),
-                Some(dev) => read_config_drive(&dev),
+                Some((dev, fstype)) => read_config_drive(&dev, fstype),
             },
         };
         if let Some(found) = drive.map_err(SourceError::Other)? {
@@ -265,41 +265,51 @@ fn read_drive_dir(dir: &Path, source: &str) -> Result<Option<Found>> {
     }))
 }
 
-/// The block device labelled config-2: udev's by-label link, else blkid.
-/// The agent runs before udev has seen every device: with
-/// `load_drivers`, the storage devices that have no driver yet get theirs
-/// first ([`crate::storage::load_unbound`]), so that a config drive on a
-/// SATA/IDE CD-ROM (`/dev/sr0`) is there for blkid to find.
-pub fn config_drive_device(load_drivers: bool) -> Option<PathBuf> {
-    let link = Path::new("/dev/disk/by-label").join(CONFIG_DRIVE_LABEL);
-    if link.exists() {
-        return Some(link);
+/// The labels a config drive may carry: OpenStack's, and the upper-case
+/// one some tools write on a FAT file system (cloud-init accepts both).
+pub const CONFIG_DRIVE_LABELS: [&str; 2] = [CONFIG_DRIVE_LABEL, "CONFIG-2"];
+
+/// The block device labelled config-2 (or CONFIG-2), with its file
+/// system type when this agent probed it: udev's by-label link, else the
+/// labels read from every block device ([`crate::label`]). The agent runs
+/// before udev has seen every device: with `load_drivers`, the storage
+/// devices that have no driver yet get theirs first
+/// ([`crate::storage::load_unbound`]), so that a config drive on a
+/// SATA/IDE CD-ROM (`/dev/sr0`) is there to be read.
+pub fn config_drive_device(load_drivers: bool) -> Option<(PathBuf, Option<&'static str>)> {
+    for label in CONFIG_DRIVE_LABELS {
+        let link = Path::new("/dev/disk/by-label").join(label);
+        if link.exists() {
+            return Some((link, None));
+        }
     }
     if load_drivers {
         crate::storage::load_unbound(Path::new("/sys"));
     }
-    let out = std::process::Command::new("blkid")
-        .args(["-l", "-o", "device", "-t"])
-        .arg(format!("LABEL={CONFIG_DRIVE_LABEL}"))
-        .output()
-        .ok()?;
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !dev.is_empty()).then(|| PathBuf::from(dev))
+    let (dev, probed) = crate::label::find(
+        Path::new("/sys/class/block"),
+        Path::new("/dev"),
+        &CONFIG_DRIVE_LABELS,
+    )?;
+    Some((dev, Some(probed.fstype)))
 }
 
-/// Mounts `dev` read-only, reads openstack/latest/user_data and
-/// meta_data.json, unmounts.
-fn read_config_drive(dev: &Path) -> Result<Option<Found>> {
+/// Mounts `dev` read-only (as `fstype` when it is known, else as the
+/// first of the config drive file systems that mounts), reads
+/// openstack/latest/user_data and meta_data.json, unmounts.
+fn read_config_drive(dev: &Path, fstype: Option<&'static str>) -> Result<Option<Found>> {
     use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
     let target = Path::new(CONFIG_DRIVE_MOUNT);
     std::fs::create_dir_all(target).with_context(|| format!("creating {CONFIG_DRIVE_MOUNT}"))?;
     let mut last = None;
     let mut mounted = false;
-    for fstype in ["iso9660", "vfat", "udf", "ext4"] {
+    let all = ["iso9660", "vfat", "udf", "ext4"];
+    let known = fstype.map(|t| [t]);
+    for fstype in known.as_ref().map_or(&all[..], |k| &k[..]) {
         match mount(
             dev,
             target,
-            fstype,
+            *fstype,
             MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
             None,
         ) {
