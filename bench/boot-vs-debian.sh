@@ -8,7 +8,10 @@
 #   * initrd time: kernel timestamp of "Run /init as init process" to the
 #     first systemd message ("running in system mode"), both from kmsg;
 #   * multi-user: kernel timestamp of systemd's "Reached target
-#     multi-user.target" (systemd logs to kmsg: systemd.log_target=kmsg).
+#     multi-user.target" (systemd logs to kmsg: systemd.log_target=kmsg);
+#   * then the phases on the way (systemd's start, sysinit.target,
+#     systemd-resolved's start, basic.target, etcd's start), read back from
+#     the consoles it keeps in BENCH_DIR ({cairn,debian}-N.log).
 # Boots alternate A, B, A, B, ... (RUNS each, default 3) so that machine
 # load affects both alike; medians are printed with the ratio.
 # The same units are enabled on both sides: the Debian tree gets what its
@@ -148,4 +151,43 @@ print(f"first boot: cairn initrd {first['cairn'][0]:.2f} s, multi-user {first['c
 print(f"median of {runs} later boots:")
 print(f"  initrd time   cairn {med['cairn'][0]:6.2f} s   debian {med['debian'][0]:6.2f} s   ratio (debian/cairn) {med['debian'][0]/med['cairn'][0]:.2f}x")
 print(f"  multi-user    cairn {med['cairn'][1]:6.1f} s   debian {med['debian'][1]:6.1f} s   ratio (debian/cairn) {med['debian'][1]/med['cairn'][1]:.2f}x")
+
+# where the time goes, from the consoles of the later boots (kernel
+# timestamps, median and range)
+marks = {
+    "systemd": "running in system mode",
+    "sysinit": "systemd[1]: Reached target sysinit.target",
+    "basic": "systemd[1]: Reached target basic.target",
+    "resolved_start": "systemd[1]: Starting systemd-resolved.service",
+    "resolved_ready": "systemd[1]: Started systemd-resolved.service",
+    "etcd_start": "systemd[1]: Starting etcd.service",
+    "etcd_ready": "systemd[1]: Started etcd.service",
+}
+def phases(path):
+    seen = {}
+    for line in open(path, errors="replace"):
+        ts = re.match(r"\[\s*(\d+\.\d+)\] (.*)", line)
+        if ts:
+            for k, pat in marks.items():
+                if pat in ts.group(2):
+                    seen.setdefault(k, float(ts.group(1)))
+    return seen
+rows = [
+    ("systemd starts", lambda p: p["systemd"]),
+    ("systemd to sysinit.target", lambda p: p["sysinit"] - p["systemd"]),
+    ("systemd-resolved start to ready", lambda p: p["resolved_ready"] - p["resolved_start"]),
+    ("basic.target", lambda p: p["basic"]),
+    ("etcd start to ready", lambda p: p["etcd_ready"] - p["etcd_start"]),
+]
+seen = {k: [phases(f"{work}/{k}-{n}.log") for n in range(1, runs + 1)] for k in res}
+print("phases, median (range) of the later boots:")
+for name, f in rows:
+    cells = []
+    for kind in ("cairn", "debian"):
+        try:
+            v = [f(p) for p in seen[kind]]
+            cells.append(f"{kind} {statistics.median(v):5.2f} s ({min(v):.2f}-{max(v):.2f})")
+        except KeyError as e:
+            cells.append(f"{kind} (no {e.args[0]} on a console)")
+    print(f"  {name:32} " + "   ".join(cells))
 PY
