@@ -3,8 +3,9 @@
 //! The agent runs before udev has seen every device, so it cannot wait for
 //! `/dev/disk/by-label`; it walks `/sys/class/block` (every disk and
 //! partition the kernel knows) and opens `/dev/NAME` read-only and
-//! non-blocking (an empty CD-ROM tray fails the read, it does not hang the
-//! boot). What it reads is bounded: at most 16 ISO 9660 volume
+//! non-blocking (so that a CD-ROM drive opens without a disc), and, as
+//! blkid does, does not read a CD-ROM drive that has no disc (the read
+//! would only fail, with I/O errors on the console). What it reads is bounded: at most 16 ISO 9660 volume
 //! descriptors and one FAT root directory cluster of at most 64 KiB.
 
 use std::fs::File;
@@ -55,13 +56,44 @@ pub fn find(sys_block: &Path, dev_dir: &Path, labels: &[&str]) -> Option<(PathBu
     None
 }
 
-/// Opens `dev` read-only and non-blocking and probes it.
+/// Opens `dev` read-only and non-blocking and probes it; a CD-ROM drive
+/// without a disc is not read (see [`empty_cdrom`]).
 pub fn probe_path(dev: &Path) -> io::Result<Option<Probed>> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(dev)?;
+    if empty_cdrom(&f) {
+        tracing::debug!("{}: a CD-ROM drive without a disc", dev.display());
+        return Ok(None);
+    }
     probe(&f)
+}
+
+// <linux/cdrom.h>
+const CDROM_DRIVE_STATUS: u32 = 0x5326;
+const CDROM_GET_CAPABILITY: u32 = 0x5331;
+const CDSL_CURRENT: libc::c_int = libc::c_int::MAX;
+const CDS_NO_DISC: libc::c_int = 1;
+const CDS_TRAY_OPEN: libc::c_int = 2;
+
+/// Whether `dev` is a CD-ROM drive with no disc in it or its tray open:
+/// reading one fails and fills the console with the kernel's I/O errors
+/// (blkid checks the same way before it reads). Any other device, or a
+/// file, answers the capability request with an error: not a CD-ROM.
+fn empty_cdrom(dev: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = dev.as_raw_fd();
+    // SAFETY: `fd` is open for the duration of both calls, and neither
+    // request takes a pointer: CDROM_GET_CAPABILITY ignores its argument
+    // and CDROM_DRIVE_STATUS takes a slot number by value.
+    unsafe {
+        libc::ioctl(fd, CDROM_GET_CAPABILITY as _, 0) >= 0
+            && matches!(
+                libc::ioctl(fd, CDROM_DRIVE_STATUS as _, CDSL_CURRENT),
+                CDS_NO_DISC | CDS_TRAY_OPEN
+            )
+    }
 }
 
 /// What file system `dev` holds, of those a config drive is made with;
