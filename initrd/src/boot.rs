@@ -301,14 +301,15 @@ impl ModuleLoader {
     /// Loads module `name` (see [`crate::modules::is_on_demand`]) and what
     /// it needs, if the initramfs carries it and it is not loaded yet.
     pub fn load_named(&mut self, name: &str) {
-        if let Some(p) = &self.preloading {
-            // Taken by the preload: wait until it (and so what it needs,
-            // loaded before it there) is loaded.
-            if let Some(last) = p.list.iter().rposition(|m| module_name(m) == name) {
-                let upto: Vec<String> = p.list[..=last].to_vec();
-                self.wait_preloaded(&|m| upto.iter().any(|u| u == m));
-                return;
-            }
+        let preloaded = self
+            .preloading
+            .as_ref()
+            .and_then(|p| p.list.iter().rfind(|m| module_name(m) == name).cloned());
+        if let Some(rel) = preloaded {
+            // taken by the preload: wait until it and what it needs are
+            // loaded there, not for the rest of its list
+            self.wait_for_needs(&rel);
+            return;
         }
         let paths = match self.plan.as_mut() {
             Some(plan) => plan.named(name),
@@ -502,15 +503,20 @@ impl ModuleLoader {
     }
 
     fn load(&mut self, rel: &str) {
+        // a module it needs may still be loading on the preload's thread
+        self.wait_for_needs(rel);
+        let tried = try_load(&self.dir, rel);
+        self.note(tried);
+    }
+
+    /// Waits for the preloaded modules that `rel` is or needs, if any.
+    fn wait_for_needs(&mut self, rel: &str) {
         if let (Some(p), Some(plan)) = (&self.preloading, &self.plan) {
-            // a module it needs may still be loading there
             let needs = plan.needed_from(rel, &p.list);
             if !needs.is_empty() {
                 self.wait_preloaded(&|m| needs.iter().any(|n| n == m));
             }
         }
-        let tried = try_load(&self.dir, rel);
-        self.note(tried);
     }
 
     /// Adds one module's load to the report.

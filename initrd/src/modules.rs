@@ -514,17 +514,11 @@ impl Hotplug {
         self.take(&roots)
     }
 
-    /// Whether module `rel` or anything it needs, loaded or not, is one of
-    /// `of` (a list this plan returned that another thread is loading):
-    /// `rel` must then wait for that thread. A module the index does not
-    /// know needs nothing.
-    pub fn needs_any(&self, rel: &str, of: &[String]) -> bool {
-        !self.needed_from(rel, of).is_empty()
-    }
-
-    /// The modules of `of` that module `rel` is or needs, loaded or not
-    /// (see [`Hotplug::needs_any`]); all of `of` when the index is broken
-    /// (the builder checks it), so that a caller waits for everything.
+    /// The modules of `of` (a list this plan returned that another thread
+    /// is loading) that module `rel` is or needs, loaded or not: `rel` must
+    /// wait for those. A module the index does not know needs nothing; all
+    /// of `of` when the index is broken (the builder checks it), so that a
+    /// caller waits for everything.
     pub fn needed_from(&self, rel: &str, of: &[String]) -> Vec<String> {
         let mut closure = Vec::new();
         if self.index.deps.contains_key(rel) {
@@ -986,10 +980,14 @@ kernel/lib/crc32c_generic.ko:
         // crc16 was taken by the preload, so crcdisk's own list lacks it:
         // it must wait for the preload, virtio_blk need not
         assert_eq!(h.named("crcdisk"), ["kernel/drivers/block/crcdisk.ko"]);
-        assert!(h.needs_any("kernel/drivers/block/crcdisk.ko", &pre));
-        assert!(!h.needs_any("kernel/drivers/block/virtio_blk.ko", &pre));
-        assert!(h.needs_any("kernel/fs/ext4/ext4.ko", &pre));
-        assert!(!h.needs_any("kernel/not/carried.ko", &pre));
+        assert!(!h
+            .needed_from("kernel/drivers/block/crcdisk.ko", &pre)
+            .is_empty());
+        assert!(h
+            .needed_from("kernel/drivers/block/virtio_blk.ko", &pre)
+            .is_empty());
+        assert!(!h.needed_from("kernel/fs/ext4/ext4.ko", &pre).is_empty());
+        assert!(h.needed_from("kernel/not/carried.ko", &pre).is_empty());
         // taken once: not again by name
         assert!(h.named("ext4").is_empty());
     }
