@@ -405,6 +405,47 @@ mod tests {
     }
 
     #[test]
+    fn hostile_fat_geometry_reads_at_most_the_bound_and_never_past_the_end() {
+        // FAT32 with the largest clusters (128 x 4096 bytes = 512 KiB) and
+        // its root cluster near the top of the u32 range: the offset lies
+        // far past the device's end, which is no label, not an error
+        let mut bs = fat16_boot("NO NAME");
+        bs[11..13].copy_from_slice(&4096u16.to_le_bytes());
+        bs[13] = 128;
+        bs[14..16].copy_from_slice(&u16::MAX.to_le_bytes());
+        bs[16] = u8::MAX;
+        bs[22..24].copy_from_slice(&0u16.to_le_bytes());
+        bs[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
+        bs[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
+        let f = image(&[(0, &bs)], 64 * 1024);
+        assert_eq!(
+            probed(&f),
+            Some(Probed {
+                fstype: "vfat",
+                labels: vec![]
+            })
+        );
+        // a root directory of 65535 entries (2 MiB) right after the boot
+        // sector: only the first 64 KiB are read, so a label entry past
+        // them is not seen
+        let mut bs = fat16_boot("NO NAME");
+        bs[16] = 1;
+        bs[17..19].copy_from_slice(&u16::MAX.to_le_bytes());
+        bs[22..24].copy_from_slice(&1u16.to_le_bytes());
+        let root = 2 * 512;
+        let mut entries = vec![0x20u8; FAT_MAX_ROOT]; // used, not labels
+        entries.extend(dir_entry("config-2", FAT_ATTR_VOLUME_ID));
+        let f = image(&[(0, &bs), (root, &entries)], 4 << 20);
+        assert!(probed(&f).unwrap().labels.is_empty());
+        // the same label inside the bound is seen
+        let f = image(
+            &[(0, &bs), (root, &dir_entry("config-2", FAT_ATTR_VOLUME_ID))],
+            4 << 20,
+        );
+        assert_eq!(probed(&f).unwrap().labels, ["config-2"]);
+    }
+
+    #[test]
     fn find_walks_the_devices_in_order_and_skips_empty_ones() {
         let t = tempfile::tempdir().unwrap();
         let (sys, dev) = (t.path().join("sys"), t.path().join("dev"));
